@@ -1,0 +1,1 @@
+"""The `cinema-trt` command line: one thin subcommand per use."""

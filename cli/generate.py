@@ -1,0 +1,91 @@
+"""`cinema-trt generate`: prompt + reference images -> video file, in process."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    prompt: str
+    refs: tuple[Path, ...]
+    output: Path
+    preset: str = "tiny"
+    weights: Path | None = None
+    frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int = 0
+    fps: int | None = None
+    device: str = "cpu"
+    attention: str = "sdpa"
+    progress: bool = True
+
+
+def generate_video(options: GenerateOptions) -> Path:
+    """Run the PyTorch pipeline and write the video; returns the written path."""
+    from cinema_trt.models.factory import torch_pipeline
+    from cinema_trt.models.media import load_image, write_video
+    from cinema_trt.models.pipeline import GenerationRequest
+    from cinema_trt.models.presets import get_preset
+
+    # validate cheap things (inputs, output folder) before building any model
+    refs = tuple(load_image(p) for p in options.refs)
+    if not options.output.parent.exists():
+        raise FileNotFoundError(f"output folder {options.output.parent} does not exist")
+    config = get_preset(options.preset).with_attention_backend(options.attention)
+    request = GenerationRequest.with_defaults(
+        config, options.prompt, refs, frames=options.frames, height=options.height,
+        width=options.width, steps=options.steps, guidance=options.guidance,
+        seed=options.seed, fps=options.fps)
+    request.validate(config)
+
+    pipeline = torch_pipeline(config, options.weights, device=options.device)
+    with tqdm(total=request.steps, desc="denoising", unit="step",
+              disable=not options.progress) as bar:
+        video = pipeline.generate(request, progress=lambda step, total: bar.update(1))
+    log.info("stage seconds: %s",
+             ", ".join(f"{k}={v:.3f}" for k, v in pipeline.last_timings.items()))
+    return write_video(options.output, video, request.fps)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("generate", help="generate a video from a prompt and references")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--ref", action="append", required=True, type=Path, dest="refs",
+                   help="reference image, one per subject (repeat 1..4 times)")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help=".mp4, .gif, or a folder name for PNG frames")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--weights", type=Path, help="weights folder (see models/factory.py)")
+    p.add_argument("--frames", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--guidance", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fps", type=int)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--attention", default="sdpa", help="sdpa | triton | triton_int8")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = GenerateOptions(
+        prompt=args.prompt, refs=tuple(args.refs), output=args.output, preset=args.preset,
+        weights=args.weights, frames=args.frames, height=args.height, width=args.width,
+        steps=args.steps, guidance=args.guidance, seed=args.seed, fps=args.fps,
+        device=args.device, attention=args.attention, progress=not args.quiet)
+    path = generate_video(options)
+    print(path)
+    return 0

@@ -1,0 +1,1 @@
+"""PyTorch reference definitions of every CINEMA stage, the sampler and the pipeline."""

@@ -1,0 +1,174 @@
+"""CINEMA generation: prompt + 1..K reference images -> uint8 video, over stage runners.
+
+The pipeline only talks to `Runner`s (models/runner.py), so the same code drives PyTorch,
+ONNX Runtime, TensorRT and the Triton orchestrator's BLS calls.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .mllm import prepare_inputs
+from .presets import CinemaConfig, check_num_refs, latent_frames, latent_size
+from .runner import Runner, Tensors
+from .sampler import ProgressFn, StopFn, denoise, initial_noise
+
+MAX_PROMPT_CHARS = 4096
+MAX_REF_SIDE = 4096  # pixels; larger images are rejected before any resizing work
+MAX_STEPS = 1000
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    refs: tuple[np.ndarray, ...]  # each uint8 (H, W, 3)
+    frames: int
+    height: int
+    width: int
+    steps: int
+    guidance: float
+    seed: int = 0
+    fps: int = 8
+
+    @classmethod
+    def with_defaults(cls, config: CinemaConfig, prompt: str, refs, **overrides):
+        """A request with the preset's sampler defaults for every field not given."""
+        s = config.sampler
+        fields = dict(frames=s.frames, height=s.height, width=s.width, steps=s.steps,
+                      guidance=s.guidance, fps=s.fps, seed=0)
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(prompt=prompt, refs=tuple(refs), **fields)
+
+    def validate(self, config: CinemaConfig) -> None:
+        """Raise ValueError naming the first violated constraint."""
+        if not isinstance(self.prompt, str):
+            raise ValueError(f"prompt must be a str, got {type(self.prompt).__name__}")
+        if not self.prompt.strip():
+            raise ValueError("prompt must not be empty")
+        if len(self.prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(f"prompt has {len(self.prompt)} characters; "
+                             f"at most {MAX_PROMPT_CHARS} are accepted")
+        check_num_refs(len(self.refs), min(config.mllm.max_refs, config.dit.max_refs))
+        for i, ref in enumerate(self.refs):
+            _check_ref(i, ref)
+        latent_frames(self.frames)
+        latent_size(self.height, self.width, config.dit)
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps={self.steps} must be in 1..{MAX_STEPS}")
+        if not (math.isfinite(self.guidance) and self.guidance >= 0):
+            raise ValueError(f"guidance={self.guidance} must be a finite number >= 0")
+        if not 0 <= self.seed < 2 ** 63:
+            raise ValueError(f"seed={self.seed} must be in [0, 2**63)")
+        if not 1 <= self.fps <= 120:
+            raise ValueError(f"fps={self.fps} must be in 1..120")
+
+
+def _check_ref(index: int, ref) -> None:
+    if not isinstance(ref, np.ndarray) or ref.dtype != np.uint8 or ref.ndim != 3 \
+            or ref.shape[2] != 3:
+        shape = getattr(ref, "shape", None)
+        raise ValueError(f"reference {index} must be a uint8 (H, W, 3) RGB array, got "
+                         f"{type(ref).__name__} {getattr(ref, 'dtype', '')} {shape}")
+    if min(ref.shape[:2]) < 1 or max(ref.shape[:2]) > MAX_REF_SIDE:
+        raise ValueError(f"reference {index} is {ref.shape[1]}x{ref.shape[0]}; "
+                         f"sides must be 1..{MAX_REF_SIDE} pixels")
+
+
+def fit_reference(ref: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize (keeping aspect) and center-crop a reference to the video's frame size."""
+    image = Image.fromarray(ref)
+    scale = max(height / image.height, width / image.width)
+    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    image = image.resize(size, Image.Resampling.BICUBIC)
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    return np.asarray(image.crop((left, top, left + width, top + height)))
+
+
+def refs_to_video_tensor(refs: tuple[np.ndarray, ...], height: int, width: int) -> torch.Tensor:
+    """K references -> (K, 3, 1, H, W) float in [-1, 1]: one single-frame video each."""
+    frames = np.stack([fit_reference(r, height, width) for r in refs])  # (K, H, W, 3)
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return video.unsqueeze(2)
+
+
+def video_to_uint8(video: torch.Tensor) -> np.ndarray:
+    """(1, 3, F, H, W) in [-1, 1] -> uint8 (F, H, W, 3)."""
+    frames = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return frames.permute(1, 2, 3, 0).cpu().numpy()
+
+
+class CinemaPipeline:
+    """Runs the five stages; `last_timings` holds seconds per stage of the last call."""
+
+    def __init__(self, config: CinemaConfig, runners: Mapping[str, Runner], processor):
+        missing = [s for s in ("mllm", "connector", "vae_encoder", "dit", "vae_decoder")
+                   if s not in runners]
+        if missing:
+            raise ValueError(f"pipeline needs runners for stages {missing}")
+        self.config = config
+        self.runners = dict(runners)
+        self.processor = processor
+        self.last_timings: dict[str, float] = {}
+        self._uncond_text: torch.Tensor | None = None
+
+    def _run(self, stage: str, inputs: Mapping[str, torch.Tensor]) -> Tensors:
+        start = time.perf_counter()
+        outputs = self.runners[stage].run(inputs)
+        self.last_timings[stage] += time.perf_counter() - start
+        return outputs
+
+    def _text_states(self, prompt: str, refs: tuple[np.ndarray, ...]) -> torch.Tensor:
+        images = [Image.fromarray(r) for r in refs]
+        inputs = prepare_inputs(self.processor, self.config.mllm, prompt, images)
+        hidden = self._run("mllm", inputs)["hidden_states"]
+        return self._run("connector", {"hidden_states": hidden,
+                                       "attention_mask": inputs["attention_mask"]}
+                         )["text_states"].float().cpu()
+
+    def _uncond_text_states(self) -> torch.Tensor:
+        # the negative branch (empty prompt, no images) depends only on the weights
+        if self._uncond_text is None:
+            self._uncond_text = self._text_states("", ())
+        return self._uncond_text
+
+    def generate(self, request: GenerationRequest, progress: ProgressFn | None = None,
+                 should_stop: StopFn | None = None) -> np.ndarray:
+        request.validate(self.config)
+        self.last_timings = defaultdict(float)
+        # 1. MLLM + connector: conditional and unconditional text features, (2, L, D)
+        text = torch.cat([self._text_states(request.prompt, request.refs),
+                          self._uncond_text_states()])
+        # 2. VAE-encode each reference as a one-frame video, (1, K, C, h, w)
+        refs = refs_to_video_tensor(request.refs, request.height, request.width)
+        ref_latents = self._run("vae_encoder", {"video": refs})["latents"].float().cpu()
+        ref_latents = ref_latents[:, :, 0].unsqueeze(0)
+        # the unconditional branch drops the references (zeros) as well as the text
+        ref_latents = torch.cat([ref_latents, torch.zeros_like(ref_latents)])
+        # 3. denoise from seeded noise
+        lh, lw = latent_size(request.height, request.width, self.config.dit)
+        shape = (1, self.config.vae.latent_channels, latent_frames(request.frames), lh, lw)
+        start = time.perf_counter()
+        latents = denoise(self.runners["dit"], initial_noise(shape, request.seed), text,
+                          ref_latents, request.steps, request.guidance,
+                          self.config.sampler.shift, progress, should_stop)
+        self.last_timings["dit"] += time.perf_counter() - start
+        # 4. decode to frames
+        video = self._run("vae_decoder", {"latents": latents})["video"]
+        self.last_timings = dict(self.last_timings)
+        return video_to_uint8(video)
+
+    def __call__(self, prompt: str, refs, frames: int | None = None, height: int | None = None,
+                 width: int | None = None, steps: int | None = None,
+                 guidance: float | None = None, seed: int = 0) -> np.ndarray:
+        request = GenerationRequest.with_defaults(
+            self.config, prompt, refs, frames=frames, height=height, width=width,
+            steps=steps, guidance=guidance, seed=seed)
+        return self.generate(request)

@@ -1,0 +1,66 @@
+"""The one interface every stage is called through: `run(inputs) -> outputs`.
+
+The pipeline and the Triton orchestrator only talk to runners, so the same sampler code
+drives PyTorch, ONNX Runtime (export/), TensorRT (engines/) and Triton stage models.
+Tensors are `torch.Tensor` on both sides: torch is a core dependency, and TensorRT and
+Triton's DLPack hand-off take torch tensors without a copy.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Protocol, runtime_checkable
+
+import torch
+
+Tensors = dict[str, torch.Tensor]
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """A stage that can be called with named tensors and returns named tensors."""
+
+    name: str
+
+    def run(self, inputs: Mapping[str, torch.Tensor]) -> Tensors: ...
+
+
+class TorchRunner:
+    """Runs a PyTorch module whose forward takes the named inputs as keyword arguments.
+
+    `output_names` name the module's return values in order (a tensor or a tuple).
+    """
+
+    def __init__(self, name: str, module: torch.nn.Module, output_names: tuple[str, ...],
+                 device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
+        self.name = name
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.module = module.to(self.device, dtype=dtype).eval()
+        self.output_names = output_names
+
+    def _prepare(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.to(self.device)
+        if self.dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(self.dtype)
+        return tensor
+
+    @torch.inference_mode()
+    def run(self, inputs: Mapping[str, torch.Tensor]) -> Tensors:
+        outputs = self.module(**{k: self._prepare(v) for k, v in inputs.items()})
+        if isinstance(outputs, torch.Tensor):
+            outputs = (outputs,)
+        if len(outputs) != len(self.output_names):
+            raise RuntimeError(f"{self.name}: module returned {len(outputs)} outputs, "
+                               f"expected {len(self.output_names)} ({self.output_names})")
+        return dict(zip(self.output_names, outputs))
+
+
+class FunctionRunner:
+    """A runner around a plain function of named tensors (handy for composed stages)."""
+
+    def __init__(self, name: str, fn: Callable[[Mapping[str, torch.Tensor]], Tensors]):
+        self.name = name
+        self._fn = fn
+
+    def run(self, inputs: Mapping[str, torch.Tensor]) -> Tensors:
+        return self._fn(inputs)

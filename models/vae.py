@@ -1,0 +1,253 @@
+"""3D causal video VAE (CogVideoX-style): 4x temporal, 8x8 spatial compression.
+
+Causality is what lets one network encode both videos and single reference images:
+every temporal conv pads only at the front (replicating frame 0), norms are per frame, and
+temporal resampling keeps frame 0 alone. Frame t therefore never sees frames > t, and an
+image (F=1) encodes to exactly the first latent frame of any video that starts with it.
+
+Export notes: loops run over config values only (levels, layers), never over frames, and
+resampling is written as reshape/expand so the frame count may stay a dynamic dimension.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .presets import VAE_SPATIAL, VAE_TEMPORAL, VAEConfig, latent_frames
+
+logger = logging.getLogger(__name__)
+
+NORM_EPS = 1e-6
+
+
+class FrameGroupNorm(nn.Module):
+    """GroupNorm with statistics per frame: a plain GroupNorm over (T, H, W) would let
+    later frames shift the normalisation of earlier ones and break causality."""
+
+    def __init__(self, groups: int, channels: int):
+        super().__init__()
+        if channels % groups:
+            raise ValueError(f"channels={channels} must be divisible by norm_groups={groups}")
+        self.groups = groups
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, T, H, W)
+        channels = x.shape[1]
+        # statistics in fp32 so fp16 engines normalise like the fp32 reference
+        g = x.float().unflatten(1, (self.groups, channels // self.groups))  # (B, G, C/G, T, H, W)
+        mean = g.mean(dim=(2, 4, 5), keepdim=True)
+        var = (g - mean).square().mean(dim=(2, 4, 5), keepdim=True)
+        g = (g - mean) * torch.rsqrt(var + NORM_EPS)
+        out = g.flatten(1, 2).to(x.dtype)
+        return out * self.weight.view(1, -1, 1, 1, 1) + self.bias.view(1, -1, 1, 1, 1)
+
+
+class CausalConv3d(nn.Module):
+    """3x3x3 conv that pads time only at the front with copies of frame 0 (spatial: zeros)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int = 3):
+        super().__init__()
+        self.time_pad = kernel - 1
+        pad = kernel // 2
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel, padding=(0, pad, pad))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W) -> (B, C', T, H, W)
+        if self.time_pad:
+            first = x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1)
+            x = torch.cat([first, x], dim=2)
+        return self.conv(x)
+
+
+class ResBlock3d(nn.Module):
+    """norm -> SiLU -> causal conv, twice, plus a (1x1x1-projected) skip."""
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int):
+        super().__init__()
+        self.norm1 = FrameGroupNorm(groups, in_channels)
+        self.conv1 = CausalConv3d(in_channels, out_channels)
+        self.norm2 = FrameGroupNorm(groups, out_channels)
+        self.conv2 = CausalConv3d(out_channels, out_channels)
+        self.skip = (nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels
+                     else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+def temporal_downsample(x: torch.Tensor) -> torch.Tensor:
+    """Keep frame 0 alone, average the rest in pairs: 1 + 2k -> 1 + k frames."""
+    b, c, t, h, w = x.shape
+    rest = x[:, :, 1:].reshape(b, c, (t - 1) // 2, 2, h, w).mean(dim=3)  # (B, C, k, H, W)
+    return torch.cat([x[:, :, :1], rest], dim=2)
+
+
+def temporal_upsample(x: torch.Tensor) -> torch.Tensor:
+    """Keep frame 0 single, repeat the rest twice: 1 + k -> 1 + 2k frames."""
+    rest = x[:, :, 1:].unsqueeze(3).expand(-1, -1, -1, 2, -1, -1).flatten(2, 3)  # (B, C, 2k, H, W)
+    return torch.cat([x[:, :, :1], rest], dim=2)
+
+
+class Downsample(nn.Module):
+    """Per-frame strided conv halves H and W (a kernel of 1 in time is trivially causal);
+    optionally followed by the causal temporal 2x downsample."""
+
+    def __init__(self, channels: int, temporal: bool):
+        super().__init__()
+        self.temporal = temporal
+        self.conv = nn.Conv3d(channels, channels, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        return temporal_downsample(x) if self.temporal else x
+
+
+class Upsample(nn.Module):
+    """Optional causal temporal 2x upsample, then nearest 2x in H, W and a per-frame conv."""
+
+    def __init__(self, channels: int, temporal: bool):
+        super().__init__()
+        self.temporal = temporal
+        self.conv = nn.Conv3d(channels, channels, (1, 3, 3), padding=(0, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.temporal:
+            x = temporal_upsample(x)
+        x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
+        return self.conv(x)
+
+
+def _check_config(cfg: VAEConfig) -> None:
+    levels = len(cfg.block_channels)
+    if 2 ** (levels - 1) != VAE_SPATIAL:
+        raise ValueError(f"block_channels has {levels} levels; {VAE_SPATIAL}x spatial compression "
+                         f"needs {VAE_SPATIAL.bit_length()} (one 2x downsample between levels)")
+    down = sorted(set(cfg.temporal_down_levels))
+    if 2 ** len(down) != VAE_TEMPORAL or any(not 0 <= lvl < levels - 1 for lvl in down):
+        raise ValueError(f"temporal_down_levels={cfg.temporal_down_levels} must name "
+                         f"{VAE_TEMPORAL.bit_length() - 1} distinct levels in 0..{levels - 2} "
+                         f"(temporal downsamples ride on the spatial ones)")
+
+
+def _blocks(in_channels: int, out_channels: int, count: int, groups: int) -> list[ResBlock3d]:
+    return [ResBlock3d(in_channels if i == 0 else out_channels, out_channels, groups)
+            for i in range(count)]
+
+
+def _head(channels: int, out_channels: int, groups: int) -> nn.Sequential:
+    return nn.Sequential(FrameGroupNorm(groups, channels), nn.SiLU(),
+                         CausalConv3d(channels, out_channels))
+
+
+class VAEEncoder(nn.Module):
+    """video (B, 3, 1 + 4k, H, W) in [-1, 1] -> latents (B, C, 1 + k, H/8, W/8)."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        _check_config(cfg)
+        self.cfg = cfg
+        chans, groups = cfg.block_channels, cfg.norm_groups
+        self.conv_in = CausalConv3d(cfg.in_channels, chans[0])
+        levels = []
+        for i, out_ch in enumerate(chans):
+            in_ch = chans[max(i - 1, 0)]
+            blocks: list[nn.Module] = _blocks(in_ch, out_ch, cfg.layers_per_block, groups)
+            if i < len(chans) - 1:
+                blocks.append(Downsample(out_ch, temporal=i in cfg.temporal_down_levels))
+            levels.append(nn.Sequential(*blocks))
+        self.levels = nn.ModuleList(levels)
+        self.mid = nn.Sequential(*_blocks(chans[-1], chans[-1], 2, groups))
+        self.head = _head(chans[-1], 2 * cfg.latent_channels, groups)
+
+    def check_video(self, video: torch.Tensor) -> None:
+        if video.dim() != 5 or video.shape[1] != self.cfg.in_channels:
+            raise ValueError(f"video shape {tuple(video.shape)} must be "
+                             f"(batch, {self.cfg.in_channels}, frames, height, width)")
+        _, _, frames, height, width = video.shape
+        latent_frames(frames)  # raises "frames=6 must be 1 + 4k ..."
+        for label, value in (("height", height), ("width", width)):
+            if value <= 0 or value % VAE_SPATIAL:
+                raise ValueError(f"{label}={value} must be a positive multiple of {VAE_SPATIAL} "
+                                 f"(the VAE's spatial compression); resize or crop the video")
+
+    def moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior (mean, logvar), each (B, C, 1 + k, H/8, W/8), unscaled."""
+        self.check_video(video)
+        x = self.conv_in(video)
+        for level in self.levels:
+            x = level(x)
+        x = self.head(self.mid(x))  # (B, 2C, 1 + k, H/8, W/8)
+        mean, logvar = x.chunk(2, dim=1)
+        return mean, logvar
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        # deterministic encoding: the posterior mean, scaled to ~unit variance for the DiT
+        mean, _ = self.moments(video)
+        return mean * self.cfg.scaling_factor
+
+
+class VAEDecoder(nn.Module):
+    """latents (B, C, 1 + k, h, w) -> video (B, 3, 1 + 4k, 8h, 8w), unclamped."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        _check_config(cfg)
+        self.cfg = cfg
+        chans, groups = tuple(reversed(cfg.block_channels)), cfg.norm_groups
+        n = len(chans)
+        self.conv_in = CausalConv3d(cfg.latent_channels, chans[0])
+        self.mid = nn.Sequential(*_blocks(chans[0], chans[0], 2, groups))
+        levels = []
+        for i, out_ch in enumerate(chans):
+            in_ch = chans[max(i - 1, 0)]
+            blocks: list[nn.Module] = _blocks(in_ch, out_ch, cfg.layers_per_block, groups)
+            if i < n - 1:
+                # undoes the encoder's downsample after its level n - 2 - i
+                blocks.append(Upsample(out_ch, temporal=(n - 2 - i) in cfg.temporal_down_levels))
+            levels.append(nn.Sequential(*blocks))
+        self.levels = nn.ModuleList(levels)
+        self.head = _head(chans[-1], cfg.in_channels, groups)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        if latents.dim() != 5 or latents.shape[1] != self.cfg.latent_channels:
+            raise ValueError(f"latents shape {tuple(latents.shape)} must be "
+                             f"(batch, {self.cfg.latent_channels}, lframes, lheight, lwidth)")
+        x = self.mid(self.conv_in(latents / self.cfg.scaling_factor))
+        for level in self.levels:
+            x = level(x)
+        return self.head(x)  # (B, 3, 1 + 4k, 8h, 8w)
+
+
+class VideoVAE(nn.Module):
+    """Encoder and decoder together; `encode`/`decode` are the pipeline's entry points."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = VAEEncoder(cfg)
+        self.decoder = VAEDecoder(cfg)
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        return self.encoder(video)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.decoder(latents)
+
+
+def create_vae(cfg: VAEConfig, seed: int = 0) -> VideoVAE:
+    """A randomly initialised VAE, identical for identical (cfg, seed); the global RNG is
+    left untouched. Default PyTorch conv init shrinks each conv's output variance (~1/3),
+    which, with per-frame norms before every conv, keeps activations O(1) through the
+    random network; nothing is zero-initialised, so outputs depend on every input."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = VideoVAE(cfg)
+    logger.debug("created VAE with %d parameters (seed %d)",
+                 sum(p.numel() for p in vae.parameters()), seed)
+    return vae.eval()

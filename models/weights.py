@@ -1,0 +1,264 @@
+"""Safetensors I/O for every stage module: atomic saves, strict loads, file hashes.
+
+Only safetensors is read: a pickle checkpoint (`torch.save`, `.bin`, `.ckpt`) runs arbitrary
+code when loaded, so it is refused with instructions to convert it once, in a trusted place.
+
+Loading is strict and reports every problem at once (missing keys, unexpected keys, shape
+and dtype mismatches, by tensor name), because fixing a converted checkpoint one error per
+run is slow. Tied weights (two state-dict names for one tensor) are stored once; the other
+names are recorded in the file's metadata and filled from the stored tensor on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+import uuid
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+SUFFIX = ".safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# metadata key holding {alias: stored name} for tied weights; user metadata may not use it
+TIED_KEY = "cinema_trt.tied"
+# safetensors' names for torch dtypes (the file format spec, not a private API)
+_DTYPE_NAMES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.uint16: "U16", torch.uint32: "U32", torch.uint64: "U64",
+    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2", torch.float8_e4m3fnuz: "F8_E4M3FNUZ",
+    torch.float8_e5m2fnuz: "F8_E5M2FNUZ", torch.complex64: "C64",
+}
+_HASH_CHUNK = 1 << 20  # 1 MiB reads: large enough to be I/O bound, small enough for RAM
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded into a module; lists every problem found."""
+
+    def __init__(self, path: str | Path, problems: list[str]):
+        self.path = str(path)
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"checkpoint {self.path} does not match the module "
+                         f"({len(self.problems)} problem(s)):\n{lines}")
+
+
+# --- tied weights ---------------------------------------------------------------------
+
+
+def _storage_key(t: torch.Tensor) -> tuple | None:
+    # empty and meta tensors all report data_ptr 0: never treat them as shared
+    if t.numel() == 0 or t.device.type == "meta":
+        return None
+    return (t.device, t.untyped_storage().data_ptr())
+
+
+def tie_groups(state: dict[str, torch.Tensor]) -> list[list[str]]:
+    """Groups (>= 2 names, state-dict order) of entries that are the very same tensor view."""
+    groups: dict[tuple, list[str]] = {}
+    for name, t in state.items():
+        storage = _storage_key(t)
+        if storage is not None:
+            view = (*storage, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+            groups.setdefault(view, []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def _tensors_to_write(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
+                                                                dict[str, str]]:
+    """(tensors to store, {alias: stored name}); every stored tensor owns its memory."""
+    unsupported = {k: str(t.dtype) for k, t in state.items() if t.dtype not in _DTYPE_NAMES}
+    if unsupported:
+        raise ValueError(f"safetensors cannot store these dtypes: {unsupported}; cast those "
+                         f"tensors to one of {sorted(str(d) for d in _DTYPE_NAMES)}")
+    aliases = {alias: names[0] for names in tie_groups(state) for alias in names[1:]}
+    tensors: dict[str, torch.Tensor] = {}
+    used_storages: set[tuple] = set()
+    for name, t in state.items():
+        if name in aliases:
+            continue
+        t = t.detach()
+        storage = _storage_key(t)
+        # a different view into an already stored buffer (e.g. a slice of a fused weight):
+        # safetensors refuses overlapping storage, so store an independent copy
+        if storage in used_storages:
+            t = t.clone(memory_format=torch.contiguous_format)
+        tensors[name] = t.contiguous()
+        if storage is not None:
+            used_storages.add(storage)
+    return tensors, aliases
+
+
+# --- saving ---------------------------------------------------------------------------
+
+
+def _check_metadata(metadata: dict[str, str] | None) -> dict[str, str]:
+    metadata = dict(metadata or {})
+    bad = {k: type(v).__name__ for k, v in metadata.items()
+           if not isinstance(k, str) or not isinstance(v, str)}
+    if bad:
+        raise ValueError(f"safetensors metadata must map str to str; got non-str entries {bad}"
+                         f" (json.dumps structured values)")
+    if TIED_KEY in metadata:
+        raise ValueError(f"metadata key {TIED_KEY!r} is reserved for tied-weight records")
+    metadata.setdefault("format", "pt")  # what transformers and diffusers expect to find
+    return metadata
+
+
+def _fsync_dir(folder: Path) -> None:
+    # makes the rename itself durable; directories cannot be opened this way on Windows
+    if hasattr(os, "O_DIRECTORY"):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save_stage(module: nn.Module, path: str | Path,
+               metadata: dict[str, str] | None = None) -> Path:
+    """Write `module`'s state dict to `path` (.safetensors), atomically; returns the path.
+
+    The file is written to a hidden temporary file in the same folder, flushed to disk and
+    then renamed over `path`, so a crash leaves either the old file or the new one.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != SUFFIX:
+        raise ValueError(f"checkpoint path {path} must end with {SUFFIX}")
+    metadata = _check_metadata(metadata)
+    tensors, aliases = _tensors_to_write(module.state_dict())
+    if aliases:
+        metadata[TIED_KEY] = json.dumps(aliases, sort_keys=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when something above failed
+    _fsync_dir(path.parent)
+    logger.info("saved %d tensors (%d tied aliases) to %s", len(tensors), len(aliases), path)
+    return path
+
+
+# --- loading --------------------------------------------------------------------------
+
+
+def _convert_hint(path: Path) -> str:
+    return (f"convert it once, in a trusted environment: safetensors.torch.save_file("
+            f"torch.load({str(path)!r}, weights_only=True), {str(path.with_suffix(SUFFIX))!r})")
+
+
+def check_safetensors_file(path: str | Path) -> Path:
+    """`path` as a Path if it is an existing safetensors file; raises otherwise.
+
+    FileNotFoundError when it does not exist; CheckpointError (a ValueError) for a pickle
+    checkpoint or any other non-safetensors file, whether or not it exists.
+    """
+    path = Path(path)
+    if path.suffix != SUFFIX:
+        kind = "a pickle checkpoint" if path.suffix.lower() in PICKLE_SUFFIXES else "not safetensors"
+        raise CheckpointError(path, [f"refusing {path.name}: {kind} (only {SUFFIX} files are "
+                                     f"loaded, pickles can run code); {_convert_hint(path)}"])
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    # safetensors layout: u64 little-endian header size, then a JSON header starting '{'
+    with open(path, "rb") as f:
+        head = f.read(9)
+    size = path.stat().st_size
+    if len(head) < 9 or head[8:9] != b"{" or struct.unpack("<Q", head[:8])[0] > size - 8:
+        raise CheckpointError(path, [f"{path.name} has a {SUFFIX} name but not the safetensors "
+                                     f"layout (a renamed pickle?); {_convert_hint(path)}"])
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata stored in a safetensors file (empty dict when it has none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(check_safetensors_file(path)), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def _sources(expected: dict[str, torch.Tensor], found: dict[str, tuple],
+             file_aliases: dict[str, str]) -> dict[str, str]:
+    """For each module name that can be filled: the file tensor to fill it from."""
+    module_groups = {name: names for names in tie_groups(expected) for name in names}
+    sources = {}
+    for name in expected:
+        candidates = [name, file_aliases.get(name), *module_groups.get(name, ())]
+        source = next((c for c in candidates if c in found), None)
+        if source is not None:
+            sources[name] = source
+    return sources
+
+
+def _problems(expected: dict[str, torch.Tensor], found: dict[str, tuple],
+              sources: dict[str, str]) -> list[str]:
+    problems = []
+    for name, t in expected.items():
+        if name not in sources:
+            problems.append(f"missing key {name} (module expects {tuple(t.shape)} {t.dtype})")
+            continue
+        shape, dtype = found[sources[name]]
+        if shape != tuple(t.shape):
+            problems.append(f"shape mismatch {name}: checkpoint {shape} vs module "
+                            f"{tuple(t.shape)}")
+        if dtype != _DTYPE_NAMES.get(t.dtype, str(t.dtype)):
+            problems.append(f"dtype mismatch {name}: checkpoint {dtype} vs module {t.dtype} "
+                            f"(load, then cast the module)")
+    used = set(sources.values())
+    for name in sorted(set(found) - set(expected) - used):
+        shape, dtype = found[name]
+        problems.append(f"unexpected key {name} (checkpoint has {shape} {dtype})")
+    return problems
+
+
+def load_stage(module: nn.Module, path: str | Path) -> nn.Module:
+    """Load `path` into `module` in place, strictly, and return the module.
+
+    Every module tensor must be in the file with the same shape and dtype, and the file may
+    hold nothing else; otherwise a CheckpointError lists all the problems. Tensors are read
+    one at a time and copied into the module's own storage (any device).
+    """
+    from safetensors import safe_open
+
+    path = check_safetensors_file(path)
+    expected = module.state_dict()
+    with safe_open(str(path), framework="pt") as f:
+        file_aliases = json.loads((f.metadata() or {}).get(TIED_KEY, "{}"))
+        found = {}
+        for name in f.keys():
+            tensor_slice = f.get_slice(name)
+            found[name] = (tuple(tensor_slice.get_shape()), tensor_slice.get_dtype())
+        sources = _sources(expected, found, file_aliases)
+        problems = _problems(expected, found, sources)
+        if problems:
+            raise CheckpointError(path, problems)
+        with torch.no_grad():
+            for name, target in expected.items():
+                target.copy_(f.get_tensor(sources[name]))
+    logger.info("loaded %d tensors from %s into %s", len(expected), path,
+                type(module).__name__)
+    return module
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in chunks (checkpoints can be tens of GB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,1 @@
+"""cinema_trt.serving."""

@@ -1,0 +1,140 @@
+"""The whole tiny pipeline on PyTorch: determinism, shapes, validation, weights round trip."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from cinema_trt.models.factory import (build_models, load_models, save_models, torch_pipeline,
+                                       torch_runners)
+from cinema_trt.models.media import load_image, sample_references
+from cinema_trt.models.pipeline import CinemaPipeline, GenerationRequest
+from cinema_trt.models.presets import get_preset
+
+PROMPT = "two friends play in the park"
+
+
+@pytest.fixture(scope="module")
+def refs():
+    return [load_image(p) for p in sample_references()]
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    return torch_pipeline("tiny")
+
+
+def request(refs, **overrides):
+    fields = dict(frames=5, height=32, width=48, steps=2, guidance=4.0, seed=0)
+    fields.update(overrides)
+    return GenerationRequest(prompt=fields.pop("prompt", PROMPT), refs=tuple(refs), **fields)
+
+
+def test_same_seed_gives_identical_frames_and_another_seed_does_not(pipeline, refs):
+    a = pipeline.generate(request(refs[:2]))
+    b = pipeline.generate(request(refs[:2]))
+    c = pipeline.generate(request(refs[:2], seed=1))
+    assert a.dtype == np.uint8 and a.shape == (5, 32, 48, 3)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_one_to_four_subjects_work_with_one_set_of_weights(pipeline, refs, k):
+    assert pipeline.generate(request(refs[:k], steps=1)).shape == (5, 32, 48, 3)
+
+
+@pytest.mark.parametrize("frames", [1, 5, 9, 17])
+def test_frame_counts_follow_the_causal_vae(pipeline, refs, frames):
+    video = pipeline.generate(request(refs[:1], frames=frames, height=16, width=16, steps=1))
+    assert video.shape == (frames, 16, 16, 3)
+
+
+def test_changing_one_reference_image_changes_the_video(pipeline, refs):
+    base = pipeline.generate(request(refs[:2]))
+    swapped = pipeline.generate(request([refs[0], refs[2]]))
+    # uint8 frames: any change of the reference tokens moves many pixels
+    assert np.mean(base != swapped) > 0.1
+
+
+def test_changing_the_prompt_changes_the_video(pipeline, refs):
+    base = pipeline.generate(request(refs[:2]))
+    other = pipeline.generate(request(refs[:2], prompt="a cat sleeps on a sofa"))
+    assert np.mean(base != other) > 0.1
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(frames=6), r"frames=6 must be 1 \+ 4k"),
+    (dict(height=40), "height=40 must be a positive multiple of 16"),
+    (dict(width=0), "width=0 must be a positive multiple of 16"),
+    (dict(steps=0), "steps=0 must be in 1..1000"),
+    (dict(guidance=float("nan")), "guidance=nan must be a finite number"),
+    (dict(prompt="  "), "prompt must not be empty"),
+    (dict(prompt="x" * 5000), "prompt has 5000 characters"),
+])
+def test_invalid_requests_name_the_constraint(pipeline, refs, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        pipeline.generate(request(refs[:1], **overrides))
+
+
+@pytest.mark.parametrize("k", [0, 5])
+def test_reference_count_outside_1_to_4_is_rejected(pipeline, refs, k):
+    many = (refs * 2)[:k]
+    with pytest.raises(ValueError, match=f"got {k} reference images; between 1 and 4"):
+        pipeline.generate(request(many))
+
+
+def test_references_must_be_rgb_uint8(pipeline, refs):
+    with pytest.raises(ValueError, match="reference 1 must be a uint8"):
+        pipeline.generate(request([refs[0], refs[1].astype(np.float32)]))
+
+
+def test_stage_timings_are_recorded(pipeline, refs):
+    pipeline.generate(request(refs[:1], steps=1))
+    assert set(pipeline.last_timings) == {"mllm", "connector", "vae_encoder", "dit",
+                                          "vae_decoder"}
+    assert all(t > 0 for t in pipeline.last_timings.values())
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    models = build_models(get_preset("tiny"), seed=3)
+    folder = save_models(models, tmp_path_factory.mktemp("weights"))
+    return models, folder
+
+
+def test_save_then_load_reproduces_every_stage_bit_for_bit(saved, refs):
+    models, folder = saved
+    loaded = load_models(folder, get_preset("tiny"))
+    for (name, a), (_, b) in zip(models.__dict__.items(), loaded.__dict__.items()):
+        if isinstance(a, torch.nn.Module):
+            sa, sb = a.state_dict(), b.state_dict()
+            assert sa.keys() == sb.keys(), name
+            assert all(torch.equal(sa[k], sb[k]) for k in sa), name
+    original = CinemaPipeline(models.config, torch_runners(models), models.processor)
+    reloaded = torch_pipeline("tiny", weights=folder)
+    assert np.array_equal(original.generate(request(refs[:2])),
+                          reloaded.generate(request(refs[:2])))
+
+
+def test_a_checkpoint_with_a_wrong_shape_names_the_tensor(saved, tmp_path):
+    _, folder = saved
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for item in folder.iterdir():
+        (broken / item.name).symlink_to(item)
+    tensors = load_file(folder / "dit.safetensors")
+    name = sorted(tensors)[0]
+    tensors[name] = torch.zeros(3, 3)
+    del tensors[sorted(tensors)[1]]
+    (broken / "dit.safetensors").unlink()
+    save_file(tensors, broken / "dit.safetensors")
+    with pytest.raises(ValueError) as error:
+        load_models(broken)
+    assert name in str(error.value) and sorted(load_file(folder / "dit.safetensors"))[1] in str(error.value)
+
+
+def test_weights_of_another_preset_are_refused(saved):
+    _, folder = saved
+    with pytest.raises(ValueError, match=r"saved for preset 'tiny': mllm\..*preset 'small'"):
+        load_models(folder, get_preset("small"))
