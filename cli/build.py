@@ -1,0 +1,75 @@
+"""`cinema-trt build`: exported ONNX stages -> TensorRT engines (or ORT-optimized CPU models)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+TIMING_CACHE_FILE = "timing.cache"
+
+
+def register(subparsers) -> None:
+    from cinema_trt.engines.config import BuildConfig, Precision
+    from cinema_trt.engines.stages import RUNTIMES
+
+    default = BuildConfig()
+    p = subparsers.add_parser(
+        "build", help="build TensorRT engines (or ONNX Runtime CPU models) from an export",
+        description="Builds <out>/<stage>/model.plan + manifest.json for every stage exported "
+                    "under --onnx. An engine is reused when its cache key (ONNX bytes, build "
+                    "options, profiles, TensorRT version, GPU architecture) is unchanged.")
+    p.add_argument("--onnx", type=Path, required=True,
+                   help="export folder: <stage>/model.onnx + <stage>/manifest.json")
+    p.add_argument("--out", type=Path, required=True, help="engine folder to write")
+    p.add_argument("--precision", required=True, choices=[x.value for x in Precision])
+    p.add_argument("--profile", type=Path,
+                   help="profiles.yaml with deployment shapes (default: the preset's "
+                        "sampler shapes; schema in engines/shapes.py)")
+    p.add_argument("--runtime", default="tensorrt", choices=RUNTIMES,
+                   help="tensorrt (GPU) or ort (ONNX Runtime, optimized fp32 CPU models)")
+    p.add_argument("--stages", nargs="+", default=(), metavar="STAGE",
+                   help="stages to build (default: every exported stage)")
+    p.add_argument("--workspace-gib", type=float, default=default.workspace_gib,
+                   help="TensorRT workspace memory pool limit")
+    p.add_argument("--optimization-level", type=int, default=default.optimization_level,
+                   help="TensorRT builder optimization level 0..5 (higher: slower build, "
+                        "maybe faster engine)")
+    p.add_argument("--timing-cache", type=Path,
+                   help=f"TensorRT timing cache to load and update (default: "
+                        f"<out>/{TIMING_CACHE_FILE}); it only speeds up rebuilds")
+    p.add_argument("--weight-streaming", action="store_true",
+                   help="build so weights can stream from host memory (strongly typed)")
+    p.add_argument("--refittable", action="store_true",
+                   help="build a refittable engine (weights replaceable without a rebuild)")
+    p.set_defaults(func=run)
+
+
+def build_request(args: argparse.Namespace):
+    from cinema_trt.engines.config import BuildConfig
+    from cinema_trt.engines.stages import BuildRequest
+
+    timing_cache = args.timing_cache
+    if timing_cache is None and args.runtime == "tensorrt":
+        timing_cache = args.out / TIMING_CACHE_FILE
+    config = BuildConfig(precision=args.precision, workspace_gib=args.workspace_gib,
+                         optimization_level=args.optimization_level, timing_cache=timing_cache,
+                         weight_streaming=args.weight_streaming, refittable=args.refittable)
+    return BuildRequest(onnx_dir=args.onnx, out_dir=args.out, build_config=config,
+                        profile=args.profile, runtime=args.runtime, stages=tuple(args.stages))
+
+
+def run(args: argparse.Namespace) -> int:
+    from cinema_trt.engines.deps import MissingDependencyError
+    from cinema_trt.engines.stages import build_stages
+
+    try:
+        built = build_stages(build_request(args))
+    except MissingDependencyError as error:
+        log.error("%s", error)
+        return 2
+    for stage, path in built.items():
+        log.info("%s: %s", stage, path)
+    return 0

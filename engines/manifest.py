@@ -1,0 +1,276 @@
+"""`manifest.json` beside every built engine: what built it, for what, and how to rebuild it.
+
+An engine is reused only when its cache key matches: the hash of the ONNX bytes (external
+weights included), the build config, the profiles, the runtime version and the GPU's compute
+capability. A plan loads only where the runtime version and GPU architecture match the
+manifest; otherwise `validate_manifest` refuses with the exact command that rebuilds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shlex
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packaging.version import InvalidVersion, Version
+
+from .config import BuildConfig
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 1  # bump when the builder changes what an engine contains
+_HASH_CHUNK = 1 << 20
+
+
+class EngineMismatchError(ValueError):
+    """An engine that cannot run here (other runtime version, GPU, or changed plan)."""
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """The runtime that builds or loads an engine, and the GPU it runs on."""
+
+    runtime: str  # "tensorrt" | "onnxruntime"
+    version: str
+    gpu_name: str | None = None
+    compute_capability: str | None = None  # "9.0"; None for CPU runtimes
+
+
+@dataclass(frozen=True)
+class EngineManifest:
+    stage: str
+    runtime: str
+    runtime_version: str
+    precision: str
+    build_config: dict[str, Any]
+    profiles: dict[str, dict[str, list[int]]]  # input -> {min, opt, max}
+    inputs: list[dict[str, Any]]  # [{name, dtype, dims}]
+    outputs: list[dict[str, Any]]
+    onnx_path: str
+    onnx_sha256: str
+    plan_file: str  # relative to the manifest's folder
+    plan_sha256: str
+    cache_key: str
+    rebuild_command: str
+    gpu_name: str | None = None
+    compute_capability: str | None = None
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "manifest") -> "EngineManifest":
+        names = {f.name for f in dataclasses.fields(cls)}
+        required = {f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING}
+        missing = sorted(required - set(data))
+        if missing:
+            raise ValueError(f"{where}: missing keys {missing}; rebuild the engine")
+        if data.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+            raise EngineMismatchError(
+                f"{where}: manifest format {data.get('format_version')} is not "
+                f"{FORMAT_VERSION}; rebuild with:\n  {data['rebuild_command']}")
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# --- hashing ----------------------------------------------------------------------------
+
+
+def sha256_file(path: str | os.PathLike, digest=None) -> str:
+    digest = digest or hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def onnx_sha256(onnx_path: str | os.PathLike) -> str:
+    """Hash of the ONNX file and every external-data file it references, in name order."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    onnx_path = Path(onnx_path)
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    tensors = list(model.graph.initializer)
+    tensors += [a.t for n in model.graph.node for a in n.attribute if a.HasField("t")]
+    locations = sorted({ExternalDataInfo(t).location for t in tensors if uses_external_data(t)})
+    digest = hashlib.sha256()
+    sha256_file(onnx_path, digest)
+    for location in locations:
+        data_path = onnx_path.parent / location
+        if not data_path.is_file():
+            raise FileNotFoundError(f"{onnx_path} references external data {location}, "
+                                    f"which is missing from {onnx_path.parent}")
+        digest.update(location.encode())
+        sha256_file(data_path, digest)
+    return digest.hexdigest()
+
+
+def artifact_sha256(path: str | os.PathLike) -> str:
+    """Hash of a built artifact: a plan file, or an ONNX model with its external data."""
+    path = Path(path)
+    return onnx_sha256(path) if path.suffix == ".onnx" else sha256_file(path)
+
+
+def cache_key(stage: str, onnx_digest: str, config: BuildConfig,
+              profiles: dict[str, Any], runtime: RuntimeInfo) -> str:
+    """The key an engine is reused under; any change to what decides the engine changes it."""
+    payload = {"format": FORMAT_VERSION, "stage": stage, "onnx": onnx_digest,
+               "build": config.cache_fields(), "profiles": profiles_to_json(profiles),
+               "runtime": runtime.runtime, "version": runtime.version,
+               "compute_capability": runtime.compute_capability}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def profiles_to_json(profiles: dict[str, Any]) -> dict[str, dict[str, list[int]]]:
+    """{name: (min, opt, max)} -> {name: {"min": [...], "opt": [...], "max": [...]}}."""
+    out = {}
+    for name, value in profiles.items():
+        if isinstance(value, dict):
+            out[name] = {k: list(value[k]) for k in ("min", "opt", "max")}
+        else:
+            out[name] = {k: list(v) for k, v in zip(("min", "opt", "max"), value)}
+    return out
+
+
+# --- files ------------------------------------------------------------------------------
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """Write JSON so a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes | memoryview) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_manifest(folder: str | os.PathLike, manifest: EngineManifest) -> Path:
+    return write_json_atomic(Path(folder) / MANIFEST_FILE, manifest.to_dict())
+
+
+def read_manifest(folder_or_file: str | os.PathLike) -> EngineManifest:
+    path = Path(folder_or_file)
+    if path.is_dir():
+        path = path / MANIFEST_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: build the engine with `cinema-trt build`")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); rebuild the engine") from None
+    return EngineManifest.from_dict(data, where=str(path))
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+def rebuild_command(onnx_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                    config: BuildConfig, stages: tuple[str, ...] = (),
+                    profile: str | os.PathLike | None = None, runtime: str = "tensorrt") -> str:
+    """The `cinema-trt build` command line that builds these engines again."""
+    q = lambda value: shlex.quote(str(value))  # noqa: E731
+    default = BuildConfig()
+    parts = ["cinema-trt", "build", "--onnx", q(onnx_dir), "--out", q(out_dir),
+             "--precision", config.precision.value]
+    if profile:
+        parts += ["--profile", q(profile)]
+    if runtime != "tensorrt":
+        parts += ["--runtime", "ort" if runtime == "onnxruntime" else runtime]
+    if stages:
+        parts += ["--stages", *stages]
+    if config.workspace_gib != default.workspace_gib:
+        parts += ["--workspace-gib", f"{config.workspace_gib:g}"]
+    if config.optimization_level != default.optimization_level:
+        parts += ["--optimization-level", str(config.optimization_level)]
+    if config.timing_cache:
+        parts += ["--timing-cache", q(config.timing_cache)]
+    if config.weight_streaming:
+        parts.append("--weight-streaming")
+    if config.refittable:
+        parts.append("--refittable")
+    return " ".join(parts)
+
+
+def _same_version(a: str, b: str) -> bool:
+    try:
+        return Version(a) == Version(b)
+    except InvalidVersion:
+        return a == b
+
+
+def validate_manifest(manifest: EngineManifest, runtime: RuntimeInfo) -> None:
+    """Refuse an engine built by another runtime version or for another GPU architecture."""
+    fix = f"Rebuild it here with:\n  {manifest.rebuild_command}"
+    name = {"tensorrt": "TensorRT", "onnxruntime": "ONNX Runtime"}.get(runtime.runtime,
+                                                                      runtime.runtime)
+    if manifest.runtime != runtime.runtime:
+        raise EngineMismatchError(f"{manifest.stage}: engine was built for {manifest.runtime}, "
+                                  f"not {runtime.runtime}. {fix}")
+    if not _same_version(manifest.runtime_version, runtime.version):
+        raise EngineMismatchError(
+            f"{manifest.stage}: engine was built with {name} {manifest.runtime_version} but "
+            f"this process has {name} {runtime.version}; engines only load in the version "
+            f"that built them. {fix}")
+    if manifest.compute_capability != runtime.compute_capability:
+        raise EngineMismatchError(
+            f"{manifest.stage}: engine was built for GPU architecture sm "
+            f"{manifest.compute_capability} ({manifest.gpu_name}) but this GPU is sm "
+            f"{runtime.compute_capability} ({runtime.gpu_name}); TensorRT kernels are "
+            f"compiled per architecture. {fix}")
+    if manifest.gpu_name != runtime.gpu_name:
+        log.warning("%s: engine was tuned on %s and runs on %s (same architecture); "
+                    "rebuild for best speed: %s", manifest.stage, manifest.gpu_name,
+                    runtime.gpu_name, manifest.rebuild_command)
+
+
+def verify_plan(folder: str | os.PathLike, manifest: EngineManifest) -> Path:
+    """The plan file's path, after checking its bytes are the ones the manifest describes."""
+    plan = Path(folder) / manifest.plan_file
+    if not plan.is_file():
+        raise FileNotFoundError(f"{plan} not found; rebuild with:\n  {manifest.rebuild_command}")
+    digest = artifact_sha256(plan)
+    if digest != manifest.plan_sha256:
+        raise EngineMismatchError(
+            f"{plan}: sha256 {digest[:12]}... does not match the manifest's "
+            f"{manifest.plan_sha256[:12]}... (the file changed after it was built). "
+            f"Rebuild with:\n  {manifest.rebuild_command}")
+    return plan
+
+
+def cached_engine(folder: str | os.PathLike, key: str) -> Path | None:
+    """The plan in `folder` if its manifest has cache key `key` and the plan is intact."""
+    try:
+        manifest = read_manifest(folder)
+        if manifest.cache_key != key:
+            return None
+        return verify_plan(folder, manifest)
+    except (FileNotFoundError, ValueError) as error:
+        log.debug("no reusable engine in %s: %s", folder, error)
+        return None

@@ -1,0 +1,57 @@
+"""Input checks a runner does before calling an engine, against its manifest's profiles.
+
+TensorRT rejects an out-of-profile shape with a terse log line; this check names the
+tensor, the dim, the allowed range and the profile key to widen.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from .manifest import EngineManifest
+
+# symbolic dim (models/specs.py) -> the profiles.yaml key that sets its range
+PROFILE_KEY = {"batch": "batch", "seq": "seq", "frames": "frames", "lframes": "frames",
+               "height": "height", "lheight": "height", "width": "width", "lwidth": "width",
+               "refs": "refs", "images": "refs", "patches": "refs"}
+
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16,
+                 "bfloat16": torch.bfloat16, "float64": torch.float64, "int64": torch.int64,
+                 "int32": torch.int32, "int8": torch.int8, "uint8": torch.uint8,
+                 "bool": torch.bool, "float8e4m3fn": torch.float8_e4m3fn}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return _TORCH_DTYPES[name]
+    except KeyError:
+        raise ValueError(f"tensor type {name!r} has no torch equivalent here; "
+                         f"supported: {sorted(_TORCH_DTYPES)}") from None
+
+
+def check_input_shapes(manifest: EngineManifest, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Raise ValueError unless `shapes` name exactly the engine's inputs, within its profile."""
+    stage, profiles = manifest.stage, manifest.profiles
+    missing = sorted(set(profiles) - set(shapes))
+    unexpected = sorted(set(shapes) - set(profiles))
+    if missing or unexpected:
+        raise ValueError(f"{stage}: inputs must be {sorted(profiles)}; missing {missing}, "
+                         f"unexpected {unexpected}")
+    symbols = {b["name"]: b["dims"] for b in manifest.inputs}
+    for name, shape in shapes.items():
+        low, high = profiles[name]["min"], profiles[name]["max"]
+        if len(shape) != len(low):
+            raise ValueError(f"{stage}: input {name!r} has shape {tuple(shape)} "
+                             f"({len(shape)} dims); the engine expects {len(low)} dims")
+        for i, value in enumerate(shape):
+            if low[i] <= value <= high[i]:
+                continue
+            symbol = symbols.get(name, [None] * len(shape))[i]
+            label = f"dim {i} ({symbol})" if isinstance(symbol, str) else f"dim {i}"
+            key = PROFILE_KEY.get(symbol) if isinstance(symbol, str) else None
+            fix = (f"widen `{key}` in profiles.yaml and rebuild: {manifest.rebuild_command}"
+                   if key else "the model fixes this dim; check how the input was made")
+            raise ValueError(f"{stage}: input {name!r} {label} is {value}, outside the "
+                             f"engine's profile range [{low[i]}, {high[i]}]; {fix}")

@@ -1,0 +1,118 @@
+"""Build every exported stage: what `cinema-trt build` runs.
+
+Reads the exporter's folder (`<onnx dir>/<stage>/model.onnx` + `manifest.json`, see
+export/manifest.py), takes the model config and stage names from those manifests, derives
+each stage's profiles from one `profiles.yaml`, and builds `<out dir>/<stage>/`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cinema_trt.models.presets import CinemaConfig
+from cinema_trt.models.specs import StageSpec, stage_specs
+
+from .config import BuildConfig
+from .shapes import STAGE_NAMES, load_shapes
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("tensorrt", "ort")
+
+
+@dataclass(frozen=True)
+class ExportedStage:
+    name: str
+    folder: Path
+    onnx_path: Path
+    config: CinemaConfig
+    precision: str  # the exporter's precision (fp32 or fp8)
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    onnx_dir: Path
+    out_dir: Path
+    build_config: BuildConfig
+    profile: Path | None = None  # profiles.yaml; None: the preset's defaults
+    runtime: str = "tensorrt"  # "tensorrt" | "ort"
+    stages: tuple[str, ...] = ()  # empty: every exported stage
+
+    def __post_init__(self):
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime={self.runtime!r} must be one of {list(RUNTIMES)}")
+
+
+def exported_stages(onnx_dir: str | os.PathLike) -> dict[str, ExportedStage]:
+    """Every complete stage export under `onnx_dir`, by the stage name in its manifest."""
+    from cinema_trt.export.manifest import MODEL_FILE, read_manifest
+
+    onnx_dir = Path(onnx_dir)
+    if not onnx_dir.is_dir():
+        raise FileNotFoundError(f"ONNX folder {onnx_dir} does not exist; run "
+                                f"`cinema-trt export --out {onnx_dir}` first")
+    stages = {}
+    for manifest_path in sorted(onnx_dir.glob("*/manifest.json")):
+        folder = manifest_path.parent
+        manifest = read_manifest(folder)
+        onnx_path = folder / MODEL_FILE
+        if not onnx_path.is_file():
+            raise FileNotFoundError(f"{folder}: manifest.json but no {MODEL_FILE}; re-export")
+        stages[manifest.stage] = ExportedStage(
+            manifest.stage, folder, onnx_path, CinemaConfig.from_dict(manifest.config),
+            manifest.precision.value)
+    if not stages:
+        raise FileNotFoundError(f"no exported stages (<stage>/{MODEL_FILE} + manifest.json) "
+                                f"under {onnx_dir}")
+    return stages
+
+
+def stage_spec_for(stage: str, config: CinemaConfig) -> StageSpec:
+    specs = stage_specs(config)
+    if stage in specs:
+        return specs[stage]
+    if stage in STAGE_NAMES:  # the split MLLM graphs
+        from cinema_trt.export.mllm_split import mllm_split_specs
+
+        return mllm_split_specs(config)[stage]
+    raise ValueError(f"unknown stage {stage!r}; expected one of {list(STAGE_NAMES)}")
+
+
+def select_stages(found: dict[str, ExportedStage], wanted: tuple[str, ...]
+                  ) -> list[ExportedStage]:
+    unknown = [s for s in wanted if s not in found]
+    if unknown:
+        raise ValueError(f"stages {unknown} were not exported; available: {sorted(found)}")
+    chosen = [found[s] for s in (wanted or sorted(found))]
+    architectures = {stage.config.to_json() for stage in chosen}
+    if len(architectures) > 1:
+        presets = sorted({s.config.name for s in chosen})
+        raise ValueError(f"the exported stages come from different configs ({presets}); "
+                         "export every stage from one model, then build")
+    return chosen
+
+
+def build_stages(request: BuildRequest) -> dict[str, Path]:
+    """Build (or reuse) one engine per selected stage; returns {stage: plan or model path}."""
+    if request.runtime == "tensorrt":
+        from .deps import require_tensorrt
+
+        require_tensorrt()  # fail before reading gigabytes of ONNX
+    chosen = select_stages(exported_stages(request.onnx_dir), request.stages)
+    config = chosen[0].config
+    shapes = load_shapes(request.profile, config)
+    if request.runtime == "tensorrt":
+        from .trt_build import build_engine as build
+    else:
+        from .ort_build import build_ort_model as build
+    built = {}
+    for stage in chosen:
+        log.info("building %s (%s, %s)", stage.name, request.runtime,
+                 request.build_config.precision.value)
+        built[stage.name] = build(stage.onnx_path, Path(request.out_dir) / stage.name,
+                                  stage_spec_for(stage.name, config), shapes,
+                                  request.build_config, config)
+    return built

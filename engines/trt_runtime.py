@@ -1,0 +1,239 @@
+"""`TensorRTRunner`: a built engine behind the `Runner` protocol (models/runner.py).
+
+Lifecycle: load (manifest validated, plan hash checked) -> allocate (one output buffer per
+output at its largest shape, optional shared scratch memory) -> run (shapes checked against
+the profile, `set_input_shape`, `set_tensor_address`, `execute_async_v3` on the runner's
+stream) -> optionally replay a CUDA graph captured once per input-shape bucket.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from cinema_trt.models.runner import Runner, Tensors
+
+from .deps import require_tensorrt, tensorrt_runtime_info
+from .manifest import EngineManifest, read_manifest, validate_manifest, verify_plan
+from .shape_check import check_input_shapes, torch_dtype
+from .trt_build import trt_logger
+
+log = logging.getLogger(__name__)
+
+
+class SharedDeviceMemory:
+    """One scratch buffer for every engine that runs back to back on one stream.
+
+    Stages of the pipeline never run concurrently, so their TensorRT activations can share
+    memory sized to the largest engine instead of one allocation per engine. All sharing
+    runners use this object's stream; growing the buffer bumps `generation` so runners
+    re-point their contexts (and drop CUDA graphs that captured the old address).
+    """
+
+    def __init__(self, device: str | torch.device = "cuda"):
+        self.device = torch.device(device)
+        self.stream = torch.cuda.Stream(self.device)
+        self.generation = 0
+        self._buffer: torch.Tensor | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self._buffer is None else self._buffer.numel()
+
+    def reserve(self, nbytes: int) -> None:
+        if nbytes > self.nbytes:
+            self.stream.synchronize()  # the old buffer may still be in use
+            self._buffer = None
+            with torch.cuda.stream(self.stream):
+                self._buffer = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+            self.generation += 1
+            log.info("shared TensorRT scratch memory: %.1f MiB", nbytes / 2 ** 20)
+
+    @property
+    def pointer(self) -> int:
+        return self._buffer.data_ptr()
+
+
+class _Bucket:
+    """Views of the preallocated buffers at one set of input shapes, and its CUDA graph."""
+
+    def __init__(self, inputs: Tensors, outputs: Tensors):
+        self.inputs = inputs
+        self.outputs = outputs
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+
+class TensorRTRunner:
+    """Runs `<engine_dir>/model.plan` built by `cinema-trt build`."""
+
+    def __init__(self, engine_dir: str | os.PathLike, device: str | torch.device = "cuda",
+                 cuda_graph: bool = False, shared_memory: SharedDeviceMemory | None = None,
+                 weight_streaming_budget: int | None = None):
+        folder = Path(engine_dir)
+        self.manifest: EngineManifest = read_manifest(folder)
+        self.name = self.manifest.stage
+        trt = require_tensorrt()
+        validate_manifest(self.manifest, tensorrt_runtime_info())
+        plan = verify_plan(folder, self.manifest)
+        self.device = torch.device(device)
+        self.cuda_graph = cuda_graph
+        self._trt = trt
+        self._runtime = trt.Runtime(trt_logger(trt))
+        self.engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
+        if self.engine is None:
+            raise RuntimeError(f"{plan}: TensorRT could not deserialize the plan (see the "
+                               f"log); rebuild with:\n  {self.manifest.rebuild_command}")
+        if weight_streaming_budget is not None:
+            self.engine.weight_streaming_budget_v2 = weight_streaming_budget
+        self._shared = shared_memory
+        self._create_context()
+        self._allocate()
+        self._buckets: dict[tuple, _Bucket] = {}
+
+    # --- setup --------------------------------------------------------------------------
+
+    def _create_context(self) -> None:
+        trt, engine = self._trt, self.engine
+        if self._shared is None:
+            self.context = engine.create_execution_context()
+            self.stream = torch.cuda.Stream(self.device)
+        else:
+            strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
+            self.context = engine.create_execution_context(strategy)
+            self.stream = self._shared.stream
+            size = getattr(engine, "device_memory_size_v2", None) or engine.device_memory_size
+            self._shared.reserve(int(size))
+            self._memory_generation = -1
+        if self.context is None:
+            raise RuntimeError(f"{self.name}: could not create a TensorRT execution context "
+                               "(out of GPU memory?)")
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        mode = trt.TensorIOMode.INPUT
+        self.input_names = [n for n in names if engine.get_tensor_mode(n) == mode]
+        self.output_names = [n for n in names if engine.get_tensor_mode(n) != mode]
+        self.dtypes = {n: torch_dtype(_dtype_name(engine.get_tensor_dtype(n))) for n in names}
+        self.ignored_inputs = set(self.manifest.extra.get("unused_inputs", []))
+
+    def _allocate(self) -> None:
+        """One buffer per I/O tensor at its largest shape; buckets view into them."""
+        for name in self.input_names:
+            self.context.set_input_shape(name, self.manifest.profiles[name]["max"])
+        self._max_buffers: Tensors = {}
+        for name in self.input_names + self.output_names:
+            shape = tuple(self.context.get_tensor_shape(name))
+            numel = int(torch.Size(shape).numel())
+            self._max_buffers[name] = torch.empty(max(numel, 1), dtype=self.dtypes[name],
+                                                  device=self.device)
+
+    # --- running ------------------------------------------------------------------------
+
+    def _prepare(self, inputs: Mapping[str, torch.Tensor]) -> Tensors:
+        feeds = {k: v for k, v in inputs.items() if k not in self.ignored_inputs}
+        check_input_shapes(self.manifest, {k: tuple(v.shape) for k, v in feeds.items()})
+        return {name: feeds[name].to(self.device, self.dtypes[name]).contiguous()
+                for name in self.input_names}
+
+    def _bucket(self, feeds: Tensors) -> _Bucket:
+        key = tuple(tuple(t.shape) for t in feeds.values())
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            for name, tensor in feeds.items():
+                self.context.set_input_shape(name, tuple(tensor.shape))
+            views = {}
+            for name in self.input_names + self.output_names:
+                shape = tuple(feeds[name].shape) if name in feeds \
+                    else tuple(self.context.get_tensor_shape(name))
+                views[name] = self._max_buffers[name][:torch.Size(shape).numel()].view(shape)
+            bucket = self._buckets[key] = _Bucket(
+                {n: views[n] for n in self.input_names}, {n: views[n] for n in self.output_names})
+        return bucket
+
+    def _point_memory(self) -> None:
+        if self._shared is not None and self._memory_generation != self._shared.generation:
+            if hasattr(self.context, "set_device_memory"):  # TensorRT >= 10.1
+                self.context.set_device_memory(self._shared.pointer, self._shared.nbytes)
+            else:
+                self.context.device_memory = self._shared.pointer
+            self._memory_generation = self._shared.generation
+            for bucket in self._buckets.values():  # graphs captured the old address
+                bucket.graph = None
+
+    def _enqueue(self, bucket: _Bucket) -> None:
+        for name, tensor in {**bucket.inputs, **bucket.outputs}.items():
+            if name in bucket.inputs:
+                self.context.set_input_shape(name, tuple(tensor.shape))
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise RuntimeError(f"{self.name}: TensorRT execution failed (see the log)")
+
+    def _capture(self, bucket: _Bucket) -> None:
+        # one plain enqueue first: TensorRT finishes shape-dependent setup lazily, and
+        # that setup must not be recorded into the graph
+        self._enqueue(bucket)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=self.stream):
+            self._enqueue(bucket)
+        bucket.graph = graph
+
+    @torch.inference_mode()
+    def run(self, inputs: Mapping[str, torch.Tensor]) -> Tensors:
+        feeds = self._prepare(inputs)
+        bucket = self._bucket(feeds)
+        caller = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(caller)  # inputs were produced on the caller's stream
+        with torch.cuda.stream(self.stream):
+            self._point_memory()
+            for name, tensor in feeds.items():
+                bucket.inputs[name].copy_(tensor, non_blocking=True)
+            if not self.cuda_graph:
+                self._enqueue(bucket)
+            elif bucket.graph is None:
+                self._capture(bucket)  # its replay-equivalent enqueue already ran
+            else:
+                bucket.graph.replay()
+        caller.wait_stream(self.stream)
+        # copies: the buffers are reused by the next call (the pipeline keeps the MLLM's
+        # conditional output while it runs the unconditional one)
+        return {name: tensor.clone() for name, tensor in bucket.outputs.items()}
+
+
+def _dtype_name(trt_dtype) -> str:
+    name = str(trt_dtype).rsplit(".", 1)[-1].lower()
+    return {"float": "float32", "half": "float16", "int32": "int32", "int64": "int64",
+            "bf16": "bfloat16", "bool": "bool", "int8": "int8", "uint8": "uint8",
+            "fp8": "float8e4m3fn"}.get(name, name)
+
+
+def tensorrt_runners(engine_dir: str | os.PathLike, export_dir: str | os.PathLike | None = None,
+                     cuda_graph_stages: tuple[str, ...] = ("dit",), share_memory: bool = True,
+                     device: str | torch.device = "cuda") -> dict[str, Runner]:
+    """A runner per built stage under `engine_dir`, keyed by pipeline stage name.
+
+    An MLLM built as `mllm_vision` + `mllm_text` is composed into one "mllm" runner with
+    the glue the exporter saved in `<export_dir>/mllm_text` (embeddings, HF config).
+    """
+    engine_dir = Path(engine_dir)
+    found = sorted(p.parent.name for p in engine_dir.glob("*/manifest.json"))
+    if not found:
+        raise FileNotFoundError(f"no engines (<stage>/manifest.json) under {engine_dir}; "
+                                "run `cinema-trt build` first")
+    shared = SharedDeviceMemory(device) if share_memory else None
+
+    def load(stage: str) -> TensorRTRunner:
+        return TensorRTRunner(engine_dir / stage, device, stage in cuda_graph_stages, shared)
+
+    split = ("mllm_vision", "mllm_text")
+    runners: dict[str, Runner] = {s: load(s) for s in found if s not in split}
+    if "mllm" not in runners and set(split) <= set(found):
+        if export_dir is None:
+            raise ValueError("the MLLM was built as mllm_vision + mllm_text; pass export_dir "
+                             "(the ONNX folder) for the glue between them")
+        from cinema_trt.export.mllm_split import composed_mllm_runner
+
+        runners["mllm"] = composed_mllm_runner(load("mllm_vision"), load("mllm_text"),
+                                               Path(export_dir) / "mllm_text")
+    return runners

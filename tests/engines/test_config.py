@@ -1,0 +1,125 @@
+"""Build config -> TensorRT flags (as names), strong typing derived from the ONNX graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from cinema_trt.engines.config import (BuildConfig, Precision, inspect_onnx, network_flags,
+                                       ort_optimization_level, resolve_build_config, trt_flags)
+
+
+def _matmul_graph(path, qdq: str | None = None, weight_dtype=np.float32) -> str:
+    """x (B, 8) @ W (8, 4) -> y, optionally with x passed through a Q/DQ pair first."""
+    weight = numpy_helper.from_array(np.ones((8, 4), weight_dtype), "W")
+    nodes, inits, source = [], [weight], "x"
+    if weight_dtype != np.float32:
+        nodes.append(helper.make_node("Cast", ["x"], ["x_cast"], to=TensorProto.FLOAT16))
+        source = "x_cast"
+    if qdq is not None:
+        zp_type = {"fp8": TensorProto.FLOAT8E4M3FN, "int8": TensorProto.INT8}[qdq]
+        scale_type = TensorProto.FLOAT16 if weight_dtype != np.float32 else TensorProto.FLOAT
+        inits += [helper.make_tensor("scale", scale_type, [], [0.5]),
+                  helper.make_tensor("zero", zp_type, [], [0])]
+        nodes += [helper.make_node("QuantizeLinear", [source, "scale", "zero"], ["xq"]),
+                  helper.make_node("DequantizeLinear", ["xq", "scale", "zero"], ["xdq"])]
+        source = "xdq"
+    nodes.append(helper.make_node("MatMul", [source, "W"], ["y"]))
+    out_type = TensorProto.FLOAT16 if weight_dtype != np.float32 else TensorProto.FLOAT
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["batch", 8])], [helper.make_tensor_value_info(
+            "y", out_type, ["batch", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_plain_graph_is_weakly_typed_and_precision_picks_the_flag(tmp_path):
+    graph = inspect_onnx(_matmul_graph(tmp_path / "plain.onnx"))
+    assert not graph.has_qdq
+    assert graph.inputs == {"x": "float32"} and graph.outputs == {"y": "float32"}
+    expected = {Precision.FP32: [], Precision.FP16: ["FP16"], Precision.BF16: ["BF16"]}
+    for precision, flags in expected.items():
+        config = resolve_build_config(BuildConfig(precision=precision), graph)
+        assert not config.strongly_typed
+        assert network_flags(config) == []
+        assert trt_flags(config) == flags
+
+
+@pytest.mark.parametrize("kind, qdq_type", [("fp8", "float8e4m3fn"), ("int8", "int8")])
+def test_qdq_graph_is_strongly_typed_without_precision_flags(tmp_path, kind, qdq_type):
+    graph = inspect_onnx(_matmul_graph(tmp_path / f"{kind}.onnx", qdq=kind,
+                                       weight_dtype=np.float16))
+    assert graph.has_qdq and graph.qdq_types == {qdq_type}
+    precision = Precision.FP8 if kind == "fp8" else Precision.FP16
+    config = resolve_build_config(BuildConfig(precision=precision), graph)
+    assert config.strongly_typed
+    assert network_flags(config) == ["STRONGLY_TYPED"]
+    # a strongly typed network takes its types from the graph: no FP16/BF16/FP8 flags
+    assert trt_flags(config) == []
+
+
+def test_fp8_needs_an_fp8_qdq_graph(tmp_path):
+    plain = inspect_onnx(_matmul_graph(tmp_path / "plain.onnx"))
+    with pytest.raises(ValueError, match="precision=fp8 needs an ONNX graph with FP8"):
+        resolve_build_config(BuildConfig(precision="fp8"), plain)
+    int8 = inspect_onnx(_matmul_graph(tmp_path / "int8.onnx", qdq="int8"))
+    with pytest.raises(ValueError, match=r"found Q/DQ types \['int8'\]"):
+        resolve_build_config(BuildConfig(precision="fp8"), int8)
+
+
+def test_fp8_graph_must_be_built_as_fp8(tmp_path):
+    graph = inspect_onnx(_matmul_graph(tmp_path / "fp8.onnx", qdq="fp8"))
+    with pytest.raises(ValueError, match="build it with --precision fp8"):
+        resolve_build_config(BuildConfig(precision="fp32"), graph)
+
+
+def test_fp16_on_a_strongly_typed_float32_graph_is_refused(tmp_path):
+    graph = inspect_onnx(_matmul_graph(tmp_path / "int8.onnx", qdq="int8"))
+    with pytest.raises(ValueError, match="precision=fp16 has no effect on this graph"):
+        resolve_build_config(BuildConfig(precision="fp16"), graph)
+
+
+def test_weight_streaming_forces_strong_typing(tmp_path):
+    graph = inspect_onnx(_matmul_graph(tmp_path / "plain.onnx"))
+    config = resolve_build_config(BuildConfig(precision="fp32", weight_streaming=True), graph)
+    assert config.strongly_typed
+    assert trt_flags(config) == ["WEIGHT_STREAMING"]
+    with pytest.raises(ValueError, match="weight streaming needs a strongly typed network"):
+        trt_flags(BuildConfig(precision="fp32", weight_streaming=True))
+
+
+def test_refit_flag():
+    assert trt_flags(BuildConfig(precision="bf16", refittable=True)) == ["BF16", "REFIT"]
+
+
+def test_unresolved_fp8_config_cannot_be_translated():
+    with pytest.raises(ValueError, match="call resolve_build_config"):
+        trt_flags(BuildConfig(precision="fp8"))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"precision": "int4"}, "precision='int4' is not supported"),
+    ({"workspace_gib": 0}, "workspace_gib=0 must be in"),
+    ({"optimization_level": 6}, "optimization_level=6 must be in 0..5"),
+])
+def test_invalid_build_configs(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BuildConfig(**kwargs)
+
+
+def test_cache_fields_leave_out_the_timing_cache_path():
+    a = BuildConfig(timing_cache="/tmp/a.cache").cache_fields()
+    b = BuildConfig(timing_cache="/elsewhere/b.cache").cache_fields()
+    assert a == b and "timing_cache" not in a
+    assert BuildConfig(timing_cache="/tmp/a.cache").to_dict()["timing_cache"] == "/tmp/a.cache"
+
+
+def test_ort_levels_follow_the_tensorrt_scale():
+    names = [ort_optimization_level(BuildConfig(optimization_level=level))
+             for level in range(6)]
+    assert names == ["ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED",
+                     "ORT_ENABLE_ALL", "ORT_ENABLE_ALL", "ORT_ENABLE_ALL"]

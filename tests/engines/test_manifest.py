@@ -1,0 +1,171 @@
+"""Manifests: atomic writes, honest cache keys, refusal of foreign engines with a fix."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from cinema_trt.engines.config import BuildConfig, Precision
+from cinema_trt.engines.manifest import (EngineManifest, EngineMismatchError, RuntimeInfo,
+                                         cache_key, cached_engine, onnx_sha256, read_manifest,
+                                         rebuild_command, sha256_file, validate_manifest,
+                                         verify_plan, write_manifest)
+
+H100 = RuntimeInfo("tensorrt", "10.3.0", "NVIDIA H100 80GB HBM3", "9.0")
+PROFILES = {"latents": ((1, 16, 2, 8, 8), (2, 16, 2, 8, 8), (2, 16, 3, 8, 8))}
+COMMAND = rebuild_command("exported", "engines", BuildConfig(precision=Precision.FP16),
+                          ("dit",), "profiles.yaml")
+
+
+def _manifest(folder, runtime=H100, plan_bytes=b"plan bytes") -> EngineManifest:
+    plan = folder / "model.plan"
+    plan.write_bytes(plan_bytes)
+    manifest = EngineManifest(
+        stage="dit", runtime=runtime.runtime, runtime_version=runtime.version,
+        precision="fp16", build_config=BuildConfig().to_dict(),
+        profiles={"latents": {"min": [1, 16, 2, 8, 8], "opt": [2, 16, 2, 8, 8],
+                              "max": [2, 16, 3, 8, 8]}},
+        inputs=[{"name": "latents", "dtype": "float32",
+                 "dims": ["batch", 16, "lframes", "lheight", "lwidth"]}],
+        outputs=[], onnx_path="exported/dit/model.onnx", onnx_sha256="a" * 64,
+        plan_file=plan.name, plan_sha256=sha256_file(plan), cache_key="k" * 64,
+        rebuild_command=COMMAND, gpu_name=runtime.gpu_name,
+        compute_capability=runtime.compute_capability)
+    write_manifest(folder, manifest)
+    return manifest
+
+
+def test_write_read_round_trip_leaves_no_temporary_files(tmp_path):
+    manifest = _manifest(tmp_path)
+    assert read_manifest(tmp_path) == manifest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "model.plan"]
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    for key in ("runtime_version", "gpu_name", "compute_capability", "precision", "profiles",
+                "inputs", "outputs", "onnx_sha256", "cache_key", "plan_sha256"):
+        assert key in data
+
+
+def test_same_runtime_and_gpu_validates(tmp_path):
+    validate_manifest(_manifest(tmp_path), H100)
+
+
+def test_other_tensorrt_version_is_refused_with_the_rebuild_command(tmp_path):
+    manifest = _manifest(tmp_path)
+    with pytest.raises(EngineMismatchError) as error:
+        validate_manifest(manifest, dataclasses.replace(H100, version="10.7.0"))
+    message = str(error.value)
+    assert "TensorRT 10.3.0" in message and "TensorRT 10.7.0" in message
+    assert "cinema-trt build --onnx exported --out engines --precision fp16" in message
+    assert COMMAND in message
+
+
+def test_other_gpu_architecture_is_refused_with_the_rebuild_command(tmp_path):
+    manifest = _manifest(tmp_path)
+    l40 = RuntimeInfo("tensorrt", "10.3.0", "NVIDIA L40S", "8.9")
+    with pytest.raises(EngineMismatchError) as error:
+        validate_manifest(manifest, l40)
+    assert "sm 9.0" in str(error.value) and "sm 8.9" in str(error.value)
+    assert COMMAND in str(error.value)
+
+
+def test_same_architecture_other_gpu_model_only_warns(tmp_path, caplog):
+    h200 = RuntimeInfo("tensorrt", "10.3.0", "NVIDIA H200", "9.0")
+    validate_manifest(_manifest(tmp_path), h200)
+    assert "tuned on NVIDIA H100" in caplog.text
+
+
+def test_engine_for_another_runtime_is_refused(tmp_path):
+    with pytest.raises(EngineMismatchError, match="built for tensorrt, not onnxruntime"):
+        validate_manifest(_manifest(tmp_path), RuntimeInfo("onnxruntime", "1.20.0"))
+
+
+def test_changed_plan_bytes_are_refused(tmp_path):
+    manifest = _manifest(tmp_path)
+    assert verify_plan(tmp_path, manifest) == tmp_path / "model.plan"
+    (tmp_path / "model.plan").write_bytes(b"plan bytes, edited")
+    with pytest.raises(EngineMismatchError, match="does not match the manifest"):
+        verify_plan(tmp_path, manifest)
+    assert cached_engine(tmp_path, manifest.cache_key) is None
+
+
+def test_cached_engine_needs_the_same_key(tmp_path):
+    manifest = _manifest(tmp_path)
+    assert cached_engine(tmp_path, manifest.cache_key) == tmp_path / "model.plan"
+    assert cached_engine(tmp_path, "other") is None
+    assert cached_engine(tmp_path / "missing", manifest.cache_key) is None
+
+
+def test_corrupt_manifest_reads_as_a_clear_error(tmp_path):
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"stage": "dit"}))
+    with pytest.raises(ValueError, match="missing keys"):
+        read_manifest(tmp_path)
+
+
+def test_cache_key_changes_when_any_input_changes():
+    base = dict(stage="dit", onnx_digest="a" * 64, config=BuildConfig(), profiles=PROFILES,
+                runtime=H100)
+    key = cache_key(**base)
+    wider = {"latents": (PROFILES["latents"][0], PROFILES["latents"][1], (2, 16, 5, 8, 8))}
+    variants = {
+        "stage": "vae_decoder", "onnx_digest": "b" * 64, "profiles": wider,
+        "runtime": [dataclasses.replace(H100, version="10.7.0"),
+                    dataclasses.replace(H100, compute_capability="8.9")],
+        "config": [BuildConfig(precision=Precision.BF16), BuildConfig(workspace_gib=4),
+                   BuildConfig(optimization_level=5), BuildConfig(weight_streaming=True),
+                   BuildConfig(refittable=True), BuildConfig(strongly_typed=True)],
+    }
+    for field, values in variants.items():
+        for value in values if isinstance(values, list) else [values]:
+            assert cache_key(**{**base, field: value}) != key, (field, value)
+    # the timing cache only speeds builds up: it does not change the key
+    assert cache_key(**{**base, "config": BuildConfig(timing_cache="t.cache")}) == key
+    assert cache_key(**base) == key
+
+
+def test_onnx_digest_covers_external_weights(tmp_path):
+    weight = numpy_helper.from_array(np.arange(32, dtype=np.float32).reshape(8, 4), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [weight])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph), str(path), save_as_external_data=True,
+              location="model.onnx.data", size_threshold=0)
+    before = onnx_sha256(path)
+    data = tmp_path / "model.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[0] ^= 1  # one bit of one weight
+    data.write_bytes(bytes(raw))
+    assert onnx_sha256(path) != before
+    data.unlink()
+    with pytest.raises(FileNotFoundError, match="references external data model.onnx.data"):
+        onnx_sha256(path)
+
+
+def test_rebuild_command_is_accepted_by_the_cli():
+    from cinema_trt.cli import build as cli_build
+
+    config = BuildConfig(precision=Precision.BF16, workspace_gib=2.5, optimization_level=5,
+                         timing_cache="out dir/t.cache", refittable=True)
+    command = rebuild_command("exp", "out dir", config, ("dit", "vae_decoder"), "p.yaml",
+                              "tensorrt")
+    parser = argparse.ArgumentParser()
+    cli_build.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(shlex.split(command)[1:])
+    request = cli_build.build_request(args)
+    assert request.build_config == config
+    assert request.stages == ("dit", "vae_decoder")
+    assert str(request.profile) == "p.yaml" and request.runtime == "tensorrt"
+    ort = rebuild_command("exp", "out", BuildConfig(precision=Precision.FP32), (), None,
+                          "onnxruntime")
+    assert cli_build.build_request(parser.parse_args(shlex.split(ort)[1:])).runtime == "ort"

@@ -1,0 +1,111 @@
+"""`build --runtime ort`: an ORT-optimized CPU model of a tiny exported stage, its manifest,
+its cache, and the runner-side shape check against the recorded profiles."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from cinema_trt.engines.config import BuildConfig, Precision
+from cinema_trt.engines.manifest import read_manifest, validate_manifest, verify_plan
+from cinema_trt.engines.deps import onnxruntime_runtime_info
+from cinema_trt.engines.ort_build import build_ort_model
+from cinema_trt.engines.shape_check import check_input_shapes
+from cinema_trt.engines.shapes import shapes_from_dict
+from cinema_trt.models.specs import stage_specs
+
+FP32 = BuildConfig(precision=Precision.FP32)
+
+
+@pytest.fixture(scope="module")
+def built(connector_export, tiny, tmp_path_factory):
+    folder, module = connector_export
+    out = tmp_path_factory.mktemp("engines") / "connector"
+    shapes = shapes_from_dict({"seq": {"min": 2, "opt": 16, "max": 64}}, tiny)
+    model = build_ort_model(folder / "connector" / "model.onnx", out,
+                            stage_specs(tiny)["connector"], shapes, FP32, tiny)
+    return model, module, shapes
+
+
+def test_optimized_model_matches_torch(built):
+    model, module, _ = built
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    torch.manual_seed(1)
+    hidden = torch.randn(1, 23, 64)
+    mask = torch.ones(1, 23, dtype=torch.int64)
+    mask[0, 17:] = 0  # padding must not change the result
+    with torch.inference_mode():
+        expected = module(hidden, mask).numpy()
+    (got,) = session.run(["text_states"], {"hidden_states": hidden.numpy(),
+                                           "attention_mask": mask.numpy()})
+    # fp32 on both sides; graph rewrites (fused matmul+add, reordered softmax) change the
+    # summation order only: a few fp32 ulps of outputs of size ~1
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_manifest_describes_the_ort_model(built):
+    model, _, _ = built
+    manifest = read_manifest(model.parent)
+    assert manifest.runtime == "onnxruntime" and manifest.runtime_version == ort.__version__
+    assert manifest.stage == "connector" and manifest.precision == "fp32"
+    assert manifest.compute_capability is None
+    assert manifest.profiles["hidden_states"] == {"min": [1, 2, 64], "opt": [1, 16, 64],
+                                                  "max": [1, 64, 64]}
+    assert [b["name"] for b in manifest.inputs] == ["hidden_states", "attention_mask"]
+    assert manifest.outputs == [{"name": "text_states", "dtype": "float32",
+                                 "dims": ["batch", 16, 48], "max_shape": [1, 16, 48]}]
+    assert manifest.extra["graph_optimization_level"] == "ORT_ENABLE_ALL"
+    assert "--runtime ort" in manifest.rebuild_command
+    assert "--stages connector" in manifest.rebuild_command
+    validate_manifest(manifest, onnxruntime_runtime_info())
+    assert verify_plan(model.parent, manifest) == model
+
+
+def test_unchanged_inputs_reuse_the_model_and_changes_rebuild_it(built, connector_export, tiny):
+    model, _, shapes = built
+    onnx_path = connector_export[0] / "connector" / "model.onnx"
+    spec = stage_specs(tiny)["connector"]
+    stamp = model.stat().st_mtime_ns
+    key = read_manifest(model.parent).cache_key
+    assert build_ort_model(onnx_path, model.parent, spec, shapes, FP32, tiny) == model
+    assert model.stat().st_mtime_ns == stamp
+    basic = dataclasses.replace(FP32, optimization_level=1)
+    build_ort_model(onnx_path, model.parent, spec, shapes, basic, tiny)
+    assert read_manifest(model.parent).cache_key != key
+    assert read_manifest(model.parent).extra["graph_optimization_level"] == "ORT_ENABLE_BASIC"
+    build_ort_model(onnx_path, model.parent, spec, shapes, FP32, tiny)  # back to the fixture's
+    assert read_manifest(model.parent).cache_key == key
+
+
+def test_shape_check_names_the_tensor_dim_and_range(built):
+    manifest = read_manifest(built[0].parent)
+    check_input_shapes(manifest, {"hidden_states": (1, 64, 64), "attention_mask": (1, 64)})
+    with pytest.raises(ValueError) as error:
+        check_input_shapes(manifest, {"hidden_states": (1, 65, 64), "attention_mask": (1, 65)})
+    message = str(error.value)
+    assert "connector: input 'hidden_states' dim 1 (seq) is 65" in message
+    assert "profile range [2, 64]" in message and "widen `seq` in profiles.yaml" in message
+    assert manifest.rebuild_command in message
+    with pytest.raises(ValueError, match="expects 3 dims"):
+        check_input_shapes(manifest, {"hidden_states": (65, 64), "attention_mask": (1, 65)})
+    with pytest.raises(ValueError, match=r"missing \['attention_mask'\], unexpected \['mask'\]"):
+        check_input_shapes(manifest, {"hidden_states": (1, 8, 64), "mask": (1, 8)})
+
+
+def test_ort_builds_fp32_only(connector_export, tiny, tmp_path):
+    onnx_path = connector_export[0] / "connector" / "model.onnx"
+    with pytest.raises(ValueError, match="precision=fp16 is not available with --runtime ort"):
+        build_ort_model(onnx_path, tmp_path, stage_specs(tiny)["connector"],
+                        shapes_from_dict({}, tiny), BuildConfig(precision="fp16"), tiny)
+
+
+def test_graph_that_does_not_match_the_stage_spec_is_refused(connector_export, tiny, tmp_path):
+    onnx_path = connector_export[0] / "connector" / "model.onnx"
+    with pytest.raises(ValueError, match=r"graph inputs \['attention_mask', 'hidden_states'\] "
+                                         r"are not in the dit spec"):
+        build_ort_model(onnx_path, tmp_path, stage_specs(tiny)["dit"],
+                        shapes_from_dict({}, tiny), FP32, tiny)

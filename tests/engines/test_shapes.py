@@ -1,0 +1,149 @@
+"""Deployment shapes -> per-stage TensorRT profiles, and profiles.yaml validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cinema_trt.engines.shapes import (DeploymentShapes, default_shapes, load_shapes,
+                                       profiles_for, shapes_from_dict)
+from cinema_trt.models.specs import Dim, stage_specs
+
+# the tiny preset: 1 + 4k frames, 64x64 px -> 8x8 latents, 16 latent channels, MLLM width 64,
+# 16 connector queries of width 48, 56x56-pixel images -> 16 patches of 3*2*14*14 = 1176
+C, PATCH_DIM = 16, 1176
+
+
+@pytest.fixture
+def shapes():
+    """frames 5..9 (latent 2..3), 32..64 px, 1..3 refs, one request, CFG on."""
+    return DeploymentShapes(batch=Dim(1, 1, 1), frames=Dim(5, 5, 9), height=Dim(32, 64, 64),
+                            width=Dim(32, 48, 64), refs=Dim(1, 2, 3), seq=Dim(8, 100, 300))
+
+
+def test_dit_profile_doubles_the_batch_for_cfg_and_keeps_min_at_one(tiny, shapes):
+    profiles = profiles_for(stage_specs(tiny)["dit"], shapes, tiny)
+    assert list(profiles) == ["latents", "timestep", "text_states", "ref_latents"]
+    assert profiles["latents"] == ((1, C, 2, 4, 4), (2, C, 2, 8, 6), (2, C, 3, 8, 8))
+    assert profiles["timestep"] == ((1,), (2,), (2,))
+    assert profiles["text_states"] == ((1, 16, 48), (2, 16, 48), (2, 16, 48))
+    assert profiles["ref_latents"] == ((1, 1, C, 4, 4), (2, 2, C, 8, 6), (2, 3, C, 8, 8))
+
+
+def test_dit_profile_without_cfg_keeps_the_request_batch(tiny, shapes):
+    import dataclasses
+
+    no_cfg = dataclasses.replace(shapes, cfg=False)
+    profiles = profiles_for(stage_specs(tiny)["dit"], no_cfg, tiny)
+    assert profiles["timestep"] == ((1,), (1,), (1,))
+
+
+def test_vae_profiles(tiny, shapes):
+    encoder = profiles_for(stage_specs(tiny)["vae_encoder"], shapes, tiny)
+    # each reference is a one-frame video: batch = refs, frames = 1
+    assert encoder == {"video": ((1, 3, 1, 32, 32), (2, 3, 1, 64, 48), (3, 3, 1, 64, 64))}
+    decoder = profiles_for(stage_specs(tiny)["vae_decoder"], shapes, tiny)
+    assert decoder == {"latents": ((1, C, 2, 4, 4), (1, C, 2, 8, 6), (1, C, 3, 8, 8))}
+
+
+def test_text_stage_profiles(tiny, shapes):
+    mllm = profiles_for(stage_specs(tiny)["mllm"], shapes, tiny)
+    assert mllm["input_ids"] == ((1, 8), (1, 100), (1, 300))
+    assert mllm["attention_mask"] == mllm["input_ids"]
+    # the negative prompt has no images: zero rows at min; 16 patches per image after
+    assert mllm["pixel_values"] == ((0, PATCH_DIM), (32, PATCH_DIM), (48, PATCH_DIM))
+    assert mllm["image_grid_thw"] == ((0, 3), (2, 3), (3, 3))
+    connector = profiles_for(stage_specs(tiny)["connector"], shapes, tiny)
+    assert connector == {"hidden_states": ((1, 8, 64), (1, 100, 64), (1, 300, 64)),
+                         "attention_mask": ((1, 8), (1, 100), (1, 300))}
+
+
+def test_split_mllm_profiles(tiny, shapes):
+    from cinema_trt.export.mllm_split import mllm_split_specs
+
+    specs = mllm_split_specs(tiny)
+    vision = profiles_for(specs["mllm_vision"], shapes, tiny)
+    # the vision graph only runs with images: 1 image .. 3 refs, 16 patches each
+    assert vision["pixel_values"] == ((16, PATCH_DIM), (32, PATCH_DIM), (48, PATCH_DIM))
+    assert vision["segment_ids"] == ((16,), (32,), (48,))
+    text = profiles_for(specs["mllm_text"], shapes, tiny)
+    assert text["position_ids"] == ((3, 1, 8), (3, 1, 100), (3, 1, 300))
+
+
+def test_default_profiles_cover_what_the_tiny_pipeline_feeds_the_mllm(tiny):
+    """The processor-derived seq range holds the negative prompt and a 4-reference prompt."""
+    from cinema_trt.models.mllm import build_processor, prepare_inputs
+
+    processor = build_processor(tiny.mllm)
+    image = Image.fromarray(np.full((80, 60, 3), 128, np.uint8))
+    prompt = "a person walks a dog along the beach at sunset, the camera tracks left " * 3
+    profiles = profiles_for(stage_specs(tiny)["mllm"], default_shapes(tiny), tiny)
+    for text, images in (("", []), (prompt, [image] * 4), ("a cat", [image])):
+        inputs = prepare_inputs(processor, tiny.mllm, text, images)
+        for name, tensor in inputs.items():
+            low, _, high = profiles[name]
+            assert all(lo <= v <= hi for lo, v, hi in zip(low, tensor.shape, high)), \
+                (name, tuple(tensor.shape), low, high)
+
+
+def test_defaults_are_the_presets_sampler_shapes(tiny):
+    shapes = default_shapes(tiny)
+    s = tiny.sampler
+    assert (shapes.frames, shapes.height, shapes.width) == (
+        Dim(s.frames, s.frames, s.frames), Dim(s.height, s.height, s.height),
+        Dim(s.width, s.width, s.width))
+    assert shapes.refs == Dim(1, 2, tiny.dit.max_refs)
+    assert shapes.batch == Dim(1, 1, 1) and shapes.cfg
+
+
+def test_yaml_overrides_some_dims_and_defaults_the_rest(tmp_path, tiny):
+    path = tmp_path / "profiles.yaml"
+    path.write_text("preset: tiny\nframes: {min: 1, opt: 5, max: 9}\nheight: 32\nrefs: 1\n")
+    shapes = load_shapes(path, tiny)
+    assert shapes.frames == Dim(1, 5, 9)
+    assert shapes.height == Dim(32, 32, 32)  # one int: a static dim
+    assert shapes.width == default_shapes(tiny).width
+    # seq was not given, so its image-token share follows the new refs range
+    assert shapes.seq.max < default_shapes(tiny).seq.max
+    assert shapes.source == str(path)
+
+
+def test_no_profile_file_means_the_presets_defaults(tiny):
+    assert load_shapes(None, tiny) == default_shapes(tiny)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("frames: {min: 1, opt: 5}", "exactly the keys min, opt, max"),
+    ("frames: {min: 9, opt: 5, max: 9}", "min <= opt <= max"),
+    ("frames: {min: 1, opt: 6, max: 9}", "frames.opt: frames=6 must be 1 + 4k"),
+    ("height: {min: 40, opt: 64, max: 64}", "height.min=40 must be a multiple of 16"),
+    ("width: 0", "width.min=0 must be a positive integer"),
+    ("refs: {min: 1, opt: 2, max: 5}", "refs.max=5 exceeds the model's max_refs=4"),
+    ("seq: 1.5", "seq must be an int or a mapping"),
+    ("batch: true", "batch=True must be an int"),
+    ("heigth: 64", "unknown keys ['heigth']"),
+    ("preset: small", "preset 'small' does not match the exported model's preset 'tiny'"),
+    ("cfg: maybe", "cfg='maybe' must be true or false"),
+    ("- frames", "expected a mapping"),
+    ("frames: {min: 1", "not valid YAML"),
+])
+def test_yaml_errors_name_the_file_key_and_constraint(tmp_path, tiny, text, message):
+    path = tmp_path / "profiles.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ValueError) as error:
+        load_shapes(path, tiny)
+    assert message in str(error.value)
+    assert str(path) in str(error.value)
+
+
+def test_missing_profile_file(tmp_path, tiny):
+    with pytest.raises(FileNotFoundError, match="profiles.yaml not found"):
+        load_shapes(tmp_path / "profiles.yaml", tiny)
+
+
+def test_unknown_stage_is_refused(tiny):
+    from cinema_trt.engines.shapes import stage_symbols
+
+    with pytest.raises(ValueError, match="unknown stage 'unet'"):
+        stage_symbols("unet", shapes_from_dict({}, tiny), tiny, "opt")
