@@ -1,0 +1,94 @@
+"""Pure-PyTorch reference for the attention kernels, kept beside them in library code.
+
+Tests compare the Triton kernels against `attention_reference` in float64, and against the
+same function run in the input dtype to derive tolerances. `QKPrologue` describes the
+optional Q/K transforms (RMS-norm, then 3D RoPE) that the fused kernel applies while
+loading Q and K; the DiT's own `RMSNorm` and `apply_rope` (models/) define the semantics.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+LOG2E = 1.4426950408889634  # exp(x) == exp2(x * log2(e)); the kernels fold it into the scale
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: field-wise == on tensors is ambiguous
+class QKPrologue:
+    """Transforms applied to Q and K before Q.Kᵀ: RMS-norm (optional), then RoPE (optional).
+
+    Norm weights are (D,) or per token (S, D) — the MM-DiT's text and visual streams have
+    separate norms, so the caller concatenates the two weights along S. RoPE uses the
+    "rotate half" layout of `models.rope`: cos/sin are (S, D) or per sample (B, S, D), and
+    tokens without a position (text) carry cos=1, sin=0.
+    """
+
+    q_norm_weight: torch.Tensor | None = None
+    k_norm_weight: torch.Tensor | None = None
+    rope_cos: torch.Tensor | None = None
+    rope_sin: torch.Tensor | None = None
+    eps: float = 1e-6
+
+    @property
+    def has_norm(self) -> bool:
+        return self.q_norm_weight is not None
+
+    @property
+    def has_rope(self) -> bool:
+        return self.rope_cos is not None
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMS-norm over the last dim. x (B, H, S, D); weight (D,) or (S, D)."""
+    x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return x * weight.to(x.dtype)
+
+
+def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE. x (B, H, S, D); cos/sin (S, D) or (B, S, D)."""
+    if cos.dim() == 3:  # per sample: broadcast over heads
+        cos, sin = cos[:, None], sin[:, None]
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+def apply_prologue_reference(q: torch.Tensor, k: torch.Tensor,
+                             prologue: QKPrologue | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if prologue is None:
+        return q, k
+    if prologue.has_norm:
+        q = rms_norm_reference(q, prologue.q_norm_weight, prologue.eps)
+        k = rms_norm_reference(k, prologue.k_norm_weight, prologue.eps)
+    if prologue.has_rope:
+        q = rope_reference(q, prologue.rope_cos, prologue.rope_sin)
+        k = rope_reference(k, prologue.rope_cos, prologue.rope_sin)
+    return q, k
+
+
+def key_mask(kv_lens: torch.Tensor, kv_len: int) -> torch.Tensor:
+    """(B,) valid lengths -> (B, 1, 1, S_kv) boolean mask, True for keys that are attended."""
+    return (torch.arange(kv_len, device=kv_lens.device)[None, :] < kv_lens[:, None])[:, None, None]
+
+
+def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        kv_lens: torch.Tensor | None = None, prologue: QKPrologue | None = None,
+                        scale: float | None = None,
+                        compute_dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """softmax(Q Kᵀ * scale) V computed naively in `compute_dtype`, returned in it.
+
+    q (B, H, S_q, D), k/v (B, H, S_kv, D); keys at index >= kv_lens[b] are masked.
+    With compute_dtype equal to the input dtype this is "the same-dtype PyTorch computation"
+    whose error sets the kernels' tolerance.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    q, k, v = (t.to(compute_dtype) for t in (q, k, v))
+    q, k = apply_prologue_reference(q, k, prologue)
+    scores = (q @ k.transpose(-1, -2)) * scale  # (B, H, S_q, S_kv)
+    if kv_lens is not None:
+        scores = scores.masked_fill(~key_mask(kv_lens.to(scores.device), k.shape[2]),
+                                    float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
