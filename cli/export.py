@@ -1,0 +1,59 @@
+"""`cinema-trt export`: stages -> ONNX graphs + manifests, checked against PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    preset: str
+    out: Path
+    weights: Path | None = None
+    stages: tuple[str, ...] | None = None
+    fp8: bool = False
+    progress: bool = True
+
+
+def export_from_options(options: ExportOptions):
+    """Validate the options, export, and return the results (a list of ExportResult)."""
+    from cinema_trt.export.driver import export_stages
+    from cinema_trt.models.presets import get_preset
+
+    config = get_preset(options.preset)
+    return export_stages(config, options.out, stages=options.stages, weights=options.weights,
+                         fp8=options.fp8, progress=options.progress)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="export stages to ONNX (+ manifest.json), checked against PyTorch",
+        description="Writes <out>/<stage>/model.onnx and manifest.json for each stage: "
+                    "mllm_vision, mllm_text (or 'mllm' for both), connector, vae_encoder, "
+                    "dit, vae_decoder.")
+    p.add_argument("--preset", default="tiny", help="tiny | small | cinema")
+    p.add_argument("--weights", type=Path,
+                   help="weights folder from save_models (default: the preset's seeded weights)")
+    p.add_argument("--out", type=Path, required=True, help="export folder")
+    p.add_argument("--stages", nargs="+", metavar="STAGE", help="default: every stage")
+    p.add_argument("--fp8", action="store_true",
+                   help="FP8 Q/DQ for dit, connector and mllm_text, calibrated on pipeline runs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cinema_trt.export.driver import format_summary
+
+    options = ExportOptions(preset=args.preset, out=args.out, weights=args.weights,
+                            stages=tuple(args.stages) if args.stages else None, fp8=args.fp8,
+                            progress=not args.quiet)
+    results = export_from_options(options)
+    print(format_summary(results))
+    log.info("exported %d stage(s) to %s", len(results), options.out)
+    return 0

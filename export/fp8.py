@@ -1,0 +1,341 @@
+"""FP8 (E4M3) post-training quantization, emitted as standard ONNX Q/DQ (opset 19).
+
+The recipe is NVIDIA ModelOpt's FP8 PTQ for diffusion transformers, implemented here
+rather than through `nvidia-modelopt` (which would install without touching torch): its
+torch path exports fake-quant through TorchScript-exporter symbolics into TensorRT-domain
+FP8 ops, which the dynamo exporter used here does not take, and its ONNX path calibrates
+from its own input files rather than hooks on our pipeline runs; the CPU test tier should
+not need a GPU-oriented package either. The same recipe, written out:
+
+- activations: per-tensor amax from max calibration over real pipeline runs (every
+  sampler step of a few prompts, both CFG branches), scale = amax / 448;
+- weights: per-output-channel amax, scale = amax / 448, stored as FLOAT8E4M3FN
+  initializers (4x smaller than fp32) followed by DequantizeLinear;
+- which layers: every nn.Linear of the stage except the recipe's exclusions (embeddings,
+  patchify, final projections, the timestep MLP and adaLN modulation); norms, attention
+  BMMs and softmax stay in higher precision.
+
+The graph pattern is `x -> QuantizeLinear -> DequantizeLinear -> MatMul/Gemm <- DQ <- W8`,
+which TensorRT fuses into FP8 GEMMs and ONNX Runtime's CPU provider runs as written.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+from torch import nn
+
+FP8_MAX = 448.0  # largest finite float8 E4M3FN value
+FP8_TYPE = onnx.TensorProto.FLOAT8E4M3FN
+_MIN_AMAX = 1e-8  # an all-zero input still gets a finite scale
+
+
+def activation_scale(amax: float) -> np.float32:
+    """Per-tensor activation scale, as stored in the graph."""
+    return np.float32(max(amax, _MIN_AMAX) / FP8_MAX)
+
+
+@dataclass(frozen=True)
+class FP8Recipe:
+    """Quantize every nn.Linear of the stage module whose name matches no `exclude` regex.
+
+    `min_cosine` gates the export (see RECIPES).
+    """
+
+    stage: str
+    exclude: tuple[str, ...]
+    min_cosine: float
+    why: str
+
+    def layers(self, module: nn.Module) -> list[str]:
+        """Names (module paths) of the Linear layers this recipe quantizes, in order."""
+        patterns = [re.compile(p) for p in self.exclude]
+        return [name for name, m in module.named_modules() if isinstance(m, nn.Linear)
+                and not any(p.fullmatch(name) for p in patterns)]
+
+    def excluded(self, module: nn.Module) -> list[str]:
+        quantized = set(self.layers(module))
+        return [name for name, m in module.named_modules()
+                if isinstance(m, nn.Linear) and name not in quantized]
+
+
+# min_cosine gates FP8 accuracy (ORT FP8 vs torch fp32 on the check inputs). E4M3 keeps 3
+# mantissa bits (~3% rounding per value). Measured on the tiny preset: dit 0.99996,
+# connector 0.9966 (its width-32 GEMMs average few products), mllm_text 0.99999. The gates
+# leave 3-10x headroom in (1 - cosine). They judge accuracy, not correctness: on random
+# weights even reversed scales keep the DiT's cosine near 0.999 (FP8 is floating point and
+# the excluded layers dominate), so tests also compare with `emulate_fp8`.
+RECIPES = {
+    "dit": FP8Recipe(
+        "dit",
+        exclude=(r"patch_embed", r"text_proj", r"time_mlp\..*", r".*modulation", r"proj_out"),
+        min_cosine=0.999,
+        why="patchify/text embedding, timestep MLP, adaLN modulation and the final "
+            "projection stay fp32 (ModelOpt's DiT recipe; they are <1% of the FLOPs)"),
+    "connector": FP8Recipe(
+        "connector", exclude=(r"input_proj", r"output_proj"), min_cosine=0.99,
+        why="input projection (the MLLM-state embedding) and output projection to the T5 "
+            "width stay fp32"),
+    "mllm_text": FP8Recipe(
+        "mllm_text", exclude=(), min_cosine=0.999,
+        why="all attention and MLP projections; the token embedding is a gather outside the "
+            "graph and the norms are not Linear"),
+}
+
+
+class AmaxObserver:
+    """Max calibration: records max |input| of named Linear layers while active.
+
+    with AmaxObserver(module, names) as observer: run the pipeline; observer.amax
+    """
+
+    def __init__(self, module: nn.Module, names: list[str]):
+        modules = dict(module.named_modules())
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise ValueError(f"no layers {missing} in {type(module).__name__}")
+        self._targets = {n: modules[n] for n in names}
+        self._handles: list = []
+        self.amax: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+
+    def _hook(self, name: str):
+        def record(_module, args):
+            value = float(args[0].detach().abs().max())
+            self.amax[name] = max(self.amax.get(name, 0.0), value)
+            self.calls[name] = self.calls.get(name, 0) + 1
+        return record
+
+    def __enter__(self) -> "AmaxObserver":
+        self._handles = [m.register_forward_pre_hook(self._hook(n))
+                         for n, m in self._targets.items()]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def check_complete(self) -> None:
+        unseen = sorted(set(self._targets) - set(self.amax))
+        if unseen:
+            raise RuntimeError(f"calibration never ran layers {unseen}; the calibration "
+                               f"requests do not exercise the whole stage")
+
+
+def _qdq(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """QuantizeLinear(saturate=1) then DequantizeLinear, in torch."""
+    return (x / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).to(x.dtype) * scale
+
+
+@contextmanager
+def emulate_fp8(module: nn.Module, amax: dict[str, float]):
+    """Run `module` in torch with the FP8 graph's arithmetic on the layers in `amax`:
+    inputs and weights quantize-dequantized with the same scales as `insert_fp8_qdq`.
+
+    The torch reference of an FP8 export: ORT on the FP8 graph must match this to fp32
+    rounding (plus the rare value that lands on an FP8 rounding boundary), a far tighter
+    check than the FP8-vs-fp32 error, which on small random models hides a wrong scale.
+    """
+    modules = dict(module.named_modules())
+    handles, saved = [], {}
+    try:
+        for name, value in amax.items():
+            linear = modules[name]
+            scale = torch.tensor(activation_scale(value))
+            handles.append(linear.register_forward_pre_hook(
+                lambda _m, args, s=scale: (_qdq(args[0], s), *args[1:])))
+            weight = linear.weight.data
+            saved[name] = weight
+            # torch weights are (out, in): per-output-channel amax over dim 1
+            w_scale = torch.from_numpy(np.maximum(weight.abs().amax(1, keepdim=True).numpy(),
+                                                  _MIN_AMAX) / np.float32(FP8_MAX))
+            linear.weight.data = _qdq(weight, w_scale.to(weight.dtype))
+        yield module
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name, weight in saved.items():
+            modules[name].weight.data = weight
+
+
+# --- graph side ---------------------------------------------------------------------------
+
+
+def linear_module(node: onnx.NodeProto) -> str | None:
+    """The nn.Linear module path a MatMul/Gemm node was traced from, else None.
+
+    torch.onnx's dynamo exporter records, per node, the module scopes (`name_scopes`, full
+    paths) and classes (`class_hierarchy`) it was traced in; a Linear's GEMM is the node
+    whose innermost op is aten.linear inside a Linear module.
+    """
+    if node.op_type not in ("MatMul", "Gemm"):
+        return None
+    meta = {p.key: p.value for p in node.metadata_props}
+    try:
+        scopes = ast.literal_eval(meta["pkg.torch.onnx.name_scopes"])
+        classes = ast.literal_eval(meta["pkg.torch.onnx.class_hierarchy"])
+    except KeyError:
+        return None
+    if len(classes) >= 2 and classes[-1].startswith("aten.linear") \
+            and classes[-2].endswith(".Linear"):
+        return scopes[-2]
+    return None
+
+
+def _fp8_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """(float8 weight, float32 per-channel scales) with amax/448 scaling along `axis`."""
+    import ml_dtypes  # an onnx dependency: numpy's float8 types
+
+    reduce_axes = tuple(a for a in range(weight.ndim) if a != axis)
+    amax = np.maximum(np.abs(weight).max(axis=reduce_axes), _MIN_AMAX)
+    scale = (amax / FP8_MAX).astype(np.float32)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    # clip: E4M3FN has no inf, and a value rounding past 448 would become NaN
+    scaled = np.clip(weight / scale.reshape(shape), -FP8_MAX, FP8_MAX)
+    return scaled.astype(ml_dtypes.float8_e4m3fn), scale
+
+
+def _weight_axis(node: onnx.NodeProto, rank: int) -> int:
+    """The output-channel axis of a GEMM's weight: (in, out) for MatMul and plain Gemm,
+    (out, in) for Gemm with transB=1."""
+    if rank != 2:
+        raise ValueError(f"{node.name}: FP8 weights must be 2-D, got rank {rank}")
+    trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+    return 0 if node.op_type == "Gemm" and trans_b else 1
+
+
+class _QDQBuilder:
+    """Adds Q/DQ nodes and FP8 initializers to a graph, sharing them where possible."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        self.graph = graph
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.new_nodes: dict[str, list[onnx.NodeProto]] = {}  # consumer node name -> nodes
+        self._activations: dict[tuple[str, float], str] = {}
+        self._weights: dict[str, str] = {}
+        self.zero = "fp8_zero_point"
+        graph.initializer.append(helper.make_tensor(self.zero, FP8_TYPE, [], [0]))
+
+    def activation(self, consumer: str, name: str, amax: float) -> str:
+        key = (name, amax)
+        if key not in self._activations:
+            scale = f"{name}_fp8_scale"
+            self.graph.initializer.append(numpy_helper.from_array(activation_scale(amax), scale))
+            quantized, out = f"{name}_fp8_q", f"{name}_fp8_dq"
+            self.new_nodes.setdefault(consumer, []).extend([
+                helper.make_node("QuantizeLinear", [name, scale, self.zero], [quantized],
+                                 name=f"{name}_QuantizeLinear", saturate=1),
+                helper.make_node("DequantizeLinear", [quantized, scale], [out],
+                                 name=f"{name}_DequantizeLinear")])
+            self._activations[key] = out
+        return self._activations[key]
+
+    def weight(self, consumer: onnx.NodeProto, name: str) -> str:
+        if name not in self._weights:
+            if name not in self.initializers:
+                raise ValueError(f"{consumer.name}: weight {name!r} is not an initializer; "
+                                 f"FP8 weights must be constants")
+            array = numpy_helper.to_array(self.initializers[name])
+            axis = _weight_axis(consumer, array.ndim)
+            data, scale = _fp8_weight(array.astype(np.float32), axis)
+            self.graph.initializer.extend([numpy_helper.from_array(data, f"{name}_fp8"),
+                                           numpy_helper.from_array(scale, f"{name}_fp8_scale")])
+            out = f"{name}_fp8_dq"
+            self.new_nodes.setdefault(consumer.name, []).append(helper.make_node(
+                "DequantizeLinear", [f"{name}_fp8", f"{name}_fp8_scale"], [out], axis=axis,
+                name=f"{name}_DequantizeLinear"))
+            self._weights[name] = out
+        return self._weights[name]
+
+    def finish(self) -> None:
+        """Insert new nodes before their first consumer (keeps topological order) and drop
+        fp32 weights nothing reads any more."""
+        nodes = []
+        for node in self.graph.node:
+            nodes.extend(self.new_nodes.get(node.name, []))
+            nodes.append(node)
+        del self.graph.node[:]
+        self.graph.node.extend(nodes)
+        used = {i for n in self.graph.node for i in n.input} | {o.name for o in self.graph.output}
+        keep = [t for t in self.graph.initializer if t.name in used]
+        del self.graph.initializer[:]
+        self.graph.initializer.extend(keep)
+
+
+def insert_fp8_qdq(model: onnx.ModelProto, amax: dict[str, float]) -> list[str]:
+    """Quantize, in place, the GEMMs of the Linear layers named in `amax` (module path ->
+    calibrated input amax). Returns the quantized layer names, sorted.
+
+    Layers without a GEMM in the graph are skipped: the exporter removes dead code (the
+    last DiT block's text stream feeds nothing). If none of the layers is found, the
+    graph lost its module metadata and this raises rather than export an fp32 graph
+    labelled fp8.
+    """
+    builder = _QDQBuilder(model.graph)
+    found: set[str] = set()
+    for node in model.graph.node:
+        layer = linear_module(node)
+        if layer not in amax:
+            continue
+        if not node.name:
+            raise ValueError(f"unnamed {node.op_type} node for layer {layer}")
+        found.add(layer)
+        node.input[0] = builder.activation(node.name, node.input[0], amax[layer])
+        node.input[1] = builder.weight(node, node.input[1])
+    if amax and not found:
+        raise RuntimeError(f"none of the {len(amax)} calibrated layers has a GEMM with "
+                           f"module metadata in the graph; was it exported with dynamo=True?")
+    builder.finish()
+    return sorted(found)
+
+
+def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in graph.node for out in node.output}
+
+
+def fp8_gemm_layers(model: onnx.ModelProto) -> dict[str, int]:
+    """{layer: GEMM count} of Linear GEMMs whose activation comes through an FP8
+    Quantize->Dequantize pair and whose weight is a dequantized FLOAT8E4M3FN initializer."""
+    producers = _producers(model.graph)
+    fp8_inits = {t.name for t in model.graph.initializer if t.data_type == FP8_TYPE}
+    zero_points = {t.name for t in model.graph.initializer if t.data_type == FP8_TYPE
+                   and not t.dims}
+    layers: dict[str, int] = {}
+    for node in model.graph.node:
+        layer = linear_module(node)
+        if layer is None:
+            continue
+        act, weight = producers.get(node.input[0]), producers.get(node.input[1])
+        quant = None
+        if act is not None and act.op_type == "DequantizeLinear":
+            quant = producers.get(act.input[0])
+        act_fp8 = quant is not None and quant.op_type == "QuantizeLinear" \
+            and len(quant.input) == 3 and quant.input[2] in zero_points
+        weight_fp8 = weight is not None and weight.op_type == "DequantizeLinear" \
+            and weight.input[0] in fp8_inits
+        if act_fp8 and weight_fp8:
+            layers[layer] = layers.get(layer, 0) + 1
+    return layers
+
+
+def fp32_gemm_layers(model: onnx.ModelProto) -> set[str]:
+    """Linear layers with at least one GEMM that has no Q/DQ on either input."""
+    producers = _producers(model.graph)
+    plain = set()
+    for node in model.graph.node:
+        layer = linear_module(node)
+        if layer is None:
+            continue
+        feeders = [producers.get(name) for name in node.input[:2]]
+        if not any(f is not None and f.op_type == "DequantizeLinear" for f in feeders):
+            plain.add(layer)
+    return plain

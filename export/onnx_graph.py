@@ -1,0 +1,157 @@
+"""torch -> ONNX for one stage: trace, clean up, name the dims, save, check.
+
+Exporter: `torch.onnx.export(..., dynamo=True)` (torch.export + onnxscript's torchlib).
+The TorchScript exporter (dynamo=False) exports these models too, about 10x faster, but it
+is deprecated since torch 2.9 and its graphs are worse for what comes next: its node scopes
+only record modules whose `forward` was called, so the DiT's text and visual stream layers
+(called through helper methods) get the same scope and the FP8 pass could not tell them
+apart; its raw DiT graph also holds ~400 Constant/Cast/Identity nodes of shape arithmetic. The
+dynamo graph carries each node's exact module path in its metadata (`name_scopes`), keeps
+named dynamic dims, and dead-code-eliminates (e.g. the last DiT block's unused text stream).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import onnx
+import torch
+
+from cinema_trt.models.specs import StageSpec
+
+from .manifest import EXTERNAL_DATA_FILE
+
+logger = logging.getLogger(__name__)
+
+# 19 is the first opset with float8 QuantizeLinear/DequantizeLinear, and what TensorRT 10
+# parses everywhere; nothing in these graphs needs a newer operator
+DEFAULT_OPSET = 19
+# protobuf cannot serialise a message above 2 GiB: bigger weights go to model.onnx.data
+EXTERNAL_DATA_THRESHOLD = 2 * 1024 ** 3
+
+
+def dynamic_shapes(spec: StageSpec) -> dict[str, dict[int, str]]:
+    """{input name: {axis: symbol}} for torch.onnx.export, from the stage spec."""
+    return {t.name: {axis: dim for axis, dim in enumerate(t.dims) if isinstance(dim, str)}
+            for t in spec.inputs}
+
+
+@contextmanager
+def _quiet(*names: str):
+    """Silence chatty INFO logs (onnx_ir logs every deduplicated initializer)."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def trace_to_onnx(module: torch.nn.Module, spec: StageSpec, example: dict[str, torch.Tensor],
+                  opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Export `module` (forward takes spec.inputs, in order) with the spec's dynamic dims and
+    run the onnxscript optimizer (constant folding, dead code, redundant casts/reshapes)."""
+    args = tuple(example[name] for name in spec.input_names)
+    with warnings.catch_warnings(), _quiet("onnx_ir", "onnxscript", "torch.onnx"):
+        # the exporter warns when two inputs share a symbol (batch); that is intended
+        warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*")
+        # torch.export's own pytree deprecation notice, not actionable here
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
+        program = torch.onnx.export(
+            module, args, input_names=list(spec.input_names),
+            output_names=list(spec.output_names), dynamic_shapes=dynamic_shapes(spec),
+            dynamo=True, opset_version=opset, optimize=False, verify=False, report=False,
+            verbose=False)
+        program.optimize()
+    model = program.model_proto
+    strip_debug_metadata(model)
+    name_io_dims(model, spec)
+    return model
+
+
+# node metadata worth keeping: module paths and classes (the FP8 pass selects layers by
+# them; profilers show them). Stack traces and FX dumps are dropped: they hold this
+# checkout's file paths, so identical models would hash differently on two machines, and
+# they are half the graph's bytes.
+_KEPT_METADATA = ("pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy")
+
+
+def strip_debug_metadata(model: onnx.ModelProto) -> None:
+    for node in model.graph.node:
+        kept = [p for p in node.metadata_props if p.key in _KEPT_METADATA]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+
+
+def _dims_of(value: onnx.ValueInfoProto) -> list[onnx.TensorShapeProto.Dimension]:
+    return list(value.type.tensor_type.shape.dim)
+
+
+def name_io_dims(model: onnx.ModelProto, spec: StageSpec) -> None:
+    """Give graph inputs/outputs the spec's symbols (the exporter writes derived names like
+    '4*lframes - 3'); raise if the trace fixed a dim the spec says is dynamic."""
+    graph_io = {v.name: v for v in [*model.graph.input, *model.graph.output]}
+    for tensor in (*spec.inputs, *spec.outputs):
+        value = graph_io.get(tensor.name)
+        if value is None:
+            raise RuntimeError(f"{spec.name}: exported graph has no tensor {tensor.name!r}; "
+                               f"graph I/O is {sorted(graph_io)}")
+        dims = _dims_of(value)
+        if len(dims) != len(tensor.dims):
+            raise RuntimeError(f"{spec.name}.{tensor.name}: graph rank {len(dims)} != spec "
+                               f"rank {len(tensor.dims)} ({tensor.dims})")
+        for axis, (dim, want) in enumerate(zip(dims, tensor.dims)):
+            if isinstance(want, str):
+                if dim.HasField("dim_value"):
+                    raise RuntimeError(
+                        f"{spec.name}.{tensor.name}: axis {axis} ({want!r}) was specialised to "
+                        f"{dim.dim_value} by the trace; the model has shape-dependent Python "
+                        f"control flow on it (see torch.export's guard log)")
+                dim.dim_param = want
+            elif dim.HasField("dim_value") and dim.dim_value != want:
+                raise RuntimeError(f"{spec.name}.{tensor.name}: axis {axis} is {dim.dim_value} "
+                                   f"in the graph but {want} in the spec")
+
+
+def initializer_bytes(model: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) for t in model.graph.initializer)
+
+
+def save_onnx(model: onnx.ModelProto, path: str | os.PathLike,
+              threshold: int = EXTERNAL_DATA_THRESHOLD) -> list[Path]:
+    """Save `model` to `path`, weights in `model.onnx.data` when they exceed `threshold`
+    bytes; returns the files written (graph first)."""
+    path = Path(path)
+    external = initializer_bytes(model) > threshold
+    data = path.with_name(EXTERNAL_DATA_FILE)
+    data.unlink(missing_ok=True)  # save_model appends to an existing data file
+    onnx.save_model(model, str(path), save_as_external_data=external,
+                    all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
+    return [path, data] if external else [path]
+
+
+def check_onnx(path: str | os.PathLike) -> None:
+    """Strict shape inference (written back, so the file carries every inferred shape),
+    then the full checker. Both work from the path, so models above 2 GiB pass too."""
+    path = str(path)
+    onnx.shape_inference.infer_shapes_path(path, path, strict_mode=True, data_prop=True)
+    onnx.checker.check_model(path, full_check=True)
+
+
+def weight_count(model_path: str | os.PathLike) -> int:
+    """Elements in the graph's initializers (read from the graph, not the external data)."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    total = 0
+    for tensor in model.graph.initializer:
+        count = 1
+        for d in tensor.dims:
+            count *= d
+        total += count
+    return total

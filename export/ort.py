@@ -1,0 +1,166 @@
+"""ONNX Runtime runners: any exported stage behind the `Runner` interface.
+
+`OrtRunner` validates every call against the stage's manifest (names, dtypes, ranks, fixed
+dims) before ONNX Runtime sees it, so a wrong tensor fails with the stage and tensor named
+instead of an ORT shape error deep inside the graph. `ort_runners` opens a whole export
+folder so `CinemaPipeline` runs entirely on ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from importlib import metadata
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from cinema_trt.models.runner import Runner, Tensors
+
+from .manifest import MODEL_FILE, Manifest, TensorEntry, read_manifest
+
+logger = logging.getLogger(__name__)
+
+# CUDA before CPU when present. TensorRT is never picked implicitly: its execution provider
+# builds an engine inside session creation (minutes for a large stage); engines/ is the
+# TensorRT path. Ask for it explicitly with providers=("TensorrtExecutionProvider", ...).
+AUTO_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def _check_single_onnxruntime() -> None:
+    """onnxruntime and onnxruntime-gpu install the same module: with both, whichever was
+    installed last silently wins and provider lists lie. Say so once, at import."""
+    installed = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.version(dist)
+            installed.append(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    if len(installed) > 1:
+        logger.warning("both onnxruntime and onnxruntime-gpu are installed; they ship the "
+                       "same module and overwrite each other. Keep one: `pip uninstall "
+                       "onnxruntime` for GPU use, or `pip uninstall onnxruntime-gpu`.")
+
+
+_check_single_onnxruntime()
+
+
+def available_providers(requested: Sequence[str] | None = None) -> list[str]:
+    """`requested` if given (each must be available), else the AUTO_PROVIDERS present."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if requested is None:
+        return [p for p in AUTO_PROVIDERS if p in available]
+    missing = [p for p in requested if p not in available]
+    if missing:
+        raise ValueError(f"ONNX Runtime providers {missing} are not available here "
+                         f"(available: {available}); install onnxruntime-gpu for CUDA / "
+                         f"TensorRT, or pass providers=None for the default")
+    return list(requested)
+
+
+def _np_dtype(entry: TensorEntry) -> np.dtype:
+    return np.dtype(entry.dtype)
+
+
+class OrtRunner:
+    """Runs `<stage_dir>/model.onnx` with ONNX Runtime; torch tensors in and out.
+
+    Inputs may live on any device; they are copied to host memory (numpy) and the outputs
+    come back as CPU tensors. That copy is the price of a runtime-agnostic interface; the
+    zero-copy GPU path is the TensorRT runner in engines/.
+    """
+
+    def __init__(self, stage_dir: str | os.PathLike, providers: Sequence[str] | None = None,
+                 threads: int = 0, manifest: Manifest | None = None):
+        """`manifest` defaults to `<stage_dir>/manifest.json` (the exporter passes the one it
+        is about to write, to validate the graph before the folder is complete)."""
+        import onnxruntime as ort
+
+        self.stage_dir = Path(stage_dir)
+        self.manifest: Manifest = manifest or read_manifest(self.stage_dir)
+        self.name = self.manifest.stage
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: ORT's default (one per physical core)
+        options.log_severity_level = 3  # errors only: ORT warns about every unused initializer
+        self.providers = available_providers(providers)
+        self.session = ort.InferenceSession(str(self.stage_dir / MODEL_FILE), options,
+                                            providers=self.providers)
+        self._check_session_io()
+
+    def _check_session_io(self) -> None:
+        graph_inputs = [i.name for i in self.session.get_inputs()]
+        graph_outputs = [o.name for o in self.session.get_outputs()]
+        expected_in = [e.name for e in self.manifest.inputs]
+        expected_out = [e.name for e in self.manifest.outputs]
+        if sorted(graph_inputs) != sorted(expected_in) or graph_outputs != expected_out:
+            raise ValueError(f"{self.stage_dir / MODEL_FILE}: graph I/O {graph_inputs} -> "
+                             f"{graph_outputs} does not match its manifest {expected_in} -> "
+                             f"{expected_out}; re-export the stage")
+
+    def check_inputs(self, inputs: Mapping[str, torch.Tensor]) -> None:
+        """Raise ValueError unless `inputs` has exactly the manifest's names, dtypes, ranks
+        and fixed dims."""
+        expected = {e.name: e for e in self.manifest.inputs}
+        missing = sorted(set(expected) - set(inputs))
+        unknown = sorted(set(inputs) - set(expected))
+        if missing or unknown:
+            raise ValueError(f"{self.name}: inputs must be exactly {sorted(expected)}; "
+                             f"missing {missing}, unexpected {unknown}")
+        for name, entry in expected.items():
+            tensor = inputs[name]
+            if not isinstance(tensor, torch.Tensor):
+                raise ValueError(f"{self.name}.{name}: expected a torch.Tensor, got "
+                                 f"{type(tensor).__name__}")
+            got = str(tensor.dtype).removeprefix("torch.")
+            if got != entry.dtype:
+                raise ValueError(f"{self.name}.{name}: dtype {got}, expected {entry.dtype} "
+                                 f"(cast with .to(torch.{entry.dtype}))")
+            if tensor.dim() != entry.rank:
+                raise ValueError(f"{self.name}.{name}: shape {tuple(tensor.shape)} has rank "
+                                 f"{tensor.dim()}, expected {entry.rank} with dims {entry.dims}")
+            for axis, (size, dim) in enumerate(zip(tensor.shape, entry.dims)):
+                if isinstance(dim, int) and size != dim:
+                    raise ValueError(f"{self.name}.{name}: dim {axis} is {size}, but this "
+                                     f"export fixes it to {dim} (dims {entry.dims})")
+
+    def run(self, inputs: Mapping[str, torch.Tensor]) -> Tensors:
+        self.check_inputs(inputs)
+        feed = {name: np.ascontiguousarray(t.detach().cpu().numpy())
+                for name, t in inputs.items()}
+        outputs = self.session.run([e.name for e in self.manifest.outputs], feed)
+        return {e.name: torch.from_numpy(np.asarray(out, dtype=_np_dtype(e)))
+                for e, out in zip(self.manifest.outputs, outputs)}
+
+
+def ort_runners(export_dir: str | os.PathLike, providers: Sequence[str] | None = None,
+                embeddings: str | os.PathLike | None = None) -> dict[str, Runner]:
+    """Runners for every exported stage under `export_dir`, keyed by pipeline stage name.
+
+    When the MLLM was exported as `mllm_vision` + `mllm_text`, the "mllm" runner composes
+    them (see export/mllm_split.py); its token-embedding table is read from
+    `<export_dir>/mllm_text/embeddings.safetensors` unless `embeddings` names another file.
+    """
+    export_dir = Path(export_dir)
+    if not export_dir.is_dir():
+        raise FileNotFoundError(f"export folder {export_dir} does not exist; run "
+                                f"`cinema-trt export --out {export_dir}` first")
+    found = sorted(p.parent.name for p in export_dir.glob(f"*/{MODEL_FILE}")
+                   if (p.parent / "manifest.json").is_file())
+    runners: dict[str, Runner] = {s: OrtRunner(export_dir / s, providers) for s in found
+                                  if s not in ("mllm_vision", "mllm_text")}
+    if "mllm" not in runners and {"mllm_vision", "mllm_text"} <= set(found):
+        from .mllm_split import composed_mllm_runner
+
+        runners["mllm"] = composed_mllm_runner(
+            OrtRunner(export_dir / "mllm_vision", providers),
+            OrtRunner(export_dir / "mllm_text", providers), export_dir / "mllm_text",
+            embeddings)
+    if not runners:
+        raise FileNotFoundError(f"no exported stages (<stage>/{MODEL_FILE} + manifest.json) "
+                                f"under {export_dir}")
+    return runners
