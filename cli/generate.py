@@ -28,12 +28,30 @@ class GenerateOptions:
     fps: int | None = None
     device: str = "cpu"
     attention: str = "sdpa"
+    runtime: str = "torch"  # torch | ort
+    onnx: Path | None = None  # export folder for runtime "ort"
     progress: bool = True
+
+
+def build_pipeline(options: GenerateOptions, config):
+    """The pipeline on the requested runtime; ORT runs the graphs `cinema-trt export` wrote."""
+    from cinema_trt.models.factory import pipeline_processor, torch_pipeline
+    from cinema_trt.models.pipeline import CinemaPipeline
+
+    if options.runtime == "torch":
+        return torch_pipeline(config, options.weights, device=options.device)
+    if options.runtime != "ort":
+        raise ValueError(f"runtime={options.runtime!r}: choose torch or ort")
+    if options.onnx is None:
+        raise ValueError("runtime ort needs --onnx DIR (written by `cinema-trt export`)")
+    from cinema_trt.export.ort import ort_runners
+
+    return CinemaPipeline(config, ort_runners(options.onnx),
+                          pipeline_processor(config, options.weights))
 
 
 def generate_video(options: GenerateOptions) -> Path:
     """Run the PyTorch pipeline and write the video; returns the written path."""
-    from cinema_trt.models.factory import torch_pipeline
     from cinema_trt.models.media import load_image, write_video
     from cinema_trt.models.pipeline import GenerationRequest
     from cinema_trt.models.presets import get_preset
@@ -49,7 +67,7 @@ def generate_video(options: GenerateOptions) -> Path:
         seed=options.seed, fps=options.fps)
     request.validate(config)
 
-    pipeline = torch_pipeline(config, options.weights, device=options.device)
+    pipeline = build_pipeline(options, config)
     with tqdm(total=request.steps, desc="denoising", unit="step",
               disable=not options.progress) as bar:
         video = pipeline.generate(request, progress=lambda step, total: bar.update(1))
@@ -76,6 +94,8 @@ def register(subparsers) -> None:
     p.add_argument("--fps", type=int)
     p.add_argument("--device", default="cpu")
     p.add_argument("--attention", default="sdpa", help="sdpa | triton | triton_int8")
+    p.add_argument("--runtime", default="torch", choices=("torch", "ort"))
+    p.add_argument("--onnx", type=Path, help="export folder for --runtime ort")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -85,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         prompt=args.prompt, refs=tuple(args.refs), output=args.output, preset=args.preset,
         weights=args.weights, frames=args.frames, height=args.height, width=args.width,
         steps=args.steps, guidance=args.guidance, seed=args.seed, fps=args.fps,
-        device=args.device, attention=args.attention, progress=not args.quiet)
+        device=args.device, attention=args.attention, runtime=args.runtime, onnx=args.onnx,
+        progress=not args.quiet)
     path = generate_video(options)
     print(path)
     return 0

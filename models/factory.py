@@ -19,7 +19,7 @@ import torch
 
 from .aligner import AlignerNet, create_aligner
 from .dit import CinemaDiT, create_dit
-from .mllm import MLLMEncoder, create_mllm, load_mllm, save_mllm
+from .mllm import MLLMEncoder, build_processor, create_mllm, load_mllm, save_mllm
 from .pipeline import CinemaPipeline
 from .presets import CinemaConfig, get_preset
 from .runner import Runner, TorchRunner
@@ -111,6 +111,13 @@ def torch_runners(models: CinemaModels, device: str | torch.device = "cpu",
                "vae_decoder": models.vae.decoder}
     return {stage: TorchRunner(stage, module, specs[stage].output_names, device, dtype)
             for stage, module in modules.items()}
+
+
+def pipeline_processor(config: CinemaConfig, weights: str | os.PathLike | None = None):
+    """The Qwen2-VL processor: from a weights folder when given, else built from the preset."""
+    if weights:
+        return load_mllm(Path(weights) / "mllm", config.mllm)[1]
+    return build_processor(config.mllm)
 
 
 def torch_pipeline(config: CinemaConfig | str, weights: str | os.PathLike | None = None,

@@ -59,3 +59,33 @@ def test_fp8_stages_in_the_pipeline(fp8_export, fp32_export, tiny_models,
     value = psnr(video, reference)
     log.info("FP8 pipeline PSNR vs torch fp32: %.1f dB", value)
     assert value >= 35.0
+
+
+def test_generate_cli_runs_on_the_exported_graphs(fp32_export, tmp_path):
+    """`cinema-trt generate --runtime ort` writes the same frames as the torch runtime
+    (PNG frames are lossless, so the comparison is the pipelines', not the codec's)."""
+    from PIL import Image
+
+    from cinema_trt.cli.main import main
+
+    ref = str(sample_references()[1])
+    common = ["generate", "--ref", ref, "--prompt", "a blue square spins", "--frames", "5",
+              "--height", "32", "--width", "32", "--steps", "2", "--quiet"]
+    assert main(common + ["-o", str(tmp_path / "torch")]) == 0
+    assert main(common + ["--runtime", "ort", "--onnx", str(fp32_export[0]),
+                          "-o", str(tmp_path / "ort")]) == 0
+
+    def frames(folder):
+        return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))])
+
+    torch_frames, ort_frames = frames(tmp_path / "torch"), frames(tmp_path / "ort")
+    assert torch_frames.shape == ort_frames.shape == (5, 32, 32, 3)
+    assert psnr(ort_frames, torch_frames) >= 40.0
+
+
+def test_runtime_ort_without_an_export_folder_is_refused(tmp_path):
+    from cinema_trt.cli.main import main
+
+    ref = str(sample_references()[0])
+    assert main(["generate", "--ref", ref, "--prompt", "x", "--runtime", "ort",
+                 "-o", str(tmp_path / "v.mp4")]) == 2
