@@ -12,7 +12,7 @@ import logging
 import sys
 
 # module names under cinema_trt.cli, in the order `--help` lists them
-SUBCOMMANDS = ("generate", "export", "build")
+SUBCOMMANDS = ("generate", "export", "build", "repo", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

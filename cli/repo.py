@@ -1,0 +1,101 @@
+"""`cinema-trt repo`: write a Triton model repository (stage models + `cinema` orchestrator)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RepoCommand:
+    output: Path
+    weights: Path | None = None  # a save_models folder; None: random weights from `preset`
+    preset: str | None = None  # None with weights: the weights' own config
+    seed: int = 0
+    artifacts: Path | None = None
+    backend: str = "python"
+    gpus: tuple[int, ...] = ()  # stage instances on these GPUs; () keeps them on the CPU
+    instances: int = 1
+    version: int = 1
+    max_concurrency: int = 2
+    torch_threads: int = 0
+    copy_weights: bool = False
+    overwrite: bool = False
+
+
+def random_weights(preset: str, seed: int, folder: Path) -> Path:
+    """Save deterministic random weights of `preset` (hubs are unreachable) to `folder`."""
+    from cinema_trt.models.factory import build_models, save_models
+    from cinema_trt.models.presets import get_preset
+
+    log.info("no --weights: saving random %s weights (seed %d) to %s", preset, seed, folder)
+    return save_models(build_models(get_preset(preset), seed=seed), folder)
+
+
+def write_repository(command: RepoCommand) -> Path:
+    from cinema_trt.models.presets import get_preset
+    from cinema_trt.serving.repo import RepositoryOptions, build_repository
+    from cinema_trt.serving.triton_config import Placement
+
+    stage_placement = Placement("gpu", command.instances, command.gpus) if command.gpus \
+        else Placement("cpu", command.instances)
+    options = RepositoryOptions(
+        backend=command.backend, stage_placement=stage_placement, version=command.version,
+        max_concurrency=command.max_concurrency, torch_threads=command.torch_threads,
+        copy_weights=command.copy_weights, overwrite=command.overwrite)
+    config = get_preset(command.preset) if command.preset else None
+    weights = command.weights
+    if weights is None:
+        weights = random_weights(command.preset or "tiny", command.seed,
+                                 command.output.with_name(command.output.name + "-weights"))
+    return build_repository(config, command.output, weights, command.artifacts, options)
+
+
+def _gpu_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--gpus={text!r} must be a comma-separated list "
+                                         "of GPU indices, e.g. 0,1") from None
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("repo", help="write a Triton model repository")
+    p.add_argument("-o", "--output", type=Path, required=True, help="repository folder")
+    p.add_argument("--weights", type=Path,
+                   help="weights folder from save_models; default: random --preset weights "
+                        "saved beside the repository")
+    p.add_argument("--preset", help="architecture to check the weights against (default: "
+                                    "the weights' own; tiny without --weights)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.add_argument("--backend", default="python", choices=("python", "onnxruntime", "tensorrt"),
+                   help="stage models: python (PyTorch), onnxruntime (ONNX), tensorrt (plans)")
+    p.add_argument("--artifacts", type=Path,
+                   help="export/build output with <stage>/model.onnx or <stage>/*.plan")
+    p.add_argument("--gpus", type=_gpu_list, default=(),
+                   help="comma-separated GPU indices for the stage models (default: CPU)")
+    p.add_argument("--instances", type=int, default=1, help="instances per stage model")
+    p.add_argument("--version", type=int, default=1, help="model version folder")
+    p.add_argument("--max-concurrency", type=int, default=2,
+                   help="requests the orchestrator runs at once")
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="torch threads per python stage model (0: torch default)")
+    p.add_argument("--copy-weights", action="store_true",
+                   help="copy weights and artifacts instead of symlinking them")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing repository")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    command = RepoCommand(
+        output=args.output, weights=args.weights, preset=args.preset, seed=args.seed,
+        artifacts=args.artifacts, backend=args.backend, gpus=args.gpus,
+        instances=args.instances, version=args.version, max_concurrency=args.max_concurrency,
+        torch_threads=args.torch_threads, copy_weights=args.copy_weights,
+        overwrite=args.overwrite)
+    print(write_repository(command))
+    return 0

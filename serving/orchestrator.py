@@ -1,0 +1,144 @@
+"""The `cinema` model: a decoupled Python-backend model that runs the CINEMA pipeline.
+
+It decodes the request (serving/protocol.py), then runs the SAME `CinemaPipeline` as local
+generation, with `BlsRunner`s in place of torch runners: every stage call is a BLS request
+to a stage model. Each denoising step streams a `progress` response; the video follows,
+then the final flag. `execute` hands each request to a worker thread and returns at once,
+so up to `max_concurrency` requests are in flight in one instance (stage models serialize
+their own calls); a cancelled request stops between denoising steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import queue
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from cinema_trt.models.factory import read_weights_config
+from cinema_trt.models.pipeline import CinemaPipeline
+from cinema_trt.models.sampler import GenerationCancelled
+from cinema_trt.models.specs import STAGES, stage_specs
+from cinema_trt.serving import protocol
+from cinema_trt.serving.bls import BlsRunner, StageError, log_to_stderr, pb_utils
+
+log = logging.getLogger(__name__)
+
+
+def load_processor(folder: Path):
+    """The Qwen2-VL processor saved beside the MLLM (tokenizer + image processor only)."""
+    from cinema_trt.models.mllm import ImageOnlyQwen2VLProcessor
+
+    return ImageOnlyQwen2VLProcessor.from_pretrained(folder / "mllm", local_files_only=True)
+
+
+def _parameter(model_config: dict, key: str, default: str) -> str:
+    return model_config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        log_to_stderr()
+        model_config = json.loads(args["model_config"])
+        folder = Path(args["model_repository"]) / args["model_version"]
+        self.config = read_weights_config(folder)
+        concurrency = int(_parameter(model_config, "max_concurrency", "2"))
+        specs = stage_specs(self.config)
+        runners = {stage: BlsRunner(specs[stage]) for stage in STAGES}
+        processor = load_processor(folder)
+        # one pipeline per worker: a pipeline keeps per-call timings and a cache, and a
+        # fast tokenizer must not be used from two threads at once
+        self.pipelines: queue.Queue[CinemaPipeline] = queue.Queue()
+        for _ in range(concurrency):
+            self.pipelines.put(CinemaPipeline(self.config, runners, copy.deepcopy(processor)))
+        self.workers = ThreadPoolExecutor(max_workers=concurrency,
+                                          thread_name_prefix="cinema-request")
+        log.info("cinema orchestrator ready (%s, %d concurrent requests)", self.config.name,
+                 concurrency)
+
+    def execute(self, requests):
+        for request in requests:
+            self.workers.submit(self._serve, request, request.get_response_sender())
+        return None  # decoupled: responses go through the senders
+
+    def finalize(self) -> None:
+        self.workers.shutdown(wait=True, cancel_futures=False)
+
+    # --- one request ---------------------------------------------------------------------
+
+    def _serve(self, request, sender) -> None:
+        try:
+            self._generate(request, sender)
+        except Exception as error:  # the client must always get a final response
+            log.exception("cinema request failed")
+            self._finish(sender, f"internal error: {type(error).__name__}: {error}")
+
+    def _generate(self, request, sender) -> None:
+        pb = pb_utils()
+        try:
+            decoded = protocol.decode_request(self._arrays(request), self.config)
+        except ValueError as error:
+            self._finish(sender, f"invalid request: {error}")
+            return
+        if sender.is_cancelled():
+            self._finish(sender, None)
+            return
+
+        def progress(step: int, total: int) -> None:
+            tensor = pb.Tensor("progress", np.array([step, total], dtype=np.int32))
+            sender.send(pb.InferenceResponse([tensor]))
+
+        pipeline = self.pipelines.get()
+        try:
+            video = pipeline.generate(decoded.request, progress=progress,
+                                      should_stop=sender.is_cancelled)
+        except GenerationCancelled:
+            log.info("cinema request cancelled by the client")
+            self._finish(sender, None)
+            return
+        except (ValueError, StageError) as error:
+            self._finish(sender, str(error))
+            return
+        finally:
+            self.pipelines.put(pipeline)
+        wanted = set(request.requested_output_names())
+        sender.send(pb.InferenceResponse(self._outputs(video, decoded, wanted)))
+        self._finish(sender, None)
+
+    @staticmethod
+    def _arrays(request) -> dict[str, np.ndarray]:
+        pb = pb_utils()
+        arrays = {}
+        for field in protocol.INPUTS:
+            tensor = pb.get_input_tensor_by_name(request, field.name)
+            if tensor is not None:
+                arrays[field.name] = tensor.as_numpy()
+        return arrays
+
+    @staticmethod
+    def _outputs(video: np.ndarray, decoded: protocol.DecodedRequest, wanted: set[str]) -> list:
+        """The result tensors; a client that asked only for `mp4` is spared the raw frames."""
+        pb = pb_utils()
+        outputs = []
+        if "video" in wanted:
+            outputs.append(pb.Tensor("video", np.ascontiguousarray(video)))
+        if decoded.return_mp4 and "mp4" in wanted:
+            from cinema_trt.models.media import encode_mp4
+
+            mp4 = encode_mp4(video, decoded.request.fps)
+            outputs.append(pb.Tensor("mp4", np.array([mp4], dtype=np.object_)))
+        return outputs
+
+    @staticmethod
+    def _finish(sender, error: str | None) -> None:
+        """Send the final flag, carrying `error` as a Triton error when given."""
+        pb = pb_utils()
+        flags = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        if error is None:
+            sender.send(flags=flags)
+        else:
+            sender.send(pb.InferenceResponse(error=pb.TritonError(error)), flags=flags)

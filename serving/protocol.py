@@ -1,0 +1,155 @@
+"""The `cinema` model's request/response schema, written once for server, client and config.
+
+A request carries the prompt, 1..K encoded reference images and optional generation
+parameters (absent ones take the preset's sampler defaults). The decoupled model streams
+one `progress` response per denoising step, then one response with `video` (and `mp4`
+when `return_mp4` is true), then an empty final response.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+import numpy as np
+
+from cinema_trt.models.media import encode_png, load_image
+from cinema_trt.models.presets import CinemaConfig, check_num_refs
+
+if TYPE_CHECKING:
+    from cinema_trt.models.pipeline import GenerationRequest
+
+ORCHESTRATOR = "cinema"
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    datatype: str  # Triton wire type: BYTES, INT32, ...
+    dims: tuple[int, ...]
+    optional: bool
+    doc: str
+
+    @property
+    def numpy_dtype(self) -> type:
+        return WIRE_TO_NUMPY[self.datatype]
+
+
+WIRE_TO_NUMPY = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64,
+                 "FP32": np.float32, "BOOL": np.bool_, "UINT8": np.uint8}
+
+INPUTS = (
+    Field("prompt", "BYTES", (1,), False, "UTF-8 text prompt"),
+    Field("references", "BYTES", (-1,), False, "1..K encoded PNG/JPEG reference images"),
+    Field("steps", "INT32", (1,), True, "denoising steps (>= 1)"),
+    Field("seed", "INT64", (1,), True, "noise seed (>= 0)"),
+    Field("frames", "INT32", (1,), True, "frames, 1 + 4k"),
+    Field("height", "INT32", (1,), True, "pixels, a multiple of 16"),
+    Field("width", "INT32", (1,), True, "pixels, a multiple of 16"),
+    Field("fps", "INT32", (1,), True, "frame rate of the MP4"),
+    Field("guidance", "FP32", (1,), True, "classifier-free guidance scale (>= 0)"),
+    Field("return_mp4", "BOOL", (1,), True, "also return the video as MP4 bytes"),
+)
+OUTPUTS = (
+    Field("progress", "INT32", (2,), True, "[step, total] after each denoising step"),
+    Field("video", "UINT8", (-1, -1, -1, 3), True, "frames (T, H, W, 3) RGB"),
+    Field("mp4", "BYTES", (1,), True, "H.264 MP4 of the video (when return_mp4)"),
+)
+INPUT_FIELDS = {f.name: f for f in INPUTS}
+PARAMETERS = tuple(f.name for f in INPUTS if f.optional and f.name != "return_mp4")
+
+
+@dataclass(frozen=True)
+class DecodedRequest:
+    request: GenerationRequest
+    return_mp4: bool
+
+
+# --- server side ---------------------------------------------------------------------------
+
+
+def _scalar(name: str, array: np.ndarray):
+    if array.size != 1:
+        raise ValueError(f"input {name!r} must hold exactly one value, got shape {array.shape}")
+    return array.reshape(-1)[0]
+
+
+def _text(array: np.ndarray) -> str:
+    raw = _scalar("prompt", array)
+    if isinstance(raw, str):
+        return raw
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"prompt is not valid UTF-8 ({error}); send the prompt encoded "
+                         "as UTF-8 bytes") from None
+
+
+def _references(array: np.ndarray, config: CinemaConfig) -> tuple[np.ndarray, ...]:
+    blobs = array.reshape(-1)
+    # count first: decoding K large images only to reject the request would waste time
+    check_num_refs(len(blobs), min(config.mllm.max_refs, config.dit.max_refs))
+    refs = []
+    for i, blob in enumerate(blobs):
+        try:
+            refs.append(load_image(bytes(blob)))
+        except ValueError as error:
+            raise ValueError(f"reference {i}: {error}") from None
+    return tuple(refs)
+
+
+def decode_request(arrays: Mapping[str, np.ndarray], config: CinemaConfig) -> DecodedRequest:
+    """Inputs of one `cinema` request -> a validated GenerationRequest; ValueError if bad."""
+    # imported here: clients use this module too and need neither torch nor transformers
+    from cinema_trt.models.pipeline import GenerationRequest
+
+    for name in ("prompt", "references"):
+        if name not in arrays:
+            raise ValueError(f"input {name!r} is required")
+    params = {}
+    for name in PARAMETERS:
+        if name in arrays:
+            value = _scalar(name, arrays[name])
+            params[name] = float(value) if name == "guidance" else int(value)
+    return_mp4 = bool(_scalar("return_mp4", arrays["return_mp4"])) \
+        if "return_mp4" in arrays else False
+    request = GenerationRequest.with_defaults(config, _text(arrays["prompt"]),
+                                              _references(arrays["references"], config),
+                                              **params)
+    request.validate(config)
+    return DecodedRequest(request, return_mp4)
+
+
+# --- client side ---------------------------------------------------------------------------
+
+ImageLike = bytes | np.ndarray | str | os.PathLike
+
+
+def encode_reference(image: ImageLike) -> bytes:
+    """Encoded image bytes: arrays become PNG (lossless), paths are read, bytes pass as is."""
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
+    if isinstance(image, np.ndarray):
+        return encode_png(image)
+    return Path(image).read_bytes()
+
+
+def encode_request(prompt: str | bytes, references: Sequence[ImageLike],
+                   return_mp4: bool = False, **params) -> dict[str, np.ndarray]:
+    """Named numpy inputs for the `cinema` model; parameters left as None are not sent."""
+    unknown = sorted(set(params) - set(PARAMETERS))
+    if unknown:
+        raise ValueError(f"unknown parameters {unknown}; choose from {list(PARAMETERS)}")
+    text = prompt.encode("utf-8") if isinstance(prompt, str) else bytes(prompt)
+    arrays = {
+        "prompt": np.array([text], dtype=np.object_),
+        "references": np.array([encode_reference(r) for r in references] or [],
+                               dtype=np.object_).reshape(-1),
+        "return_mp4": np.array([return_mp4], dtype=np.bool_),
+    }
+    for name, value in params.items():
+        if value is not None:
+            arrays[name] = np.array([value], dtype=INPUT_FIELDS[name].numpy_dtype)
+    return arrays

@@ -1,0 +1,355 @@
+"""Launch Triton Inference Server on a model repository: `with TritonServer(cfg) as server:`.
+
+The `tritonserver` binary comes from `$TRITONSERVER`, PATH, or the `nvidia-pytriton` wheel.
+The wheel ships the server, the Python backend and one backend stub per Python version but
+no backend directory laid out the way the server expects, so one is assembled in a
+temporary folder. The stub embeds an isolated interpreter that ignores PYTHONPATH and finds
+its prefix from `python` on PATH, so our interpreter's folder goes first on PATH: the stage
+models then import `cinema_trt`, torch and transformers from this environment.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOG = logging.getLogger(__name__)
+SERVER_LOG = logging.getLogger("cinema_trt.serving.tritonserver")
+LOOPBACK = "127.0.0.1"
+# error lines every CPU-only start prints (no CUDA driver, no NVML): not worth a warning
+BENIGN_ERRORS = ("CudaDriverHelper has not been initialized", "Failed to initialize NVML")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How to start the server. Ports of 0 are replaced by free loopback ports."""
+
+    repository: Path
+    host: str = LOOPBACK
+    http_port: int = 0
+    grpc_port: int = 0
+    metrics_port: int = 0
+    startup_timeout: float = 180.0
+    stop_timeout: float = 20.0
+    log_verbose: int = 0
+    log_level: int = logging.DEBUG  # level of forwarded server lines (errors: WARNING)
+    # shared memory the Python backend grows per stub, in bytes; a tiny video fits in 1 MiB,
+    # a 45-frame 480x720 one needs ~47 MB, so growth is generous to avoid many resizes
+    shm_default_bytes: int = 4 << 20
+    shm_growth_bytes: int = 64 << 20
+    executable: str | None = None
+    extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+
+    @property
+    def grpc(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def metrics(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+
+class ServerError(RuntimeError):
+    """The server did not start, or died."""
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A port the OS considers free right now (another process may still take it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _pytriton_root() -> Path | None:
+    try:
+        import pytriton
+    except ImportError:
+        return None
+    return Path(pytriton.__file__).parent
+
+
+def find_tritonserver(explicit: str | None = None) -> Path:
+    """The server binary: `explicit`, `$TRITONSERVER`, PATH, then the nvidia-pytriton wheel.
+
+    A binary named explicitly (argument or variable) must exist: silently falling back to
+    another server would hide a typo.
+    """
+    named_binaries = (("executable", explicit),
+                      ("$TRITONSERVER", os.environ.get("TRITONSERVER")))
+    for label, named in named_binaries:
+        if named:
+            if not Path(named).is_file():
+                raise FileNotFoundError(f"{label}={named} is not a file; point it at a "
+                                        "tritonserver binary or unset it")
+            return Path(named)
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        return Path(on_path)
+    root = _pytriton_root()
+    if root is not None and (root / "tritonserver" / "bin" / "tritonserver").is_file():
+        return root / "tritonserver" / "bin" / "tritonserver"
+    raise FileNotFoundError(
+        "no tritonserver binary found: set $TRITONSERVER, put tritonserver on PATH, or "
+        "`pip install 'cinema-trt[serve]'` (the nvidia-pytriton wheel bundles one)")
+
+
+def _is_wheel_binary(binary: Path) -> bool:
+    root = _pytriton_root()
+    return root is not None and binary.resolve().is_relative_to(root.resolve())
+
+
+def assemble_backends(binary: Path, into: Path) -> Path:
+    """A backend directory for `binary`: the wheel's Python backend plus our stub version."""
+    if not _is_wheel_binary(binary):
+        installed = binary.resolve().parent.parent / "backends"
+        if not installed.is_dir():
+            raise FileNotFoundError(f"{binary} has no backends folder at {installed}")
+        return installed
+    dist = binary.resolve().parent.parent
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise FileNotFoundError(f"the nvidia-pytriton wheel has no Python backend stub for "
+                                f"Python {version} ({stub}); use a supported Python")
+    python_dir = into / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    for source in (dist / "backends" / "python").iterdir():
+        if source.is_file():
+            (python_dir / source.name).symlink_to(source)
+    (python_dir / stub.name).symlink_to(stub)
+    return into
+
+
+def server_environment(binary: Path) -> dict[str, str]:
+    """The server's environment: the wheel's libraries and our interpreter for the stubs."""
+    env = dict(os.environ)
+    library_path = []
+    # the stub links libpython3.X.so; prefer this interpreter's own over a system copy
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir and any(Path(libdir).glob("libpython3*.so*")):
+        library_path.append(libdir)
+    if _is_wheel_binary(binary):
+        library_path.append(str(_pytriton_root().parent / "nvidia_pytriton.libs"))
+    if env.get("LD_LIBRARY_PATH"):
+        library_path.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(library_path)
+    # the stub finds its prefix (and so site-packages) from the first `python` on PATH
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def server_command(config: ServerConfig, binary: Path, backends: Path,
+                   ports: Endpoints) -> list[str]:
+    shm_prefix = f"cinema_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
+    return [
+        str(binary),
+        f"--model-repository={Path(config.repository).resolve()}",
+        f"--backend-directory={backends}",
+        f"--http-address={ports.host}", f"--http-port={ports.http_port}",
+        f"--grpc-address={ports.host}", f"--grpc-port={ports.grpc_port}",
+        f"--metrics-address={ports.host}", f"--metrics-port={ports.metrics_port}",
+        # our configs are complete: skip the extra stub launch per model that auto-complete costs
+        "--disable-auto-complete-config",
+        "--exit-on-error=true",
+        f"--exit-timeout-secs={max(1, int(config.stop_timeout) - 2)}",
+        f"--log-verbose={config.log_verbose}",
+        # unique shared-memory names: other servers may run on the same machine
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+        f"--backend-config=python,shm-default-byte-size={config.shm_default_bytes}",
+        f"--backend-config=python,shm-growth-byte-size={config.shm_growth_bytes}",
+        *config.extra_args,
+    ]
+
+
+class TritonServer:
+    """A running tritonserver process; a context manager that stops it on exit."""
+
+    def __init__(self, config: ServerConfig):
+        if not Path(config.repository).is_dir():
+            raise FileNotFoundError(f"model repository {config.repository} is not a folder; "
+                                    "build one with `cinema-trt repo`")
+        self.config = config
+        self._auto_ports = not (config.http_port or config.grpc_port or config.metrics_port)
+        self.endpoints = self._pick_endpoints()
+        self._process: subprocess.Popen | None = None
+        self._log_tail: collections.deque[str] = collections.deque(maxlen=60)
+        self._log_thread: threading.Thread | None = None
+        self._workdir: tempfile.TemporaryDirectory | None = None
+
+    def _pick_endpoints(self) -> Endpoints:
+        c = self.config
+        return Endpoints(c.host, c.http_port or free_port(c.host),
+                         c.grpc_port or free_port(c.host), c.metrics_port or free_port(c.host))
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> "TritonServer":
+        binary = find_tritonserver(self.config.executable)
+        self._workdir = tempfile.TemporaryDirectory(prefix="cinema-triton-")
+        backends = assemble_backends(binary, Path(self._workdir.name) / "backends")
+        # free ports can be taken by another process between our probe and the server's bind
+        attempts = 3 if self._auto_ports else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                self._launch(binary, backends)
+                break
+            except ServerError:
+                retry = attempt < attempts and "already in use" in self.log_tail
+                self.stop(keep_workdir=retry)
+                if not retry:
+                    raise
+                LOG.info("a port was taken meanwhile; retrying with new free ports")
+                self.endpoints = self._pick_endpoints()
+            except BaseException:  # Ctrl-C while waiting: never leave a server behind
+                self.stop()
+                raise
+        LOG.info("Triton ready: grpc %s  http %s  metrics %s", self.endpoints.grpc,
+                 self.endpoints.http, self.endpoints.metrics)
+        return self
+
+    def _launch(self, binary: Path, backends: Path) -> None:
+        command = server_command(self.config, binary, backends, self.endpoints)
+        LOG.info("starting %s on %s", binary, self.config.repository)
+        LOG.debug("command: %s", " ".join(command))
+        self._log_tail.clear()
+        self._process = subprocess.Popen(
+            command, env=server_environment(binary), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace",
+            start_new_session=True)  # Ctrl-C in our terminal reaches us, we stop the server
+        self._log_thread = threading.Thread(target=self._forward_logs, daemon=True,
+                                            name="tritonserver-log")
+        self._log_thread.start()
+        self._wait_ready()
+
+    def stop(self, keep_workdir: bool = False) -> None:
+        """SIGINT (Triton drains in-flight requests), then SIGKILL after `stop_timeout`."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=self.config.stop_timeout)
+            except subprocess.TimeoutExpired:
+                LOG.warning("tritonserver did not stop in %.0f s; killing it",
+                            self.config.stop_timeout)
+                process.kill()
+                process.wait()
+        if self._log_thread is not None:
+            self._log_thread.join(timeout=5)
+            self._log_thread = None
+        if self._workdir is not None and not keep_workdir:
+            self._workdir.cleanup()
+            self._workdir = None
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    # --- state --------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def log_tail(self) -> str:
+        return "\n".join(self._log_tail)
+
+    def is_ready(self) -> bool:
+        url = f"{self.endpoints.http}/v2/health/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._process is None else self._process.poll()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.config.startup_timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                self._log_thread.join(timeout=5)
+                raise ServerError(f"tritonserver exited with code {self._process.returncode} "
+                                  f"during startup; last log lines:\n{self.log_tail}")
+            if self.is_ready():
+                return
+            time.sleep(0.25)
+        raise ServerError(f"tritonserver not ready after {self.config.startup_timeout:.0f} s "
+                          f"(raise startup_timeout for large models); last log lines:\n"
+                          f"{self.log_tail}")
+
+    def _forward_logs(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        for line in self._process.stdout:
+            line = line.rstrip()
+            self._log_tail.append(line)
+            # Triton prefixes its lines with the severity letter: surface errors
+            error = line.startswith("E") and not any(b in line for b in BENIGN_ERRORS)
+            SERVER_LOG.log(logging.WARNING if error else self.config.log_level, "%s", line)
+
+
+def serve_forever(config: ServerConfig, stop: threading.Event | None = None,
+                  on_ready=None) -> int:
+    """Run the server until it exits, `stop` is set, or Ctrl-C; returns an exit code.
+
+    `on_ready(server)` is called once the server is ready (the CLI prints the endpoints).
+    """
+    stop = stop or threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # `kill <pid>` must stop the server too, not orphan it
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        return _serve(config, stop, on_ready)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _serve(config: ServerConfig, stop: threading.Event, on_ready) -> int:
+    with TritonServer(config) as server:
+        if on_ready is not None:
+            on_ready(server)
+        try:
+            while server.running and not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            LOG.info("Ctrl-C: stopping tritonserver")
+            return 0
+        if not server.running:
+            code = server.returncode
+            LOG.error("tritonserver exited on its own with code %s; last log lines:\n%s",
+                      code, server.log_tail)
+            return 1
+    return 0

@@ -1,0 +1,128 @@
+"""`config.pbtxt` for every model, built as Triton's `ModelConfig` protobuf from the specs.
+
+Building the protobuf (instead of formatting text) means a config that serializes is a
+config Triton can parse; `parse_config` reads one back for checks. Symbolic dims become -1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cinema_trt.models.specs import StageSpec, TensorSpec
+from cinema_trt.serving import protocol
+
+TORCH_TO_TRITON = {
+    torch.float32: "TYPE_FP32", torch.float16: "TYPE_FP16", torch.bfloat16: "TYPE_BF16",
+    torch.int64: "TYPE_INT64", torch.int32: "TYPE_INT32", torch.uint8: "TYPE_UINT8",
+    torch.bool: "TYPE_BOOL",
+}
+WIRE_TO_TRITON = {"BYTES": "TYPE_STRING", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64",
+                  "FP32": "TYPE_FP32", "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8"}
+# backend name -> (platform, default model file name); python models need no platform
+BACKENDS = {
+    "python": ("", "model.py"),
+    "onnxruntime": ("onnxruntime_onnx", "model.onnx"),
+    "tensorrt": ("tensorrt_plan", "model.plan"),
+}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a model's instances run: `count` instances on the CPU or on each listed GPU."""
+
+    kind: str = "cpu"  # "cpu" | "gpu"
+    count: int = 1
+    gpus: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.kind not in ("cpu", "gpu"):
+            raise ValueError(f"placement kind={self.kind!r} must be 'cpu' or 'gpu'")
+        if self.count < 1:
+            raise ValueError(f"instance count={self.count} must be >= 1")
+        if self.kind == "cpu" and self.gpus:
+            raise ValueError(f"gpus={self.gpus} given for a CPU placement; use kind='gpu'")
+
+
+def _pb():
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        raise ImportError("Triton configs need tritonclient: pip install 'cinema-trt[serve]'") \
+            from None
+    return model_config_pb2
+
+
+def _dims(spec: TensorSpec) -> list[int]:
+    return [d if isinstance(d, int) else -1 for d in spec.dims]
+
+
+def _tensor_type(spec: TensorSpec) -> str:
+    try:
+        return TORCH_TO_TRITON[spec.dtype]
+    except KeyError:
+        raise ValueError(f"{spec.name}: dtype {spec.dtype} has no Triton type") from None
+
+
+def _base(name: str, backend: str, placement: Placement, version: int):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} must be one of {sorted(BACKENDS)}")
+    pb = _pb()
+    config = pb.ModelConfig(name=name, backend=backend, max_batch_size=0)
+    platform, filename = BACKENDS[backend]
+    if platform:
+        config.platform = platform
+        config.default_model_filename = filename
+    config.version_policy.specific.versions.append(version)
+    group = config.instance_group.add(count=placement.count)
+    group.kind = pb.ModelInstanceGroup.KIND_GPU if placement.kind == "gpu" \
+        else pb.ModelInstanceGroup.KIND_CPU
+    group.gpus.extend(placement.gpus)
+    return config
+
+
+def _set_parameters(config, parameters: dict[str, str]) -> None:
+    for key, value in sorted(parameters.items()):
+        config.parameters[key].string_value = str(value)
+
+
+def stage_config(spec: StageSpec, backend: str, placement: Placement = Placement(),
+                 version: int = 1, parameters: dict[str, str] | None = None):
+    """ModelConfig of one stage model; the batch dim is an ordinary -1 (max_batch_size 0)."""
+    config = _base(spec.name, backend, placement, version)
+    for tensor in spec.inputs:
+        config.input.add(name=tensor.name, data_type=_tensor_type(tensor), dims=_dims(tensor))
+    for tensor in spec.outputs:
+        config.output.add(name=tensor.name, data_type=_tensor_type(tensor), dims=_dims(tensor))
+    _set_parameters(config, {"stage": spec.name, **(parameters or {})})
+    return config
+
+
+def orchestrator_config(placement: Placement = Placement(), version: int = 1,
+                        parameters: dict[str, str] | None = None):
+    """ModelConfig of the decoupled `cinema` model (protocol.INPUTS / OUTPUTS)."""
+    config = _base(protocol.ORCHESTRATOR, "python", placement, version)
+    for field in protocol.INPUTS:
+        config.input.add(name=field.name, data_type=WIRE_TO_TRITON[field.datatype],
+                         dims=list(field.dims), optional=field.optional)
+    for field in protocol.OUTPUTS:
+        config.output.add(name=field.name, data_type=WIRE_TO_TRITON[field.datatype],
+                          dims=list(field.dims))
+    # decoupled: many responses per request (progress, then the video)
+    config.model_transaction_policy.decoupled = True
+    _set_parameters(config, parameters or {})
+    return config
+
+
+def to_text(config) -> str:
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(config)
+
+
+def parse_config(text: str):
+    """Parse `config.pbtxt` text into a ModelConfig (raises text_format.ParseError)."""
+    from google.protobuf import text_format
+
+    return text_format.Parse(text, _pb().ModelConfig())
