@@ -75,7 +75,7 @@ def stage_spec_for(stage: str, config: CinemaConfig) -> StageSpec:
     if stage in specs:
         return specs[stage]
     if stage in STAGE_NAMES:  # the split MLLM graphs
-        from cinema_trt.export.mllm_split import mllm_split_specs
+        from cinema_trt.models.specs import mllm_split_specs
 
         return mllm_split_specs(config)[stage]
     raise ValueError(f"unknown stage {stage!r}; expected one of {list(STAGE_NAMES)}")

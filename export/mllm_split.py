@@ -33,39 +33,11 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import (Qwen2VLVisionRotaryE
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids
 
 from cinema_trt.models.mllm import MLLMEncoder
-from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.runner import FunctionRunner, Runner, Tensors
-from cinema_trt.models.specs import StageSpec, TensorSpec, stage_specs
 
 HF_CONFIG_FILE = "qwen2vl_config.json"
 EMBEDDINGS_FILE = "embeddings.safetensors"
 EMBEDDINGS_KEY = "embed_tokens.weight"
-
-
-def mllm_split_specs(config: CinemaConfig) -> dict[str, StageSpec]:
-    """I/O of "mllm_vision" and "mllm_text" (symbols: patches, image_tokens, batch, seq)."""
-    m = config.mllm
-    f32, i64 = torch.float32, torch.int64
-    pixels = stage_specs(config)["mllm"].inputs[2]  # ("patches", 3 * tp * ps * ps)
-    head_dim = m.vision_embed_dim // m.vision_heads
-    return {
-        "mllm_vision": StageSpec("mllm_vision", (
-            pixels,
-            TensorSpec("rotary_cos", f32, ("patches", head_dim)),
-            TensorSpec("rotary_sin", f32, ("patches", head_dim)),
-            TensorSpec("segment_ids", i64, ("patches",)),
-        ), (
-            # patches / spatial_merge_size**2 rows, in the processor's patch order
-            TensorSpec("image_embeds", f32, ("image_tokens", m.hidden_size)),
-        )),
-        "mllm_text": StageSpec("mllm_text", (
-            TensorSpec("inputs_embeds", f32, ("batch", "seq", m.hidden_size)),
-            TensorSpec("attention_mask", i64, ("batch", "seq")),
-            TensorSpec("position_ids", i64, (3, "batch", "seq")),
-        ), (
-            TensorSpec("hidden_states", f32, ("batch", "seq", m.hidden_size)),
-        )),
-    }
 
 
 class VisionTower(nn.Module):

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from cinema_trt.models.presets import VAE_SPATIAL, VAE_TEMPORAL, CinemaConfig
-from cinema_trt.models.specs import StageSpec, resolve, stage_specs
+from cinema_trt.models.specs import StageSpec, mllm_split_specs, resolve, stage_specs
 
-from .mllm_split import mllm_split_specs, split_modules, vision_inputs
+from .mllm_split import split_modules, vision_inputs
 
 EXPORT_STAGES = ("mllm_vision", "mllm_text", "connector", "vae_encoder", "dit", "vae_decoder")
 # a name that stands for several graphs: "mllm" is exported as its two halves

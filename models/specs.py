@@ -81,6 +81,33 @@ def stage_specs(config: CinemaConfig) -> dict[str, StageSpec]:
     }
 
 
+def mllm_split_specs(config: CinemaConfig) -> dict[str, StageSpec]:
+    """The MLLM as two exportable graphs, "mllm_vision" and "mllm_text" (export/mllm_split.py
+    joins them back into the "mllm" contract). Symbols: patches, image_tokens, batch, seq."""
+    m = config.mllm
+    f32, i64 = torch.float32, torch.int64
+    pixels = stage_specs(config)["mllm"].inputs[2]  # ("patches", 3 * tp * ps * ps)
+    head_dim = m.vision_embed_dim // m.vision_heads
+    return {
+        "mllm_vision": StageSpec("mllm_vision", (
+            pixels,
+            TensorSpec("rotary_cos", f32, ("patches", head_dim)),
+            TensorSpec("rotary_sin", f32, ("patches", head_dim)),
+            TensorSpec("segment_ids", i64, ("patches",)),
+        ), (
+            # patches / spatial_merge_size**2 rows, in the processor's patch order
+            TensorSpec("image_embeds", f32, ("image_tokens", m.hidden_size)),
+        )),
+        "mllm_text": StageSpec("mllm_text", (
+            TensorSpec("inputs_embeds", f32, ("batch", "seq", m.hidden_size)),
+            TensorSpec("attention_mask", i64, ("batch", "seq")),
+            TensorSpec("position_ids", i64, (3, "batch", "seq")),
+        ), (
+            TensorSpec("hidden_states", f32, ("batch", "seq", m.hidden_size)),
+        )),
+    }
+
+
 @dataclass(frozen=True)
 class Dim:
     min: int

@@ -60,7 +60,7 @@ def test_text_stage_profiles(tiny, shapes):
 
 
 def test_split_mllm_profiles(tiny, shapes):
-    from cinema_trt.export.mllm_split import mllm_split_specs
+    from cinema_trt.models.specs import mllm_split_specs
 
     specs = mllm_split_specs(tiny)
     vision = profiles_for(specs["mllm_vision"], shapes, tiny)
