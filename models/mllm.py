@@ -30,6 +30,7 @@ from transformers.processing_utils import ProcessorMixin
 from .presets import MLLMConfig
 from .tokenizer import (ENDOFTEXT, IM_END, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START,
                         build_messages, build_tokenizer)
+from .weights import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -319,6 +320,56 @@ def folder_mismatches(hf_config: Qwen2VLConfig, processor: Qwen2VLProcessor,
     return problems
 
 
+def _shape_mismatches(path: Path, hf_config: Qwen2VLConfig) -> list[str]:
+    """'shape mismatch NAME: checkpoint (a, b), model (c, d)' for every such tensor.
+
+    Checkpoint names may carry a prefix (e.g. `model.` from the full VLM), so a model
+    tensor matches the checkpoint name that ends with it.
+    """
+    from safetensors import safe_open
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in Qwen2VLModel(hf_config).state_dict().items()}
+    found = {}
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            found.update({k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()})
+    problems = []
+    for name, shape in sorted(expected.items()):
+        match = next((k for k in found if k == name or k.endswith("." + name)), None)
+        if match is not None and found[match] != shape:
+            problems.append(f"shape mismatch {name}: checkpoint {found[match]}, model {shape}")
+    return problems
+
+
+def _load_strict(path: Path, hf_config: Qwen2VLConfig, dtype: torch.dtype) -> Qwen2VLModel:
+    """from_pretrained, but a missing or mis-shaped tensor is an error, not random init.
+
+    transformers only logs missing keys and initialises them randomly; a checkpoint that
+    silently loses a layer must fail like every other stage (weights.CheckpointError).
+    `use_safetensors=True` refuses pickle (`pytorch_model.bin`) folders.
+    """
+    try:
+        model, info = Qwen2VLModel.from_pretrained(
+            path, config=hf_config, local_files_only=True, dtype=dtype, use_safetensors=True,
+            output_loading_info=True)
+    except (OSError, EnvironmentError) as error:
+        raise CheckpointError(path, [f"no loadable safetensors weights ({error}); pickle "
+                                     "checkpoints are refused: convert them to safetensors"])
+    except RuntimeError as error:  # size mismatches surface as a generic RuntimeError
+        raise CheckpointError(path, _shape_mismatches(path, hf_config) or [str(error)]) from None
+    problems = [f"missing tensor {k}" for k in sorted(info["missing_keys"])]
+    # a checkpoint saved from Qwen2VLForConditionalGeneration also holds the LM head,
+    # which the encoder does not use
+    problems += [f"unexpected tensor {k}" for k in sorted(info["unexpected_keys"])
+                 if not k.startswith("lm_head.")]
+    problems += [f"shape mismatch {m}" for m in info["mismatched_keys"]]
+    problems += list(info["error_msgs"])
+    if problems:
+        raise CheckpointError(path, problems)
+    return model
+
+
 def load_mllm(path: str | Path, cfg: MLLMConfig | None = None,
               dtype: torch.dtype = torch.float32) -> tuple[MLLMEncoder, ImageOnlyQwen2VLProcessor]:
     """Load a folder written by `save_mllm` (or a local Qwen2-VL checkpoint) without network.
@@ -339,7 +390,6 @@ def load_mllm(path: str | Path, cfg: MLLMConfig | None = None,
             raise ValueError(f"MLLM folder {path} does not match the MLLMConfig: "
                              + "; ".join(problems)
                              + ". Load it with the config it was saved with, or re-create it.")
-    model = Qwen2VLModel.from_pretrained(path, config=hf_config, local_files_only=True,
-                                         dtype=dtype)
+    model = _load_strict(path, hf_config, dtype)
     logger.info("loaded the MLLM from %s", path)
     return MLLMEncoder(model.eval()), processor

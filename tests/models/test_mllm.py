@@ -14,6 +14,7 @@ from cinema_trt.models import tokenizer as tok
 from cinema_trt.models.mllm import (build_hf_config, build_processor, chat_text, create_mllm,
                                     load_mllm, mllm_fields, prepare_inputs, save_mllm)
 from cinema_trt.models.specs import stage_specs
+from cinema_trt.models.weights import CheckpointError
 
 # Same weights, same ops, same shapes: outputs that should agree come out bit-identical on
 # CPU. Where two computations legitimately differ in summation order (batched vs single,
@@ -310,3 +311,44 @@ def test_full_qwen2vl_checkpoint_folder_loads_without_its_lm_head(mllm, cfg, tmp
     assert not any("lm_head" in name for name, _ in loaded.named_parameters())
     inputs = prepare_inputs(processor, cfg, "a cat", _refs(2))
     assert torch.equal(loaded(**inputs), encoder(**inputs))
+
+
+def _rewrite_weights(folder, edit):
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def test_a_checkpoint_missing_a_tensor_fails_and_names_it(mllm, cfg, tmp_path):
+    # transformers would initialise the missing layer randomly; we refuse instead
+    folder = save_mllm(*mllm, tmp_path / "mllm")
+    victim = "language_model.layers.0.mlp.gate_proj.weight"
+    _rewrite_weights(folder, lambda t: t.pop(next(k for k in t if k.endswith(victim))))
+    with pytest.raises(CheckpointError, match=r"missing tensor .*layers\.0\.mlp\.gate_proj"):
+        load_mllm(folder, cfg)
+
+
+def test_a_checkpoint_with_a_wrong_shape_fails_and_names_the_tensor(mllm, cfg, tmp_path):
+    folder = save_mllm(*mllm, tmp_path / "mllm")
+    victim = "language_model.norm.weight"
+
+    def shrink(tensors):
+        key = next(k for k in tensors if k.endswith(victim))
+        tensors[key] = tensors[key][:-1].clone()
+
+    _rewrite_weights(folder, shrink)
+    with pytest.raises(CheckpointError, match=r"language_model\.norm\.weight"):
+        load_mllm(folder, cfg)
+
+
+def test_a_pickle_checkpoint_folder_is_refused(mllm, cfg, tmp_path):
+    folder = save_mllm(*mllm, tmp_path / "mllm")
+    from safetensors.torch import load_file
+
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="pickle checkpoints are refused"):
+        load_mllm(folder, cfg)
