@@ -46,6 +46,9 @@ _ONNX_FLOAT_TYPES = {1: "float32", 10: "float16", 16: "bfloat16", 11: "float64",
                      20: "float8e5m2fnuz"}
 _PRECISION_ONNX_TYPE = {Precision.FP16: "float16", Precision.BF16: "bfloat16"}
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+# ONNX domain of TensorRT plugin nodes (kernels.trt_plugin.ONNX_DOMAIN, spelled out so the
+# engines package does not import torch to inspect a graph; a test checks they agree)
+TRT_PLUGIN_DOMAIN = "trt.plugins"
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ class OnnxGraphInfo:
     inputs: dict[str, str] = field(default_factory=dict)  # graph input name -> element type
     outputs: dict[str, str] = field(default_factory=dict)
     external_data: bool = False  # weights live in files beside the .onnx
+    # op types of TensorRT plugin nodes: the plugins must be registered before parsing
+    trt_plugins: frozenset[str] = frozenset()
 
     @property
     def has_fp8(self) -> bool:
@@ -65,7 +70,8 @@ class OnnxGraphInfo:
 
 
 def inspect_onnx(onnx_path: str | os.PathLike) -> OnnxGraphInfo:
-    """Read the graph (not its external weights) and report Q/DQ nodes and weight types."""
+    """Read the graph (not its external weights) and report Q/DQ nodes, weight types and
+    TensorRT plugin nodes."""
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
@@ -91,8 +97,9 @@ def inspect_onnx(onnx_path: str | os.PathLike) -> OnnxGraphInfo:
               if v.name not in initializers}
     outputs = {v.name: onnx_type_name(v.type.tensor_type.elem_type) for v in graph.output}
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)
+    plugins = frozenset(n.op_type for n in _all_nodes(graph) if n.domain == TRT_PLUGIN_DOMAIN)
     return OnnxGraphInfo(has_qdq, frozenset(qdq_types), frozenset(weights), inputs, outputs,
-                         external)
+                         external, plugins)
 
 
 def onnx_type_name(elem_type: int) -> str:
@@ -196,11 +203,28 @@ def resolve_build_config(config: BuildConfig, graph: OnnxGraphInfo) -> BuildConf
             f"strongly typed ({reason}), which takes every type from the ONNX graph, and the "
             f"graph's weights are {sorted(graph.weight_types)}. Export the ONNX in "
             f"{wanted}, or build with --precision fp32 to state what you will get")
+    if graph.trt_plugins:
+        _check_plugin_precision(resolved, graph)
     if strongly_typed and "float32" in graph.weight_types and not graph.weight_types & {
             "float16", "bfloat16"}:
         log.warning("strongly typed build of a float32 graph: layers outside the Q/DQ pairs "
                     "run in float32. Export the graph in float16/bfloat16 for speed.")
     return resolved
+
+
+def _check_plugin_precision(config: BuildConfig, graph: OnnxGraphInfo) -> None:
+    """The Triton attention plugins run fp16/bf16 only. A weakly typed fp16/bf16 build lets
+    TensorRT reformat fp32 tensors around them; fp32 and strongly typed builds of an fp32
+    graph would hand them fp32 tensors."""
+    half = {"float16", "bfloat16"}
+    if config.strongly_typed and not graph.weight_types & half:
+        raise ValueError(f"the graph's TensorRT plugins {sorted(graph.trt_plugins)} take "
+                         f"fp16/bf16 tensors, but a strongly typed build (Q/DQ nodes or weight "
+                         f"streaming) keeps this float32 graph's types; export the graph in "
+                         f"fp16/bf16, or without the attention plugin")
+    if not config.strongly_typed and config.precision is Precision.FP32:
+        raise ValueError(f"the graph's TensorRT plugins {sorted(graph.trt_plugins)} run "
+                         f"fp16/bf16 only; build with --precision fp16 or bf16")
 
 
 def ort_optimization_level(config: BuildConfig) -> str:

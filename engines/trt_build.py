@@ -7,6 +7,8 @@ build with one optimization profile and the timing cache, and write plan + manif
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -16,7 +18,7 @@ from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import StageSpec
 
 from .artifacts import StageBuild, finish_build, prepare_build, reuse_cached
-from .config import BuildConfig, network_flags, trt_flags
+from .config import BuildConfig, OnnxGraphInfo, network_flags, trt_flags
 from .deps import require_tensorrt, tensorrt_runtime_info
 from .manifest import RuntimeInfo, write_bytes_atomic
 from .progress import BuildProgress, log_level
@@ -46,15 +48,44 @@ def build_engine(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
                  runtime: RuntimeInfo | None = None) -> Path:
     """Build (or reuse) `out_dir/model.plan` + `out_dir/manifest.json`; returns the plan."""
     trt = require_tensorrt()
-    build = prepare_build(onnx_path, out_dir, stage_spec, shapes, build_config, config,
-                          runtime or tensorrt_runtime_info())
+    build = key_plugin_kernels(prepare_build(onnx_path, out_dir, stage_spec, shapes,
+                                             build_config, config,
+                                             runtime or tensorrt_runtime_info()))
     cached = reuse_cached(build)
     if cached is not None:
         return cached
     build.out_dir.mkdir(parents=True, exist_ok=True)
+    register_graph_plugins(build.graph)
     serialized = _build_serialized(trt, build, should_stop)
     plan = write_bytes_atomic(build.out_dir / PLAN_FILE, memoryview(serialized))
-    return finish_build(build, plan)
+    # whoever deserialises the plan must register these plugins first (the JIT INT8 plugin
+    # runs Python code), so the manifest names them
+    return finish_build(build, plan, extra={"trt_plugins": sorted(build.graph.trt_plugins)})
+
+
+def key_plugin_kernels(build: StageBuild) -> StageBuild:
+    """Fold the plugin kernels' fingerprint into the cache key of a graph with plugin nodes:
+    the engine embeds the Triton kernels compiled at build time, which the ONNX file does
+    not pin."""
+    if not build.graph.trt_plugins:
+        return build
+    from cinema_trt.kernels.trt_plugin import plugin_fingerprint
+
+    key = hashlib.sha256(f"{build.cache_key}|{plugin_fingerprint()}".encode()).hexdigest()
+    return dataclasses.replace(build, cache_key=key)
+
+
+def register_graph_plugins(graph: OnnxGraphInfo) -> bool:
+    """Register the Triton attention plugins if the graph has TensorRT plugin nodes (the
+    ONNX parser looks each node up in the plugin registry); returns whether it did.
+    Raises `TensorRTUnavailableError` (an ImportError) without TensorRT >= 10.8."""
+    if not graph.trt_plugins:
+        return False
+    from cinema_trt.kernels.trt_plugin import register_plugins
+
+    log.info("registering TensorRT plugins for %s", sorted(graph.trt_plugins))
+    register_plugins()
+    return True
 
 
 def trt_logger(trt):

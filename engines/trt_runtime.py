@@ -83,6 +83,11 @@ class TensorRTRunner:
         self.cuda_graph = cuda_graph
         self._trt = trt
         self._runtime = trt.Runtime(trt_logger(trt))
+        if self.manifest.extra.get("trt_plugins"):
+            # plugin nodes (the Triton attention) must be registered before deserialising
+            from cinema_trt.kernels.trt_plugin import register_plugins
+
+            register_plugins()
         self.engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
         if self.engine is None:
             raise RuntimeError(f"{plan}: TensorRT could not deserialize the plan (see the "

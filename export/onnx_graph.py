@@ -55,10 +55,21 @@ def _quiet(*names: str):
 
 
 def trace_to_onnx(module: torch.nn.Module, spec: StageSpec, example: dict[str, torch.Tensor],
-                  opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+                  opset: int = DEFAULT_OPSET, attention_plugin: bool = False) -> onnx.ModelProto:
     """Export `module` (forward takes spec.inputs, in order) with the spec's dynamic dims and
-    run the onnxscript optimizer (constant folding, dead code, redundant casts/reshapes)."""
+    run the onnxscript optimizer (constant folding, dead code, redundant casts/reshapes).
+
+    attention_plugin: map each `torch.ops.cinema.attention*` call to a TensorRT plugin node
+    (`kernels.trt_plugin`): the module must attend through those ops without a fused
+    prologue, e.g. a DiT with attention backend "triton_unfused". Only TensorRT (with
+    `register_plugins()`) can run such a graph; ONNX Runtime cannot.
+    """
     args = tuple(example[name] for name in spec.input_names)
+    options = {}
+    if attention_plugin:
+        from cinema_trt.kernels import trt_plugin
+
+        options["custom_translation_table"] = trt_plugin.onnx_translation_table()
     with warnings.catch_warnings(), _quiet("onnx_ir", "onnxscript", "torch.onnx"):
         # the exporter warns when two inputs share a symbol (batch); that is intended
         warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*")
@@ -68,12 +79,23 @@ def trace_to_onnx(module: torch.nn.Module, spec: StageSpec, example: dict[str, t
             module, args, input_names=list(spec.input_names),
             output_names=list(spec.output_names), dynamic_shapes=dynamic_shapes(spec),
             dynamo=True, opset_version=opset, optimize=False, verify=False, report=False,
-            verbose=False)
+            verbose=False, **options)
         program.optimize()
     model = program.model_proto
+    if attention_plugin and not plugin_nodes(model):
+        raise ValueError(f"{spec.name}: attention_plugin=True but the graph has no plugin "
+                         f"node: the module never calls torch.ops.cinema.attention; build "
+                         f"it with attention backend 'triton_unfused'")
     strip_debug_metadata(model)
     name_io_dims(model, spec)
     return model
+
+
+def plugin_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The graph's TensorRT plugin nodes (domain `trt.plugins`), in graph order."""
+    from cinema_trt.kernels.trt_plugin import ONNX_DOMAIN
+
+    return [node for node in model.graph.node if node.domain == ONNX_DOMAIN]
 
 
 # node metadata worth keeping: module paths and classes (the FP8 pass selects layers by
@@ -139,7 +161,9 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike,
 
 def check_onnx(path: str | os.PathLike) -> None:
     """Strict shape inference (written back, so the file carries every inferred shape),
-    then the full checker. Both work from the path, so models above 2 GiB pass too."""
+    then the full checker. Both work from the path, so models above 2 GiB pass too.
+    TensorRT plugin nodes pass as well: ONNX checks no op of a domain it has no schemas
+    for, and the plugin's outputs keep the shapes the exporter recorded."""
     path = str(path)
     onnx.shape_inference.infer_shapes_path(path, path, strict_mode=True, data_prop=True)
     onnx.checker.check_model(path, full_check=True)

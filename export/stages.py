@@ -26,6 +26,9 @@ STAGE_ALIASES = {"mllm": ("mllm_vision", "mllm_text")}
 # order and fusions (~1e-6 relative at these depths), so 1e-4 leaves 100x headroom and
 # still catches any real mismatch (a wrong mask or rope costs > 1e-2)
 FP32_TOLERANCE = 1e-4
+# the DiT attention backend whose graph carries TensorRT plugin nodes: the Triton kernel
+# without the fused Q/K prologue (the plugin has none; norm and RoPE stay in the graph)
+PLUGIN_ATTENTION_BACKEND = "triton_unfused"
 
 Case = dict[str, int]  # values of a stage's symbolic dims (+ "images"/"grid_*" for vision)
 
@@ -39,6 +42,9 @@ class StageExport:
     example: Case
     checks: tuple[Case, ...]
     tolerance: float = FP32_TOLERANCE
+    # attention as TensorRT plugin nodes (trace_to_onnx(..., attention_plugin=True)): only
+    # TensorRT runs the graph, so it cannot be checked with ONNX Runtime
+    attention_plugin: bool = False
 
 
 def resolve_stages(stages: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
@@ -102,17 +108,26 @@ def stage_cases(config: CinemaConfig, stage: str) -> tuple[Case, tuple[Case, ...
     raise ValueError(f"unknown stage {stage!r}; choose from {list(EXPORT_STAGES)}")
 
 
-def stage_exports(models, stages: tuple[str, ...]) -> dict[str, StageExport]:
-    """`StageExport`s for `stages` of a `CinemaModels` (models/factory.py)."""
+def stage_exports(models, stages: tuple[str, ...],
+                  attention_plugin: bool = False) -> dict[str, StageExport]:
+    """`StageExport`s for `stages` of a `CinemaModels` (models/factory.py).
+
+    attention_plugin: export the DiT's attention as TensorRT plugin nodes, traced from a
+    twin of `models.dit` that shares its weights and attends with PLUGIN_ATTENTION_BACKEND
+    (`models.dit` itself is left as it is). Other stages do not use the DiT's attention.
+    """
     specs = export_specs(models.config)
     modules = {"connector": models.aligner, "vae_encoder": models.vae.encoder,
                "dit": models.dit, "vae_decoder": models.vae.decoder}
+    if attention_plugin and "dit" in stages:
+        modules["dit"] = models.dit.with_attention_backend(PLUGIN_ATTENTION_BACKEND)
     if any(s.startswith("mllm_") for s in stages):
         modules.update(split_modules(models.mllm))
     exports = {}
     for stage in stages:
         example, checks = stage_cases(models.config, stage)
-        exports[stage] = StageExport(specs[stage], modules[stage].eval(), example, checks)
+        exports[stage] = StageExport(specs[stage], modules[stage].eval(), example, checks,
+                                     attention_plugin=attention_plugin and stage == "dit")
     return exports
 
 

@@ -4,41 +4,21 @@ Tests compare the Triton kernels against `attention_reference` in float64, and a
 same function run in the input dtype to derive tolerances. `QKPrologue` describes the
 optional Q/K transforms (RMS-norm, then 3D RoPE) that the fused kernel applies while
 loading Q and K; the DiT's own `RMSNorm` and `apply_rope` (models/) define the semantics.
+The reference computes the norm in its `compute_dtype` (float64 for the error baseline),
+unlike `models.attention.rms_norm`, which works in fp32 whatever the input.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
+# the prologue's description lives with the attention entry point (models/attention.py),
+# which applies it in torch for backends that cannot fuse it
+from cinema_trt.models.attention import QKPrologue
+
 LOG2E = 1.4426950408889634  # exp(x) == exp2(x * log2(e)); the kernels fold it into the scale
-
-
-@dataclass(frozen=True, eq=False)  # eq=False: field-wise == on tensors is ambiguous
-class QKPrologue:
-    """Transforms applied to Q and K before Q.Kᵀ: RMS-norm (optional), then RoPE (optional).
-
-    Norm weights are (D,) or per token (S, D) — the MM-DiT's text and visual streams have
-    separate norms, so the caller concatenates the two weights along S. RoPE uses the
-    "rotate half" layout of `models.rope`: cos/sin are (S, D) or per sample (B, S, D), and
-    tokens without a position (text) carry cos=1, sin=0.
-    """
-
-    q_norm_weight: torch.Tensor | None = None
-    k_norm_weight: torch.Tensor | None = None
-    rope_cos: torch.Tensor | None = None
-    rope_sin: torch.Tensor | None = None
-    eps: float = 1e-6
-
-    @property
-    def has_norm(self) -> bool:
-        return self.q_norm_weight is not None
-
-    @property
-    def has_rope(self) -> bool:
-        return self.rope_cos is not None
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -117,6 +117,21 @@ def onnx_translation_table() -> dict:
             torch.ops.cinema.attention_int8.default: attention_int8}
 
 
+def plugin_fingerprint() -> str:
+    """sha256 of what a plugin engine bakes in at build time: the kernel sources, this
+    module, the tactics and the Triton version. An engine cache keyed on the ONNX file alone
+    would keep serving a stale kernel after any of them changed."""
+    import hashlib
+    from importlib import metadata
+    from pathlib import Path
+
+    digest = hashlib.sha256(f"{PLUGIN_VERSION}|triton {metadata.version('triton')}".encode())
+    here = Path(__file__).parent
+    for name in ("fused_attention.py", "int8_attention.py", "tuning.py", "trt_plugin.py"):
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()
+
+
 # --- ahead-of-time compilation ---------------------------------------------------------------
 
 

@@ -7,15 +7,16 @@ rectified-flow velocity for the video latents. I/O follows stage "dit" in `specs
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import attention
+from .attention import QKPrologue, attention, fuses_prologue, rms_norm
 from .presets import DiTConfig, check_num_refs
-from .rope import apply_rope, check_rope_dims, grid_positions, rope_3d
+from .rope import apply_rope, check_rope_dims, grid_positions, rope_3d, with_text_rows
 
 _ADALN_GAIN = 0.5  # keeps shift/scale/gate modest (~0.3) so residuals grow slowly with depth
 _REF_EMBED_STD = 0.5  # a type offset comparable to, but smaller than, patch features (~1)
@@ -30,10 +31,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # in fp32: fp16 squares of activations overflow
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return x32.to(x.dtype) * self.weight
+        return rms_norm(x, self.weight, self.eps)
 
 
 def timestep_sinusoid(timestep: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -66,11 +64,14 @@ class StreamLayers(nn.Module):
         """(B, E) -> six (B, 1, width) tensors: shift/scale/gate for attention, then MLP."""
         return [m[:, None] for m in self.modulation(F.silu(temb)).chunk(6, dim=-1)]
 
-    def qkv_heads(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor):
-        """(B, S, width) -> normed q, k and v, each (B, H, S, D)."""
+    def qkv_heads(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
+                  normed: bool = True):
+        """(B, S, width) -> q, k (normed unless `normed` is False) and v, each (B, H, S, D)."""
         x = self.norm1(x) * (1 + scale) + shift
         b, s, _ = x.shape
         qkv = self.qkv(x).reshape(b, s, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # (3, B, H, S, D)
+        if not normed:
+            return qkv[0], qkv[1], qkv[2]
         return self.q_norm(qkv[0]), self.k_norm(qkv[1]), qkv[2]
 
     def residuals(self, x: torch.Tensor, attn: torch.Tensor, mod: list[torch.Tensor]) -> torch.Tensor:
@@ -90,16 +91,34 @@ class MMDiTBlock(nn.Module):
         self.visual = StreamLayers(cfg)
         self.backend = cfg.attention_backend
 
+    def prologue(self, text_len: int, cos: torch.Tensor, sin: torch.Tensor) -> QKPrologue:
+        """Q/K norms and RoPE over the joint [text, visual] sequence, for a fusing kernel:
+        per-token (L + N, D) norm weights (each stream's own) and rope tables whose text rows
+        are the identity."""
+        n = cos.shape[0]
+
+        def per_token(text: RMSNorm, visual: RMSNorm) -> torch.Tensor:
+            d = text.weight.shape[0]
+            return torch.cat([text.weight.expand(text_len, d), visual.weight.expand(n, d)])
+
+        cos, sin = with_text_rows(cos, sin, text_len)
+        return QKPrologue(per_token(self.text.q_norm, self.visual.q_norm),
+                          per_token(self.text.k_norm, self.visual.k_norm), cos, sin,
+                          eps=self.text.q_norm.eps)
+
     def forward(self, txt: torch.Tensor, vis: torch.Tensor, temb: torch.Tensor,
                 cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """txt (B, L, width), vis (B, N, width), temb (B, E), cos/sin (N, D)."""
         mod_t, mod_v = self.text.modulate(temb), self.visual.modulate(temb)
-        qt, kt, vt = self.text.qkv_heads(txt, mod_t[0], mod_t[1])  # (B, H, L, D)
-        qv, kv, vv = self.visual.qkv_heads(vis, mod_v[0], mod_v[1])  # (B, H, N, D)
-        # RoPE on visual tokens only: text has no spatial position
-        qv, kv = apply_rope(qv, cos, sin), apply_rope(kv, cos, sin)
+        # a fusing backend norms and rotates Q/K tiles as it loads them
+        fused = fuses_prologue(self.backend)
+        qt, kt, vt = self.text.qkv_heads(txt, *mod_t[:2], normed=not fused)  # (B, H, L, D)
+        qv, kv, vv = self.visual.qkv_heads(vis, *mod_v[:2], normed=not fused)  # (B, H, N, D)
+        prologue = self.prologue(txt.shape[1], cos, sin) if fused else None
+        if not fused:  # RoPE on visual tokens only: text has no spatial position
+            qv, kv = apply_rope(qv, cos, sin), apply_rope(kv, cos, sin)
         q, k, v = (torch.cat(pair, dim=2) for pair in ((qt, qv), (kt, kv), (vt, vv)))
-        out = attention(q, k, v, backend=self.backend)  # (B, H, L + N, D)
+        out = attention(q, k, v, backend=self.backend, prologue=prologue)  # (B, H, L + N, D)
         b, _, s, _ = out.shape
         out = out.transpose(1, 2).reshape(b, s, -1)  # (B, L + N, width)
         text_len = txt.shape[1]
@@ -133,6 +152,14 @@ class CinemaDiT(nn.Module):
         self.norm_out = nn.LayerNorm(cfg.width, elementwise_affine=False, eps=1e-6)
         self.out_modulation = nn.Linear(cfg.time_embed_dim, 2 * cfg.width)  # shift, scale
         self.proj_out = nn.Linear(cfg.width, pt * ph * pw * cfg.in_channels)
+
+    def with_attention_backend(self, backend: str) -> "CinemaDiT":
+        """A twin of this model that shares its weights (no copy) but attends with `backend`
+        (e.g. to export a TensorRT-plugin graph while the original keeps running SDPA)."""
+        with torch.device("meta"):
+            twin = CinemaDiT(dataclasses.replace(self.cfg, attention_backend=backend))
+        twin.load_state_dict(self.state_dict(), assign=True)  # assign: the same tensors
+        return twin.train(self.training)
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, T, h, w) -> (B, T/pt * h/ph * w/pw, C*pt*ph*pw), tokens t-major."""

@@ -49,8 +49,9 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (..., S, D) by the (S, D) tables from `rope_3d` (broadcast over leading dims)."""
-    if x.shape[-2:] != cos.shape or cos.shape != sin.shape:
+    """Rotate x (..., S, D) by the (S, D) tables from `rope_3d` (broadcast over leading dims;
+    tables with leading dims, e.g. per sample (B, 1, S, D), broadcast the same way)."""
+    if x.shape[-2:] != cos.shape[-2:] or cos.dim() < 2 or cos.shape != sin.shape:
         raise ValueError(f"apply_rope: x (..., S, D) = {tuple(x.shape)} needs cos/sin of shape "
                          f"(S, D), got {tuple(cos.shape)} and {tuple(sin.shape)}")
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
@@ -69,3 +70,14 @@ def grid_positions(frames: int, height: int, width: int, frame_offset: int = 0,
     w = torch.arange(width, device=device)
     grid = torch.meshgrid(t, h, w, indexing="ij")  # 3 x (frames, height, width)
     return torch.stack(grid, dim=-1).reshape(-1, 3)
+
+
+def with_text_rows(cos: torch.Tensor, sin: torch.Tensor,
+                   text_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prepend `text_len` identity rows (cos=1, sin=0) to (N, D) tables -> (L + N, D) each.
+
+    Text tokens have no position: an identity rotation lets one table cover the joint
+    [text, visual] sequence, as a fused RoPE kernel needs.
+    """
+    ones = cos.new_ones(text_len, cos.shape[-1])
+    return torch.cat([ones, cos]), torch.cat([torch.zeros_like(ones), sin])

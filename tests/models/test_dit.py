@@ -12,8 +12,9 @@ import dataclasses
 import pytest
 import torch
 
-from cinema_trt.models.attention import register_backend, sdpa
-from cinema_trt.models.dit import CinemaDiT, create_dit
+from cinema_trt.models.attention import (QKPrologue, apply_prologue, attention, fuses_prologue,
+                                         register_backend, sdpa)
+from cinema_trt.models.dit import CinemaDiT, RMSNorm, create_dit
 from cinema_trt.models.rope import apply_rope, grid_positions, rope_3d
 
 CHANGED = 1e-4  # see module docstring
@@ -233,3 +234,85 @@ def test_unknown_backend_raises(dit_config):
     model = create_dit(dataclasses.replace(dit_config, attention_backend="no_such_backend"))
     with pytest.raises(ValueError, match="unknown attention backend"):
         run(model, make_inputs(dit_config))
+
+
+class RecordingSDPA:
+    """A real backend: torch SDPA on the q, k it receives, which it keeps for inspection."""
+
+    def __init__(self):
+        self.received = []
+
+    def __call__(self, q, k, v):
+        self.received.append((q, k))
+        return sdpa(q, k, v)
+
+
+def test_a_backend_that_cannot_fuse_gets_the_prologue_applied_first():
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = torch.randn(3, 2, 2, 7, 16, generator=gen)  # (B, H, S, D) each
+    norm_q, norm_k = RMSNorm(16), RMSNorm(16)
+    with torch.no_grad():
+        norm_q.weight.normal_(generator=gen)
+        norm_k.weight.normal_(generator=gen)
+    cos, sin = rope_3d(grid_positions(1, 1, 7), DIMS)
+    backend = RecordingSDPA()
+    register_backend("test_recording_sdpa", backend)
+    prologue = QKPrologue(norm_q.weight, norm_k.weight, cos, sin)
+    with torch.no_grad():
+        out = attention(q, k, v, "test_recording_sdpa", prologue=prologue)
+        # the DiT's own modules define the semantics: its RMSNorm, then apply_rope
+        expected_q = apply_rope(norm_q(q), cos, sin)
+        expected_k = apply_rope(norm_k(k), cos, sin)
+    assert not fuses_prologue("test_recording_sdpa")
+    (got_q, got_k), = backend.received
+    assert torch.equal(got_q, expected_q) and torch.equal(got_k, expected_k)
+    assert torch.equal(out, sdpa(expected_q, expected_k, v))
+
+
+def test_per_sample_rope_tables_rotate_each_sample_by_its_own():
+    gen = torch.Generator().manual_seed(6)
+    q, k = torch.randn(2, 2, 3, 5, 16, generator=gen)  # (B, H, S, D) each
+    tables = [rope_3d(grid_positions(1, 1, 5, frame_offset=b), DIMS) for b in range(2)]
+    cos, sin = (torch.stack(t) for t in zip(*tables))  # (B, S, D) each
+    got_q, got_k = apply_prologue(q, k, QKPrologue(rope_cos=cos, rope_sin=sin))
+    for b, (cos_b, sin_b) in enumerate(tables):
+        assert torch.equal(got_q[b], apply_rope(q[b], cos_b, sin_b))
+        assert torch.equal(got_k[b], apply_rope(k[b], cos_b, sin_b))
+
+
+class RecordingFusedSDPA:
+    """A real fusing backend: receives the prologue, applies it in torch, runs SDPA."""
+
+    def __init__(self):
+        self.prologues = []
+
+    def __call__(self, q, k, v, prologue=None):
+        self.prologues.append(prologue)
+        return sdpa(*apply_prologue(q, k, prologue), v)
+
+
+def test_dit_hands_the_prologue_to_a_fusing_backend(dit_config):
+    backend = RecordingFusedSDPA()
+    register_backend("test_fused_sdpa", backend, fuses_prologue=True)
+    model = create_dit(dit_config)
+    with torch.no_grad():  # per-stream norms apart: the init sets every weight to 1
+        for i, module in enumerate(m for m in model.modules() if isinstance(m, RMSNorm)):
+            module.weight.mul_(1.0 + 0.1 * i)
+    inputs = make_inputs(dit_config, refs=2)
+    out = run(model.with_attention_backend("test_fused_sdpa"), inputs)
+    assert len(backend.prologues) == dit_config.depth
+    tokens = dit_config.text_len + (2 + 2) * 4 * 3  # text + (refs + frames) * h' * w'
+    for p in backend.prologues:
+        assert p.q_norm_weight.shape == p.rope_cos.shape == (tokens, dit_config.head_dim)
+    # the unfused path's elementwise math on the joint sequence: identical bits, since a
+    # per-token weight row is the stream's weight and text rows give x*1 + r*0 == x
+    torch.testing.assert_close(out, run(model, inputs), atol=0, rtol=0)
+
+
+def test_attention_backend_twin_shares_the_weights(model, dit_config):
+    twin = model.with_attention_backend("triton_unfused")
+    assert twin.cfg.attention_backend == "triton_unfused"
+    assert model.cfg.attention_backend == dit_config.attention_backend  # original untouched
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        assert a.data_ptr() == b.data_ptr(), name  # no copy: the same storage
+    assert all(b.backend == "triton_unfused" for b in twin.blocks)

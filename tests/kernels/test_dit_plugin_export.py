@@ -1,0 +1,158 @@
+"""The DiT exported with its attention as TensorRT plugin nodes, and the engine build's view.
+
+CPU tier: the tiny DiT is traced once (about 30 s on 2 loaded cores, hence `slow`) with
+`stage_exports(..., attention_plugin=True)` and `trace_to_onnx(..., attention_plugin=True)`,
+saved, and put through the exporter's strict shape inference and full checker. ONNX
+Runtime cannot run the graph (it has no `trt.plugins` kernels); only TensorRT with
+`register_plugins()` can, which needs a GPU and is not verified here.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from cinema_trt.engines.artifacts import prepare_build
+from cinema_trt.engines.config import (TRT_PLUGIN_DOMAIN, BuildConfig, OnnxGraphInfo, Precision,
+                                       inspect_onnx, resolve_build_config)
+from cinema_trt.engines.manifest import RuntimeInfo
+from cinema_trt.engines.shapes import shapes_from_dict
+from cinema_trt.engines.trt_build import key_plugin_kernels, register_graph_plugins
+from cinema_trt.export.onnx_graph import check_onnx, plugin_nodes, save_onnx, trace_to_onnx
+from cinema_trt.export.stages import sample_inputs, stage_exports
+from cinema_trt.kernels import trt_plugin
+from cinema_trt.models.attention import attention
+from cinema_trt.models.factory import build_models
+from cinema_trt.models.presets import get_preset
+from cinema_trt.models.specs import StageSpec, TensorSpec
+
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+H100 = RuntimeInfo("tensorrt", "10.8.0", "NVIDIA H100 80GB HBM3", "9.0")
+
+
+@pytest.fixture(scope="module")
+def plugin_dit(tmp_path_factory):
+    """(models, StageExport, path of the saved and checked plugin graph)."""
+    models = build_models(get_preset("tiny"))
+    export = stage_exports(models, ("dit",), attention_plugin=True)["dit"]
+    model = trace_to_onnx(export.module, export.spec, sample_inputs(models, "dit", export.example),
+                          attention_plugin=True)
+    path = tmp_path_factory.mktemp("plugin") / "dit" / "model.onnx"
+    path.parent.mkdir()
+    (saved,) = save_onnx(model, path)
+    check_onnx(saved)  # strict shape inference + full checker, as the exporter runs them
+    return models, export, saved
+
+
+def _attrs(node) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+@pytest.mark.slow
+def test_dit_graph_has_one_plugin_node_per_block_in_place_of_attention(plugin_dit):
+    models, export, path = plugin_dit
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    dit = models.config.dit
+    nodes = plugin_nodes(model)
+    assert len(nodes) == dit.depth
+    for node in nodes:
+        assert node.op_type == trt_plugin.ATTENTION_PLUGIN
+        assert _attrs(node) == {"plugin_namespace": b"cinema", "plugin_version": b"1", "aot": 1,
+                                "scale": pytest.approx(dit.head_dim ** -0.5)}
+        assert len(node.input) == 4 and len(node.output) == 1  # q, k, v, kv_lens -> out
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    assert ops["Softmax"] == 0  # no attention subgraph is left beside the plugins
+    # the prologue stays in the graph: per block, RMS-norms of q and k in both streams (one
+    # ReduceMean each; LayerNorm is its own op) and the visual q, k rotations (one Neg each)
+    assert ops["ReduceMean"] == 4 * dit.depth and ops["Neg"] == 2 * dit.depth
+    assert {o.domain: o.version for o in model.opset_import}[TRT_PLUGIN_DOMAIN] == 1
+    assert [i.name for i in model.graph.input] == list(export.spec.input_names)
+    assert [o.name for o in model.graph.output] == list(export.spec.output_names)
+
+
+@pytest.mark.slow
+def test_plugin_export_leaves_the_models_dit_alone(plugin_dit):
+    models, export, _ = plugin_dit
+    assert export.attention_plugin
+    assert export.module.cfg.attention_backend == "triton_unfused"
+    assert models.dit.cfg.attention_backend == "sdpa"
+    assert export.module.proj_out.weight.data_ptr() == models.dit.proj_out.weight.data_ptr()
+
+
+@pytest.mark.slow
+def test_onnx_runtime_cannot_run_the_plugin_graph(plugin_dit):
+    with pytest.raises(Exception, match=trt_plugin.ATTENTION_PLUGIN):
+        ort.InferenceSession(str(plugin_dit[2]), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.slow
+def test_engine_build_marks_the_graph_as_needing_the_plugins(plugin_dit, tmp_path):
+    models, export, path = plugin_dit
+    config = models.config
+    build = prepare_build(path, tmp_path / "dit", export.spec, shapes_from_dict({}, config),
+                          BuildConfig(), config, H100)
+    assert build.graph.trt_plugins == {trt_plugin.ATTENTION_PLUGIN}
+    # the engine embeds the compiled kernels, so their fingerprint joins the cache key
+    assert key_plugin_kernels(build).cache_key != build.cache_key
+    if not HAS_TENSORRT:
+        with pytest.raises(trt_plugin.TensorRTUnavailableError):
+            register_graph_plugins(build.graph)
+
+
+def test_a_plain_graph_needs_no_plugins(tmp_path):
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["y"])], "plain",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])])
+    path = tmp_path / "plain.onnx"
+    onnx.save(onnx.helper.make_model(graph), str(path))
+    info = inspect_onnx(path)
+    assert info.trt_plugins == frozenset()
+    assert register_graph_plugins(info) is False  # returns before touching TensorRT
+    assert TRT_PLUGIN_DOMAIN == trt_plugin.ONNX_DOMAIN  # engines spells the domain out
+
+
+def _graph(plugins=("triton_attention",), qdq=False, weights=("float32",)) -> OnnxGraphInfo:
+    return OnnxGraphInfo(has_qdq=qdq, qdq_types=frozenset({"float8e4m3fn"} if qdq else ()),
+                         weight_types=frozenset(weights), trt_plugins=frozenset(plugins))
+
+
+def test_plugin_graphs_build_in_half_precision_only():
+    # weakly typed fp16/bf16: TensorRT reformats the fp32 graph's tensors around the plugin
+    for precision in (Precision.FP16, Precision.BF16):
+        assert not resolve_build_config(BuildConfig(precision=precision), _graph()).strongly_typed
+    with pytest.raises(ValueError, match="fp16/bf16 only; build with --precision fp16"):
+        resolve_build_config(BuildConfig(precision=Precision.FP32), _graph())
+    # strongly typed (FP8 Q/DQ) builds keep the graph's fp32 plugin inputs
+    with pytest.raises(ValueError, match="export the graph in fp16/bf16"):
+        resolve_build_config(BuildConfig(precision=Precision.FP8), _graph(qdq=True))
+    resolve_build_config(BuildConfig(precision=Precision.FP32), _graph(plugins=()))
+
+
+class _SelfAttention(torch.nn.Module):
+    def __init__(self, backend: str):
+        super().__init__()
+        self.backend = backend
+
+    def forward(self, x):  # (B, S, 32) -> two heads of 16
+        heads = x.unflatten(-1, (2, 16)).transpose(1, 2)  # (B, H, S, D)
+        return attention(heads, heads, heads, self.backend).transpose(1, 2).flatten(2)
+
+
+_SPEC = StageSpec("toy", (TensorSpec("x", torch.float32, ("batch", "seq", 32)),),
+                  (TensorSpec("y", torch.float32, ("batch", "seq", 32)),))
+
+
+def test_plugin_export_of_a_module_without_the_custom_op_fails_with_the_fix():
+    example = {"x": torch.randn(2, 5, 32)}
+    model = trace_to_onnx(_SelfAttention("triton_unfused").eval(), _SPEC, example,
+                          attention_plugin=True)
+    assert len(plugin_nodes(model)) == 1
+    with pytest.raises(ValueError, match="attention backend 'triton_unfused'"):
+        trace_to_onnx(_SelfAttention("sdpa").eval(), _SPEC, example, attention_plugin=True)
