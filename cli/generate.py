@@ -1,4 +1,5 @@
-"""`cinema-trt generate`: prompt + reference images -> video file, in process."""
+"""`cinema-trt generate`: prompt + reference images -> video file, in process or, with
+`--url`, on a running Triton server (`cinema-trt serve` / `cinema-trt demo --keep-server`)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class GenerateOptions:
     runtime: str = "torch"  # torch | ort
     onnx: Path | None = None  # export folder for runtime "ort"
     progress: bool = True
+    url: str | None = None  # HOST:PORT of a Triton server's gRPC endpoint; None: in process
 
 
 def build_pipeline(options: GenerateOptions, config):
@@ -50,12 +52,64 @@ def build_pipeline(options: GenerateOptions, config):
                           pipeline_processor(config, options.weights))
 
 
+def _check_remote_options(options: GenerateOptions) -> None:
+    """Flags that choose the local model mean nothing to a server: refuse, don't ignore."""
+    local_only = {"--weights": options.weights is not None, "--onnx": options.onnx is not None,
+                  "--runtime": options.runtime != "torch", "--device": options.device != "cpu",
+                  "--attention": options.attention != "sdpa"}
+    given = [flag for flag, set_ in local_only.items() if set_]
+    if given:
+        raise ValueError(f"{given} choose the in-process model; with --url the server's "
+                         "repository decides it. Drop them, or drop --url")
+
+
+def generate_remote(options: GenerateOptions) -> Path:
+    """Send the request to the server at `options.url` and write the video it returns.
+
+    An .mp4 output is the server's own encoding (only the MP4 bytes cross the network);
+    .gif or a PNG-frame folder is written here from the raw frames. The server validates
+    the request against its preset; Ctrl-C cancels the request on the server.
+    """
+    from cinema_trt.models.media import write_video
+    from cinema_trt.models.presets import get_preset
+    from cinema_trt.serving.client import CinemaClient, ClientOptions
+
+    _check_remote_options(options)
+    if not options.output.parent.exists():
+        raise FileNotFoundError(f"output folder {options.output.parent} does not exist")
+    for ref in options.refs:
+        if not ref.is_file():
+            raise FileNotFoundError(f"reference image not found: {ref}")
+    mp4 = options.output.suffix.lower() == ".mp4"
+    # no deadline: a large preset may denoise for many minutes; Ctrl-C cancels instead
+    client = CinemaClient(options.url, ClientOptions(timeout=None))
+    with tqdm(total=options.steps, desc="denoising", unit="step",
+              disable=not options.progress) as bar:
+        def progress(step: int, total: int) -> None:
+            bar.total = total
+            bar.update(step - bar.n)
+
+        result = client.stream(
+            options.prompt, options.refs, progress, outputs=("mp4",) if mp4 else ("video",),
+            frames=options.frames, height=options.height, width=options.width,
+            steps=options.steps, guidance=options.guidance, seed=options.seed, fps=options.fps)
+    if mp4:
+        options.output.write_bytes(result.mp4)
+        return options.output
+    # the server's preset is unknown here: without --fps, use the local preset's default
+    fps = options.fps or get_preset(options.preset).sampler.fps
+    return write_video(options.output, result.video, fps)
+
+
 def generate_video(options: GenerateOptions) -> Path:
-    """Run the PyTorch pipeline and write the video; returns the written path."""
+    """Run the pipeline (in process, or on the server at `options.url`) and write the
+    video; returns the written path."""
     from cinema_trt.models.media import load_image, write_video
     from cinema_trt.models.pipeline import GenerationRequest
     from cinema_trt.models.presets import get_preset
 
+    if options.url:
+        return generate_remote(options)
     # validate cheap things (inputs, output folder) before building any model
     refs = tuple(load_image(p) for p in options.refs)
     if not options.output.parent.exists():
@@ -96,6 +150,8 @@ def register(subparsers) -> None:
     p.add_argument("--attention", default="sdpa", help="sdpa | triton | triton_int8")
     p.add_argument("--runtime", default="torch", choices=("torch", "ort"))
     p.add_argument("--onnx", type=Path, help="export folder for --runtime ort")
+    p.add_argument("--url", help="HOST:PORT of a running server's gRPC endpoint (cinema-trt "
+                                 "serve): generate there instead of in this process")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -106,7 +162,18 @@ def run(args: argparse.Namespace) -> int:
         weights=args.weights, frames=args.frames, height=args.height, width=args.width,
         steps=args.steps, guidance=args.guidance, seed=args.seed, fps=args.fps,
         device=args.device, attention=args.attention, runtime=args.runtime, onnx=args.onnx,
-        progress=not args.quiet)
-    path = generate_video(options)
-    print(path)
+        progress=not args.quiet, url=args.url)
+    if options.url is None:
+        print(generate_video(options))
+        return 0
+    from cinema_trt.serving.client import CinemaRequestError
+
+    try:
+        print(generate_video(options))
+    except CinemaRequestError as error:  # the server's message names the bad input
+        log.error("the server rejected the request: %s", error)
+        return 2
+    except ConnectionError as error:
+        log.error("%s", error)
+        return 1
     return 0

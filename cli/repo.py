@@ -18,6 +18,8 @@ class RepoCommand:
     seed: int = 0
     artifacts: Path | None = None
     backend: str = "python"
+    runtime: str = "torch"  # python backend: torch | ort | tensorrt
+    onnx: Path | None = None  # runtime tensorrt: export folder with the MLLM glue
     gpus: tuple[int, ...] = ()  # stage instances on these GPUs; () keeps them on the CPU
     instances: int = 1
     version: int = 1
@@ -44,15 +46,17 @@ def write_repository(command: RepoCommand) -> Path:
     stage_placement = Placement("gpu", command.instances, command.gpus) if command.gpus \
         else Placement("cpu", command.instances)
     options = RepositoryOptions(
-        backend=command.backend, stage_placement=stage_placement, version=command.version,
-        max_concurrency=command.max_concurrency, torch_threads=command.torch_threads,
-        copy_weights=command.copy_weights, overwrite=command.overwrite)
+        backend=command.backend, runtime=command.runtime, stage_placement=stage_placement,
+        version=command.version, max_concurrency=command.max_concurrency,
+        torch_threads=command.torch_threads, copy_weights=command.copy_weights,
+        overwrite=command.overwrite)
     config = get_preset(command.preset) if command.preset else None
     weights = command.weights
     if weights is None:
         weights = random_weights(command.preset or "tiny", command.seed,
                                  command.output.with_name(command.output.name + "-weights"))
-    return build_repository(config, command.output, weights, command.artifacts, options)
+    return build_repository(config, command.output, weights, command.artifacts, options,
+                            export_dir=command.onnx)
 
 
 def _gpu_list(text: str) -> tuple[int, ...]:
@@ -74,8 +78,14 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     p.add_argument("--backend", default="python", choices=("python", "onnxruntime", "tensorrt"),
                    help="stage models: python (PyTorch), onnxruntime (ONNX), tensorrt (plans)")
+    p.add_argument("--runtime", default="torch", choices=("torch", "ort", "tensorrt"),
+                   help="what runs each python-backend stage: torch (weights), ort (the "
+                        "exported graphs in --artifacts, on ONNX Runtime), tensorrt (the "
+                        "engines in --artifacts; needs --gpus and --onnx)")
     p.add_argument("--artifacts", type=Path,
                    help="export/build output with <stage>/model.onnx or <stage>/*.plan")
+    p.add_argument("--onnx", type=Path,
+                   help="runtime tensorrt: the export folder (glue between the MLLM engines)")
     p.add_argument("--gpus", type=_gpu_list, default=(),
                    help="comma-separated GPU indices for the stage models (default: CPU)")
     p.add_argument("--instances", type=int, default=1, help="instances per stage model")
@@ -93,9 +103,9 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     command = RepoCommand(
         output=args.output, weights=args.weights, preset=args.preset, seed=args.seed,
-        artifacts=args.artifacts, backend=args.backend, gpus=args.gpus,
-        instances=args.instances, version=args.version, max_concurrency=args.max_concurrency,
-        torch_threads=args.torch_threads, copy_weights=args.copy_weights,
-        overwrite=args.overwrite)
+        artifacts=args.artifacts, backend=args.backend, runtime=args.runtime, onnx=args.onnx,
+        gpus=args.gpus, instances=args.instances, version=args.version,
+        max_concurrency=args.max_concurrency, torch_threads=args.torch_threads,
+        copy_weights=args.copy_weights, overwrite=args.overwrite)
     print(write_repository(command))
     return 0

@@ -2,7 +2,9 @@
 
     <repo>/<stage>/config.pbtxt          from models/specs.py (symbolic dims -> -1)
     <repo>/<stage>/<v>/model.py          python backend: imports serving/stage_model.py
-    <repo>/<stage>/<v>/<weights>         that stage's files of a save_models folder
+    <repo>/<stage>/<v>/<weights>         runtime torch: that stage's files of a save_models folder
+    <repo>/<stage>/<v>/onnx/<graph>/     runtime ort: the stage's export folders (mllm: two)
+    <repo>/<stage>/<v>/engines/<graph>/  runtime tensorrt: the stage's engine folders
     <repo>/<stage>/<v>/model.onnx|plan   onnxruntime / tensorrt backends (+ side files)
     <repo>/<stage>/<v>/cinema_config.json
     <repo>/cinema/config.pbtxt           decoupled, BLS (serving/protocol.py schema)
@@ -27,7 +29,8 @@ from cinema_trt.models.factory import CONFIG_FILE, check_same_architecture, read
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import stage_specs
 from cinema_trt.serving import protocol
-from cinema_trt.serving.stage_model import STAGE_WEIGHTS
+from cinema_trt.serving.stage_model import (ENGINE_FOLDER, ONNX_FOLDER, RUNTIMES, STAGE_WEIGHTS,
+                                            export_folders)
 from cinema_trt.serving.triton_config import (BACKENDS, Placement, orchestrator_config,
                                               stage_config, to_text)
 
@@ -43,7 +46,10 @@ ORCHESTRATOR_MODULE = "cinema_trt.serving.orchestrator"
 
 @dataclass(frozen=True)
 class RepositoryOptions:
-    backend: str = "python"  # stage models: "python" (torch), "onnxruntime", "tensorrt"
+    backend: str = "python"  # stage models: "python", "onnxruntime", "tensorrt"
+    # what runs a python-backend stage: "torch" (weights), "ort" (export folders),
+    # "tensorrt" (engine folders); the onnxruntime/tensorrt backends imply their own
+    runtime: str = "torch"
     stage_placement: Placement = Placement()
     orchestrator_placement: Placement = Placement()
     version: int = 1
@@ -55,6 +61,12 @@ class RepositoryOptions:
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"backend={self.backend!r} must be one of {sorted(BACKENDS)}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime={self.runtime!r} must be one of {list(RUNTIMES)}")
+        if self.backend != "python" and self.runtime != "torch":
+            raise ValueError(f"runtime={self.runtime!r} is for the python backend; the "
+                             f"{self.backend} backend runs its own artifacts (leave runtime "
+                             "at torch, or use backend python)")
         if self.version < 1:
             raise ValueError(f"version={self.version} must be >= 1 (Triton version folders)")
         if self.max_concurrency < 1:
@@ -64,6 +76,7 @@ class RepositoryOptions:
 def _place(source: Path, target: Path, copy: bool) -> None:
     if not source.exists():
         raise FileNotFoundError(f"{source} not found")
+    target.parent.mkdir(parents=True, exist_ok=True)
     if not copy:
         target.symlink_to(source.resolve(), target_is_directory=source.is_dir())
     elif source.is_dir():
@@ -90,30 +103,97 @@ def _artifact(artifacts: Path, stage: str, backend: str) -> tuple[Path, list[Pat
     return found[0], extras
 
 
-def _stage_model(repo: Path, stage: str, config: CinemaConfig, weights: Path,
-                 artifacts: Path | None, options: RepositoryOptions) -> None:
+@dataclass(frozen=True)
+class _Sources:
+    weights: Path  # save_models folder
+    artifacts: Path | None  # export folder (onnxruntime, ort) or engine/plan folder
+    export_dir: Path | None  # runtime tensorrt: the export folder with the MLLM glue
+
+
+def _need(path: Path | None, what: str, runtime: str) -> Path:
+    if path is None:
+        raise ValueError(f"runtime={runtime!r} needs {what}; pass it "
+                         "(cinema-trt repo --artifacts / --onnx)")
+    return path
+
+
+def _check_export(stage_dir: Path, config: CinemaConfig) -> None:
+    """Fail at build time, not at server start, on a missing or foreign export folder."""
+    from cinema_trt.export.manifest import read_manifest
+
+    manifest = read_manifest(stage_dir)  # FileNotFoundError names the incomplete folder
+    check_same_architecture(config, CinemaConfig.from_dict(manifest.config), str(stage_dir))
+
+
+def _python_stage_files(version: Path, stage: str, config: CinemaConfig, sources: _Sources,
+                        runtime: str, copy: bool) -> None:
+    if runtime == "torch":
+        if stage not in STAGE_WEIGHTS:
+            raise ValueError(f"stage {stage!r} has no PyTorch weights; serve it with runtime "
+                             "ort or tensorrt, or the onnxruntime/tensorrt backend")
+        for entry in STAGE_WEIGHTS[stage]:
+            _place(sources.weights / entry, version / entry, copy)
+        return
+    graphs = export_folders(stage)
+    if runtime == "ort":
+        export = _need(sources.artifacts, "artifacts (the export folder)", runtime)
+        for graph in graphs:
+            _check_export(export / graph, config)
+            _place(export / graph, version / ONNX_FOLDER / graph, copy)
+        return
+    engines = _need(sources.artifacts, "artifacts (the engine folder of cinema-trt build)",
+                    runtime)
+    for graph in graphs:
+        if not (engines / graph / "manifest.json").is_file():
+            raise FileNotFoundError(f"{engines / graph}/manifest.json not found; build the "
+                                    "stage first (cinema-trt build)")
+        _place(engines / graph, version / ENGINE_FOLDER / graph, copy)
+    if len(graphs) > 1:  # the split MLLM: its engines are joined by the exporter's glue
+        export = _need(sources.export_dir,
+                       "export_dir (the ONNX folder with the mllm_text glue)", runtime)
+        _check_export(export / "mllm_text", config)
+        _place(export / "mllm_text", version / ONNX_FOLDER / "mllm_text", copy)
+
+
+def _stage_backend(stage: str, sources: _Sources, options: RepositoryOptions) -> tuple[str, str]:
+    """(backend, runtime) of one stage model. The onnxruntime/tensorrt backends run one
+    graph per model, but the MLLM is exported as two graphs joined by torch glue
+    (export/mllm_split.py): when `artifacts` holds the two halves and no single `mllm/`,
+    that stage runs them in the python backend on the same runtime instead."""
+    graphs = export_folders(stage)
+    artifacts = sources.artifacts
+    if options.backend == "python" or len(graphs) == 1 or artifacts is None \
+            or (artifacts / stage).is_dir() \
+            or not all((artifacts / graph).is_dir() for graph in graphs):
+        return options.backend, options.runtime
+    runtime = "ort" if options.backend == "onnxruntime" else "tensorrt"
+    log.info("%s: %s is split into %s; serving it with the python backend (runtime %s)",
+             stage, artifacts, list(graphs), runtime)
+    return "python", runtime
+
+
+def _stage_model(repo: Path, stage: str, config: CinemaConfig, sources: _Sources,
+                 options: RepositoryOptions) -> None:
     spec = stage_specs(config)[stage]
+    backend, runtime = _stage_backend(stage, sources, options)
     parameters = {}
-    if options.backend == "python" and options.torch_threads:
-        parameters["torch_threads"] = str(options.torch_threads)
-    pbtxt = stage_config(spec, options.backend, options.stage_placement, options.version,
-                         parameters)
+    if backend == "python":
+        parameters["runtime"] = runtime
+        if options.torch_threads:
+            parameters["torch_threads"] = str(options.torch_threads)
+    pbtxt = stage_config(spec, backend, options.stage_placement, options.version, parameters)
     _write(repo / stage / "config.pbtxt", to_text(pbtxt))
     version = repo / stage / str(options.version)
     _write(version / CONFIG_FILE, config.to_json())
-    if options.backend == "python":
-        if stage not in STAGE_WEIGHTS:
-            raise ValueError(f"stage {stage!r} has no PyTorch weights; serve it with the "
-                             "onnxruntime or tensorrt backend")
+    if backend == "python":
         _write(version / "model.py", SHIM.format(module=STAGE_MODULE))
-        for entry in STAGE_WEIGHTS[stage]:
-            _place(weights / entry, version / entry, options.copy_weights)
+        _python_stage_files(version, stage, config, sources, runtime, options.copy_weights)
         return
-    if artifacts is None:
-        raise ValueError(f"backend={options.backend!r} needs artifacts: a folder with one "
-                         "<stage>/ subfolder per stage (the export or build output)")
-    graph, extras = _artifact(artifacts, stage, options.backend)
-    _place(graph, version / BACKENDS[options.backend][1], options.copy_weights)
+    if sources.artifacts is None:
+        raise ValueError(f"backend={backend!r} needs artifacts: a folder with one <stage>/ "
+                         "subfolder per stage (the export or build output)")
+    graph, extras = _artifact(sources.artifacts, stage, backend)
+    _place(graph, version / BACKENDS[backend][1], options.copy_weights)
     for extra in extras:  # external weights (model.onnx.data), manifests
         _place(extra, version / extra.name, options.copy_weights)
 
@@ -152,12 +232,16 @@ def _is_our_repository(path: Path) -> bool:
 
 def build_repository(config: CinemaConfig | None, out_dir: str | os.PathLike,
                      weights_dir: str | os.PathLike, artifacts: str | os.PathLike | None = None,
-                     options: RepositoryOptions = RepositoryOptions()) -> Path:
+                     options: RepositoryOptions = RepositoryOptions(),
+                     export_dir: str | os.PathLike | None = None) -> Path:
     """Write the model repository to `out_dir`; returns its path.
 
     `weights_dir` is a save_models folder (the orchestrator always needs its config and
-    processor); `artifacts` holds `<stage>/model.onnx` or `<stage>/*.plan` for the
-    onnxruntime / tensorrt backends.
+    processor). `artifacts` holds one `<stage>/` folder per exported graph: the export
+    folder (`model.onnx` + manifest) for the onnxruntime backend and runtime ort, the
+    engine folder (`cinema-trt build`) for the tensorrt backend and runtime tensorrt.
+    `export_dir`, for runtime tensorrt, is the export folder whose `mllm_text/` holds the
+    glue between the two MLLM engines.
     """
     out_dir, weights_dir = Path(out_dir), Path(weights_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -170,10 +254,11 @@ def build_repository(config: CinemaConfig | None, out_dir: str | os.PathLike,
     config = resolve_config(weights_dir, config)
     staging = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
+    sources = _Sources(weights_dir, Path(artifacts) if artifacts else None,
+                       Path(export_dir) if export_dir else None)
     try:
         for stage in stage_specs(config):
-            _stage_model(staging, stage, config, weights_dir,
-                         Path(artifacts) if artifacts else None, options)
+            _stage_model(staging, stage, config, sources, options)
         _orchestrator(staging, config, weights_dir, options)
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -181,6 +266,6 @@ def build_repository(config: CinemaConfig | None, out_dir: str | os.PathLike,
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log.info("wrote %s model repository (%s stages, %s backend) to %s", config.name,
-             len(stage_specs(config)), options.backend, out_dir)
+    log.info("wrote %s model repository (%s stages, %s backend, runtime %s) to %s",
+             config.name, len(stage_specs(config)), options.backend, options.runtime, out_dir)
     return out_dir

@@ -1,8 +1,17 @@
-"""Python-backend stage model: one CINEMA stage as a torch `TorchRunner` behind Triton.
+"""Python-backend stage model: one CINEMA stage behind Triton, on torch, ORT or TensorRT.
 
-The generated `model.py` of every stage imports `TritonPythonModel` from here. Its version
-folder is a partial weights folder (models/factory.py layout): `cinema_config.json` plus
-only the files this stage needs, so each stub loads one stage, not the whole model.
+The generated `model.py` of every stage imports `TritonPythonModel` from here; the
+`runtime` parameter of its config.pbtxt picks what runs the stage:
+
+    torch      <v>/ is a partial weights folder (models/factory.py layout): cinema_config.json
+               plus only the files this stage needs, so each stub loads one stage
+    ort        <v>/onnx/<export stage>/ (model.onnx + manifest.json) served by ONNX Runtime;
+               each graph's sha256 is checked against its manifest before loading
+    tensorrt   <v>/engines/<export stage>/ (plan + manifest, checked by TensorRTRunner), and
+               for the MLLM <v>/onnx/mllm_text/ with the glue between its two engines
+
+The bundled server (nvidia-pytriton wheel) has only the Python backend, so `ort` and
+`tensorrt` here are how it serves exported graphs and built engines.
 """
 
 from __future__ import annotations
@@ -13,12 +22,17 @@ from pathlib import Path
 
 import torch
 
-from cinema_trt.models.factory import STAGE_FILES, read_weights_config
-from cinema_trt.models.runner import TorchRunner
+from cinema_trt.models.factory import STAGE_FILES, check_same_architecture, read_weights_config
+from cinema_trt.models.presets import CinemaConfig
+from cinema_trt.models.runner import Runner, TorchRunner
 from cinema_trt.models.specs import stage_specs
 from cinema_trt.serving.bls import from_triton, log_to_stderr, pb_utils, to_triton
 
 log = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "ort", "tensorrt")
+ONNX_FOLDER = "onnx"  # <v>/onnx/<export stage>/
+ENGINE_FOLDER = "engines"  # <v>/engines/<export stage>/
 
 # stage -> the entries of a weights folder it loads
 STAGE_WEIGHTS = {
@@ -28,6 +42,37 @@ STAGE_WEIGHTS = {
     "vae_decoder": (STAGE_FILES["vae"],),
     "dit": (STAGE_FILES["dit"],),
 }
+
+
+def export_folders(stage: str) -> tuple[str, ...]:
+    """The export (and engine) folders one pipeline stage is served from: the MLLM is
+    exported as two graphs (export/mllm_split.py), every other stage as one."""
+    from cinema_trt.export.stages import STAGE_ALIASES
+
+    return STAGE_ALIASES.get(stage, (stage,))
+
+
+def verify_export(stage_dir: str | Path, config: CinemaConfig) -> None:
+    """Refuse an export folder whose graph bytes differ from the sha256 its manifest records,
+    or whose manifest was written for another architecture than `config`."""
+    from cinema_trt.export.manifest import (EXTERNAL_DATA_FILE, MODEL_FILE, files_sha256,
+                                            read_manifest)
+
+    stage_dir = Path(stage_dir)
+    manifest = read_manifest(stage_dir)
+    files = [stage_dir / MODEL_FILE]
+    if manifest.external_data:
+        files.append(stage_dir / EXTERNAL_DATA_FILE)
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{stage_dir}: {missing} missing beside manifest.json; "
+                                "re-export the stage and rebuild the repository")
+    digest = files_sha256(files)
+    if digest != manifest.onnx_sha256:
+        raise ValueError(f"{stage_dir}: sha256 of {[f.name for f in files]} is {digest}, but "
+                         f"its manifest records {manifest.onnx_sha256}; the graph changed "
+                         "after export: re-export the stage and rebuild the repository")
+    check_same_architecture(config, CinemaConfig.from_dict(manifest.config), str(stage_dir))
 
 
 def _stage_module(folder: Path, stage: str, config) -> torch.nn.Module:
@@ -50,11 +95,40 @@ def _stage_module(folder: Path, stage: str, config) -> torch.nn.Module:
                      f"{sorted(STAGE_WEIGHTS)}")
 
 
-def load_stage_runner(folder: str | Path, stage: str,
-                      device: str | torch.device = "cpu") -> TorchRunner:
-    """The TorchRunner of `stage` from a (partial) weights folder."""
+def _ort_runner(folder: Path, stage: str, config: CinemaConfig, device: str) -> Runner:
+    from cinema_trt.export.ort import ort_runners
+
+    onnx = folder / ONNX_FOLDER
+    for name in export_folders(stage):
+        verify_export(onnx / name, config)
+    # a CPU instance stays on the CPU even where onnxruntime-gpu could use CUDA; a GPU
+    # instance takes ORT's default order (CUDA first). ORT picks CUDA device 0 by default.
+    providers = ("CPUExecutionProvider",) if device == "cpu" else None
+    return ort_runners(onnx, providers)[stage]
+
+
+def _tensorrt_runner(folder: Path, stage: str, device: str) -> Runner:
+    from cinema_trt.engines.trt_runtime import tensorrt_runners
+
+    if device == "cpu":
+        raise ValueError(f"stage {stage!r}: runtime tensorrt needs a GPU instance; build the "
+                         "repository with a GPU placement (cinema-trt repo --gpus 0)")
+    # TensorRTRunner checks each plan's sha256 and TensorRT version against its manifest
+    return tensorrt_runners(folder / ENGINE_FOLDER, export_dir=folder / ONNX_FOLDER,
+                            device=device)[stage]
+
+
+def load_stage_runner(folder: str | Path, stage: str, device: str | torch.device = "cpu",
+                      runtime: str = "torch") -> Runner:
+    """The runner of `stage` from a stage model's version folder (layouts: module doc)."""
     folder = Path(folder)
     config = read_weights_config(folder)
+    if runtime == "ort":
+        return _ort_runner(folder, stage, config, str(device))
+    if runtime == "tensorrt":
+        return _tensorrt_runner(folder, stage, str(device))
+    if runtime != "torch":
+        raise ValueError(f"runtime={runtime!r} must be one of {list(RUNTIMES)}")
     spec = stage_specs(config)[stage]
     return TorchRunner(stage, _stage_module(folder, stage, config), spec.output_names, device)
 
@@ -66,20 +140,23 @@ def _instance_device(args: dict) -> str:
 
 
 class TritonPythonModel:
-    """Triton entry points; `parameters.stage` in config.pbtxt names the stage."""
+    """Triton entry points; `parameters.stage` and `parameters.runtime` in config.pbtxt
+    name the stage and what runs it (runtime defaults to torch)."""
 
     def initialize(self, args: dict) -> None:
         log_to_stderr()
         model_config = json.loads(args["model_config"])
         parameters = model_config.get("parameters", {})
         self.stage = parameters["stage"]["string_value"]
+        runtime = parameters.get("runtime", {}).get("string_value", "torch")
         threads = int(parameters.get("torch_threads", {}).get("string_value", "0"))
         if threads > 0:
             torch.set_num_threads(threads)
         folder = Path(args["model_repository"]) / args["model_version"]
-        self.runner = load_stage_runner(folder, self.stage, _instance_device(args))
+        device = _instance_device(args)
+        self.runner = load_stage_runner(folder, self.stage, device, runtime)
         self.spec = stage_specs(read_weights_config(folder))[self.stage]
-        log.info("stage %s loaded from %s on %s", self.stage, folder, self.runner.device)
+        log.info("stage %s loaded from %s (%s on %s)", self.stage, folder, runtime, device)
 
     def execute(self, requests):
         pb = pb_utils()

@@ -1,0 +1,74 @@
+"""`cinema-trt demo`: weights -> ONNX -> [TensorRT] -> Triton -> one served video, timed.
+
+Artifacts go to --workdir and are reused on the next run when nothing that produced them
+changed (see serving/demo.py); the server is always stopped, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def print_report(result) -> None:
+    from cinema_trt.serving.latency import format_latency_table
+
+    reused = ", ".join(f"{step} {'reused' if hit else 'built'}"
+                       for step, hit in result.reused.items())
+    # stdout, not the log: this is the demo's output
+    print(f"runtime: {result.runtime}   steps: {reused}", flush=True)
+    print(format_latency_table(result.latency, result.request_seconds), flush=True)
+    print(f"video: {result.output}", flush=True)
+
+
+def register(subparsers) -> None:
+    from cinema_trt.serving.demo import DEFAULT_PROMPT, RUNTIME_CHOICES
+
+    p = subparsers.add_parser(
+        "demo", help="export, serve with Triton and generate one video, end to end",
+        description="Saves random preset weights, exports every stage to ONNX, builds "
+                    "TensorRT engines when TensorRT and CUDA are present (else ONNX Runtime "
+                    "on the CPU serves the graphs), writes a Triton model repository, starts "
+                    "the server on free loopback ports, generates a video from the bundled "
+                    "sample references over gRPC and prints per-stage latency.")
+    p.add_argument("--workdir", type=Path, default=Path("cinema-demo"),
+                   help="artifacts folder, reused between runs (default: ./cinema-demo)")
+    p.add_argument("--preset", default="tiny", help="tiny | small | cinema")
+    p.add_argument("-o", "--output", type=Path, help="the MP4 (default: WORKDIR/demo.mp4)")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT)
+    p.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
+    p.add_argument("--frames", type=int, help="1 + 4k (default: the preset's)")
+    p.add_argument("--height", type=int, help="multiple of 16 (default: the preset's)")
+    p.add_argument("--width", type=int, help="multiple of 16 (default: the preset's)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed of the request")
+    p.add_argument("--runtime", default="auto", choices=RUNTIME_CHOICES,
+                   help="auto: TensorRT when usable, else ONNX Runtime on the CPU")
+    p.add_argument("--startup-timeout", type=float, default=300.0,
+                   help="seconds for the server to load every stage")
+    p.add_argument("--keep-server", action="store_true",
+                   help="after generating, keep serving until Ctrl-C")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cinema_trt.serving.demo import DemoOptions, run_demo
+    from cinema_trt.serving.server import ServerError
+
+    options = DemoOptions(
+        workdir=args.workdir, preset=args.preset, output=args.output, prompt=args.prompt,
+        steps=args.steps, frames=args.frames, height=args.height, width=args.width,
+        seed=args.seed, runtime=args.runtime, keep_server=args.keep_server,
+        progress=not args.quiet, startup_timeout=args.startup_timeout)
+    try:
+        run_demo(options, report=print_report)
+    except KeyboardInterrupt:
+        log.info("interrupted; the server was stopped")
+        return 130
+    except ServerError as error:
+        log.error("%s", error)
+        return 1
+    return 0
