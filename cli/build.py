@@ -29,7 +29,8 @@ def register(subparsers) -> None:
                    help="profiles.yaml with deployment shapes (default: the preset's "
                         "sampler shapes; schema in engines/shapes.py)")
     p.add_argument("--runtime", default="tensorrt", choices=RUNTIMES,
-                   help="tensorrt (GPU) or ort (ONNX Runtime, optimized fp32 CPU models)")
+                   help="tensorrt (GPU) or ort (ONNX Runtime, optimized fp32 CPU models; "
+                        "run them with `cinema-trt generate --runtime ort --onnx <out>`)")
     p.add_argument("--stages", nargs="+", default=(), metavar="STAGE",
                    help="stages to build (default: every exported stage)")
     p.add_argument("--workspace-gib", type=float, default=default.workspace_gib,

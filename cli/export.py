@@ -9,6 +9,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+# cinema_trt.export.calibration.CALIBRATORS, spelled out: importing it would load torch
+# every time the CLI starts (tests/export/test_export_cli.py checks they agree)
+CALIBRATORS = ("builtin", "modelopt")
+
 
 @dataclass(frozen=True)
 class ExportOptions:
@@ -18,6 +22,8 @@ class ExportOptions:
     stages: tuple[str, ...] | None = None
     fp8: bool = False
     progress: bool = True
+    calibrator: str = "builtin"  # FP8 calibration: builtin | modelopt
+    attention_plugin: bool = False  # DiT attention as TensorRT plugin nodes
 
 
 def export_from_options(options: ExportOptions):
@@ -27,7 +33,9 @@ def export_from_options(options: ExportOptions):
 
     config = get_preset(options.preset)
     return export_stages(config, options.out, stages=options.stages, weights=options.weights,
-                         fp8=options.fp8, progress=options.progress)
+                         fp8=options.fp8, progress=options.progress,
+                         calibrator=options.calibrator,
+                         attention_plugin=options.attention_plugin)
 
 
 def register(subparsers) -> None:
@@ -43,17 +51,30 @@ def register(subparsers) -> None:
     p.add_argument("--stages", nargs="+", metavar="STAGE", help="default: every stage")
     p.add_argument("--fp8", action="store_true",
                    help="FP8 Q/DQ for dit, connector and mllm_text, calibrated on pipeline runs")
+    p.add_argument("--calibrator", default="builtin", choices=CALIBRATORS,
+                   help="FP8 calibration (with --fp8): builtin hooks, or NVIDIA ModelOpt's "
+                        "mtq.quantize with the same recipe (pip install 'cinema-trt[quant]'); "
+                        "both are max calibration over the same pipeline runs")
+    p.add_argument("--attention-plugin", action="store_true",
+                   help="DiT attention as Triton-kernel TensorRT plugin nodes (TensorRT only; "
+                        "build with --precision fp16 or bf16)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from cinema_trt.export.calibration import ModelOptMissingError
     from cinema_trt.export.driver import format_summary
 
     options = ExportOptions(preset=args.preset, out=args.out, weights=args.weights,
                             stages=tuple(args.stages) if args.stages else None, fp8=args.fp8,
-                            progress=not args.quiet)
-    results = export_from_options(options)
+                            progress=not args.quiet, calibrator=args.calibrator,
+                            attention_plugin=args.attention_plugin)
+    try:
+        results = export_from_options(options)
+    except ModelOptMissingError as error:
+        log.error("%s", error)
+        return 2
     print(format_summary(results))
     log.info("exported %d stage(s) to %s", len(results), options.out)
     return 0

@@ -12,29 +12,15 @@ so the FP16/BF16 builder flags are then not set (TensorRT rejects them).
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cinema_trt.models.presets import Precision  # re-exported: engines.config.Precision
+
 log = logging.getLogger(__name__)
-
-
-class Precision(str, enum.Enum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-    BF16 = "bf16"
-    FP8 = "fp8"
-
-    @classmethod
-    def parse(cls, value: "str | Precision") -> "Precision":
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(f"precision={value!r} is not supported; choose one of "
-                             f"{[p.value for p in cls]}") from None
 
 
 # weakly typed networks: the builder may pick these types in addition to fp32

@@ -63,6 +63,8 @@ class EngineManifest:
     gpu_name: str | None = None
     compute_capability: str | None = None
     format_version: int = FORMAT_VERSION
+    # runtime-specific facts; ORT builds carry "export_manifest", the export manifest they
+    # were built from, which `cinema_trt.export.manifest.read_stage` reads
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

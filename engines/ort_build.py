@@ -4,29 +4,38 @@ and cache key as a TensorRT engine.
 ONNX Runtime optimizes a graph every time a session opens it; saving the optimized graph
 (`SessionOptions.optimized_model_filepath`) moves that work to build time. Level ALL adds
 CPU-layout rewrites, so the saved model is for CPUs with the builder's instruction set.
+
+The output folder runs without the export folder (`cinema_trt.export.ort.ort_runners`
+opens it): the manifest carries the export manifest it was built from (the exporter's
+record of the stage's I/O, config and precision stays the one source of truth), and the
+stage's sidecar files (mllm_text: the HF config and token embeddings) are copied beside it.
 """
 
 from __future__ import annotations
 
+import filecmp
+import json
 import logging
 import os
 import shutil
 import uuid
 from pathlib import Path
 
+from cinema_trt.export.manifest import CARRIED_MANIFEST_KEY, EXTERNAL_DATA_FILE, MODEL_FILE
+from cinema_trt.export.manifest import read_manifest as read_export_manifest
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import StageSpec
 
 from .artifacts import StageBuild, finish_build, prepare_build, reuse_cached
 from .config import BuildConfig, Precision, ort_optimization_level
 from .deps import onnxruntime_runtime_info, require_onnxruntime
-from .manifest import RuntimeInfo
+from .manifest import MANIFEST_FILE, RuntimeInfo, read_manifest
 from .shapes import DeploymentShapes
 
 log = logging.getLogger(__name__)
 
-ORT_MODEL_FILE = "model.onnx"
-ORT_DATA_FILE = "model.onnx.data"
+ORT_MODEL_FILE = MODEL_FILE
+ORT_DATA_FILE = EXTERNAL_DATA_FILE
 
 
 def build_ort_model(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
@@ -43,21 +52,72 @@ def build_ort_model(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
     ort = require_onnxruntime()
     build = prepare_build(onnx_path, out_dir, stage_spec, shapes, build_config, config,
                           runtime or onnxruntime_runtime_info())
-    cached = reuse_cached(build)
+    if build.graph.trt_plugins:
+        raise ValueError(f"{onnx_path} holds TensorRT plugin nodes "
+                         f"{sorted(build.graph.trt_plugins)} that ONNX Runtime cannot run; "
+                         "export without --attention-plugin for --runtime ort")
+    exported = _export_manifest(build.onnx_path, stage_spec.name)
+    cached = reuse_cached(build) if _carries(build.out_dir, exported) else None
     if cached is not None:
+        copy_sidecars(build.onnx_path.parent, build.out_dir)
         return cached
     build.out_dir.mkdir(parents=True, exist_ok=True)
     staging = build.out_dir / f".staging-{uuid.uuid4().hex}"
     staging.mkdir()
     try:
         _optimize(ort, build, staging / ORT_MODEL_FILE)
+        # from here until finish_build the folder has no manifest: never reused half-replaced
+        (build.out_dir / MANIFEST_FILE).unlink(missing_ok=True)
         for produced in staging.iterdir():  # the model, and its weights file when large
             os.replace(produced, build.out_dir / produced.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    copy_sidecars(build.onnx_path.parent, build.out_dir)
     level = ort_optimization_level(build.build_config)
     return finish_build(build, build.out_dir / ORT_MODEL_FILE,
-                        extra={"graph_optimization_level": level})
+                        extra={"graph_optimization_level": level,
+                               CARRIED_MANIFEST_KEY: exported})
+
+
+def _export_manifest(onnx_path: Path, stage: str) -> dict:
+    """The export manifest beside `onnx_path`, as JSON data, after checking its stage."""
+    manifest = read_export_manifest(onnx_path.parent)
+    if manifest.stage != stage:
+        raise ValueError(f"{onnx_path.parent}: its manifest is for stage {manifest.stage!r}, "
+                         f"not {stage!r}; build each stage from its own export folder")
+    return json.loads(json.dumps(manifest.to_dict()))  # tuples -> lists, as stored
+
+
+def _carries(out_dir: Path, exported: dict) -> bool:
+    """Whether the build in `out_dir` carries exactly `exported` (a re-export that kept the
+    graph bytes but changed the manifest, e.g. its config's sampler defaults, rebuilds)."""
+    if not (out_dir / MANIFEST_FILE).is_file():
+        return False
+    try:
+        return read_manifest(out_dir).extra.get(CARRIED_MANIFEST_KEY) == exported
+    except ValueError:
+        return False
+
+
+def copy_sidecars(export_dir: Path, out_dir: Path) -> list[Path]:
+    """Copy every file the exporter wrote beside the graph other than the graph, its weights
+    and its manifest (mllm_text: HF config + embeddings) into `out_dir`; unchanged copies
+    (same size and mtime: copy2 keeps the mtime) are not copied again."""
+    skip = {MODEL_FILE, EXTERNAL_DATA_FILE, MANIFEST_FILE}
+    copied = []
+    for source in sorted(export_dir.iterdir()):
+        if not source.is_file() or source.name in skip or source.name.startswith("."):
+            continue
+        target = out_dir / source.name
+        if not (target.is_file() and filecmp.cmp(source, target, shallow=True)):
+            tmp = out_dir / f".{source.name}.{uuid.uuid4().hex}.tmp"
+            try:
+                shutil.copy2(source, tmp)
+                os.replace(tmp, target)  # a reader sees the old file or the new one
+            finally:
+                tmp.unlink(missing_ok=True)
+        copied.append(target)
+    return copied
 
 
 def _optimize(ort, build: StageBuild, target: Path) -> None:

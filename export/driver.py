@@ -40,7 +40,8 @@ class ExportResult:
     stage_dir: Path
     file_bytes: int  # graph + external data
     params: int  # weight elements in the graph
-    error: ErrorStats  # worst over the check shapes, ORT vs torch fp32
+    error: ErrorStats | None  # worst over the check shapes, ORT vs torch fp32; None when
+    # ORT cannot run the graph (TensorRT plugin nodes)
     seconds: float
 
 
@@ -112,13 +113,16 @@ def _manifest(stage: str, export: StageExport, models, precision: Precision,
 
 
 def export_stage(stage: str, export: StageExport, models, out_dir: Path,
-                 amax: dict[str, float] | None = None, opset: int = DEFAULT_OPSET) -> ExportResult:
-    """Export one stage; `amax` (layer -> calibrated input amax) makes it FP8."""
+                 amax: dict[str, float] | None = None, opset: int = DEFAULT_OPSET,
+                 calibrator: str = "builtin") -> ExportResult:
+    """Export one stage; `amax` (layer -> calibrated input amax, from `calibrator`) makes
+    it FP8."""
     start = time.perf_counter()
     stage_dir = out_dir / stage
     _clear_stage(stage_dir)
     example = sample_inputs(models, stage, export.example)
-    model = trace_to_onnx(export.module, export.spec, example, opset)
+    model = trace_to_onnx(export.module, export.spec, example, opset,
+                          attention_plugin=export.attention_plugin)
     precision, quantization = Precision.FP32, {}
     if amax is not None:
         layers = insert_fp8_qdq(model, amax)
@@ -126,7 +130,8 @@ def export_stage(stage: str, export: StageExport, models, out_dir: Path,
         recipe = RECIPES[stage]
         quantization = {"format": "float8e4m3fn", "activations": "per-tensor amax (max)",
                         "weights": "per-output-channel amax", "exclude": list(recipe.exclude),
-                        "why": recipe.why, "layers": {n: amax[n] for n in layers}}
+                        "why": recipe.why, "calibrator": calibrator_version(calibrator),
+                        "layers": {n: amax[n] for n in layers}}
     files = save_onnx(model, stage_dir / MODEL_FILE)
     del model
     check_onnx(files[0])
@@ -135,41 +140,71 @@ def export_stage(stage: str, export: StageExport, models, out_dir: Path,
 
         save_glue(models.mllm, stage_dir)
     manifest = _manifest(stage, export, models, precision, opset, files, quantization)
-    error = _validate(stage, export, models, stage_dir, manifest)
-    manifest = dataclasses.replace(manifest, validation={
-        "reference": "torch fp32", "cases": [dict(c) for c in export.checks],
-        **error.to_dict()})
+    if export.attention_plugin:
+        error = None
+        validation = {"skipped": "TensorRT plugin nodes: ONNX Runtime cannot run this graph"}
+    else:
+        error = _validate(stage, export, models, stage_dir, manifest)
+        validation = {"reference": "torch fp32", "cases": [dict(c) for c in export.checks],
+                      **error.to_dict()}
+    manifest = dataclasses.replace(manifest, validation=validation)
     write_manifest(manifest, stage_dir)  # last: the folder is complete from here on
     return ExportResult(stage, precision, stage_dir, sum(f.stat().st_size for f in files),
                         weight_count(files[0]), error, time.perf_counter() - start)
 
 
+def calibrator_version(calibrator: str) -> str:
+    """'builtin', or 'modelopt <version>' (the manifest records what calibrated it)."""
+    if calibrator != "modelopt":
+        return calibrator
+    from importlib import metadata
+
+    return f"modelopt {metadata.version('nvidia-modelopt')}"
+
+
 def export_stages(config: CinemaConfig, out_dir: str | os.PathLike,
                   stages: list[str] | tuple[str, ...] | None = None,
                   weights: str | os.PathLike | None = None, fp8: bool = False,
-                  progress: bool = True) -> list[ExportResult]:
+                  progress: bool = True, calibrator: str = "builtin",
+                  attention_plugin: bool = False) -> list[ExportResult]:
     """Export `stages` (default: all; "mllm" = mllm_vision + mllm_text) of `config`.
 
     weights: a folder from models.factory.save_models (its config must match `config`),
     else the preset's seeded random weights. fp8: stages with an FP8 recipe (dit,
     connector, mllm_text) are calibrated on pipeline runs and exported with FP8 Q/DQ.
+    calibrator: "builtin" or "modelopt" (NVIDIA ModelOpt; see export/calibration.py).
+    attention_plugin: the DiT's attention becomes TensorRT plugin nodes (the Triton
+    kernel); such a graph runs only in TensorRT, so its ORT check is skipped.
     """
     from tqdm import tqdm
 
+    from .calibration import CALIBRATORS, calibrate, import_modelopt
+
+    if calibrator not in CALIBRATORS:
+        raise ValueError(f"calibrator={calibrator!r} must be one of {list(CALIBRATORS)}")
+    if calibrator != "builtin" and not fp8:
+        raise ValueError(f"calibrator={calibrator!r} only applies to FP8 exports; add fp8 "
+                         f"(--fp8) or drop the calibrator")
+    if attention_plugin and fp8:
+        raise ValueError("attention_plugin cannot combine with fp8: the plugin takes "
+                         "fp16/bf16 and a strongly typed FP8 build keeps the fp32 graph's types")
+    if calibrator == "modelopt":
+        import_modelopt()  # fail on a missing package before any expensive work
     names = resolve_stages(stages)
     out = check_out_dir(out_dir)
     models = load_or_build(config, weights)
-    exports = stage_exports(models, names)
+    exports = stage_exports(models, names, attention_plugin=attention_plugin)
     amax: dict[str, dict[str, float]] = {}
     if fp8 and any(s in RECIPES for s in names):
-        from .calibration import calibrate
-
-        logger.info("FP8: calibrating %s on pipeline runs", [s for s in names if s in RECIPES])
-        amax = calibrate(models, {s: exports[s].module for s in names if s in RECIPES})
+        logger.info("FP8: calibrating %s on pipeline runs (%s)",
+                    [s for s in names if s in RECIPES], calibrator)
+        amax = calibrate(models, {s: exports[s].module for s in names if s in RECIPES},
+                         calibrator=calibrator)
     results = []
     for stage in tqdm(names, desc="export", unit="stage", disable=not progress):
         logger.info("exporting %s", stage)
-        results.append(export_stage(stage, exports[stage], models, out, amax.get(stage)))
+        results.append(export_stage(stage, exports[stage], models, out, amax.get(stage),
+                                    calibrator=calibrator))
     return results
 
 
@@ -177,8 +212,9 @@ def format_summary(results: list[ExportResult]) -> str:
     """A plain-text table: stage, precision, file size, params, errors vs torch, time."""
     rows = [("stage", "precision", "size", "params", "max_abs", "rel_max", "cosine", "time")]
     for r in results:
+        errors = ((f"{r.error.max_abs:.2e}", f"{r.error.rel_max:.2e}", f"{r.error.cosine:.6f}")
+                  if r.error is not None else ("-", "-", "-"))
         rows.append((r.stage, r.precision.value, f"{r.file_bytes / 2**20:.2f} MiB",
-                     f"{r.params / 1e6:.3f} M", f"{r.error.max_abs:.2e}",
-                     f"{r.error.rel_max:.2e}", f"{r.error.cosine:.6f}", f"{r.seconds:.1f} s"))
+                     f"{r.params / 1e6:.3f} M", *errors, f"{r.seconds:.1f} s"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)

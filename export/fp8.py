@@ -1,11 +1,13 @@
 """FP8 (E4M3) post-training quantization, emitted as standard ONNX Q/DQ (opset 19).
 
-The recipe is NVIDIA ModelOpt's FP8 PTQ for diffusion transformers, implemented here
-rather than through `nvidia-modelopt` (which would install without touching torch): its
-torch path exports fake-quant through TorchScript-exporter symbolics into TensorRT-domain
-FP8 ops, which the dynamo exporter used here does not take, and its ONNX path calibrates
-from its own input files rather than hooks on our pipeline runs; the CPU test tier should
-not need a GPU-oriented package either. The same recipe, written out:
+The recipe is NVIDIA ModelOpt's FP8 PTQ for diffusion transformers. Calibration can run
+through ModelOpt itself (`calibrator="modelopt"` in export/calibration.py: `mtq.quantize`
+with this recipe as its config; nvidia-modelopt 0.47 installs without touching torch and
+its max calibration runs on CPU) or through the built-in observer below, which gives the
+same amax and is the default. The graph pass is ours either way: ModelOpt's torch export
+emits fake-quant through TorchScript-exporter symbolics into TensorRT-domain FP8 ops,
+which the dynamo exporter used here does not take, so the calibrated amax are written as
+standard ONNX Q/DQ by `insert_fp8_qdq`. The recipe, written out:
 
 - activations: per-tensor amax from max calibration over real pipeline runs (every
   sampler step of a few prompts, both CFG branches), scale = amax / 448;
@@ -33,6 +35,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 FP8_MAX = 448.0  # largest finite float8 E4M3FN value
+FP8_E4M3_BITS = (4, 3)  # (exponent, mantissa) bits: ModelOpt's `num_bits` for E4M3
 FP8_TYPE = onnx.TensorProto.FLOAT8E4M3FN
 _MIN_AMAX = 1e-8  # an all-zero input still gets a finite scale
 

@@ -4,11 +4,19 @@ Layout of an export folder (the engines builder and `OrtRunner` read it):
 
     <out>/<stage>/model.onnx        the graph (+ model.onnx.data when weights exceed 2 GB)
     <out>/<stage>/manifest.json     this record
+    <out>/<stage>/...               sidecar files the stage's runner needs (mllm_text: the
+                                    HF config and token embeddings of export/mllm_split.py)
 
 A stage folder without a manifest is incomplete: the exporter deletes the old manifest
 before it touches the model files and writes the new one only after the graph has been
 checked and compared with PyTorch, so a crash never leaves a manifest describing half a
 model.
+
+`cinema-trt build --runtime ort` writes the same layout with an engine manifest
+(engines/manifest.py) whose `extra["export_manifest"]` carries this record verbatim.
+`read_stage` is the one reader of both: what a stage computes (names, dtypes, dims,
+config, precision) is written once, by the exporter, and a build only adds how it was
+built; nothing re-derives the I/O from the build's bindings.
 """
 
 from __future__ import annotations
@@ -17,25 +25,27 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import torch
 
+# re-exported: `cinema_trt.export.manifest.Precision` is the same enum as engines' and
+# stays importable from here
+from cinema_trt.models.presets import Precision
 from cinema_trt.models.specs import StageSpec, TensorSpec
 
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
 MANIFEST_VERSION = 1
+# where an ORT build's engine manifest carries the export manifest it was built from
+CARRIED_MANIFEST_KEY = "export_manifest"
 
 
-class Precision(str, Enum):
-    """Numeric format of an exported graph's compute (I/O tensors stay as in the spec)."""
-
-    FP32 = "fp32"
-    FP8 = "fp8"  # FP8 (E4M3) Q/DQ around the recipe's Linear layers, fp32 elsewhere
+# exports are fp32 or fp8 (FP8 E4M3 Q/DQ around the recipe's Linear layers, fp32
+# elsewhere); fp16/bf16 are engine build precisions
+EXPORT_PRECISIONS = (Precision.FP32, Precision.FP8)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -91,10 +101,15 @@ class Manifest:
             raise ValueError(f"manifest version {data.get('version')!r} is not supported "
                              f"(expected {MANIFEST_VERSION}); re-export the stage")
 
+        precision = Precision.parse(data["precision"])
+        if precision not in EXPORT_PRECISIONS:
+            raise ValueError(f"manifest precision {precision.value!r} is not an export "
+                             f"precision {[p.value for p in EXPORT_PRECISIONS]}; re-export")
+
         def entries(items):
             return tuple(TensorEntry(e["name"], e["dtype"], tuple(e["dims"])) for e in items)
 
-        return cls(**{**data, "precision": Precision(data["precision"]),
+        return cls(**{**data, "precision": precision,
                       "inputs": entries(data["inputs"]), "outputs": entries(data["outputs"])})
 
 
@@ -113,12 +128,60 @@ def write_manifest(manifest: Manifest, stage_dir: str | os.PathLike) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class StageFolder:
+    """A stage folder ONNX Runtime can run: an export or a `build --runtime ort` output."""
+
+    path: Path
+    manifest: Manifest  # the exporter's record (an ORT build carries it verbatim)
+    model_file: str  # the graph to run, relative to `path`
+    build: dict[str, Any] | None = None  # the ORT build's engine manifest; None: an export
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.model_file
+
+
+def _built_stage(path: Path, data: dict[str, Any]) -> StageFolder:
+    """An engine manifest (engines/manifest.py): only ORT builds are graphs ORT can run."""
+    rebuild = data.get("rebuild_command", "cinema-trt build --runtime ort ...")
+    if data.get("runtime") != "onnxruntime":
+        raise ValueError(f"{path} is a {data.get('runtime')} engine, which ONNX Runtime "
+                         f"cannot run; point at the export folder or a `cinema-trt build "
+                         f"--runtime ort` folder (TensorRT engines load with "
+                         f"cinema_trt.engines.trt_runtime.tensorrt_runners)")
+    carried = data.get("extra", {}).get(CARRIED_MANIFEST_KEY)
+    if carried is None:
+        raise ValueError(f"{path}: this ORT build does not carry its export manifest (built "
+                         f"by an older cinema-trt); rebuild it with:\n  {rebuild}")
+    return StageFolder(path, Manifest.from_dict(carried), data["plan_file"], data)
+
+
+def read_stage(stage_dir: str | os.PathLike) -> StageFolder:
+    """Read `stage_dir/manifest.json`, written by the exporter or by `build --runtime ort`."""
+    path = Path(stage_dir)
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path} not found: {stage_dir} is not a complete "
+                                f"export (run `cinema-trt export` for this stage)")
+    try:
+        data = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{manifest_path}: not valid JSON ({error}); re-export") from None
+    if "format_version" in data:  # engine manifests have it, export manifests "version"
+        return _built_stage(path, data)
+    return StageFolder(path, Manifest.from_dict(data), MODEL_FILE)
+
+
 def read_manifest(stage_dir: str | os.PathLike) -> Manifest:
-    path = Path(stage_dir) / MANIFEST_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {stage_dir} is not a complete export "
-                                f"(run `cinema-trt export` for this stage)")
-    return Manifest.from_dict(json.loads(path.read_text()))
+    """The manifest of an export folder. A build folder is refused: its graph is not the
+    exported one, so the export's hashes do not describe it (use `read_stage`)."""
+    stage = read_stage(stage_dir)
+    if stage.build is not None:
+        raise ValueError(f"{stage_dir} is a `cinema-trt build --runtime ort` folder, not an "
+                         f"export; pass the export folder it was built from "
+                         f"({Path(stage.build['onnx_path']).parent})")
+    return stage.manifest
 
 
 def state_dict_sha256(module: torch.nn.Module) -> str:

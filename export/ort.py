@@ -3,7 +3,8 @@
 `OrtRunner` validates every call against the stage's manifest (names, dtypes, ranks, fixed
 dims) before ONNX Runtime sees it, so a wrong tensor fails with the stage and tensor named
 instead of an ORT shape error deep inside the graph. `ort_runners` opens a whole export
-folder so `CinemaPipeline` runs entirely on ONNX Runtime.
+folder, or the output of `cinema-trt build --runtime ort` (graphs optimized ahead of time,
+same layout; see `read_stage`), so `CinemaPipeline` runs entirely on ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from cinema_trt.models.runner import Runner, Tensors
 
-from .manifest import MODEL_FILE, Manifest, TensorEntry, read_manifest
+from .manifest import MANIFEST_FILE, MODEL_FILE, Manifest, StageFolder, TensorEntry, read_stage
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,9 @@ logger = logging.getLogger(__name__)
 # builds an engine inside session creation (minutes for a large stage); engines/ is the
 # TensorRT path. Ask for it explicitly with providers=("TensorrtExecutionProvider", ...).
 AUTO_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+# `build --runtime ort` optimizes for the CPU provider (level ALL adds CPU-only layouts and
+# fused ops), so a built graph runs there unless providers are given explicitly
+BUILT_PROVIDERS = ("CPUExecutionProvider",)
 
 
 def _check_single_onnxruntime() -> None:
@@ -67,9 +71,22 @@ def _np_dtype(entry: TensorEntry) -> np.dtype:
     return np.dtype(entry.dtype)
 
 
-class OrtRunner:
-    """Runs `<stage_dir>/model.onnx` with ONNX Runtime; torch tensors in and out.
+def _check_build(stage: StageFolder, version: str) -> None:
+    """A built graph loads only in the ONNX Runtime version that optimized it, the rule
+    engines/manifest.py's `validate_manifest` applies to every engine (ORT itself warns
+    that a level-ALL graph belongs to the environment that optimized it)."""
+    built = stage.build["runtime_version"]
+    if built != version:
+        raise ValueError(f"{stage.path}: optimized by ONNX Runtime {built} but this process "
+                         f"has {version}; saved optimized graphs may use that version's "
+                         f"fused ops. Rebuild it here with:\n  {stage.build['rebuild_command']}")
 
+
+class OrtRunner:
+    """Runs a stage folder's graph with ONNX Runtime; torch tensors in and out.
+
+    The folder is an export (`model.onnx`) or a `build --runtime ort` output (its optimized
+    graph); either way the exporter's manifest describes the I/O (see `read_stage`).
     Inputs may live on any device; they are copied to host memory (numpy) and the outputs
     come back as CPU tensors. That copy is the price of a runtime-agnostic interface; the
     zero-copy GPU path is the TensorRT runner in engines/.
@@ -77,18 +94,27 @@ class OrtRunner:
 
     def __init__(self, stage_dir: str | os.PathLike, providers: Sequence[str] | None = None,
                  threads: int = 0, manifest: Manifest | None = None):
-        """`manifest` defaults to `<stage_dir>/manifest.json` (the exporter passes the one it
-        is about to write, to validate the graph before the folder is complete)."""
+        """`manifest` defaults to the one in `<stage_dir>/manifest.json` (the exporter passes
+        the one it is about to write, to validate the graph before the folder is complete)."""
         import onnxruntime as ort
 
         self.stage_dir = Path(stage_dir)
-        self.manifest: Manifest = manifest or read_manifest(self.stage_dir)
+        stage = (read_stage(self.stage_dir) if manifest is None
+                 else StageFolder(self.stage_dir, manifest, MODEL_FILE))
+        if stage.build is not None:
+            _check_build(stage, ort.__version__)
+            providers = BUILT_PROVIDERS if providers is None else providers
+        self.manifest: Manifest = stage.manifest
+        self.model_path = stage.model_path
+        if not self.model_path.is_file():
+            raise FileNotFoundError(f"{self.model_path} is missing beside its manifest; "
+                                    f"re-export (or rebuild) the stage")
         self.name = self.manifest.stage
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0: ORT's default (one per physical core)
         options.log_severity_level = 3  # errors only: ORT warns about every unused initializer
         self.providers = available_providers(providers)
-        self.session = ort.InferenceSession(str(self.stage_dir / MODEL_FILE), options,
+        self.session = ort.InferenceSession(str(self.model_path), options,
                                             providers=self.providers)
         self._check_session_io()
 
@@ -98,7 +124,7 @@ class OrtRunner:
         expected_in = [e.name for e in self.manifest.inputs]
         expected_out = [e.name for e in self.manifest.outputs]
         if sorted(graph_inputs) != sorted(expected_in) or graph_outputs != expected_out:
-            raise ValueError(f"{self.stage_dir / MODEL_FILE}: graph I/O {graph_inputs} -> "
+            raise ValueError(f"{self.model_path}: graph I/O {graph_inputs} -> "
                              f"{graph_outputs} does not match its manifest {expected_in} -> "
                              f"{expected_out}; re-export the stage")
 
@@ -139,28 +165,33 @@ class OrtRunner:
 
 def ort_runners(export_dir: str | os.PathLike, providers: Sequence[str] | None = None,
                 embeddings: str | os.PathLike | None = None) -> dict[str, Runner]:
-    """Runners for every exported stage under `export_dir`, keyed by pipeline stage name.
+    """Runners for every stage under `export_dir`, keyed by pipeline stage name.
 
-    When the MLLM was exported as `mllm_vision` + `mllm_text`, the "mllm" runner composes
-    them (see export/mllm_split.py); its token-embedding table is read from
+    `export_dir` is an export folder or a `cinema-trt build --runtime ort` folder (one
+    `<stage>/` with manifest.json per graph; folders without a manifest are incomplete and
+    skipped). When the MLLM was exported as `mllm_vision` + `mllm_text`, the "mllm" runner
+    composes them (see export/mllm_split.py); its token-embedding table is read from
     `<export_dir>/mllm_text/embeddings.safetensors` unless `embeddings` names another file.
     """
     export_dir = Path(export_dir)
     if not export_dir.is_dir():
-        raise FileNotFoundError(f"export folder {export_dir} does not exist; run "
-                                f"`cinema-trt export --out {export_dir}` first")
-    found = sorted(p.parent.name for p in export_dir.glob(f"*/{MODEL_FILE}")
-                   if (p.parent / "manifest.json").is_file())
-    runners: dict[str, Runner] = {s: OrtRunner(export_dir / s, providers) for s in found
+        raise FileNotFoundError(f"folder {export_dir} does not exist; run `cinema-trt export "
+                                f"--out {export_dir}` (or `cinema-trt build --runtime ort`)")
+    found = {stage.manifest.stage: stage for stage in
+             (read_stage(p.parent) for p in sorted(export_dir.glob(f"*/{MANIFEST_FILE}")))}
+
+    def runner(name: str) -> OrtRunner:
+        return OrtRunner(found[name].path, providers)
+
+    runners: dict[str, Runner] = {s: runner(s) for s in found
                                   if s not in ("mllm_vision", "mllm_text")}
     if "mllm" not in runners and {"mllm_vision", "mllm_text"} <= set(found):
         from .mllm_split import composed_mllm_runner
 
-        runners["mllm"] = composed_mllm_runner(
-            OrtRunner(export_dir / "mllm_vision", providers),
-            OrtRunner(export_dir / "mllm_text", providers), export_dir / "mllm_text",
-            embeddings)
+        runners["mllm"] = composed_mllm_runner(runner("mllm_vision"), runner("mllm_text"),
+                                               found["mllm_text"].path, embeddings)
     if not runners:
-        raise FileNotFoundError(f"no exported stages (<stage>/{MODEL_FILE} + manifest.json) "
-                                f"under {export_dir}")
+        raise FileNotFoundError(f"no exported stages (<stage>/{MODEL_FILE} + {MANIFEST_FILE}) "
+                                f"under {export_dir}; run `cinema-trt export` (optionally "
+                                f"then `cinema-trt build --runtime ort`)")
     return runners

@@ -11,10 +11,30 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 VAE_SPATIAL = 8  # 8x8 spatial compression
 VAE_TEMPORAL = 4  # 4x temporal compression (causal: frames = 1 + 4k)
+
+
+class Precision(str, Enum):
+    """Numeric format of a graph's compute. Exports are fp32 or fp8 (FP8 Q/DQ around the
+    recipe's Linear layers); engines are built in any of the four. Defined here because
+    export/ and engines/ both depend on models/, and engines/ depends on export/."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    FP8 = "fp8"
+
+    @classmethod
+    def parse(cls, value: "str | Precision") -> "Precision":
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"precision={value!r} is not supported; choose one of "
+                             f"{[p.value for p in cls]}") from None
 
 
 @dataclass(frozen=True)

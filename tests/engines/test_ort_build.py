@@ -4,6 +4,9 @@ its cache, and the runner-side shape check against the recorded profiles."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -59,6 +62,9 @@ def test_manifest_describes_the_ort_model(built):
     assert manifest.outputs == [{"name": "text_states", "dtype": "float32",
                                  "dims": ["batch", 16, 48], "max_shape": [1, 16, 48]}]
     assert manifest.extra["graph_optimization_level"] == "ORT_ENABLE_ALL"
+    # the exporter's record travels with the build, verbatim (see export/manifest.py)
+    exported = json.loads((Path(manifest.onnx_path).parent / "manifest.json").read_text())
+    assert manifest.extra["export_manifest"] == exported
     assert "--runtime ort" in manifest.rebuild_command
     assert "--stages connector" in manifest.rebuild_command
     validate_manifest(manifest, onnxruntime_runtime_info())
@@ -108,4 +114,38 @@ def test_graph_that_does_not_match_the_stage_spec_is_refused(connector_export, t
     with pytest.raises(ValueError, match=r"graph inputs \['attention_mask', 'hidden_states'\] "
                                          r"are not in the dit spec"):
         build_ort_model(onnx_path, tmp_path, stage_specs(tiny)["dit"],
+                        shapes_from_dict({}, tiny), FP32, tiny)
+
+
+def test_sidecars_travel_with_the_build_and_a_new_export_manifest_rebuilds(connector_export,
+                                                                           tiny, tmp_path):
+    """Files the exporter wrote beside the graph (mllm_text's HF config and embeddings) are
+    copied; a re-export that keeps the graph bytes but changes its manifest is rebuilt so
+    the carried manifest is never stale."""
+    export = tmp_path / "onnx" / "connector"
+    shutil.copytree(connector_export[0] / "connector", export)
+    (export / "glue.json").write_text('{"why": "read by the runner beside the graph"}')
+    out, spec, shapes = tmp_path / "built", stage_specs(tiny)["connector"], \
+        shapes_from_dict({}, tiny)
+    model = build_ort_model(export / "model.onnx", out, spec, shapes, FP32, tiny)
+    assert (out / "glue.json").read_text() == (export / "glue.json").read_text()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temp files
+    stamp = model.stat().st_mtime_ns
+    assert build_ort_model(export / "model.onnx", out, spec, shapes, FP32, tiny) == model
+    assert model.stat().st_mtime_ns == stamp  # same graph, same manifest: reused
+
+    data = json.loads((export / "manifest.json").read_text())
+    data["versions"]["note"] = "re-exported"
+    (export / "manifest.json").write_text(json.dumps(data))
+    build_ort_model(export / "model.onnx", out, spec, shapes, FP32, tiny)
+    assert model.stat().st_mtime_ns != stamp
+    assert read_manifest(out).extra["export_manifest"]["versions"]["note"] == "re-exported"
+
+
+def test_a_graph_without_its_export_manifest_is_refused(connector_export, tiny, tmp_path):
+    export = tmp_path / "connector"
+    shutil.copytree(connector_export[0] / "connector", export)
+    (export / "manifest.json").unlink()
+    with pytest.raises(FileNotFoundError, match="is not a complete export"):
+        build_ort_model(export / "model.onnx", tmp_path / "built", stage_specs(tiny)["connector"],
                         shapes_from_dict({}, tiny), FP32, tiny)

@@ -22,6 +22,16 @@ def test_flags_map_onto_options():
     assert (args.preset, str(args.out), args.stages, args.fp8, args.quiet) == \
         ("small", "o", ["dit", "mllm"], True, True)
     assert args.func is export_cli.run
+    assert args.calibrator == "builtin"  # the default needs no optional package
+
+
+def test_calibrator_flag_offers_the_library_calibrators():
+    from cinema_trt.export.calibration import CALIBRATORS
+
+    assert export_cli.CALIBRATORS == CALIBRATORS
+    assert _parse(["--out", "o", "--fp8", "--calibrator", "modelopt"]).calibrator == "modelopt"
+    with pytest.raises(SystemExit):
+        _parse(["--out", "o", "--fp8", "--calibrator", "entropy"])
 
 
 @pytest.mark.slow

@@ -10,29 +10,14 @@ import pytest
 from cinema_trt.export.mllm_split import composed_mllm_runner
 from cinema_trt.export.ort import OrtRunner, ort_runners
 from cinema_trt.models.factory import torch_runners
-from cinema_trt.models.media import load_image, sample_references
-from cinema_trt.models.pipeline import CinemaPipeline, GenerationRequest
+from cinema_trt.models.media import sample_references
+from cinema_trt.models.pipeline import CinemaPipeline
 
 log = logging.getLogger(__name__)
 pytestmark = pytest.mark.slow
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
-
-
-@pytest.fixture(scope="module")
-def request_and_reference(tiny_models):
-    refs = tuple(load_image(p) for p in sample_references()[:2])
-    request = GenerationRequest.with_defaults(tiny_models.config,
-                                              "A red circle and a blue square dance.", refs)
-    pipeline = CinemaPipeline(tiny_models.config, torch_runners(tiny_models),
-                              tiny_models.processor)
-    return request, pipeline.generate(request)
-
-
-def test_ort_pipeline_matches_torch(fp32_export, tiny_models, request_and_reference):
+def test_ort_pipeline_matches_torch(fp32_export, tiny_models, request_and_reference, psnr):
     """>= 40 dB (measured ~90 dB): fp32 graphs differ from torch by ~1e-6 relative, at
     most one uint8 level on a few pixels. Another seed gives ~14 dB."""
     request, reference = request_and_reference
@@ -44,7 +29,7 @@ def test_ort_pipeline_matches_torch(fp32_export, tiny_models, request_and_refere
 
 
 def test_fp8_stages_in_the_pipeline(fp8_export, fp32_export, tiny_models,
-                                    request_and_reference):
+                                    request_and_reference, psnr):
     """FP8 DiT, connector and MLLM text on ORT (fp32 vision graph, torch VAE): >= 35 dB
     (measured ~53 dB; FP8 rounding compounds over the sampler steps). This mostly guards
     the DiT: on these random weights another prompt still gives ~50 dB, another seed ~14."""
@@ -61,7 +46,7 @@ def test_fp8_stages_in_the_pipeline(fp8_export, fp32_export, tiny_models,
     assert value >= 35.0
 
 
-def test_generate_cli_runs_on_the_exported_graphs(fp32_export, tmp_path):
+def test_generate_cli_runs_on_the_exported_graphs(fp32_export, tmp_path, psnr):
     """`cinema-trt generate --runtime ort` writes the same frames as the torch runtime
     (PNG frames are lossless, so the comparison is the pipelines', not the codec's)."""
     from PIL import Image

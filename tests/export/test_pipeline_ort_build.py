@@ -1,0 +1,125 @@
+"""`cinema-trt build --runtime ort` output is runnable: it carries the export manifests and
+the MLLM glue, and `ort_runners` / `generate --runtime ort --onnx <built>` run the whole
+pipeline on the optimized graphs with the torch pipeline's result."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnxruntime
+import pytest
+
+from cinema_trt.cli.main import main
+from cinema_trt.export.manifest import MANIFEST_FILE, read_manifest, read_stage
+from cinema_trt.export.mllm_split import EMBEDDINGS_FILE, HF_CONFIG_FILE
+from cinema_trt.export.ort import OrtRunner, ort_runners
+from cinema_trt.export.stages import EXPORT_STAGES
+from cinema_trt.models.media import sample_references
+from cinema_trt.models.pipeline import CinemaPipeline
+
+pytestmark = pytest.mark.slow  # needs the session export
+
+
+@pytest.fixture(scope="module")
+def built(fp32_export, tmp_path_factory):
+    """Every stage of the tiny fp32 export, built by the CLI with --runtime ort."""
+    out = tmp_path_factory.mktemp("built_ort")
+    assert main(["build", "--onnx", str(fp32_export[0]), "--out", str(out),
+                 "--precision", "fp32", "--runtime", "ort"]) == 0
+    return out
+
+
+def test_build_carries_the_export_manifests_and_the_mllm_glue(built, fp32_export):
+    export = fp32_export[0]
+    for stage in EXPORT_STAGES:
+        folder = read_stage(built / stage)
+        assert folder.manifest == read_manifest(export / stage)  # the exporter's record
+        assert folder.build["runtime"] == "onnxruntime"
+        # the optimized graph, not a copy of the exported one
+        assert folder.model_path.parent == built / stage
+        assert folder.model_path.read_bytes() != (export / stage / "model.onnx").read_bytes()
+    for name in (HF_CONFIG_FILE, EMBEDDINGS_FILE):
+        assert (built / "mllm_text" / name).read_bytes() == \
+            (export / "mllm_text" / name).read_bytes()
+
+
+def test_pipeline_on_the_built_models_matches_torch(built, tiny_models, request_and_reference,
+                                                    psnr):
+    """>= 40 dB (measured ~90 dB), the bound of the export-folder test: ORT's fusions only
+    reorder fp32 sums (~1e-6 relative), at most one uint8 level on a few pixels."""
+    request, reference = request_and_reference
+    runners = ort_runners(built)
+    assert set(runners) == {"mllm", "connector", "vae_encoder", "dit", "vae_decoder"}
+    for name, runner in runners.items():
+        if isinstance(runner, OrtRunner):  # "mllm" composes the two built MLLM graphs
+            assert runner.model_path == built / name / "model.onnx"
+            assert runner.providers == ["CPUExecutionProvider"]  # built for the CPU
+    video = CinemaPipeline(tiny_models.config, runners, tiny_models.processor).generate(request)
+    assert video.shape == reference.shape and video.dtype == np.uint8
+    assert psnr(video, reference) >= 40.0
+
+
+def test_generate_cli_runs_on_the_built_models(built, tmp_path, psnr):
+    """PNG frames are lossless, so the comparison is the pipelines', not the codec's."""
+    from PIL import Image
+
+    common = ["generate", "--ref", str(sample_references()[1]), "--prompt",
+              "a blue square spins", "--frames", "5", "--height", "32", "--width", "32",
+              "--steps", "2", "--quiet"]
+    assert main(common + ["-o", str(tmp_path / "torch")]) == 0
+    assert main(common + ["--runtime", "ort", "--onnx", str(built),
+                          "-o", str(tmp_path / "ort")]) == 0
+
+    def frames(folder):
+        return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))])
+
+    torch_frames, ort_frames = frames(tmp_path / "torch"), frames(tmp_path / "ort")
+    assert torch_frames.shape == ort_frames.shape == (5, 32, 32, 3)
+    assert psnr(ort_frames, torch_frames) >= 40.0
+
+
+def _edited_build(built, tmp_path, edit):
+    """A copy of the built connector folder with its engine manifest edited by `edit`."""
+    folder = tmp_path / "connector"
+    shutil.copytree(built / "connector", folder)
+    data = json.loads((folder / MANIFEST_FILE).read_text())
+    edit(data)
+    (folder / MANIFEST_FILE).write_text(json.dumps(data))
+    return folder
+
+
+def test_the_unedited_copy_runs(built, tmp_path):
+    """The baseline of the refusals below: a copied build opens as it is."""
+    assert OrtRunner(_edited_build(built, tmp_path, lambda data: None)).name == "connector"
+
+
+def test_a_tensorrt_engine_folder_is_refused_by_name(built, tmp_path):
+    folder = _edited_build(built, tmp_path, lambda data: data.update(runtime="tensorrt"))
+    with pytest.raises(ValueError, match="is a tensorrt engine, which ONNX Runtime cannot run"):
+        OrtRunner(folder)
+
+
+def test_a_build_from_another_onnxruntime_version_is_refused_with_the_rebuild_command(
+        built, tmp_path):
+    folder = _edited_build(built, tmp_path, lambda data: data.update(runtime_version="0.1"))
+    with pytest.raises(ValueError) as error:
+        OrtRunner(folder)
+    message = str(error.value)
+    assert f"optimized by ONNX Runtime 0.1 but this process has {onnxruntime.__version__}" \
+        in message
+    assert "cinema-trt build --onnx" in message and "--runtime ort" in message
+
+
+def test_a_build_without_its_export_manifest_is_refused(built, tmp_path):
+    _edited_build(built, tmp_path, lambda data: data["extra"].pop("export_manifest"))
+    with pytest.raises(ValueError, match="does not carry its export manifest"):
+        ort_runners(tmp_path)  # tmp_path holds the edited connector folder only
+
+
+def test_read_manifest_takes_export_folders_only(built):
+    """Export hashes do not describe an optimized graph: build folders are named as such."""
+    with pytest.raises(ValueError, match="is a `cinema-trt build --runtime ort` folder, not an "
+                                         "export"):
+        read_manifest(built / "dit")
