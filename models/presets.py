@@ -1,6 +1,6 @@
 """Model presets: frozen dataclasses, looked up by exact name.
 
-`tiny` runs the whole pipeline in seconds on a CPU (tests, demo); `small` is ~10x tiny for
+`tiny` runs the whole pipeline in seconds on a CPU (tests, demo); `small` (8x tiny's width) is for
 CPU benchmarks; `cinema` is the paper-scale configuration (Qwen2-VL-7B-Instruct, AlignerNet
 6x768, a CogVideoX-5B-class MM-DiT, 45 frames at 480x720). `cinema` is never instantiated in
 tests: kernels and engines take their tuned shapes from it.
