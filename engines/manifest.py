@@ -14,12 +14,13 @@ import json
 import logging
 import os
 import shlex
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from packaging.version import InvalidVersion, Version
+
+from cinema_trt.models.fileio import atomic_write, sha256_file
 
 from .config import BuildConfig
 
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1  # bump when the builder changes what an engine contains
-_HASH_CHUNK = 1 << 20
 
 
 class EngineMismatchError(ValueError):
@@ -89,14 +89,6 @@ class EngineManifest:
 # --- hashing ----------------------------------------------------------------------------
 
 
-def sha256_file(path: str | os.PathLike, digest=None) -> str:
-    digest = digest or hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def onnx_sha256(onnx_path: str | os.PathLike) -> str:
     """Hash of the ONNX file and every external-data file it references, in name order."""
     import onnx
@@ -151,26 +143,11 @@ def profiles_to_json(profiles: dict[str, Any]) -> dict[str, dict[str, list[int]]
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     """Write JSON so a reader sees the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes | memoryview) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, data)
 
 
 def write_manifest(folder: str | os.PathLike, manifest: EngineManifest) -> Path:

@@ -32,6 +32,8 @@ import torch
 
 # re-exported: `cinema_trt.export.manifest.Precision` is the same enum as engines' and
 # stays importable from here
+from cinema_trt.models.fileio import atomic_write
+from cinema_trt.models.fileio import sha256_files as files_sha256  # graph + external data
 from cinema_trt.models.presets import Precision
 from cinema_trt.models.specs import StageSpec, TensorSpec
 
@@ -115,17 +117,8 @@ class Manifest:
 
 def write_manifest(manifest: Manifest, stage_dir: str | os.PathLike) -> Path:
     """Write `stage_dir/manifest.json` atomically (temp file, fsync, rename)."""
-    path = Path(stage_dir) / MANIFEST_FILE
-    tmp = path.with_name(f".{MANIFEST_FILE}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(manifest.to_dict(), f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # left only when something above failed
-    return path
+    text = json.dumps(manifest.to_dict(), indent=2, sort_keys=True)
+    return atomic_write(Path(stage_dir) / MANIFEST_FILE, text)
 
 
 @dataclass(frozen=True)
@@ -196,16 +189,6 @@ def state_dict_sha256(module: torch.nn.Module) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         # bytes via a uint8 view: works for every dtype, bfloat16 and float8 included
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def files_sha256(paths: list[Path]) -> str:
-    """One SHA-256 over several files, in the given order (graph, then external data)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -19,6 +19,7 @@ import torch
 
 from .aligner import AlignerNet, create_aligner
 from .dit import CinemaDiT, create_dit
+from .fileio import atomic_write
 from .mllm import MLLMEncoder, build_processor, create_mllm, load_mllm, save_mllm
 from .pipeline import CinemaPipeline
 from .presets import CinemaConfig, get_preset
@@ -61,9 +62,7 @@ def save_models(models: CinemaModels, folder: str | os.PathLike) -> Path:
         save_stage(getattr(models, attr), folder / filename,
                    metadata={"preset": models.config.name})
     # the config goes last: a folder with a config is a complete folder
-    tmp = folder / (CONFIG_FILE + ".partial")
-    tmp.write_text(models.config.to_json())
-    os.replace(tmp, folder / CONFIG_FILE)
+    atomic_write(folder / CONFIG_FILE, models.config.to_json())
     return folder
 
 

@@ -11,7 +11,6 @@ names are recorded in the file's metadata and filled from the stored tensor on l
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -37,7 +36,6 @@ _DTYPE_NAMES = {
     torch.float8_e5m2: "F8_E5M2", torch.float8_e4m3fnuz: "F8_E4M3FNUZ",
     torch.float8_e5m2fnuz: "F8_E5M2FNUZ", torch.complex64: "C64",
 }
-_HASH_CHUNK = 1 << 20  # 1 MiB reads: large enough to be I/O bound, small enough for RAM
 
 
 class CheckpointError(ValueError):
@@ -253,12 +251,3 @@ def load_stage(module: nn.Module, path: str | Path) -> nn.Module:
     logger.info("loaded %d tensors from %s into %s", len(expected), path,
                 type(module).__name__)
     return module
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks (checkpoints can be tens of GB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import shutil
 import signal
 import threading
@@ -30,6 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
+from cinema_trt.models.fileio import atomic_write
 from cinema_trt.serving.latency import StageLatency, settled_snapshot, stage_latency
 
 log = logging.getLogger(__name__)
@@ -116,10 +116,8 @@ def cached_step(workdir: Path, name: str, inputs: dict[str, Any],
     make(folder)
     if not complete(folder):
         raise RuntimeError(f"step {name} finished but {folder} is incomplete")
-    tmp = stamp.with_name(f".{stamp.name}.tmp")
-    tmp.write_text(json.dumps({"key": key, "inputs": inputs}, indent=2, sort_keys=True,
-                              default=str))
-    os.replace(tmp, stamp)
+    atomic_write(stamp, json.dumps({"key": key, "inputs": inputs}, indent=2, sort_keys=True,
+                                   default=str))
     return folder, key, False
 
 

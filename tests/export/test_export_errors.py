@@ -65,12 +65,24 @@ def test_a_broken_stage_folder_fails_and_leaves_no_manifest(tiny_config, tmp_pat
     assert _manifests(tmp_path / "out") == []
 
 
-def test_failure_while_writing_the_manifest_leaves_none(tiny_config, tmp_path):
-    """The manifest goes through a temporary file and a rename; block the temporary name
-    (a folder) so the last step of a complete export fails."""
+def test_failure_while_writing_the_manifest_leaves_none(tiny_config, tmp_path, monkeypatch):
+    """The manifest goes through a temporary file and a rename; make the rename fail like
+    a full disk would (fault injection at the OS call) on the last step of an export."""
+    import errno
+
+    from cinema_trt.models import fileio
+
+    real_replace = os.replace
+
+    def disk_full_for_manifests(src, dst):
+        if str(dst).endswith(MANIFEST_FILE):
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(fileio.os, "replace", disk_full_for_manifests)
     stage_dir = tmp_path / "out" / "connector"
-    (stage_dir / f".{MANIFEST_FILE}.{os.getpid()}.tmp").mkdir(parents=True)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="No space left"):
         export_stages(tiny_config, tmp_path / "out", stages=["connector"], progress=False)
     assert (stage_dir / MODEL_FILE).is_file()  # the graph was written and checked...
+    assert not list(stage_dir.glob(".*.tmp"))  # no temporary file is left behind...
     assert _manifests(tmp_path / "out") == []  # ...but the folder is not complete

@@ -11,8 +11,8 @@ from safetensors import safe_open
 from torch import nn
 
 from cinema_trt.models.aligner import create_aligner
-from cinema_trt.models.weights import (CheckpointError, load_stage, read_metadata, save_stage,
-                                       sha256_file)
+from cinema_trt.models.fileio import sha256_file
+from cinema_trt.models.weights import CheckpointError, load_stage, read_metadata, save_stage
 
 
 def _small_net(seed: int = 0, hidden: int = 4) -> nn.Sequential:
