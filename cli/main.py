@@ -12,7 +12,7 @@ import logging
 import sys
 
 # module names under cinema_trt.cli, in the order `--help` lists them
-SUBCOMMANDS = ("generate", "export", "build", "repo", "serve", "demo")
+SUBCOMMANDS = ("demo", "generate", "export", "build", "repo", "serve", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

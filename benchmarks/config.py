@@ -1,0 +1,90 @@
+"""`BenchConfig`: every setting of one latency benchmark run, checked when built."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cinema_trt.models.presets import get_preset
+
+RUNTIMES = ("torch", "ort", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
+RESULTS_DIR = Path(__file__).resolve().parent / "results"  # benchmarks/results/ of a checkout
+DEFAULT_PROMPT = "A red circle and a blue square dance around each other on a wooden table."
+
+
+def default_cache_dir() -> Path:
+    """Where ONNX exports and engines for benchmarks are kept between runs."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cinema-trt" / "bench"
+
+
+def default_device() -> str:
+    import torch  # lazy: the CLI imports this module to build its parser
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _checked_choices(kind: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> tuple:
+    if not values:
+        raise ValueError(f"{kind} must name at least one of {list(allowed)}")
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise ValueError(f"unknown {kind} {unknown}; choose from {list(allowed)}")
+    return tuple(dict.fromkeys(values))  # drop repeats, keep the order given
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark run. The request is the preset's sampler defaults (frames, size, steps,
+    guidance) with `prompt`, the first `refs` bundled sample images and `seed`."""
+
+    preset: str = "small"
+    runtimes: tuple[str, ...] = RUNTIMES
+    precisions: tuple[str, ...] = PRECISIONS
+    runs: int = 10
+    warmup: int = 2
+    served: bool = False
+    device: str = ""  # "" picks cuda when torch sees a GPU, else cpu
+    cache_dir: Path | None = None  # None: default_cache_dir()
+    prompt: str = DEFAULT_PROMPT
+    refs: int = 2
+    seed: int = 0
+    # intra-op threads of torch, ONNX Runtime and the served stage models; 0 keeps each
+    # library's default (one per core). On a shared machine, fewer threads than cores
+    # avoids OpenMP barriers waiting on a descheduled thread (see benchmarks/README.md)
+    threads: int = 0
+    # time the variants round-robin (all loaded at once) instead of one after another:
+    # fairer on a busy machine, but holds every variant's weights in memory together
+    interleave: bool = False
+
+    def __post_init__(self):
+        set_ = object.__setattr__  # frozen: normalise once, here
+        set_(self, "runtimes", _checked_choices("runtime", tuple(self.runtimes), RUNTIMES))
+        set_(self, "precisions",
+             _checked_choices("precision", tuple(self.precisions), PRECISIONS))
+        if self.runs < 1:
+            raise ValueError(f"runs={self.runs} must be >= 1 (timed runs per measurement)")
+        if self.warmup < 0:
+            raise ValueError(f"warmup={self.warmup} must be >= 0")
+        if self.threads < 0:
+            raise ValueError(f"threads={self.threads} must be >= 0 (0: library default)")
+        config = get_preset(self.preset)  # ValueError naming the presets
+        max_refs = min(config.mllm.max_refs, config.dit.max_refs)
+        if not 1 <= self.refs <= max_refs:
+            raise ValueError(f"refs={self.refs} must be in 1..{max_refs} for preset "
+                             f"{self.preset!r}")
+        device = self.device or default_device()
+        if device != "cpu" and not device.startswith("cuda"):
+            raise ValueError(f"device={device!r} must be 'cpu' or 'cuda[:N]'")
+        if device.startswith("cuda") and default_device() != "cuda":
+            raise ValueError(f"device={device!r} but torch sees no CUDA GPU; use --device cpu")
+        set_(self, "device", device)
+        set_(self, "cache_dir", Path(self.cache_dir or default_cache_dir()))
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["cache_dir"] = str(self.cache_dir)
+        data["runtimes"], data["precisions"] = list(self.runtimes), list(self.precisions)
+        return data

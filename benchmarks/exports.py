@@ -1,0 +1,106 @@
+"""ONNX exports for the benchmark, kept in a cache folder and reused only when they match.
+
+A cached stage is reused when its manifest says it was exported from exactly the weights
+being benchmarked (state-dict hash), with the same config, precision and exporter library
+versions, and its files still hash to what the manifest recorded. Anything else is
+re-exported, stage by stage, so a changed DiT does not cost a new MLLM export.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cinema_trt.export.manifest import (EXTERNAL_DATA_FILE, MODEL_FILE, Precision,
+                                        exporter_versions, files_sha256, read_manifest,
+                                        state_dict_sha256)
+from cinema_trt.export.stages import EXPORT_STAGES, stage_exports
+
+log = logging.getLogger(__name__)
+
+# the FP8 variant quantizes the DiT only: it is the stage the sampler calls `steps` times,
+# and the one the exporter's FP8 recipe was tuned for (export/fp8.py)
+FP8_STAGES = ("dit",)
+
+
+@dataclass(frozen=True)
+class ExportCache:
+    folder: Path
+    reused: tuple[str, ...]
+    exported: tuple[str, ...]
+    seconds: float  # spent exporting (0 when everything was reused)
+
+
+def _json_normalized(data: dict) -> dict:
+    """The dict as it reads back from a manifest (tuples become lists)."""
+    return json.loads(json.dumps(data))
+
+
+def _stale_reason(stage_dir: Path, module, config_dict: dict, precision: Precision,
+                  versions: dict[str, str]) -> str | None:
+    """Why the cached export of one stage cannot be reused, or None if it can."""
+    try:
+        manifest = read_manifest(stage_dir)
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as error:
+        return f"no usable manifest ({error})"
+    files = [stage_dir / MODEL_FILE]
+    if manifest.external_data:
+        files.append(stage_dir / EXTERNAL_DATA_FILE)
+    checks = (
+        (manifest.precision is precision, f"precision {manifest.precision.value}"),
+        (manifest.config == config_dict, "another model config"),
+        (manifest.versions == versions, f"exporter versions {manifest.versions}"),
+        (all(f.is_file() for f in files), "model files missing"),
+        (manifest.source_sha256 == state_dict_sha256(module), "other weights"),
+    )
+    for ok, reason in checks:
+        if not ok:
+            return reason
+    if manifest.onnx_sha256 != files_sha256(files):
+        return "model files changed since export"
+    return None
+
+
+def stale_stages(models, folder: Path, stages: tuple[str, ...], fp8: bool) -> dict[str, str]:
+    """{stage: reason} for every stage of `stages` whose cached export must be redone."""
+    config_dict = _json_normalized(models.config.to_dict())
+    versions = exporter_versions()
+    modules = {s: e.module for s, e in stage_exports(models, stages).items()}
+    stale = {}
+    for stage in stages:
+        precision = Precision.FP8 if fp8 and stage in FP8_STAGES else Precision.FP32
+        reason = _stale_reason(folder / stage, modules[stage], config_dict, precision,
+                               versions)
+        if reason is not None:
+            stale[stage] = reason
+    return stale
+
+
+def ensure_export(models, folder: Path, fp8: bool = False) -> ExportCache:
+    """Every stage fp32 (or the FP8_STAGES with FP8 Q/DQ when `fp8`) under `folder`,
+    exported now unless a matching export is already there.
+
+    The exporter builds the preset's seeded weights itself, so `models` must be
+    `build_models(config)` with the default seed; the hashes check it afterwards.
+    """
+    from cinema_trt.export.driver import export_stages
+
+    stages = FP8_STAGES if fp8 else EXPORT_STAGES
+    stale = stale_stages(models, folder, stages, fp8)
+    for stage, reason in stale.items():
+        log.info("%s: exporting %s to %s (cache: %s)", "fp8" if fp8 else "fp32", stage,
+                 folder, reason)
+    start = time.perf_counter()
+    if stale:
+        export_stages(models.config, folder, stages=tuple(stale), fp8=fp8, progress=False)
+        still = stale_stages(models, folder, tuple(stale), fp8)
+        if still:
+            raise RuntimeError(f"fresh exports in {folder} do not match the benchmarked "
+                               f"models: {still}; the exporter built different weights")
+    reused = tuple(s for s in stages if s not in stale)
+    if reused:
+        log.info("reusing cached exports %s from %s", list(reused), folder)
+    return ExportCache(folder, reused, tuple(stale), time.perf_counter() - start)

@@ -1,0 +1,104 @@
+"""What a benchmark ran on: CPU, cores, memory, GPU, and the library versions that matter.
+
+A latency number without its machine is not a result; every record carries this block and
+its file names carry `machine_tag()`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+# distributions whose version changes a latency (absent ones are recorded as null)
+LIBRARIES = ("cinema-trt", "torch", "transformers", "numpy", "onnx", "onnxruntime",
+             "onnxruntime-gpu", "onnxscript", "tensorrt", "triton", "tritonclient",
+             "nvidia-pytriton", "matplotlib")
+
+
+def _cpuinfo_field(name: str, text: str) -> str | None:
+    match = re.search(rf"^{re.escape(name)}\s*:\s*(.+)$", text, re.MULTILINE)
+    return match.group(1).strip() if match else None
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` reports."""
+    path = Path("/proc/cpuinfo")
+    if path.is_file():
+        text = path.read_text(errors="replace")
+        for key in ("model name", "Hardware", "Processor"):  # x86, then ARM spellings
+            value = _cpuinfo_field(key, text)
+            if value:
+                return value
+    return platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask, which containers narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def memory_gib() -> float | None:
+    """Total memory in GiB from /proc/meminfo, or None where it is unavailable."""
+    path = Path("/proc/meminfo")
+    if not path.is_file():
+        return None
+    match = re.search(r"^MemTotal:\s*(\d+)\s*kB", path.read_text(), re.MULTILINE)
+    return round(int(match.group(1)) / 2**20, 2) if match else None
+
+
+def gpu_info() -> dict | None:
+    """Name, compute capability and memory of the current CUDA device; None without one."""
+    if not torch.cuda.is_available():
+        return None
+    index = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    return {"name": props.name, "capability": f"{props.major}.{props.minor}",
+            "memory_gib": round(props.total_memory / 2**30, 2),
+            "cuda": torch.version.cuda, "count": torch.cuda.device_count()}
+
+
+def machine_load() -> list[float] | None:
+    """1, 5 and 15 minute load averages: above the core count, other processes competed
+    with the benchmark for the CPU."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def machine_info() -> dict:
+    return {"cpu": cpu_model(), "cores": usable_cores(), "logical_cpus": os.cpu_count(),
+            "memory_gib": memory_gib(), "gpu": gpu_info(), "platform": platform.platform(),
+            "python": sys.version.split()[0], "torch_threads": torch.get_num_threads(),
+            "load_average": machine_load()}
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for dist in LIBRARIES:
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return versions
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def machine_tag(device: str, machine: dict | None = None) -> str:
+    """A file-name-safe machine label: `cpu-2core`, or the GPU's name (`gpu-nvidia-h100-...`)."""
+    machine = machine or machine_info()
+    if device.startswith("cuda") and machine.get("gpu"):
+        return "gpu-" + _slug(machine["gpu"]["name"])
+    return f"cpu-{machine['cores']}core"

@@ -1,0 +1,178 @@
+"""A benchmark result as three files: the JSON record, a markdown table, a PNG chart.
+
+    <out>/<machine>-<preset>-<YYYYMMDD>.json   every setting and every sample (the source)
+    <out>/<machine>-<preset>-<YYYYMMDD>.md     tables for people and pull requests
+    <out>/<machine>-<preset>-<YYYYMMDD>.png    p50 per stage and per request, log scale
+
+A second run on the same day gets `-2`, `-3`, ...: a record is never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .machine import machine_tag
+from .result import TARGETS, BenchResult
+
+log = logging.getLogger(__name__)
+
+TARGET_LABELS = {"dit": "dit (1 step, CFG x2)", "pipeline": "pipeline (whole request)",
+                 "served": "served (Triton, gRPC)"}
+
+
+@dataclass(frozen=True)
+class OutputFiles:
+    json: Path
+    markdown: Path
+    chart: Path
+
+
+def output_stem(result: BenchResult, out_dir: Path) -> Path:
+    """`<out>/<machine>-<preset>-<date>`, numbered when that name is taken."""
+    date = result.started[:10].replace("-", "")
+    base = f"{machine_tag(result.settings.device, result.machine)}-{result.settings.preset}-{date}"
+    stem, n = out_dir / base, 1
+    while any(stem.with_suffix(s).exists() for s in (".json", ".md", ".png")):
+        n += 1
+        stem = out_dir / f"{base}-{n}"
+    return stem
+
+
+def variant_labels(result: BenchResult) -> list[str]:
+    """'runtime precision' of every measured variant, in measurement order."""
+    return list(dict.fromkeys(f"{m.runtime} {m.precision}" for m in result.measurements))
+
+
+def _cell(result: BenchResult, label: str, target: str, baseline: float | None) -> str:
+    runtime, precision = label.split(" ")
+    m = result.find(runtime, precision, target)
+    if m is None:
+        return "–"
+    text = f"{m.stats.p50:.2f}"
+    if baseline and label != variant_labels(result)[0]:
+        text += f" ({baseline / m.stats.p50:.2f}x)"
+    return text
+
+
+def _summary_table(result: BenchResult) -> list[str]:
+    labels = variant_labels(result)
+    lines = ["| target | " + " | ".join(labels) + " |",
+             "|---|" + "---:|" * len(labels)]
+    first = labels[0].split(" ") if labels else None
+    for target in TARGETS:
+        if not any(m.target == target for m in result.measurements):
+            continue
+        base = result.find(*first, target) if first else None
+        cells = [_cell(result, label, target, base.stats.p50 if base else None)
+                 for label in labels]
+        lines.append(f"| {TARGET_LABELS.get(target, target)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _full_table(result: BenchResult) -> list[str]:
+    lines = ["| target | runtime | precision | p50 | p90 | p99 | mean | std | min | max | n |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in result.measurements:
+        s = m.stats
+        lines.append(f"| {m.target} | {m.runtime} | {m.precision} | {s.p50:.2f} | "
+                     f"{s.p90:.2f} | {s.p99:.2f} | {s.mean:.2f} | {s.std:.2f} | "
+                     f"{s.min:.2f} | {s.max:.2f} | {s.count} |")
+    return lines
+
+
+def _header(result: BenchResult) -> list[str]:
+    m, r, s = result.machine, result.request, result.settings
+    gpu = m["gpu"]["name"] if m.get("gpu") else "none"
+    return [
+        f"# CINEMA latency: preset `{s.preset}` on {machine_tag(s.device, m)}", "",
+        f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; GPU: {gpu}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in result.versions.items() if v),
+        f"- request: {r['frames']} frames {r['width']}x{r['height']}, {r['steps']} steps, "
+        f"guidance {r['guidance']}, {len(r['refs'])} references, seed {r['seed']}",
+        f"- timing: {s.warmup} warm-up + {s.runs} timed runs each, clock `{result.clock}`, "
+        f"device `{s.device}`; started {result.started}, took {result.duration_s:.0f} s",
+    ]
+
+
+def to_markdown(result: BenchResult) -> str:
+    lines = _header(result)
+    lines += ["", "## p50 latency (ms), speedup vs the first column", ""]
+    lines += _summary_table(result)
+    overhead = result.serving_overhead()
+    if overhead:
+        lines += ["", "## Serving overhead (served / in-process, same runtime)", "",
+                  "| variant | in-process p50 | served p50 | overhead p50 | ratio p50 | "
+                  "ratio of minima |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {o['runtime']} {o['precision']} | {o['in_process_p50_ms']:.1f} ms | "
+                  f"{o['served_p50_ms']:.1f} ms | {o['overhead_ms']:+.1f} ms | "
+                  f"{o['ratio']:.3f}x | {o['ratio_min']:.3f}x |" for o in overhead]
+    lines += ["", "## All statistics (ms)", ""] + _full_table(result)
+    if result.skipped:
+        lines += ["", "## Not measured", ""]
+        lines += [f"- {k.runtime} {k.precision}" + (" (served)" if k.target == "served" else "")
+                  + f": {k.reason}" for k in result.skipped]
+    lines += ["", "## Notes", ""] + [f"- {n}" for n in result.notes]
+    return "\n".join(lines) + "\n"
+
+
+def write_chart(result: BenchResult, path: Path) -> Path:
+    """Horizontal bars of p50 per target and variant, whiskers to p90, log-scale ms."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("the chart needs matplotlib: pip install 'cinema-trt[bench]'") \
+            from None
+    matplotlib.use("Agg")  # files only: no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    labels = variant_labels(result)
+    targets = [t for t in TARGETS if any(m.target == t for m in result.measurements)]
+    height = 0.8 / max(1, len(labels))
+    fig, ax = plt.subplots(figsize=(9, 0.6 + 0.45 * len(targets) * max(2, len(labels)) / 2))
+    for i, label in enumerate(labels):
+        rows, p50, whisker = [], [], []
+        for j, target in enumerate(targets):
+            m = result.find(*label.split(" "), target)
+            if m is not None:
+                rows.append(j + i * height)
+                p50.append(m.stats.p50)
+                whisker.append(m.stats.p90 - m.stats.p50)
+        ax.barh(rows, p50, height=height, xerr=[[0] * len(whisker), whisker], label=label,
+                capsize=2)
+    ax.set_yticks([j + 0.4 - height / 2 for j in range(len(targets))],
+                  [TARGET_LABELS.get(t, t) for t in targets])
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("latency, ms (bar: p50, whisker: p90; log scale)")
+    ax.set_title(f"CINEMA {result.settings.preset} on "
+                 f"{machine_tag(result.settings.device, result.machine)}")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    ax.grid(axis="x", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)  # a reader never sees half a record
+
+
+def write_outputs(result: BenchResult, out_dir: str | os.PathLike) -> OutputFiles:
+    """Write the JSON record, the markdown table and the chart; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = output_stem(result, out)
+    files = OutputFiles(stem.with_suffix(".json"), stem.with_suffix(".md"),
+                        stem.with_suffix(".png"))
+    _write_text(files.json, json.dumps(result.to_dict(), indent=1) + "\n")
+    _write_text(files.markdown, to_markdown(result))
+    write_chart(result, files.chart)
+    log.info("wrote %s, %s and %s", files.json, files.markdown.name, files.chart.name)
+    return files

@@ -1,0 +1,223 @@
+"""Which (runtime, precision) pairs a run measures, and the stage runners for each.
+
+`plan_variants` decides from the config and the machine alone (cheap, testable): what is
+measured, and for everything else a `Skip` with the reason. `build_variant` then exports,
+builds and loads what one pair needs, just before it is timed.
+
+    torch     eager PyTorch; fp32 anywhere, fp16/bf16 on CUDA
+    ort       ONNX Runtime on the exported graphs; fp32, and fp8 = the fp32 graphs with
+              the DiT replaced by its FP8 Q/DQ graph
+    tensorrt  engines built from the exports (needs CUDA and the `tensorrt` module);
+              fp8 = the fp16 engines with an FP8 DiT engine
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cinema_trt.models.runner import Runner
+from cinema_trt.models.specs import STAGES
+
+from .config import BenchConfig
+from .exports import FP8_STAGES, ensure_export
+
+log = logging.getLogger(__name__)
+
+TORCH_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# fp8 variants swap only FP8_STAGES into a base variant of the same runtime
+FP8_BASE = {"ort": "fp32", "tensorrt": "fp16"}
+
+
+@dataclass(frozen=True)
+class Skip:
+    runtime: str
+    precision: str
+    reason: str
+    target: str = "all"  # "all", or "served" when only the served run is skipped
+
+
+@dataclass(frozen=True)
+class ServedSpec:
+    """How a Triton repository serves the same stages (serving/repo.py, python backend)."""
+
+    runtime: str  # the stage models' runtime: torch | ort | tensorrt
+    artifacts: Path | None = None  # export folder (ort) or engine folder (tensorrt)
+    export_dir: Path | None = None  # tensorrt: the ONNX folder with the MLLM glue
+
+
+@dataclass
+class Variant:
+    runtime: str
+    precision: str
+    runners: dict[str, Runner]
+    stages: tuple[str, ...]  # stages timed for this variant (fp8: only the swapped ones)
+    stage_precisions: dict[str, str]
+    setup: dict = field(default_factory=dict)  # exports/engines used, seconds spent
+    served: ServedSpec | None = None  # None: cannot be served; `served_reason` says why
+    served_reason: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.runtime} {self.precision}"
+
+
+def _tensorrt_missing(device: str) -> str | None:
+    if not device.startswith("cuda"):
+        return "TensorRT needs a CUDA GPU; this run is on the CPU"
+    if importlib.util.find_spec("tensorrt") is None:
+        return "the tensorrt module is not installed (pip install 'cinema-trt[gpu]')"
+    return None
+
+
+def _onnx_missing() -> str | None:
+    for module in ("onnx", "onnxruntime", "onnxscript"):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed (pip install 'cinema-trt[onnx]')"
+    return None
+
+
+def _skip_reason(runtime: str, precision: str, device: str) -> str | None:
+    if runtime == "torch":
+        if precision == "fp8":
+            return ("eager PyTorch has no FP8 inference path; FP8 runs as Q/DQ graphs "
+                    "(ort, tensorrt)")
+        if precision != "fp32" and device == "cpu":
+            return f"{precision} eager is measured on CUDA only (CPU kernels emulate it)"
+        return None
+    if runtime == "ort":
+        if precision in ("fp16", "bf16"):
+            return f"the exporter writes fp32 and FP8 graphs only, no {precision} graph"
+        return _onnx_missing()
+    return _onnx_missing() or _tensorrt_missing(device)
+
+
+def plan_variants(bench: BenchConfig) -> tuple[list[tuple[str, str]], list[Skip]]:
+    """([(runtime, precision) to measure], [skipped pairs with reasons]) in config order."""
+    planned, skipped = [], []
+    for runtime in bench.runtimes:
+        for precision in bench.precisions:
+            reason = _skip_reason(runtime, precision, bench.device)
+            if reason is None:
+                planned.append((runtime, precision))
+            else:
+                skipped.append(Skip(runtime, precision, reason))
+    return planned, skipped
+
+
+def _export_dirs(bench: BenchConfig, models) -> tuple[Path, Path]:
+    root = Path(bench.cache_dir) / models.config.name
+    return root / "onnx-fp32", root / "onnx-fp8"
+
+
+def _torch_variant(models, precision: str, bench: BenchConfig) -> Variant:
+    from cinema_trt.models.factory import torch_runners
+
+    # TorchRunner moves its module in place: other devices/dtypes get their own copy
+    default = bench.device == "cpu" and precision == "fp32"
+    source = models if default else copy.deepcopy(models)
+    runners = torch_runners(source, bench.device, TORCH_DTYPES[precision])
+    served = ServedSpec("torch") if precision == "fp32" else None
+    return Variant("torch", precision, runners, STAGES, {s: precision for s in STAGES},
+                   served=served, served_reason="served torch stage models load fp32 "
+                   "weights and cast nothing (serving/stage_model.py)")
+
+
+def _ort_runners(folder: Path, threads: int) -> dict[str, Runner]:
+    """ort_runners(folder) with `threads` intra-op threads per session."""
+    from cinema_trt.export.mllm_split import composed_mllm_runner
+    from cinema_trt.export.ort import OrtRunner
+
+    runners: dict[str, Runner] = {s: OrtRunner(folder / s, threads=threads)
+                                  for s in STAGES if s != "mllm"}
+    runners["mllm"] = composed_mllm_runner(OrtRunner(folder / "mllm_vision", threads=threads),
+                                           OrtRunner(folder / "mllm_text", threads=threads),
+                                           folder / "mllm_text")
+    return runners
+
+
+def overlay(folder: Path, base: Path, swaps: dict[str, Path]) -> Path:
+    """`folder` with a symlink per stage folder of `base`, except `swaps` (stage -> its
+    folder elsewhere): one folder a repository can take for a mixed-precision variant."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.iterdir():
+        if old.is_symlink():
+            old.unlink()
+    for stage_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+        target = swaps.get(stage_dir.name, stage_dir)
+        (folder / stage_dir.name).symlink_to(target.resolve(), target_is_directory=True)
+    return folder
+
+
+def _ort_variant(models, precision: str, bench: BenchConfig) -> Variant:
+    from cinema_trt.export.ort import OrtRunner
+
+    fp32_dir, fp8_dir = _export_dirs(bench, models)
+    exports = [ensure_export(models, fp32_dir)]
+    runners = _ort_runners(fp32_dir, bench.threads)
+    stages, precisions, served = STAGES, {s: "fp32" for s in STAGES}, fp32_dir
+    if precision == "fp8":
+        exports.append(ensure_export(models, fp8_dir, fp8=True))
+        runners.update({s: OrtRunner(fp8_dir / s, threads=bench.threads) for s in FP8_STAGES})
+        stages, precisions = FP8_STAGES, {**precisions, **{s: "fp8" for s in FP8_STAGES}}
+        served = overlay(fp32_dir.parent / "onnx-fp8-overlay", fp32_dir,
+                         {s: fp8_dir / s for s in FP8_STAGES})
+    setup = {"exports": [{"folder": str(e.folder), "reused": list(e.reused),
+                          "exported": list(e.exported), "seconds": round(e.seconds, 1)}
+                         for e in exports],
+             "providers": sorted({p for r in runners.values()
+                                  for p in getattr(r, "providers", ())})}
+    # the served ORT stage models take ORT's default thread count (stage_model.py passes
+    # none): with --threads the server would not run what was measured in process
+    same = bench.threads == 0
+    return Variant("ort", precision, runners, stages, precisions, setup,
+                   served=ServedSpec("ort", served) if same else None,
+                   served_reason=f"served ORT stage models use ORT's default threads, not "
+                                 f"threads={bench.threads}; rerun with --threads 0 to serve")
+
+
+def _engines(fp32_dir: Path, out: Path, precision: str, stages: tuple[str, ...] = ()) -> Path:
+    from cinema_trt.engines.config import BuildConfig
+    from cinema_trt.engines.stages import BuildRequest, build_stages
+
+    build_stages(BuildRequest(fp32_dir, out, BuildConfig(precision=precision), stages=stages))
+    return out
+
+
+def _tensorrt_variant(models, precision: str, bench: BenchConfig) -> Variant:
+    from cinema_trt.engines.trt_runtime import TensorRTRunner, tensorrt_runners
+
+    fp32_dir, fp8_dir = _export_dirs(bench, models)
+    ensure_export(models, fp32_dir)
+    root = fp32_dir.parent
+    base = FP8_BASE["tensorrt"] if precision == "fp8" else precision
+    engines = _engines(fp32_dir, root / f"engines-{base}", base)
+    runners = tensorrt_runners(engines, export_dir=fp32_dir, device=bench.device)
+    stages, precisions = STAGES, {s: base for s in STAGES}
+    if precision == "fp8":
+        ensure_export(models, fp8_dir, fp8=True)
+        fp8_engines = _engines(fp8_dir, root / "engines-fp8", "fp8", FP8_STAGES)
+        runners.update({s: TensorRTRunner(fp8_engines / s, bench.device, cuda_graph=s == "dit")
+                        for s in FP8_STAGES})
+        stages, precisions = FP8_STAGES, {**precisions, **{s: "fp8" for s in FP8_STAGES}}
+        engines = overlay(root / "engines-fp8-overlay", engines,
+                          {s: fp8_engines / s for s in FP8_STAGES})
+    return Variant("tensorrt", precision, runners, stages, precisions,
+                   {"engines": str(engines), "base_precision": base},
+                   served=ServedSpec("tensorrt", engines, fp32_dir))
+
+
+def build_variant(runtime: str, precision: str, models, bench: BenchConfig) -> Variant:
+    """Export/build/load what (runtime, precision) needs; `setup["seconds"]` says how long."""
+    start = time.perf_counter()
+    builders = {"torch": _torch_variant, "ort": _ort_variant, "tensorrt": _tensorrt_variant}
+    variant = builders[runtime](models, precision, bench)
+    variant.setup["seconds"] = round(time.perf_counter() - start, 1)
+    log.info("%s ready in %.1f s", variant.label, variant.setup["seconds"])
+    return variant

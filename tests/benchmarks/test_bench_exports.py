@@ -1,0 +1,56 @@
+"""The benchmark's ONNX cache: a cached stage is reused only when its manifest matches the
+weights, config, precision and files being benchmarked (tested on the tiny connector, the
+fastest stage to export: ~5 s)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("onnxruntime", reason="needs the onnx extra")
+
+from cinema_trt.benchmarks.exports import stale_stages  # noqa: E402
+from cinema_trt.export.driver import export_stages  # noqa: E402
+from cinema_trt.models.factory import build_models  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_config, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("onnx")
+    export_stages(tiny_config, folder, stages=["connector"], progress=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(tiny_config):
+    return build_models(tiny_config, seed=0)  # the exporter's weights
+
+
+def test_a_matching_export_is_reused(models, exported):
+    assert stale_stages(models, exported, ("connector",), fp8=False) == {}
+
+
+def test_other_weights_are_not_reused(tiny_config, exported):
+    other = build_models(tiny_config, seed=1)
+    assert stale_stages(other, exported, ("connector",), fp8=False) == {
+        "connector": "other weights"}
+
+
+def test_a_missing_stage_is_stale(models, exported):
+    stale = stale_stages(models, exported, ("connector", "dit"), fp8=False)
+    assert list(stale) == ["dit"] and "no usable manifest" in stale["dit"]
+
+
+def test_stages_outside_the_fp8_set_are_expected_in_fp32(models, exported):
+    # FP8_STAGES is the dit only: an fp8 run keeps the fp32 connector, so it matches
+    assert stale_stages(models, exported, ("connector",), fp8=True) == {}
+
+
+def test_changed_model_bytes_are_not_reused(models, exported, tmp_path):
+    import shutil
+
+    copy = tmp_path / "onnx"
+    shutil.copytree(exported, copy)
+    with open(copy / "connector" / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    assert stale_stages(models, copy, ("connector",), fp8=False) == {
+        "connector": "model files changed since export"}
