@@ -17,17 +17,20 @@ log = logging.getLogger(__name__)
 # Decoding a "decompression bomb" (a tiny file declaring a huge canvas) would exhaust memory
 # before any size check could run, so images above this many pixels are refused up front.
 MAX_IMAGE_PIXELS = 4096 * 4096
+# Only the formats browsers and cameras produce are decoded: every other PIL plugin is
+# parser code exposed to untrusted bytes for no use (EPS even runs Ghostscript).
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 
 
 def load_image(source: str | os.PathLike | bytes) -> np.ndarray:
-    """Decode a PNG/JPEG/... file or encoded bytes to uint8 RGB (H, W, 3)."""
+    """Decode a PNG/JPEG/WebP/GIF/BMP file or encoded bytes to uint8 RGB (H, W, 3)."""
     label = "image bytes" if isinstance(source, (bytes, bytearray)) else str(source)
     data = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     try:
         with warnings.catch_warnings():
             # PIL only warns between MAX_IMAGE_PIXELS and 2x; treat the warning as an error
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(data) as image:
+            with Image.open(data, formats=IMAGE_FORMATS) as image:
                 if image.width * image.height > MAX_IMAGE_PIXELS:
                     raise ValueError(f"{label}: image is {image.width}x{image.height}; at most "
                                      f"{MAX_IMAGE_PIXELS} pixels are accepted")
@@ -35,7 +38,8 @@ def load_image(source: str | os.PathLike | bytes) -> np.ndarray:
     except FileNotFoundError:
         raise FileNotFoundError(f"reference image not found: {label}") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"{label}: not a readable image ({error})") from None
+        raise ValueError(f"{label}: not a readable image ({error}); accepted formats: "
+                         f"{', '.join(IMAGE_FORMATS)}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ValueError(f"{label}: image too large ({error})") from None
 

@@ -7,6 +7,8 @@ ONNX Runtime, TensorRT and the Triton orchestrator's BLS calls.
 from __future__ import annotations
 
 import math
+import numbers
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -23,7 +25,23 @@ from .sampler import ProgressFn, StopFn, denoise, initial_noise
 
 MAX_PROMPT_CHARS = 4096
 MAX_REF_SIDE = 4096  # pixels; larger images are rejected before any resizing work
+# Qwen2-VL's image processor refuses images whose long side exceeds 200x the short one;
+# checked here so the request is refused up front with the reference's index
+MAX_REF_ASPECT = 200
 MAX_STEPS = 1000
+# Upper bounds on the video, so one request cannot ask for an allocation that kills the
+# process (height=2**30 passed every other check). Sides: 1.5x the long side of the largest
+# resolution DiTs of this class are trained at (1360x768); frames: 1 + 4 * 64 latent frames
+# (5.7x the 45-frame default);
+# pixels: frames * height * width <= 2**27 keeps the uint8 video at 384 MiB and the
+# decoder's float32 output at 1.5 GiB, well inside gRPC's 2 GiB message limit.
+MAX_SIDE = 2048
+MAX_FRAMES = 257
+MAX_VIDEO_PIXELS = 2 ** 27
+# Qwen2-VL's special tokens (<|image_pad|>, <|im_start|>, ...): in a prompt they would be
+# parsed as markup (wrong image-token counts, chat-template injection), so they are refused
+RESERVED_TOKEN = re.compile(r"<\|[^<>|\s]+\|>")
+INT_FIELDS = ("frames", "height", "width", "steps", "seed", "fps")
 
 
 @dataclass(frozen=True)
@@ -49,18 +67,22 @@ class GenerationRequest:
 
     def validate(self, config: CinemaConfig) -> None:
         """Raise ValueError naming the first violated constraint."""
-        if not isinstance(self.prompt, str):
-            raise ValueError(f"prompt must be a str, got {type(self.prompt).__name__}")
-        if not self.prompt.strip():
-            raise ValueError("prompt must not be empty")
-        if len(self.prompt) > MAX_PROMPT_CHARS:
-            raise ValueError(f"prompt has {len(self.prompt)} characters; "
-                             f"at most {MAX_PROMPT_CHARS} are accepted")
+        _check_prompt(self.prompt)
+        if not isinstance(self.refs, (tuple, list)):
+            raise ValueError(f"refs must be a tuple of images, got {type(self.refs).__name__}")
         check_num_refs(len(self.refs), min(config.mllm.max_refs, config.dit.max_refs))
         for i, ref in enumerate(self.refs):
             _check_ref(i, ref)
-        latent_frames(self.frames)
-        latent_size(self.height, self.width, config.dit)
+        for name in INT_FIELDS:
+            value = getattr(self, name)
+            # bool is an int subclass, and a float would slip through range checks
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"{name}={value!r} must be an integer, got "
+                                 f"{type(value).__name__}")
+        if isinstance(self.guidance, bool) or not isinstance(self.guidance, numbers.Real):
+            raise ValueError(f"guidance={self.guidance!r} must be a number, got "
+                             f"{type(self.guidance).__name__}")
+        _check_video_size(self.frames, self.height, self.width, config)
         if not 1 <= self.steps <= MAX_STEPS:
             raise ValueError(f"steps={self.steps} must be in 1..{MAX_STEPS}")
         if not (math.isfinite(self.guidance) and self.guidance >= 0):
@@ -69,6 +91,38 @@ class GenerationRequest:
             raise ValueError(f"seed={self.seed} must be in [0, 2**63)")
         if not 1 <= self.fps <= 120:
             raise ValueError(f"fps={self.fps} must be in 1..120")
+
+
+def _check_prompt(prompt) -> None:
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt must be a str, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise ValueError("prompt must not be empty")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"prompt has {len(prompt)} characters; "
+                         f"at most {MAX_PROMPT_CHARS} are accepted")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as error:  # lone surrogates: the tokenizer would crash
+        raise ValueError(f"prompt is not valid Unicode text ({error})") from None
+    reserved = RESERVED_TOKEN.search(prompt)
+    if reserved:
+        raise ValueError(f"prompt contains the reserved token {reserved.group()!r}; the "
+                         "pipeline adds the MLLM's special tokens itself, remove it")
+
+
+def _check_video_size(frames: int, height: int, width: int, config: CinemaConfig) -> None:
+    latent_frames(frames)
+    latent_size(height, width, config.dit)
+    if frames > MAX_FRAMES:
+        raise ValueError(f"frames={frames} exceeds the maximum of {MAX_FRAMES}")
+    for label, value in (("height", height), ("width", width)):
+        if value > MAX_SIDE:
+            raise ValueError(f"{label}={value} exceeds the maximum of {MAX_SIDE} pixels")
+    if int(frames) * int(height) * int(width) > MAX_VIDEO_PIXELS:
+        raise ValueError(f"frames*height*width={frames}*{height}*{width} exceeds the "
+                         f"maximum of {MAX_VIDEO_PIXELS} pixels; lower the resolution or "
+                         "the frame count")
 
 
 def _check_ref(index: int, ref) -> None:
@@ -80,6 +134,9 @@ def _check_ref(index: int, ref) -> None:
     if min(ref.shape[:2]) < 1 or max(ref.shape[:2]) > MAX_REF_SIDE:
         raise ValueError(f"reference {index} is {ref.shape[1]}x{ref.shape[0]}; "
                          f"sides must be 1..{MAX_REF_SIDE} pixels")
+    if max(ref.shape[:2]) > MAX_REF_ASPECT * min(ref.shape[:2]):
+        raise ValueError(f"reference {index} is {ref.shape[1]}x{ref.shape[0]}; the long side "
+                         f"may be at most {MAX_REF_ASPECT}x the short one (crop it)")
 
 
 def fit_reference(ref: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -45,9 +45,9 @@ INPUTS = (
     Field("references", "BYTES", (-1,), False, "1..K encoded PNG/JPEG reference images"),
     Field("steps", "INT32", (1,), True, "denoising steps (>= 1)"),
     Field("seed", "INT64", (1,), True, "noise seed (>= 0)"),
-    Field("frames", "INT32", (1,), True, "frames, 1 + 4k"),
-    Field("height", "INT32", (1,), True, "pixels, a multiple of 16"),
-    Field("width", "INT32", (1,), True, "pixels, a multiple of 16"),
+    Field("frames", "INT32", (1,), True, "frames, 1 + 4k, at most 257"),
+    Field("height", "INT32", (1,), True, "pixels, a multiple of 16, at most 2048"),
+    Field("width", "INT32", (1,), True, "pixels, a multiple of 16, at most 2048"),
     Field("fps", "INT32", (1,), True, "frame rate of the MP4"),
     Field("guidance", "FP32", (1,), True, "classifier-free guidance scale (>= 0)"),
     Field("return_mp4", "BOOL", (1,), True, "also return the video as MP4 bytes"),
@@ -70,16 +70,49 @@ class DecodedRequest:
 # --- server side ---------------------------------------------------------------------------
 
 
-def _scalar(name: str, array: np.ndarray):
-    if array.size != 1:
-        raise ValueError(f"input {name!r} must hold exactly one value, got shape {array.shape}")
-    return array.reshape(-1)[0]
+def _check_array(field: Field, array) -> None:
+    """The dtype and shape Triton itself enforces from config.pbtxt, for in-process callers.
+
+    Without it an INT32 `prompt` decoded as NUL bytes (bytes(7) is seven zeros), a float
+    `steps` was truncated and a 2-D `references` was flattened.
+    """
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f"input {field.name!r} must be a numpy array, got "
+                         f"{type(array).__name__}")
+    if field.datatype == "BYTES":
+        dtype_ok = array.dtype == np.object_ or array.dtype.kind == "S"
+    else:
+        dtype_ok = array.dtype == field.numpy_dtype
+    if not dtype_ok:
+        raise ValueError(f"input {field.name!r} has dtype {array.dtype}; it must be "
+                         f"{field.datatype} ({np.dtype(field.numpy_dtype)})")
+    if field.dims == (1,) and array.shape != (1,):
+        raise ValueError(f"input {field.name!r} must hold exactly one value (shape [1]), "
+                         f"got shape {list(array.shape)}")
+    if array.ndim != len(field.dims):
+        raise ValueError(f"input {field.name!r} must have shape {list(field.dims)} (-1: any "
+                         f"length), got shape {list(array.shape)}")
+
+
+def _check_inputs(arrays: Mapping[str, np.ndarray]) -> None:
+    unknown = sorted(set(arrays) - set(INPUT_FIELDS))
+    if unknown:
+        raise ValueError(f"unexpected inputs {unknown}; the {ORCHESTRATOR!r} model takes "
+                         f"{list(INPUT_FIELDS)}")
+    for field in INPUTS:
+        if field.name in arrays:
+            _check_array(field, arrays[field.name])
+        elif not field.optional:
+            raise ValueError(f"input {field.name!r} is required")
 
 
 def _text(array: np.ndarray) -> str:
-    raw = _scalar("prompt", array)
+    raw = array[0]
     if isinstance(raw, str):
         return raw
+    if not isinstance(raw, (bytes, bytearray)):
+        raise ValueError(f"input 'prompt' must hold UTF-8 bytes or a str, got "
+                         f"{type(raw).__name__}")
     try:
         return bytes(raw).decode("utf-8")
     except UnicodeDecodeError as error:
@@ -88,11 +121,13 @@ def _text(array: np.ndarray) -> str:
 
 
 def _references(array: np.ndarray, config: CinemaConfig) -> tuple[np.ndarray, ...]:
-    blobs = array.reshape(-1)
     # count first: decoding K large images only to reject the request would waste time
-    check_num_refs(len(blobs), min(config.mllm.max_refs, config.dit.max_refs))
+    check_num_refs(len(array), min(config.mllm.max_refs, config.dit.max_refs))
     refs = []
-    for i, blob in enumerate(blobs):
+    for i, blob in enumerate(array):
+        if not isinstance(blob, (bytes, bytearray)):
+            raise ValueError(f"reference {i} must be encoded image bytes, got "
+                             f"{type(blob).__name__}")
         try:
             refs.append(load_image(bytes(blob)))
         except ValueError as error:
@@ -100,20 +135,21 @@ def _references(array: np.ndarray, config: CinemaConfig) -> tuple[np.ndarray, ..
     return tuple(refs)
 
 
+def _parameter(name: str, array: np.ndarray) -> int | float | bool:
+    value = array[0]
+    if name == "guidance":
+        return float(value)
+    return bool(value) if name == "return_mp4" else int(value)
+
+
 def decode_request(arrays: Mapping[str, np.ndarray], config: CinemaConfig) -> DecodedRequest:
     """Inputs of one `cinema` request -> a validated GenerationRequest; ValueError if bad."""
     # imported here: clients use this module too and need neither torch nor transformers
     from cinema_trt.models.pipeline import GenerationRequest
 
-    for name in ("prompt", "references"):
-        if name not in arrays:
-            raise ValueError(f"input {name!r} is required")
-    params = {}
-    for name in PARAMETERS:
-        if name in arrays:
-            value = _scalar(name, arrays[name])
-            params[name] = float(value) if name == "guidance" else int(value)
-    return_mp4 = bool(_scalar("return_mp4", arrays["return_mp4"])) \
+    _check_inputs(arrays)
+    params = {name: _parameter(name, arrays[name]) for name in PARAMETERS if name in arrays}
+    return_mp4 = _parameter("return_mp4", arrays["return_mp4"]) \
         if "return_mp4" in arrays else False
     request = GenerationRequest.with_defaults(config, _text(arrays["prompt"]),
                                               _references(arrays["references"], config),

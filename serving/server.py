@@ -295,6 +295,11 @@ class TritonServer:
     def returncode(self) -> int | None:
         return None if self._process is None else self._process.poll()
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id, which is also its process group (stubs included)."""
+        return None if self._process is None else self._process.pid
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.config.startup_timeout
         while time.monotonic() < deadline:
