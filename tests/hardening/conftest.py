@@ -20,9 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cinema_trt.models.factory import build_models, save_models
 from cinema_trt.models.media import encode_png
-from cinema_trt.models.presets import get_preset
 from cinema_trt.serving.protocol import encode_request
 
 PROMPT = "two toys dance in the park"
@@ -253,23 +251,6 @@ def png() -> bytes:
 
 
 # --- servers -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def tiny_weights(tmp_path_factory):
-    return save_models(build_models(get_preset("tiny"), seed=0),
-                       tmp_path_factory.mktemp("tiny-weights"))
-
-
-@pytest.fixture(scope="session")
-def tritonserver_binary():
-    pytest.importorskip("tritonclient.grpc", reason="needs the serve extra")
-    from cinema_trt.serving.server import find_tritonserver
-
-    try:
-        return find_tritonserver()
-    except FileNotFoundError as error:
-        pytest.skip(str(error))
 
 
 @pytest.fixture(scope="session")
