@@ -12,6 +12,9 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -59,18 +62,25 @@ def snapshot(url: str) -> Snapshot:
     return counters
 
 
+def wait_until_stable(read: Callable[[], T], interval: float, timeout: float
+                      ) -> tuple[T, bool]:
+    """(value, settled): `read()` once two reads `interval` s apart agree, or its last value
+    with settled=False when they still differ after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last = read()
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        now = read()
+        if now == last:
+            return now, True
+        last = now
+    return last, False
+
+
 def settled_snapshot(url: str, timeout: float = 5.0) -> Snapshot:
     """A snapshot once two reads 0.2 s apart agree: a stage model updates its counters just
     after it answers, so the last call of a request may land after the client's reply."""
-    deadline = time.monotonic() + timeout
-    last = snapshot(url)
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        now = snapshot(url)
-        if now == last:
-            break
-        last = now
-    return last
+    return wait_until_stable(lambda: snapshot(url), 0.2, timeout)[0]
 
 
 def stage_latency(before: Snapshot, after: Snapshot,

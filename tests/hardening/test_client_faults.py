@@ -7,11 +7,11 @@ import logging
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
 from cinema_trt.serving.client import CinemaClient, ClientOptions, RequestCancelled
+from cinema_trt.serving.latency import wait_until_stable
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 log = logging.getLogger(__name__)
@@ -43,15 +43,9 @@ def _dit_executions(url: str) -> int:
 
 def _settled_dit_executions(url: str, timeout: float = 60.0) -> int:
     """The DiT execution count once it stops changing for 2 s (no request is running)."""
-    deadline = time.monotonic() + timeout
-    last = _dit_executions(url)
-    while time.monotonic() < deadline:
-        time.sleep(2.0)
-        now = _dit_executions(url)
-        if now == last:
-            return now
-        last = now
-    raise AssertionError(f"the DiT was still running after {timeout} s")
+    count, settled = wait_until_stable(lambda: _dit_executions(url), 2.0, timeout)
+    assert settled, f"the DiT was still running after {timeout} s"
+    return count
 
 
 def test_a_killed_client_process_frees_its_request(served, png, tmp_path):

@@ -8,7 +8,6 @@ import asyncio
 import io
 import queue
 import threading
-import time
 
 import av
 import numpy as np
@@ -20,6 +19,7 @@ from cinema_trt.models.pipeline import CinemaPipeline, GenerationRequest
 from cinema_trt.serving.client import (AsyncCinemaClient, CinemaClient, CinemaRequestError,
                                        ClientOptions, RequestCancelled)
 from cinema_trt.serving.protocol import encode_request
+from cinema_trt.serving.latency import wait_until_stable
 from cinema_trt.serving.repo import build_repository
 from cinema_trt.serving.server import ServerConfig, TritonServer
 
@@ -133,15 +133,9 @@ def _dit_executions(server) -> int:
 
 def _settled_dit_executions(server, timeout=20.0) -> int:
     """The DiT execution count once it stops changing (no request is running)."""
-    deadline = time.monotonic() + timeout
-    last = _dit_executions(server)
-    while time.monotonic() < deadline:
-        time.sleep(1.0)
-        now = _dit_executions(server)
-        if now == last:
-            return now
-        last = now
-    raise AssertionError(f"the DiT was still running after {timeout} s")
+    count, settled = wait_until_stable(lambda: _dit_executions(server), 1.0, timeout)
+    assert settled, f"the DiT was still running after {timeout} s"
+    return count
 
 
 def test_cancelling_stops_between_steps_and_frees_the_server(server, client, ref_paths):
