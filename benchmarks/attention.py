@@ -32,7 +32,10 @@ log = logging.getLogger(__name__)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SDPA_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")
-ALL_BACKENDS = ("triton", "triton_int8") + tuple(f"sdpa_{b.lower()}" for b in SDPA_BACKENDS)
+# triton_tma: the fused kernel forced onto its TMA load path (kernels/fused_attention.py
+# TMA_BY_DEFAULT), so one run shows whether it should become the default on Hopper
+ALL_BACKENDS = ("triton", "triton_tma", "triton_int8") + tuple(
+    f"sdpa_{b.lower()}" for b in SDPA_BACKENDS)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -83,6 +86,8 @@ def dit_shapes(preset: str, head_dims: tuple[int, ...]) -> list[AttentionShape]:
 
 
 def _backend(name: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    if name == "triton_tma":
+        return _triton_tma
     if name.startswith("triton"):
         import cinema_trt.kernels as kernels
 
@@ -96,6 +101,15 @@ def _backend(name: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], 
             return torch.nn.functional.scaled_dot_product_attention(q, k, v)
 
     return run
+
+
+def _triton_tma(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    from cinema_trt.kernels.fused_attention import launch_attention
+    from cinema_trt.kernels.reference import QKPrologue
+
+    out = torch.empty_like(q)
+    launch_attention(q, k, v, out, None, QKPrologue(), q.shape[-1] ** -0.5, use_tma=True)
+    return out
 
 
 def _measure(name: str, shape: AttentionShape, config: AttentionBenchConfig) -> dict:

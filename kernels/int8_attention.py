@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import program_coords
 from .reference import LOG2E, key_mask
 from .tuning import interpreting, prune_triton_configs, triton_configs
 
@@ -36,27 +37,22 @@ def _quant_int8(X, MEAN, LENS, Y, SCALE, stride_xb, stride_xh, stride_xm, stride
 
     Rows at or past LENS[b] (padding) are stored as 0 and do not widen the block's range.
     """
-    blk = tl.program_id(0)
-    off_bh = tl.program_id(1)
-    off_b = (off_bh // H).to(tl.int64)
-    off_h = (off_bh % H).to(tl.int64)
-    n_valid = N_CTX
-    if HAS_LENS:
-        n_valid = tl.minimum(tl.load(LENS + off_b), N_CTX)
+    blk, off_b, off_h, n_valid = program_coords(H, LENS, N_CTX, HAS_LENS)
+    off_bh = off_b * H + off_h
     rows = blk * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, HEAD_DIM)
     mask = (rows < n_valid)[:, None]
     x = tl.load(X + off_b * stride_xb + off_h * stride_xh + rows[:, None] * stride_xm
                 + offs_d[None, :] * stride_xd, mask=mask, other=0.0).to(tl.float32)
     if HAS_MEAN:
-        x = tl.where(mask, x - tl.load(MEAN + off_bh.to(tl.int64) * HEAD_DIM + offs_d)[None, :],
+        x = tl.where(mask, x - tl.load(MEAN + off_bh * HEAD_DIM + offs_d)[None, :],
                      0.0)
     x = x * multiplier
     scale = tl.max(tl.max(tl.abs(x), axis=1), axis=0) / 127.0
     scale = tl.where(scale == 0.0, 1.0, scale)  # an all-zero block: any scale is exact
     y = x / scale
     y = y + tl.where(y >= 0, 0.5, -0.5)  # round half away from zero; the cast truncates
-    y_ptr = Y + off_bh.to(tl.int64) * N_CTX * HEAD_DIM
+    y_ptr = Y + off_bh * N_CTX * HEAD_DIM
     tl.store(y_ptr + rows[:, None] * HEAD_DIM + offs_d[None, :], y.to(tl.int8),
              mask=(rows < N_CTX)[:, None])
     tl.store(SCALE + off_bh * n_blocks + blk, scale)
@@ -80,23 +76,18 @@ def _attn_fwd_int8(Q8, K8, V, Q_SCALE, K_SCALE, V_SCALE, KV_LENS,
                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr,
                    HAS_KV_LENS: tl.constexpr, PV_FP8: tl.constexpr):
-    start_m = tl.program_id(0)
-    off_bh = tl.program_id(1)
-    off_b = (off_bh // H).to(tl.int64)
-    off_h = (off_bh % H).to(tl.int64)
-    kv_len = N_CTX_KV
-    if HAS_KV_LENS:
-        kv_len = tl.minimum(tl.load(KV_LENS + off_b), N_CTX_KV)
+    start_m, off_b, off_h, kv_len = program_coords(H, KV_LENS, N_CTX_KV, HAS_KV_LENS)
+    off_bh = off_b * H + off_h
     rows = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = rows < N_CTX_Q
 
     # 1. int8 Q tile and its per-row scale (softmax scale and log2(e) already folded in)
-    q8_ptr = Q8 + off_bh.to(tl.int64) * N_CTX_Q * HEAD_DIM
+    q8_ptr = Q8 + off_bh * N_CTX_Q * HEAD_DIM
     q = tl.load(q8_ptr + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0)
     q_scale = tl.load(Q_SCALE + off_bh * n_q_blocks + rows // Q_BLOCK, mask=row_ok, other=0.0)
-    k8_ptr = K8 + off_bh.to(tl.int64) * N_CTX_KV * HEAD_DIM
+    k8_ptr = K8 + off_bh * N_CTX_KV * HEAD_DIM
     v_ptr = V + off_b * stride_vb + off_h * stride_vh
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -128,7 +119,7 @@ def _attn_fwd_int8(Q8, K8, V, Q_SCALE, K_SCALE, V_SCALE, KV_LENS,
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_i[:, None]
     if PV_FP8:
-        v_scale = tl.load(V_SCALE + off_bh.to(tl.int64) * HEAD_DIM + offs_d)
+        v_scale = tl.load(V_SCALE + off_bh * HEAD_DIM + offs_d)
         out = out * (v_scale / 448.0)[None, :]
     o_ptr = Out + off_b * stride_ob + off_h * stride_oh
     tl.store(o_ptr + rows[:, None] * stride_om + offs_d[None, :] * stride_od,

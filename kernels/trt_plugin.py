@@ -127,7 +127,8 @@ def plugin_fingerprint() -> str:
 
     digest = hashlib.sha256(f"{PLUGIN_VERSION}|triton {metadata.version('triton')}".encode())
     here = Path(__file__).parent
-    for name in ("fused_attention.py", "int8_attention.py", "tuning.py", "trt_plugin.py"):
+    for name in ("_common.py", "fused_attention.py", "int8_attention.py", "tuning.py",
+                 "trt_plugin.py"):
         digest.update((here / name).read_bytes())
     return digest.hexdigest()
 
@@ -167,6 +168,9 @@ def _signature(arg_names: list[str], spec: AotAttentionSpec) -> tuple[dict, dict
         "HEAD_DIM": spec.head_dim, "BLOCK_M": spec.config.block_m,
         "BLOCK_N": spec.config.block_n, "HAS_KV_LENS": True, "HAS_NORM": False,
         "HAS_ROPE": False, "INPUT_PRECISION": "tf32",
+        # device-side TMA descriptors live in Triton's global scratch, which TensorRT does
+        # not allocate: the plugin kernel keeps pointer loads
+        "USE_TMA": False,
     }
     pointers = {"Q": f"*{ty}", "K": f"*{ty}", "V": f"*{ty}", "KV_LENS": "*i32", "Out": f"*{ty}"}
     signature = {name: "constexpr" if name in constexprs else pointers.get(name, "i32")

@@ -130,8 +130,11 @@ def test_plugin_graphs_build_in_half_precision_only():
     with pytest.raises(ValueError, match="fp16/bf16 only; build with --precision fp16"):
         resolve_build_config(BuildConfig(precision=Precision.FP32), _graph())
     # strongly typed (FP8 Q/DQ) builds keep the graph's fp32 plugin inputs
-    with pytest.raises(ValueError, match="export the graph in fp16/bf16"):
+    with pytest.raises(ValueError, match="export with --dtype fp16 or bf16"):
         resolve_build_config(BuildConfig(precision=Precision.FP8), _graph(qdq=True))
+    # ... unless the graph computes in half precision (export --dtype fp16 --fp8)
+    assert resolve_build_config(BuildConfig(precision=Precision.FP8),
+                                _graph(qdq=True, weights=("float16",))).strongly_typed
     resolve_build_config(BuildConfig(precision=Precision.FP32), _graph(plugins=()))
 
 

@@ -2,8 +2,8 @@
 
 Accuracy is measured as cosine similarity to the float64 reference, the metric the
 SageAttention papers report; 0.999 is their bar for end-to-end-safe attention. In the
-interpreter (CPU tier) P.V runs in fp16/fp32 while Q.Kᵀ is real int8; the FP8 P.V path is
-checked in the GPU tier.
+interpreter (CPU tier) P.V runs in the input dtype (fp32/fp16/bf16) while Q.Kᵀ is real int8;
+the FP8 P.V path is checked in the GPU tier.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def test_key_mean_counts_valid_keys_only():
     torch.testing.assert_close(mean[1], k[1].mean(dim=1))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.usefixtures("exact_bf16_interpreter_dot")  # bf16 P.V in the interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("seq, head_dim", [(1, 32), (17, 32), (97, 64)])
 def test_random_inputs_reach_the_cosine_bar(seq, head_dim, dtype):
     q, k, v = _qkv(2, 2, seq, head_dim, dtype)

@@ -1,7 +1,10 @@
 """The fused Triton attention kernel against a float64 PyTorch reference.
 
 CPU tier: the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1), tiny shapes,
-one block config (32x32). GPU tier (`gpu`): bf16 and larger shapes on the compiled kernel.
+one block config (32x32); bf16 through `exact_bf16_interpreter_dot` (tests/kernels/conftest.py:
+the 3.9 interpreter's own bf16 dot multiplies bit patterns). Both load paths run here:
+pointer loads, and the TMA path (device-side tensor descriptors) that Hopper uses.
+GPU tier (`gpu`): larger shapes on the compiled, autotuned kernel.
 
 Tolerance, derived rather than guessed (flash-attention's rule): the kernel's max error vs
 the fp64 reference must be at most 2x the error of the naive PyTorch computation in the
@@ -11,10 +14,13 @@ computation pays when it stores its result in `dtype`.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from cinema_trt.kernels import QKPrologue, attention, attention_reference
+from cinema_trt.kernels.fused_attention import launch_attention, tma_compatible, tma_supported
 from cinema_trt.kernels.reference import rms_norm_reference, rope_reference
 from cinema_trt.models.rope import apply_rope, grid_positions, rope_3d
 
@@ -43,7 +49,8 @@ def assert_matches_reference(out, q, k, v, **kwargs):
         f"kernel error {err:.3g} > 2 x same-dtype torch error {torch_err:.3g} + {floor:.3g}")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.usefixtures("exact_bf16_interpreter_dot")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("head_dim", [16, 64])
 @pytest.mark.parametrize("seq", [1, 17, 97])
 def test_matches_reference_at_odd_lengths(seq, head_dim, dtype):
@@ -153,6 +160,85 @@ def test_prologue_reference_matches_the_dit_modules():
                                rtol=1e-5, atol=1e-6)
 
 
+def _launch(q, k, v, use_tma, kv_lens=None, prologue=None):
+    """The kernel with its load path chosen explicitly (`attention` picks it by device)."""
+    out = torch.empty_like(q)
+    lens = None if kv_lens is None else kv_lens.to(device=DEVICE, dtype=torch.int32)
+    launch_attention(q, k, v, out, lens, prologue or QKPrologue(), q.shape[3] ** -0.5,
+                     use_tma=use_tma)
+    return out
+
+
+LOAD_PATHS = [pytest.param(False, id="pointers"), pytest.param(True, id="tma")]
+
+
+@pytest.mark.usefixtures("exact_bf16_interpreter_dot")
+@pytest.mark.parametrize("use_tma", LOAD_PATHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_both_load_paths_with_valid_lengths(head_dim, dtype, use_tma):
+    # 97 keys: three full 32-key tiles and a 1-key tail; lengths end mid-tile and at 1
+    q, k, v = _qkv(3, 2, 97, 97, head_dim, dtype)
+    kv_lens = torch.tensor([97, 40, 1])
+    assert_matches_reference(_launch(q, k, v, use_tma, kv_lens), q, k, v, kv_lens=kv_lens)
+
+
+@pytest.mark.usefixtures("exact_bf16_interpreter_dot")
+@pytest.mark.parametrize("use_tma", LOAD_PATHS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_both_load_paths_with_fused_prologue(dtype, use_tma):
+    q, k, v = _qkv(2, 2, 97, 97, 64, dtype)
+    prologue = _dit_like_prologue(2, 97, 64, dtype, "norm+rope")
+    kv_lens = torch.tensor([97, 50])
+    out = _launch(q, k, v, use_tma, kv_lens, prologue)
+    assert_matches_reference(out, q, k, v, kv_lens=kv_lens, prologue=prologue)
+
+
+def test_tma_path_reads_the_same_values_as_pointer_loads():
+    # the descriptor bounds (not masks) hide padding: with garbage past each length and
+    # 17 queries against 97 keys, the two paths must agree bit for bit
+    q = _randn(2, 2, 17, 32)
+    _, k, v = _qkv(2, 2, 17, 97, 32, torch.float32)
+    kv_lens = torch.tensor([0, 63])
+    k[1, :, 63:], v[1, :, 63:] = 1e4, -1e4
+    tma = _launch(q, k, v, True, kv_lens)
+    assert torch.equal(tma, _launch(q, k, v, False, kv_lens))
+    assert torch.equal(tma[0], torch.zeros_like(tma[0]))  # an empty sample gives zeros
+    assert_matches_reference(tma[1:], q[1:], k[1:], v[1:], kv_lens=kv_lens[1:])
+
+
+def test_tma_is_chosen_only_for_aligned_tensors_on_hopper():
+    q, k, v = _qkv(1, 2, 17, 17, 32, torch.float16)
+    assert tma_compatible(q, k, v)
+    assert not tma_supported(torch.device("cpu"))  # the CPU interpreter: pointer loads
+    # dropping the first channel of D=33 leaves a 2-byte offset and 66-byte rows
+    unaligned = _randn(1, 2, 17, 33, dtype=torch.float16)[..., 1:]
+    assert not tma_compatible(unaligned)
+    with pytest.raises(ValueError, match="16-byte"):
+        _launch(unaligned, unaligned, unaligned, True)
+
+
+def test_interpreter_bf16_dot_is_still_broken():
+    """Minimal reproduction of the Triton 3.9 interpreter bug the bf16 fixture works around;
+    when this fails, Triton fixed it: drop `exact_bf16_interpreter_dot`."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("an interpreter bug")
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def dot16(A, B, C):
+        r = tl.arange(0, 16)
+        tile = r[:, None] * 16 + r[None, :]
+        tl.store(C + tile, tl.dot(tl.load(A + tile), tl.load(B + tile)))
+
+    a, b = _randn(16, 16, dtype=torch.bfloat16), _randn(16, 16, dtype=torch.bfloat16, seed=1)
+    c = torch.empty(16, 16)
+    dot16[(1,)](a, b, c)
+    # exact products, fp32 sums: a working dot is within 1e-5; the broken one is off by ~1e10
+    assert (c - a.float() @ b.float()).abs().max() > 1.0
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"q": (1, 2, 8, 24), "k": (1, 2, 8, 24)}, "power of two"),
     ({"q": (1, 2, 8, 16), "k": (1, 3, 8, 16)}, "matching B, H, D"),
@@ -186,6 +272,20 @@ def test_gpu_autotuned_kernel_at_dit_like_lengths(dtype, head_dim):
     assert_matches_reference(attention(q, k, v), q, k, v)
     assert_matches_reference(attention(q, k, v, kv_lens=kv_lens, prologue=prologue), q, k, v,
                              kv_lens=kv_lens, prologue=prologue)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("use_tma", LOAD_PATHS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_both_load_paths_at_dit_like_lengths(dtype, use_tma):
+    # the compiled bf16 dot, which the CPU tier can only emulate, on both load paths
+    if use_tma and not tma_supported(torch.device(DEVICE)):
+        pytest.skip("TMA needs compute capability >= 9.0 (Hopper)")
+    q, k, v = _qkv(2, 4, 1123, 1123, 128, dtype)
+    kv_lens = torch.tensor([1123, 700])
+    prologue = _dit_like_prologue(2, 1123, 128, dtype, "norm+rope")
+    out = _launch(q, k, v, use_tma, kv_lens, prologue)
+    assert_matches_reference(out, q, k, v, kv_lens=kv_lens, prologue=prologue)
 
 
 @pytest.mark.gpu

@@ -112,27 +112,38 @@ for dtype, head_dim, tactic in (("float16", 64, 1), ("bfloat16", 128, 2)):
                            capture_output=True, text=True)
     entry = c.ptx[c.ptx.index(".entry"):c.ptx.index(")", c.ptx.index(".entry"))]
     report[f"{dtype}-{head_dim}"] = dict(params=entry.count(".param"), int_args=list(c.int_args),
-        wgmma="wgmma" in c.ptx, ptxas=ptxas.returncode, ptxas_err=ptxas.stderr[-500:],
+        wgmma="wgmma" in c.ptx, tma="cp.async.bulk.tensor" in c.ptx,
+        ptxas=ptxas.returncode, ptxas_err=ptxas.stderr[-500:],
         warps=c.num_warps, shared=c.shared_bytes)
 
-def ptx_of(kernel, pointers, constexprs):
+def compile_sm90(kernel, pointers, constexprs):
     fn = kernel.fn
     sig = {n: "constexpr" if n in constexprs else pointers.get(n, "i32") for n in fn.arg_names}
     src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=constexprs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": 8, "num_stages": 3}).asm["ptx"]
+                          options={"num_warps": 8, "num_stages": 3})
 
 ptrs = {n: "*fp16" for n in ("Q", "K", "V", "Q_NORM_W", "K_NORM_W", "Out")}
-ptx = ptx_of(_attn_fwd, {**ptrs, "COS": "*fp32", "SIN": "*fp32", "KV_LENS": "*i32",
-                         "qk_scale": "fp32", "eps": "fp32"},
-             dict(HEAD_DIM=64, BLOCK_M=128, BLOCK_N=64, HAS_KV_LENS=True, HAS_NORM=True,
-                  HAS_ROPE=True, INPUT_PRECISION="tf32"))
+fused = dict(HEAD_DIM=64, BLOCK_M=128, BLOCK_N=64, HAS_KV_LENS=True, HAS_NORM=True,
+             HAS_ROPE=True, INPUT_PRECISION="tf32")
+ptrs.update({"COS": "*fp32", "SIN": "*fp32", "KV_LENS": "*i32", "qk_scale": "fp32", "eps": "fp32"})
+ptx = compile_sm90(_attn_fwd, ptrs, {**fused, "USE_TMA": False}).asm["ptx"]
 report["prologue"] = dict(wgmma="wgmma" in ptx)
-ptx = ptx_of(_attn_fwd_int8, {"Q8": "*i8", "K8": "*i8", "V": "*fp8e4nv", "Out": "*fp16",
+# TMA: unit last strides are compile-time 1 there, as the descriptors require
+tma = compile_sm90(_attn_fwd, ptrs, {**fused, "USE_TMA": True, "stride_qd": 1, "stride_kd": 1,
+                                     "stride_vd": 1, "stride_od": 1})
+with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+    f.write(tma.asm["ptx"])
+ptxas = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", f.name, "-o", "/dev/null"],
+                       capture_output=True, text=True)
+report["tma"] = dict(loads="cp.async.bulk.tensor" in tma.asm["ptx"],
+                     wgmma="wgmma" in tma.asm["ptx"], scratch=tma.metadata.global_scratch_size, ptxas=ptxas.returncode,
+                     ptxas_err=ptxas.stderr[-500:])
+ptx = compile_sm90(_attn_fwd_int8, {"Q8": "*i8", "K8": "*i8", "V": "*fp8e4nv", "Out": "*fp16",
                               "Q_SCALE": "*fp32", "K_SCALE": "*fp32", "V_SCALE": "*fp32",
                               "KV_LENS": "*i32"},
              dict(HEAD_DIM=64, BLOCK_M=128, BLOCK_N=64, Q_BLOCK=128, K_BLOCK=64,
-                  HAS_KV_LENS=True, PV_FP8=True))
+                  HAS_KV_LENS=True, PV_FP8=True)).asm["ptx"]
 report["int8"] = dict(int8_mma=".s8.s8" in ptx, fp8_mma="e4m3.e4m3" in ptx)
 print(json.dumps(report))
 """
@@ -157,7 +168,13 @@ def test_every_kernel_variant_compiles_to_hopper_ptx_without_a_gpu():
                                       "H", "N_CTX_Q", "N_CTX_KV"]
         assert kernel["ptxas"] == 0, kernel["ptxas_err"]  # the trimmed PTX still assembles
         assert kernel["wgmma"]  # Hopper warpgroup MMA, not the Ampere fallback
+        assert not kernel["tma"]  # TensorRT gives no scratch for device-side descriptors
     assert report["prologue"]["wgmma"]
+    tma = report["tma"]
+    assert tma["loads"] and tma["wgmma"] and tma["ptxas"] == 0, tma["ptxas_err"]
+    # device-side descriptors are written to global scratch: why the host installs an
+    # allocator before TMA launches
+    assert tma["scratch"] > 0
     assert report["int8"]["int8_mma"] and report["int8"]["fp8_mma"]
 
 
