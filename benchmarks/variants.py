@@ -129,19 +129,6 @@ def _torch_variant(models, precision: str, bench: BenchConfig) -> Variant:
                    "weights and cast nothing (serving/stage_model.py)")
 
 
-def _ort_runners(folder: Path, threads: int) -> dict[str, Runner]:
-    """ort_runners(folder) with `threads` intra-op threads per session."""
-    from cinema_trt.export.mllm_split import composed_mllm_runner
-    from cinema_trt.export.ort import OrtRunner
-
-    runners: dict[str, Runner] = {s: OrtRunner(folder / s, threads=threads)
-                                  for s in STAGES if s != "mllm"}
-    runners["mllm"] = composed_mllm_runner(OrtRunner(folder / "mllm_vision", threads=threads),
-                                           OrtRunner(folder / "mllm_text", threads=threads),
-                                           folder / "mllm_text")
-    return runners
-
-
 def overlay(folder: Path, base: Path, swaps: dict[str, Path]) -> Path:
     """`folder` with a symlink per stage folder of `base`, except `swaps` (stage -> its
     folder elsewhere): one folder a repository can take for a mixed-precision variant."""
@@ -156,11 +143,11 @@ def overlay(folder: Path, base: Path, swaps: dict[str, Path]) -> Path:
 
 
 def _ort_variant(models, precision: str, bench: BenchConfig) -> Variant:
-    from cinema_trt.export.ort import OrtRunner
+    from cinema_trt.export.ort import OrtRunner, ort_runners
 
     fp32_dir, fp8_dir = _export_dirs(bench, models)
     exports = [ensure_export(models, fp32_dir)]
-    runners = _ort_runners(fp32_dir, bench.threads)
+    runners = ort_runners(fp32_dir, threads=bench.threads)
     stages, precisions, served = STAGES, {s: "fp32" for s in STAGES}, fp32_dir
     if precision == "fp8":
         exports.append(ensure_export(models, fp8_dir, fp8=True))

@@ -43,10 +43,9 @@ def write_repository(command: RepoCommand) -> Path:
     from cinema_trt.serving.repo import RepositoryOptions, build_repository
     from cinema_trt.serving.triton_config import Placement
 
-    stage_placement = Placement("gpu", command.instances, command.gpus) if command.gpus \
-        else Placement("cpu", command.instances)
     options = RepositoryOptions(
-        backend=command.backend, runtime=command.runtime, stage_placement=stage_placement,
+        backend=command.backend, runtime=command.runtime,
+        stage_placement=Placement.on(command.gpus, command.instances),
         version=command.version, max_concurrency=command.max_concurrency,
         torch_threads=command.torch_threads, copy_weights=command.copy_weights,
         overwrite=command.overwrite)
@@ -60,11 +59,17 @@ def write_repository(command: RepoCommand) -> Path:
 
 
 def _gpu_list(text: str) -> tuple[int, ...]:
+    """`--gpus 0,1` -> (0, 1); Placement checks the indices themselves."""
     try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
+        gpus = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"--gpus={text!r} must be a comma-separated list "
                                          "of GPU indices, e.g. 0,1") from None
+    if not gpus:
+        # an empty list would silently mean the CPU
+        raise argparse.ArgumentTypeError(f"--gpus={text!r} names no GPU; give indices, e.g. "
+                                         "0,1, or leave out --gpus to run on the CPU")
+    return gpus
 
 
 def register(subparsers) -> None:

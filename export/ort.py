@@ -27,10 +27,11 @@ logger = logging.getLogger(__name__)
 # CUDA before CPU when present. TensorRT is never picked implicitly: its execution provider
 # builds an engine inside session creation (minutes for a large stage); engines/ is the
 # TensorRT path. Ask for it explicitly with providers=("TensorrtExecutionProvider", ...).
-AUTO_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+CPU_PROVIDER = "CPUExecutionProvider"
+AUTO_PROVIDERS = ("CUDAExecutionProvider", CPU_PROVIDER)
 # `build --runtime ort` optimizes for the CPU provider (level ALL adds CPU-only layouts and
 # fused ops), so a built graph runs there unless providers are given explicitly
-BUILT_PROVIDERS = ("CPUExecutionProvider",)
+BUILT_PROVIDERS = (CPU_PROVIDER,)
 
 
 def _check_single_onnxruntime() -> None:
@@ -114,6 +115,11 @@ class OrtRunner:
         options.intra_op_num_threads = threads  # 0: ORT's default (one per physical core)
         options.log_severity_level = 3  # errors only: ORT warns about every unused initializer
         self.providers = available_providers(providers)
+        if self.manifest.compute_dtype == "bfloat16" and self.providers[0] == CPU_PROVIDER:
+            raise ValueError(f"{self.stage_dir}: a bf16 export, and ONNX Runtime's CPU "
+                             f"provider has no bfloat16 kernels (MatMul, Mul, Where); run it "
+                             f"with TensorRT (`cinema-trt build --precision bf16`), or export "
+                             f"with --dtype fp16 or fp32 for ONNX Runtime")
         self.session = ort.InferenceSession(str(self.model_path), options,
                                             providers=self.providers)
         self._check_session_io()
@@ -164,7 +170,8 @@ class OrtRunner:
 
 
 def ort_runners(export_dir: str | os.PathLike, providers: Sequence[str] | None = None,
-                embeddings: str | os.PathLike | None = None) -> dict[str, Runner]:
+                embeddings: str | os.PathLike | None = None,
+                threads: int = 0) -> dict[str, Runner]:
     """Runners for every stage under `export_dir`, keyed by pipeline stage name.
 
     `export_dir` is an export folder or a `cinema-trt build --runtime ort` folder (one
@@ -172,6 +179,7 @@ def ort_runners(export_dir: str | os.PathLike, providers: Sequence[str] | None =
     skipped). When the MLLM was exported as `mllm_vision` + `mllm_text`, the "mllm" runner
     composes them (see export/mllm_split.py); its token-embedding table is read from
     `<export_dir>/mllm_text/embeddings.safetensors` unless `embeddings` names another file.
+    Every session gets `threads` intra-op threads (0: ORT's default, see OrtRunner).
     """
     export_dir = Path(export_dir)
     if not export_dir.is_dir():
@@ -181,7 +189,7 @@ def ort_runners(export_dir: str | os.PathLike, providers: Sequence[str] | None =
              (read_stage(p.parent) for p in sorted(export_dir.glob(f"*/{MANIFEST_FILE}")))}
 
     def runner(name: str) -> OrtRunner:
-        return OrtRunner(found[name].path, providers)
+        return OrtRunner(found[name].path, providers, threads)
 
     runners: dict[str, Runner] = {s: runner(s) for s in found
                                   if s not in ("mllm_vision", "mllm_text")}

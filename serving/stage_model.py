@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from cinema_trt.models.factory import STAGE_FILES, check_same_architecture, read_weights_config
+from cinema_trt.models.factory import (STAGE_PARTS, check_same_architecture, load_stage_module,
+                                      read_weights_config, stage_weight_entries)
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.runner import Runner, TorchRunner
 from cinema_trt.models.specs import stage_specs
@@ -35,21 +36,18 @@ ONNX_FOLDER = "onnx"  # <v>/onnx/<export stage>/
 ENGINE_FOLDER = "engines"  # <v>/engines/<export stage>/
 
 # stage -> the entries of a weights folder it loads
-STAGE_WEIGHTS = {
-    "mllm": ("mllm",),
-    "connector": (STAGE_FILES["aligner"],),
-    "vae_encoder": (STAGE_FILES["vae"],),
-    "vae_decoder": (STAGE_FILES["vae"],),
-    "dit": (STAGE_FILES["dit"],),
-}
+STAGE_WEIGHTS = {stage: stage_weight_entries(stage) for stage in STAGE_PARTS}
 
 
 def export_folders(stage: str) -> tuple[str, ...]:
     """The export (and engine) folders one pipeline stage is served from: the MLLM is
     exported as two graphs (export/mllm_split.py), every other stage as one."""
+    if stage != "mllm":
+        # export.stages imports transformers (~2-3 s): a non-MLLM stage model never needs it
+        return (stage,)
     from cinema_trt.export.stages import STAGE_ALIASES
 
-    return STAGE_ALIASES.get(stage, (stage,))
+    return STAGE_ALIASES[stage]
 
 
 def verify_export(stage_dir: str | Path, config: CinemaConfig) -> None:
@@ -73,26 +71,6 @@ def verify_export(stage_dir: str | Path, config: CinemaConfig) -> None:
                          f"its manifest records {manifest.onnx_sha256}; the graph changed "
                          "after export: re-export the stage and rebuild the repository")
     check_same_architecture(config, CinemaConfig.from_dict(manifest.config), str(stage_dir))
-
-
-def _stage_module(folder: Path, stage: str, config) -> torch.nn.Module:
-    from cinema_trt.models.aligner import AlignerNet
-    from cinema_trt.models.dit import CinemaDiT
-    from cinema_trt.models.mllm import load_mllm
-    from cinema_trt.models.vae import VideoVAE
-    from cinema_trt.models.weights import load_stage
-
-    if stage == "mllm":
-        return load_mllm(folder / "mllm", config.mllm)[0]
-    if stage == "connector":
-        return load_stage(AlignerNet(config.aligner), folder / STAGE_FILES["aligner"])
-    if stage in ("vae_encoder", "vae_decoder"):
-        vae = load_stage(VideoVAE(config.vae), folder / STAGE_FILES["vae"])
-        return vae.encoder if stage == "vae_encoder" else vae.decoder
-    if stage == "dit":
-        return load_stage(CinemaDiT(config.dit), folder / STAGE_FILES["dit"])
-    raise ValueError(f"stage {stage!r} has no PyTorch weights; stages with weights: "
-                     f"{sorted(STAGE_WEIGHTS)}")
 
 
 def _ort_runner(folder: Path, stage: str, config: CinemaConfig, device: str) -> Runner:
@@ -130,7 +108,8 @@ def load_stage_runner(folder: str | Path, stage: str, device: str | torch.device
     if runtime != "torch":
         raise ValueError(f"runtime={runtime!r} must be one of {list(RUNTIMES)}")
     spec = stage_specs(config)[stage]
-    return TorchRunner(stage, _stage_module(folder, stage, config), spec.output_names, device)
+    return TorchRunner(stage, load_stage_module(folder, stage, config), spec.output_names,
+                       device)
 
 
 def _instance_device(args: dict) -> str:

@@ -43,6 +43,14 @@ class Placement:
             raise ValueError(f"instance count={self.count} must be >= 1")
         if self.kind == "cpu" and self.gpus:
             raise ValueError(f"gpus={self.gpus} given for a CPU placement; use kind='gpu'")
+        if any(gpu < 0 for gpu in self.gpus) or len(set(self.gpus)) != len(self.gpus):
+            raise ValueError(f"gpus={self.gpus} must be distinct GPU indices >= 0 "
+                             "(as nvidia-smi numbers them), e.g. (0, 1)")
+
+    @classmethod
+    def on(cls, gpus: tuple[int, ...] = (), count: int = 1) -> Placement:
+        """`count` instances on each GPU in `gpus`, or on the CPU when `gpus` is empty."""
+        return cls("gpu", count, tuple(gpus)) if gpus else cls("cpu", count)
 
 
 def _pb():

@@ -1,0 +1,36 @@
+"""`--threads` reaches ONNX Runtime: `ort_runners(..., threads=n)` (what the benchmark's ort
+variants load) gives every session n intra-op threads. Tested on the tiny connector, the
+fastest stage to export (~5 s)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("onnxruntime", reason="needs the onnx extra")
+
+from cinema_trt.export.driver import export_stages  # noqa: E402
+from cinema_trt.export.ort import ort_runners  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_config, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("onnx")
+    export_stages(tiny_config, folder, stages=["connector"], progress=False)
+    return folder
+
+
+def _intra_op_threads(runner) -> int:
+    return runner.session.get_session_options().intra_op_num_threads
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_thread_count_reaches_the_session_options(exported, threads):
+    runners = ort_runners(exported, providers=("CPUExecutionProvider",), threads=threads)
+    assert list(runners) == ["connector"]
+    assert _intra_op_threads(runners["connector"]) == threads
+
+
+def test_without_a_thread_count_ort_picks_its_default(exported):
+    # 0 is ORT's "one thread per physical core", the default before `threads` existed
+    runners = ort_runners(exported, providers=("CPUExecutionProvider",))
+    assert _intra_op_threads(runners["connector"]) == 0
