@@ -12,6 +12,8 @@ log = logging.getLogger(__name__)
 # cinema_trt.export.calibration.CALIBRATORS, spelled out: importing it would load torch
 # every time the CLI starts (tests/export/test_export_cli.py checks they agree)
 CALIBRATORS = ("builtin", "modelopt")
+# cinema_trt.export.dtype.EXPORT_DTYPES, spelled out for the same reason
+DTYPES = ("fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class ExportOptions:
     progress: bool = True
     calibrator: str = "builtin"  # FP8 calibration: builtin | modelopt
     attention_plugin: bool = False  # DiT attention as TensorRT plugin nodes
+    dtype: str = "fp32"  # what the graphs compute in: fp32 | fp16 | bf16
 
 
 def export_from_options(options: ExportOptions):
@@ -35,7 +38,7 @@ def export_from_options(options: ExportOptions):
     return export_stages(config, options.out, stages=options.stages, weights=options.weights,
                          fp8=options.fp8, progress=options.progress,
                          calibrator=options.calibrator,
-                         attention_plugin=options.attention_plugin)
+                         attention_plugin=options.attention_plugin, dtype=options.dtype)
 
 
 def register(subparsers) -> None:
@@ -49,6 +52,11 @@ def register(subparsers) -> None:
                    help="weights folder from save_models (default: the preset's seeded weights)")
     p.add_argument("--out", type=Path, required=True, help="export folder")
     p.add_argument("--stages", nargs="+", metavar="STAGE", help="default: every stage")
+    p.add_argument("--dtype", default="fp32", choices=DTYPES,
+                   help="what the graphs compute in (their inputs and outputs stay float32). "
+                        "fp16/bf16 graphs build strongly typed, the only kind TensorRT 11 "
+                        "builds: use them for --precision fp16/bf16, and with --fp8 for "
+                        "fp16/bf16 outside the FP8 layers")
     p.add_argument("--fp8", action="store_true",
                    help="FP8 Q/DQ for dit, connector and mllm_text, calibrated on pipeline runs")
     p.add_argument("--calibrator", default="builtin", choices=CALIBRATORS,
@@ -57,7 +65,7 @@ def register(subparsers) -> None:
                         "both are max calibration over the same pipeline runs")
     p.add_argument("--attention-plugin", action="store_true",
                    help="DiT attention as Triton-kernel TensorRT plugin nodes (TensorRT only; "
-                        "build with --precision fp16 or bf16)")
+                        "build with --precision fp16 or bf16, or export with --dtype fp16)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -69,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     options = ExportOptions(preset=args.preset, out=args.out, weights=args.weights,
                             stages=tuple(args.stages) if args.stages else None, fp8=args.fp8,
                             progress=not args.quiet, calibrator=args.calibrator,
-                            attention_plugin=args.attention_plugin)
+                            attention_plugin=args.attention_plugin, dtype=args.dtype)
     try:
         results = export_from_options(options)
     except ModelOptMissingError as error:

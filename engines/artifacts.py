@@ -14,7 +14,8 @@ from pathlib import Path
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import StageSpec
 
-from .config import BuildConfig, OnnxGraphInfo, inspect_onnx, resolve_build_config
+from .config import (BuildConfig, OnnxGraphInfo, inspect_onnx, resolve_build_config,
+                     weak_typing_available)
 from .manifest import (EngineManifest, RuntimeInfo, artifact_sha256, cache_key, cached_engine,
                        onnx_sha256, profiles_to_json, rebuild_command, write_manifest)
 from .shapes import DeploymentShapes, Profile, output_shapes_for, profiles_for
@@ -52,7 +53,8 @@ def prepare_build(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
         raise FileNotFoundError(f"{onnx_path} not found: run `cinema-trt export` first")
     graph = inspect_onnx(onnx_path)
     check_graph_io(stage_spec, graph, onnx_path)
-    resolved = resolve_build_config(build_config, graph)
+    resolved = resolve_build_config(build_config, graph,
+                                    weak_typing_available(runtime.runtime, runtime.version))
     profiles = {name: value for name, value in profiles_for(stage_spec, shapes, config).items()
                 if name in graph.inputs}
     digest = onnx_sha256(onnx_path)

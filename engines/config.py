@@ -3,10 +3,16 @@
 The translation to TensorRT (`trt_flags`, `network_flags`) returns flag *names*, so it is
 unit tested without TensorRT; `trt_build.py` turns the names into enum members.
 
-Strong typing is derived from the ONNX graph, not chosen: a graph with Q/DQ nodes (FP8 or
-INT8 explicit quantization) must be built strongly typed so TensorRT keeps the quantized
-types the graph states, and a strongly typed network takes every precision from the graph,
-so the FP16/BF16 builder flags are then not set (TensorRT rejects them).
+Strong typing is derived from the ONNX graph, not chosen. A strongly typed network takes
+every type from the graph, so the FP16/BF16 builder flags are then not set (TensorRT
+rejects them). It is used for:
+- graphs with Q/DQ nodes (FP8 or INT8 explicit quantization), whose quantized types
+  TensorRT must keep;
+- graphs exported in fp16/bf16 (`cinema-trt export --dtype`): they state their types;
+- every graph on TensorRT >= 11, which removed weak typing (BuilderFlag.FP16/BF16). There
+  an fp32 graph builds only in fp32, and fp16/bf16 engines come from fp16/bf16 exports.
+Weak typing (an fp32 graph with the FP16/BF16 flag, TensorRT picking layer types) remains
+for TensorRT 10, which deprecated it in 10.12.
 """
 
 from __future__ import annotations
@@ -30,7 +36,6 @@ _PRECISION_FLAGS = {Precision.FP32: (), Precision.FP16: ("FP16",), Precision.BF1
 _ONNX_FLOAT_TYPES = {1: "float32", 10: "float16", 16: "bfloat16", 11: "float64",
                      17: "float8e4m3fn", 18: "float8e4m3fnuz", 19: "float8e5m2",
                      20: "float8e5m2fnuz"}
-_PRECISION_ONNX_TYPE = {Precision.FP16: "float16", Precision.BF16: "bfloat16"}
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 # ONNX domain of TensorRT plugin nodes (kernels.trt_plugin.ONNX_DOMAIN, spelled out so the
 # engines package does not import torch to inspect a graph; a test checks they agree)
@@ -54,6 +59,15 @@ class OnnxGraphInfo:
     def has_fp8(self) -> bool:
         return any(t.startswith("float8") for t in self.qdq_types)
 
+    @property
+    def compute_type(self) -> str:
+        """The graph's arithmetic type: "float16"/"bfloat16" when its weights are (an export
+        with --dtype; constants the trace made stay float32 beside them), else "float32"."""
+        half = sorted(self.weight_types & {"float16", "bfloat16"})
+        if len(half) > 1:
+            raise ValueError(f"the graph mixes {half} weights; export it with one --dtype")
+        return half[0] if half else "float32"
+
 
 def inspect_onnx(onnx_path: str | os.PathLike) -> OnnxGraphInfo:
     """Read the graph (not its external weights) and report Q/DQ nodes, weight types and
@@ -69,12 +83,16 @@ def inspect_onnx(onnx_path: str | os.PathLike) -> OnnxGraphInfo:
                 if attr.name == "value":
                     elem_types[node.output[0]] = attr.t.data_type
     qdq_types: set[str] = set()
+    quantized: dict[str, str] = {}  # QuantizeLinear output -> its type, for the DQ reading it
     has_qdq = False
     for node in _all_nodes(graph):
         if not _is_qdq(node.op_type):
             continue
         has_qdq = True
-        qdq_types.add(_qdq_type(node, elem_types))
+        kind = quantized.get(node.input[0]) or _qdq_type(node, elem_types)
+        if "Dequantize" not in node.op_type:  # a Q node: the DQ reading it has its type
+            quantized.update(dict.fromkeys(node.output, kind))
+        qdq_types.add(kind)
     weights = {_ONNX_FLOAT_TYPES[t.data_type] for t in graph.initializer
                if t.data_type in _ONNX_FLOAT_TYPES}
     initializers = set(elem_types)
@@ -112,6 +130,10 @@ def _is_qdq(op_type: str) -> bool:
 
 
 def _qdq_type(node, elem_types: dict[str, int]) -> str:
+    if node.op_type == "DequantizeLinear" and node.input[0] in elem_types:
+        # a quantized constant (FP8 weights): its own type is the quantized type
+        t = elem_types[node.input[0]]
+        return _ONNX_FLOAT_TYPES.get(t, "int8" if t == 3 else f"onnx-type-{t}")
     if "FP8" in node.op_type:
         return "float8e4m3fn"
     if "INT4" in node.op_type:
@@ -168,46 +190,85 @@ class BuildConfig:
         return data
 
 
-def resolve_build_config(config: BuildConfig, graph: OnnxGraphInfo) -> BuildConfig:
-    """`config` with `strongly_typed` derived from the graph, checked against it."""
-    strongly_typed = graph.has_qdq or config.weight_streaming
+# the graph compute type each precision needs for a strongly typed build (fp8: any)
+_PRECISION_COMPUTE = {Precision.FP32: "float32", Precision.FP16: "float16",
+                      Precision.BF16: "bfloat16"}
+_COMPUTE_PRECISION = {v: k for k, v in _PRECISION_COMPUTE.items()}
+
+
+def weak_typing_available(runtime: str, version: str) -> bool:
+    """Whether the runtime still has weakly typed builds: TensorRT < 11 (ORT never needs
+    them, and says yes so the check stays TensorRT's)."""
+    if runtime != "tensorrt":
+        return True
+    from packaging.version import Version
+
+    return Version(version).major < 11
+
+
+def resolve_build_config(config: BuildConfig, graph: OnnxGraphInfo,
+                         weak_typing: bool = True) -> BuildConfig:
+    """`config` with `strongly_typed` derived from the graph, checked against it.
+
+    weak_typing: whether the TensorRT at hand still has weakly typed builds (see
+    `weak_typing_available`); without them every network is strongly typed.
+    """
+    compute = graph.compute_type
+    strongly_typed = (graph.has_qdq or config.weight_streaming or compute != "float32"
+                      or not weak_typing)
     resolved = dataclasses.replace(config, strongly_typed=strongly_typed)
-    if resolved.precision is Precision.FP8 and not graph.has_fp8:
+    precision = resolved.precision
+    if precision is Precision.FP8 and not graph.has_fp8:
         raise ValueError(
             "precision=fp8 needs an ONNX graph with FP8 QuantizeLinear/DequantizeLinear nodes "
             f"(found Q/DQ types {sorted(graph.qdq_types) or 'none'}): TensorRT 10 runs FP8 "
-            "only through explicit quantization. Quantize the model (NVIDIA ModelOpt FP8 "
-            "recipe) before export, or build with --precision fp16")
-    if graph.has_fp8 and resolved.precision is not Precision.FP8:
+            "only through explicit quantization. Export with --fp8 (the FP8 PTQ recipe), "
+            "or build with --precision fp16")
+    if graph.has_fp8 and precision is not Precision.FP8:
         raise ValueError(f"the ONNX graph has FP8 Q/DQ nodes, so its engine runs FP8 layers; "
-                         f"build it with --precision fp8 (not {resolved.precision.value})")
-    wanted = _PRECISION_ONNX_TYPE.get(resolved.precision)
-    if strongly_typed and wanted and wanted not in graph.weight_types:
-        reason = "it has Q/DQ nodes" if graph.has_qdq else "weight streaming needs it"
-        raise ValueError(
-            f"precision={resolved.precision.value} has no effect on this graph: it is built "
-            f"strongly typed ({reason}), which takes every type from the ONNX graph, and the "
-            f"graph's weights are {sorted(graph.weight_types)}. Export the ONNX in "
-            f"{wanted}, or build with --precision fp32 to state what you will get")
+                         f"build it with --precision fp8 (not {precision.value})")
+    if strongly_typed and precision is not Precision.FP8 \
+            and _PRECISION_COMPUTE[precision] != compute:
+        raise ValueError(_strong_typing_mismatch(resolved, graph, weak_typing))
     if graph.trt_plugins:
         _check_plugin_precision(resolved, graph)
-    if strongly_typed and "float32" in graph.weight_types and not graph.weight_types & {
-            "float16", "bfloat16"}:
+    if strongly_typed and compute == "float32" and graph.has_qdq:
         log.warning("strongly typed build of a float32 graph: layers outside the Q/DQ pairs "
-                    "run in float32. Export the graph in float16/bfloat16 for speed.")
+                    "run in float32. Export with --dtype fp16 or bf16 for speed.")
+    if not strongly_typed and precision in (Precision.FP16, Precision.BF16):
+        log.warning("weakly typed %s build of a float32 graph: TensorRT 10.12 deprecated "
+                    "this and TensorRT 11 removed it; export with --dtype %s to build it "
+                    "strongly typed", precision.value, precision.value)
     return resolved
+
+
+def _strong_typing_mismatch(config: BuildConfig, graph: OnnxGraphInfo,
+                            weak_typing: bool) -> str:
+    """Why precision=`config.precision` cannot come out of this strongly typed build."""
+    compute, wanted = graph.compute_type, config.precision.value
+    if compute != "float32":
+        return (f"precision={wanted} does not match the graph, which computes in {compute} "
+                f"(exported with --dtype {_COMPUTE_PRECISION[compute].value}); a strongly "
+                f"typed build runs the graph's own types: build with --precision "
+                f"{_COMPUTE_PRECISION[compute].value}, or re-export with --dtype {wanted}")
+    reasons = [r for r, on in ((("it has Q/DQ nodes"), graph.has_qdq),
+                               ("weight streaming needs it", config.weight_streaming),
+                               ("TensorRT >= 11 builds nothing else", not weak_typing)) if on]
+    return (f"precision={wanted} has no effect on this float32 graph: it is built strongly "
+            f"typed ({'; '.join(reasons)}), which takes every type from the ONNX graph. "
+            f"Re-export with `cinema-trt export --dtype {wanted}`, or build with --precision "
+            f"fp32 to state what you will get")
 
 
 def _check_plugin_precision(config: BuildConfig, graph: OnnxGraphInfo) -> None:
     """The Triton attention plugins run fp16/bf16 only. A weakly typed fp16/bf16 build lets
-    TensorRT reformat fp32 tensors around them; fp32 and strongly typed builds of an fp32
-    graph would hand them fp32 tensors."""
-    half = {"float16", "bfloat16"}
-    if config.strongly_typed and not graph.weight_types & half:
+    TensorRT reformat fp32 tensors around them; fp32 builds and strongly typed builds of an
+    fp32 graph would hand them fp32 tensors."""
+    if config.strongly_typed and graph.compute_type == "float32":
         raise ValueError(f"the graph's TensorRT plugins {sorted(graph.trt_plugins)} take "
-                         f"fp16/bf16 tensors, but a strongly typed build (Q/DQ nodes or weight "
-                         f"streaming) keeps this float32 graph's types; export the graph in "
-                         f"fp16/bf16, or without the attention plugin")
+                         f"fp16/bf16 tensors, but a strongly typed build keeps this float32 "
+                         f"graph's types; export with --dtype fp16 or bf16, or without "
+                         f"--attention-plugin")
     if not config.strongly_typed and config.precision is Precision.FP32:
         raise ValueError(f"the graph's TensorRT plugins {sorted(graph.trt_plugins)} run "
                          f"fp16/bf16 only; build with --precision fp16 or bf16")

@@ -34,6 +34,9 @@ from .shapes import DeploymentShapes
 
 log = logging.getLogger(__name__)
 
+# the export's precision must match (engines/config.py): fp16 exports run on the CPU
+# provider, which casts around ops it has no fp16 kernel for
+ORT_PRECISIONS = (Precision.FP32, Precision.FP16)
 ORT_MODEL_FILE = MODEL_FILE
 ORT_DATA_FILE = EXTERNAL_DATA_FILE
 
@@ -42,10 +45,11 @@ def build_ort_model(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
                     stage_spec: StageSpec, shapes: DeploymentShapes, build_config: BuildConfig,
                     config: CinemaConfig, runtime: RuntimeInfo | None = None) -> Path:
     """Write (or reuse) `out_dir/model.onnx` optimized for CPU + `out_dir/manifest.json`."""
-    if build_config.precision is not Precision.FP32:
+    if build_config.precision not in ORT_PRECISIONS:
         raise ValueError(f"precision={build_config.precision.value} is not available with "
-                         "--runtime ort, which builds fp32 CPU models; use --precision fp32 "
-                         "(or --runtime tensorrt for fp16/bf16/fp8)")
+                         f"--runtime ort, which builds CPU models of fp32 or fp16 exports "
+                         f"(ONNX Runtime's CPU provider has no bf16 kernels); use --precision "
+                         f"fp32 or fp16 (or --runtime tensorrt for bf16/fp8)")
     if build_config.weight_streaming or build_config.refittable:
         raise ValueError("--weight-streaming and --refittable are TensorRT options; "
                          "drop them with --runtime ort")
@@ -56,6 +60,12 @@ def build_ort_model(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
         raise ValueError(f"{onnx_path} holds TensorRT plugin nodes "
                          f"{sorted(build.graph.trt_plugins)} that ONNX Runtime cannot run; "
                          "export without --attention-plugin for --runtime ort")
+    if not build.build_config.strongly_typed and build_config.precision is not Precision.FP32:
+        # ORT has no weak typing: it runs the graph's own types
+        raise ValueError(f"precision={build_config.precision.value} on {onnx_path}, which "
+                         f"computes in {build.graph.compute_type}: --runtime ort runs an "
+                         f"export as it is; build with --precision fp32, or re-export with "
+                         f"--dtype {build_config.precision.value}")
     exported = _export_manifest(build.onnx_path, stage_spec.name)
     cached = reuse_cached(build) if _carries(build.out_dir, exported) else None
     if cached is not None:

@@ -3,11 +3,13 @@
     manifest.py     manifest.json: what an exported stage is (read by engines/)
     stages.py       per-stage module, spec, example and check shapes
     mllm_split.py   the MLLM as mllm_vision + mllm_text graphs, and their torch glue
+    dtype.py        fp16/bf16 graphs: the stage cast behind float32 I/O, opset per dtype
     onnx_graph.py   trace (dynamo), clean up, save, check
     fp8.py          FP8 PTQ recipe: calibration hooks, Q/DQ graph pass, torch emulation
     calibration.py  calibration on real pipeline runs
     driver.py       export_stages: the library entry point of `cinema-trt export`
     ort.py          OrtRunner / ort_runners: the pipeline on ONNX Runtime
+    reference.py    onnx's reference evaluator as a runner, for bf16 graphs ORT cannot run
 
 The main names are importable from here; they load on first use, so reading a manifest
 does not import the exporter.

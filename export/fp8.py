@@ -219,8 +219,9 @@ def _weight_axis(node: onnx.NodeProto, rank: int) -> int:
 class _QDQBuilder:
     """Adds Q/DQ nodes and FP8 initializers to a graph, sharing them where possible."""
 
-    def __init__(self, graph: onnx.GraphProto):
+    def __init__(self, graph: onnx.GraphProto, dtype: np.dtype):
         self.graph = graph
+        self.dtype = dtype  # of the scales: Q/DQ's scale type is the activation's type
         self.initializers = {t.name: t for t in graph.initializer}
         self.new_nodes: dict[str, list[onnx.NodeProto]] = {}  # consumer node name -> nodes
         self._activations: dict[tuple[str, float], str] = {}
@@ -228,11 +229,22 @@ class _QDQBuilder:
         self.zero = "fp8_zero_point"
         graph.initializer.append(helper.make_tensor(self.zero, FP8_TYPE, [], [0]))
 
+    def _scale(self, scale: np.ndarray) -> np.ndarray:
+        """`scale` in the graph's type, at least its smallest normal number: an fp16 scale
+        below 6.1e-5 (amax < 0.027) would lose bits or flush to zero and divide by it. A
+        larger scale only leaves the lowest FP8 exponents unused; Q and DQ share it, so
+        rounding the scale itself costs nothing."""
+        import ml_dtypes  # its finfo knows bfloat16 too
+
+        tiny = ml_dtypes.finfo(self.dtype).tiny if self.dtype != np.float32 else 0.0
+        return np.maximum(scale.astype(np.float32), np.float32(tiny)).astype(self.dtype)
+
     def activation(self, consumer: str, name: str, amax: float) -> str:
         key = (name, amax)
         if key not in self._activations:
             scale = f"{name}_fp8_scale"
-            self.graph.initializer.append(numpy_helper.from_array(activation_scale(amax), scale))
+            self.graph.initializer.append(numpy_helper.from_array(
+                self._scale(np.asarray(activation_scale(amax))), scale))
             quantized, out = f"{name}_fp8_q", f"{name}_fp8_dq"
             self.new_nodes.setdefault(consumer, []).extend([
                 helper.make_node("QuantizeLinear", [name, scale, self.zero], [quantized],
@@ -250,8 +262,9 @@ class _QDQBuilder:
             array = numpy_helper.to_array(self.initializers[name])
             axis = _weight_axis(consumer, array.ndim)
             data, scale = _fp8_weight(array.astype(np.float32), axis)
-            self.graph.initializer.extend([numpy_helper.from_array(data, f"{name}_fp8"),
-                                           numpy_helper.from_array(scale, f"{name}_fp8_scale")])
+            self.graph.initializer.extend([
+                numpy_helper.from_array(data, f"{name}_fp8"),
+                numpy_helper.from_array(self._scale(scale), f"{name}_fp8_scale")])
             out = f"{name}_fp8_dq"
             self.new_nodes.setdefault(consumer.name, []).append(helper.make_node(
                 "DequantizeLinear", [f"{name}_fp8", f"{name}_fp8_scale"], [out], axis=axis,
@@ -274,16 +287,20 @@ class _QDQBuilder:
         self.graph.initializer.extend(keep)
 
 
-def insert_fp8_qdq(model: onnx.ModelProto, amax: dict[str, float]) -> list[str]:
+def insert_fp8_qdq(model: onnx.ModelProto, amax: dict[str, float],
+                   dtype: str = "float32") -> list[str]:
     """Quantize, in place, the GEMMs of the Linear layers named in `amax` (module path ->
     calibrated input amax). Returns the quantized layer names, sorted.
+
+    dtype: the graph's float type ("float32" | "float16" | "bfloat16"); the scales take it,
+    so DequantizeLinear hands the GEMM that type (ONNX ties both to the scale's type).
 
     Layers without a GEMM in the graph are skipped: the exporter removes dead code (the
     last DiT block's text stream feeds nothing). If none of the layers is found, the
     graph lost its module metadata and this raises rather than export an fp32 graph
     labelled fp8.
     """
-    builder = _QDQBuilder(model.graph)
+    builder = _QDQBuilder(model.graph, _numpy_dtype(dtype))
     found: set[str] = set()
     for node in model.graph.node:
         layer = linear_module(node)
@@ -299,6 +316,16 @@ def insert_fp8_qdq(model: onnx.ModelProto, amax: dict[str, float]) -> list[str]:
                            f"module metadata in the graph; was it exported with dynamo=True?")
     builder.finish()
     return sorted(found)
+
+
+def _numpy_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    if name not in ("float32", "float16"):
+        raise ValueError(f"dtype={name!r}: FP8 scales are float32, float16 or bfloat16")
+    return np.dtype(name)
 
 
 def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:

@@ -45,11 +45,6 @@ MANIFEST_VERSION = 1
 CARRIED_MANIFEST_KEY = "export_manifest"
 
 
-# exports are fp32 or fp8 (FP8 E4M3 Q/DQ around the recipe's Linear layers, fp32
-# elsewhere); fp16/bf16 are engine build precisions
-EXPORT_PRECISIONS = (Precision.FP32, Precision.FP8)
-
-
 def dtype_name(dtype: torch.dtype) -> str:
     """'float32' for torch.float32: the manifest's (and numpy's) spelling."""
     return str(dtype).removeprefix("torch.")
@@ -86,6 +81,9 @@ class Manifest:
     validation: dict[str, Any] = field(default_factory=dict)  # errors vs torch, per shape
     quantization: dict[str, Any] = field(default_factory=dict)  # fp8: recipe and layers
     version: int = MANIFEST_VERSION
+    # the float type of the graph's arithmetic (outside Q/DQ pairs): "float32", "float16"
+    # or "bfloat16"; its inputs and outputs are the spec's dtypes whatever this is
+    compute_dtype: str = "float32"
 
     @classmethod
     def io_from_spec(cls, spec: StageSpec) -> dict[str, tuple[TensorEntry, ...]]:
@@ -103,10 +101,9 @@ class Manifest:
             raise ValueError(f"manifest version {data.get('version')!r} is not supported "
                              f"(expected {MANIFEST_VERSION}); re-export the stage")
 
+        # fp32 | fp16 | bf16: what the graph computes in (export/dtype.py); fp8: FP8 E4M3
+        # Q/DQ around the recipe's Linear layers and `compute_dtype` elsewhere
         precision = Precision.parse(data["precision"])
-        if precision not in EXPORT_PRECISIONS:
-            raise ValueError(f"manifest precision {precision.value!r} is not an export "
-                             f"precision {[p.value for p in EXPORT_PRECISIONS]}; re-export")
 
         def entries(items):
             return tuple(TensorEntry(e["name"], e["dtype"], tuple(e["dims"])) for e in items)

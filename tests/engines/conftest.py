@@ -34,12 +34,17 @@ class TinyConnector(nn.Module):
         return self.proj(torch.tanh(pooled))  # (B, Q, out_dim)
 
 
-def export_connector(module: nn.Module, folder: Path, config) -> Path:
-    """Export `module` as `<folder>/connector/model.onnx` + the exporter's manifest."""
+def export_connector(module: nn.Module, folder: Path, config, dtype: str = "fp32") -> Path:
+    """Export `module` as `<folder>/connector/model.onnx` + the exporter's manifest, computing
+    in `dtype` behind float32 I/O (export/dtype.py)."""
     from torch.export import Dim
 
-    from cinema_trt.export.manifest import Manifest, Precision, write_manifest
+    from cinema_trt.export.dtype import cast_module, onnx_type, parse_dtype
+    from cinema_trt.export.manifest import Manifest, write_manifest
     from cinema_trt.engines.manifest import onnx_sha256
+
+    precision = parse_dtype(dtype)
+    module = cast_module(module, precision)
 
     stage_dir = folder / "connector"
     stage_dir.mkdir(parents=True)
@@ -52,7 +57,8 @@ def export_connector(module: nn.Module, folder: Path, config) -> Path:
                       input_names=list(spec.input_names), output_names=list(spec.output_names),
                       dynamic_shapes={"hidden_states": {1: seq}, "attention_mask": {1: seq}})
     manifest = Manifest(stage="connector", preset=config.name, opset=20,
-                        precision=Precision.FP32, **Manifest.io_from_spec(spec),
+                        precision=precision, compute_dtype=onnx_type(precision),
+                        **Manifest.io_from_spec(spec),
                         source_sha256="0" * 64, onnx_sha256=onnx_sha256(onnx_path),
                         versions={"torch": torch.__version__}, config=config.to_dict())
     write_manifest(manifest, stage_dir)
@@ -73,6 +79,15 @@ def connector_export(tmp_path_factory, tiny):
     folder = tmp_path_factory.mktemp("onnx")
     export_connector(module, folder, tiny)
     return folder, module
+
+
+@pytest.fixture(scope="session")
+def connector_export_fp16(tmp_path_factory, connector_export, tiny):
+    """(export folder, fp32 torch module): the same connector exported with --dtype fp16,
+    the graph TensorRT 10 and 11 both build as an fp16 engine (strongly typed)."""
+    folder = tmp_path_factory.mktemp("onnx_fp16")
+    export_connector(connector_export[1], folder, tiny, dtype="fp16")
+    return folder, connector_export[1]
 
 
 # --- an FP8 Q/DQ graph with the connector's I/O, and its PyTorch reference --------------

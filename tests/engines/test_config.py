@@ -8,7 +8,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from cinema_trt.engines.config import (BuildConfig, Precision, inspect_onnx, network_flags,
-                                       ort_optimization_level, resolve_build_config, trt_flags)
+                                       ort_optimization_level, resolve_build_config, trt_flags,
+                                       weak_typing_available)
 
 
 def _matmul_graph(path, qdq: str | None = None, weight_dtype=np.float32) -> str:
@@ -79,8 +80,71 @@ def test_fp8_graph_must_be_built_as_fp8(tmp_path):
 
 def test_fp16_on_a_strongly_typed_float32_graph_is_refused(tmp_path):
     graph = inspect_onnx(_matmul_graph(tmp_path / "int8.onnx", qdq="int8"))
-    with pytest.raises(ValueError, match="precision=fp16 has no effect on this graph"):
+    with pytest.raises(ValueError, match="precision=fp16 has no effect on this float32 graph"
+                                         r".*Q/DQ nodes.*export --dtype fp16"):
         resolve_build_config(BuildConfig(precision="fp16"), graph)
+
+
+def test_half_graph_builds_strongly_typed_in_its_own_type(tmp_path):
+    """An export with --dtype fp16 states its types: no builder flags, precision must
+    agree, and the answer is the same with or without weak typing (TensorRT 10 or 11)."""
+    graph = inspect_onnx(_matmul_graph(tmp_path / "half.onnx", weight_dtype=np.float16))
+    assert graph.compute_type == "float16"
+    for weak_typing in (True, False):
+        config = resolve_build_config(BuildConfig(precision="fp16"), graph, weak_typing)
+        assert config.strongly_typed
+        assert network_flags(config) == ["STRONGLY_TYPED"] and trt_flags(config) == []
+    for other in ("fp32", "bf16"):
+        with pytest.raises(ValueError, match=f"precision={other} does not match the graph, "
+                                             r"which computes in float16.*--precision fp16"):
+            resolve_build_config(BuildConfig(precision=other), graph)
+
+
+def test_without_weak_typing_an_fp32_graph_builds_only_fp32(tmp_path):
+    """TensorRT 11 removed BuilderFlag.FP16/BF16: an fp32 graph is strongly typed there,
+    so fp16 must come from the export."""
+    graph = inspect_onnx(_matmul_graph(tmp_path / "plain.onnx"))
+    config = resolve_build_config(BuildConfig(precision="fp32"), graph, weak_typing=False)
+    assert config.strongly_typed and trt_flags(config) == []
+    with pytest.raises(ValueError, match=r"TensorRT >= 11 builds nothing else.*"
+                                         r"export --dtype bf16"):
+        resolve_build_config(BuildConfig(precision="bf16"), graph, weak_typing=False)
+
+
+def test_weak_typing_is_tensorrt_10_only():
+    assert weak_typing_available("tensorrt", "10.13.3.9")
+    assert not weak_typing_available("tensorrt", "11.4.0.106")
+    assert weak_typing_available("onnxruntime", "1.32.0")
+
+
+def test_fp8_graph_in_half_precision_is_fp8(tmp_path):
+    """An FP8 export with --dtype fp16: Q/DQ types from the FP8 weights' DequantizeLinear
+    (a two-input DQ, no zero point) too, and fp8 is the only precision that builds it."""
+    graph = inspect_onnx(_fp8_weight_graph(tmp_path / "fp8w.onnx"))
+    assert graph.qdq_types == {"float8e4m3fn"} and graph.compute_type == "float16"
+    config = resolve_build_config(BuildConfig(precision="fp8"), graph, weak_typing=False)
+    assert config.strongly_typed and trt_flags(config) == []
+    with pytest.raises(ValueError, match="build it with --precision fp8"):
+        resolve_build_config(BuildConfig(precision="fp16"), graph)
+
+
+def _fp8_weight_graph(path) -> str:
+    """x (fp16) @ DequantizeLinear(W8, scale) with an FP8 weight and an fp16 scale."""
+    import ml_dtypes
+
+    weight = numpy_helper.from_array(np.ones((8, 4), ml_dtypes.float8_e4m3fn), "W8")
+    scale = numpy_helper.from_array(np.full(4, 0.5, np.float16), "W_scale")
+    bias = numpy_helper.from_array(np.zeros(4, np.float16), "b")
+    nodes = [helper.make_node("DequantizeLinear", ["W8", "W_scale"], ["W"], axis=1),
+             helper.make_node("MatMul", ["x", "W"], ["xw"]),
+             helper.make_node("Add", ["xw", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT16, ["batch", 8])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT16, ["batch", 4])], [weight, scale, bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)
 
 
 def test_weight_streaming_forces_strong_typing(tmp_path):

@@ -102,11 +102,19 @@ def test_shape_check_names_the_tensor_dim_and_range(built):
         check_input_shapes(manifest, {"hidden_states": (1, 8, 64), "mask": (1, 8)})
 
 
-def test_ort_builds_fp32_only(connector_export, tiny, tmp_path):
+def test_ort_builds_the_exports_own_precision(connector_export, tiny, tmp_path):
+    """ORT has no weak typing: fp16 comes from an fp16 export, never from a flag; bf16 and
+    fp8 are TensorRT's (ORT's CPU provider has no bf16 kernels)."""
     onnx_path = connector_export[0] / "connector" / "model.onnx"
-    with pytest.raises(ValueError, match="precision=fp16 is not available with --runtime ort"):
-        build_ort_model(onnx_path, tmp_path, stage_specs(tiny)["connector"],
-                        shapes_from_dict({}, tiny), BuildConfig(precision="fp16"), tiny)
+    spec, shapes = stage_specs(tiny)["connector"], shapes_from_dict({}, tiny)
+    with pytest.raises(ValueError, match="precision=fp16 on .* which computes in float32: "
+                                         "--runtime ort runs an export as it is"):
+        build_ort_model(onnx_path, tmp_path, spec, shapes, BuildConfig(precision="fp16"), tiny)
+    for precision in ("bf16", "fp8"):
+        with pytest.raises(ValueError, match=f"precision={precision} is not available with "
+                                             "--runtime ort"):
+            build_ort_model(onnx_path, tmp_path, spec, shapes,
+                            BuildConfig(precision=precision), tiny)
 
 
 def test_graph_that_does_not_match_the_stage_spec_is_refused(connector_export, tiny, tmp_path):

@@ -41,17 +41,17 @@ def _build(onnx_dir, out, tiny, config):
 
 
 @pytest.fixture(scope="module")
-def fp16_engine(connector_export, tiny, tmp_path_factory):
+def fp16_engine(connector_export_fp16, tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("trt")
     config = BuildConfig(precision=Precision.FP16, workspace_gib=1,
                          timing_cache=out / "timing.cache")
-    return _build(connector_export[0], out, tiny, config), config
+    return _build(connector_export_fp16[0], out, tiny, config), config
 
 
-def test_fp16_engine_matches_torch_within_fp16_error(fp16_engine, connector_export):
+def test_fp16_engine_matches_torch_within_fp16_error(fp16_engine, connector_export_fp16):
     from cinema_trt.engines.trt_runtime import TensorRTRunner
 
-    module = connector_export[1]
+    module = connector_export_fp16[1]
     half_module = copy.deepcopy(module).to("cuda", torch.float16)
     runner = TensorRTRunner(fp16_engine[0].parent)
     for batch_seq in ((1, 32), (1, 97)):
@@ -105,23 +105,23 @@ def test_cuda_graphs_and_shared_memory_give_the_plain_results(fp16_engine):
     assert len(graphed._buckets) == 2
 
 
-def test_unchanged_build_reuses_the_plan(fp16_engine, connector_export, tiny):
+def test_unchanged_build_reuses_the_plan(fp16_engine, connector_export_fp16, tiny):
     plan, config = fp16_engine
     stamp = plan.stat().st_mtime_ns
-    assert _build(connector_export[0], plan.parent.parent, tiny, config) == plan
+    assert _build(connector_export_fp16[0], plan.parent.parent, tiny, config) == plan
     assert plan.stat().st_mtime_ns == stamp
 
 
-def test_rebuild_with_the_timing_cache_is_faster(connector_export, tiny, tmp_path):
+def test_rebuild_with_the_timing_cache_is_faster(connector_export_fp16, tiny, tmp_path):
     cache = tmp_path / "timing.cache"
     config = BuildConfig(precision=Precision.FP16, workspace_gib=1, optimization_level=5,
                          timing_cache=cache)
     start = time.perf_counter()
-    _build(connector_export[0], tmp_path / "first", tiny, config)
+    _build(connector_export_fp16[0], tmp_path / "first", tiny, config)
     cold = time.perf_counter() - start
     assert cache.stat().st_size > 0
     start = time.perf_counter()
-    _build(connector_export[0], tmp_path / "second", tiny, config)  # new folder: no plan reuse
+    _build(connector_export_fp16[0], tmp_path / "second", tiny, config)  # no plan reuse
     warm = time.perf_counter() - start
     assert warm < cold, (warm, cold)
 
@@ -152,8 +152,25 @@ def _fp32(weights, inputs):
     return (torch.softmax(scores, dim=-1) @ hidden) @ weights["proj"]
 
 
-def test_bf16_build_is_a_different_engine(fp16_engine, connector_export, tiny):
+def test_another_build_option_is_a_different_engine(fp16_engine, connector_export_fp16,
+                                                     tiny):
     plan, config = fp16_engine
-    bf16 = dataclasses.replace(config, precision=Precision.BF16)
-    other = _build(connector_export[0], plan.parent.parent / "bf16", tiny, bf16)
+    other_config = dataclasses.replace(config, optimization_level=1)
+    other = _build(connector_export_fp16[0], plan.parent.parent / "level1", tiny, other_config)
     assert read_manifest(other.parent).cache_key != read_manifest(plan.parent).cache_key
+
+
+def test_weakly_typed_fp16_of_an_fp32_graph_on_tensorrt_10_only(connector_export, tiny,
+                                                                tmp_path):
+    """TensorRT 10 still builds an fp32 graph with BuilderFlag.FP16 (deprecated); TensorRT
+    11 has no such flag, and the build is refused before TensorRT is called."""
+    import tensorrt as trt
+    from packaging.version import Version
+
+    config = BuildConfig(precision=Precision.FP16, workspace_gib=1)
+    if Version(trt.__version__).major >= 11:
+        with pytest.raises(ValueError, match="TensorRT >= 11 builds nothing else"):
+            _build(connector_export[0], tmp_path, tiny, config)
+        return
+    plan = _build(connector_export[0], tmp_path, tiny, config)
+    assert not read_manifest(plan.parent).build_config["strongly_typed"]

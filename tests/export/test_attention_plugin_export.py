@@ -19,7 +19,30 @@ def test_dit_exports_with_one_plugin_node_per_block(tiny_config, tmp_path):
     assert len(nodes) == tiny_config.dit.depth
 
 
-def test_the_plugin_cannot_combine_with_fp8(tiny_config, tmp_path):
-    with pytest.raises(ValueError, match="attention_plugin cannot combine with fp8"):
+def test_the_plugin_needs_half_precision_around_fp8(tiny_config, tmp_path):
+    """A strongly typed FP8 build keeps the graph's types, and the plugin takes fp16/bf16:
+    with --dtype fp32 the combination is refused before any work."""
+    with pytest.raises(ValueError, match="attention_plugin with fp8 needs dtype fp16 or bf16"):
         export_stages(tiny_config, tmp_path, stages=["dit"], fp8=True, attention_plugin=True)
     assert not (tmp_path / "dit" / "manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_fp8_dit_in_fp16_carries_the_plugin(tiny_config, tmp_path):
+    """--fp8 --dtype fp16 --attention-plugin: FP8 GEMMs, fp16 elsewhere, the Triton kernel
+    as plugin nodes fed fp16 tensors; the engine side accepts it for an fp8 build."""
+    from cinema_trt.engines.config import BuildConfig, inspect_onnx, resolve_build_config
+
+    [result] = export_stages(tiny_config, tmp_path, stages=["dit"], progress=False,
+                             fp8=True, dtype="fp16", attention_plugin=True)
+    model = onnx.load(str(tmp_path / "dit" / "model.onnx"))
+    nodes = plugin_nodes(model)
+    assert len(nodes) == tiny_config.dit.depth
+    types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    integers = {onnx.TensorProto.INT32, onnx.TensorProto.INT64}  # valid key lengths
+    assert {types[name] for node in nodes for name in node.input if name in types} - \
+        integers == {onnx.TensorProto.FLOAT16}
+    graph = inspect_onnx(tmp_path / "dit" / "model.onnx")
+    assert graph.has_fp8 and graph.compute_type == "float16"
+    assert resolve_build_config(BuildConfig(precision="fp8"), graph,
+                                weak_typing=False).strongly_typed

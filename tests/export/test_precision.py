@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cinema_trt.export.manifest import EXPORT_PRECISIONS, Manifest
+from cinema_trt.export.manifest import Manifest
 from cinema_trt.models.presets import Precision, get_preset
 from cinema_trt.models.specs import stage_specs
 
@@ -28,10 +28,13 @@ def test_export_and_engines_share_the_enum():
     assert [p.value for p in Precision] == ["fp32", "fp16", "bf16", "fp8"]
 
 
-def test_manifests_read_export_precisions_only():
-    assert EXPORT_PRECISIONS == (Precision.FP32, Precision.FP8)
-    assert Manifest.from_dict(_manifest_dict("fp8")).precision is Precision.FP8
-    with pytest.raises(ValueError, match="manifest precision 'fp16' is not an export precision"):
-        Manifest.from_dict(_manifest_dict("fp16"))
+def test_manifests_read_every_precision_and_default_to_float32_compute():
+    """fp16/bf16 are export precisions since `export --dtype`; a manifest written before
+    `compute_dtype` existed is an fp32-compute graph."""
+    for precision in Precision:
+        assert Manifest.from_dict(_manifest_dict(precision.value)).precision is precision
+    old = _manifest_dict("fp8")
+    del old["compute_dtype"]
+    assert Manifest.from_dict(old).compute_dtype == "float32"
     with pytest.raises(ValueError, match=r"precision='int4' is not supported; choose one of"):
         Manifest.from_dict(_manifest_dict("int4"))

@@ -1,0 +1,117 @@
+"""The float type a graph computes in: fp32, or fp16/bf16 for strongly typed TensorRT builds.
+
+TensorRT 10.12 deprecated weakly typed builds (`--precision fp16` on an fp32 graph, where
+the builder picks layer types) and TensorRT 11 removed them: an engine now runs in the
+types its ONNX graph states. So the exporter writes half-precision graphs itself: the
+stage module is cast to fp16/bf16 and wrapped so the graph's inputs and outputs stay
+float32, as every stage spec says (the runners, the Triton configs and the sampler's fp32
+latents are untouched; TensorRT fuses the boundary casts into the first and last layers).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+
+import torch
+from torch import nn
+
+from cinema_trt.models.presets import Precision
+
+# export dtype -> (torch dtype, ONNX element type name as engines/config.py spells it)
+EXPORT_DTYPES = {Precision.FP32: (torch.float32, "float32"),
+                 Precision.FP16: (torch.float16, "float16"),
+                 Precision.BF16: (torch.bfloat16, "bfloat16")}
+# opset 19's Conv (and ConvTranspose, AveragePool) take no bfloat16; opset 22 added it.
+# fp32/fp16 graphs stay on 19, the opset every TensorRT 10 parses.
+BF16_OPSET = 22
+# the attribute CastedModule keeps the wrapped module under: traced layer paths gain it as
+# a prefix ("module.blocks.0.attn.qkv") until `unwrap_scopes` removes it
+CASTED_SCOPE = "module"
+_SCOPES_KEY, _CLASSES_KEY = "pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy"
+
+
+def parse_dtype(value: "str | Precision") -> Precision:
+    """Precision.FP32/FP16/BF16 from 'fp32' | 'fp16' | 'bf16'; ValueError otherwise."""
+    precision = Precision.parse(value)
+    if precision not in EXPORT_DTYPES:
+        raise ValueError(f"dtype={precision.value!r} is not a compute dtype; choose one of "
+                         f"{[p.value for p in EXPORT_DTYPES]} (FP8 is --fp8, on top of one)")
+    return precision
+
+
+def torch_dtype(precision: Precision) -> torch.dtype:
+    return EXPORT_DTYPES[precision][0]
+
+
+def onnx_type(precision: Precision) -> str:
+    return EXPORT_DTYPES[precision][1]
+
+
+def opset_for(precision: Precision, default: int) -> int:
+    return max(default, BF16_OPSET) if precision is Precision.BF16 else default
+
+
+class CastedModule(nn.Module):
+    """`module` in `dtype` behind a float32 interface: floating inputs are cast to `dtype`
+    on the way in, floating outputs to float32 on the way out. Build it with `cast_module`,
+    which gives forward the wrapped module's parameter names."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        setattr(self, CASTED_SCOPE, copy.deepcopy(module).to(dtype).eval())
+        self.dtype = dtype
+
+    def forward(self, *args, **kwargs):
+        args = [_cast(a, self.dtype) for a in args]
+        kwargs = {k: _cast(v, self.dtype) for k, v in kwargs.items()}
+        out = self.module(*args, **kwargs)
+        if isinstance(out, tuple):
+            return tuple(_cast(o, torch.float32) for o in out)
+        return _cast(out, torch.float32)
+
+
+def _cast(value, dtype: torch.dtype):
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.to(dtype)
+    return value
+
+
+def cast_module(module: nn.Module, precision: Precision) -> nn.Module:
+    """`module` itself for fp32, else a CastedModule copy in fp16/bf16.
+
+    torch.export matches the stage spec's dynamic shapes to forward's parameter names, so
+    the copy's class gets a forward whose signature is the wrapped module's.
+    """
+    if precision is Precision.FP32:
+        return module
+    signature = inspect.signature(module.forward)
+    self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+    def forward(self, *args, **kwargs):
+        return CastedModule.forward(self, *args, **kwargs)
+
+    forward.__signature__ = signature.replace(
+        parameters=[self_parameter, *signature.parameters.values()])
+    casted = type(f"Casted{type(module).__name__}", (CastedModule,), {"forward": forward})
+    return casted(module, torch_dtype(precision)).eval()
+
+
+def unwrap_scopes(model) -> None:
+    """Remove CastedModule's level from every node's module metadata (in place), so a
+    half-precision graph names its layers as the fp32 graph does: the FP8 pass, profilers
+    and tests see "blocks.0.attn.qkv", not "module.blocks.0.attn.qkv"."""
+    import ast
+
+    prefix = f"{CASTED_SCOPE}."
+    for node in model.graph.node:
+        meta = {p.key: p for p in node.metadata_props}
+        if _SCOPES_KEY not in meta or _CLASSES_KEY not in meta:
+            continue
+        scopes = ast.literal_eval(meta[_SCOPES_KEY].value)
+        classes = ast.literal_eval(meta[_CLASSES_KEY].value)
+        # scopes: ['', 'module', 'module.blocks', ...]; classes: [Casted*, CinemaDiT, ...]
+        if len(scopes) < 2 or scopes[1] != CASTED_SCOPE:
+            continue
+        meta[_SCOPES_KEY].value = repr(["", *(s.removeprefix(prefix) for s in scopes[2:])])
+        meta[_CLASSES_KEY].value = repr(classes[1:])

@@ -1,0 +1,187 @@
+"""`export --dtype fp16|bf16`: graphs that compute in half precision behind float32 I/O,
+checked against PyTorch in the same dtype, and FP8 graphs with fp16/bf16 outside Q/DQ.
+
+Tolerances are derived, not guessed: a half-precision graph's error to torch fp32 may be at
+most a small factor of the error PyTorch itself makes in that dtype on the same inputs
+(export/driver.py HALF_ERROR_FACTOR: 2x fp16, 3x bf16).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from cinema_trt.engines.config import inspect_onnx, resolve_build_config, BuildConfig
+from cinema_trt.export.compare import error_stats
+from cinema_trt.export.driver import (HALF_ERROR_FACTOR, ExportError, _validate, export_stages)
+from cinema_trt.export.dtype import BF16_OPSET, cast_module, parse_dtype
+from cinema_trt.export.fp8 import fp8_gemm_layers
+from cinema_trt.export.manifest import read_manifest
+from cinema_trt.export.ort import OrtRunner, ort_runners
+from cinema_trt.export.stages import sample_inputs, stage_exports
+from cinema_trt.models.factory import build_models, torch_runners
+from cinema_trt.models.pipeline import CinemaPipeline
+from cinema_trt.models.presets import Precision
+
+log = logging.getLogger(__name__)
+
+
+@pytest.fixture(scope="module")
+def fp16_export(tiny_config, tmp_path_factory):
+    """Every tiny stage exported in fp16 (~55 s on 2 cores)."""
+    out = tmp_path_factory.mktemp("onnx_fp16")
+    results = export_stages(tiny_config, out, dtype="fp16", progress=False)
+    return out, {r.stage: r for r in results}
+
+
+@pytest.fixture(scope="module")
+def bf16_export(tiny_config, tmp_path_factory):
+    """The DiT, connector and VAE decoder (Conv: opset 22) in bf16, checked through onnx's
+    reference evaluator."""
+    out = tmp_path_factory.mktemp("onnx_bf16")
+    results = export_stages(tiny_config, out, stages=["connector", "dit", "vae_decoder"],
+                            dtype="bf16", progress=False)
+    return out, {r.stage: r for r in results}
+
+
+def test_cast_module_keeps_the_interface_and_computes_in_half(tiny_models):
+    dit = tiny_models.dit
+    half = cast_module(dit, Precision.FP16)
+    assert list(inspect.signature(half.forward).parameters) == \
+        list(inspect.signature(dit.forward).parameters)
+    assert {p.dtype for p in half.parameters()} == {torch.float16}
+    assert dit.patch_embed.weight.dtype == torch.float32  # the original is untouched
+    assert cast_module(dit, Precision.FP32) is dit
+    export = stage_exports(tiny_models, ("dit",))["dit"]
+    inputs = sample_inputs(tiny_models, "dit", export.checks[0])
+    with torch.inference_mode():
+        out, ref = half(**inputs), dit(**inputs)
+    assert out.dtype == torch.float32
+    stats = error_stats(out, ref)
+    # fp16 rounding (~5e-4 per value) through the tiny DiT, but not equal
+    assert 0 < stats.rel_l2 < 2e-2, stats
+
+
+@pytest.mark.parametrize("value, message", [("fp8", "not a compute dtype"),
+                                            ("int8", "precision='int8' is not supported")])
+def test_parse_dtype_refuses_what_is_not_a_compute_dtype(value, message):
+    with pytest.raises(ValueError, match=message):
+        parse_dtype(value)
+
+
+def test_fp16_export_states_its_types(fp16_export):
+    """Weights in fp16, I/O in float32 (the stage specs'), opset 19, and the engine side
+    reads it as an fp16 graph that builds strongly typed."""
+    out, results = fp16_export
+    for stage, result in results.items():
+        manifest = read_manifest(out / stage)
+        assert result.precision is Precision.FP16
+        assert (manifest.precision, manifest.compute_dtype, manifest.opset) == \
+            (Precision.FP16, "float16", 19)
+        graph = inspect_onnx(out / stage / "model.onnx")
+        assert graph.compute_type == "float16", stage
+        assert set(graph.inputs.values()) <= {"float32", "int64"}, (stage, graph.inputs)
+        assert set(graph.outputs.values()) == {"float32"}
+        assert resolve_build_config(BuildConfig(precision="fp16"), graph,
+                                    weak_typing=False).strongly_typed
+
+
+def test_fp16_graphs_match_torch_within_twice_torchs_fp16_error(fp16_export, tiny_models):
+    """On a shape the exporter did not check (seed 7): |ORT fp16 - torch fp32| <= 2 x
+    |torch fp16 - torch fp32|, plus the fp32 floor of 1e-4 of the output scale."""
+    out, _ = fp16_export
+    exports = stage_exports(tiny_models, tuple(["connector", "dit", "vae_decoder"]))
+    for stage, export in exports.items():
+        inputs = sample_inputs(tiny_models, stage, export.checks[1], seed=7)
+        with torch.inference_mode():
+            ref = export.module(**inputs)
+            same = cast_module(export.module, Precision.FP16)(**inputs)
+        got = OrtRunner(out / stage).run(inputs)[export.spec.output_names[0]]
+        graph, torch_half = error_stats(got, ref), error_stats(same, ref)
+        log.info("%s fp16: graph %.2e, torch %.2e", stage, graph.rel_max, torch_half.rel_max)
+        assert graph.rel_max <= max(2 * torch_half.rel_max, 1e-4), (stage, graph, torch_half)
+
+
+def test_fp16_pipeline_on_ort_matches_torch(fp16_export, tiny_models, request_and_reference,
+                                            psnr):
+    """Every stage fp16 on ONNX Runtime against the torch fp32 video: >= 30 dB (measured
+    ~61 dB; fp32 graphs reach ~90 dB, a wrong stage ~14 dB)."""
+    request, reference = request_and_reference
+    runners = ort_runners(fp16_export[0])
+    assert set(runners) == set(torch_runners(tiny_models))
+    video = CinemaPipeline(tiny_models.config, runners, tiny_models.processor).generate(request)
+    value = psnr(video, reference)
+    log.info("fp16 ORT pipeline PSNR vs torch fp32: %.1f dB", value)
+    assert value >= 30.0
+
+
+def test_a_half_graph_that_computes_something_else_is_refused(fp16_export, tiny_config):
+    """The gate can fail: the exported fp16 connector judged against other weights."""
+    out, _ = fp16_export
+    other = build_models(tiny_config, seed=1)  # the export used seed 0
+    export = stage_exports(other, ("connector",))["connector"]
+    manifest = read_manifest(out / "connector")
+    with pytest.raises(ExportError, match="float16 graph differs from torch fp32"):
+        _validate("connector", export, other, out / "connector", manifest,
+                  cast_module(export.module, Precision.FP16))
+
+
+def test_bf16_export_is_opset_22_and_checked_by_the_reference_evaluator(bf16_export):
+    """opset 19's Conv takes no bfloat16, so bf16 graphs are opset 22; ORT's CPU provider
+    has no bf16 kernels, so the exporter checked them with onnx's reference evaluator, and
+    OrtRunner says so instead of failing inside ORT."""
+    out, results = bf16_export
+    for stage, result in results.items():
+        manifest = read_manifest(out / stage)
+        assert (manifest.precision, manifest.compute_dtype, manifest.opset) == \
+            (Precision.BF16, "bfloat16", BF16_OPSET)
+        assert inspect_onnx(out / stage / "model.onnx").compute_type == "bfloat16"
+        validation = manifest.validation
+        assert validation["rel_max"] <= validation["tolerance"]
+        assert validation["tolerance"] == pytest.approx(max(
+            1e-4, HALF_ERROR_FACTOR["bfloat16"] * validation["torch_bfloat16"]["rel_max"]))
+        assert result.error.cosine > 0.99, (stage, result.error)
+    with pytest.raises(ValueError, match="no bfloat16 kernels.*--dtype fp16"):
+        OrtRunner(out / "dit")
+
+
+def test_fp8_on_fp16_quantizes_the_same_layers_with_fp16_scales(tiny_config, fp8_export,
+                                                                tmp_path):
+    """FP8 with --dtype fp16: the recipe's layers as in the fp32 FP8 export, scales in
+    float16 (Q/DQ take the activation's type), everything outside Q/DQ in fp16, and the
+    accuracy gate passes (it adds fp16's own loss to the recipe's)."""
+    results = {r.stage: r for r in export_stages(tiny_config, tmp_path, stages=["dit"],
+                                                 fp8=True, dtype="fp16", progress=False)}
+    assert results["dit"].precision is Precision.FP8
+    model = onnx.load(str(tmp_path / "dit" / "model.onnx"))
+    fp32_fp8 = onnx.load(str(fp8_export[0] / "dit" / "model.onnx"))
+    assert fp8_gemm_layers(model) == fp8_gemm_layers(fp32_fp8) != {}
+    scales = [t for t in model.graph.initializer if t.name.endswith("_fp8_scale")]
+    assert scales and {t.data_type for t in scales} == {onnx.TensorProto.FLOAT16}
+    graph = inspect_onnx(tmp_path / "dit" / "model.onnx")
+    assert graph.compute_type == "float16" and graph.qdq_types == {"float8e4m3fn"}
+    manifest = read_manifest(tmp_path / "dit")
+    assert manifest.compute_dtype == "float16"
+    assert manifest.quantization["compute_dtype"] == "float16"
+    assert manifest.validation["cosine"] >= manifest.validation["min_cosine"]
+    # the fp32 FP8 export's layer record is the same set of layers (no "module." prefix)
+    assert set(manifest.quantization["layers"]) == \
+        set(read_manifest(fp8_export[0] / "dit").quantization["layers"])
+
+
+def test_fp16_scales_never_flush_to_zero():
+    """A tiny amax (1e-6) would give an fp16 scale of 2e-9, which is 0 in fp16: the scale is
+    held at fp16's smallest normal number instead, so Q never divides by zero."""
+    from cinema_trt.export.fp8 import _QDQBuilder, _numpy_dtype
+
+    graph = onnx.helper.make_graph([], "g", [], [])
+    builder = _QDQBuilder(graph, _numpy_dtype("float16"))
+    scale = builder._scale(np.asarray(1e-6 / 448, np.float32))
+    assert scale.dtype == np.float16 and scale == np.finfo(np.float16).tiny
+    assert _QDQBuilder(graph, _numpy_dtype("float32"))._scale(
+        np.asarray(1e-9, np.float32)) == np.float32(1e-9)
