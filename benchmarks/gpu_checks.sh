@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The GPU checks of issues #4/#5 in one command, for a CUDA machine without internet (the
+# project's lent H100/H200 image: torch, triton, transformers, onnx, onnxruntime, pytest;
+# no TensorRT). Run from the repository root:
+#
+#     bash benchmarks/gpu_checks.sh OUT_DIR
+#
+# 1. installs cinema-trt into a throwaway prefix without touching dependencies;
+# 2. runs every `gpu`-marked test (kernels on the GPU; the TensorRT tests skip without it)
+#    and keeps the log;
+# 3. runs the attention benchmark at the cinema shapes (JSON + markdown naming the GPU).
+# Commit OUT_DIR/attention-*.{json,md} under benchmarks/results/ with the device named.
+set -uo pipefail
+out="${1:?usage: bash benchmarks/gpu_checks.sh OUT_DIR}"
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; \
+print(torch.cuda.get_device_name(), torch.__version__)" || exit 2
+
+# --no-deps: the image's packages are used as they are (nothing can be fetched there)
+python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/cinema-site . \
+    || exit 2
+export PYTHONPATH=/tmp/cinema-site${PYTHONPATH:+:$PYTHONPATH}
+
+# from outside the checkout: its top-level kernels/ would shadow the installed package
+repo="$(pwd)"
+# (kernels and engines only: the serving tests import tritonclient, absent from the image)
+(cd /tmp && python3 -m pytest -m gpu -p no:cacheprovider -q -rs "$repo/tests/kernels" \
+    "$repo/tests/engines" \
+    2>&1 | tee "$out/gpu-tests.log")
+tests=${PIPESTATUS[0]}
+
+(cd /tmp && python3 -m cinema_trt.benchmarks.attention --out-dir "$out" \
+    2>&1 | tee "$out/attention.log")
+bench=${PIPESTATUS[0]}
+echo "gpu tests exit $tests, attention benchmark exit $bench"
+exit $(( tests || bench ))
