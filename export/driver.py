@@ -184,12 +184,14 @@ def export_stage(stage: str, export: StageExport, models, out_dir: Path,
     files = save_onnx(model, stage_dir / MODEL_FILE)
     del model
     check_onnx(files[0])
+    sidecars = {}
     if stage == "mllm_text":
         from .mllm_split import save_glue
 
-        save_glue(models.mllm, stage_dir)
-    manifest = _manifest(stage, export, models, precision, opset, files, quantization,
-                         onnx_type(dtype))
+        sidecars = save_glue(models.mllm, stage_dir)
+    manifest = dataclasses.replace(
+        _manifest(stage, export, models, precision, opset, files, quantization,
+                  onnx_type(dtype)), sidecars=sidecars)
     if export.attention_plugin:
         error = None
         validation = {"skipped": "TensorRT plugin nodes: ONNX Runtime cannot run this graph"}

@@ -84,6 +84,9 @@ class Manifest:
     # the float type of the graph's arithmetic (outside Q/DQ pairs): "float32", "float16"
     # or "bfloat16"; its inputs and outputs are the spec's dtypes whatever this is
     compute_dtype: str = "float32"
+    # files beside the graph that its runner reads (mllm_text: the HF config and token
+    # embeddings of export/mllm_split.py): name -> sha256, checked when they are loaded
+    sidecars: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def io_from_spec(cls, spec: StageSpec) -> dict[str, tuple[TensorEntry, ...]]:

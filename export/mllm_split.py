@@ -32,11 +32,13 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import (Qwen2VLVisionRotaryE
                                                             apply_rotary_pos_emb_vision)
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids
 
+from cinema_trt.models.fileio import sha256_file
 from cinema_trt.models.mllm import MLLMEncoder
 from cinema_trt.models.runner import FunctionRunner, Runner, Tensors
 
 HF_CONFIG_FILE = "qwen2vl_config.json"
 EMBEDDINGS_FILE = "embeddings.safetensors"
+GLUE_FILES = (HF_CONFIG_FILE, EMBEDDINGS_FILE)
 EMBEDDINGS_KEY = "embed_tokens.weight"
 
 
@@ -149,27 +151,52 @@ def split_modules(encoder: MLLMEncoder) -> dict[str, nn.Module]:
             "mllm_text": TextPrefill(encoder.model.language_model).eval()}
 
 
-def save_glue(encoder: MLLMEncoder, text_dir: str | os.PathLike) -> None:
-    """Write what `SplitMLLM` needs next to the mllm_text graph: HF config + embeddings."""
+def save_glue(encoder: MLLMEncoder, text_dir: str | os.PathLike) -> dict[str, str]:
+    """Write what `SplitMLLM` needs next to the mllm_text graph: HF config + embeddings.
+    Returns {file name: sha256} for the stage manifest's `sidecars`."""
     from safetensors.torch import save_file
 
     text_dir = Path(text_dir)
     (text_dir / HF_CONFIG_FILE).write_text(encoder.config.to_json_string())
     weight = encoder.model.language_model.embed_tokens.weight.detach().float().contiguous()
     save_file({EMBEDDINGS_KEY: weight}, str(text_dir / EMBEDDINGS_FILE))
+    return {name: sha256_file(text_dir / name) for name in GLUE_FILES}
+
+
+def check_glue(text_dir: Path, paths: dict[str, Path]) -> None:
+    """Each glue file in `paths` must exist and, where the folder's manifest records its
+    sha256 (exports from this version on), match it: the graph and its embeddings are one
+    model, and a swapped file would give fluent wrong answers."""
+    from .manifest import MANIFEST_FILE, read_stage
+
+    for path in paths.values():
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: the mllm_text export writes it; "
+                                    f"re-export with --stages mllm_text")
+    if not (text_dir / MANIFEST_FILE).is_file():
+        return
+    recorded = read_stage(text_dir).manifest.sidecars
+    for name, path in paths.items():
+        if name in recorded and sha256_file(path) != recorded[name]:
+            raise ValueError(f"{path} does not match the sha256 that {text_dir} recorded at "
+                             f"export; it belongs to another model. Re-export with "
+                             f"--stages mllm_text")
 
 
 def load_glue(text_dir: str | os.PathLike,
               embeddings: str | os.PathLike | None = None) -> SplitMLLM:
+    """The glue beside an mllm_text graph. `embeddings` names another copy of the token
+    embeddings (not hash-checked: a copy may be saved differently)."""
     from safetensors.torch import load_file
 
     text_dir = Path(text_dir)
     config_path = text_dir / HF_CONFIG_FILE
-    embeddings = Path(embeddings) if embeddings else text_dir / EMBEDDINGS_FILE
-    for path in (config_path, embeddings):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: the mllm_text export writes it; "
-                                    f"re-export with --stages mllm_text")
+    if embeddings is None:
+        embeddings = text_dir / EMBEDDINGS_FILE
+        check_glue(text_dir, {HF_CONFIG_FILE: config_path, EMBEDDINGS_FILE: embeddings})
+    else:  # another copy: it must exist, but is not the recorded file
+        embeddings = Path(embeddings)
+        check_glue(text_dir, {HF_CONFIG_FILE: config_path, "--embeddings": embeddings})
     hf_config = Qwen2VLConfig.from_dict(json.loads(config_path.read_text()))
     return SplitMLLM(hf_config, load_file(str(embeddings))[EMBEDDINGS_KEY])
 

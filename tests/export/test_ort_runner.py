@@ -83,3 +83,31 @@ def test_composed_mllm_matches_torch_mllm_stage(fp32_export, tiny_models, num_im
     with torch.inference_mode():
         ref = tiny_models.mllm(**inputs)
     assert error_stats(got, ref).rel_max <= FP32_TOLERANCE
+
+
+def test_mllm_glue_is_checked_against_the_export_manifest(fp32_export, tmp_path):
+    """The mllm_text manifest records the sha256 of its glue files (HF config, token
+    embeddings); a swapped file is refused with the stage named, before any run."""
+    import shutil
+
+    from cinema_trt.export.manifest import read_manifest
+    from cinema_trt.export.mllm_split import EMBEDDINGS_FILE, GLUE_FILES, load_glue
+    from cinema_trt.models.fileio import sha256_file
+
+    source = fp32_export[0] / "mllm_text"
+    sidecars = read_manifest(source).sidecars
+    assert set(sidecars) == set(GLUE_FILES)
+    assert all(sidecars[name] == sha256_file(source / name) for name in GLUE_FILES)
+    text_dir = tmp_path / "mllm_text"
+    shutil.copytree(source, text_dir)
+    load_glue(text_dir)  # an intact copy loads
+    embeddings = text_dir / EMBEDDINGS_FILE
+    data = bytearray(embeddings.read_bytes())
+    data[-1] ^= 0x01  # one bit of one weight
+    embeddings.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="does not match the sha256 .* recorded at export"):
+        load_glue(text_dir)
+    # a copy named explicitly is the caller's choice: it must exist, it is not hash-checked
+    load_glue(text_dir, embeddings=source / EMBEDDINGS_FILE)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        load_glue(text_dir, embeddings=tmp_path / "nowhere.safetensors")
