@@ -1,6 +1,5 @@
 """The benchmark's ONNX cache: a cached stage is reused only when its manifest matches the
-weights, config, precision and files being benchmarked (tested on the tiny connector, the
-fastest stage to export: ~5 s)."""
+weights, config, precision and files being benchmarked (on the exported tiny connector)."""
 
 from __future__ import annotations
 
@@ -9,15 +8,7 @@ import pytest
 pytest.importorskip("onnxruntime", reason="needs the onnx extra")
 
 from cinema_trt.benchmarks.exports import stale_stages  # noqa: E402
-from cinema_trt.export.driver import export_stages  # noqa: E402
 from cinema_trt.models.factory import build_models  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def exported(tiny_config, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("onnx")
-    export_stages(tiny_config, folder, stages=["connector"], progress=False)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """`--threads` reaches ONNX Runtime: `ort_runners(..., threads=n)` (what the benchmark's ort
-variants load) gives every session n intra-op threads. Tested on the tiny connector, the
-fastest stage to export (~5 s)."""
+variants load) gives every session n intra-op threads (on the exported tiny connector)."""
 
 from __future__ import annotations
 
@@ -8,15 +7,7 @@ import pytest
 
 pytest.importorskip("onnxruntime", reason="needs the onnx extra")
 
-from cinema_trt.export.driver import export_stages  # noqa: E402
 from cinema_trt.export.ort import ort_runners  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def exported(tiny_config, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("onnx")
-    export_stages(tiny_config, folder, stages=["connector"], progress=False)
-    return folder
 
 
 def _intra_op_threads(runner) -> int:
