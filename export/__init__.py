@@ -9,7 +9,6 @@
     calibration.py  calibration on real pipeline runs
     driver.py       export_stages: the library entry point of `cinema-trt export`
     ort.py          OrtRunner / ort_runners: the pipeline on ONNX Runtime
-    reference.py    onnx's reference evaluator as a runner, for bf16 graphs ORT cannot run
 
 The main names are importable from here; they load on first use, so reading a manifest
 does not import the exporter.

@@ -115,3 +115,47 @@ def unwrap_scopes(model) -> None:
             continue
         meta[_SCOPES_KEY].value = repr(["", *(s.removeprefix(prefix) for s in scopes[2:])])
         meta[_CLASSES_KEY].value = repr(classes[1:])
+
+
+def round_parameters(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A float32 copy of `module` whose floating parameters and buffers are rounded to
+    `dtype`: the function a `dtype` graph computes, evaluated in float32 arithmetic."""
+    rounded = copy.deepcopy(module).float().eval()
+    with torch.no_grad():
+        for tensor in (*rounded.parameters(), *rounded.buffers()):
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.to(dtype).float())
+    return rounded
+
+
+def upcast_bfloat16(model):
+    """A copy of an ONNX model with every bfloat16 (initializers, constants, casts, value
+    types) made float32: the same graph, run in float32 arithmetic. ONNX Runtime's CPU
+    provider has no bf16 kernels, so this is how a bf16 export's graph is checked there."""
+    import numpy as np
+    from onnx import AttributeProto, TensorProto, numpy_helper
+
+    bf16, fp32 = TensorProto.BFLOAT16, TensorProto.FLOAT
+
+    def upcast(tensor):
+        if tensor.data_type != bf16:
+            return tensor
+        return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32),
+                                       tensor.name)
+
+    out = copy.deepcopy(model)
+    graph = out.graph
+    initializers = [upcast(t) for t in graph.initializer]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    for value in (*graph.value_info, *graph.input, *graph.output):
+        if value.type.tensor_type.elem_type == bf16:
+            value.type.tensor_type.elem_type = fp32
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == AttributeProto.TENSOR:  # Constant, ConstantOfShape
+                attr.t.CopyFrom(upcast(attr.t))
+            elif attr.type == AttributeProto.INT and attr.name in ("to", "dtype") \
+                    and attr.i == bf16:  # Cast(to=...), EyeLike/Random*(dtype=...)
+                attr.i = fp32
+    return out
