@@ -65,7 +65,8 @@ def register(subparsers) -> None:
                         "both are max calibration over the same pipeline runs")
     p.add_argument("--attention-plugin", action="store_true",
                    help="DiT attention as Triton-kernel TensorRT plugin nodes (TensorRT only; "
-                        "build with --precision fp16 or bf16, or export with --dtype fp16)")
+                        "the plugin takes fp16/bf16: use --dtype fp16 or bf16, or on "
+                        "TensorRT 10 build an fp32 export with --precision fp16)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
