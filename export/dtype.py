@@ -5,7 +5,8 @@ the builder picks layer types) and TensorRT 11 removed them: an engine now runs 
 types its ONNX graph states. So the exporter writes half-precision graphs itself: the
 stage module is cast to fp16/bf16 and wrapped so the graph's inputs and outputs stay
 float32, as every stage spec says (the runners, the Triton configs and the sampler's fp32
-latents are untouched; TensorRT fuses the boundary casts into the first and last layers).
+latents are untouched; the boundary casts cost one elementwise pass over inputs and
+outputs).
 """
 
 from __future__ import annotations
