@@ -1,8 +1,8 @@
 """ONNX exports for the benchmark, kept in a cache folder and reused only when they match.
 
 A cached stage is reused when its manifest says it was exported from exactly the weights
-being benchmarked (state-dict hash), with the same config, precision and exporter library
-versions, and its files still hash to what the manifest recorded. Anything else is
+being benchmarked (state-dict hash), with the same config, precision, compute dtype and
+exporter library versions, and its files still hash to what the manifest recorded. Anything else is
 re-exported, stage by stage, so a changed DiT does not cost a new MLLM export.
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 from cinema_trt.export.manifest import (EXTERNAL_DATA_FILE, MODEL_FILE, Precision,
                                         exporter_versions, files_sha256, read_manifest,
                                         state_dict_sha256)
+from cinema_trt.export.dtype import onnx_type, parse_dtype
 from cinema_trt.export.stages import EXPORT_STAGES, stage_exports
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def _json_normalized(data: dict) -> dict:
 
 
 def _stale_reason(stage_dir: Path, module, config_dict: dict, precision: Precision,
-                  versions: dict[str, str]) -> str | None:
+                  compute: str, versions: dict[str, str]) -> str | None:
     """Why the cached export of one stage cannot be reused, or None if it can."""
     try:
         manifest = read_manifest(stage_dir)
@@ -51,6 +52,7 @@ def _stale_reason(stage_dir: Path, module, config_dict: dict, precision: Precisi
         files.append(stage_dir / EXTERNAL_DATA_FILE)
     checks = (
         (manifest.precision is precision, f"precision {manifest.precision.value}"),
+        (manifest.compute_dtype == compute, f"computes in {manifest.compute_dtype}"),
         (manifest.config == config_dict, "another model config"),
         (manifest.versions == versions, f"exporter versions {manifest.versions}"),
         (all(f.is_file() for f in files), "model files missing"),
@@ -64,23 +66,26 @@ def _stale_reason(stage_dir: Path, module, config_dict: dict, precision: Precisi
     return None
 
 
-def stale_stages(models, folder: Path, stages: tuple[str, ...], fp8: bool) -> dict[str, str]:
-    """{stage: reason} for every stage of `stages` whose cached export must be redone."""
+def stale_stages(models, folder: Path, stages: tuple[str, ...], fp8: bool,
+                 dtype: str = "fp32") -> dict[str, str]:
+    """{stage: reason} for every stage of `stages` whose cached export must be redone.
+    dtype: what the graphs compute in (export --dtype); with fp8, outside the Q/DQ."""
     config_dict = _json_normalized(models.config.to_dict())
     versions = exporter_versions()
     modules = {s: e.module for s, e in stage_exports(models, stages).items()}
+    compute = parse_dtype(dtype)
     stale = {}
     for stage in stages:
-        precision = Precision.FP8 if fp8 and stage in FP8_STAGES else Precision.FP32
+        precision = Precision.FP8 if fp8 and stage in FP8_STAGES else compute
         reason = _stale_reason(folder / stage, modules[stage], config_dict, precision,
-                               versions)
+                               onnx_type(compute), versions)
         if reason is not None:
             stale[stage] = reason
     return stale
 
 
-def ensure_export(models, folder: Path, fp8: bool = False) -> ExportCache:
-    """Every stage fp32 (or the FP8_STAGES with FP8 Q/DQ when `fp8`) under `folder`,
+def ensure_export(models, folder: Path, fp8: bool = False, dtype: str = "fp32") -> ExportCache:
+    """Every stage in `dtype` (or the FP8_STAGES with FP8 Q/DQ when `fp8`) under `folder`,
     exported now unless a matching export is already there.
 
     The exporter builds the preset's seeded weights itself, so `models` must be
@@ -89,14 +94,15 @@ def ensure_export(models, folder: Path, fp8: bool = False) -> ExportCache:
     from cinema_trt.export.driver import export_stages
 
     stages = FP8_STAGES if fp8 else EXPORT_STAGES
-    stale = stale_stages(models, folder, stages, fp8)
+    kind = f"fp8 ({dtype})" if fp8 else dtype
+    stale = stale_stages(models, folder, stages, fp8, dtype)
     for stage, reason in stale.items():
-        log.info("%s: exporting %s to %s (cache: %s)", "fp8" if fp8 else "fp32", stage,
-                 folder, reason)
+        log.info("%s: exporting %s to %s (cache: %s)", kind, stage, folder, reason)
     start = time.perf_counter()
     if stale:
-        export_stages(models.config, folder, stages=tuple(stale), fp8=fp8, progress=False)
-        still = stale_stages(models, folder, tuple(stale), fp8)
+        export_stages(models.config, folder, stages=tuple(stale), fp8=fp8, dtype=dtype,
+                      progress=False)
+        still = stale_stages(models, folder, tuple(stale), fp8, dtype)
         if still:
             raise RuntimeError(f"fresh exports in {folder} do not match the benchmarked "
                                f"models: {still}; the exporter built different weights")

@@ -5,10 +5,11 @@ measured, and for everything else a `Skip` with the reason. `build_variant` then
 builds and loads what one pair needs, just before it is timed.
 
     torch     eager PyTorch; fp32 anywhere, fp16/bf16 on CUDA
-    ort       ONNX Runtime on the exported graphs; fp32, and fp8 = the fp32 graphs with
-              the DiT replaced by its FP8 Q/DQ graph
-    tensorrt  engines built from the exports (needs CUDA and the `tensorrt` module);
-              fp8 = the fp16 engines with an FP8 DiT engine
+    ort       ONNX Runtime on the exported graphs: fp32 and fp16 exports (`--dtype`), and
+              fp8 = the fp32 graphs with the DiT replaced by its FP8 Q/DQ graph
+    tensorrt  engines built strongly typed from exports in their precision (needs CUDA and
+              the `tensorrt` module); fp8 = the fp16 engines with an FP8 DiT engine whose
+              export computes in fp16 outside the Q/DQ
 """
 
 from __future__ import annotations
@@ -92,8 +93,9 @@ def _skip_reason(runtime: str, precision: str, device: str) -> str | None:
             return f"{precision} eager is measured on CUDA only (CPU kernels emulate it)"
         return None
     if runtime == "ort":
-        if precision in ("fp16", "bf16"):
-            return f"the exporter writes fp32 and FP8 graphs only, no {precision} graph"
+        if precision == "bf16":
+            return ("bf16 graphs run on TensorRT: ONNX Runtime's CPU provider has no bf16 "
+                    "kernels")
         return _onnx_missing()
     return _onnx_missing() or _tensorrt_missing(device)
 
@@ -111,9 +113,10 @@ def plan_variants(bench: BenchConfig) -> tuple[list[tuple[str, str]], list[Skip]
     return planned, skipped
 
 
-def _export_dirs(bench: BenchConfig, models) -> tuple[Path, Path]:
+def _export_dir(bench: BenchConfig, models, dtype: str, fp8: bool = False) -> Path:
+    """The cache folder of the exports computing in `dtype` (the FP8 DiT's: `fp8`)."""
     root = Path(bench.cache_dir) / models.config.name
-    return root / "onnx-fp32", root / "onnx-fp8"
+    return root / (f"onnx-fp8-{dtype}" if fp8 else f"onnx-{dtype}")
 
 
 def _torch_variant(models, precision: str, bench: BenchConfig) -> Variant:
@@ -145,15 +148,17 @@ def overlay(folder: Path, base: Path, swaps: dict[str, Path]) -> Path:
 def _ort_variant(models, precision: str, bench: BenchConfig) -> Variant:
     from cinema_trt.export.ort import OrtRunner, ort_runners
 
-    fp32_dir, fp8_dir = _export_dirs(bench, models)
-    exports = [ensure_export(models, fp32_dir)]
-    runners = ort_runners(fp32_dir, threads=bench.threads)
-    stages, precisions, served = STAGES, {s: "fp32" for s in STAGES}, fp32_dir
+    base = FP8_BASE["ort"] if precision == "fp8" else precision
+    base_dir = _export_dir(bench, models, base)
+    exports = [ensure_export(models, base_dir, dtype=base)]
+    runners = ort_runners(base_dir, threads=bench.threads)
+    stages, precisions, served = STAGES, {s: base for s in STAGES}, base_dir
     if precision == "fp8":
-        exports.append(ensure_export(models, fp8_dir, fp8=True))
+        fp8_dir = _export_dir(bench, models, base, fp8=True)
+        exports.append(ensure_export(models, fp8_dir, fp8=True, dtype=base))
         runners.update({s: OrtRunner(fp8_dir / s, threads=bench.threads) for s in FP8_STAGES})
         stages, precisions = FP8_STAGES, {**precisions, **{s: "fp8" for s in FP8_STAGES}}
-        served = overlay(fp32_dir.parent / "onnx-fp8-overlay", fp32_dir,
+        served = overlay(base_dir.parent / "onnx-fp8-overlay", base_dir,
                          {s: fp8_dir / s for s in FP8_STAGES})
     setup = {"exports": [{"folder": str(e.folder), "reused": list(e.reused),
                           "exported": list(e.exported), "seconds": round(e.seconds, 1)}
@@ -169,26 +174,29 @@ def _ort_variant(models, precision: str, bench: BenchConfig) -> Variant:
                                  f"threads={bench.threads}; rerun with --threads 0 to serve")
 
 
-def _engines(fp32_dir: Path, out: Path, precision: str, stages: tuple[str, ...] = ()) -> Path:
+def _engines(export_dir: Path, out: Path, precision: str, stages: tuple[str, ...] = ()) -> Path:
     from cinema_trt.engines.config import BuildConfig
     from cinema_trt.engines.stages import BuildRequest, build_stages
 
-    build_stages(BuildRequest(fp32_dir, out, BuildConfig(precision=precision), stages=stages))
+    build_stages(BuildRequest(export_dir, out, BuildConfig(precision=precision), stages=stages))
     return out
 
 
 def _tensorrt_variant(models, precision: str, bench: BenchConfig) -> Variant:
+    """Engines from exports in their own precision, so every build is strongly typed (the
+    only kind TensorRT 11 builds)."""
     from cinema_trt.engines.trt_runtime import TensorRTRunner, tensorrt_runners
 
-    fp32_dir, fp8_dir = _export_dirs(bench, models)
-    ensure_export(models, fp32_dir)
-    root = fp32_dir.parent
     base = FP8_BASE["tensorrt"] if precision == "fp8" else precision
-    engines = _engines(fp32_dir, root / f"engines-{base}", base)
-    runners = tensorrt_runners(engines, export_dir=fp32_dir, device=bench.device)
+    base_dir = _export_dir(bench, models, base)
+    ensure_export(models, base_dir, dtype=base)
+    root = base_dir.parent
+    engines = _engines(base_dir, root / f"engines-{base}", base)
+    runners = tensorrt_runners(engines, export_dir=base_dir, device=bench.device)
     stages, precisions = STAGES, {s: base for s in STAGES}
     if precision == "fp8":
-        ensure_export(models, fp8_dir, fp8=True)
+        fp8_dir = _export_dir(bench, models, base, fp8=True)
+        ensure_export(models, fp8_dir, fp8=True, dtype=base)
         fp8_engines = _engines(fp8_dir, root / "engines-fp8", "fp8", FP8_STAGES)
         runners.update({s: TensorRTRunner(fp8_engines / s, bench.device, cuda_graph=s == "dit")
                         for s in FP8_STAGES})
@@ -197,7 +205,7 @@ def _tensorrt_variant(models, precision: str, bench: BenchConfig) -> Variant:
                           {s: fp8_engines / s for s in FP8_STAGES})
     return Variant("tensorrt", precision, runners, stages, precisions,
                    {"engines": str(engines), "base_precision": base},
-                   served=ServedSpec("tensorrt", engines, fp32_dir))
+                   served=ServedSpec("tensorrt", engines, base_dir))
 
 
 def build_variant(runtime: str, precision: str, models, bench: BenchConfig) -> Variant:

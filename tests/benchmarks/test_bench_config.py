@@ -60,13 +60,13 @@ def test_cli_rejects_zero_runs_before_building_any_model(tmp_path):
 @cpu_only
 def test_cpu_plan_measures_torch_and_ort_and_says_why_the_rest_is_skipped():
     planned, skipped = plan_variants(BenchConfig(device="cpu"))
-    assert planned == [("torch", "fp32"), ("ort", "fp32"), ("ort", "fp8")]
+    assert planned == [("torch", "fp32"), ("ort", "fp32"), ("ort", "fp16"), ("ort", "fp8")]
     reasons = {(s.runtime, s.precision): s.reason for s in skipped}
     assert set(reasons) == {("torch", "fp16"), ("torch", "bf16"), ("torch", "fp8"),
-                            ("ort", "fp16"), ("ort", "bf16"), ("tensorrt", "fp32"),
-                            ("tensorrt", "fp16"), ("tensorrt", "bf16"), ("tensorrt", "fp8")}
+                            ("ort", "bf16"), ("tensorrt", "fp32"), ("tensorrt", "fp16"),
+                            ("tensorrt", "bf16"), ("tensorrt", "fp8")}
     assert "CUDA" in reasons[("tensorrt", "fp16")]
-    assert "no fp16 graph" in reasons[("ort", "fp16")]
+    assert "no bf16 kernels" in reasons[("ort", "bf16")]
 
 
 def test_plan_keeps_only_the_requested_pairs():

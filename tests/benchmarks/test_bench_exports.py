@@ -36,6 +36,12 @@ def test_stages_outside_the_fp8_set_are_expected_in_fp32(models, exported):
     assert stale_stages(models, exported, ("connector",), fp8=True) == {}
 
 
+def test_an_export_in_another_dtype_is_not_reused(models, exported):
+    """The fp32 export does not stand in for the fp16 one the fp16 variants need."""
+    assert stale_stages(models, exported, ("connector",), fp8=False, dtype="fp16") == {
+        "connector": "precision fp32"}
+
+
 def test_changed_model_bytes_are_not_reused(models, exported, tmp_path):
     import shutil
 
