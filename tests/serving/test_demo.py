@@ -14,6 +14,7 @@ import shutil
 import numpy as np
 import pytest
 
+from cinema_trt.export.manifest import read_manifest
 from cinema_trt.export.ort import ort_runners
 from cinema_trt.models.factory import pipeline_processor
 from cinema_trt.models.media import load_image, read_video, sample_references
@@ -69,8 +70,10 @@ def test_a_fresh_run_builds_every_step_and_writes_the_requested_video(first, opt
     assert result.reused == {"weights": False, "onnx": False, "models": False}
     assert result.runtime == "ort" and result.output == options.output
     assert read_video(result.output).shape == (5, 32, 48, 3)
-    # six graphs: the MLLM is exported as vision + text
+    # six graphs: the MLLM is exported as vision + text; fp32 for ONNX Runtime on the CPU
     assert len(mtimes) == 6
+    assert {read_manifest(p).compute_dtype for p in (options.workdir / "onnx").iterdir()
+            if (p / "manifest.json").is_file()} == {"float32"}
 
 
 def test_the_latency_table_covers_every_stage(first):
@@ -154,3 +157,5 @@ def test_the_tensorrt_path_serves_the_demo(tritonserver_binary, tmp_path):
     result = run_demo(DemoOptions(workdir=tmp_path / "work", progress=False, **SIZE))
     assert result.runtime == "tensorrt" and result.reused["engines"] is False
     assert read_video(result.output).shape == (5, 32, 48, 3)
+    # fp16 graphs built into fp16 engines, strongly typed (TensorRT 10 and 11 alike)
+    assert read_manifest(tmp_path / "work" / "onnx" / "dit").compute_dtype == "float16"
