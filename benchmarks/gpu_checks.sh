@@ -8,8 +8,10 @@
 # 1. installs cinema-trt into a throwaway prefix without touching dependencies;
 # 2. runs every `gpu`-marked test (kernels on the GPU; the TensorRT tests skip without it)
 #    and keeps the log;
-# 3. runs the attention benchmark at the cinema shapes (JSON + markdown naming the GPU).
-# Commit OUT_DIR/attention-*.{json,md} under benchmarks/results/ with the device named.
+# 3. runs the attention benchmark at the cinema shapes (JSON + markdown naming the GPU);
+# 4. times the small preset's pipeline in eager PyTorch on the GPU, fp32/fp16/bf16.
+# Commit the JSON/markdown results under benchmarks/results/ with the device named.
+# Eight files land in OUT_DIR: three logs and five results (the device tool's limit).
 set -uo pipefail
 out="${1:?usage: bash benchmarks/gpu_checks.sh OUT_DIR}"
 mkdir -p "$out"
@@ -33,5 +35,10 @@ tests=${PIPESTATUS[0]}
 (cd /tmp && python3 -m cinema_trt.benchmarks.attention --out-dir "$out" \
     2>&1 | tee "$out/attention.log")
 bench=${PIPESTATUS[0]}
-echo "gpu tests exit $tests, attention benchmark exit $bench"
-exit $(( tests || bench ))
+
+(cd /tmp && python3 -m cinema_trt.cli bench --preset small --runtimes torch \
+    --precisions fp32,fp16,bf16 --device cuda --runs 5 --out "$out" \
+    2>&1 | tee "$out/pipeline.log")
+pipeline=${PIPESTATUS[0]}
+echo "gpu tests exit $tests, attention benchmark exit $bench, pipeline exit $pipeline"
+exit $(( tests || bench || pipeline ))
