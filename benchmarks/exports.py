@@ -2,8 +2,9 @@
 
 A cached stage is reused when its manifest says it was exported from exactly the weights
 being benchmarked (state-dict hash), with the same config, precision, compute dtype and
-exporter library versions, and its files still hash to what the manifest recorded. Anything else is
-re-exported, stage by stage, so a changed DiT does not cost a new MLLM export.
+exporter library versions, and its files still hash to what the manifest recorded.
+Anything else is re-exported, stage by stage, so a changed DiT does not cost a new MLLM
+export.
 """
 
 from __future__ import annotations

@@ -132,8 +132,7 @@ def _is_qdq(op_type: str) -> bool:
 def _qdq_type(node, elem_types: dict[str, int]) -> str:
     if node.op_type == "DequantizeLinear" and node.input[0] in elem_types:
         # a quantized constant (FP8 weights): its own type is the quantized type
-        t = elem_types[node.input[0]]
-        return _ONNX_FLOAT_TYPES.get(t, "int8" if t == 3 else f"onnx-type-{t}")
+        return _quantized_type_name(elem_types[node.input[0]])
     if "FP8" in node.op_type:
         return "float8e4m3fn"
     if "INT4" in node.op_type:
@@ -142,9 +141,14 @@ def _qdq_type(node, elem_types: dict[str, int]) -> str:
         if attr.name == "output_dtype" and attr.i:  # opset 21 QuantizeLinear
             return _ONNX_FLOAT_TYPES.get(attr.i, f"onnx-type-{attr.i}")
     if len(node.input) > 2 and node.input[2] in elem_types:  # zero point decides the type
-        t = elem_types[node.input[2]]
-        return _ONNX_FLOAT_TYPES.get(t, "int8" if t == 3 else f"onnx-type-{t}")
+        return _quantized_type_name(elem_types[node.input[2]])
     return "int8"  # ONNX default when no zero point is given is uint8; TensorRT runs INT8
+
+
+def _quantized_type_name(elem_type: int) -> str:
+    """A quantized tensor's ONNX element type as qdq_types spells it (3 is INT8)."""
+    return _ONNX_FLOAT_TYPES.get(elem_type, "int8" if elem_type == 3 else
+                                 f"onnx-type-{elem_type}")
 
 
 @dataclass(frozen=True)
@@ -190,7 +194,9 @@ class BuildConfig:
         return data
 
 
-# the graph compute type each precision needs for a strongly typed build (fp8: any)
+# the graph compute type each precision needs for a strongly typed build (fp8: any);
+# export.dtype.EXPORT_DTYPES spelled out, so inspecting a graph does not import torch (a
+# test checks they agree)
 _PRECISION_COMPUTE = {Precision.FP32: "float32", Precision.FP16: "float16",
                       Precision.BF16: "bfloat16"}
 _COMPUTE_PRECISION = {v: k for k, v in _PRECISION_COMPUTE.items()}

@@ -43,8 +43,8 @@ FP16_ERROR_FACTOR = 2.0
 # constants the trace wrote in bf16 (each off by up to 2^-9). So the graph may differ from
 # the rounded module by at most half of what the rounding itself changes (measured up to
 # 0.18x: the VAEs and the small preset's connector; 1e-2x or less elsewhere), or the fp32
-# tolerance. A wrong graph (mask, RoPE,
-# a dropped input) differs by far more than the rounding.
+# tolerance. A wrong graph (mask, RoPE, a dropped input) differs by far more than the
+# rounding.
 BF16_ROUNDING_FRACTION = 0.5
 
 

@@ -26,8 +26,8 @@ EXPORT_DTYPES = {Precision.FP32: (torch.float32, "float32"),
 # opset 19's Conv (and ConvTranspose, AveragePool) take no bfloat16; opset 22 added it.
 # fp32/fp16 graphs stay on 19, the opset every TensorRT 10 parses.
 BF16_OPSET = 22
-# the attribute CastedModule keeps the wrapped module under: traced layer paths gain it as
-# a prefix ("module.blocks.0.attn.qkv") until `unwrap_scopes` removes it
+# the attribute CastedModule keeps the wrapped module under (`self.module`): traced layer
+# paths gain it as a prefix ("module.blocks.0.attn.qkv") until `unwrap_scopes` removes it
 CASTED_SCOPE = "module"
 _SCOPES_KEY, _CLASSES_KEY = "pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy"
 
@@ -60,7 +60,7 @@ class CastedModule(nn.Module):
 
     def __init__(self, module: nn.Module, dtype: torch.dtype):
         super().__init__()
-        setattr(self, CASTED_SCOPE, copy.deepcopy(module).to(dtype).eval())
+        self.module = copy.deepcopy(module).to(dtype).eval()  # CASTED_SCOPE
         self.dtype = dtype
 
     def forward(self, *args, **kwargs):

@@ -93,7 +93,7 @@ def test_int_arguments_are_the_strides_of_contiguous_tensors():
 
 
 _AOT_SCRIPT = r"""
-import json, subprocess, sys, tempfile
+import json, os, subprocess, sys, tempfile
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import get_ptxas
@@ -102,19 +102,25 @@ from cinema_trt.kernels.tuning import PLUGIN_TACTICS
 from cinema_trt.kernels.fused_attention import _attn_fwd
 from cinema_trt.kernels.int8_attention import _attn_fwd_int8
 
+def assemble(ptx):
+    # ptxas for sm_90a: {"ptxas": return code, "ptxas_err": the end of its stderr}
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(ptx)
+    try:
+        done = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", f.name, "-o", "/dev/null"],
+                              capture_output=True, text=True)
+    finally:
+        os.unlink(f.name)
+    return dict(ptxas=done.returncode, ptxas_err=done.stderr[-500:])
+
 report = {}
 for dtype, head_dim, tactic in (("float16", 64, 1), ("bfloat16", 128, 2)):
     spec = AotAttentionSpec(dtype, head_dim, head_dim ** -0.5, PLUGIN_TACTICS[tactic])
     c = compile_attention(spec)
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-        f.write(c.ptx)
-    ptxas = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", f.name, "-o", "/dev/null"],
-                           capture_output=True, text=True)
     entry = c.ptx[c.ptx.index(".entry"):c.ptx.index(")", c.ptx.index(".entry"))]
     report[f"{dtype}-{head_dim}"] = dict(params=entry.count(".param"), int_args=list(c.int_args),
         wgmma="wgmma" in c.ptx, tma="cp.async.bulk.tensor" in c.ptx,
-        ptxas=ptxas.returncode, ptxas_err=ptxas.stderr[-500:],
-        warps=c.num_warps, shared=c.shared_bytes)
+        warps=c.num_warps, shared=c.shared_bytes, **assemble(c.ptx))
 
 def compile_sm90(kernel, pointers, constexprs):
     fn = kernel.fn
@@ -132,13 +138,9 @@ report["prologue"] = dict(wgmma="wgmma" in ptx)
 # TMA: unit last strides are compile-time 1 there, as the descriptors require
 tma = compile_sm90(_attn_fwd, ptrs, {**fused, "USE_TMA": True, "stride_qd": 1, "stride_kd": 1,
                                      "stride_vd": 1, "stride_od": 1})
-with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-    f.write(tma.asm["ptx"])
-ptxas = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", f.name, "-o", "/dev/null"],
-                       capture_output=True, text=True)
 report["tma"] = dict(loads="cp.async.bulk.tensor" in tma.asm["ptx"],
-                     wgmma="wgmma" in tma.asm["ptx"], scratch=tma.metadata.global_scratch_size, ptxas=ptxas.returncode,
-                     ptxas_err=ptxas.stderr[-500:])
+                     wgmma="wgmma" in tma.asm["ptx"],
+                     scratch=tma.metadata.global_scratch_size, **assemble(tma.asm["ptx"]))
 ptx = compile_sm90(_attn_fwd_int8, {"Q8": "*i8", "K8": "*i8", "V": "*fp8e4nv", "Out": "*fp16",
                               "Q_SCALE": "*fp32", "K_SCALE": "*fp32", "V_SCALE": "*fp32",
                               "KV_LENS": "*i32"},
