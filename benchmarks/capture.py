@@ -4,7 +4,7 @@ of the DiT), not on synthetic shapes."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

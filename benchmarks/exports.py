@@ -15,10 +15,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cinema_trt.export.manifest import (EXTERNAL_DATA_FILE, MODEL_FILE, Precision,
-                                        exporter_versions, files_sha256, read_manifest,
-                                        state_dict_sha256)
 from cinema_trt.export.dtype import onnx_type, parse_dtype
+from cinema_trt.export.manifest import (
+    EXTERNAL_DATA_FILE,
+    MODEL_FILE,
+    Precision,
+    exporter_versions,
+    files_sha256,
+    read_manifest,
+    state_dict_sha256,
+)
 from cinema_trt.export.stages import EXPORT_STAGES, stage_exports
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ import contextlib
 import copy
 import gc
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

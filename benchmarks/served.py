@@ -12,9 +12,9 @@ import contextlib
 import logging
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from cinema_trt.models.pipeline import GenerationRequest
 
@@ -54,7 +54,7 @@ def served_session(models, request: GenerationRequest, bench: BenchConfig,
     cache of the unconditional text features, as the in-process pipeline's warm-up does.
     """
     from cinema_trt.models.factory import save_models
-    from cinema_trt.serving.client import ClientOptions, CinemaClient
+    from cinema_trt.serving.client import CinemaClient, ClientOptions
     from cinema_trt.serving.repo import RepositoryOptions, build_repository
     from cinema_trt.serving.server import ServerConfig, TritonServer
     from cinema_trt.serving.triton_config import Placement

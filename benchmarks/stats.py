@@ -9,8 +9,8 @@ largest samples, which the record states by keeping every sample.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 PERCENTILES = (50, 90, 99)
 

@@ -14,10 +14,24 @@ from pathlib import Path
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import StageSpec
 
-from .config import (BuildConfig, OnnxGraphInfo, inspect_onnx, resolve_build_config,
-                     weak_typing_available)
-from .manifest import (EngineManifest, RuntimeInfo, artifact_sha256, cache_key, cached_engine,
-                       onnx_sha256, profiles_to_json, rebuild_command, write_manifest)
+from .config import (
+    BuildConfig,
+    OnnxGraphInfo,
+    inspect_onnx,
+    resolve_build_config,
+    weak_typing_available,
+)
+from .manifest import (
+    EngineManifest,
+    RuntimeInfo,
+    artifact_sha256,
+    cache_key,
+    cached_engine,
+    onnx_sha256,
+    profiles_to_json,
+    rebuild_command,
+    write_manifest,
+)
 from .shapes import DeploymentShapes, Profile, output_shapes_for, profiles_for
 
 log = logging.getLogger(__name__)

@@ -71,7 +71,7 @@ class EngineManifest:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "manifest") -> "EngineManifest":
+    def from_dict(cls, data: dict[str, Any], where: str = "manifest") -> EngineManifest:
         names = {f.name for f in dataclasses.fields(cls)}
         required = {f.name for f in dataclasses.fields(cls)
                     if f.default is dataclasses.MISSING

@@ -6,7 +6,7 @@ tensor, the dim, the allowed range and the profile key to widen.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

@@ -11,8 +11,9 @@ import dataclasses
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import StageSpec

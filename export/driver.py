@@ -22,11 +22,27 @@ import torch
 from cinema_trt.models.presets import CinemaConfig
 
 from .compare import ErrorStats, error_stats, worst
-from .dtype import (cast_module, onnx_type, opset_for, parse_dtype, round_parameters,
-                    unwrap_scopes, upcast_bfloat16)
+from .dtype import (
+    cast_module,
+    onnx_type,
+    opset_for,
+    parse_dtype,
+    round_parameters,
+    unwrap_scopes,
+    upcast_bfloat16,
+)
 from .fp8 import RECIPES, insert_fp8_qdq
-from .manifest import (EXTERNAL_DATA_FILE, MANIFEST_FILE, MODEL_FILE, Manifest, Precision,
-                       exporter_versions, files_sha256, state_dict_sha256, write_manifest)
+from .manifest import (
+    EXTERNAL_DATA_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    Manifest,
+    Precision,
+    exporter_versions,
+    files_sha256,
+    state_dict_sha256,
+    write_manifest,
+)
 from .onnx_graph import DEFAULT_OPSET, check_onnx, save_onnx, trace_to_onnx, weight_count
 from .stages import StageExport, resolve_stages, sample_inputs, stage_exports
 

@@ -32,7 +32,7 @@ CASTED_SCOPE = "module"
 _SCOPES_KEY, _CLASSES_KEY = "pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy"
 
 
-def parse_dtype(value: "str | Precision") -> Precision:
+def parse_dtype(value: str | Precision) -> Precision:
     """Precision.FP32/FP16/BF16 from 'fp32' | 'fp16' | 'bf16'; ValueError otherwise."""
     precision = Precision.parse(value)
     if precision not in EXPORT_DTYPES:

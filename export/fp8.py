@@ -116,7 +116,7 @@ class AmaxObserver:
             self.calls[name] = self.calls.get(name, 0) + 1
         return record
 
-    def __enter__(self) -> "AmaxObserver":
+    def __enter__(self) -> AmaxObserver:
         self._handles = [m.register_forward_pre_hook(self._hook(n))
                          for n, m in self._targets.items()]
         return self

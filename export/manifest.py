@@ -33,7 +33,7 @@ import torch
 # re-exported: `cinema_trt.export.manifest.Precision` is the same enum as engines' and
 # stays importable from here
 from cinema_trt.models.fileio import atomic_write
-from cinema_trt.models.fileio import sha256_files as files_sha256  # graph + external data
+from cinema_trt.models.fileio import sha256_files as files_sha256  # noqa: F401  (re-exported)
 from cinema_trt.models.presets import Precision
 from cinema_trt.models.specs import StageSpec, TensorSpec
 
@@ -57,7 +57,7 @@ class TensorEntry:
     dims: tuple[int | str, ...]  # ints are fixed, strings are symbols from the stage spec
 
     @classmethod
-    def from_spec(cls, spec: TensorSpec) -> "TensorEntry":
+    def from_spec(cls, spec: TensorSpec) -> TensorEntry:
         return cls(spec.name, dtype_name(spec.dtype), tuple(spec.dims))
 
     @property
@@ -99,7 +99,7 @@ class Manifest:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
         if data.get("version") != MANIFEST_VERSION:
             raise ValueError(f"manifest version {data.get('version')!r} is not supported "
                              f"(expected {MANIFEST_VERSION}); re-export the stage")

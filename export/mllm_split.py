@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Qwen2VLConfig, Qwen2VLModel
-from transformers.models.qwen2_vl.modeling_qwen2_vl import (Qwen2VLVisionRotaryEmbedding,
-                                                            apply_rotary_pos_emb_vision)
+from transformers.models.qwen2_vl.modeling_qwen2_vl import (
+    Qwen2VLVisionRotaryEmbedding,
+    apply_rotary_pos_emb_vision,
+)
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids
 
 from cinema_trt.models.fileio import sha256_file

@@ -9,7 +9,6 @@ into Triton, and the ONNX exporter can map that node to the TensorRT plugin
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -56,7 +55,7 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
                          f"{MAX_HEAD_DIM}] for the Triton kernels; use backend 'sdpa' otherwise")
 
 
-def _check_kv_lens(kv_lens: Optional[torch.Tensor], q: torch.Tensor) -> Optional[torch.Tensor]:
+def _check_kv_lens(kv_lens: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor | None:
     """(B,) integer valid key counts -> int32 on q's device (None: every key is valid)."""
     if kv_lens is None:
         return None
@@ -95,9 +94,9 @@ def _check_device(q: torch.Tensor) -> None:
 
 @torch.library.custom_op("cinema::attention", mutates_args=())
 def attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 kv_lens: Optional[torch.Tensor], q_norm_weight: Optional[torch.Tensor],
-                 k_norm_weight: Optional[torch.Tensor], rope_cos: Optional[torch.Tensor],
-                 rope_sin: Optional[torch.Tensor], scale: float, eps: float) -> torch.Tensor:
+                 kv_lens: torch.Tensor | None, q_norm_weight: torch.Tensor | None,
+                 k_norm_weight: torch.Tensor | None, rope_cos: torch.Tensor | None,
+                 rope_sin: torch.Tensor | None, scale: float, eps: float) -> torch.Tensor:
     from .fused_attention import launch_attention
 
     _check_device(q)
@@ -115,7 +114,7 @@ def _attention_fake(q, k, v, kv_lens, q_norm_weight, k_norm_weight, rope_cos, ro
 
 @torch.library.custom_op("cinema::attention_int8", mutates_args=())
 def attention_int8_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                      kv_lens: Optional[torch.Tensor], scale: float, q_block: int,
+                      kv_lens: torch.Tensor | None, scale: float, q_block: int,
                       k_block: int, smooth_k: bool) -> torch.Tensor:
     from .int8_attention import launch_attention_int8
 
@@ -139,8 +138,8 @@ def _attention_int8_fake(q, k, v, kv_lens, scale, q_block, k_block, smooth_k):
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-              kv_lens: Optional[torch.Tensor] = None, prologue: Optional[QKPrologue] = None,
-              scale: Optional[float] = None) -> torch.Tensor:
+              kv_lens: torch.Tensor | None = None, prologue: QKPrologue | None = None,
+              scale: float | None = None) -> torch.Tensor:
     """softmax(Q Kᵀ * scale) V with the Triton kernel. q (B, H, S_q, D), k/v (B, H, S_kv, D).
 
     kv_lens: (B,) valid key counts; keys at index >= kv_lens[b] are ignored (0 -> zeros).
@@ -157,7 +156,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
 
 
 def attention_int8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-                   kv_lens: Optional[torch.Tensor] = None, scale: Optional[float] = None,
+                   kv_lens: torch.Tensor | None = None, scale: float | None = None,
                    quant: Int8Quantization = Int8Quantization()) -> torch.Tensor:
     """SageAttention-style attention: INT8 Q.Kᵀ with smoothed K, FP8 (or fp16) P.V.
 

@@ -9,8 +9,8 @@ torch (`apply_prologue`) for every other backend: one definition of the math for
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -153,7 +153,7 @@ class CinemaDiT(nn.Module):
         self.out_modulation = nn.Linear(cfg.time_embed_dim, 2 * cfg.width)  # shift, scale
         self.proj_out = nn.Linear(cfg.width, pt * ph * pw * cfg.in_channels)
 
-    def with_attention_backend(self, backend: str) -> "CinemaDiT":
+    def with_attention_backend(self, backend: str) -> CinemaDiT:
         """A twin of this model that shares its weights (no copy) but attends with `backend`
         (e.g. to export a TensorRT-plugin graph while the original keeps running SDPA)."""
         with torch.device("meta"):

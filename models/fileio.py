@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 _CHUNK = 1 << 20  # hash 1 MiB at a time: checkpoints and engines can be tens of GB
 

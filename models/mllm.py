@@ -16,20 +16,29 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
-from PIL import Image
 from packaging.version import Version
+from PIL import Image
 from torch import nn
 from transformers import Qwen2VLConfig, Qwen2VLModel, Qwen2VLProcessor
 from transformers import __version__ as transformers_version
 from transformers.processing_utils import ProcessorMixin
 
 from .presets import MLLMConfig
-from .tokenizer import (ENDOFTEXT, IM_END, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START,
-                        build_messages, build_tokenizer)
+from .tokenizer import (
+    ENDOFTEXT,
+    IM_END,
+    IMAGE_PAD,
+    VIDEO_PAD,
+    VISION_END,
+    VISION_START,
+    build_messages,
+    build_tokenizer,
+)
 from .weights import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -353,7 +362,7 @@ def _load_strict(path: Path, hf_config: Qwen2VLConfig, dtype: torch.dtype) -> Qw
         model, info = Qwen2VLModel.from_pretrained(
             path, config=hf_config, local_files_only=True, dtype=dtype, use_safetensors=True,
             output_loading_info=True)
-    except (OSError, EnvironmentError) as error:
+    except OSError as error:
         raise CheckpointError(path, [f"no loadable safetensors weights ({error}); pickle "
                                      "checkpoints are refused: convert them to safetensors"])
     except RuntimeError as error:  # size mismatches surface as a generic RuntimeError

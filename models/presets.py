@@ -29,7 +29,7 @@ class Precision(str, Enum):
     FP8 = "fp8"
 
     @classmethod
-    def parse(cls, value: "str | Precision") -> "Precision":
+    def parse(cls, value: str | Precision) -> Precision:
         try:
             return cls(value)
         except ValueError:
@@ -146,7 +146,7 @@ class CinemaConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CinemaConfig":
+    def from_dict(cls, data: dict[str, Any]) -> CinemaConfig:
         def build(kind, values):
             names = {f.name: f for f in dataclasses.fields(kind)}
             unknown = sorted(set(values) - set(names))
@@ -164,7 +164,7 @@ class CinemaConfig:
             sampler=build(SamplerConfig, data.get("sampler", {})),
         )
 
-    def with_attention_backend(self, backend: str) -> "CinemaConfig":
+    def with_attention_backend(self, backend: str) -> CinemaConfig:
         return dataclasses.replace(self, dit=dataclasses.replace(self.dit, attention_backend=backend))
 
 

@@ -8,7 +8,8 @@ Triton's DLPack hand-off take torch tensors without a copy.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping
+from typing import Protocol, runtime_checkable
 
 import torch
 

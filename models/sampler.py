@@ -9,7 +9,7 @@ predicts the velocity v = noise - x0, so one Euler step is x += (sigma_next - si
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch.utils.dlpack import to_dlpack

@@ -24,10 +24,11 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cinema_trt.models.fileio import atomic_write
 from cinema_trt.serving.latency import StageLatency, settled_snapshot, stage_latency

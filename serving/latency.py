@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -26,7 +27,7 @@ class ModelCounters:
     queue_ns: int = 0
     queue_calls: int = 0
 
-    def __sub__(self, other: "ModelCounters") -> "ModelCounters":
+    def __sub__(self, other: ModelCounters) -> ModelCounters:
         return ModelCounters(*(getattr(self, f.name) - getattr(other, f.name)
                                for f in dataclasses.fields(self)))
 

@@ -29,10 +29,20 @@ from cinema_trt.models.factory import CONFIG_FILE, check_same_architecture, read
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import stage_specs
 from cinema_trt.serving import protocol
-from cinema_trt.serving.stage_model import (ENGINE_FOLDER, ONNX_FOLDER, RUNTIMES, STAGE_WEIGHTS,
-                                            export_folders)
-from cinema_trt.serving.triton_config import (BACKENDS, Placement, orchestrator_config,
-                                              stage_config, to_text)
+from cinema_trt.serving.stage_model import (
+    ENGINE_FOLDER,
+    ONNX_FOLDER,
+    RUNTIMES,
+    STAGE_WEIGHTS,
+    export_folders,
+)
+from cinema_trt.serving.triton_config import (
+    BACKENDS,
+    Placement,
+    orchestrator_config,
+    stage_config,
+    to_text,
+)
 
 log = logging.getLogger(__name__)
 

@@ -210,7 +210,7 @@ class TritonServer:
 
     # --- lifecycle ----------------------------------------------------------------------
 
-    def start(self) -> "TritonServer":
+    def start(self) -> TritonServer:
         binary = find_tritonserver(self.config.executable)
         self._workdir = tempfile.TemporaryDirectory(prefix="cinema-triton-")
         backends = assemble_backends(binary, Path(self._workdir.name) / "backends")
@@ -267,7 +267,7 @@ class TritonServer:
             self._workdir.cleanup()
             self._workdir = None
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:

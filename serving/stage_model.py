@@ -22,8 +22,13 @@ from pathlib import Path
 
 import torch
 
-from cinema_trt.models.factory import (STAGE_PARTS, check_same_architecture, load_stage_module,
-                                      read_weights_config, stage_weight_entries)
+from cinema_trt.models.factory import (
+    STAGE_PARTS,
+    check_same_architecture,
+    load_stage_module,
+    read_weights_config,
+    stage_weight_entries,
+)
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.runner import Runner, TorchRunner
 from cinema_trt.models.specs import stage_specs
@@ -53,8 +58,12 @@ def export_folders(stage: str) -> tuple[str, ...]:
 def verify_export(stage_dir: str | Path, config: CinemaConfig) -> None:
     """Refuse an export folder whose graph bytes differ from the sha256 its manifest records,
     or whose manifest was written for another architecture than `config`."""
-    from cinema_trt.export.manifest import (EXTERNAL_DATA_FILE, MODEL_FILE, files_sha256,
-                                            read_manifest)
+    from cinema_trt.export.manifest import (
+        EXTERNAL_DATA_FILE,
+        MODEL_FILE,
+        files_sha256,
+        read_manifest,
+    )
 
     stage_dir = Path(stage_dir)
     manifest = read_manifest(stage_dir)

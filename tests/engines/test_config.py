@@ -7,9 +7,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from cinema_trt.engines.config import (BuildConfig, Precision, inspect_onnx, network_flags,
-                                       ort_optimization_level, resolve_build_config, trt_flags,
-                                       weak_typing_available)
+from cinema_trt.engines.config import (
+    BuildConfig,
+    Precision,
+    inspect_onnx,
+    network_flags,
+    ort_optimization_level,
+    resolve_build_config,
+    trt_flags,
+    weak_typing_available,
+)
 
 
 def _matmul_graph(path, qdq: str | None = None, weight_dtype=np.float32) -> str:

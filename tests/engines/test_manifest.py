@@ -13,10 +13,20 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from cinema_trt.engines.config import BuildConfig, Precision
-from cinema_trt.engines.manifest import (EngineManifest, EngineMismatchError, RuntimeInfo,
-                                         cache_key, cached_engine, onnx_sha256, read_manifest,
-                                         rebuild_command, sha256_file, validate_manifest,
-                                         verify_plan, write_manifest)
+from cinema_trt.engines.manifest import (
+    EngineManifest,
+    EngineMismatchError,
+    RuntimeInfo,
+    cache_key,
+    cached_engine,
+    onnx_sha256,
+    read_manifest,
+    rebuild_command,
+    sha256_file,
+    validate_manifest,
+    verify_plan,
+    write_manifest,
+)
 
 H100 = RuntimeInfo("tensorrt", "10.3.0", "NVIDIA H100 80GB HBM3", "9.0")
 PROFILES = {"latents": ((1, 16, 2, 8, 8), (2, 16, 2, 8, 8), (2, 16, 3, 8, 8))}

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from cinema_trt.engines.config import BuildConfig, Precision
-from cinema_trt.engines.manifest import read_manifest, validate_manifest, verify_plan
 from cinema_trt.engines.deps import onnxruntime_runtime_info
+from cinema_trt.engines.manifest import read_manifest, validate_manifest, verify_plan
 from cinema_trt.engines.ort_build import build_ort_model
 from cinema_trt.engines.shape_check import check_input_shapes
 from cinema_trt.engines.shapes import shapes_from_dict

@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cinema_trt.engines.shapes import (DeploymentShapes, default_shapes, load_shapes,
-                                       profiles_for, shapes_from_dict)
+from cinema_trt.engines.shapes import (
+    DeploymentShapes,
+    default_shapes,
+    load_shapes,
+    profiles_for,
+    shapes_from_dict,
+)
 from cinema_trt.models.specs import Dim, stage_specs
 
 # the tiny preset: 1 + 4k frames, 64x64 px -> 8x8 latents, 16 latent channels, MLLM width 64,

@@ -17,10 +17,9 @@ import onnx
 import pytest
 import torch
 
-from cinema_trt.engines.config import inspect_onnx, resolve_build_config, BuildConfig
+from cinema_trt.engines.config import BuildConfig, inspect_onnx, resolve_build_config
 from cinema_trt.export.compare import error_stats
-from cinema_trt.export.driver import (BF16_ROUNDING_FRACTION, ExportError, _validate,
-                                      export_stages)
+from cinema_trt.export.driver import BF16_ROUNDING_FRACTION, ExportError, _validate, export_stages
 from cinema_trt.export.dtype import BF16_OPSET, cast_module, parse_dtype
 from cinema_trt.export.fp8 import fp8_gemm_layers
 from cinema_trt.export.manifest import read_manifest
@@ -31,14 +30,6 @@ from cinema_trt.models.pipeline import CinemaPipeline
 from cinema_trt.models.presets import Precision
 
 log = logging.getLogger(__name__)
-
-
-@pytest.fixture(scope="module")
-def fp16_export(tiny_config, tmp_path_factory):
-    """Every tiny stage exported in fp16 (~55 s on 2 cores)."""
-    out = tmp_path_factory.mktemp("onnx_fp16")
-    results = export_stages(tiny_config, out, dtype="fp16", progress=False)
-    return out, {r.stage: r for r in results}
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +182,7 @@ def test_fp8_on_fp16_quantizes_the_same_layers_with_fp16_scales(tiny_config, fp8
 def test_fp16_scales_never_flush_to_zero():
     """A tiny amax (1e-6) would give an fp16 scale of 2e-9, which is 0 in fp16: the scale is
     held at fp16's smallest normal number instead, so Q never divides by zero."""
-    from cinema_trt.export.fp8 import _QDQBuilder, _numpy_dtype
+    from cinema_trt.export.fp8 import _numpy_dtype, _QDQBuilder
 
     graph = onnx.helper.make_graph([], "g", [], [])
     builder = _QDQBuilder(graph, _numpy_dtype("float16"))
@@ -206,7 +197,7 @@ def test_upcast_makes_every_bfloat16_float32():
     same computation in fp32 (0.7 stays its bf16 value, 0.69921875), which ORT's CPU
     provider runs where it refuses the bf16 original."""
     import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     from cinema_trt.export.dtype import upcast_bfloat16
 

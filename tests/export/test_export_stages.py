@@ -8,12 +8,24 @@ import pytest
 import torch
 
 from cinema_trt.export.compare import error_stats
-from cinema_trt.export.manifest import (MODEL_FILE, Precision, dtype_name, files_sha256,
-                                        read_manifest, state_dict_sha256)
+from cinema_trt.export.manifest import (
+    MODEL_FILE,
+    Precision,
+    dtype_name,
+    files_sha256,
+    read_manifest,
+    state_dict_sha256,
+)
 from cinema_trt.export.onnx_graph import check_onnx, save_onnx
 from cinema_trt.export.ort import OrtRunner
-from cinema_trt.export.stages import (EXPORT_STAGES, FP32_TOLERANCE, export_specs,
-                                      sample_inputs, stage_cases, stage_exports)
+from cinema_trt.export.stages import (
+    EXPORT_STAGES,
+    FP32_TOLERANCE,
+    export_specs,
+    sample_inputs,
+    stage_cases,
+    stage_exports,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,14 @@ import pytest
 import torch
 
 from cinema_trt.export.compare import error_stats
-from cinema_trt.export.fp8 import (FP8_TYPE, RECIPES, AmaxObserver, emulate_fp8,
-                                   insert_fp8_qdq, linear_module)
+from cinema_trt.export.fp8 import (
+    FP8_TYPE,
+    RECIPES,
+    AmaxObserver,
+    emulate_fp8,
+    insert_fp8_qdq,
+    linear_module,
+)
 from cinema_trt.export.manifest import MODEL_FILE, Precision, read_manifest
 from cinema_trt.export.ort import OrtRunner
 from cinema_trt.export.stages import sample_inputs, stage_cases, stage_exports

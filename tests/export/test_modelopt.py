@@ -11,8 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from cinema_trt.export.calibration import (CALIBRATORS, calibrate, calibration_copy,
-                                           modelopt_config, modelopt_input_amax)
+from cinema_trt.export.calibration import (
+    CALIBRATORS,
+    calibrate,
+    calibration_copy,
+    modelopt_config,
+    modelopt_input_amax,
+)
 from cinema_trt.export.driver import export_stage, export_stages
 from cinema_trt.export.fp8 import FP8_E4M3_BITS, RECIPES
 from cinema_trt.export.manifest import Precision, read_manifest

@@ -13,8 +13,8 @@ import io
 import queue
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -90,7 +90,7 @@ BAD_IMAGES = (
     ImageCase("png-0x0", png_declaring(0, 0), _UNREADABLE),
     ImageCase("empty", b"", _UNREADABLE),
     ImageCase("random-bytes", np.random.default_rng(1).bytes(4096), _UNREADABLE),
-    ImageCase("utf8-text", "a picture of a cat".encode(), _UNREADABLE),
+    ImageCase("utf8-text", b"a picture of a cat", _UNREADABLE),
     # decodable by PIL, refused by format: every plugin is parser code exposed to the network
     ImageCase("tiff", encoded("TIFF"), _UNREADABLE + r".*accepted formats: PNG, JPEG"),
     ImageCase("eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n", _UNREADABLE),

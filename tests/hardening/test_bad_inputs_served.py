@@ -33,7 +33,7 @@ def test_every_bad_image_gets_one_specific_error(served, raw_infer, png, bad_ima
 
 
 def test_a_valid_request_succeeds_after_the_corpus(served, raw_infer, png):
-    arrays = {"prompt": np.array(["a toy on a table".encode()], dtype=np.object_),
+    arrays = {"prompt": np.array([b"a toy on a table"], dtype=np.object_),
               "references": np.array([png], dtype=np.object_),
               "steps": np.array([2], np.int32), "frames": np.array([5], np.int32),
               "height": np.array([32], np.int32), "width": np.array([32], np.int32)}

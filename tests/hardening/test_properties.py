@@ -17,8 +17,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from cinema_trt.models.media import load_image
-from cinema_trt.models.pipeline import (MAX_FRAMES, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS,
-                                        RESERVED_TOKEN, GenerationRequest)
+from cinema_trt.models.pipeline import (
+    MAX_FRAMES,
+    MAX_PROMPT_CHARS,
+    MAX_SIDE,
+    MAX_STEPS,
+    RESERVED_TOKEN,
+    GenerationRequest,
+)
 from cinema_trt.models.presets import get_preset
 from cinema_trt.serving.protocol import decode_request, encode_request
 

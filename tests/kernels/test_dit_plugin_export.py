@@ -18,8 +18,14 @@ import pytest
 import torch
 
 from cinema_trt.engines.artifacts import prepare_build
-from cinema_trt.engines.config import (TRT_PLUGIN_DOMAIN, BuildConfig, OnnxGraphInfo, Precision,
-                                       inspect_onnx, resolve_build_config)
+from cinema_trt.engines.config import (
+    TRT_PLUGIN_DOMAIN,
+    BuildConfig,
+    OnnxGraphInfo,
+    Precision,
+    inspect_onnx,
+    resolve_build_config,
+)
 from cinema_trt.engines.manifest import RuntimeInfo
 from cinema_trt.engines.shapes import shapes_from_dict
 from cinema_trt.engines.trt_build import key_plugin_kernels, register_graph_plugins

@@ -83,8 +83,14 @@ def test_cpu_tensors_without_the_interpreter_fail_clearly(monkeypatch):
 
 
 def test_tuning_filter_drops_configs_that_overflow_shared_memory():
-    from cinema_trt.kernels.tuning import (INTERPRETER_CONFIG, PLUGIN_TACTICS, KernelConfig,
-                                           interpreting, keep_config, search_space)
+    from cinema_trt.kernels.tuning import (
+        INTERPRETER_CONFIG,
+        PLUGIN_TACTICS,
+        KernelConfig,
+        interpreting,
+        keep_config,
+        search_space,
+    )
 
     deep = KernelConfig(block_m=128, block_n=128, num_warps=8, num_stages=4)
     assert keep_config(deep, head_dim=64)  # 144 KiB of fp16 tiles fit in 200 KiB

@@ -18,8 +18,7 @@ import pytest
 import torch
 
 import cinema_trt.kernels as kernels
-from cinema_trt.kernels import Int8Quantization, QKPrologue
-from cinema_trt.kernels import trt_plugin
+from cinema_trt.kernels import Int8Quantization, QKPrologue, trt_plugin
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 

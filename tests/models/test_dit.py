@@ -12,8 +12,14 @@ import dataclasses
 import pytest
 import torch
 
-from cinema_trt.models.attention import (QKPrologue, apply_prologue, attention, fuses_prologue,
-                                         register_backend, sdpa)
+from cinema_trt.models.attention import (
+    QKPrologue,
+    apply_prologue,
+    attention,
+    fuses_prologue,
+    register_backend,
+    sdpa,
+)
 from cinema_trt.models.dit import CinemaDiT, RMSNorm, create_dit
 from cinema_trt.models.rope import apply_rope, grid_positions, rope_3d
 

@@ -9,8 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from cinema_trt.models.factory import (CONFIG_FILE, STAGE_PARTS, load_models, load_stage_module,
-                                       read_weights_config, stage_weight_entries, torch_runners)
+from cinema_trt.models.factory import (
+    CONFIG_FILE,
+    STAGE_PARTS,
+    load_models,
+    load_stage_module,
+    read_weights_config,
+    stage_weight_entries,
+    torch_runners,
+)
 from cinema_trt.models.specs import STAGES
 from cinema_trt.models.weights import CheckpointError
 

@@ -11,8 +11,16 @@ from PIL import Image
 from transformers import Qwen2VLForConditionalGeneration
 
 from cinema_trt.models import tokenizer as tok
-from cinema_trt.models.mllm import (build_hf_config, build_processor, chat_text, create_mllm,
-                                    load_mllm, mllm_fields, prepare_inputs, save_mllm)
+from cinema_trt.models.mllm import (
+    build_hf_config,
+    build_processor,
+    chat_text,
+    create_mllm,
+    load_mllm,
+    mllm_fields,
+    prepare_inputs,
+    save_mllm,
+)
 from cinema_trt.models.specs import stage_specs
 from cinema_trt.models.weights import CheckpointError
 

@@ -5,8 +5,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from cinema_trt.models.factory import (build_models, load_models, save_models, torch_pipeline,
-                                       torch_runners)
+from cinema_trt.models.factory import (
+    build_models,
+    load_models,
+    save_models,
+    torch_pipeline,
+    torch_runners,
+)
 from cinema_trt.models.media import load_image, sample_references
 from cinema_trt.models.pipeline import CinemaPipeline, GenerationRequest
 from cinema_trt.models.presets import get_preset

@@ -5,8 +5,14 @@ import json
 
 import pytest
 
-from cinema_trt.models.presets import (CinemaConfig, check_num_refs, get_preset,
-                                       latent_frames, latent_size, token_counts)
+from cinema_trt.models.presets import (
+    CinemaConfig,
+    check_num_refs,
+    get_preset,
+    latent_frames,
+    latent_size,
+    token_counts,
+)
 
 
 def test_presets_are_looked_up_by_exact_name_only():

@@ -10,8 +10,13 @@ import pytest
 import torch
 
 from cinema_trt.models.runner import FunctionRunner
-from cinema_trt.models.sampler import (TIMESTEP_SCALE, GenerationCancelled, denoise,
-                                       flow_sigmas, initial_noise)
+from cinema_trt.models.sampler import (
+    TIMESTEP_SCALE,
+    GenerationCancelled,
+    denoise,
+    flow_sigmas,
+    initial_noise,
+)
 
 SHAPE = (1, 4, 2, 3, 5)
 

@@ -16,10 +16,15 @@ import pytest
 from cinema_trt.models.factory import load_models, torch_runners
 from cinema_trt.models.media import load_image, sample_references
 from cinema_trt.models.pipeline import CinemaPipeline, GenerationRequest
-from cinema_trt.serving.client import (AsyncCinemaClient, CinemaClient, CinemaRequestError,
-                                       ClientOptions, RequestCancelled)
-from cinema_trt.serving.protocol import encode_request
+from cinema_trt.serving.client import (
+    AsyncCinemaClient,
+    CinemaClient,
+    CinemaRequestError,
+    ClientOptions,
+    RequestCancelled,
+)
 from cinema_trt.serving.latency import wait_until_stable
+from cinema_trt.serving.protocol import encode_request
 from cinema_trt.serving.repo import build_repository
 from cinema_trt.serving.server import ServerConfig, TritonServer
 

@@ -15,8 +15,13 @@ import torch
 from cinema_trt.cli.main import main
 from cinema_trt.models.specs import StageSpec, TensorSpec
 from cinema_trt.serving.client import CinemaClient, ClientOptions
-from cinema_trt.serving.server import (ServerConfig, ServerError, TritonServer,
-                                       find_tritonserver, free_port)
+from cinema_trt.serving.server import (
+    ServerConfig,
+    ServerError,
+    TritonServer,
+    find_tritonserver,
+    free_port,
+)
 from cinema_trt.serving.triton_config import stage_config, to_text
 
 PROBE = '''
