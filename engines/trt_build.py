@@ -129,7 +129,7 @@ def register_graph_plugins(graph: OnnxGraphInfo) -> bool:
 _LOGGERS: dict[str, Any] = {}
 
 
-def trt_logger(trt):
+def trt_logger(trt: Any) -> Any:
     """The process's `trt.ILogger` for this TensorRT module: forwards every message to
     Python logging and to the build capturing it (progress.TENSORRT_LOG)."""
     logger = _LOGGERS.get(trt.__name__)
