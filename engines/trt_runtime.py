@@ -24,10 +24,11 @@ import torch
 
 from cinema_trt.models.runner import Runner, Tensors
 
-from .backends import get_backend
+from .backends import BACKENDS, get_backend
 from .deps import require_backend, tensorrt_runtime_info
 from .manifest import (
     EngineManifest,
+    EngineMismatchError,
     read_manifest,
     validate_manifest,
     verify_plan,
@@ -94,6 +95,11 @@ class TensorRTRunner:
         folder = Path(engine_dir)
         self.manifest: EngineManifest = read_manifest(folder)
         self.name = self.manifest.stage
+        if self.manifest.runtime not in BACKENDS:
+            raise EngineMismatchError(
+                f"{folder} holds a {self.manifest.runtime} model, not a TensorRT engine; "
+                f"open it with its own runner, or build an engine with --runtime "
+                f"{' / '.join(BACKENDS)}")
         self.backend = get_backend(self.manifest.runtime)
         trt = require_backend(self.backend.name)
         self.device = torch.device(device)
