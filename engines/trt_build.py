@@ -71,7 +71,7 @@ def build_engine(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
     if cached is not None:
         return cached
     build.out_dir.mkdir(parents=True, exist_ok=True)
-    register_graph_plugins(build.graph)
+    register_graph_plugins(build.graph, described.module)
     with TENSORRT_LOG.capture() as messages:
         serialized = _build_serialized(trt, described, build, should_stop)
     plan = write_bytes_atomic(build.out_dir / PLAN_FILE, memoryview(serialized))
@@ -111,7 +111,7 @@ def key_plugin_kernels(build: StageBuild) -> StageBuild:
     return dataclasses.replace(build, cache_key=key)
 
 
-def register_graph_plugins(graph: OnnxGraphInfo) -> bool:
+def register_graph_plugins(graph: OnnxGraphInfo, module: str = "tensorrt") -> bool:
     """Register the Triton attention plugins if the graph has TensorRT plugin nodes (the
     ONNX parser looks each node up in the plugin registry); returns whether it did.
     Raises `TensorRTUnavailableError` (an ImportError) without TensorRT >= 10.8."""
@@ -120,7 +120,7 @@ def register_graph_plugins(graph: OnnxGraphInfo) -> bool:
     from cinema_trt.kernels.trt_plugin import register_plugins
 
     log.info("registering TensorRT plugins for %s", sorted(graph.trt_plugins))
-    register_plugins()
+    register_plugins(module)
     return True
 
 

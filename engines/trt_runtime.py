@@ -124,7 +124,7 @@ class TensorRTRunner:
             # plugin nodes (the Triton attention) must be registered before deserialising
             from cinema_trt.kernels.trt_plugin import register_plugins
 
-            register_plugins()
+            register_plugins(self.backend.module)
         self.engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
         if self.engine is None:
             raise RuntimeError(f"{plan}: TensorRT could not deserialize the plan (see the "
