@@ -172,6 +172,11 @@ def _stage_backend(stage: str, sources: _Sources, options: RepositoryOptions) ->
     that stage runs them in the python backend on the same runtime instead."""
     graphs = export_folders(stage)
     artifacts = sources.artifacts
+    if options.backend == "tensorrt" and _plans_need_python(artifacts, (stage, *graphs)):
+        log.warning("%s: the plans in %s were built with TensorRT-RTX, which Triton's "
+                    "tensorrt_plan backend cannot load; serving the stage with the python "
+                    "backend (runtime tensorrt, TensorRTRunner)", stage, artifacts)
+        return "python", "tensorrt"
     if options.backend == "python" or len(graphs) == 1 or artifacts is None \
             or (artifacts / stage).is_dir() \
             or not all((artifacts / graph).is_dir() for graph in graphs):
@@ -180,6 +185,19 @@ def _stage_backend(stage: str, sources: _Sources, options: RepositoryOptions) ->
     log.info("%s: %s is split into %s; serving it with the python backend (runtime %s)",
              stage, artifacts, list(graphs), runtime)
     return "python", runtime
+
+
+def _plans_need_python(artifacts: Path | None, folders: tuple[str, ...]) -> bool:
+    """Whether the stage's engines were built by a TensorRT backend that Triton has no
+    native backend for (engines/backends.py `triton_backend`: TensorRT-RTX)."""
+    from cinema_trt.engines.backends import BACKENDS
+    from cinema_trt.engines.manifest import MANIFEST_FILE, read_manifest
+
+    for folder in folders:
+        if artifacts is not None and (artifacts / folder / MANIFEST_FILE).is_file():
+            backend = BACKENDS.get(read_manifest(artifacts / folder).runtime)
+            return backend is not None and backend.triton_backend == "python"
+    return False
 
 
 def _stage_model(repo: Path, stage: str, config: CinemaConfig, sources: _Sources,

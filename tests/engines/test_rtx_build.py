@@ -202,3 +202,26 @@ def test_cli_refuses_targets_for_ort(main, tmp_path, caplog):
     code = main(["build", "--onnx", str(tmp_path), "--out", str(tmp_path / "e"),
                  "--runtime", "ort", "--precision", "fp32", "--targets", "sm89"])
     assert code == 2 and "--targets names GPU architectures" in caplog.text
+
+
+@pytest.mark.slow
+def test_repository_serves_rtx_plans_with_the_python_backend(rtx_engines, fp16_export,
+                                                             tiny_weights, tmp_path, caplog):
+    """Triton's tensorrt_plan backend cannot load TensorRT-RTX plans: asked for the tensorrt
+    backend, the generator says so and writes python-backend stage models (runtime
+    tensorrt: TensorRTRunner) over the engine folders."""
+    from cinema_trt.serving.repo import RepositoryOptions, build_repository
+
+    engines = rtx_engines["fp16"][0]
+    repo = build_repository(None, tmp_path / "repo", tiny_weights, artifacts=engines,
+                            options=RepositoryOptions(backend="tensorrt"),
+                            export_dir=fp16_export[0])
+    for stage in ("mllm", "connector", "vae_encoder", "dit", "vae_decoder"):
+        config = (repo / stage / "config.pbtxt").read_text()
+        assert 'backend: "python"' in config and "tensorrt_plan" not in config, stage
+        assert 'string_value: "tensorrt"' in config, stage
+        assert not list((repo / stage / "1").glob("*.plan"))
+    assert (repo / "dit" / "1" / "engines" / "dit" / "model.plan").is_file()
+    assert (repo / "mllm" / "1" / "engines" / "mllm_text" / "model.plan").is_file()
+    assert "built with TensorRT-RTX, which Triton's tensorrt_plan backend cannot load" \
+        in caplog.text
