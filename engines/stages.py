@@ -113,6 +113,13 @@ def build_stages(request: BuildRequest) -> dict[str, Path]:
                             request.build_config.targets)
     chosen = select_stages(exported_stages(request.onnx_dir), request.stages)
     config = chosen[0].config
+    if backend is not None and not backend.plugins:  # refuse before building any stage
+        from .artifacts import check_backend_graph
+        from .config import inspect_onnx
+
+        for stage in chosen:
+            check_backend_graph(inspect_onnx(stage.onnx_path), backend.name, stage.onnx_path,
+                                config)
     shapes = load_shapes(request.profile, config)
     build: Callable[..., Path]
     if backend is not None:

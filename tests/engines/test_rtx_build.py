@@ -225,3 +225,30 @@ def test_repository_serves_rtx_plans_with_the_python_backend(rtx_engines, fp16_e
     assert (repo / "mllm" / "1" / "engines" / "mllm_text" / "model.plan").is_file()
     assert "built with TensorRT-RTX, which Triton's tensorrt_plan backend cannot load" \
         in caplog.text
+
+
+def test_fp32_graph_builds_fp32_and_half_precision_asks_for_a_half_export(rtx, connector_export,
+                                                                          tmp_path):
+    """TensorRT-RTX has no weak typing: an fp32 export builds as fp32, and --precision fp16
+    on it is refused with the export that gives an fp16 engine (it used to reach the
+    builder and fail on a missing BuilderFlag.FP16)."""
+    plans = _build(connector_export[0], tmp_path / "fp32", "fp32")
+    by_precision = read_manifest(plans["connector"].parent).report["by_precision"]
+    assert max(by_precision, key=by_precision.__getitem__) == "float32"
+    with pytest.raises(ValueError, match=r"TensorRT >= 11 and TensorRT-RTX build nothing else.*"
+                                         r"cinema-trt export --dtype fp16"):
+        _build(connector_export[0], tmp_path / "fp16", "fp16")
+    assert not (tmp_path / "fp16").exists()
+
+
+def test_plugin_graph_is_refused_before_any_stage_is_built(rtx, connector_export, tmp_path):
+    """A --attention-plugin graph among the stages stops the TensorRT-RTX build up front."""
+    shutil.copytree(connector_export[0], tmp_path / "onnx")
+    path = tmp_path / "onnx" / "connector" / "model.onnx"
+    model = onnx.load(str(path))
+    model.graph.node.append(helper.make_node("triton_attention", [], [], domain="trt.plugins"))
+    onnx.save(model, str(path))
+    with pytest.raises(ValueError, match="has TensorRT plugin nodes .'triton_attention'. .*"
+                                         "no Python plugins"):
+        _build(tmp_path / "onnx", tmp_path / "eng", "fp32")
+    assert not (tmp_path / "eng").exists()
