@@ -252,3 +252,17 @@ def test_plugin_graph_is_refused_before_any_stage_is_built(rtx, connector_export
                                          "no Python plugins"):
         _build(tmp_path / "onnx", tmp_path / "eng", "fp32")
     assert not (tmp_path / "eng").exists()
+
+
+def test_one_logger_per_module_and_builds_capture_its_messages(rtx):
+    from cinema_trt.engines.progress import TENSORRT_LOG
+    from cinema_trt.engines.trt_build import trt_logger
+
+    logger = trt_logger(rtx)
+    assert trt_logger(rtx) is logger  # builders and runtimes share the process's logger
+    with TENSORRT_LOG.capture() as messages:
+        network = rtx.Builder(logger).create_network(0)
+        assert not rtx.OnnxParser(network, logger).parse(b"not an onnx model")
+    assert any("Failed to parse the ONNX model" in m for m in messages)
+    logger.log(rtx.ILogger.Severity.VERBOSE, "after the capture")
+    assert "after the capture" not in messages
