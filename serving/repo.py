@@ -18,6 +18,7 @@ The repository is assembled in a sibling folder and renamed into place when comp
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -191,11 +192,13 @@ def _plans_need_python(artifacts: Path | None, folders: tuple[str, ...]) -> bool
     """Whether the stage's engines were built by a TensorRT backend that Triton has no
     native backend for (engines/backends.py `triton_backend`: TensorRT-RTX)."""
     from cinema_trt.engines.backends import BACKENDS
-    from cinema_trt.engines.manifest import MANIFEST_FILE, read_manifest
+    from cinema_trt.engines.manifest import MANIFEST_FILE
 
     for folder in folders:
-        if artifacts is not None and (artifacts / folder / MANIFEST_FILE).is_file():
-            backend = BACKENDS.get(read_manifest(artifacts / folder).runtime)
+        path = artifacts / folder / MANIFEST_FILE if artifacts is not None else None
+        if path is not None and path.is_file():
+            # only the backend's name: the runner validates the whole manifest at load
+            backend = BACKENDS.get(json.loads(path.read_text()).get("runtime", ""))
             return backend is not None and backend.triton_backend == "python"
     return False
 

@@ -140,3 +140,12 @@ def test_plugin_version_check_knows_tensorrt_rtx_has_no_plugins():
     # not "TensorRT 1.7 is too old": TensorRT-RTX has no plugin module at any version
     with pytest.raises(TensorRTUnavailableError, match="no Python plugins .no tensorrt_rtx"):
         check_plugin_support("tensorrt_rtx", RTX_VERSION)
+
+
+def test_timing_cache_is_refused_for_tensorrt_rtx(tmp_path):
+    from cinema_trt.engines.stages import BuildRequest
+
+    with pytest.raises(ValueError, match="TensorRT-RTX has no timing cache"):
+        BuildRequest(tmp_path, tmp_path, BuildConfig(timing_cache=tmp_path / "t.cache"),
+                     runtime="tensorrt-rtx")
+    BuildRequest(tmp_path, tmp_path, BuildConfig(timing_cache=tmp_path / "t.cache"))
