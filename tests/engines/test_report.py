@@ -104,3 +104,17 @@ def test_a_quantized_linear_left_in_fp16_is_named():
     report = summarize([fp16_gemm], {}, _graph(attention=()))
     assert report["quantized_linears"]["not_low_precision"] == ["node_MatMul_395"]
     assert report["quantized_linears"]["by_precision"] == {"float16": 1}
+
+
+def test_tensorrt_10_layer_lines_spell_types_in_their_format():
+    """TensorRT 10's DETAILED layer list writes "Format/Datatype: Int32" or a format
+    sentence (the line's shape as NVIDIA/TensorRT issue #4397 shows it, TensorRT 10.10)."""
+    line = ("Name: __myl_GathMulAdd_myl0_0, LayerType: kgen, Inputs: [ { Name: pos_ids, "
+            "Dimensions: [1,40], Format/Datatype: Int32 }, { Name: x, Dimensions: [1,40,64], "
+            "Format/Datatype: Row major linear FP16 format }], Outputs: [ { Name: y, "
+            "Dimensions: [1,40,64], Format/Datatype: Half }], TacticName: __myl_GathMulAdd_0x1, "
+            "StreamId: 0, Metadata: [ONNX Layer: /embeddings/Gather]")
+    row = parse_layer_line(line)
+    assert row.inputs == ("int32", "float16") and row.outputs == ("float16",)
+    assert row.weights == () and row.compute_dtype == "float16"
+    assert row.onnx_nodes == ("/embeddings/Gather",)
