@@ -91,31 +91,22 @@ def _build_all(onnx_dir, out, precision: Precision):
 
 
 @pytest.fixture(scope="module")
-def models(tiny):
-    from cinema_trt.models.factory import build_models
-
-    return build_models(tiny)  # the exporter's seed: these are the exported weights
+def models(tiny_models):
+    return tiny_models  # the exporter's seed: these are the exported weights
 
 
 @pytest.fixture(scope="module")
-def fp16_engines(tiny, tmp_path_factory):
-    from cinema_trt.export.driver import export_stages
-
-    onnx_dir = tmp_path_factory.mktemp("onnx_fp16")
-    export_stages(tiny, onnx_dir, dtype="fp16", progress=False)
+def fp16_engines(fp16_export, tmp_path_factory):
+    onnx_dir = fp16_export[0]  # the session's tiny export (tests/conftest.py)
     out = tmp_path_factory.mktemp("trt_fp16")
     return onnx_dir, out, _build_all(onnx_dir, out, Precision.FP16)
 
 
 @pytest.fixture(scope="module")
-def fp8_engines(tiny, tmp_path_factory):
-    from cinema_trt.export.driver import export_stages
-
+def fp8_engines(tmp_path_factory, request):
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 needs compute capability 8.9 (Ada) or newer")
-    onnx_dir = tmp_path_factory.mktemp("onnx_fp8_fp16")
-    export_stages(tiny, onnx_dir, stages=list(FP8_STAGES), fp8=True, dtype="fp16",
-                  progress=False)
+    onnx_dir = request.getfixturevalue("fp8_fp16_export")[0]  # --fp8 --dtype fp16, shared
     out = tmp_path_factory.mktemp("trt_fp8")
     return onnx_dir, out, _build_all(onnx_dir, out, Precision.FP8)
 

@@ -25,8 +25,7 @@ from cinema_trt.serving.client import CinemaClient
 from cinema_trt.serving.demo import DemoOptions, cached_step, run_demo, tensorrt_unusable
 from cinema_trt.serving.latency import format_latency_table
 
-pytestmark = [pytest.mark.server, pytest.mark.slow]
-pytest.importorskip("tritonclient.grpc", reason="needs the serve extra")
+pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.usefixtures("serve_extra")]
 
 SIZE = dict(frames=5, height=32, width=48, steps=2)
 SHARED_WORKDIR = "tiny-demo-work"  # under pytest's base temp; test_ort_stages.py reuses it

@@ -12,7 +12,8 @@ from cinema_trt.serving.repo import RepositoryOptions, build_repository
 from cinema_trt.serving.stage_model import load_stage_runner
 from cinema_trt.serving.triton_config import Placement, parse_config
 
-pytest.importorskip("tritonclient.grpc", reason="configs are Triton protobufs (serve extra)")
+# Triton's configs are protobufs of the serve extra
+pytestmark = pytest.mark.usefixtures("serve_extra")
 
 TINY = get_preset("tiny")
 SPECS = stage_specs(TINY)
