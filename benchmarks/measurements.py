@@ -153,7 +153,7 @@ def _interleaved(bench: BenchConfig, planned, shared: Inputs) -> tuple[list, lis
         jobs = [job for v in variants for job in variant_jobs(v, shared, bench.device)]
         if bench.served:
             jobs += [_serve(stack, v, bench, shared, record)
-                     for v, record in zip(variants, records) if v.served is not None]
+                     for v, record in zip(variants, records, strict=True) if v.served is not None]
         with torch.inference_mode():
             for target in TARGETS[:-1]:  # all but "served", which joins "pipeline"
                 group = [job for job in jobs if job.target == target
@@ -163,7 +163,7 @@ def _interleaved(bench: BenchConfig, planned, shared: Inputs) -> tuple[list, lis
                 samples = measure_interleaved([job.fn for job in group], bench.runs,
                                               bench.warmup,
                                               [job.clock or bench.device for job in group])
-                measurements += [job.measurement(s) for job, s in zip(group, samples)]
+                measurements += [job.measurement(s) for job, s in zip(group, samples, strict=True)]
     del variants, jobs
     _release(bench.device)
     return measurements, records, skips

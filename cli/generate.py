@@ -147,7 +147,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fps", type=int)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--attention", default="sdpa", help="sdpa | triton | triton_unfused | triton_int8")
+    p.add_argument("--attention", default="sdpa",
+                   help="sdpa | triton | triton_unfused | triton_int8")
     p.add_argument("--runtime", default="torch", choices=("torch", "ort"))
     p.add_argument("--onnx", type=Path,
                    help="for --runtime ort: an export folder or a `build --runtime ort` folder")

@@ -134,7 +134,7 @@ def profiles_to_json(profiles: dict[str, Any]) -> dict[str, dict[str, list[int]]
         if isinstance(value, dict):
             out[name] = {k: list(value[k]) for k in ("min", "opt", "max")}
         else:
-            out[name] = {k: list(v) for k, v in zip(("min", "opt", "max"), value)}
+            out[name] = {k: list(v) for k, v in zip(("min", "opt", "max"), value, strict=True)}
     return out
 
 

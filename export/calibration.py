@@ -67,7 +67,8 @@ def calibration_requests(config, calibration: CalibrationConfig) -> list:
 
     images = [load_image(p) for p in sample_references()]
     requests = []
-    for i, (prompt, count) in enumerate(zip(calibration.prompts, calibration.refs_per_prompt)):
+    pairs = zip(calibration.prompts, calibration.refs_per_prompt, strict=True)
+    for i, (prompt, count) in enumerate(pairs):
         refs = tuple(images[(i + k) % len(images)] for k in range(count))
         requests.append(GenerationRequest.with_defaults(config, prompt, refs,
                                                         seed=calibration.seed + i))

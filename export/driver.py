@@ -337,4 +337,5 @@ def format_summary(results: list[ExportResult]) -> str:
         rows.append((r.stage, r.precision.value, f"{r.file_bytes / 2**20:.2f} MiB",
                      f"{r.params / 1e6:.3f} M", *errors, f"{r.seconds:.1f} s"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                     for row in rows)

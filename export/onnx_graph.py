@@ -50,7 +50,7 @@ def _quiet(*names: str):
     try:
         yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
 
@@ -129,7 +129,7 @@ def name_io_dims(model: onnx.ModelProto, spec: StageSpec) -> None:
         if len(dims) != len(tensor.dims):
             raise RuntimeError(f"{spec.name}.{tensor.name}: graph rank {len(dims)} != spec "
                                f"rank {len(tensor.dims)} ({tensor.dims})")
-        for axis, (dim, want) in enumerate(zip(dims, tensor.dims)):
+        for axis, (dim, want) in enumerate(zip(dims, tensor.dims, strict=True)):
             if isinstance(want, str):
                 if dim.HasField("dim_value"):
                     raise RuntimeError(

@@ -155,7 +155,7 @@ class OrtRunner:
             if tensor.dim() != entry.rank:
                 raise ValueError(f"{self.name}.{name}: shape {tuple(tensor.shape)} has rank "
                                  f"{tensor.dim()}, expected {entry.rank} with dims {entry.dims}")
-            for axis, (size, dim) in enumerate(zip(tensor.shape, entry.dims)):
+            for axis, (size, dim) in enumerate(zip(tensor.shape, entry.dims, strict=True)):
                 if isinstance(dim, int) and size != dim:
                     raise ValueError(f"{self.name}.{name}: dim {axis} is {size}, but this "
                                      f"export fixes it to {dim} (dims {entry.dims})")
@@ -166,7 +166,7 @@ class OrtRunner:
                 for name, t in inputs.items()}
         outputs = self.session.run([e.name for e in self.manifest.outputs], feed)
         return {e.name: torch.from_numpy(np.asarray(out, dtype=_np_dtype(e)))
-                for e, out in zip(self.manifest.outputs, outputs)}
+                for e, out in zip(self.manifest.outputs, outputs, strict=True)}
 
 
 def ort_runners(export_dir: str | os.PathLike, providers: Sequence[str] | None = None,

@@ -239,7 +239,8 @@ def tma_compatible(*tensors: torch.Tensor) -> bool:
         size = t.element_size()
         if t.stride(3) != 1 or t.data_ptr() % 16 or (t.stride(2) * size) % 16:
             return False
-        if any((stride * size) % 16 for n, stride in zip(t.shape[:2], t.stride()[:2]) if n > 1):
+        outer = zip(t.shape[:2], t.stride()[:2], strict=True)
+        if any((stride * size) % 16 for n, stride in outer if n > 1):
             return False
     return True
 

@@ -235,7 +235,7 @@ def prepare_inputs(processor: Qwen2VLProcessor, cfg: MLLMConfig, prompt: str,
         pixel_values = torch.zeros(0, patch_dim, dtype=torch.float32)
         grid = torch.zeros(0, 3, dtype=torch.int64)
     tensors = (batch["input_ids"].long(), batch["attention_mask"].long(), pixel_values, grid)
-    return dict(zip(INPUT_NAMES, tensors))
+    return dict(zip(INPUT_NAMES, tensors, strict=True))
 
 
 # --- the encoder ------------------------------------------------------------------------
@@ -364,7 +364,8 @@ def _load_strict(path: Path, hf_config: Qwen2VLConfig, dtype: torch.dtype) -> Qw
             output_loading_info=True)
     except OSError as error:
         raise CheckpointError(path, [f"no loadable safetensors weights ({error}); pickle "
-                                     "checkpoints are refused: convert them to safetensors"])
+                                     "checkpoints are refused: convert them to safetensors"]
+                              ) from None
     except RuntimeError as error:  # size mismatches surface as a generic RuntimeError
         raise CheckpointError(path, _shape_mismatches(path, hf_config) or [str(error)]) from None
     problems = [f"missing tensor {k}" for k in sorted(info["missing_keys"])]

@@ -167,7 +167,8 @@ def check_safetensors_file(path: str | Path) -> Path:
     """
     path = Path(path)
     if path.suffix != SUFFIX:
-        kind = "a pickle checkpoint" if path.suffix.lower() in PICKLE_SUFFIXES else "not safetensors"
+        pickled = path.suffix.lower() in PICKLE_SUFFIXES
+        kind = "a pickle checkpoint" if pickled else "not safetensors"
         raise CheckpointError(path, [f"refusing {path.name}: {kind} (only {SUFFIX} files are "
                                      f"loaded, pickles can run code); {_convert_hint(path)}"])
     if not path.is_file():

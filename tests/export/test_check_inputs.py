@@ -13,8 +13,9 @@ fed each blind variant is rejected by the exporter's own gate (`_validate`).
 
 Measured on tiny (worst check case, max |change| / output scale; fp32 gate 1e-4):
 dit cfg-shared text 3.3e-2, first-reference-only 5.2e-2, other text 6.1e-2, other refs
-3.6e-2; connector all-ones mask 1.9e-1; mllm_text all-ones mask 2.3e-2 (a masked span before valid tokens:
-right padding alone moves a causal LM's valid tokens by nothing, 3e-3 in total);
+3.6e-2; connector all-ones mask 1.9e-1; mllm_text all-ones mask 2.3e-2 (a masked span
+before valid tokens: right padding alone moves a causal LM's valid tokens by nothing,
+3e-3 in total);
 mllm_vision one attention window over three images 4.3e-3; every "other sample" >= 0.2.
 Not caught, and so not listed: RoPE on the tiny MLLM's random weights (its attention is
 near uniform): text-only M-RoPE positions move mllm_text by 2e-5, identity vision
