@@ -114,8 +114,8 @@ class MMDiTBlock(nn.Module):
         mod_t, mod_v = self.text.modulate(temb), self.visual.modulate(temb)
         # a fusing backend norms and rotates Q/K tiles as it loads them
         fused = fuses_prologue(self.backend)
-        qt, kt, vt = self.text.qkv_heads(txt, *mod_t[:2], normed=not fused)  # (B, H, L, D)
-        qv, kv, vv = self.visual.qkv_heads(vis, *mod_v[:2], normed=not fused)  # (B, H, N, D)
+        qt, kt, vt = self.text.qkv_heads(txt, mod_t[0], mod_t[1], normed=not fused)  # (B,H,L,D)
+        qv, kv, vv = self.visual.qkv_heads(vis, mod_v[0], mod_v[1], normed=not fused)  # (B,H,N,D)
         prologue = self.prologue(txt.shape[1], cos, sin) if fused else None
         if not fused:  # RoPE on visual tokens only: text has no spatial position
             qv, kv = apply_rope(qv, cos, sin), apply_rope(kv, cos, sin)

@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,8 +61,8 @@ class GenerationRequest:
     def with_defaults(cls, config: CinemaConfig, prompt: str, refs, **overrides):
         """A request with the preset's sampler defaults for every field not given."""
         s = config.sampler
-        fields = dict(frames=s.frames, height=s.height, width=s.width, steps=s.steps,
-                      guidance=s.guidance, fps=s.fps, seed=0)
+        fields: dict[str, Any] = dict(frames=s.frames, height=s.height, width=s.width,
+                                      steps=s.steps, guidance=s.guidance, fps=s.fps, seed=0)
         fields.update({k: v for k, v in overrides.items() if v is not None})
         return cls(prompt=prompt, refs=tuple(refs), **fields)
 

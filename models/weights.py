@@ -17,6 +17,7 @@ import os
 import struct
 import uuid
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -225,7 +226,10 @@ def _problems(expected: dict[str, torch.Tensor], found: dict[str, tuple],
     return problems
 
 
-def load_stage(module: nn.Module, path: str | Path) -> nn.Module:
+M = TypeVar("M", bound=nn.Module)
+
+
+def load_stage(module: M, path: str | Path) -> M:
     """Load `path` into `module` in place, strictly, and return the module.
 
     Every module tensor must be in the file with the same shape and dtype, and the file may
