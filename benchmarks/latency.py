@@ -22,7 +22,7 @@ import torch
 
 from cinema_trt.models.media import load_image, sample_references
 from cinema_trt.models.pipeline import GenerationRequest
-from cinema_trt.models.presets import get_preset
+from cinema_trt.models.presets import CinemaConfig, get_preset
 
 from .capture import describe_shapes
 from .config import BenchConfig
@@ -35,7 +35,7 @@ from .variants import plan_variants
 log = logging.getLogger(__name__)
 
 
-def bench_request(bench: BenchConfig, config) -> tuple[GenerationRequest, dict]:
+def bench_request(bench: BenchConfig, config: CinemaConfig) -> tuple[GenerationRequest, dict]:
     """The preset's default request with the first `refs` bundled images; + its record."""
     paths = sample_references()[:bench.refs]
     request = GenerationRequest.with_defaults(config, bench.prompt,

@@ -15,6 +15,7 @@ import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,6 +26,9 @@ from .config import BenchConfig
 from .result import TARGETS, Measurement
 from .served import served_session
 from .stats import summarize
+
+if TYPE_CHECKING:
+    from cinema_trt.models.factory import CinemaModels
 from .timing import measure, measure_interleaved
 from .variants import Skip, Variant, build_variant
 
@@ -55,7 +59,7 @@ class Inputs:
     captured: StageInputs
 
 
-def capture(models, request: GenerationRequest, device: str) -> StageInputs:
+def capture(models: CinemaModels, request: GenerationRequest, device: str) -> StageInputs:
     """Every stage's inputs from one run of `request` on torch fp32 on `device`."""
     from cinema_trt.models.factory import torch_runners
 

@@ -20,6 +20,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -28,6 +29,9 @@ from cinema_trt.models.specs import STAGES
 
 from .config import BenchConfig
 from .exports import FP8_STAGES, ensure_export
+
+if TYPE_CHECKING:
+    from cinema_trt.models.factory import CinemaModels
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +212,8 @@ def _tensorrt_variant(models, precision: str, bench: BenchConfig) -> Variant:
                    served=ServedSpec("tensorrt", engines, base_dir))
 
 
-def build_variant(runtime: str, precision: str, models, bench: BenchConfig) -> Variant:
+def build_variant(runtime: str, precision: str, models: CinemaModels,
+                  bench: BenchConfig) -> Variant:
     """Export/build/load what (runtime, precision) needs; `setup["seconds"]` says how long."""
     start = time.perf_counter()
     builders = {"torch": _torch_variant, "ort": _ort_variant, "tensorrt": _tensorrt_variant}

@@ -7,8 +7,13 @@ import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from cinema_trt.models.pipeline import CinemaPipeline
+    from cinema_trt.models.presets import CinemaConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +40,7 @@ class GenerateOptions:
     url: str | None = None  # HOST:PORT of a Triton server's gRPC endpoint; None: in process
 
 
-def build_pipeline(options: GenerateOptions, config):
+def build_pipeline(options: GenerateOptions, config: CinemaConfig) -> CinemaPipeline:
     """The pipeline on the requested runtime; ORT runs the graphs `cinema-trt export` wrote."""
     from cinema_trt.models.factory import pipeline_processor, torch_pipeline
     from cinema_trt.models.pipeline import CinemaPipeline
@@ -130,7 +135,7 @@ def generate_video(options: GenerateOptions) -> Path:
     return write_video(options.output, video, request.fps)
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("generate", help="generate a video from a prompt and references")
     p.add_argument("--prompt", required=True)
     p.add_argument("--ref", action="append", required=True, type=Path, dest="refs",

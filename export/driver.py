@@ -16,6 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -45,6 +46,9 @@ from .manifest import (
 )
 from .onnx_graph import DEFAULT_OPSET, check_onnx, save_onnx, trace_to_onnx, weight_count
 from .stages import StageExport, resolve_stages, sample_inputs, stage_exports
+
+if TYPE_CHECKING:
+    from cinema_trt.models.factory import CinemaModels
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +97,7 @@ def check_out_dir(out_dir: str | os.PathLike) -> Path:
     return out
 
 
-def load_or_build(config: CinemaConfig, weights: str | os.PathLike | None):
+def load_or_build(config: CinemaConfig, weights: str | os.PathLike | None) -> CinemaModels:
     """Models from a weights folder (whose config must match `config`) or from the preset."""
     from cinema_trt.models.factory import build_models, load_models
 
@@ -211,7 +215,7 @@ def _manifest(stage: str, export: StageExport, models, precision: Precision,
                     quantization=quantization)
 
 
-def export_stage(stage: str, export: StageExport, models, out_dir: Path,
+def export_stage(stage: str, export: StageExport, models: CinemaModels, out_dir: Path,
                  amax: dict[str, float] | None = None, opset: int = DEFAULT_OPSET,
                  calibrator: str = "builtin", dtype: Precision = Precision.FP32
                  ) -> ExportResult:

@@ -23,6 +23,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +95,9 @@ class TextPrefill(nn.Module):
         return out.last_hidden_state.float()
 
 
-def vision_inputs(vision_config, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> Tensors:
+def vision_inputs(vision_config: Any,  # Qwen2-VL's vision config (4.x and 5.x classes)
+                  pixel_values: torch.Tensor,
+                  grid_thw: torch.Tensor) -> Tensors:
     """Everything `mllm_vision` needs besides the pixels, computed as transformers does.
 
     pixel_values (P, patch_dim), grid_thw (K, 3) -> the four mllm_vision inputs.

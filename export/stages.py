@@ -9,6 +9,7 @@ may tie together dimensions whose examples are equal.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -17,6 +18,9 @@ from cinema_trt.models.presets import VAE_SPATIAL, VAE_TEMPORAL, CinemaConfig
 from cinema_trt.models.specs import StageSpec, mllm_split_specs, resolve, stage_specs
 
 from .mllm_split import split_modules, vision_inputs
+
+if TYPE_CHECKING:
+    from cinema_trt.models.factory import CinemaModels
 
 EXPORT_STAGES = ("mllm_vision", "mllm_text", "connector", "vae_encoder", "dit", "vae_decoder")
 # a name that stands for several graphs: "mllm" is exported as its two halves
@@ -113,7 +117,7 @@ def stage_cases(config: CinemaConfig, stage: str) -> tuple[Case, tuple[Case, ...
     raise ValueError(f"unknown stage {stage!r}; choose from {list(EXPORT_STAGES)}")
 
 
-def stage_exports(models, stages: tuple[str, ...],
+def stage_exports(models: CinemaModels, stages: tuple[str, ...],
                   attention_plugin: bool = False) -> dict[str, StageExport]:
     """`StageExport`s for `stages` of a `CinemaModels` (models/factory.py).
 
@@ -139,7 +143,8 @@ def stage_exports(models, stages: tuple[str, ...],
 # --- sample inputs ------------------------------------------------------------------------
 
 
-def _vision_inputs(models, case: Case, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def _vision_inputs(models: CinemaModels, case: Case,
+                   generator: torch.Generator) -> dict[str, torch.Tensor]:
     m = models.config.mllm
     grid = torch.tensor([[1, case["grid_h"], case["grid_w"]]] * case["images"])  # (K, 3)
     patches = int(grid.prod(-1).sum())
@@ -191,7 +196,8 @@ def _text_positions(batch: int, seq: int) -> torch.Tensor:
     return positions
 
 
-def sample_inputs(models, stage: str, case: Case, seed: int = 0) -> dict[str, torch.Tensor]:
+def sample_inputs(models: CinemaModels, stage: str, case: Case,
+                  seed: int = 0) -> dict[str, torch.Tensor]:
     """Deterministic, realistic inputs for `stage` at the shape `case`."""
     generator = torch.Generator().manual_seed(seed)
     if stage == "mllm_vision":

@@ -66,7 +66,7 @@ class StreamLayers(nn.Module):
         return [m[:, None] for m in self.modulation(F.silu(temb)).chunk(6, dim=-1)]
 
     def qkv_heads(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
-                  normed: bool = True):
+                  normed: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, S, width) -> q, k (normed unless `normed` is False) and v, each (B, H, S, D)."""
         x = self.norm1(x) * (1 + scale) + shift
         b, s, _ = x.shape

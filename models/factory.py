@@ -169,7 +169,8 @@ def torch_runners(models: CinemaModels, device: str | torch.device = "cpu",
             for stage, (part, submodule) in STAGE_PARTS.items()}
 
 
-def pipeline_processor(config: CinemaConfig, weights: str | os.PathLike | None = None):
+def pipeline_processor(config: CinemaConfig, weights: str | os.PathLike | None = None
+                       ) -> Qwen2VLProcessor:
     """The Qwen2-VL processor: from a weights folder when given, else built from the preset."""
     from .mllm import build_processor, load_mllm
 

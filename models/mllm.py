@@ -178,7 +178,8 @@ class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
     attributes = ["image_processor", "tokenizer"]
     tokenizer_class = "AutoTokenizer"
 
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+    def __init__(self, image_processor: Any = None, tokenizer: Any = None,
+                 chat_template: str | None = None, **kwargs: Any) -> None:
         self.image_token = IMAGE_PAD
         self.video_token = VIDEO_PAD
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
