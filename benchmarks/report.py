@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .machine import machine_tag
+from .machine import describe_source, machine_tag
 from .result import TARGETS, BenchResult
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ def _header(result: BenchResult) -> list[str]:
         f"# CINEMA latency: preset `{s.preset}` on {machine_tag(s.device, m)}", "",
         f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; GPU: {gpu}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in result.versions.items() if v),
+        f"- source: {describe_source(result.source)}",
         f"- request: {r['frames']} frames {r['width']}x{r['height']}, {r['steps']} steps, "
         f"guidance {r['guidance']}, {len(r['refs'])} references, seed {r['seed']}",
         f"- timing: {s.warmup} warm-up + {s.runs} timed runs each, clock `{result.clock}`, "
