@@ -99,15 +99,21 @@ def test_fp16_graphs_match_torch_within_twice_torchs_fp16_error(fp16_export, tin
 @slow
 def test_fp16_pipeline_on_ort_matches_torch(fp16_export, tiny_models, request_and_reference,
                                             psnr):
-    """Every stage fp16 on ONNX Runtime against the torch fp32 video: >= 30 dB (measured
-    ~61 dB; fp32 graphs reach ~90 dB, a wrong stage ~14 dB)."""
+    """Every stage fp16 on ONNX Runtime against the torch fp32 video: >= 59 dB.
+
+    Measured 60.6-61.2 dB over 6 seeds x 2 prompts
+    (benchmarks/results/fidelity-tiny-20261129.json); another prompt moves the video to
+    56.4-58.7 dB, other references to 50.9-52.0, one reference fewer to 49.2-51.4. 59 dB,
+    1.6 under the worst, fails a pipeline that loses a reference or a stage (~14 dB), and
+    one that loses the prompt on all but the closest of them; the stage gates (2x torch's
+    own fp16 error) catch what is left."""
     request, reference = request_and_reference
     runners = ort_runners(fp16_export[0])
     assert set(runners) == set(torch_runners(tiny_models))
     video = CinemaPipeline(tiny_models.config, runners, tiny_models.processor).generate(request)
     value = psnr(video, reference)
     log.info("fp16 ORT pipeline PSNR vs torch fp32: %.1f dB", value)
-    assert value >= 30.0
+    assert value >= 59.0
 
 
 @slow
