@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,8 +118,8 @@ class TinyExports:
     def __init__(self, config, tmp_path_factory):
         self.config = config
         self.tmp_path_factory = tmp_path_factory
-        self.folders: dict[tuple[str, bool], object] = {}
-        self.results: dict[tuple[str, bool], dict] = {}
+        self.folders: dict[tuple[str, bool], Path] = {}
+        self.results: dict[tuple[str, bool], dict] = {}  # {stage: ExportResult} per folder
 
     def folder(self, stages=None, dtype: str = "fp32", fp8: bool = False):
         """(shared folder, {stage: ExportResult} of every stage exported into it so far)
@@ -143,7 +144,6 @@ class TinyExports:
         """`dest` holding copies of exactly `stages` of the shared export (for tests whose
         result depends on which stages a folder holds, or that edit what they get)."""
         import shutil
-        from pathlib import Path
 
         out, _ = self.folder(stages, dtype, fp8)
         dest = Path(dest)

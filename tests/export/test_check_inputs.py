@@ -11,15 +11,14 @@ Fast tier: on the PyTorch modules, every blind variant moves the output on the c
 cases by at least 10x the fp32 gate. Slow tier: on the real exported graphs, ONNX Runtime
 fed each blind variant is rejected by the exporter's own gate (`_validate`).
 
-Measured on tiny (worst check case, max |change| / output scale; fp32 gate 1e-4):
-dit cfg-shared text 3.3e-2, first-reference-only 5.2e-2, other text 6.1e-2, other refs
-3.6e-2; connector all-ones mask 1.9e-1; mllm_text all-ones mask 2.3e-2 (a masked span
-before valid tokens: right padding alone moves a causal LM's valid tokens by nothing,
-3e-3 in total);
-mllm_vision one attention window over three images 4.3e-3; every "other sample" >= 0.2.
-Not caught, and so not listed: RoPE on the tiny MLLM's random weights (its attention is
-near uniform): text-only M-RoPE positions move mllm_text by 2e-5, identity vision
-rotary tables move mllm_vision by 8e-5, both under the fp32 gate.
+Measured on tiny (worst check case, max |change| / output scale; fp32 gate 1e-4): dit
+CFG branches sharing text 3.3e-2, first reference only 5.2e-2, other text 6.1e-2, other
+references 3.6e-2; connector mask ignored 1.9e-1; mllm_text mask ignored 2.3e-2 (thanks to
+the masked span before valid tokens: right padding alone moves a causal LM's valid tokens
+not at all, 3e-3 over all positions); mllm_vision one attention window over three images
+4.3e-3; every "other sample" >= 0.2. Not caught, and so not listed: RoPE on the tiny MLLM's
+random weights (its attention is near uniform): text-only M-RoPE positions move mllm_text
+by 2e-5, identity vision rotary tables move mllm_vision by 8e-5, both under the fp32 gate.
 """
 
 from __future__ import annotations
