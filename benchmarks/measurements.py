@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import gc
 import logging
 from collections.abc import Callable
@@ -54,7 +55,7 @@ class Job:
 class Inputs:
     """What every measurement shares: the models, the request and its captured inputs."""
 
-    models: object  # CinemaModels
+    models: CinemaModels
     request: GenerationRequest
     captured: StageInputs
 
@@ -83,7 +84,7 @@ def variant_jobs(variant: Variant, shared: Inputs, device: str) -> list[Job]:
     for stage in variant.stages:
         runner, inputs = variant.runners[stage], _placed(shared.captured[stage], variant, device)
         jobs.append(Job(variant.runtime, variant.precision, stage,
-                        lambda runner=runner, inputs=inputs: runner.run(inputs)))
+                        functools.partial(runner.run, inputs)))
     jobs.append(Job(variant.runtime, variant.precision, "pipeline",
                     lambda: pipeline.generate(shared.request)))
     return jobs
@@ -97,8 +98,11 @@ def variant_record(variant: Variant) -> dict:
 
 
 def _serve(stack: contextlib.ExitStack, variant: Variant, bench: BenchConfig,
-           shared: Inputs, record: dict) -> Job | None:
+           shared: Inputs, record: dict) -> Job:
     """Start a server for `variant` on `stack`; its request as a Job (host clock)."""
+    if variant.served is None:
+        raise ValueError(f"{variant.runtime} {variant.precision} is not served "
+                         f"(see the record's skipped list)")
     session = stack.enter_context(served_session(shared.models, shared.request, bench,
                                                  variant.served))
     record["served"] = session.info()

@@ -87,6 +87,8 @@ def generate_remote(options: GenerateOptions) -> Path:
             raise FileNotFoundError(f"reference image not found: {ref}")
     mp4 = options.output.suffix.lower() == ".mp4"
     # no deadline: a large preset may denoise for many minutes; Ctrl-C cancels instead
+    if options.url is None:
+        raise ValueError("a served generate needs --url HOST:PORT")
     client = CinemaClient(options.url, ClientOptions(timeout=None))
     with tqdm(total=options.steps, desc="denoising", unit="step",
               disable=not options.progress) as bar:
@@ -99,10 +101,14 @@ def generate_remote(options: GenerateOptions) -> Path:
             frames=options.frames, height=options.height, width=options.width,
             steps=options.steps, guidance=options.guidance, seed=options.seed, fps=options.fps)
     if mp4:
+        if result.mp4 is None:
+            raise RuntimeError("the server sent no MP4 bytes although they were requested")
         options.output.write_bytes(result.mp4)
         return options.output
     # the server's preset is unknown here: without --fps, use the local preset's default
     fps = options.fps or get_preset(options.preset).sampler.fps
+    if result.video is None:
+        raise RuntimeError("the server sent no video frames although they were requested")
     return write_video(options.output, result.video, fps)
 
 

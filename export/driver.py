@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -204,11 +204,11 @@ def _graph_runner(stage_dir: Path, manifest: Manifest):
         yield OrtRunner(folder, providers=("CPUExecutionProvider",), manifest=upcast).run
 
 
-def _manifest(stage: str, export: StageExport, models, precision: Precision,
+def _manifest(stage: str, export: StageExport, models: CinemaModels, precision: Precision,
               opset: int, files: list[Path], quantization: dict, compute_dtype: str) -> Manifest:
+    io = Manifest.io_from_spec(export.spec)
     return Manifest(stage=stage, preset=models.config.name, opset=opset, precision=precision,
-                    compute_dtype=compute_dtype,
-                    **Manifest.io_from_spec(export.spec),
+                    compute_dtype=compute_dtype, inputs=io["inputs"], outputs=io["outputs"],
                     source_sha256=state_dict_sha256(export.module),
                     onnx_sha256=files_sha256(files), versions=exporter_versions(),
                     config=models.config.to_dict(), external_data=len(files) > 1,
@@ -246,12 +246,14 @@ def export_stage(stage: str, export: StageExport, models: CinemaModels, out_dir:
     manifest = dataclasses.replace(
         _manifest(stage, export, models, precision, opset, files, quantization,
                   onnx_type(dtype)), sidecars=sidecars)
+    validation: dict[str, Any]
     if export.attention_plugin:
         error = None
         validation = {"skipped": "TensorRT plugin nodes: ONNX Runtime cannot run this graph"}
     else:
         validation = _validate(stage, export, models, stage_dir, manifest, module)
-        error = ErrorStats(**{k: validation[k] for k in ErrorStats.__dataclass_fields__})
+        error = ErrorStats(max_abs=validation["max_abs"], scale=validation["scale"],
+                           cosine=validation["cosine"], rel_l2=validation["rel_l2"])
     manifest = dataclasses.replace(manifest, validation=validation)
     write_manifest(manifest, stage_dir)  # last: the folder is complete from here on
     return ExportResult(stage, precision, stage_dir, sum(f.stat().st_size for f in files),

@@ -68,9 +68,9 @@ class CastedModule(nn.Module):
         self.dtype = dtype
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        args = [_cast(a, self.dtype) for a in args]
+        cast_args = [_cast(a, self.dtype) for a in args]
         kwargs = {k: _cast(v, self.dtype) for k, v in kwargs.items()}
-        out = self.module(*args, **kwargs)
+        out = self.module(*cast_args, **kwargs)
         if isinstance(out, tuple):
             return tuple(_cast(o, torch.float32) for o in out)
         return _cast(out, torch.float32)
@@ -96,8 +96,9 @@ def cast_module(module: nn.Module, precision: Precision) -> nn.Module:
     def forward(self, *args, **kwargs):
         return CastedModule.forward(self, *args, **kwargs)
 
-    forward.__signature__ = signature.replace(
-        parameters=[self_parameter, *signature.parameters.values()])
+    # inspect reads __signature__; functions have no such declared attribute
+    setattr(forward, "__signature__", signature.replace(  # noqa: B010
+        parameters=[self_parameter, *signature.parameters.values()]))
     casted = type(f"Casted{type(module).__name__}", (CastedModule,), {"forward": forward})
     return casted(module, torch_dtype(precision)).eval()
 

@@ -76,11 +76,12 @@ def _check_build(stage: StageFolder, version: str) -> None:
     """A built graph loads only in the ONNX Runtime version that optimized it, the rule
     engines/manifest.py's `validate_manifest` applies to every engine (ORT itself warns
     that a level-ALL graph belongs to the environment that optimized it)."""
-    built = stage.build["runtime_version"]
+    build = stage.build or {}  # called for build folders only
+    built = build.get("runtime_version")
     if built != version:
         raise ValueError(f"{stage.path}: optimized by ONNX Runtime {built} but this process "
                          f"has {version}; saved optimized graphs may use that version's "
-                         f"fused ops. Rebuild it here with:\n  {stage.build['rebuild_command']}")
+                         f"fused ops. Rebuild it here with:\n  {build.get('rebuild_command')}")
 
 
 class OrtRunner:
