@@ -44,10 +44,11 @@ def capture_stage_inputs(pipeline: CinemaPipeline, request: GenerationRequest) -
         pipeline.generate(request)
     finally:
         pipeline.runners = original
-    missing = [s for s in STAGES if recorders[s].first is None]
+    captured = {stage: recorders[stage].first for stage in STAGES}
+    missing = [s for s, inputs in captured.items() if inputs is None]
     if missing:
         raise RuntimeError(f"the pipeline never called stages {missing}; cannot benchmark them")
-    return {stage: recorders[stage].first for stage in STAGES}
+    return {stage: inputs for stage, inputs in captured.items() if inputs is not None}
 
 
 def describe_shapes(inputs: StageInputs) -> dict[str, dict[str, dict]]:

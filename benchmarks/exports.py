@@ -14,6 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cinema_trt.export.dtype import onnx_type, parse_dtype
 from cinema_trt.export.manifest import (
@@ -26,6 +27,9 @@ from cinema_trt.export.manifest import (
     state_dict_sha256,
 )
 from cinema_trt.export.stages import EXPORT_STAGES, stage_exports
+
+if TYPE_CHECKING:
+    from cinema_trt.models.factory import CinemaModels
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +77,7 @@ def _stale_reason(stage_dir: Path, module, config_dict: dict, precision: Precisi
     return None
 
 
-def stale_stages(models, folder: Path, stages: tuple[str, ...], fp8: bool,
+def stale_stages(models: CinemaModels, folder: Path, stages: tuple[str, ...], fp8: bool,
                  dtype: str = "fp32") -> dict[str, str]:
     """{stage: reason} for every stage of `stages` whose cached export must be redone.
     dtype: what the graphs compute in (export --dtype); with fp8, outside the Q/DQ."""
@@ -91,7 +95,8 @@ def stale_stages(models, folder: Path, stages: tuple[str, ...], fp8: bool,
     return stale
 
 
-def ensure_export(models, folder: Path, fp8: bool = False, dtype: str = "fp32") -> ExportCache:
+def ensure_export(models: CinemaModels, folder: Path, fp8: bool = False,
+                  dtype: str = "fp32") -> ExportCache:
     """Every stage in `dtype` (or the FP8_STAGES with FP8 Q/DQ when `fp8`) under `folder`,
     exported now unless a matching export is already there.
 

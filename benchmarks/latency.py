@@ -22,11 +22,11 @@ import torch
 
 from cinema_trt.models.media import load_image, sample_references
 from cinema_trt.models.pipeline import GenerationRequest
-from cinema_trt.models.presets import get_preset
+from cinema_trt.models.presets import CinemaConfig, get_preset
 
 from .capture import describe_shapes
 from .config import BenchConfig
-from .machine import library_versions, machine_info, machine_load
+from .machine import library_versions, machine_info, machine_load, source_revision
 from .measurements import Inputs, capture, measure_variants
 from .result import BenchResult
 from .timing import clock_name
@@ -35,7 +35,7 @@ from .variants import plan_variants
 log = logging.getLogger(__name__)
 
 
-def bench_request(bench: BenchConfig, config) -> tuple[GenerationRequest, dict]:
+def bench_request(bench: BenchConfig, config: CinemaConfig) -> tuple[GenerationRequest, dict]:
     """The preset's default request with the first `refs` bundled images; + its record."""
     paths = sample_references()[:bench.refs]
     request = GenerationRequest.with_defaults(config, bench.prompt,
@@ -95,6 +95,7 @@ def _run(bench: BenchConfig) -> BenchResult:
     started = datetime.datetime.now(datetime.timezone.utc)
     t0 = time.perf_counter()
     machine = machine_info()  # before any work: the load average says how busy it was
+    source = source_revision()  # the code measured is the code at the start
     config = get_preset(bench.preset)
     planned, skipped = plan_variants(bench)
     for skip in skipped:
@@ -110,7 +111,8 @@ def _run(bench: BenchConfig) -> BenchResult:
         settings=bench, started=started.isoformat(timespec="seconds"),
         duration_s=round(time.perf_counter() - t0, 1),
         machine={**machine, "load_average_end": machine_load()},
-        versions=library_versions(), config=config.to_dict(), request=request_record,
+        versions=library_versions(), source=source, config=config.to_dict(),
+        request=request_record,
         shapes=describe_shapes(captured), clock=clock_name(bench.device),
         variants=tuple(variants), measurements=tuple(measurements), skipped=tuple(skipped),
         notes=tuple(_notes(bench, planned)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -90,6 +91,40 @@ def library_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[dist] = None
     return versions
+
+
+def source_revision(root: str | os.PathLike | None = None) -> dict:
+    """The git commit the measured code came from and whether the tree had uncommitted
+    changes (a dirty tree's numbers belong to no commit): {"commit", "dirty"}, both None
+    outside a git checkout (an installed wheel) or without git.
+
+    `root`: a folder inside the checkout; default, this package's own folder (the
+    editable install points it at the working tree that runs).
+    """
+    cwd = Path(root) if root is not None else Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                                  timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    # tracked files only: untracked ones (the records a run writes, caches) change no code
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def describe_source(source: dict) -> str:
+    """`commit 0123abcd` (+ `, uncommitted changes`), or `not a git checkout`."""
+    if not source.get("commit"):
+        return "not a git checkout"
+    return f"commit {source['commit'][:12]}" + (", uncommitted changes" if source["dirty"]
+                                                else "")
 
 
 def _slug(text: str) -> str:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,6 +27,9 @@ from .config import BenchConfig
 from .result import TARGETS, Measurement
 from .served import served_session
 from .stats import summarize
+
+if TYPE_CHECKING:
+    from cinema_trt.models.factory import CinemaModels
 from .timing import measure, measure_interleaved
 from .variants import Skip, Variant, build_variant
 
@@ -50,12 +55,12 @@ class Job:
 class Inputs:
     """What every measurement shares: the models, the request and its captured inputs."""
 
-    models: object  # CinemaModels
+    models: CinemaModels
     request: GenerationRequest
     captured: StageInputs
 
 
-def capture(models, request: GenerationRequest, device: str) -> StageInputs:
+def capture(models: CinemaModels, request: GenerationRequest, device: str) -> StageInputs:
     """Every stage's inputs from one run of `request` on torch fp32 on `device`."""
     from cinema_trt.models.factory import torch_runners
 
@@ -79,7 +84,7 @@ def variant_jobs(variant: Variant, shared: Inputs, device: str) -> list[Job]:
     for stage in variant.stages:
         runner, inputs = variant.runners[stage], _placed(shared.captured[stage], variant, device)
         jobs.append(Job(variant.runtime, variant.precision, stage,
-                        lambda runner=runner, inputs=inputs: runner.run(inputs)))
+                        functools.partial(runner.run, inputs)))
     jobs.append(Job(variant.runtime, variant.precision, "pipeline",
                     lambda: pipeline.generate(shared.request)))
     return jobs
@@ -93,8 +98,11 @@ def variant_record(variant: Variant) -> dict:
 
 
 def _serve(stack: contextlib.ExitStack, variant: Variant, bench: BenchConfig,
-           shared: Inputs, record: dict) -> Job | None:
+           shared: Inputs, record: dict) -> Job:
     """Start a server for `variant` on `stack`; its request as a Job (host clock)."""
+    if variant.served is None:
+        raise ValueError(f"{variant.runtime} {variant.precision} is not served "
+                         f"(see the record's skipped list)")
     session = stack.enter_context(served_session(shared.models, shared.request, bench,
                                                  variant.served))
     record["served"] = session.info()
@@ -153,7 +161,7 @@ def _interleaved(bench: BenchConfig, planned, shared: Inputs) -> tuple[list, lis
         jobs = [job for v in variants for job in variant_jobs(v, shared, bench.device)]
         if bench.served:
             jobs += [_serve(stack, v, bench, shared, record)
-                     for v, record in zip(variants, records) if v.served is not None]
+                     for v, record in zip(variants, records, strict=True) if v.served is not None]
         with torch.inference_mode():
             for target in TARGETS[:-1]:  # all but "served", which joins "pipeline"
                 group = [job for job in jobs if job.target == target
@@ -163,7 +171,7 @@ def _interleaved(bench: BenchConfig, planned, shared: Inputs) -> tuple[list, lis
                 samples = measure_interleaved([job.fn for job in group], bench.runs,
                                               bench.warmup,
                                               [job.clock or bench.device for job in group])
-                measurements += [job.measurement(s) for job, s in zip(group, samples)]
+                measurements += [job.measurement(s) for job, s in zip(group, samples, strict=True)]
     del variants, jobs
     _release(bench.device)
     return measurements, records, skips

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .machine import machine_tag
+from .machine import describe_source, machine_tag
 from .result import TARGETS, BenchResult
 
 log = logging.getLogger(__name__)
@@ -62,11 +62,11 @@ def _summary_table(result: BenchResult) -> list[str]:
     labels = variant_labels(result)
     lines = ["| target | " + " | ".join(labels) + " |",
              "|---|" + "---:|" * len(labels)]
-    first = labels[0].split(" ") if labels else None
+    first = labels[0].split(" ") if labels else None  # [runtime, precision]
     for target in TARGETS:
         if not any(m.target == target for m in result.measurements):
             continue
-        base = result.find(*first, target) if first else None
+        base = result.find(first[0], first[1], target) if first else None
         cells = [_cell(result, label, target, base.stats.p50 if base else None)
                  for label in labels]
         lines.append(f"| {TARGET_LABELS.get(target, target)} | " + " | ".join(cells) + " |")
@@ -91,6 +91,7 @@ def _header(result: BenchResult) -> list[str]:
         f"# CINEMA latency: preset `{s.preset}` on {machine_tag(s.device, m)}", "",
         f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; GPU: {gpu}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in result.versions.items() if v),
+        f"- source: {describe_source(result.source)}",
         f"- request: {r['frames']} frames {r['width']}x{r['height']}, {r['steps']} steps, "
         f"guidance {r['guidance']}, {len(r['refs'])} references, seed {r['seed']}",
         f"- timing: {s.warmup} warm-up + {s.runs} timed runs each, clock `{result.clock}`, "
@@ -136,7 +137,8 @@ def write_chart(result: BenchResult, path: Path) -> Path:
     for i, label in enumerate(labels):
         rows, p50, whisker = [], [], []
         for j, target in enumerate(targets):
-            m = result.find(*label.split(" "), target)
+            runtime, precision = label.split(" ")
+            m = result.find(runtime, precision, target)
             if m is not None:
                 rows.append(j + i * height)
                 p50.append(m.stats.p50)

@@ -34,6 +34,7 @@ class BenchResult:
     duration_s: float
     machine: dict
     versions: dict
+    source: dict  # {"commit", "dirty"} of the measured code (machine.source_revision)
     config: dict  # the resolved CinemaConfig
     request: dict
     shapes: dict  # {stage: {tensor: {shape, dtype}}}
@@ -69,7 +70,7 @@ class BenchResult:
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA, "started": self.started, "duration_s": self.duration_s,
-                "machine": self.machine, "versions": self.versions,
+                "machine": self.machine, "versions": self.versions, "source": self.source,
                 "preset": self.settings.preset, "settings": self.settings.to_dict(),
                 "clock": self.clock, "config": self.config, "request": self.request,
                 "shapes": self.shapes, "variants": list(self.variants),

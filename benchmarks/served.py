@@ -15,11 +15,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cinema_trt.models.pipeline import GenerationRequest
 
 from .config import BenchConfig
 from .variants import ServedSpec
+
+if TYPE_CHECKING:
+    from cinema_trt.models.factory import CinemaModels
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,7 @@ def _request_params(request: GenerationRequest) -> dict:
 
 
 @contextlib.contextmanager
-def served_session(models, request: GenerationRequest, bench: BenchConfig,
+def served_session(models: CinemaModels, request: GenerationRequest, bench: BenchConfig,
                    spec: ServedSpec) -> Iterator[ServedSession]:
     """A Triton server on a fresh repository of `models` served as `spec`, stopped on exit.
 

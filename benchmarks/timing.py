@@ -83,10 +83,10 @@ def measure_interleaved(fns: Sequence[Callable[[], object]], runs: int, warmup: 
     _check(runs, warmup)
     if len(devices) != len(fns):
         raise ValueError(f"need one device per call: {len(fns)} calls, {len(devices)} devices")
-    for fn, device in zip(fns, devices):
+    for fn, device in zip(fns, devices, strict=True):
         _warm(fn, warmup, device)
     samples: list[list[float]] = [[] for _ in fns]
     for _ in range(runs):
-        for i, (fn, device) in enumerate(zip(fns, devices)):
+        for i, (fn, device) in enumerate(zip(fns, devices, strict=True)):
             samples[i].append(time_call(fn, device))
     return samples

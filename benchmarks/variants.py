@@ -20,14 +20,18 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from cinema_trt.models.runner import Runner
 from cinema_trt.models.specs import STAGES
 
-from .config import BenchConfig
+from .config import BenchConfig, default_cache_dir
 from .exports import FP8_STAGES, ensure_export
+
+if TYPE_CHECKING:
+    from cinema_trt.models.factory import CinemaModels
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +117,10 @@ def plan_variants(bench: BenchConfig) -> tuple[list[tuple[str, str]], list[Skip]
     return planned, skipped
 
 
-def _export_dir(bench: BenchConfig, models, dtype: str, fp8: bool = False) -> Path:
+def _export_dir(bench: BenchConfig, models: CinemaModels, dtype: str, fp8: bool = False
+                ) -> Path:
     """The cache folder of the exports computing in `dtype` (the FP8 DiT's: `fp8`)."""
-    root = Path(bench.cache_dir) / models.config.name
+    root = Path(bench.cache_dir or default_cache_dir()) / models.config.name
     return root / (f"onnx-fp8-{dtype}" if fp8 else f"onnx-{dtype}")
 
 
@@ -152,7 +157,8 @@ def _ort_variant(models, precision: str, bench: BenchConfig) -> Variant:
     base_dir = _export_dir(bench, models, base)
     exports = [ensure_export(models, base_dir, dtype=base)]
     runners = ort_runners(base_dir, threads=bench.threads)
-    stages, precisions, served = STAGES, {s: base for s in STAGES}, base_dir
+    stages: tuple[str, ...] = STAGES
+    precisions, served = {s: base for s in STAGES}, base_dir
     if precision == "fp8":
         fp8_dir = _export_dir(bench, models, base, fp8=True)
         exports.append(ensure_export(models, fp8_dir, fp8=True, dtype=base))
@@ -175,10 +181,11 @@ def _ort_variant(models, precision: str, bench: BenchConfig) -> Variant:
 
 
 def _engines(export_dir: Path, out: Path, precision: str, stages: tuple[str, ...] = ()) -> Path:
-    from cinema_trt.engines.config import BuildConfig
+    from cinema_trt.engines.config import BuildConfig, Precision
     from cinema_trt.engines.stages import BuildRequest, build_stages
 
-    build_stages(BuildRequest(export_dir, out, BuildConfig(precision=precision), stages=stages))
+    build_stages(BuildRequest(export_dir, out, BuildConfig(precision=Precision.parse(precision)),
+                              stages=stages))
     return out
 
 
@@ -193,7 +200,8 @@ def _tensorrt_variant(models, precision: str, bench: BenchConfig) -> Variant:
     root = base_dir.parent
     engines = _engines(base_dir, root / f"engines-{base}", base)
     runners = tensorrt_runners(engines, export_dir=base_dir, device=bench.device)
-    stages, precisions = STAGES, {s: base for s in STAGES}
+    stages: tuple[str, ...] = STAGES
+    precisions = {s: base for s in STAGES}
     if precision == "fp8":
         fp8_dir = _export_dir(bench, models, base, fp8=True)
         ensure_export(models, fp8_dir, fp8=True, dtype=base)
@@ -208,7 +216,8 @@ def _tensorrt_variant(models, precision: str, bench: BenchConfig) -> Variant:
                    served=ServedSpec("tensorrt", engines, base_dir))
 
 
-def build_variant(runtime: str, precision: str, models, bench: BenchConfig) -> Variant:
+def build_variant(runtime: str, precision: str, models: CinemaModels,
+                  bench: BenchConfig) -> Variant:
     """Export/build/load what (runtime, precision) needs; `setup["seconds"]` says how long."""
     start = time.perf_counter()
     builders = {"torch": _torch_variant, "ort": _ort_variant, "tensorrt": _tensorrt_variant}

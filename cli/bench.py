@@ -12,7 +12,7 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from cinema_trt.benchmarks.config import PRECISIONS, RESULTS_DIR, RUNTIMES, BenchConfig
 
     defaults = BenchConfig.__dataclass_fields__

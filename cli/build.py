@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cinema_trt.engines.stages import BuildRequest
 
 log = logging.getLogger(__name__)
 
 TIMING_CACHE_FILE = "timing.cache"
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from cinema_trt.engines.config import BuildConfig, Precision
     from cinema_trt.engines.stages import RUNTIMES
 
@@ -55,7 +59,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def build_request(args: argparse.Namespace):
+def build_request(args: argparse.Namespace) -> BuildRequest:
     from cinema_trt.engines.backends import BACKENDS, parse_targets
     from cinema_trt.engines.config import BuildConfig
     from cinema_trt.engines.stages import BuildRequest

@@ -9,11 +9,15 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cinema_trt.serving.demo import DemoResult
 
 log = logging.getLogger(__name__)
 
 
-def print_report(result) -> None:
+def print_report(result: DemoResult) -> None:
     from cinema_trt.serving.latency import format_latency_table
 
     reused = ", ".join(f"{step} {'reused' if hit else 'built'}"
@@ -24,7 +28,7 @@ def print_report(result) -> None:
     print(f"video: {result.output}", flush=True)
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from cinema_trt.serving.demo import DEFAULT_PROMPT, RUNTIME_CHOICES
 
     p = subparsers.add_parser(

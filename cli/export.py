@@ -6,6 +6,10 @@ import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cinema_trt.export.driver import ExportResult
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +33,7 @@ class ExportOptions:
     dtype: str = "fp32"  # what the graphs compute in: fp32 | fp16 | bf16
 
 
-def export_from_options(options: ExportOptions):
+def export_from_options(options: ExportOptions) -> list[ExportResult]:
     """Validate the options, export, and return the results (a list of ExportResult)."""
     from cinema_trt.export.driver import export_stages
     from cinema_trt.models.presets import get_preset
@@ -41,7 +45,7 @@ def export_from_options(options: ExportOptions):
                          attention_plugin=options.attention_plugin, dtype=options.dtype)
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "export", help="export stages to ONNX (+ manifest.json), checked against PyTorch",
         description="Writes <out>/<stage>/model.onnx and manifest.json for each stage: "

@@ -7,8 +7,13 @@ import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from cinema_trt.models.pipeline import CinemaPipeline
+    from cinema_trt.models.presets import CinemaConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +40,7 @@ class GenerateOptions:
     url: str | None = None  # HOST:PORT of a Triton server's gRPC endpoint; None: in process
 
 
-def build_pipeline(options: GenerateOptions, config):
+def build_pipeline(options: GenerateOptions, config: CinemaConfig) -> CinemaPipeline:
     """The pipeline on the requested runtime; ORT runs the graphs `cinema-trt export` wrote."""
     from cinema_trt.models.factory import pipeline_processor, torch_pipeline
     from cinema_trt.models.pipeline import CinemaPipeline
@@ -82,6 +87,8 @@ def generate_remote(options: GenerateOptions) -> Path:
             raise FileNotFoundError(f"reference image not found: {ref}")
     mp4 = options.output.suffix.lower() == ".mp4"
     # no deadline: a large preset may denoise for many minutes; Ctrl-C cancels instead
+    if options.url is None:
+        raise ValueError("a served generate needs --url HOST:PORT")
     client = CinemaClient(options.url, ClientOptions(timeout=None))
     with tqdm(total=options.steps, desc="denoising", unit="step",
               disable=not options.progress) as bar:
@@ -94,10 +101,14 @@ def generate_remote(options: GenerateOptions) -> Path:
             frames=options.frames, height=options.height, width=options.width,
             steps=options.steps, guidance=options.guidance, seed=options.seed, fps=options.fps)
     if mp4:
+        if result.mp4 is None:
+            raise RuntimeError("the server sent no MP4 bytes although they were requested")
         options.output.write_bytes(result.mp4)
         return options.output
     # the server's preset is unknown here: without --fps, use the local preset's default
     fps = options.fps or get_preset(options.preset).sampler.fps
+    if result.video is None:
+        raise RuntimeError("the server sent no video frames although they were requested")
     return write_video(options.output, result.video, fps)
 
 
@@ -130,7 +141,7 @@ def generate_video(options: GenerateOptions) -> Path:
     return write_video(options.output, video, request.fps)
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("generate", help="generate a video from a prompt and references")
     p.add_argument("--prompt", required=True)
     p.add_argument("--ref", action="append", required=True, type=Path, dest="refs",
@@ -147,7 +158,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fps", type=int)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--attention", default="sdpa", help="sdpa | triton | triton_unfused | triton_int8")
+    p.add_argument("--attention", default="sdpa",
+                   help="sdpa | triton | triton_unfused | triton_int8")
     p.add_argument("--runtime", default="torch", choices=("torch", "ort"))
     p.add_argument("--onnx", type=Path,
                    help="for --runtime ort: an export folder or a `build --runtime ort` folder")

@@ -72,7 +72,7 @@ def _gpu_list(text: str) -> tuple[int, ...]:
     return gpus
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("repo", help="write a Triton model repository")
     p.add_argument("-o", "--output", type=Path, required=True, help="repository folder")
     p.add_argument("--weights", type=Path,

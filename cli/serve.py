@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cinema_trt.serving.server import TritonServer
 
 log = logging.getLogger(__name__)
 
 
-def print_endpoints(server) -> None:
+def print_endpoints(server: TritonServer) -> None:
     # stdout, not the log: scripts read these lines to find the ports
     endpoints = server.endpoints
     print(f"grpc: {endpoints.grpc}", flush=True)
@@ -17,7 +21,7 @@ def print_endpoints(server) -> None:
     print(f"metrics: {endpoints.metrics}", flush=True)
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("serve", help="serve a model repository with Triton")
     p.add_argument("--repository", type=Path, required=True,
                    help="model repository folder (cinema-trt repo)")

@@ -20,10 +20,17 @@ import logging
 import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from .fp8 import FP8_E4M3_BITS, RECIPES, AmaxObserver
+
+if TYPE_CHECKING:
+    from cinema_trt.models.factory import CinemaModels
+    from cinema_trt.models.pipeline import GenerationRequest
+    from cinema_trt.models.presets import CinemaConfig
 
 logger = logging.getLogger(__name__)
 
@@ -61,20 +68,22 @@ class CalibrationConfig:
                              f"prompts and refs_per_prompt={self.refs_per_prompt}")
 
 
-def calibration_requests(config, calibration: CalibrationConfig) -> list:
+def calibration_requests(config: CinemaConfig, calibration: CalibrationConfig
+                         ) -> list[GenerationRequest]:
     from cinema_trt.models.media import load_image, sample_references
     from cinema_trt.models.pipeline import GenerationRequest
 
     images = [load_image(p) for p in sample_references()]
     requests = []
-    for i, (prompt, count) in enumerate(zip(calibration.prompts, calibration.refs_per_prompt)):
+    pairs = zip(calibration.prompts, calibration.refs_per_prompt, strict=True)
+    for i, (prompt, count) in enumerate(pairs):
         refs = tuple(images[(i + k) % len(images)] for k in range(count))
         requests.append(GenerationRequest.with_defaults(config, prompt, refs,
                                                         seed=calibration.seed + i))
     return requests
 
 
-def calibrate(models, modules: dict[str, nn.Module],
+def calibrate(models: CinemaModels, modules: dict[str, nn.Module],
               calibration: CalibrationConfig | None = None,
               calibrator: str = "builtin") -> dict[str, dict[str, float]]:
     """Per stage in `modules` (stage name -> the module that is exported), the input amax
@@ -112,7 +121,7 @@ class ModelOptMissingError(ImportError):
     """calibrator="modelopt" without nvidia-modelopt installed; the message says how."""
 
 
-def import_modelopt():
+def import_modelopt() -> ModuleType:
     """`modelopt.torch.quantization`, or ModelOptMissingError with the install hint."""
     try:
         with warnings.catch_warnings():
@@ -142,7 +151,8 @@ def modelopt_config(modules: dict[str, nn.Module]) -> dict:
     return {"quant_cfg": entries, "algorithm": "max"}
 
 
-def calibration_copy(models, modules: dict[str, nn.Module]):
+def calibration_copy(models: CinemaModels, modules: dict[str, nn.Module]
+                     ) -> tuple[CinemaModels, dict[str, nn.Module]]:
     """(models, modules) deep-copied together: every model stage that shares weights with a
     module in `modules` (dit, aligner, mllm) is copied, and each copied module keeps
     sharing them with its copied stage (one deepcopy memo), so pipeline runs on the copy

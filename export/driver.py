@@ -16,6 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -45,6 +46,9 @@ from .manifest import (
 )
 from .onnx_graph import DEFAULT_OPSET, check_onnx, save_onnx, trace_to_onnx, weight_count
 from .stages import StageExport, resolve_stages, sample_inputs, stage_exports
+
+if TYPE_CHECKING:
+    from cinema_trt.models.factory import CinemaModels
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +97,7 @@ def check_out_dir(out_dir: str | os.PathLike) -> Path:
     return out
 
 
-def load_or_build(config: CinemaConfig, weights: str | os.PathLike | None):
+def load_or_build(config: CinemaConfig, weights: str | os.PathLike | None) -> CinemaModels:
     """Models from a weights folder (whose config must match `config`) or from the preset."""
     from cinema_trt.models.factory import build_models, load_models
 
@@ -200,18 +204,18 @@ def _graph_runner(stage_dir: Path, manifest: Manifest):
         yield OrtRunner(folder, providers=("CPUExecutionProvider",), manifest=upcast).run
 
 
-def _manifest(stage: str, export: StageExport, models, precision: Precision,
+def _manifest(stage: str, export: StageExport, models: CinemaModels, precision: Precision,
               opset: int, files: list[Path], quantization: dict, compute_dtype: str) -> Manifest:
+    io = Manifest.io_from_spec(export.spec)
     return Manifest(stage=stage, preset=models.config.name, opset=opset, precision=precision,
-                    compute_dtype=compute_dtype,
-                    **Manifest.io_from_spec(export.spec),
+                    compute_dtype=compute_dtype, inputs=io["inputs"], outputs=io["outputs"],
                     source_sha256=state_dict_sha256(export.module),
                     onnx_sha256=files_sha256(files), versions=exporter_versions(),
                     config=models.config.to_dict(), external_data=len(files) > 1,
                     quantization=quantization)
 
 
-def export_stage(stage: str, export: StageExport, models, out_dir: Path,
+def export_stage(stage: str, export: StageExport, models: CinemaModels, out_dir: Path,
                  amax: dict[str, float] | None = None, opset: int = DEFAULT_OPSET,
                  calibrator: str = "builtin", dtype: Precision = Precision.FP32
                  ) -> ExportResult:
@@ -242,12 +246,14 @@ def export_stage(stage: str, export: StageExport, models, out_dir: Path,
     manifest = dataclasses.replace(
         _manifest(stage, export, models, precision, opset, files, quantization,
                   onnx_type(dtype)), sidecars=sidecars)
+    validation: dict[str, Any]
     if export.attention_plugin:
         error = None
         validation = {"skipped": "TensorRT plugin nodes: ONNX Runtime cannot run this graph"}
     else:
         validation = _validate(stage, export, models, stage_dir, manifest, module)
-        error = ErrorStats(**{k: validation[k] for k in ErrorStats.__dataclass_fields__})
+        error = ErrorStats(max_abs=validation["max_abs"], scale=validation["scale"],
+                           cosine=validation["cosine"], rel_l2=validation["rel_l2"])
     manifest = dataclasses.replace(manifest, validation=validation)
     write_manifest(manifest, stage_dir)  # last: the folder is complete from here on
     return ExportResult(stage, precision, stage_dir, sum(f.stat().st_size for f in files),
@@ -337,4 +343,5 @@ def format_summary(results: list[ExportResult]) -> str:
         rows.append((r.stage, r.precision.value, f"{r.file_bytes / 2**20:.2f} MiB",
                      f"{r.params / 1e6:.3f} M", *errors, f"{r.seconds:.1f} s"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                     for row in rows)

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import copy
 import inspect
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from cinema_trt.models.presets import Precision
+
+if TYPE_CHECKING:
+    import onnx
 
 # export dtype -> (torch dtype, ONNX element type name as engines/config.py spells it)
 EXPORT_DTYPES = {Precision.FP32: (torch.float32, "float32"),
@@ -63,10 +67,10 @@ class CastedModule(nn.Module):
         self.module = copy.deepcopy(module).to(dtype).eval()  # CASTED_SCOPE
         self.dtype = dtype
 
-    def forward(self, *args, **kwargs):
-        args = [_cast(a, self.dtype) for a in args]
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        cast_args = [_cast(a, self.dtype) for a in args]
         kwargs = {k: _cast(v, self.dtype) for k, v in kwargs.items()}
-        out = self.module(*args, **kwargs)
+        out = self.module(*cast_args, **kwargs)
         if isinstance(out, tuple):
             return tuple(_cast(o, torch.float32) for o in out)
         return _cast(out, torch.float32)
@@ -92,13 +96,14 @@ def cast_module(module: nn.Module, precision: Precision) -> nn.Module:
     def forward(self, *args, **kwargs):
         return CastedModule.forward(self, *args, **kwargs)
 
-    forward.__signature__ = signature.replace(
-        parameters=[self_parameter, *signature.parameters.values()])
+    # inspect reads __signature__; functions have no such declared attribute
+    setattr(forward, "__signature__", signature.replace(  # noqa: B010
+        parameters=[self_parameter, *signature.parameters.values()]))
     casted = type(f"Casted{type(module).__name__}", (CastedModule,), {"forward": forward})
     return casted(module, torch_dtype(precision)).eval()
 
 
-def unwrap_scopes(model) -> None:
+def unwrap_scopes(model: onnx.ModelProto) -> None:
     """Remove CastedModule's level from every node's module metadata (in place), so a
     half-precision graph names its layers as the fp32 graph does: the FP8 pass, profilers
     and tests see "blocks.0.attn.qkv", not "module.blocks.0.attn.qkv"."""
@@ -129,7 +134,7 @@ def round_parameters(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     return rounded
 
 
-def upcast_bfloat16(model):
+def upcast_bfloat16(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of an ONNX model with every bfloat16 (initializers, constants, casts, value
     types) made float32: the same graph, run in float32 arithmetic. ONNX Runtime's CPU
     provider has no bf16 kernels, so this is how a bf16 export's graph is checked there."""

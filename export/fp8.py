@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -139,7 +140,7 @@ def _qdq(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def emulate_fp8(module: nn.Module, amax: dict[str, float]):
+def emulate_fp8(module: nn.Module, amax: dict[str, float]) -> Iterator[nn.Module]:
     """Run `module` in torch with the FP8 graph's arithmetic on the layers in `amax`:
     inputs and weights quantize-dequantized with the same scales as `insert_fp8_qdq`.
 

@@ -23,6 +23,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,12 +52,13 @@ class VisionTower(nn.Module):
     segment_ids (P,)) -> image_embeds (P / merge**2, hidden). Weights are the HF modules'.
     """
 
-    def __init__(self, visual: nn.Module):
+    # Any: HF's modules reach mypy only through nn.Module.__getattr__ (Tensor | Module)
+    def __init__(self, visual: Any):
         super().__init__()
         self.visual = visual
         self.heads = visual.config.num_heads
 
-    def _attention(self, attn: nn.Module, x: torch.Tensor, cos: torch.Tensor,
+    def _attention(self, attn: Any, x: torch.Tensor, cos: torch.Tensor,
                    sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """HF VisionAttention.forward with `mask` in place of the cu_seqlens split."""
         patches = x.shape[0]
@@ -72,7 +74,8 @@ class VisionTower(nn.Module):
         x = self.visual.patch_embed(pixel_values)  # (P, E)
         # 2. patches attend within their own image only: block-diagonal mask
         mask = segment_ids[:, None] == segment_ids[None, :]  # (P, P) bool
-        for block in self.visual.blocks:
+        blocks: Any = self.visual.blocks
+        for block in blocks:
             x = x + self._attention(block.attn, block.norm1(x), rotary_cos, rotary_sin, mask)
             x = x + block.mlp(block.norm2(x))
         # 3. merge merge x merge neighbouring patches and project to the LLM width
@@ -94,7 +97,9 @@ class TextPrefill(nn.Module):
         return out.last_hidden_state.float()
 
 
-def vision_inputs(vision_config, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> Tensors:
+def vision_inputs(vision_config: Any,  # Qwen2-VL's vision config (4.x and 5.x classes)
+                  pixel_values: torch.Tensor,
+                  grid_thw: torch.Tensor) -> Tensors:
     """Everything `mllm_vision` needs besides the pixels, computed as transformers does.
 
     pixel_values (P, patch_dim), grid_thw (K, 3) -> the four mllm_vision inputs.

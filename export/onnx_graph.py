@@ -17,6 +17,7 @@ import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -50,7 +51,7 @@ def _quiet(*names: str):
     try:
         yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
 
@@ -65,7 +66,7 @@ def trace_to_onnx(module: torch.nn.Module, spec: StageSpec, example: dict[str, t
     `register_plugins()`) can run such a graph; ONNX Runtime cannot.
     """
     args = tuple(example[name] for name in spec.input_names)
-    options = {}
+    options: dict[str, Any] = {}
     if attention_plugin:
         from cinema_trt.kernels import trt_plugin
 
@@ -80,6 +81,8 @@ def trace_to_onnx(module: torch.nn.Module, spec: StageSpec, example: dict[str, t
             output_names=list(spec.output_names), dynamic_shapes=dynamic_shapes(spec),
             dynamo=True, opset_version=opset, optimize=False, verify=False, report=False,
             verbose=False, **options)
+        if program is None:  # only the legacy exporter returns None (dynamo=True here)
+            raise RuntimeError(f"{spec.name}: torch.onnx.export returned no ONNX program")
         program.optimize()
     model = program.model_proto
     if attention_plugin and not plugin_nodes(model):
@@ -129,7 +132,7 @@ def name_io_dims(model: onnx.ModelProto, spec: StageSpec) -> None:
         if len(dims) != len(tensor.dims):
             raise RuntimeError(f"{spec.name}.{tensor.name}: graph rank {len(dims)} != spec "
                                f"rank {len(tensor.dims)} ({tensor.dims})")
-        for axis, (dim, want) in enumerate(zip(dims, tensor.dims)):
+        for axis, (dim, want) in enumerate(zip(dims, tensor.dims, strict=True)):
             if isinstance(want, str):
                 if dim.HasField("dim_value"):
                     raise RuntimeError(

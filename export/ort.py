@@ -76,11 +76,12 @@ def _check_build(stage: StageFolder, version: str) -> None:
     """A built graph loads only in the ONNX Runtime version that optimized it, the rule
     engines/manifest.py's `validate_manifest` applies to every engine (ORT itself warns
     that a level-ALL graph belongs to the environment that optimized it)."""
-    built = stage.build["runtime_version"]
+    build = stage.build or {}  # called for build folders only
+    built = build.get("runtime_version")
     if built != version:
         raise ValueError(f"{stage.path}: optimized by ONNX Runtime {built} but this process "
                          f"has {version}; saved optimized graphs may use that version's "
-                         f"fused ops. Rebuild it here with:\n  {stage.build['rebuild_command']}")
+                         f"fused ops. Rebuild it here with:\n  {build.get('rebuild_command')}")
 
 
 class OrtRunner:
@@ -155,7 +156,7 @@ class OrtRunner:
             if tensor.dim() != entry.rank:
                 raise ValueError(f"{self.name}.{name}: shape {tuple(tensor.shape)} has rank "
                                  f"{tensor.dim()}, expected {entry.rank} with dims {entry.dims}")
-            for axis, (size, dim) in enumerate(zip(tensor.shape, entry.dims)):
+            for axis, (size, dim) in enumerate(zip(tensor.shape, entry.dims, strict=True)):
                 if isinstance(dim, int) and size != dim:
                     raise ValueError(f"{self.name}.{name}: dim {axis} is {size}, but this "
                                      f"export fixes it to {dim} (dims {entry.dims})")
@@ -166,7 +167,7 @@ class OrtRunner:
                 for name, t in inputs.items()}
         outputs = self.session.run([e.name for e in self.manifest.outputs], feed)
         return {e.name: torch.from_numpy(np.asarray(out, dtype=_np_dtype(e)))
-                for e, out in zip(self.manifest.outputs, outputs)}
+                for e, out in zip(self.manifest.outputs, outputs, strict=True)}
 
 
 def ort_runners(export_dir: str | os.PathLike, providers: Sequence[str] | None = None,

@@ -9,6 +9,7 @@ may tie together dimensions whose examples are equal.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -17,6 +18,9 @@ from cinema_trt.models.presets import VAE_SPATIAL, VAE_TEMPORAL, CinemaConfig
 from cinema_trt.models.specs import StageSpec, mllm_split_specs, resolve, stage_specs
 
 from .mllm_split import split_modules, vision_inputs
+
+if TYPE_CHECKING:
+    from cinema_trt.models.factory import CinemaModels
 
 EXPORT_STAGES = ("mllm_vision", "mllm_text", "connector", "vae_encoder", "dit", "vae_decoder")
 # a name that stands for several graphs: "mllm" is exported as its two halves
@@ -96,6 +100,11 @@ def stage_cases(config: CinemaConfig, stage: str) -> tuple[Case, tuple[Case, ...
         if stage == "vae_encoder":
             # references are encoded as single frames: K images, frames=1
             one = {**one, "batch": 3, "lframes": 1, "frames": 1}
+        if stage == "dit":
+            # every DiT check is a batch of distinct rows, as a CFG pair is (cond, uncond
+            # differ in text and references), and the second has K=3 distinct references:
+            # a graph that shares one branch's text or sees only the first reference fails
+            two = {**two, "batch": 3}
         return example, (one, two)
     if stage == "mllm_vision":
         # grids in patches; h and w must be multiples of the spatial merge size
@@ -108,7 +117,7 @@ def stage_cases(config: CinemaConfig, stage: str) -> tuple[Case, tuple[Case, ...
     raise ValueError(f"unknown stage {stage!r}; choose from {list(EXPORT_STAGES)}")
 
 
-def stage_exports(models, stages: tuple[str, ...],
+def stage_exports(models: CinemaModels, stages: tuple[str, ...],
                   attention_plugin: bool = False) -> dict[str, StageExport]:
     """`StageExport`s for `stages` of a `CinemaModels` (models/factory.py).
 
@@ -134,7 +143,8 @@ def stage_exports(models, stages: tuple[str, ...],
 # --- sample inputs ------------------------------------------------------------------------
 
 
-def _vision_inputs(models, case: Case, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def _vision_inputs(models: CinemaModels, case: Case,
+                   generator: torch.Generator) -> dict[str, torch.Tensor]:
     m = models.config.mllm
     grid = torch.tensor([[1, case["grid_h"], case["grid_w"]]] * case["images"])  # (K, 3)
     patches = int(grid.prod(-1).sum())
@@ -144,24 +154,50 @@ def _vision_inputs(models, case: Case, generator: torch.Generator) -> dict[str, 
 
 
 def _padding_mask(batch: int, seq: int) -> torch.Tensor:
-    """All ones except trailing padding on samples 1.. (right padding, as a batched
-    processor would give; every row keeps at least half its tokens)."""
+    """(B, S) int64: sample 0 unpadded, odd samples masked from token 1 on (left padding
+    behind one leading token), even samples 2.. right-padded; every row keeps at least
+    half its tokens.
+
+    Both kinds on purpose: a causal LM's valid tokens never see right padding, so only a
+    masked span before valid tokens tests its mask (the connector's bidirectional pooling
+    sees both). The leading valid token keeps every query row one key to attend to: a
+    fully masked row (pure left padding) is undefined, and runtimes fill it differently.
+    """
     mask = torch.ones(batch, seq, dtype=torch.int64)
     for b in range(1, batch):
-        mask[b, seq - (seq * b) // (2 * batch):] = 0
+        pad = (seq * b) // (2 * batch)
+        if b % 2:
+            mask[b, 1:1 + pad] = 0
+        else:
+            mask[b, seq - pad:] = 0
     return mask
 
 
-def _text_positions(batch: int, seq: int, generator: torch.Generator) -> torch.Tensor:
-    """(3, B, S) M-RoPE ids: rows agree on text, differ inside an image-like middle span."""
+def _text_positions(batch: int, seq: int) -> torch.Tensor:
+    """(3, B, S) M-RoPE ids laid out as Qwen2-VL's get_rope_index does for a prompt with one
+    image: text positions on all three rows, then an image span whose temporal row stays
+    put while the height and width rows walk its grid, then text again from past the
+    grid. Each sample's image sits elsewhere and has another grid, so a graph that reads
+    only the text row (or treats the rows alike) is off by far more than rounding."""
     positions = torch.arange(seq).expand(3, batch, seq).clone()
-    span = slice(seq // 3, 2 * seq // 3)
-    positions[1:, :, span] += torch.randint(-2, 3, (2, batch, span.stop - span.start),
-                                            generator=generator)
-    return positions.clamp_min(0)
+    for b in range(batch):
+        if seq < 8 + 4 * b:  # too short to hold an image span: text only
+            continue
+        start, width = seq // 4 + b, 2 + b % 3
+        rows = max(1, (seq // 2) // width)
+        tokens = rows * width  # image tokens, in raster order
+        end = start + tokens
+        text = torch.arange(start)
+        grid = torch.arange(tokens)
+        after = start + max(rows, width) + torch.arange(seq - end)
+        positions[0, b] = torch.cat([text, torch.full((tokens,), start), after])
+        positions[1, b] = torch.cat([text, start + grid // width, after])
+        positions[2, b] = torch.cat([text, start + grid % width, after])
+    return positions
 
 
-def sample_inputs(models, stage: str, case: Case, seed: int = 0) -> dict[str, torch.Tensor]:
+def sample_inputs(models: CinemaModels, stage: str, case: Case,
+                  seed: int = 0) -> dict[str, torch.Tensor]:
     """Deterministic, realistic inputs for `stage` at the shape `case`."""
     generator = torch.Generator().manual_seed(seed)
     if stage == "mllm_vision":
@@ -173,7 +209,7 @@ def sample_inputs(models, stage: str, case: Case, seed: int = 0) -> dict[str, to
         if t.name == "attention_mask":
             inputs[t.name] = _padding_mask(*shape)
         elif t.name == "position_ids":
-            inputs[t.name] = _text_positions(shape[1], shape[2], generator)
+            inputs[t.name] = _text_positions(shape[1], shape[2])
         elif t.name == "timestep":
             inputs[t.name] = torch.rand(shape, generator=generator) * 1000.0
         elif t.name == "video":

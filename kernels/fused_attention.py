@@ -208,7 +208,7 @@ def _norm_table(weight: torch.Tensor | None) -> tuple[torch.Tensor | None, int]:
 
 def _rope_tables(prologue: QKPrologue) -> tuple[torch.Tensor | None, torch.Tensor | None, int, int]:
     """cos/sin as contiguous fp32 (Bc, S, D), plus (batch stride, row stride)."""
-    if not prologue.has_rope:
+    if prologue.rope_cos is None or prologue.rope_sin is None:
         return None, None, 0, 0
     cos, sin = (t.float().contiguous() for t in (prologue.rope_cos, prologue.rope_sin))
     if cos.dim() == 2:
@@ -239,7 +239,8 @@ def tma_compatible(*tensors: torch.Tensor) -> bool:
         size = t.element_size()
         if t.stride(3) != 1 or t.data_ptr() % 16 or (t.stride(2) * size) % 16:
             return False
-        if any((stride * size) % 16 for n, stride in zip(t.shape[:2], t.stride()[:2]) if n > 1):
+        outer = zip(t.shape[:2], t.stride()[:2], strict=True)
+        if any((stride * size) % 16 for n, stride in outer if n > 1):
             return False
     return True
 

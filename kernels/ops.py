@@ -75,12 +75,12 @@ def _check_prologue(p: QKPrologue, n_q: int, n_kv: int, batch: int, head_dim: in
                              f"got {tuple(weight.shape)}")
     if (p.rope_cos is None) != (p.rope_sin is None):
         raise ValueError("QKPrologue needs both rope_cos and rope_sin, or neither")
-    if p.has_rope:
+    if p.rope_cos is not None and p.rope_sin is not None:
         if n_q != n_kv:
             raise ValueError(f"fused RoPE needs queries and keys at the same positions; got "
                              f"S_q={n_q}, S_kv={n_kv}")
         allowed = ((n_q, head_dim), (1, n_q, head_dim), (batch, n_q, head_dim))
-        if p.rope_cos.shape not in allowed or p.rope_sin.shape != p.rope_cos.shape:
+        if tuple(p.rope_cos.shape) not in allowed or p.rope_sin.shape != p.rope_cos.shape:
             raise ValueError(f"rope_cos/rope_sin must be (S, D) or (B, S, D) = one of {allowed}; "
                              f"got {tuple(p.rope_cos.shape)} and {tuple(p.rope_sin.shape)}")
 
@@ -126,9 +126,9 @@ def attention_int8_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     # zero channels add nothing to Q.Kᵀ and give zero output channels, so padding is exact;
     # only tiny test models have such heads
     padding = (0, MIN_HEAD_DIM_INT8 - q.shape[3])
-    padded = [torch.nn.functional.pad(t, padding) for t in (q, k, v)]
-    wide = torch.empty_like(padded[0])
-    launch_attention_int8(*padded, wide, kv_lens, scale, q_block, k_block, smooth_k)
+    wq, wk, wv = (torch.nn.functional.pad(t, padding) for t in (q, k, v))
+    wide = torch.empty_like(wq)
+    launch_attention_int8(wq, wk, wv, wide, kv_lens, scale, q_block, k_block, smooth_k)
     return out.copy_(wide[..., :q.shape[3]])
 
 

@@ -40,12 +40,13 @@ def apply_prologue_reference(q: torch.Tensor, k: torch.Tensor,
                              prologue: QKPrologue | None) -> tuple[torch.Tensor, torch.Tensor]:
     if prologue is None:
         return q, k
-    if prologue.has_norm:
-        q = rms_norm_reference(q, prologue.q_norm_weight, prologue.eps)
-        k = rms_norm_reference(k, prologue.k_norm_weight, prologue.eps)
-    if prologue.has_rope:
-        q = rope_reference(q, prologue.rope_cos, prologue.rope_sin)
-        k = rope_reference(k, prologue.rope_cos, prologue.rope_sin)
+    q_weight, k_weight = prologue.q_norm_weight, prologue.k_norm_weight
+    if q_weight is not None and k_weight is not None:
+        q = rms_norm_reference(q, q_weight, prologue.eps)
+        k = rms_norm_reference(k, k_weight, prologue.eps)
+    cos, sin = prologue.rope_cos, prologue.rope_sin
+    if cos is not None and sin is not None:
+        q, k = rope_reference(q, cos, sin), rope_reference(k, cos, sin)
     return q, k
 
 

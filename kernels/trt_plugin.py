@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from .reference import LOG2E
 from .tuning import PLUGIN_TACTICS, KernelConfig, interpreting
@@ -256,10 +257,11 @@ def drop_unused_params(ptx: str, kernel_name: str, n_params: int) -> str:
     return re.sub(rf"({last}),(\s*\))", r"\1\2", "\n".join(kept))
 
 
-def int_arg_values(batch, heads, n_q, n_kv, head_dim) -> dict:
+def int_arg_values(batch: Any, heads: Any, n_q: Any, n_kv: Any, head_dim: Any) -> dict[str, Any]:
     """Runtime int32 arguments for contiguous (B, H, S, D) tensors.
 
-    Plain arithmetic, so it works on ints (tests) and on TensorRT shape expressions.
+    Plain arithmetic, so it works on ints (tests) and on TensorRT shape expressions (hence
+    `Any`: the two share no type).
     """
     values = {"H": heads, "N_CTX_Q": n_q, "N_CTX_KV": n_kv}
     for prefix, seq in (("q", n_q), ("k", n_kv), ("v", n_kv), ("o", n_q)):

@@ -58,11 +58,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def apply_prologue(q: torch.Tensor, k: torch.Tensor,
                    prologue: QKPrologue) -> tuple[torch.Tensor, torch.Tensor]:
     """The prologue in torch, for backends that cannot fuse it. q, k: (B, H, S, D)."""
-    if prologue.has_norm:
-        q = rms_norm(q, prologue.q_norm_weight, prologue.eps)
-        k = rms_norm(k, prologue.k_norm_weight, prologue.eps)
-    if prologue.has_rope:
-        cos, sin = prologue.rope_cos, prologue.rope_sin
+    q_weight, k_weight = prologue.q_norm_weight, prologue.k_norm_weight
+    if q_weight is not None and k_weight is not None:
+        q = rms_norm(q, q_weight, prologue.eps)
+        k = rms_norm(k, k_weight, prologue.eps)
+    cos, sin = prologue.rope_cos, prologue.rope_sin
+    if cos is not None and sin is not None:
         if cos.dim() == 3:  # per sample (B, S, D): broadcast over heads
             cos, sin = cos[:, None], sin[:, None]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)

@@ -34,7 +34,8 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
-def timestep_sinusoid(timestep: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+def timestep_sinusoid(timestep: torch.Tensor, dim: int,
+                      max_period: float = 10_000.0) -> torch.Tensor:
     """(B,) timesteps in [0, 1000] -> (B, dim) float32 [cos | sin] features."""
     half = dim // 2
     exponents = torch.arange(half, dtype=torch.float32, device=timestep.device) / half
@@ -65,7 +66,7 @@ class StreamLayers(nn.Module):
         return [m[:, None] for m in self.modulation(F.silu(temb)).chunk(6, dim=-1)]
 
     def qkv_heads(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
-                  normed: bool = True):
+                  normed: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, S, width) -> q, k (normed unless `normed` is False) and v, each (B, H, S, D)."""
         x = self.norm1(x) * (1 + scale) + shift
         b, s, _ = x.shape
@@ -74,7 +75,8 @@ class StreamLayers(nn.Module):
             return qkv[0], qkv[1], qkv[2]
         return self.q_norm(qkv[0]), self.k_norm(qkv[1]), qkv[2]
 
-    def residuals(self, x: torch.Tensor, attn: torch.Tensor, mod: list[torch.Tensor]) -> torch.Tensor:
+    def residuals(self, x: torch.Tensor, attn: torch.Tensor,
+                  mod: list[torch.Tensor]) -> torch.Tensor:
         """Gated attention-output and MLP residuals. x, attn: (B, S, width)."""
         _, _, gate_attn, shift_mlp, scale_mlp, gate_mlp = mod
         x = x + gate_attn * self.out(attn)
@@ -112,8 +114,8 @@ class MMDiTBlock(nn.Module):
         mod_t, mod_v = self.text.modulate(temb), self.visual.modulate(temb)
         # a fusing backend norms and rotates Q/K tiles as it loads them
         fused = fuses_prologue(self.backend)
-        qt, kt, vt = self.text.qkv_heads(txt, *mod_t[:2], normed=not fused)  # (B, H, L, D)
-        qv, kv, vv = self.visual.qkv_heads(vis, *mod_v[:2], normed=not fused)  # (B, H, N, D)
+        qt, kt, vt = self.text.qkv_heads(txt, mod_t[0], mod_t[1], normed=not fused)  # (B,H,L,D)
+        qv, kv, vv = self.visual.qkv_heads(vis, mod_v[0], mod_v[1], normed=not fused)  # (B,H,N,D)
         prologue = self.prologue(txt.shape[1], cos, sin) if fused else None
         if not fused:  # RoPE on visual tokens only: text has no spatial position
             qv, kv = apply_rope(qv, cos, sin), apply_rope(kv, cos, sin)
@@ -182,13 +184,15 @@ class CinemaDiT(nn.Module):
         """Raise ValueError naming the violated constraint (see stage "dit" in specs.py)."""
         cfg, (pt, ph, pw) = self.cfg, self.cfg.patch_size
         if latents.dim() != 5 or latents.shape[1] != cfg.in_channels:
-            raise ValueError(f"latents must be (B, {cfg.in_channels}, T, h, w), got {tuple(latents.shape)}")
+            raise ValueError(f"latents must be (B, {cfg.in_channels}, T, h, w), "
+                             f"got {tuple(latents.shape)}")
         b, _, t, h, w = latents.shape
         if t % pt or h % ph or w % pw:
             raise ValueError(f"latents (T, h, w)=({t}, {h}, {w}) must be divisible by the patch "
                              f"size {cfg.patch_size}; resize the video")
         if timestep.shape != (b,):
-            raise ValueError(f"timestep must be ({b},) to match latents' batch, got {tuple(timestep.shape)}")
+            raise ValueError(f"timestep must be ({b},) to match latents' batch, "
+                             f"got {tuple(timestep.shape)}")
         if text_states.shape != (b, cfg.text_len, cfg.text_dim):
             raise ValueError(f"text_states must be ({b}, text_len={cfg.text_len}, "
                              f"text_dim={cfg.text_dim}), got {tuple(text_states.shape)}")

@@ -31,6 +31,8 @@ from .weights import load_stage, save_stage
 # .mllm and .pipeline import transformers (~2-3 s): they are imported inside the functions
 # that need them, so a served non-MLLM stage (serving/stage_model.py) never loads it
 if TYPE_CHECKING:
+    from transformers import Qwen2VLProcessor
+
     from .mllm import MLLMEncoder
     from .pipeline import CinemaPipeline
 
@@ -52,7 +54,7 @@ STAGE_PARTS = {"mllm": ("mllm", None), "connector": ("aligner", None),
 class CinemaModels:
     config: CinemaConfig
     mllm: MLLMEncoder
-    processor: object  # transformers Qwen2VLProcessor
+    processor: Qwen2VLProcessor
     aligner: AlignerNet
     vae: VideoVAE
     dit: CinemaDiT
@@ -113,7 +115,10 @@ def load_models(folder: str | os.PathLike, config: CinemaConfig | None = None) -
             saved.dit, attention_backend=config.dit.attention_backend), sampler=config.sampler)
     mllm, processor = load_mllm(folder / MLLM_FOLDER, saved.mllm)
     models = CinemaModels(config=saved, mllm=mllm, processor=processor,
-                          **{part: _load_part(folder, part, saved) for part in STAGE_FILES})
+                          aligner=load_stage(AlignerNet(saved.aligner),
+                                             folder / STAGE_FILES["aligner"]),
+                          vae=load_stage(VideoVAE(saved.vae), folder / STAGE_FILES["vae"]),
+                          dit=load_stage(CinemaDiT(saved.dit), folder / STAGE_FILES["dit"]))
     log.info("loaded %s weights from %s", saved.name, folder)
     return models
 
@@ -164,7 +169,8 @@ def torch_runners(models: CinemaModels, device: str | torch.device = "cpu",
             for stage, (part, submodule) in STAGE_PARTS.items()}
 
 
-def pipeline_processor(config: CinemaConfig, weights: str | os.PathLike | None = None):
+def pipeline_processor(config: CinemaConfig, weights: str | os.PathLike | None = None
+                       ) -> Qwen2VLProcessor:
     """The Qwen2-VL processor: from a weights folder when given, else built from the preset."""
     from .mllm import build_processor, load_mllm
 

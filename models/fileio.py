@@ -31,7 +31,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | bytearray | memoryview |
     return path
 
 
-def sha256_file(path: str | os.PathLike, digest=None) -> str:
+def sha256_file(path: str | os.PathLike, digest: hashlib._Hash | None = None) -> str:
     """Hex SHA-256 of a file; with `digest`, the file is added to that running hash."""
     digest = digest if digest is not None else hashlib.sha256()
     with open(path, "rb") as f:

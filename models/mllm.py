@@ -18,7 +18,7 @@ import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from packaging.version import Version
@@ -129,12 +129,17 @@ def _rope_settings(text_config) -> tuple[float, tuple[int, ...]]:
     scaling = getattr(text_config, "rope_scaling", None) or {}
     theta = params.get("rope_theta", getattr(text_config, "rope_theta", None))
     section = params.get("mrope_section", scaling.get("mrope_section", ()))
+    if theta is None:
+        raise ValueError("the Qwen2-VL text config has no rope_theta (neither in "
+                         "rope_parameters nor as an attribute); it is not a Qwen2-VL config")
     return float(theta), tuple(section)
 
 
 def mllm_fields(hf_config: Qwen2VLConfig) -> dict[str, Any]:
     """The MLLMConfig fields a Qwen2VLConfig determines (the inverse of build_hf_config)."""
-    v, t = hf_config.vision_config, hf_config.text_config
+    # Any: the sub-configs' attributes differ between transformers 4.x and 5.x stubs
+    v: Any = hf_config.vision_config
+    t: Any = hf_config.text_config
     theta, section = _rope_settings(t)
     return {"vision_depth": v.depth, "vision_embed_dim": v.embed_dim,
             "vision_heads": v.num_heads, "vision_mlp_ratio": float(v.mlp_ratio),
@@ -173,7 +178,8 @@ class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
     attributes = ["image_processor", "tokenizer"]
     tokenizer_class = "AutoTokenizer"
 
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+    def __init__(self, image_processor: Any = None, tokenizer: Any = None,
+                 chat_template: str | None = None, **kwargs: Any) -> None:
         self.image_token = IMAGE_PAD
         self.video_token = VIDEO_PAD
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
@@ -235,7 +241,7 @@ def prepare_inputs(processor: Qwen2VLProcessor, cfg: MLLMConfig, prompt: str,
         pixel_values = torch.zeros(0, patch_dim, dtype=torch.float32)
         grid = torch.zeros(0, 3, dtype=torch.int64)
     tensors = (batch["input_ids"].long(), batch["attention_mask"].long(), pixel_values, grid)
-    return dict(zip(INPUT_NAMES, tensors))
+    return dict(zip(INPUT_NAMES, tensors, strict=True))
 
 
 # --- the encoder ------------------------------------------------------------------------
@@ -264,7 +270,8 @@ class MLLMEncoder(nn.Module):
         kwargs: dict[str, Any] = {"image_grid_thw": grid, "attention_mask": attention_mask}
         if _ROPE_INDEX_TAKES_TOKEN_TYPES:
             kwargs["mm_token_type_ids"] = (input_ids == self.config.image_token_id).int()
-        positions, _ = self.model.get_rope_index(input_ids, **kwargs)
+        # the stubs ask for the legacy LongTensor class; any int64 tensor is one at runtime
+        positions, _ = self.model.get_rope_index(cast(torch.LongTensor, input_ids), **kwargs)
         return positions
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -359,12 +366,15 @@ def _load_strict(path: Path, hf_config: Qwen2VLConfig, dtype: torch.dtype) -> Qw
     `use_safetensors=True` refuses pickle (`pytorch_model.bin`) folders.
     """
     try:
-        model, info = Qwen2VLModel.from_pretrained(
+        # output_loading_info=True returns (model, info), which the stubs do not express
+        loaded: Any = Qwen2VLModel.from_pretrained(
             path, config=hf_config, local_files_only=True, dtype=dtype, use_safetensors=True,
             output_loading_info=True)
+        model, info = loaded
     except OSError as error:
         raise CheckpointError(path, [f"no loadable safetensors weights ({error}); pickle "
-                                     "checkpoints are refused: convert them to safetensors"])
+                                     "checkpoints are refused: convert them to safetensors"]
+                              ) from None
     except RuntimeError as error:  # size mismatches surface as a generic RuntimeError
         raise CheckpointError(path, _shape_mismatches(path, hf_config) or [str(error)]) from None
     problems = [f"missing tensor {k}" for k in sorted(info["missing_keys"])]
@@ -391,7 +401,7 @@ def load_mllm(path: str | Path, cfg: MLLMConfig | None = None,
                                 f"with save_mllm() or point to a local Qwen2-VL checkpoint")
     hf_config = Qwen2VLConfig.from_pretrained(path, local_files_only=True)
     # the PIL processor on 4.x too, as build_processor uses (and no "slow processor" warning)
-    backend = {} if _TRANSFORMERS_5 else {"use_fast": False}
+    backend: dict[str, Any] = {} if _TRANSFORMERS_5 else {"use_fast": False}
     processor = ImageOnlyQwen2VLProcessor.from_pretrained(path, local_files_only=True, **backend)
     if cfg is not None:
         problems = folder_mismatches(hf_config, processor, cfg)

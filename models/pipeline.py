@@ -11,8 +11,9 @@ import numbers
 import re
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ from .mllm import prepare_inputs
 from .presets import CinemaConfig, check_num_refs, latent_frames, latent_size
 from .runner import Runner, Tensors
 from .sampler import ProgressFn, StopFn, denoise, initial_noise
+
+if TYPE_CHECKING:
+    from transformers import Qwen2VLProcessor
 
 MAX_PROMPT_CHARS = 4096
 MAX_REF_SIDE = 4096  # pixels; larger images are rejected before any resizing work
@@ -57,11 +61,12 @@ class GenerationRequest:
     fps: int = 8
 
     @classmethod
-    def with_defaults(cls, config: CinemaConfig, prompt: str, refs, **overrides):
+    def with_defaults(cls, config: CinemaConfig, prompt: str, refs: Sequence[np.ndarray],
+                      **overrides: Any) -> GenerationRequest:
         """A request with the preset's sampler defaults for every field not given."""
         s = config.sampler
-        fields = dict(frames=s.frames, height=s.height, width=s.width, steps=s.steps,
-                      guidance=s.guidance, fps=s.fps, seed=0)
+        fields: dict[str, Any] = dict(frames=s.frames, height=s.height, width=s.width,
+                                      steps=s.steps, guidance=s.guidance, fps=s.fps, seed=0)
         fields.update({k: v for k, v in overrides.items() if v is not None})
         return cls(prompt=prompt, refs=tuple(refs), **fields)
 
@@ -165,7 +170,8 @@ def video_to_uint8(video: torch.Tensor) -> np.ndarray:
 class CinemaPipeline:
     """Runs the five stages; `last_timings` holds seconds per stage of the last call."""
 
-    def __init__(self, config: CinemaConfig, runners: Mapping[str, Runner], processor):
+    def __init__(self, config: CinemaConfig, runners: Mapping[str, Runner],
+                 processor: Qwen2VLProcessor):
         missing = [s for s in ("mllm", "connector", "vae_encoder", "dit", "vae_decoder")
                    if s not in runners]
         if missing:
@@ -222,7 +228,8 @@ class CinemaPipeline:
         self.last_timings = dict(self.last_timings)
         return video_to_uint8(video)
 
-    def __call__(self, prompt: str, refs, frames: int | None = None, height: int | None = None,
+    def __call__(self, prompt: str, refs: Sequence[np.ndarray], frames: int | None = None,
+                 height: int | None = None,
                  width: int | None = None, steps: int | None = None,
                  guidance: float | None = None, seed: int = 0) -> np.ndarray:
         request = GenerationRequest.with_defaults(

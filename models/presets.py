@@ -165,7 +165,8 @@ class CinemaConfig:
         )
 
     def with_attention_backend(self, backend: str) -> CinemaConfig:
-        return dataclasses.replace(self, dit=dataclasses.replace(self.dit, attention_backend=backend))
+        return dataclasses.replace(self, dit=dataclasses.replace(self.dit,
+                                                                  attention_backend=backend))
 
 
 def _tiny() -> CinemaConfig:

@@ -53,7 +53,7 @@ class TorchRunner:
         if len(outputs) != len(self.output_names):
             raise RuntimeError(f"{self.name}: module returned {len(outputs)} outputs, "
                                f"expected {len(self.output_names)} ({self.output_names})")
-        return dict(zip(self.output_names, outputs))
+        return dict(zip(self.output_names, outputs, strict=True))
 
 
 class FunctionRunner:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .presets import check_num_refs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 # Qwen2-VL's special tokens, in Qwen's order (ids follow the byte tokens and merges)
 ENDOFTEXT = "<|endoftext|>"
@@ -112,7 +115,7 @@ def tokenizer_size() -> int:
     return max(special_token_ids().values()) + 1
 
 
-def build_tokenizer(vocab_size: int):
+def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     """The offline tokenizer as a transformers fast tokenizer (what Qwen2VLProcessor takes)."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast

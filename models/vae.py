@@ -157,7 +157,7 @@ class VAEEncoder(nn.Module):
         levels = []
         for i, out_ch in enumerate(chans):
             in_ch = chans[max(i - 1, 0)]
-            blocks: list[nn.Module] = _blocks(in_ch, out_ch, cfg.layers_per_block, groups)
+            blocks: list[nn.Module] = [*_blocks(in_ch, out_ch, cfg.layers_per_block, groups)]
             if i < len(chans) - 1:
                 blocks.append(Downsample(out_ch, temporal=i in cfg.temporal_down_levels))
             levels.append(nn.Sequential(*blocks))
@@ -206,7 +206,7 @@ class VAEDecoder(nn.Module):
         levels = []
         for i, out_ch in enumerate(chans):
             in_ch = chans[max(i - 1, 0)]
-            blocks: list[nn.Module] = _blocks(in_ch, out_ch, cfg.layers_per_block, groups)
+            blocks: list[nn.Module] = [*_blocks(in_ch, out_ch, cfg.layers_per_block, groups)]
             if i < n - 1:
                 # undoes the encoder's downsample after its level n - 2 - i
                 blocks.append(Upsample(out_ch, temporal=(n - 2 - i) in cfg.temporal_down_levels))

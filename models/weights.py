@@ -17,6 +17,7 @@ import os
 import struct
 import uuid
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -167,7 +168,8 @@ def check_safetensors_file(path: str | Path) -> Path:
     """
     path = Path(path)
     if path.suffix != SUFFIX:
-        kind = "a pickle checkpoint" if path.suffix.lower() in PICKLE_SUFFIXES else "not safetensors"
+        pickled = path.suffix.lower() in PICKLE_SUFFIXES
+        kind = "a pickle checkpoint" if pickled else "not safetensors"
         raise CheckpointError(path, [f"refusing {path.name}: {kind} (only {SUFFIX} files are "
                                      f"loaded, pickles can run code); {_convert_hint(path)}"])
     if not path.is_file():
@@ -224,7 +226,10 @@ def _problems(expected: dict[str, torch.Tensor], found: dict[str, tuple],
     return problems
 
 
-def load_stage(module: nn.Module, path: str | Path) -> nn.Module:
+M = TypeVar("M", bound=nn.Module)
+
+
+def load_stage(module: M, path: str | Path) -> M:
     """Load `path` into `module` in place, strictly, and return the module.
 
     Every module tensor must be in the file with the same shape and dtype, and the file may

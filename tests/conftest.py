@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,6 +54,16 @@ def require():
     return require_module
 
 
+SERVE_EXTRA = 'pip install -e ".[serve]"'
+
+
+@pytest.fixture(scope="session")
+def serve_extra():
+    """For modules that need tritonclient (Triton's config protobufs, the gRPC client):
+    `pytestmark = pytest.mark.usefixtures("serve_extra")`."""
+    return require_module("tritonclient.grpc", SERVE_EXTRA)
+
+
 @pytest.fixture(scope="session")
 def tiny_config():
     from cinema_trt.models.presets import get_preset
@@ -73,13 +84,13 @@ def tiny_weights(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tritonserver_binary():
     """The server binary; skips (fails in CI) unless the serve extra provides it."""
-    require_module("tritonclient.grpc", 'pip install -e ".[serve]"')
+    require_module("tritonclient.grpc", SERVE_EXTRA)
     from cinema_trt.serving.server import find_tritonserver
 
     try:
         return find_tritonserver()
     except FileNotFoundError as error:
-        _missing(f"tritonserver ({error})", 'pip install -e ".[serve]"')
+        _missing(f"tritonserver ({error})", SERVE_EXTRA)
 
 
 # --- the tiny preset exported once per session, for every suite -----------------------
@@ -93,55 +104,90 @@ def tiny_models(tiny_config):
     return build_models(tiny_config)
 
 
+FP8_STAGES = ("dit", "connector", "mllm_text")  # the stages with an FP8 recipe
+
+
+class TinyExports:
+    """The tiny preset's exports, one folder per variant (dtype, fp8) for the whole session.
+
+    Each stage is exported into its variant's folder at most once, when a test first asks
+    for it, so a test that needs the connector alone does not pay for the whole preset
+    (~40-80 s on 2 cores), and the suites never export the same graph twice.
+    """
+
+    def __init__(self, config, tmp_path_factory):
+        self.config = config
+        self.tmp_path_factory = tmp_path_factory
+        self.folders: dict[tuple[str, bool], Path] = {}
+        self.results: dict[tuple[str, bool], dict] = {}  # {stage: ExportResult} per folder
+
+    def folder(self, stages=None, dtype: str = "fp32", fp8: bool = False):
+        """(shared folder, {stage: ExportResult} of every stage exported into it so far)
+        with `stages` (default: every stage) exported. Tests must not write into it."""
+        from cinema_trt.export.driver import export_stages
+        from cinema_trt.export.stages import resolve_stages
+
+        key = (dtype, fp8)
+        if key not in self.folders:
+            name = f"onnx_{dtype}" + ("_fp8" if fp8 else "")
+            self.folders[key] = self.tmp_path_factory.mktemp(name)
+            self.results[key] = {}
+        out, done = self.folders[key], self.results[key]
+        missing = [s for s in resolve_stages(stages) if s not in done]
+        if missing:
+            for result in export_stages(self.config, out, stages=missing, dtype=dtype, fp8=fp8,
+                                        progress=False):
+                done[result.stage] = result
+        return out, dict(done)
+
+    def copy(self, stages, dest, dtype: str = "fp32", fp8: bool = False):
+        """`dest` holding copies of exactly `stages` of the shared export (for tests whose
+        result depends on which stages a folder holds, or that edit what they get)."""
+        import shutil
+
+        out, _ = self.folder(stages, dtype, fp8)
+        dest = Path(dest)
+        for stage in stages:
+            shutil.copytree(out / stage, dest / stage)
+        return dest
+
+
 @pytest.fixture(scope="session")
-def fp32_export(tiny_config, tmp_path_factory):
-    """(export folder, {stage: ExportResult}) for every stage of tiny, fp32 (~60-80 s)."""
-    from cinema_trt.export.driver import export_stages
-
-    out = tmp_path_factory.mktemp("onnx_fp32")
-    results = export_stages(tiny_config, out, progress=False)
-    return out, {r.stage: r for r in results}
+def tiny_exports(tiny_config, tmp_path_factory):
+    """The session's `TinyExports`: ask it for the stages and variant a test needs."""
+    require_module("onnxruntime", 'pip install -e ".[onnx]"')
+    return TinyExports(tiny_config, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
-def fp8_export(tiny_config, tmp_path_factory):
-    """(export folder, {stage: ExportResult}): the three FP8 recipes of tiny, calibrated
-    (~25 s)."""
-    from cinema_trt.export.driver import export_stages
-
-    out = tmp_path_factory.mktemp("onnx_fp8")
-    results = export_stages(tiny_config, out, stages=["dit", "connector", "mllm_text"], fp8=True,
-                            progress=False)
-    return out, {r.stage: r for r in results}
+def fp32_export(tiny_exports):
+    """(export folder, {stage: ExportResult}) for every stage of tiny, fp32 (~40-80 s)."""
+    return tiny_exports.folder()
 
 
 @pytest.fixture(scope="session")
-def fp16_export(tiny_config, tmp_path_factory):
+def fp8_export(tiny_exports):
+    """(export folder, {stage: ExportResult}): the three FP8 recipes of tiny, calibrated,
+    fp32 outside the Q/DQ pairs (~25 s)."""
+    return tiny_exports.folder(FP8_STAGES, fp8=True)
+
+
+@pytest.fixture(scope="session")
+def fp8_fp16_export(tiny_exports):
+    """(export folder, {stage: ExportResult}): the FP8 recipes with fp16 outside the Q/DQ
+    pairs (`export --fp8 --dtype fp16`), what TensorRT builds strongly typed (~30 s)."""
+    return tiny_exports.folder(FP8_STAGES, dtype="fp16", fp8=True)
+
+
+@pytest.fixture(scope="session")
+def fp16_export(tiny_exports):
     """(export folder, {stage: ExportResult}): every tiny stage exported in fp16 (~55 s)."""
-    from cinema_trt.export.driver import export_stages
+    return tiny_exports.folder(dtype="fp16")
 
-    out = tmp_path_factory.mktemp("onnx_fp16")
-    results = export_stages(tiny_config, out, dtype="fp16", progress=False)
-    return out, {r.stage: r for r in results}
 
 
 @pytest.fixture(scope="session")
-def bf16_export(tiny_config, tmp_path_factory):
-    """(export folder, {stage: ExportResult}): every tiny stage exported in bf16."""
-    from cinema_trt.export.driver import export_stages
-
-    out = tmp_path_factory.mktemp("onnx_bf16")
-    results = export_stages(tiny_config, out, dtype="bf16", progress=False)
-    return out, {r.stage: r for r in results}
-
-
-@pytest.fixture(scope="session")
-def fp8_fp16_export(tiny_config, tmp_path_factory):
-    """(export folder, {stage: ExportResult}): the three FP8 recipes of tiny with fp16
-    outside the Q/DQ pairs (`export --fp8 --dtype fp16`), what FP8 engines are built from."""
-    from cinema_trt.export.driver import export_stages
-
-    out = tmp_path_factory.mktemp("onnx_fp8_fp16")
-    results = export_stages(tiny_config, out, stages=["dit", "connector", "mllm_text"], fp8=True,
-                            dtype="fp16", progress=False)
-    return out, {r.stage: r for r in results}
+def bf16_export(tiny_exports):
+    """(export folder, {stage: ExportResult}): every tiny stage in bf16 (opset 22, whose
+    Conv takes bfloat16)."""
+    return tiny_exports.folder(dtype="bf16")

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("onnxruntime", reason="needs the onnx extra")
-
-from cinema_trt.benchmarks.exports import stale_stages  # noqa: E402
-from cinema_trt.models.factory import build_models  # noqa: E402
+from cinema_trt.benchmarks.exports import stale_stages
+from cinema_trt.models.factory import build_models
 
 
 @pytest.fixture(scope="module")

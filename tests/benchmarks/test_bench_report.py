@@ -30,7 +30,8 @@ def result():
     return BenchResult(
         settings=BenchConfig(preset="tiny", device="cpu", runs=3, served=True),
         started="2030-01-02T03:04:05+00:00", duration_s=1.0, machine=machine,
-        versions={"torch": "2.x"}, config={}, request=request, shapes={},
+        versions={"torch": "2.x"}, source={"commit": "0123456789ab" + "c" * 28, "dirty": True},
+        config={}, request=request, shapes={},
         clock="perf_counter_ns", variants=(), measurements=measurements,
         skipped=(Skip("ort", "fp32", "no ORT backend here", target="served"),),
         notes=("a note",))
@@ -52,6 +53,12 @@ def test_markdown_shows_p50_with_speedup_over_the_first_variant(result):
     assert "| served (Triton, gRPC) | 120.00 | – |" in lines
     assert "- ort fp32 (served): no ORT backend here" in lines
     assert "- a note" in lines
+
+
+def test_the_record_names_the_commit_it_measured(result):
+    assert result.to_dict()["source"] == {"commit": "0123456789ab" + "c" * 28, "dirty": True}
+    assert "- source: commit 0123456789ab, uncommitted changes" in \
+        to_markdown(result).splitlines()
 
 
 def test_record_lists_every_sample_and_the_schema(result):

@@ -12,6 +12,7 @@ import pytest
 
 from cinema_trt.benchmarks.config import BenchConfig
 from cinema_trt.benchmarks.latency import run_benchmark
+from cinema_trt.benchmarks.machine import source_revision
 from cinema_trt.benchmarks.report import write_outputs
 from cinema_trt.models.specs import STAGES
 
@@ -59,8 +60,12 @@ def test_json_record_has_machine_versions_settings_and_every_sample(written, res
     out, files = written
     record = json.loads(files.json.read_text())
     for key in ("machine", "versions", "preset", "settings", "shapes", "request", "clock",
-                "measurements", "skipped", "notes", "variants", "started", "duration_s"):
+                "measurements", "skipped", "notes", "variants", "started", "duration_s",
+                "source"):
         assert key in record, key
+    # the commit of the code measured (this test runs in a git checkout of it)
+    assert record["source"] == source_revision() and len(record["source"]["commit"]) == 40
+    assert isinstance(record["source"]["dirty"], bool)
     assert record["machine"]["cores"] >= 1 and record["machine"]["cpu"]
     assert record["versions"]["torch"]
     assert record["settings"]["runs"] == RUNS and record["settings"]["threads"] == 1

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("onnxruntime", reason="needs the onnx extra")
-
-from cinema_trt.export.ort import ort_runners  # noqa: E402
+from cinema_trt.export.ort import ort_runners
 
 
 def _intra_op_threads(runner) -> int:

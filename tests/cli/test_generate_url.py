@@ -9,14 +9,11 @@ import pytest
 from PIL import Image
 
 from cinema_trt.cli.main import main
-from cinema_trt.models.factory import build_models, save_models
 from cinema_trt.models.media import read_video, sample_references
-from cinema_trt.models.presets import get_preset
 from cinema_trt.serving.client import CinemaClient
 from cinema_trt.serving.server import ServerConfig, TritonServer, free_port
 
-pytestmark = [pytest.mark.server, pytest.mark.slow]
-pytest.importorskip("tritonclient.grpc", reason="needs the serve extra")
+pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.usefixtures("serve_extra")]
 
 REFS = [str(p) for p in sample_references()[:2]]
 COMMON = ["generate", "--ref", REFS[0], "--ref", REFS[1], "--prompt", "two toys dance",
@@ -24,17 +21,11 @@ COMMON = ["generate", "--ref", REFS[0], "--ref", REFS[1], "--prompt", "two toys 
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tritonserver_binary, tiny_weights, tmp_path_factory):
     from cinema_trt.serving.repo import build_repository
-    from cinema_trt.serving.server import find_tritonserver
 
-    try:
-        find_tritonserver()
-    except FileNotFoundError as error:
-        pytest.skip(str(error))
     root = tmp_path_factory.mktemp("generate-url")
-    weights = save_models(build_models(get_preset("tiny"), seed=0), root / "weights")
-    repo = build_repository(None, root / "models", weights)
+    repo = build_repository(None, root / "models", tiny_weights)
     with TritonServer(ServerConfig(repo, startup_timeout=240)) as running:
         yield running
 

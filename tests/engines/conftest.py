@@ -173,7 +173,8 @@ def export_fp8_connector(folder: Path, config, seed: int = 0) -> dict[str, torch
 
 
 @pytest.fixture(scope="session")
-def fp8_export(tmp_path_factory, tiny):
-    """(export folder, weights, reference function) of the FP8 Q/DQ connector graph."""
+def fp8_connector_graph(tmp_path_factory, tiny):
+    """(folder, weights, reference function) of the hand-written FP8 Q/DQ connector graph
+    (not the exporter's FP8 export, which is the root conftest's `fp8_export`)."""
     folder = tmp_path_factory.mktemp("onnx_fp8")
     return folder, export_fp8_connector(folder, tiny), fp8_connector_reference

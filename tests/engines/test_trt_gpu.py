@@ -126,12 +126,12 @@ def test_rebuild_with_the_timing_cache_is_faster(connector_export_fp16, tiny, tm
     assert warm < cold, (warm, cold)
 
 
-def test_fp8_engine_follows_the_fp8_reference(fp8_export, tiny, tmp_path):
+def test_fp8_engine_follows_the_fp8_reference(fp8_connector_graph, tiny, tmp_path):
     from cinema_trt.engines.trt_runtime import TensorRTRunner
 
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 needs compute capability 8.9 (Ada) or newer")
-    folder, weights, reference = fp8_export
+    folder, weights, reference = fp8_connector_graph
     config = BuildConfig(precision=Precision.FP8, workspace_gib=1)
     plan = _build(folder, tmp_path, tiny, config)
     assert read_manifest(plan.parent).build_config["strongly_typed"]

@@ -49,8 +49,8 @@ def test_fp16_build_of_a_plain_graph(connector_export, tmp_path, tiny):
                      "attention_mask": ((1, 1), (1, 32), (1, 256))}}
 
 
-def test_fp8_qdq_graph_builds_strongly_typed(fp8_export, tmp_path, tiny, caplog):
-    build = _prepare(fp8_export[0], tmp_path, tiny, BuildConfig(precision=Precision.FP8,
+def test_fp8_qdq_graph_builds_strongly_typed(fp8_connector_graph, tmp_path, tiny, caplog):
+    build = _prepare(fp8_connector_graph[0], tmp_path, tiny, BuildConfig(precision=Precision.FP8,
                                                                 refittable=True))
     settings = builder_settings(build)
     assert settings["network_flags"] == ["STRONGLY_TYPED"]
@@ -61,9 +61,9 @@ def test_fp8_qdq_graph_builds_strongly_typed(fp8_export, tmp_path, tiny, caplog)
     assert "--precision fp8" in build.rebuild_command and "--refittable" in build.rebuild_command
 
 
-def test_fp8_test_graph_computes_its_reference(fp8_export):
+def test_fp8_test_graph_computes_its_reference(fp8_connector_graph):
     """ONNX Runtime (CPU) agrees with the PyTorch reference the GPU tests compare against."""
-    folder, weights, reference = fp8_export
+    folder, weights, reference = fp8_connector_graph
     session = ort.InferenceSession(str(folder / "connector" / "model.onnx"),
                                    providers=["CPUExecutionProvider"])
     torch.manual_seed(2)

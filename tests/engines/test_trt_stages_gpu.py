@@ -91,31 +91,22 @@ def _build_all(onnx_dir, out, precision: Precision):
 
 
 @pytest.fixture(scope="module")
-def models(tiny):
-    from cinema_trt.models.factory import build_models
-
-    return build_models(tiny)  # the exporter's seed: these are the exported weights
+def models(tiny_models):
+    return tiny_models  # the exporter's seed: these are the exported weights
 
 
 @pytest.fixture(scope="module")
-def fp16_engines(tiny, tmp_path_factory):
-    from cinema_trt.export.driver import export_stages
-
-    onnx_dir = tmp_path_factory.mktemp("onnx_fp16")
-    export_stages(tiny, onnx_dir, dtype="fp16", progress=False)
+def fp16_engines(fp16_export, tmp_path_factory):
+    onnx_dir = fp16_export[0]  # the session's tiny export (tests/conftest.py)
     out = tmp_path_factory.mktemp("trt_fp16")
     return onnx_dir, out, _build_all(onnx_dir, out, Precision.FP16)
 
 
 @pytest.fixture(scope="module")
-def fp8_engines(tiny, tmp_path_factory):
-    from cinema_trt.export.driver import export_stages
-
+def fp8_engines(tmp_path_factory, request):
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 needs compute capability 8.9 (Ada) or newer")
-    onnx_dir = tmp_path_factory.mktemp("onnx_fp8_fp16")
-    export_stages(tiny, onnx_dir, stages=list(FP8_STAGES), fp8=True, dtype="fp16",
-                  progress=False)
+    onnx_dir = request.getfixturevalue("fp8_fp16_export")[0]  # --fp8 --dtype fp16, shared
     out = tmp_path_factory.mktemp("trt_fp8")
     return onnx_dir, out, _build_all(onnx_dir, out, Precision.FP8)
 
@@ -174,7 +165,14 @@ def test_fp8_stages_pass_the_recipes_gates(fp8_engines, models):
 @gpu
 def test_pipeline_on_fp16_engines_matches_torch(fp16_engines, models):
     """The pipeline runs unchanged on the engines (CUDA graph for the DiT, one shared
-    activation buffer): >= 30 dB against torch fp32 (fp16 ORT on CPU measured ~61 dB)."""
+    activation buffer): >= 54.5 dB against torch fp32.
+
+    Derived from the CPU measurement of the same fp16 graphs, not measured on a GPU yet:
+    ORT fp16 on CPU gives 60.6-61.2 dB (benchmarks/results/fidelity-tiny-20261129.json).
+    TensorRT may keep more of the graph in fp16 than ORT's CPU provider (which upcasts ops
+    it has no fp16 kernel for), so the floor allows twice the RMS error of the worst
+    (60.6 - 6.0 dB); it still fails an engine set that drops a reference (<= 52.0 dB) or computes a
+    stage wrong (~14 dB). A lost prompt (56.4-58.7 dB) is the stage checks' to catch."""
     import numpy as np
 
     from cinema_trt.engines.trt_runtime import tensorrt_runners
@@ -193,4 +191,4 @@ def test_pipeline_on_fp16_engines_matches_torch(fp16_engines, models):
     mse = np.mean((video.astype(np.float64) - reference.astype(np.float64)) ** 2)
     psnr = float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
     log.info("TensorRT fp16 pipeline PSNR vs torch fp32: %.1f dB", psnr)
-    assert psnr >= 30.0
+    assert psnr >= 54.5

@@ -19,7 +19,7 @@ import torch
 
 from cinema_trt.engines.config import BuildConfig, inspect_onnx, resolve_build_config
 from cinema_trt.export.compare import error_stats
-from cinema_trt.export.driver import BF16_ROUNDING_FRACTION, ExportError, _validate, export_stages
+from cinema_trt.export.driver import BF16_ROUNDING_FRACTION, ExportError, _validate
 from cinema_trt.export.dtype import BF16_OPSET, cast_module, parse_dtype
 from cinema_trt.export.fp8 import fp8_gemm_layers
 from cinema_trt.export.manifest import read_manifest
@@ -32,13 +32,8 @@ from cinema_trt.models.presets import Precision
 log = logging.getLogger(__name__)
 
 
-@pytest.fixture(scope="module")
-def bf16_export(tiny_config, tmp_path_factory):
-    """The DiT, connector and VAE decoder (Conv: opset 22) in bf16."""
-    out = tmp_path_factory.mktemp("onnx_bf16")
-    results = export_stages(tiny_config, out, stages=["connector", "dit", "vae_decoder"],
-                            dtype="bf16", progress=False)
-    return out, {r.stage: r for r in results}
+# the fp16, bf16 and FP8-on-fp16 exports of the whole preset take ~2 minutes on 2 cores
+slow = pytest.mark.slow
 
 
 def test_cast_module_keeps_the_interface_and_computes_in_half(tiny_models):
@@ -66,6 +61,7 @@ def test_parse_dtype_refuses_what_is_not_a_compute_dtype(value, message):
         parse_dtype(value)
 
 
+@slow
 def test_fp16_export_states_its_types(fp16_export):
     """Weights in fp16, I/O in float32 (the stage specs'), opset 19, and the engine side
     reads it as an fp16 graph that builds strongly typed."""
@@ -83,6 +79,7 @@ def test_fp16_export_states_its_types(fp16_export):
                                     weak_typing=False).strongly_typed
 
 
+@slow
 def test_fp16_graphs_match_torch_within_twice_torchs_fp16_error(fp16_export, tiny_models):
     """On a shape the exporter did not check (seed 7): |ORT fp16 - torch fp32| <= 2 x
     |torch fp16 - torch fp32|, plus the fp32 floor of 1e-4 of the output scale."""
@@ -99,19 +96,27 @@ def test_fp16_graphs_match_torch_within_twice_torchs_fp16_error(fp16_export, tin
         assert graph.rel_max <= max(2 * torch_half.rel_max, 1e-4), (stage, graph, torch_half)
 
 
+@slow
 def test_fp16_pipeline_on_ort_matches_torch(fp16_export, tiny_models, request_and_reference,
                                             psnr):
-    """Every stage fp16 on ONNX Runtime against the torch fp32 video: >= 30 dB (measured
-    ~61 dB; fp32 graphs reach ~90 dB, a wrong stage ~14 dB)."""
+    """Every stage fp16 on ONNX Runtime against the torch fp32 video: >= 59 dB.
+
+    Measured 60.6-61.2 dB over 6 seeds x 2 prompts
+    (benchmarks/results/fidelity-tiny-20261129.json); another prompt moves the video to
+    56.4-58.7 dB, other references to 50.9-52.0, one reference fewer to 49.2-51.4. 59 dB,
+    1.6 under the worst, fails a pipeline that loses a reference or a stage (~14 dB), and
+    one that loses the prompt on all but the closest of them; the stage gates (2x torch's
+    own fp16 error) catch what is left."""
     request, reference = request_and_reference
     runners = ort_runners(fp16_export[0])
     assert set(runners) == set(torch_runners(tiny_models))
     video = CinemaPipeline(tiny_models.config, runners, tiny_models.processor).generate(request)
     value = psnr(video, reference)
     log.info("fp16 ORT pipeline PSNR vs torch fp32: %.1f dB", value)
-    assert value >= 30.0
+    assert value >= 59.0
 
 
+@slow
 def test_a_half_graph_that_computes_something_else_is_refused(fp16_export, tiny_config):
     """The gate can fail: the exported fp16 connector judged against other weights."""
     out, _ = fp16_export
@@ -123,6 +128,7 @@ def test_a_half_graph_that_computes_something_else_is_refused(fp16_export, tiny_
                   cast_module(export.module, Precision.FP16))
 
 
+@slow
 def test_bf16_export_is_opset_22_and_checked_upcast(bf16_export, tiny_models):
     """opset 19's Conv takes no bfloat16, so bf16 graphs are opset 22. ORT's CPU provider
     has no bf16 kernels: the exporter ran the graph upcast to fp32 against the module with
@@ -145,6 +151,7 @@ def test_bf16_export_is_opset_22_and_checked_upcast(bf16_export, tiny_models):
         OrtRunner(out / "dit")
 
 
+@slow
 def test_a_bf16_graph_that_computes_something_else_is_refused(bf16_export, tiny_config):
     out, _ = bf16_export
     other = build_models(tiny_config, seed=1)  # the export used seed 0
@@ -155,22 +162,21 @@ def test_a_bf16_graph_that_computes_something_else_is_refused(bf16_export, tiny_
                   cast_module(export.module, Precision.BF16))
 
 
-def test_fp8_on_fp16_quantizes_the_same_layers_with_fp16_scales(tiny_config, fp8_export,
-                                                                tmp_path):
+@slow
+def test_fp8_on_fp16_quantizes_the_same_layers_with_fp16_scales(fp8_fp16_export, fp8_export):
     """FP8 with --dtype fp16: the recipe's layers as in the fp32 FP8 export, scales in
     float16 (Q/DQ take the activation's type), everything outside Q/DQ in fp16, and the
     accuracy gate passes (it adds fp16's own loss to the recipe's)."""
-    results = {r.stage: r for r in export_stages(tiny_config, tmp_path, stages=["dit"],
-                                                 fp8=True, dtype="fp16", progress=False)}
+    out, results = fp8_fp16_export
     assert results["dit"].precision is Precision.FP8
-    model = onnx.load(str(tmp_path / "dit" / "model.onnx"))
+    model = onnx.load(str(out / "dit" / "model.onnx"))
     fp32_fp8 = onnx.load(str(fp8_export[0] / "dit" / "model.onnx"))
     assert fp8_gemm_layers(model) == fp8_gemm_layers(fp32_fp8) != {}
     scales = [t for t in model.graph.initializer if t.name.endswith("_fp8_scale")]
     assert scales and {t.data_type for t in scales} == {onnx.TensorProto.FLOAT16}
-    graph = inspect_onnx(tmp_path / "dit" / "model.onnx")
+    graph = inspect_onnx(out / "dit" / "model.onnx")
     assert graph.compute_type == "float16" and graph.qdq_types == {"float8e4m3fn"}
-    manifest = read_manifest(tmp_path / "dit")
+    manifest = read_manifest(out / "dit")
     assert manifest.compute_dtype == "float16"
     assert manifest.quantization["compute_dtype"] == "float16"
     assert manifest.validation["cosine"] >= manifest.validation["min_cosine"]

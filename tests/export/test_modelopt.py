@@ -27,8 +27,8 @@ STAGES = ("dit", "connector", "mllm_text")
 
 
 @pytest.fixture(scope="module")
-def mtq():
-    return pytest.importorskip("modelopt.torch.quantization")
+def mtq(require):
+    return require("modelopt.torch.quantization", 'pip install -e ".[quant]"')
 
 
 @pytest.fixture(scope="module")

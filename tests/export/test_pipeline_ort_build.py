@@ -5,6 +5,7 @@ pipeline on the optimized graphs with the torch pipeline's result."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -19,7 +20,16 @@ from cinema_trt.export.stages import EXPORT_STAGES
 from cinema_trt.models.media import sample_references
 from cinema_trt.models.pipeline import CinemaPipeline
 
+log = logging.getLogger(__name__)
 pytestmark = pytest.mark.slow  # needs the session export
+
+# The export folder's gate (tests/export/test_pipeline_ort.py, from
+# benchmarks/results/fidelity-tiny-20261129.json): fp32 graphs measured 87.6-93.0 dB
+# against torch, another prompt moves the video to 56.4-58.7 dB, one reference fewer to
+# 49.2-51.4. ORT's optimizations only reorder and fuse fp32 arithmetic, so the built graphs
+# are held to the same floor (measured 91.2 dB on this test's request, what the export
+# folder's graphs give on it too).
+FP32_MIN_PSNR = 80.0
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +57,8 @@ def test_build_carries_the_export_manifests_and_the_mllm_glue(built, fp32_export
 
 def test_pipeline_on_the_built_models_matches_torch(built, tiny_models, request_and_reference,
                                                     psnr):
-    """>= 40 dB (measured ~90 dB), the bound of the export-folder test: ORT's fusions only
-    reorder fp32 sums (~1e-6 relative), at most one uint8 level on a few pixels."""
+    """>= FP32_MIN_PSNR, the bound of the export-folder test: ORT's fusions only reorder
+    fp32 sums (~1e-6 relative), at most one uint8 level on a few pixels."""
     request, reference = request_and_reference
     runners = ort_runners(built)
     assert set(runners) == {"mllm", "connector", "vae_encoder", "dit", "vae_decoder"}
@@ -58,7 +68,9 @@ def test_pipeline_on_the_built_models_matches_torch(built, tiny_models, request_
             assert runner.providers == ["CPUExecutionProvider"]  # built for the CPU
     video = CinemaPipeline(tiny_models.config, runners, tiny_models.processor).generate(request)
     assert video.shape == reference.shape and video.dtype == np.uint8
-    assert psnr(video, reference) >= 40.0
+    value = psnr(video, reference)
+    log.info("ORT-built fp32 pipeline PSNR vs torch fp32: %.1f dB", value)
+    assert value >= FP32_MIN_PSNR
 
 
 def test_generate_cli_runs_on_the_built_models(built, tmp_path, psnr):
@@ -77,7 +89,7 @@ def test_generate_cli_runs_on_the_built_models(built, tmp_path, psnr):
 
     torch_frames, ort_frames = frames(tmp_path / "torch"), frames(tmp_path / "ort")
     assert torch_frames.shape == ort_frames.shape == (5, 32, 32, 3)
-    assert psnr(ort_frames, torch_frames) >= 40.0
+    assert psnr(ort_frames, torch_frames) >= FP32_MIN_PSNR
 
 
 def _edited_build(built, tmp_path, edit):

@@ -81,7 +81,7 @@ def test_triton_dit_hands_norms_and_rope_to_the_kernel():
     text_len = cfg.text_len
     cos, sin = model.visual_rope(2, 2, 3, 2, torch.device("cpu"))  # (N, D): 2 refs + 2 frames
     for block, (q, _, _, _, q_w, k_w, rope_cos, rope_sin, _, _) in zip(model.blocks,
-                                                                       recorded.calls):
+                                                                       recorded.calls, strict=True):
         assert q.shape[2] == text_len + cos.shape[0]
         # each token is normalised with its own stream's weight
         for table, text, visual in ((q_w, block.text.q_norm, block.visual.q_norm),

@@ -200,7 +200,7 @@ def test_gpu_tensorrt_engine_with_the_aot_plugin_matches_the_kernel(tmp_path):
     lens = torch.tensor([300, 120], device="cuda", dtype=torch.int32)
     out = torch.empty_like(q)
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    for name, tensor in zip(names, (q, k, v, lens, out)):
+    for name, tensor in zip(names, (q, k, v, lens, out), strict=True):
         context.set_tensor_address(name, tensor.data_ptr())
     assert context.execute_async_v3(torch.cuda.current_stream().cuda_stream)
     torch.cuda.synchronize()

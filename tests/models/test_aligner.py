@@ -97,8 +97,7 @@ def test_create_aligner_is_deterministic_and_leaves_global_rng_alone(cfg):
     a, b = create_aligner(cfg, seed=0), create_aligner(cfg, seed=0)
     assert torch.equal(torch.rand(1), expected_next)
     c = create_aligner(cfg, seed=1)
-    for (name, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(),
-                                  c.state_dict().values()):
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
     assert not torch.equal(a.queries, c.queries)
 

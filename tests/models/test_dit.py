@@ -145,8 +145,9 @@ def test_batch_equals_samples_alone(model, dit_config):
 
 
 def test_create_dit_is_deterministic(dit_config):
-    a, b, c = create_dit(dit_config, seed=3), create_dit(dit_config, seed=3), create_dit(dit_config, seed=4)
-    for (name, pa), pb, pc in zip(a.named_parameters(), b.parameters(), c.parameters()):
+    a, b = create_dit(dit_config, seed=3), create_dit(dit_config, seed=3)
+    c = create_dit(dit_config, seed=4)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb), name
     assert not torch.equal(a.proj_out.weight, c.proj_out.weight)
 
@@ -189,8 +190,9 @@ def test_rope_uses_every_axis(axis):
     q = torch.randn(1, sum(DIMS), generator=torch.Generator().manual_seed(1))
     moved = torch.zeros(1, 3, dtype=torch.long)
     moved[0, axis] = 1
-    still = rotated_dots(q, q, torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long))
-    assert (rotated_dots(q, q, moved, torch.zeros(1, 3, dtype=torch.long)) - still).abs().item() > 1e-3
+    origin = torch.zeros(1, 3, dtype=torch.long)
+    still = rotated_dots(q, q, origin, origin)
+    assert (rotated_dots(q, q, moved, origin) - still).abs().item() > 1e-3
 
 
 def test_rope_is_a_rotation():
@@ -279,7 +281,7 @@ def test_per_sample_rope_tables_rotate_each_sample_by_its_own():
     gen = torch.Generator().manual_seed(6)
     q, k = torch.randn(2, 2, 3, 5, 16, generator=gen)  # (B, H, S, D) each
     tables = [rope_3d(grid_positions(1, 1, 5, frame_offset=b), DIMS) for b in range(2)]
-    cos, sin = (torch.stack(t) for t in zip(*tables))  # (B, S, D) each
+    cos, sin = (torch.stack(t) for t in zip(*tables, strict=True))  # (B, S, D) each
     got_q, got_k = apply_prologue(q, k, QKPrologue(rope_cos=cos, rope_sin=sin))
     for b, (cos_b, sin_b) in enumerate(tables):
         assert torch.equal(got_q[b], apply_rope(q[b], cos_b, sin_b))
@@ -319,6 +321,6 @@ def test_attention_backend_twin_shares_the_weights(model, dit_config):
     twin = model.with_attention_backend("triton_unfused")
     assert twin.cfg.attention_backend == "triton_unfused"
     assert model.cfg.attention_backend == dit_config.attention_backend  # original untouched
-    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+    for (name, a), b in zip(model.named_parameters(), twin.parameters(), strict=True):
         assert a.data_ptr() == b.data_ptr(), name  # no copy: the same storage
     assert all(b.backend == "triton_unfused" for b in twin.blocks)

@@ -9,7 +9,6 @@ for both. The work dir lives at a fixed place in pytest's base temp folder, so
 test_ort_stages.py reuses its export (through the demo's own cache) when run after this.
 """
 
-import shutil
 
 import numpy as np
 import pytest
@@ -25,11 +24,9 @@ from cinema_trt.serving.client import CinemaClient
 from cinema_trt.serving.demo import DemoOptions, cached_step, run_demo, tensorrt_unusable
 from cinema_trt.serving.latency import format_latency_table
 
-pytestmark = [pytest.mark.server, pytest.mark.slow]
-pytest.importorskip("tritonclient.grpc", reason="needs the serve extra")
+pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.usefixtures("serve_extra")]
 
 SIZE = dict(frames=5, height=32, width=48, steps=2)
-SHARED_WORKDIR = "tiny-demo-work"  # under pytest's base temp; test_ort_stages.py reuses it
 PROMPT = "two toys dance in the park"
 PARAMS = dict(frames=5, height=32, width=48, steps=2, guidance=4.0, seed=0)
 
@@ -41,8 +38,9 @@ def manifest_mtimes(workdir):
 
 @pytest.fixture(scope="module")
 def options(tmp_path_factory):
-    workdir = tmp_path_factory.getbasetemp() / SHARED_WORKDIR
-    shutil.rmtree(workdir, ignore_errors=True)  # a fresh machine, whatever ran before
+    # a fresh machine: the demo's own export is under test here, so it does not start from
+    # the session's shared one (tests/conftest.py)
+    workdir = tmp_path_factory.mktemp("tiny-demo-work")
     return DemoOptions(workdir=workdir, output=tmp_path_factory.mktemp("demo") / "demo.mp4",
                        progress=False, runtime="ort", **SIZE)
 

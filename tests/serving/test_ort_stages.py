@@ -2,8 +2,8 @@
 Runtime (the bundled server has no onnxruntime backend): the repository layout, and the
 checks that refuse graphs which are not what their manifests describe.
 
-The export comes from the demo's cached steps in the work dir test_demo.py uses (reused
-when that module ran first in this session, else built here: ~60 s on 2 cores). The
+The export is the session's tiny fp32 export (tests/conftest.py) and the weights the
+session's tiny weights: the same seed, so the export's manifests match the weights. The
 served video's bit-for-bit match with the in-process ORT pipeline is checked in
 test_demo.py, on the demo's server, which runs exactly this kind of repository.
 """
@@ -14,32 +14,24 @@ import shutil
 import pytest
 
 from cinema_trt.models.specs import STAGES
-from cinema_trt.serving.demo import DemoOptions, build_artifacts
 from cinema_trt.serving.repo import RepositoryOptions, build_repository
 from cinema_trt.serving.stage_model import load_stage_runner
 from cinema_trt.serving.triton_config import parse_config
 
-pytestmark = pytest.mark.slow
-pytest.importorskip("tritonclient.grpc", reason="configs are Triton protobufs (serve extra)")
+# the session's full export; Triton configs are protobufs of the serve extra
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("serve_extra")]
 
 ORT = RepositoryOptions(runtime="ort")
-SHARED_WORKDIR = "tiny-demo-work"  # test_demo.py's work dir under pytest's base temp
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    workdir = tmp_path_factory.getbasetemp() / SHARED_WORKDIR
-    return build_artifacts(DemoOptions(workdir=workdir, runtime="ort", progress=False))
+def weights(tiny_weights):
+    return tiny_weights
 
 
 @pytest.fixture(scope="module")
-def weights(artifacts):
-    return artifacts.weights
-
-
-@pytest.fixture(scope="module")
-def export(artifacts):
-    return artifacts.onnx
+def export(fp32_export):
+    return fp32_export[0]
 
 
 @pytest.fixture(scope="module")

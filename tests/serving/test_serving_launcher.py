@@ -42,7 +42,6 @@ PROBE_SPEC = StageSpec("probe", (TensorSpec("x", torch.float32, ("n",)),),
 
 
 def probe_repository(root, fail=False):
-    pytest.importorskip("tritonclient.grpc", reason="needs the serve extra")
     (root / "probe" / "1").mkdir(parents=True)
     (root / "probe" / "config.pbtxt").write_text(to_text(stage_config(PROBE_SPEC, "python")))
     (root / "probe" / "1" / "model.py").write_text(PROBE.format(fail=fail))
@@ -136,8 +135,7 @@ def test_serve_command_reports_a_failed_start_with_exit_code_1(tritonserver_bina
     assert "probe failed on purpose" in caplog.text
 
 
-def test_repo_command_writes_a_repository(tiny_weights, tmp_path, capsys):
-    pytest.importorskip("tritonclient.grpc", reason="needs the serve extra")
+def test_repo_command_writes_a_repository(serve_extra, tiny_weights, tmp_path, capsys):
     out = tmp_path / "models"
     assert main(["repo", "-o", str(out), "--weights", str(tiny_weights), "--gpus", "0",
                  "--instances", "2"]) == 0
@@ -146,9 +144,8 @@ def test_repo_command_writes_a_repository(tiny_weights, tmp_path, capsys):
     assert "KIND_GPU" in text and "count: 2" in text and "gpus: 0" in text
 
 
-def test_repo_command_without_artifacts_for_onnxruntime_exits_2(tiny_weights, tmp_path,
+def test_repo_command_without_artifacts_for_onnxruntime_exits_2(serve_extra, tiny_weights, tmp_path,
                                                                  caplog):
-    pytest.importorskip("tritonclient.grpc", reason="needs the serve extra")
     code = main(["repo", "-o", str(tmp_path / "m"), "--weights", str(tiny_weights),
                  "--backend", "onnxruntime"])
     assert code == 2

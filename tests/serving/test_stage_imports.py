@@ -9,8 +9,6 @@ import shutil
 import subprocess
 import sys
 
-import pytest
-
 from cinema_trt.models.factory import CONFIG_FILE
 from cinema_trt.models.specs import STAGES
 from cinema_trt.serving.stage_model import export_folders
@@ -49,13 +47,11 @@ def test_torch_stage_models_import_transformers_for_the_mllm_only(tiny_weights, 
     assert _imports_transformers(tmp_path, tiny_weights, "torch", ["mllm"])
 
 
-def test_an_ort_stage_model_does_not_import_transformers(tiny_weights, tiny_config, tmp_path):
-    pytest.importorskip("onnxruntime", reason="needs the onnx extra")
-    from cinema_trt.export.driver import export_stages
+def test_an_ort_stage_model_does_not_import_transformers(tiny_weights, tiny_exports, tmp_path):
     from cinema_trt.serving.stage_model import ONNX_FOLDER
 
     # a stage model's version folder for runtime ort: the config + <v>/onnx/connector/
     version = tmp_path / "connector-1"
-    export_stages(tiny_config, version / ONNX_FOLDER, stages=["connector"], progress=False)
+    tiny_exports.copy(["connector"], version / ONNX_FOLDER)
     shutil.copy(tiny_weights / CONFIG_FILE, version / CONFIG_FILE)
     assert not _imports_transformers(tmp_path, version, "ort", ["connector"])
