@@ -29,8 +29,14 @@ def register(subparsers) -> None:
                    help="profiles.yaml with deployment shapes (default: the preset's "
                         "sampler shapes; schema in engines/shapes.py)")
     p.add_argument("--runtime", default="tensorrt", choices=RUNTIMES,
-                   help="tensorrt (GPU) or ort (ONNX Runtime, optimized fp32 CPU models; "
-                        "run them with `cinema-trt generate --runtime ort --onnx <out>`)")
+                   help="tensorrt (data-center GPUs; builds on the GPU it targets), "
+                        "tensorrt-rtx (RTX / workstation GPUs; builds on any machine, CPU "
+                        "included, for --targets) or ort (ONNX Runtime CPU models; run them "
+                        "with `cinema-trt generate --runtime ort --onnx <out>`)")
+    p.add_argument("--targets", metavar="SM,...",
+                   help="tensorrt-rtx: GPU architectures to compile for, e.g. sm89,sm120 "
+                        "(from sm75,sm80,sm86,sm89,sm120,sm121; default: every one the "
+                        "precision allows: fp8 needs sm89+, bf16 sm80+)")
     p.add_argument("--stages", nargs="+", default=(), metavar="STAGE",
                    help="stages to build (default: every exported stage)")
     p.add_argument("--workspace-gib", type=float, default=default.workspace_gib,
@@ -49,21 +55,26 @@ def register(subparsers) -> None:
 
 
 def build_request(args: argparse.Namespace):
+    from cinema_trt.engines.backends import BACKENDS, parse_targets
     from cinema_trt.engines.config import BuildConfig
     from cinema_trt.engines.stages import BuildRequest
 
+    backend = BACKENDS.get(args.runtime)
     timing_cache = args.timing_cache
-    if timing_cache is None and args.runtime == "tensorrt":
+    if timing_cache is None and backend is not None and backend.timing_cache:
         timing_cache = args.out / TIMING_CACHE_FILE
     config = BuildConfig(precision=args.precision, workspace_gib=args.workspace_gib,
                          optimization_level=args.optimization_level, timing_cache=timing_cache,
-                         weight_streaming=args.weight_streaming, refittable=args.refittable)
+                         weight_streaming=args.weight_streaming, refittable=args.refittable,
+                         targets=parse_targets(args.targets))
     return BuildRequest(onnx_dir=args.onnx, out_dir=args.out, build_config=config,
                         profile=args.profile, runtime=args.runtime, stages=tuple(args.stages))
 
 
 def run(args: argparse.Namespace) -> int:
     from cinema_trt.engines.deps import MissingDependencyError
+    from cinema_trt.engines.manifest import read_manifest
+    from cinema_trt.engines.report import format_summary
     from cinema_trt.engines.stages import build_stages
 
     try:
@@ -72,5 +83,10 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", error)
         return 2
     for stage, path in built.items():
-        log.info("%s: %s", stage, path)
+        manifest = read_manifest(path.parent)
+        targets = f" for {','.join(manifest.targets)}" if manifest.targets else ""
+        print(f"{stage}: {path} ({manifest.runtime} {manifest.runtime_version}, "
+              f"{manifest.precision}{targets})")
+        if manifest.report:
+            print(format_summary(stage, manifest.report))
     return 0

@@ -6,6 +6,7 @@ Everything here runs without TensorRT, so it is unit tested on CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -14,9 +15,11 @@ from pathlib import Path
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import StageSpec
 
+from .backends import BACKENDS, resolve_targets, sm_name
 from .config import (
     BuildConfig,
     OnnxGraphInfo,
+    compute_precision,
     inspect_onnx,
     resolve_build_config,
     weak_typing_available,
@@ -67,6 +70,8 @@ def prepare_build(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
         raise FileNotFoundError(f"{onnx_path} not found: run `cinema-trt export` first")
     graph = inspect_onnx(onnx_path)
     check_graph_io(stage_spec, graph, onnx_path)
+    build_config = _with_targets(build_config, runtime)
+    check_backend_graph(graph, runtime.runtime, onnx_path, config)
     resolved = resolve_build_config(build_config, graph,
                                     weak_typing_available(runtime.runtime, runtime.version))
     profiles = {name: value for name, value in profiles_for(stage_spec, shapes, config).items()
@@ -79,6 +84,33 @@ def prepare_build(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
     return StageBuild(stage_spec, onnx_path, out_dir, graph, resolved, profiles,
                       output_shapes_for(stage_spec, shapes, config), digest, runtime, key,
                       command)
+
+
+def _with_targets(build_config: BuildConfig, runtime: RuntimeInfo) -> BuildConfig:
+    """The config with its GPU targets resolved for a TensorRT backend (backends.py)."""
+    backend = BACKENDS.get(runtime.runtime)
+    if backend is None:  # ONNX Runtime: CPU models, no GPU targets
+        return build_config
+    build_gpu = sm_name(runtime.compute_capability) if runtime.compute_capability else None
+    targets = resolve_targets(backend, build_config.precision, build_config.targets, build_gpu)
+    return dataclasses.replace(build_config, targets=targets)
+
+
+def check_backend_graph(graph: OnnxGraphInfo, runtime: str, onnx_path: Path,
+                        config: CinemaConfig) -> None:
+    """Refuse plugin nodes where the backend has no plugins (TensorRT-RTX), naming the
+    export command that avoids them."""
+    backend = BACKENDS.get(runtime)
+    if backend is None or backend.plugins or not graph.trt_plugins:
+        return
+    stage = onnx_path.parent.name
+    raise ValueError(
+        f"{onnx_path} has TensorRT plugin nodes {sorted(graph.trt_plugins)} (exported with "
+        f"--attention-plugin), and {backend.display} has no Python plugins, so it cannot "
+        f"parse them; its own fused attention replaces them. Re-export without the flag: "
+        f"cinema-trt export --preset {config.name} --out {onnx_path.parent.parent} "
+        f"--dtype {compute_precision(graph.compute_type).value} "
+        f"--stages {stage}")
 
 
 def check_graph_io(stage_spec: StageSpec, graph: OnnxGraphInfo, where: Path) -> None:
@@ -115,8 +147,10 @@ def _bindings(build: StageBuild, outputs: bool) -> list[dict]:
             for s in specs if s.name in types]
 
 
-def finish_build(build: StageBuild, plan: Path, extra: dict | None = None) -> Path:
-    """Write the manifest beside `plan` (atomically; a plan without one is never reused)."""
+def finish_build(build: StageBuild, plan: Path, extra: dict | None = None,
+                 report: dict | None = None) -> Path:
+    """Write the manifest beside `plan` (atomically; a plan without one is never reused).
+    `report`: the engine report's summary (engines/report.py)."""
     manifest = EngineManifest(
         stage=build.stage, runtime=build.runtime.runtime,
         runtime_version=build.runtime.version, precision=build.build_config.precision.value,
@@ -126,6 +160,7 @@ def finish_build(build: StageBuild, plan: Path, extra: dict | None = None) -> Pa
         plan_file=plan.name, plan_sha256=artifact_sha256(plan), cache_key=build.cache_key,
         rebuild_command=build.rebuild_command, gpu_name=build.runtime.gpu_name,
         compute_capability=build.runtime.compute_capability,
+        targets=list(build.build_config.targets), report=report or {},
         extra={"unused_inputs": [n for n in build.stage_spec.input_names
                                  if n not in build.graph.inputs], **(extra or {})})
     write_manifest(build.out_dir, manifest)

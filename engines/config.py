@@ -54,6 +54,12 @@ class OnnxGraphInfo:
     external_data: bool = False  # weights live in files beside the .onnx
     # op types of TensorRT plugin nodes: the plugins must be registered before parsing
     trt_plugins: frozenset[str] = frozenset()
+    # names of the nodes that make each attention block (one Softmax, or one opset-23
+    # Attention, per block): an engine report checks each sits in a fused MHA layer
+    attention_nodes: tuple[str, ...] = ()
+    # names of the MatMul/Gemm nodes reading a DequantizeLinear output (the Q/DQ recipe's
+    # linear layers): an FP8 engine must run them in FP8
+    quantized_linears: tuple[str, ...] = ()
 
     @property
     def has_fp8(self) -> bool:
@@ -103,7 +109,19 @@ def inspect_onnx(onnx_path: str | os.PathLike) -> OnnxGraphInfo:
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)
     plugins = frozenset(n.op_type for n in _all_nodes(graph) if n.domain == TRT_PLUGIN_DOMAIN)
     return OnnxGraphInfo(has_qdq, frozenset(qdq_types), frozenset(weights), inputs, outputs,
-                         external, plugins)
+                         external, plugins, *_report_nodes(graph))
+
+
+def _report_nodes(graph) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(attention nodes, quantized linear nodes) by name, as engine reports match them."""
+    nodes = list(_all_nodes(graph))
+    attention = tuple(n.name for n in nodes if n.op_type in ("Softmax", "Attention")
+                      and n.domain in ("", "ai.onnx"))
+    dequantized = {out for n in nodes if _is_qdq(n.op_type) and "Dequantize" in n.op_type
+                   for out in n.output}
+    linears = tuple(n.name for n in nodes if n.op_type in ("MatMul", "Gemm")
+                    and any(i in dequantized for i in n.input))
+    return attention, linears
 
 
 def onnx_type_name(elem_type: int) -> str:
@@ -165,9 +183,14 @@ class BuildConfig:
     weight_streaming: bool = False
     refittable: bool = False
     strongly_typed: bool = False
+    # compute capabilities the engine is compiled for ("sm89", ...); empty: the backend's
+    # default (TensorRT-RTX: every target the precision allows; TensorRT: the build GPU).
+    # prepare_build resolves it (engines/backends.py)
+    targets: tuple[str, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "precision", Precision.parse(self.precision))
+        object.__setattr__(self, "targets", tuple(self.targets))
         if self.timing_cache is not None:
             object.__setattr__(self, "timing_cache", Path(self.timing_cache))
         if not 0 < self.workspace_gib <= 1024:
@@ -184,6 +207,7 @@ class BuildConfig:
         data = dataclasses.asdict(self)
         data["precision"] = self.precision.value
         data["timing_cache"] = str(self.timing_cache) if self.timing_cache else None
+        data["targets"] = list(self.targets)
         return data
 
     def cache_fields(self) -> dict[str, Any]:
@@ -202,14 +226,18 @@ _PRECISION_COMPUTE = {Precision.FP32: "float32", Precision.FP16: "float16",
 _COMPUTE_PRECISION = {v: k for k, v in _PRECISION_COMPUTE.items()}
 
 
-def weak_typing_available(runtime: str, version: str) -> bool:
-    """Whether the runtime still has weakly typed builds: TensorRT < 11 (ORT never needs
-    them, and says yes so the check stays TensorRT's)."""
-    if runtime != "tensorrt":
-        return True
-    from packaging.version import Version
+def compute_precision(compute_type: str) -> Precision:
+    """A graph's compute type ("float16") -> the export's --dtype (Precision.FP16)."""
+    return _COMPUTE_PRECISION[compute_type]
 
-    return Version(version).major < 11
+
+def weak_typing_available(runtime: str, version: str) -> bool:
+    """Whether the runtime still has weakly typed builds: TensorRT < 11, TensorRT-RTX never
+    (backends.py). ORT never needs them, and says yes so the check stays TensorRT's."""
+    from .backends import BACKENDS
+
+    backend = BACKENDS.get(runtime)
+    return True if backend is None else backend.weak_typing(version)
 
 
 def resolve_build_config(config: BuildConfig, graph: OnnxGraphInfo,
@@ -259,7 +287,8 @@ def _strong_typing_mismatch(config: BuildConfig, graph: OnnxGraphInfo,
                 f"{_COMPUTE_PRECISION[compute].value}, or re-export with --dtype {wanted}")
     reasons = [r for r, on in ((("it has Q/DQ nodes"), graph.has_qdq),
                                ("weight streaming needs it", config.weight_streaming),
-                               ("TensorRT >= 11 builds nothing else", not weak_typing)) if on]
+                               ("TensorRT >= 11 and TensorRT-RTX build nothing else",
+                                not weak_typing)) if on]
     return (f"precision={wanted} has no effect on this float32 graph: it is built strongly "
             f"typed ({'; '.join(reasons)}), which takes every type from the ONNX graph. "
             f"Re-export with `cinema-trt export --dtype {wanted}`, or build with --precision "

@@ -49,10 +49,25 @@ def cuda_device_info(device: int | None = None) -> tuple[str, str]:
     return torch.cuda.get_device_name(index), f"{major}.{minor}"
 
 
-def tensorrt_runtime_info() -> RuntimeInfo:
-    trt = require_tensorrt()
+def require_backend(backend: str):
+    """The Python module of a TensorRT backend ("tensorrt", "tensorrt-rtx"; backends.py),
+    or MissingDependencyError with its install command."""
+    from .backends import get_backend
+
+    described = get_backend(backend)
+    hint = TENSORRT_HINT if described.module == "tensorrt" else (
+        f"{described.display} is not installed: {described.install}")
+    return _require(described.module, hint)
+
+
+def tensorrt_runtime_info(backend: str = "tensorrt", gpu: bool = True) -> RuntimeInfo:
+    """The backend's version and this process's GPU. `gpu=False` (building for a backend
+    that compiles ahead of time, TensorRT-RTX) asks for no GPU."""
+    trt = require_backend(backend)
+    if not gpu:
+        return RuntimeInfo(backend, trt.__version__)
     name, capability = cuda_device_info()
-    return RuntimeInfo("tensorrt", trt.__version__, name, capability)
+    return RuntimeInfo(backend, trt.__version__, name, capability)
 
 
 def onnxruntime_runtime_info() -> RuntimeInfo:

@@ -1,9 +1,10 @@
 """`manifest.json` beside every built engine: what built it, for what, and how to rebuild it.
 
 An engine is reused only when its cache key matches: the hash of the ONNX bytes (external
-weights included), the build config, the profiles, the runtime version and the GPU's compute
-capability. A plan loads only where the runtime version and GPU architecture match the
-manifest; otherwise `validate_manifest` refuses with the exact command that rebuilds it.
+weights included), the build config (targets included), the profiles, the backend, its
+version and the build GPU's compute capability (none for TensorRT-RTX, which builds on any
+machine). A plan loads only in the backend and version that built it, on a GPU among its
+`targets`; otherwise `validate_manifest` refuses with the exact command that rebuilds it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from .config import BuildConfig
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 1  # bump when the builder changes what an engine contains
+# bump when the builder changes what an engine contains. 2: backends, targets, reports
+FORMAT_VERSION = 2
 
 
 class EngineMismatchError(ValueError):
@@ -38,7 +40,7 @@ class EngineMismatchError(ValueError):
 class RuntimeInfo:
     """The runtime that builds or loads an engine, and the GPU it runs on."""
 
-    runtime: str  # "tensorrt" | "onnxruntime"
+    runtime: str  # "tensorrt" | "tensorrt-rtx" | "onnxruntime" (the backend)
     version: str
     gpu_name: str | None = None
     compute_capability: str | None = None  # "9.0"; None for CPU runtimes
@@ -60,8 +62,14 @@ class EngineManifest:
     plan_sha256: str
     cache_key: str
     rebuild_command: str
-    gpu_name: str | None = None
+    gpu_name: str | None = None  # the GPU that built it (none for TensorRT-RTX)
     compute_capability: str | None = None
+    # the GPU architectures the plan runs on ("sm89", ...): TensorRT, the build GPU's;
+    # TensorRT-RTX, the targets it was compiled for. Empty for CPU runtimes
+    targets: list[str] = field(default_factory=list)
+    # the engine report (engines/report.py `summarize`): layers by kind and precision,
+    # attention fusion, quantized linears, the builder's memory figures
+    report: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     # runtime-specific facts; ORT builds carry "export_manifest", the export manifest they
     # were built from, which `cinema_trt.export.manifest.read_stage` reads
@@ -134,7 +142,7 @@ def profiles_to_json(profiles: dict[str, Any]) -> dict[str, dict[str, list[int]]
         if isinstance(value, dict):
             out[name] = {k: list(value[k]) for k in ("min", "opt", "max")}
         else:
-            out[name] = {k: list(v) for k, v in zip(("min", "opt", "max"), value)}
+            out[name] = {k: list(v) for k, v in zip(("min", "opt", "max"), value, strict=True)}
     return out
 
 
@@ -182,6 +190,8 @@ def rebuild_command(onnx_dir: str | os.PathLike, out_dir: str | os.PathLike,
         parts += ["--profile", q(profile)]
     if runtime != "tensorrt":
         parts += ["--runtime", "ort" if runtime == "onnxruntime" else runtime]
+    if config.targets and runtime == "tensorrt-rtx":  # TensorRT's is the GPU it builds on
+        parts += ["--targets", ",".join(config.targets)]
     if stages:
         parts += ["--stages", *stages]
     if config.workspace_gib != default.workspace_gib:
@@ -205,10 +215,13 @@ def _same_version(a: str, b: str) -> bool:
 
 
 def validate_manifest(manifest: EngineManifest, runtime: RuntimeInfo) -> None:
-    """Refuse an engine built by another runtime version or for another GPU architecture."""
-    fix = f"Rebuild it here with:\n  {manifest.rebuild_command}"
-    name = {"tensorrt": "TensorRT", "onnxruntime": "ONNX Runtime"}.get(runtime.runtime,
-                                                                      runtime.runtime)
+    """Refuse an engine built by another backend or version, or for other GPUs."""
+    from .backends import BACKENDS, sm_name
+
+    fix = f"Rebuild it with:\n  {manifest.rebuild_command}"
+    backend = BACKENDS.get(runtime.runtime)
+    name = backend.display if backend else {"onnxruntime": "ONNX Runtime"}.get(
+        runtime.runtime, runtime.runtime)
     if manifest.runtime != runtime.runtime:
         raise EngineMismatchError(f"{manifest.stage}: engine was built for {manifest.runtime}, "
                                   f"not {runtime.runtime}. {fix}")
@@ -217,13 +230,19 @@ def validate_manifest(manifest: EngineManifest, runtime: RuntimeInfo) -> None:
             f"{manifest.stage}: engine was built with {name} {manifest.runtime_version} but "
             f"this process has {name} {runtime.version}; engines only load in the version "
             f"that built them. {fix}")
-    if manifest.compute_capability != runtime.compute_capability:
+    if runtime.compute_capability is None:  # a CPU runtime
+        return
+    here = sm_name(runtime.compute_capability)
+    if here not in manifest.targets:
+        built_on = (f" on {manifest.gpu_name} (sm {manifest.compute_capability})"
+                    if manifest.gpu_name else "")
         raise EngineMismatchError(
-            f"{manifest.stage}: engine was built for GPU architecture sm "
-            f"{manifest.compute_capability} ({manifest.gpu_name}) but this GPU is sm "
-            f"{runtime.compute_capability} ({runtime.gpu_name}); TensorRT kernels are "
-            f"compiled per architecture. {fix}")
-    if manifest.gpu_name != runtime.gpu_name:
+            f"{manifest.stage}: engine was built{built_on} for GPU architectures "
+            f"{', '.join(manifest.targets) or 'none'}, but this GPU, {runtime.gpu_name}, is "
+            f"{here} (sm {runtime.compute_capability}); {name} kernels are compiled per "
+            f"architecture. {fix}" + (f"\nwith {here} added to --targets" if backend
+                                      and here in backend.targets else ""))
+    if manifest.gpu_name is not None and manifest.gpu_name != runtime.gpu_name:
         log.warning("%s: engine was tuned on %s and runs on %s (same architecture); "
                     "rebuild for best speed: %s", manifest.stage, manifest.gpu_name,
                     runtime.gpu_name, manifest.rebuild_command)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from tqdm import tqdm
 
@@ -24,6 +25,37 @@ _SEVERITY_LEVELS = {"INTERNAL_ERROR": logging.CRITICAL, "ERROR": logging.ERROR,
 def log_level(severity_name: str) -> int:
     """Logging level for a TensorRT severity name ("ERROR", "Severity.WARNING", ...)."""
     return _SEVERITY_LEVELS.get(severity_name.rsplit(".", 1)[-1].upper(), logging.INFO)
+
+
+class LogCapture:
+    """What the process's TensorRT logger does with a message: forward it to logging at the
+    mapped level, and keep it (every severity) for each build capturing the log, whose
+    report parses the layer list and memory figures from it. Builds run one at a time per
+    process (engines/stages.py), so a capture holds one build's messages."""
+
+    def __init__(self):
+        self._active: list[list[str]] = []
+        self._lock = threading.Lock()
+
+    def record(self, severity_name: str, message: str) -> None:
+        log.log(log_level(severity_name), "%s", message)
+        with self._lock:
+            for messages in self._active:
+                messages.append(message)
+
+    @contextmanager
+    def capture(self) -> Iterator[list[str]]:
+        messages: list[str] = []
+        with self._lock:
+            self._active.append(messages)
+        try:
+            yield messages
+        finally:
+            with self._lock:
+                self._active.remove(messages)
+
+
+TENSORRT_LOG = LogCapture()
 
 
 class BuildProgress:

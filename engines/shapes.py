@@ -218,14 +218,17 @@ def stage_symbols(stage: str, shapes: DeploymentShapes, config: CinemaConfig,
 def profiles_for(stage_spec: StageSpec, shapes: DeploymentShapes,
                  config: CinemaConfig) -> dict[str, Profile]:
     """{input name: (min, opt, max) shape} for one stage, in the spec's input order."""
-    levels = [stage_symbols(stage_spec.name, shapes, config, level) for level in LEVELS]
-    return {spec.name: tuple(resolve(spec, values) for values in levels)
-            for spec in stage_spec.inputs}
+    return _profiles(stage_spec.inputs, stage_spec.name, shapes, config)
 
 
 def output_shapes_for(stage_spec: StageSpec, shapes: DeploymentShapes,
                       config: CinemaConfig) -> dict[str, Profile]:
     """The same for outputs (recorded in manifests; TensorRT infers them itself)."""
-    levels = [stage_symbols(stage_spec.name, shapes, config, level) for level in LEVELS]
-    return {spec.name: tuple(resolve(spec, values) for values in levels)
-            for spec in stage_spec.outputs}
+    return _profiles(stage_spec.outputs, stage_spec.name, shapes, config)
+
+
+def _profiles(specs, stage: str, shapes: DeploymentShapes,
+              config: CinemaConfig) -> dict[str, Profile]:
+    low, opt, high = (stage_symbols(stage, shapes, config, level) for level in LEVELS)
+    return {spec.name: (resolve(spec, low), resolve(spec, opt), resolve(spec, high))
+            for spec in specs}

@@ -7,20 +7,23 @@ each stage's profiles from one `profiles.yaml`, and builds `<out dir>/<stage>/`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import StageSpec, stage_specs
 
+from .backends import BACKENDS, resolve_targets
 from .config import BuildConfig
 from .shapes import STAGE_NAMES, load_shapes
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("tensorrt", "ort")
+RUNTIMES = (*BACKENDS, "ort")  # the TensorRT backends (backends.py) and ONNX Runtime
 
 
 @dataclass(frozen=True)
@@ -38,12 +41,15 @@ class BuildRequest:
     out_dir: Path
     build_config: BuildConfig
     profile: Path | None = None  # profiles.yaml; None: the preset's defaults
-    runtime: str = "tensorrt"  # "tensorrt" | "ort"
+    runtime: str = "tensorrt"  # "tensorrt" | "tensorrt-rtx" | "ort"
     stages: tuple[str, ...] = ()  # empty: every exported stage
 
     def __post_init__(self):
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime={self.runtime!r} must be one of {list(RUNTIMES)}")
+        if self.build_config.targets and self.runtime not in BACKENDS:
+            raise ValueError(f"--targets names GPU architectures for the TensorRT backends; "
+                             f"drop it with --runtime {self.runtime}")
 
 
 def exported_stages(onnx_dir: str | os.PathLike) -> dict[str, ExportedStage]:
@@ -97,17 +103,26 @@ def select_stages(found: dict[str, ExportedStage], wanted: tuple[str, ...]
 
 def build_stages(request: BuildRequest) -> dict[str, Path]:
     """Build (or reuse) one engine per selected stage; returns {stage: plan or model path}."""
-    if request.runtime == "tensorrt":
-        from .deps import require_tensorrt
+    backend = BACKENDS.get(request.runtime)
+    if backend is not None:  # fail before reading gigabytes of ONNX
+        from .deps import require_backend
 
-        require_tensorrt()  # fail before reading gigabytes of ONNX
+        require_backend(backend.name)
+        if backend.builds_without_gpu:  # fp8 for sm80 and the like
+            resolve_targets(backend, request.build_config.precision,
+                            request.build_config.targets)
     chosen = select_stages(exported_stages(request.onnx_dir), request.stages)
     config = chosen[0].config
     shapes = load_shapes(request.profile, config)
-    if request.runtime == "tensorrt":
-        from .trt_build import build_engine as build
+    build: Callable[..., Path]
+    if backend is not None:
+        from .trt_build import build_engine
+
+        build = functools.partial(build_engine, backend=backend.name)
     else:
-        from .ort_build import build_ort_model as build
+        from .ort_build import build_ort_model
+
+        build = build_ort_model
     built = {}
     for stage in chosen:
         log.info("building %s (%s, %s)", stage.name, request.runtime,

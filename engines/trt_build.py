@@ -1,8 +1,10 @@
-"""Build one stage's TensorRT engine from its ONNX export.
+"""Build one stage's TensorRT engine from its ONNX export, on either TensorRT backend
+(engines/backends.py: `tensorrt` on the target GPU, `tensorrt-rtx` on any machine).
 
 Flow: decide everything as data (artifacts.prepare_build, `builder_settings`), reuse the
 cached plan when its key matches, else parse the ONNX (external weights are read beside it),
-build with one optimization profile and the timing cache, and write plan + manifest.
+build with one optimization profile (DETAILED profiling verbosity, the backend's targets
+and caches), and write plan, `layers.json` (engines/report.py) and manifest.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import StageSpec
 
 from .artifacts import StageBuild, finish_build, prepare_build, reuse_cached
+from .backends import Backend, get_backend
 from .config import BuildConfig, OnnxGraphInfo, network_flags, trt_flags
-from .deps import require_tensorrt, tensorrt_runtime_info
+from .deps import require_backend, tensorrt_runtime_info
 from .manifest import RuntimeInfo, write_bytes_atomic
-from .progress import BuildProgress, log_level
+from .progress import TENSORRT_LOG, BuildProgress
+from .report import layers_from_inspector, parse_layers, parse_memory, summarize, write_layers
 from .shapes import DeploymentShapes
 
 log = logging.getLogger(__name__)
@@ -37,31 +41,62 @@ class EngineBuildError(RuntimeError):
 def builder_settings(build: StageBuild) -> dict[str, Any]:
     """Every builder input as plain data (what `_build_serialized` applies)."""
     config = build.build_config
+    backend = get_backend(build.runtime.runtime)
     return {"network_flags": network_flags(config), "builder_flags": trt_flags(config),
             "workspace_bytes": config.workspace_bytes,
             "optimization_level": config.optimization_level,
-            "profiles": build.profiles, "timing_cache": config.timing_cache}
+            "profiles": build.profiles,
+            # TensorRT-RTX ignores timing caches (a DeprecationWarning says so)
+            "timing_cache": config.timing_cache if backend.timing_cache else None,
+            # ahead-of-time targets; TensorRT compiles for the GPU it builds on
+            "compute_capabilities": list(config.targets) if backend.builds_without_gpu else [],
+            # the layer list (layers.json) is logged only at DETAILED
+            "profiling_verbosity": "DETAILED"}
 
 
 def build_engine(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
                  stage_spec: StageSpec, shapes: DeploymentShapes, build_config: BuildConfig,
                  config: CinemaConfig, should_stop: Callable[[], bool] | None = None,
-                 runtime: RuntimeInfo | None = None) -> Path:
-    """Build (or reuse) `out_dir/model.plan` + `out_dir/manifest.json`; returns the plan."""
-    trt = require_tensorrt()
+                 runtime: RuntimeInfo | None = None, backend: str = "tensorrt") -> Path:
+    """Build (or reuse) `out_dir/model.plan` + `layers.json` + `manifest.json`; returns the
+    plan. `backend`: "tensorrt" (needs the target GPU) or "tensorrt-rtx" (any machine);
+    `runtime`, when given, names the backend itself."""
+    described = get_backend(runtime.runtime if runtime else backend)
+    trt = require_backend(described.name)
+    runtime = runtime or tensorrt_runtime_info(described.name,
+                                               gpu=not described.builds_without_gpu)
     build = key_plugin_kernels(prepare_build(onnx_path, out_dir, stage_spec, shapes,
-                                             build_config, config,
-                                             runtime or tensorrt_runtime_info()))
+                                             build_config, config, runtime))
     cached = reuse_cached(build)
     if cached is not None:
         return cached
     build.out_dir.mkdir(parents=True, exist_ok=True)
     register_graph_plugins(build.graph)
-    serialized = _build_serialized(trt, build, should_stop)
+    with TENSORRT_LOG.capture() as messages:
+        serialized = _build_serialized(trt, described, build, should_stop)
     plan = write_bytes_atomic(build.out_dir / PLAN_FILE, memoryview(serialized))
+    layers = parse_layers(messages)
+    if not layers and not described.builds_without_gpu:  # the build GPU can deserialize
+        layers = _inspect_layers(trt, serialized)
+    if not layers:
+        log.warning("%s: the builder logged no layer list; layers.json is empty",
+                    build.stage)
+    write_layers(build.out_dir, layers)
+    report = summarize(layers, parse_memory(messages), build.graph)
     # whoever deserialises the plan must register these plugins first (the JIT INT8 plugin
     # runs Python code), so the manifest names them
-    return finish_build(build, plan, extra={"trt_plugins": sorted(build.graph.trt_plugins)})
+    return finish_build(build, plan, extra={"trt_plugins": sorted(build.graph.trt_plugins)},
+                        report=report)
+
+
+def _inspect_layers(trt, serialized) -> list:
+    """The layer list from IEngineInspector (needs the GPU the engine was built on)."""
+    engine = trt.Runtime(trt_logger(trt)).deserialize_cuda_engine(serialized)
+    if engine is None:
+        return []
+    inspector = engine.create_engine_inspector()
+    return layers_from_inspector(
+        inspector.get_engine_information(trt.LayerInformationFormat.JSON))
 
 
 def key_plugin_kernels(build: StageBuild) -> StageBuild:
@@ -89,17 +124,26 @@ def register_graph_plugins(graph: OnnxGraphInfo) -> bool:
     return True
 
 
-def trt_logger(trt):
-    """A `trt.ILogger` that forwards to Python logging."""
+# one ILogger per TensorRT module for the whole process: builders and runtimes share it
+# (TensorRT keeps using the first logger a process registers), and it outlives them all
+_LOGGERS: dict[str, Any] = {}
 
-    class Logger(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
 
-        def log(self, severity, msg):
-            logging.getLogger("cinema_trt.engines.tensorrt").log(log_level(str(severity)), msg)
+def trt_logger(trt: Any) -> Any:
+    """The process's `trt.ILogger` for this TensorRT module: forwards every message to
+    Python logging and to the build capturing it (progress.TENSORRT_LOG)."""
+    logger = _LOGGERS.get(trt.__name__)
+    if logger is None:
 
-    return Logger()
+        class Logger(trt.ILogger):
+            def __init__(self):
+                trt.ILogger.__init__(self)
+
+            def log(self, severity, msg):
+                TENSORRT_LOG.record(str(severity), msg)
+
+        logger = _LOGGERS[trt.__name__] = Logger()
+    return logger
 
 
 def _progress_monitor(trt, progress: BuildProgress):
@@ -154,6 +198,15 @@ def _configure(trt, builder, build: StageBuild, settings: dict):
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings["workspace_bytes"])
     config.builder_optimization_level = settings["optimization_level"]
+    config.profiling_verbosity = _member(trt.ProfilingVerbosity,
+                                         settings["profiling_verbosity"], trt)
+    targets = settings["compute_capabilities"]
+    if targets:
+        config.num_compute_capabilities = len(targets)
+        for index, target in enumerate(targets):
+            if not config.set_compute_capability(
+                    _member(trt.ComputeCapability, target.upper(), trt), index):
+                raise EngineBuildError(f"{build.stage}: the builder refused target {target}")
     for name in settings["builder_flags"]:
         config.set_flag(_member(trt.BuilderFlag, name, trt))
     profile = builder.create_optimization_profile()
@@ -166,7 +219,9 @@ def _configure(trt, builder, build: StageBuild, settings: dict):
 
 
 def _load_timing_cache(config, path: Path | None) -> None:
-    data = path.read_bytes() if path is not None and path.is_file() else b""
+    if path is None:  # none asked for, or a backend without one (TensorRT-RTX)
+        return
+    data = path.read_bytes() if path.is_file() else b""
     cache = config.create_timing_cache(data)
     if not config.set_timing_cache(cache, False):
         # a cache from another TensorRT version or GPU: start a fresh one
@@ -186,7 +241,8 @@ def _save_timing_cache(config, path: Path | None) -> None:
     log.info("saved timing cache %s (%d bytes)", path, len(memoryview(data)))
 
 
-def _build_serialized(trt, build: StageBuild, should_stop: Callable[[], bool] | None):
+def _build_serialized(trt, backend: Backend, build: StageBuild,
+                      should_stop: Callable[[], bool] | None):
     settings = builder_settings(build)
     logger = trt_logger(trt)
     builder = trt.Builder(logger)
@@ -196,9 +252,11 @@ def _build_serialized(trt, build: StageBuild, should_stop: Callable[[], bool] | 
     progress = BuildProgress(build.stage, should_stop=should_stop)
     monitor = _progress_monitor(trt, progress)  # must outlive the build
     config.progress_monitor = monitor
-    log.info("%s: building %s engine (flags %s, network %s)", build.stage,
-             build.build_config.precision.value, settings["builder_flags"],
-             settings["network_flags"])
+    log.info("%s: building %s %s engine (flags %s, network %s%s)", build.stage,
+             backend.display, build.build_config.precision.value, settings["builder_flags"],
+             settings["network_flags"],
+             f", targets {','.join(settings['compute_capabilities'])}"
+             if settings["compute_capabilities"] else "")
     try:
         serialized = builder.build_serialized_network(network, config)
     finally:

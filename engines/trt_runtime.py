@@ -1,9 +1,16 @@
-"""`TensorRTRunner`: a built engine behind the `Runner` protocol (models/runner.py).
+"""`TensorRTRunner`: a built engine behind the `Runner` protocol (models/runner.py), for
+either TensorRT backend (engines/backends.py; the manifest names it).
 
-Lifecycle: load (manifest validated, plan hash checked) -> allocate (one output buffer per
-output at its largest shape, optional shared scratch memory) -> run (shapes checked against
-the profile, `set_input_shape`, `set_tensor_address`, `execute_async_v3` on the runner's
-stream) -> optionally replay a CUDA graph captured once per input-shape bucket.
+Lifecycle: load (the runner's GPU selected, manifest validated against the backend, its
+version and the GPU's architecture, plan hash checked) -> allocate (one buffer per I/O
+tensor at its largest shape, optional shared scratch memory) -> run (shapes checked
+against the profile, inputs copied once into the buffers, `execute_async_v3` on the
+runner's stream) -> optionally replay a CUDA graph captured once per input-shape bucket.
+
+TensorRT-RTX JIT-compiles its kernels for this GPU on first run; an `IRuntimeConfig`
+carries a runtime cache of them, loaded from and saved to `runtime.cache` beside the plan
+(so a second process starts without compiling), and its own CUDA-graph strategy, used
+instead of capturing graphs here.
 """
 
 from __future__ import annotations
@@ -17,12 +24,22 @@ import torch
 
 from cinema_trt.models.runner import Runner, Tensors
 
-from .deps import require_tensorrt, tensorrt_runtime_info
-from .manifest import EngineManifest, read_manifest, validate_manifest, verify_plan
+from .backends import BACKENDS, get_backend
+from .deps import require_backend, tensorrt_runtime_info
+from .manifest import (
+    EngineManifest,
+    EngineMismatchError,
+    read_manifest,
+    validate_manifest,
+    verify_plan,
+    write_bytes_atomic,
+)
 from .shape_check import check_input_shapes, torch_dtype
 from .trt_build import trt_logger
 
 log = logging.getLogger(__name__)
+
+RUNTIME_CACHE_FILE = "runtime.cache"  # TensorRT-RTX's JIT-compiled kernels, beside the plan
 
 
 class SharedDeviceMemory:
@@ -55,6 +72,8 @@ class SharedDeviceMemory:
 
     @property
     def pointer(self) -> int:
+        if self._buffer is None:
+            raise RuntimeError("SharedDeviceMemory.pointer before reserve()")
         return self._buffer.data_ptr()
 
 
@@ -76,12 +95,30 @@ class TensorRTRunner:
         folder = Path(engine_dir)
         self.manifest: EngineManifest = read_manifest(folder)
         self.name = self.manifest.stage
-        trt = require_tensorrt()
-        validate_manifest(self.manifest, tensorrt_runtime_info())
-        plan = verify_plan(folder, self.manifest)
+        if self.manifest.runtime not in BACKENDS:
+            raise EngineMismatchError(
+                f"{folder} holds a {self.manifest.runtime} model, not a TensorRT engine; "
+                f"open it with its own runner, or build an engine with --runtime "
+                f"{' / '.join(BACKENDS)}")
+        self.backend = get_backend(self.manifest.runtime)
+        trt = require_backend(self.backend.name)
         self.device = torch.device(device)
         self.cuda_graph = cuda_graph
         self._trt = trt
+        self._shared = shared_memory
+        self.runtime_cache_path = folder / RUNTIME_CACHE_FILE
+        # the engine, its context and every buffer belong to this GPU: TensorRT uses the
+        # current device, so select it before deserializing (and for the manifest check)
+        with torch.cuda.device(self.device):
+            self._load(folder, weight_streaming_budget)
+        self._buckets: dict[tuple, _Bucket] = {}
+
+    # --- setup --------------------------------------------------------------------------
+
+    def _load(self, folder: Path, weight_streaming_budget: int | None) -> None:
+        trt = self._trt
+        validate_manifest(self.manifest, tensorrt_runtime_info(self.backend.name))
+        plan = verify_plan(folder, self.manifest)
         self._runtime = trt.Runtime(trt_logger(trt))
         if self.manifest.extra.get("trt_plugins"):
             # plugin nodes (the Triton attention) must be registered before deserialising
@@ -94,23 +131,67 @@ class TensorRTRunner:
                                f"log); rebuild with:\n  {self.manifest.rebuild_command}")
         if weight_streaming_budget is not None:
             self.engine.weight_streaming_budget_v2 = weight_streaming_budget
-        self._shared = shared_memory
+        self._runtime_config = self._make_runtime_config()
         self._create_context()
         self._allocate()
-        self._buckets: dict[tuple, _Bucket] = {}
 
-    # --- setup --------------------------------------------------------------------------
+    def _make_runtime_config(self):
+        """TensorRT-RTX: the runtime cache (loaded from beside the plan when this GPU and
+        driver match it) and, with cuda_graph, its whole-graph CUDA-graph strategy."""
+        if not self.backend.runtime_cache:
+            return None
+        trt = self._trt
+        config = self.engine.create_runtime_config()
+        self.runtime_cache = config.create_runtime_cache()
+        if self.runtime_cache_path.is_file():
+            data = self.runtime_cache_path.read_bytes()
+            if self.runtime_cache.deserialize(data):
+                log.info("%s: loaded runtime cache %s (%d bytes)", self.name,
+                         self.runtime_cache_path, len(data))
+            else:  # another GPU, driver or TensorRT-RTX version: compile afresh
+                log.warning("%s: runtime cache %s does not match this GPU/driver; "
+                            "recompiling", self.name, self.runtime_cache_path)
+        config.set_runtime_cache(self.runtime_cache)
+        if self.cuda_graph:
+            config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+        if self._shared is not None:
+            config.set_execution_context_allocation_strategy(
+                trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        return config
+
+    def save_runtime_cache(self) -> Path | None:
+        """Write the kernels compiled so far to `runtime.cache` beside the plan (TensorRT-RTX;
+        a read-only engine folder only warns)."""
+        if self._runtime_config is None:
+            return None
+        data = memoryview(self.runtime_cache.serialize())
+        try:
+            return write_bytes_atomic(self.runtime_cache_path, data)
+        except OSError as error:
+            log.warning("%s: could not save the runtime cache: %s", self.name, error)
+            return None
+
+    @property
+    def captures_graphs(self) -> bool:
+        """Whether this runner captures CUDA graphs itself (TensorRT-RTX does it inside)."""
+        return self.cuda_graph and self._runtime_config is None
 
     def _create_context(self) -> None:
         trt, engine = self._trt, self.engine
-        if self._shared is None:
+        if self._runtime_config is not None:
+            self.context = engine.create_execution_context(self._runtime_config)
+        elif self._shared is None:
             self.context = engine.create_execution_context()
-            self.stream = torch.cuda.Stream(self.device)
         else:
-            strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
-            self.context = engine.create_execution_context(strategy)
-            self.stream = self._shared.stream
-            size = getattr(engine, "device_memory_size_v2", None) or engine.device_memory_size
+            self.context = engine.create_execution_context(
+                trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        self.stream = torch.cuda.Stream(self.device) if self._shared is None \
+            else self._shared.stream
+        if self._shared is not None:
+            # v2 (TensorRT >= 10.1) may legitimately be 0 for an engine without scratch
+            size = getattr(engine, "device_memory_size_v2", None)
+            if size is None:
+                size = engine.device_memory_size
             self._shared.reserve(int(size))
             self._memory_generation = -1
         if self.context is None:
@@ -137,10 +218,11 @@ class TensorRTRunner:
     # --- running ------------------------------------------------------------------------
 
     def _prepare(self, inputs: Mapping[str, torch.Tensor]) -> Tensors:
+        """The engine's inputs, in its order, shapes checked; not copied (run() copies each
+        once, straight into its buffer, converting device and dtype on the way)."""
         feeds = {k: v for k, v in inputs.items() if k not in self.ignored_inputs}
         check_input_shapes(self.manifest, {k: tuple(v.shape) for k, v in feeds.items()})
-        return {name: feeds[name].to(self.device, self.dtypes[name]).contiguous()
-                for name in self.input_names}
+        return {name: feeds[name] for name in self.input_names}
 
     def _bucket(self, feeds: Tensors) -> _Bucket:
         key = tuple(tuple(t.shape) for t in feeds.values())
@@ -186,7 +268,12 @@ class TensorRTRunner:
 
     @torch.inference_mode()
     def run(self, inputs: Mapping[str, torch.Tensor]) -> Tensors:
+        with torch.cuda.device(self.device):  # the context's GPU, whatever is current
+            return self._run(inputs)
+
+    def _run(self, inputs: Mapping[str, torch.Tensor]) -> Tensors:
         feeds = self._prepare(inputs)
+        new_shapes = tuple(tuple(t.shape) for t in feeds.values()) not in self._buckets
         bucket = self._bucket(feeds)
         caller = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(caller)  # inputs were produced on the caller's stream
@@ -194,13 +281,17 @@ class TensorRTRunner:
             self._point_memory()
             for name, tensor in feeds.items():
                 bucket.inputs[name].copy_(tensor, non_blocking=True)
-            if not self.cuda_graph:
+            if not self.captures_graphs:
                 self._enqueue(bucket)
             elif bucket.graph is None:
                 self._capture(bucket)  # its replay-equivalent enqueue already ran
             else:
                 bucket.graph.replay()
         caller.wait_stream(self.stream)
+        if new_shapes and self._runtime_config is not None:
+            # TensorRT-RTX compiled kernels for these shapes: keep them for the next start
+            self.stream.synchronize()
+            self.save_runtime_cache()
         # copies: the buffers are reused by the next call (the pipeline keeps the MLLM's
         # conditional output while it runs the unconditional one)
         return {name: tensor.clone() for name, tensor in bucket.outputs.items()}

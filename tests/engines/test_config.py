@@ -113,7 +113,7 @@ def test_without_weak_typing_an_fp32_graph_builds_only_fp32(tmp_path):
     graph = inspect_onnx(_matmul_graph(tmp_path / "plain.onnx"))
     config = resolve_build_config(BuildConfig(precision="fp32"), graph, weak_typing=False)
     assert config.strongly_typed and trt_flags(config) == []
-    with pytest.raises(ValueError, match=r"TensorRT >= 11 builds nothing else.*"
+    with pytest.raises(ValueError, match=r"TensorRT >= 11 and TensorRT-RTX build nothing else.*"
                                          r"export --dtype bf16"):
         resolve_build_config(BuildConfig(precision="bf16"), graph, weak_typing=False)
 

@@ -47,7 +47,7 @@ def _manifest(folder, runtime=H100, plan_bytes=b"plan bytes") -> EngineManifest:
         outputs=[], onnx_path="exported/dit/model.onnx", onnx_sha256="a" * 64,
         plan_file=plan.name, plan_sha256=sha256_file(plan), cache_key="k" * 64,
         rebuild_command=COMMAND, gpu_name=runtime.gpu_name,
-        compute_capability=runtime.compute_capability)
+        compute_capability=runtime.compute_capability, targets=["sm90"])
     write_manifest(folder, manifest)
     return manifest
 

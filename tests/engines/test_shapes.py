@@ -88,7 +88,7 @@ def test_default_profiles_cover_what_the_tiny_pipeline_feeds_the_mllm(tiny):
         inputs = prepare_inputs(processor, tiny.mllm, text, images)
         for name, tensor in inputs.items():
             low, _, high = profiles[name]
-            assert all(lo <= v <= hi for lo, v, hi in zip(low, tensor.shape, high)), \
+            assert all(lo <= v <= hi for lo, v, hi in zip(low, tensor.shape, high, strict=True)), \
                 (name, tuple(tensor.shape), low, high)
 
 

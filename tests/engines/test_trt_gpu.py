@@ -169,7 +169,7 @@ def test_weakly_typed_fp16_of_an_fp32_graph_on_tensorrt_10_only(connector_export
 
     config = BuildConfig(precision=Precision.FP16, workspace_gib=1)
     if Version(trt.__version__).major >= 11:
-        with pytest.raises(ValueError, match="TensorRT >= 11 builds nothing else"):
+        with pytest.raises(ValueError, match="TensorRT-RTX build nothing else"):
             _build(connector_export[0], tmp_path, tiny, config)
         return
     plan = _build(connector_export[0], tmp_path, tiny, config)

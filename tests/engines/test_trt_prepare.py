@@ -3,6 +3,7 @@ builder settings, build progress, log levels, and the install hints."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 
@@ -14,7 +15,12 @@ import torch
 from cinema_trt.engines.artifacts import prepare_build
 from cinema_trt.engines.config import BuildConfig, Precision
 from cinema_trt.engines.deps import MissingDependencyError
-from cinema_trt.engines.manifest import RuntimeInfo
+from cinema_trt.engines.manifest import (
+    EngineMismatchError,
+    RuntimeInfo,
+    read_manifest,
+    write_manifest,
+)
 from cinema_trt.engines.progress import BuildProgress, log_level
 from cinema_trt.engines.shapes import shapes_from_dict
 from cinema_trt.engines.trt_build import builder_settings
@@ -37,6 +43,8 @@ def test_fp16_build_of_a_plain_graph(connector_export, tmp_path, tiny):
     assert settings == {
         "network_flags": [], "builder_flags": ["FP16"], "workspace_bytes": 2 << 30,
         "optimization_level": 4, "timing_cache": tmp_path / "t.cache",
+        # TensorRT compiles for the GPU it builds on: no ahead-of-time targets to set
+        "compute_capabilities": [], "profiling_verbosity": "DETAILED",
         "profiles": {"hidden_states": ((1, 1, 64), (1, 32, 64), (1, 256, 64)),
                      "attention_mask": ((1, 1), (1, 32), (1, 256))}}
 
@@ -129,6 +137,11 @@ def test_build_and_run_without_tensorrt_explain_how_to_install_it(connector_expo
     assert not (tmp_path / "trt").exists()
     built = build_ort_model(onnx_path, tmp_path / "ort", spec, shapes,
                             BuildConfig(precision=Precision.FP32), tiny)
+    with pytest.raises(EngineMismatchError, match="holds a onnxruntime model, not a TensorRT"):
+        TensorRTRunner(built.parent)
+    # the same folder described as a TensorRT engine: loading it needs TensorRT
+    manifest = read_manifest(built.parent)
+    write_manifest(built.parent, dataclasses.replace(manifest, runtime="tensorrt"))
     with pytest.raises(MissingDependencyError, match="nvcr.io/nvidia/tensorrt"):
         TensorRTRunner(built.parent)
     assert isinstance(MissingDependencyError("x"), ImportError)

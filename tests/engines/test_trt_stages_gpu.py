@@ -62,7 +62,7 @@ def _check_cases(models, stage, export):
 
 def _fits(profile, shape) -> bool:
     low, _, high = profile
-    return all(lo <= n <= hi for lo, n, hi in zip(low, shape, high))
+    return all(lo <= n <= hi for lo, n, hi in zip(low, shape, high, strict=True))
 
 
 def test_profile_covers_the_checks(tiny):

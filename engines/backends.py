@@ -1,0 +1,143 @@
+"""The TensorRT backends as data: one description each, read by every module that builds,
+loads or serves an engine (no `if rtx:` branches elsewhere).
+
+- `tensorrt`: TensorRT for data-center GPUs (H100/H200/B200). Kernels are timed and
+  compiled on the GPU that builds the engine, so the engine targets that GPU's compute
+  capability only, and building needs it.
+- `tensorrt-rtx`: TensorRT for RTX (`pip install tensorrt-rtx-cu12`, module
+  `tensorrt_rtx`). It compiles ahead of time for a list of compute capabilities on any
+  machine, CPU-only included, and JIT-compiles the final kernels on the GPU at first run
+  (kept in a runtime cache). It has no weak typing, no timing cache and no Python
+  plugins, and no SM90 target.
+
+Hardware limits apply to both: FP8 tensor cores exist from SM89 (Ada), bf16 from SM80
+(Ampere). TensorRT-RTX refuses to compile an FP8 graph for SM80 ("the model contains
+HW-specific datatypes: fp8_e4m3"), so the targets are checked against the precision
+before anything is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cinema_trt.models.presets import Precision
+
+# the lowest compute capability with hardware for each precision (others: any target)
+PRECISION_MIN_SM = {Precision.FP8: 89, Precision.BF16: 80}
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What one TensorRT flavour can do, as the build, the runner and serving need it."""
+
+    name: str  # `cinema-trt build --runtime` value and the manifest's "runtime"
+    module: str  # the Python module
+    display: str  # for messages
+    install: str  # how to get the module
+    # compute capabilities it compiles for ahead of time, as "sm89"; () = only the GPU
+    # that builds the engine (which must then be present)
+    targets: tuple[str, ...]
+    # first major version without weakly typed builds; 0: always strongly typed
+    weak_typing_until: int
+    timing_cache: bool  # builder timing cache (no-op on TensorRT-RTX: a warning says so)
+    runtime_cache: bool  # IRuntimeConfig runtime cache of JIT-compiled kernels
+    plugins: bool  # `<module>.plugin` (the Triton attention plugins) exists
+    triton_backend: str  # the Triton Inference Server backend that can load its plans
+
+    @property
+    def builds_without_gpu(self) -> bool:
+        return bool(self.targets)
+
+    def weak_typing(self, version: str) -> bool:
+        """Whether this version still has weakly typed builds (BuilderFlag.FP16/BF16)."""
+        from packaging.version import Version
+
+        return Version(version).major < self.weak_typing_until
+
+    def targets_for(self, precision: Precision) -> tuple[str, ...]:
+        """The ahead-of-time targets whose hardware runs `precision`."""
+        return tuple(t for t in self.targets if sm_number(t) >= PRECISION_MIN_SM.get(precision, 0))
+
+
+TENSORRT = Backend(
+    name="tensorrt", module="tensorrt", display="TensorRT",
+    install="pip install 'cinema-trt[gpu]' (the `tensorrt` wheels; needs an NVIDIA driver and "
+            "CUDA 12), or an NGC container that ships it (nvcr.io/nvidia/pytorch:<yy.mm>-py3)",
+    targets=(), weak_typing_until=11, timing_cache=True, runtime_cache=False, plugins=True,
+    triton_backend="tensorrt_plan")
+TENSORRT_RTX = Backend(
+    name="tensorrt-rtx", module="tensorrt_rtx", display="TensorRT-RTX",
+    install="pip install tensorrt-rtx-cu12 (builds on any machine; running needs an RTX / "
+            "workstation GPU of a target architecture)",
+    targets=("sm75", "sm80", "sm86", "sm89", "sm120", "sm121"), weak_typing_until=0,
+    timing_cache=False, runtime_cache=True, plugins=False, triton_backend="python")
+
+BACKENDS = {b.name: b for b in (TENSORRT, TENSORRT_RTX)}
+
+
+def get_backend(name: str) -> Backend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"runtime={name!r} is not a TensorRT backend; expected one of "
+                         f"{list(BACKENDS)}") from None
+
+
+def sm_number(target: str) -> int:
+    """"sm89" -> 89."""
+    return int(target[2:])
+
+
+def sm_name(compute_capability: str) -> str:
+    """A GPU's compute capability as torch/TensorRT report it ("8.9") -> "sm89"."""
+    major, minor = compute_capability.split(".")
+    return f"sm{int(major)}{int(minor)}"
+
+
+def parse_targets(text: str | None) -> tuple[str, ...]:
+    """`--targets sm89,sm120` (also "8.9", "SM89", "89") -> ("sm89", "sm120")."""
+    if not text:
+        return ()
+    out = []
+    for item in text.replace(" ", "").split(","):
+        raw = item.lower().removeprefix("sm").replace(".", "").replace("_", "")
+        if not raw.isdigit():
+            raise ValueError(f"--targets: {item!r} is not a compute capability; write them "
+                             "like sm89,sm120")
+        out.append(f"sm{int(raw)}")
+    return tuple(dict.fromkeys(out))
+
+
+def resolve_targets(backend: Backend, precision: Precision, requested: tuple[str, ...],
+                    build_gpu: str | None = None) -> tuple[str, ...]:
+    """The compute capabilities the engine is built for, checked against the precision.
+
+    TensorRT-RTX: `requested`, or every target the precision allows. TensorRT: the GPU
+    that builds it (`build_gpu`, "sm90"), the only one its tuned kernels are known to run on.
+    """
+    precision = Precision.parse(precision)
+    allowed = backend.targets_for(precision)
+    minimum = PRECISION_MIN_SM.get(precision, 0)
+    if not backend.builds_without_gpu:
+        if build_gpu is None:
+            raise ValueError(f"{backend.display} builds on the GPU it targets, and none was "
+                             "given; build on that GPU, or use --runtime tensorrt-rtx")
+        if requested and requested != (build_gpu,):
+            raise ValueError(f"--targets {','.join(requested)}: {backend.display} builds for "
+                             f"the GPU it runs on ({build_gpu}) only; drop --targets, or use "
+                             "--runtime tensorrt-rtx to build for other GPUs")
+        if sm_number(build_gpu) < minimum:
+            raise ValueError(f"precision={precision.value} needs sm{minimum} or newer, and "
+                             f"this GPU is {build_gpu}; build fp16 here")
+        return (build_gpu,)
+    unknown = [t for t in requested if t not in backend.targets]
+    if unknown:
+        raise ValueError(f"--targets {','.join(unknown)}: {backend.display} compiles for "
+                         f"{','.join(backend.targets)} only (no sm90: H100/H200 use "
+                         "--runtime tensorrt)")
+    too_old = [t for t in requested if t not in allowed]
+    if too_old:
+        raise ValueError(f"precision={precision.value} needs sm{minimum} or newer, so it "
+                         f"cannot target {','.join(too_old)}; use --targets "
+                         f"{','.join(allowed)}, or --precision fp16 for {','.join(too_old)}")
+    return requested or allowed
