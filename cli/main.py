@@ -12,7 +12,7 @@ import logging
 import sys
 
 # module names under cinema_trt.cli, in the order `--help` lists them
-SUBCOMMANDS = ("demo", "generate", "export", "build", "compare", "repo", "serve",
+SUBCOMMANDS = ("demo", "generate", "export", "build", "inspect", "compare", "repo", "serve",
                "bench")
 
 
