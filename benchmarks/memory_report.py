@@ -100,8 +100,8 @@ def _gib(n: int) -> str:
 
 def _stage_rows(stages: list[dict]) -> list[str]:
     lines = ["| stage | precision | built at | weights (GiB) | activations (GiB) | full depth "
-             "| weights (GiB) | activations (GiB) | persistent (GiB) | activation model |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| weights (GiB) | activations (GiB) | persistent (GiB) | activations from growth |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for s in stages:
         built = ", ".join(f"{d} layers" if d != "0" else "whole" for d in s["measured"])
         weights = " / ".join(_gib(m["weights"]) for m in s["measured"].values())
@@ -110,7 +110,7 @@ def _stage_rows(stages: list[dict]) -> list[str]:
         lines.append(f"| {s['stage']} | {s['precision']} | {built} | {weights} | {acts} | "
                      f"{s['full_depth'] or 'whole'} | {_gib(full['weights'])} | "
                      f"{_gib(full['activation'])} | {_gib(full['persistent'])} | "
-                     f"{s['activation_model']} |")
+                     f"{s['growth_share']:.1%} |")
     return lines
 
 

@@ -11,7 +11,6 @@ import json
 import pytest
 
 from cinema_trt.benchmarks.memory_plan import (
-    ACTIVATION_DEPTH_SLACK,
     GIB,
     EngineMemory,
     extrapolate,
@@ -26,27 +25,26 @@ def test_weights_extrapolate_linearly_and_activations_stay_one_blocks_peak():
     measured = {1: EngineMemory(150, 1000, 3), 2: EngineMemory(200, 1000, 4)}
     plan = extrapolate("dit", "fp16", measured, full_depth=42)
     assert plan.full == EngineMemory(weights=100 + 42 * 50, activation=1000, persistent=2 + 42)
-    assert plan.activation_model == "per-block peak"
+    assert plan.growth_share == 0.0
 
 
-def test_activations_within_the_slack_keep_the_deeper_build():
-    grown = round(1000 * (1 + ACTIVATION_DEPTH_SLACK))
-    plan = extrapolate("dit", "fp16", {1: EngineMemory(1, 1000), 2: EngineMemory(2, grown)}, 10)
-    assert (plan.full.activation, plan.activation_model) == (grown, "per-block peak")
-
-
-def test_activations_that_grow_with_depth_are_extrapolated_linearly_and_flagged():
-    """The bug it catches: a stage whose activations do add up per layer (e.g. a tensor kept
-    alive across layers) reported at one block's size."""
-    plan = extrapolate("mllm_text", "fp16", {2: EngineMemory(10, 1300), 1: EngineMemory(5, 1000)},
-                       full_depth=28)
+def test_activations_that_grow_with_depth_grow_linearly_on_top_of_the_peak():
+    """The bug it catches: a stage with tensors live across every layer (its activations
+    do add up per layer) reported at one block's size."""
+    measured = {2: EngineMemory(10, 1300), 1: EngineMemory(5, 1000)}
+    plan = extrapolate("mllm_text", "fp16", measured, full_depth=28)
     assert plan.full.activation == 1300 + 26 * 300
-    assert plan.activation_model == "linear (model failed)"
+    assert plan.growth_share == pytest.approx(26 * 300 / (1300 + 26 * 300))
+
+
+def test_a_deeper_build_needing_less_keeps_the_larger_figure():
+    measured = {1: EngineMemory(5, 1000), 2: EngineMemory(10, 990)}
+    assert extrapolate("dit", "fp16", measured, full_depth=42).full.activation == 1000
 
 
 def test_a_whole_build_is_taken_as_it_is():
     plan = extrapolate("vae_decoder", "fp16", {0: EngineMemory(7, 9, 1)}, full_depth=0)
-    assert plan.full == EngineMemory(7, 9, 1) and plan.activation_model == "whole build"
+    assert plan.full == EngineMemory(7, 9, 1) and plan.growth_share == 0.0
 
 
 @pytest.mark.parametrize("measured, full", [({2: EngineMemory(1, 1)}, 42),
