@@ -17,8 +17,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from cinema_trt.models.presets import CinemaConfig, SamplerConfig, get_preset
+from cinema_trt.models.presets import CinemaConfig, Precision, SamplerConfig, get_preset
 
 from .memory_plan import EngineMemory, StagePlan, extrapolate
 
@@ -64,14 +65,14 @@ class MemoryPlanConfig:
 
         targets = parse_targets(",".join(self.targets))
         for plan in self.plans:  # fp8 needs SM89+: refuse before exporting anything
-            resolve_targets(TENSORRT_RTX, plan, targets)
+            resolve_targets(TENSORRT_RTX, Precision.parse(plan), targets)
         object.__setattr__(self, "targets", targets)
         object.__setattr__(self, "cache_dir", Path(self.cache_dir))
 
 
 def at_depth(config: CinemaConfig, depth: int) -> CinemaConfig:
     """`config` with every depth-scaled stage at `depth` layers and the calibration sampler."""
-    sections = {}
+    sections: dict[str, Any] = {}
     for section, field_name in DEPTH_FIELDS.values():
         current = sections.get(section, getattr(config, section))
         sections[section] = dataclasses.replace(current, **{field_name: depth})
@@ -147,9 +148,9 @@ def build_memory(onnx_dir: Path, out_dir: Path, stages: tuple[str, ...], precisi
     out_dir.mkdir(parents=True, exist_ok=True)
     profile = out_dir / "profiles.yaml"
     profile.write_text(yaml.safe_dump(shapes, sort_keys=True))
-    build_stages(BuildRequest(onnx_dir, out_dir, BuildConfig(precision=precision,
-                                                             targets=targets),
-                              profile=profile, runtime="tensorrt-rtx", stages=stages))
+    build = BuildConfig(precision=Precision.parse(precision), targets=targets)
+    build_stages(BuildRequest(onnx_dir, out_dir, build, profile=profile, runtime="tensorrt-rtx",
+                              stages=stages))
     figures = {}
     for stage in stages:
         memory = read_manifest(out_dir / stage).report.get("memory", {})
