@@ -158,3 +158,12 @@ def test_tiny_end_to_end_reads_the_builders_figures(tmp_path, require):
     engines = tmp_path / "engines-depth2-fp16"
     assert json.loads((engines / "dit" / "manifest.json").read_text())["runtime"] == \
         "tensorrt-rtx"
+
+
+def test_cli_refuses_fp8_on_sm80_in_one_line_before_exporting(tmp_path, caplog):
+    from cinema_trt.cli.main import main
+
+    assert main(["memory-plan", "--targets", "sm80", "--cache-dir", str(tmp_path / "cache"),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "sm89" in caplog.text
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
