@@ -44,6 +44,13 @@ class MemoryPlanConfig:
     plans: tuple[str, ...] = PLANS
     targets: tuple[str, ...] = ("sm89",)  # FP8 needs SM89+; one target keeps builds short
     refs: int = 4  # references per request (the profile's opt and max)
+    # the builder's workspace limit. Its activation figure is the stage's need, not a choice
+    # under the limit (cinema DiT, VAE encoder and MLLM text: identical at 8 and 80 GiB); a
+    # stage needing more fails to build ("OutOfMemory (Requested size was <limit + 0.146
+    # GiB>)", whatever the limit below its need: the cinema VAE decoder failed at 8, 9, 12,
+    # 16 and 24 GiB and needs 33.5). So the limit is the largest card: a stage that does not
+    # build under it runs on none of them.
+    workspace_gib: float = 80.0
     cache_dir: Path = Path.home() / ".cache" / "cinema-trt" / "memory-plan"
 
     def __post_init__(self):
@@ -67,6 +74,8 @@ class MemoryPlanConfig:
         for plan in self.plans:  # fp8 needs SM89+: refuse before exporting anything
             resolve_targets(TENSORRT_RTX, Precision.parse(plan), targets)
         object.__setattr__(self, "targets", targets)
+        if not 0 < self.workspace_gib <= 1024:
+            raise ValueError(f"workspace_gib={self.workspace_gib} must be in (0, 1024]")
         object.__setattr__(self, "cache_dir", Path(self.cache_dir))
 
 
@@ -137,7 +146,7 @@ def export_once(config: CinemaConfig, folder: Path, stages: tuple[str, ...], fp8
 
 
 def build_memory(onnx_dir: Path, out_dir: Path, stages: tuple[str, ...], precision: str,
-                 shapes: dict, targets: tuple[str, ...]) -> dict[str, EngineMemory]:
+                 shapes: dict, settings: MemoryPlanConfig) -> dict[str, EngineMemory]:
     """Build `stages` with TensorRT-RTX for `shapes`; the builder's figures per stage."""
     import yaml
 
@@ -148,7 +157,8 @@ def build_memory(onnx_dir: Path, out_dir: Path, stages: tuple[str, ...], precisi
     out_dir.mkdir(parents=True, exist_ok=True)
     profile = out_dir / "profiles.yaml"
     profile.write_text(yaml.safe_dump(shapes, sort_keys=True))
-    build = BuildConfig(precision=Precision.parse(precision), targets=targets)
+    build = BuildConfig(precision=Precision.parse(precision), targets=settings.targets,
+                        workspace_gib=settings.workspace_gib)
     build_stages(BuildRequest(onnx_dir, out_dir, build, profile=profile, runtime="tensorrt-rtx",
                               stages=stages))
     figures = {}
@@ -182,7 +192,7 @@ def plan_stages(settings: MemoryPlanConfig, plan: str) -> list[StagePlan]:
             folder = settings.cache_dir / f"onnx-depth{depth}-{kind}"
             export_once(config, folder, stages, fp8)
             figures = build_memory(folder, settings.cache_dir / f"engines-depth{depth}-{kind}",
-                                   stages, kind, shapes, settings.targets)
+                                   stages, kind, shapes, settings)
             for stage, memory in figures.items():
                 measured[stage][depth if stage in DEPTH_FIELDS else 0] = memory
     full = full_depths(base)

@@ -35,6 +35,9 @@ def register(subparsers) -> None:
                    help="TensorRT-RTX targets (default sm89: FP8 needs SM89 or newer)")
     p.add_argument("--refs", type=int, default=default.refs,
                    help="reference images per request, the profile's max (default %(default)s)")
+    p.add_argument("--workspace-gib", type=float, default=default.workspace_gib,
+                   help="the builder's workspace limit (default %(default)s: the largest "
+                        "card; a stage needing more fails to build)")
     p.add_argument("--cache-dir", type=Path, default=default.cache_dir,
                    help="exports and engines, reused by later runs (default %(default)s)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR,
@@ -48,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
     settings = MemoryPlanConfig(preset=args.preset, depths=args.depths, plans=args.plans,
                                 targets=args.targets,
-                                refs=args.refs, cache_dir=args.cache_dir)
+                                refs=args.refs, cache_dir=args.cache_dir,
+                                workspace_gib=args.workspace_gib)
     record = run_memory_plan(settings)
     files = write_outputs(record, args.out)
     print(to_markdown(record))
