@@ -72,12 +72,15 @@ def run_memory_plan(settings: MemoryPlanConfig) -> dict[str, Any]:
     """Export, build and extrapolate every plan; the JSON record."""
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
-    plans = {plan: plan_stages(settings, plan) for plan in settings.plans}
-    return make_record(settings, plans, started, time.perf_counter() - start)
+    plans, notes = {}, []
+    for plan in settings.plans:
+        plans[plan], plan_notes = plan_stages(settings, plan)
+        notes += [f"{plan} plan: {note}" for note in plan_notes]
+    return make_record(settings, plans, started, time.perf_counter() - start, notes)
 
 
 def make_record(settings: MemoryPlanConfig, plans: dict[str, list[StagePlan]], started: str,
-                duration_s: float) -> dict[str, Any]:
+                duration_s: float, notes: list[str] | None = None) -> dict[str, Any]:
     """The record of a run: the plans' stages, their peaks, and what they ran on."""
     from cinema_trt.models.presets import get_preset
 
@@ -95,6 +98,7 @@ def make_record(settings: MemoryPlanConfig, plans: dict[str, list[StagePlan]], s
         "peaks": [asdict(peak) for p, stages in plans.items()
                   for peak in pipeline_peaks(p, stages)],
         "references": _references(plans), "model": list(MODEL_NOTE),
+        "notes": list(notes or []),
     }
 
 
@@ -160,6 +164,8 @@ def to_markdown(record: dict) -> str:
                   f"{r['measured_activation_gb']:.2f} | {r['note']} |"
                   for r in record["references"]]
         lines.append("")
+    if record["notes"]:
+        lines += ["## Notes", ""] + [f"- {note}" for note in record["notes"]] + [""]
     lines += ["## Model", ""] + [f"- {line}" for line in record["model"]]
     return "\n".join(lines) + "\n"
 

@@ -172,28 +172,55 @@ def build_memory(onnx_dir: Path, out_dir: Path, stages: tuple[str, ...], precisi
     return figures
 
 
-def plan_stages(settings: MemoryPlanConfig, plan: str) -> list[StagePlan]:
-    """Export, build and extrapolate every stage of one plan."""
+def _depths_of(stage: str, settings: MemoryPlanConfig) -> tuple[int, ...]:
+    """The depths a stage is built at: both for depth-scaled stages, else once, whole, at
+    the deeper config (their graphs do not depend on depth)."""
+    return settings.depths if stage in DEPTH_FIELDS else settings.depths[-1:]
+
+
+def fp8_exports(settings: MemoryPlanConfig) -> dict[str, str]:
+    """Export every FP8 recipe stage at its depths, one stage per export (each calibrates
+    on its own), so one stage failing its accuracy gate does not cost the others. Returns
+    {stage: why} for the stages whose FP8 export failed."""
+    from cinema_trt.export.driver import ExportError
+
+    base = get_preset(settings.preset)
+    failed: dict[str, str] = {}
+    for stage in FP8_STAGES:
+        for depth in _depths_of(stage, settings):
+            folder = settings.cache_dir / f"onnx-depth{depth}-fp8"
+            try:
+                export_once(at_depth(base, depth), folder, (stage,), fp8=True)
+            except ExportError as error:
+                log.warning("%s: FP8 export at depth %d failed: %s", stage, depth, error)
+                failed[stage] = f"FP8 export at depth {depth} failed: {error}"
+                break
+    return failed
+
+
+def plan_stages(settings: MemoryPlanConfig, plan: str) -> tuple[list[StagePlan], list[str]]:
+    """Export, build and extrapolate every stage of one plan; returns the stages and notes
+    (an FP8 recipe stage whose export fails its accuracy gate is planned in fp16)."""
     base = get_preset(settings.preset)
     shapes = request_shapes(base, settings.refs)
-    fp8_plan = plan == "fp8"
+    failed = fp8_exports(settings) if plan == "fp8" else {}
+    notes = [f"{stage}: planned in fp16 ({why})" for stage, why in failed.items()]
+    precisions = {s: "fp8" if plan == "fp8" and s in FP8_STAGES and s not in failed
+                  else "fp16" for s in ALL_STAGES}
     measured: dict[str, dict[int, EngineMemory]] = {s: {} for s in ALL_STAGES}
-    precisions = {s: "fp8" if fp8_plan and s in FP8_STAGES else "fp16" for s in ALL_STAGES}
-    d1, d2 = settings.depths
     for depth in settings.depths:
         config = at_depth(base, depth)
-        for fp8 in (False, True) if fp8_plan else (False,):
-            # whole stages once, at the deeper config (their graphs do not depend on depth)
-            stages = tuple(s for s in ALL_STAGES if (precisions[s] == "fp8") == fp8
-                           and (s in DEPTH_FIELDS or depth == d2))
+        for kind in dict.fromkeys(precisions.values()):
+            stages = tuple(s for s in ALL_STAGES if precisions[s] == kind
+                           and depth in _depths_of(s, settings))
             if not stages:
                 continue
-            kind = "fp8" if fp8 else "fp16"
             folder = settings.cache_dir / f"onnx-depth{depth}-{kind}"
-            export_once(config, folder, stages, fp8)
+            export_once(config, folder, stages, fp8=kind == "fp8")
             figures = build_memory(folder, settings.cache_dir / f"engines-depth{depth}-{kind}",
                                    stages, kind, shapes, settings)
             for stage, memory in figures.items():
                 measured[stage][depth if stage in DEPTH_FIELDS else 0] = memory
     full = full_depths(base)
-    return [extrapolate(s, precisions[s], measured[s], full.get(s, 0)) for s in ALL_STAGES]
+    return ([extrapolate(s, precisions[s], measured[s], full.get(s, 0)) for s in ALL_STAGES],
+            notes)

@@ -149,7 +149,9 @@ def test_tiny_end_to_end_reads_the_builders_figures(tmp_path, require):
     from cinema_trt.benchmarks.memory_run import MemoryPlanConfig, plan_stages
 
     settings = MemoryPlanConfig(preset="tiny", plans=("fp16",), cache_dir=tmp_path)
-    stages = {s.stage: s for s in plan_stages(settings, "fp16")}
+    plans, notes = plan_stages(settings, "fp16")
+    stages = {s.stage: s for s in plans}
+    assert notes == []
     dit = stages["dit"]
     assert sorted(dit.measured) == [1, 2]
     assert dit.measured[2].weights > dit.measured[1].weights > 0  # a block adds weights
