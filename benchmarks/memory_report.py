@@ -98,8 +98,16 @@ def make_record(settings: MemoryPlanConfig, plans: dict[str, list[StagePlan]], s
         "peaks": [asdict(peak) for p, stages in plans.items()
                   for peak in pipeline_peaks(p, stages)],
         "references": _references(plans), "model": list(MODEL_NOTE),
-        "notes": list(notes or []),
+        "notes": [*(notes or []), _embedding_note(config)],
     }
+
+
+def _embedding_note(config) -> str:
+    """The one MLLM tensor no engine holds: the token-embedding gather runs in torch."""
+    table = config.mllm.vocab_size * config.mllm.hidden_size * 2  # fp16
+    return (f"not in any engine: the MLLM's token-embedding table, a gather outside the "
+            f"graphs (export/mllm_split.py): {config.mllm.vocab_size} x "
+            f"{config.mllm.hidden_size} fp16 = {table / GIB:.2f} GiB wherever it is kept")
 
 
 # --- markdown ---------------------------------------------------------------------------
@@ -197,7 +205,7 @@ def write_chart(record: dict, path: Path) -> Path:
                        label=f"{stage} weights" if i == 0 else None)
                 bottom += height
         ax.bar(i, peak["phases"][phase] / GIB - bottom, bottom=bottom, color="lightgray",
-               hatch="//", label="activations (largest stage)" if i == 0 else None)
+               hatch="//", label="activations (largest in the phase)" if i == 0 else None)
     for card in record["cards_gib"]:
         ax.axhline(card, color="black", linestyle="--", linewidth=0.8)
         ax.text(len(labels) - 0.5, card, f"{card} GiB", va="bottom", ha="right", fontsize=8)
