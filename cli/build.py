@@ -18,9 +18,10 @@ def register(subparsers) -> None:
     default = BuildConfig()
     p = subparsers.add_parser(
         "build", help="build TensorRT engines (or ONNX Runtime CPU models) from an export",
-        description="Builds <out>/<stage>/model.plan + manifest.json for every stage exported "
-                    "under --onnx. An engine is reused when its cache key (ONNX bytes, build "
-                    "options, profiles, TensorRT version, GPU architecture) is unchanged.")
+        description="Builds <out>/<stage>/model.plan + layers.json + manifest.json for every "
+                    "stage exported under --onnx and prints each engine's report. An engine "
+                    "is reused when its cache key (ONNX bytes, build options and targets, "
+                    "profiles, backend and version, build GPU) is unchanged.")
     p.add_argument("--onnx", type=Path, required=True,
                    help="export folder: <stage>/model.onnx + <stage>/manifest.json")
     p.add_argument("--out", type=Path, required=True, help="engine folder to write")
@@ -45,7 +46,7 @@ def register(subparsers) -> None:
                    help="TensorRT builder optimization level 0..5 (higher: slower build, "
                         "maybe faster engine)")
     p.add_argument("--timing-cache", type=Path,
-                   help=f"TensorRT timing cache to load and update (default: "
+                   help=f"--runtime tensorrt: timing cache to load and update (default: "
                         f"<out>/{TIMING_CACHE_FILE}); it only speeds up rebuilds")
     p.add_argument("--weight-streaming", action="store_true",
                    help="build so weights can stream from host memory (strongly typed)")

@@ -109,8 +109,8 @@ def check_backend_graph(graph: OnnxGraphInfo, runtime: str, onnx_path: Path,
         f"--attention-plugin), and {backend.display} has no Python plugins, so it cannot "
         f"parse them; its own fused attention replaces them. Re-export without the flag: "
         f"cinema-trt export --preset {config.name} --out {onnx_path.parent.parent} "
-        f"--dtype {compute_precision(graph.compute_type).value} "
-        f"--stages {stage}")
+        f"--dtype {compute_precision(graph.compute_type).value}"
+        f"{' --fp8' if graph.has_fp8 else ''} --stages {stage}")
 
 
 def check_graph_io(stage_spec: StageSpec, graph: OnnxGraphInfo, where: Path) -> None:

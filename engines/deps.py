@@ -43,7 +43,9 @@ def cuda_device_info(device: int | None = None) -> tuple[str, str]:
 
     if not torch.cuda.is_available():
         raise RuntimeError("TensorRT engines need a CUDA GPU, and torch sees none "
-                           "(check the driver and that torch is a CUDA build)")
+                           "(check the driver and that torch is a CUDA build); to build "
+                           "for RTX / workstation GPUs without one, use --runtime "
+                           "tensorrt-rtx")
     index = torch.cuda.current_device() if device is None else device
     major, minor = torch.cuda.get_device_capability(index)
     return torch.cuda.get_device_name(index), f"{major}.{minor}"

@@ -41,8 +41,11 @@ _FUSED_ATTENTION = re.compile(r"mha|flash", re.IGNORECASE)
 _LAYER_LINE = re.compile(
     r"^Name: (?P<name>.*?), LayerType: (?P<kind>[^,]*), Inputs: \[(?P<inputs>.*?)\]"
     r"(?:, Constants: \[(?P<constants>.*?)\])?, Outputs: \[(?P<outputs>.*?)\], "
-    r"TacticName: (?P<tactic>.*?), StreamId: \d+(?:, [^:]+: [^,]*)*?, Metadata:(?P<metadata>.*)$")
-_TENSOR = re.compile(r"Dimensions: \[(?P<dims>[-\d,]*)\].*?Datatype: (?P<dtype>\w+)")
+    r"TacticName: (?P<tactic>.*?)(?:, [^:,]+: [^,]*)*?, Metadata:(?P<metadata>.*)$")
+# RTX prints "Datatype: Half"; TensorRT 10 "Format/Datatype: Row major linear FP16 format"
+_TENSOR = re.compile(r"Dimensions: \[(?P<dims>[-\d,]*)\].*?Datatype: (?P<dtype>[^,}]*)")
+_DATATYPE_TOKEN = re.compile(r"\b(FP32|FP16|BF16|FP8|FP4|Int8|Int4|Int32|Int64|Bool|UInt8|"
+                             r"Float|Half|BFloat16|E8M0)\b", re.IGNORECASE)
 _ONNX_NODE = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
 _MEMORY = re.compile(r"(Total Weights|Total Activation|Total Device Persistent|"
                      r"Total Host Persistent|Max Scratch) Memory: (\d+) bytes")
@@ -80,8 +83,13 @@ class LayerRow:
 
 
 def datatype_name(text: str) -> str:
-    """"Half" -> "float16", "FP8" -> "float8e4m3fn", ... (unknown names lower-cased)."""
-    return _DATATYPES.get(text.lower(), text.lower())
+    """"Half" or "Row major linear FP16 format" -> "float16", "FP8" -> "float8e4m3fn", ...
+    (text without a known type: lower-cased as it is)."""
+    text = text.strip()
+    if text.lower() in _DATATYPES:
+        return _DATATYPES[text.lower()]
+    match = _DATATYPE_TOKEN.search(text)
+    return _DATATYPES.get(match[1].lower(), match[1].lower()) if match else text.lower()
 
 
 def _tensors(text: str | None, drop_scalars: bool = False) -> tuple[str, ...]:
@@ -142,13 +150,8 @@ def layers_from_inspector(engine_information: str) -> list[LayerRow]:
     data = json.loads(engine_information)
 
     def dtypes(tensors: list[dict]) -> tuple[str, ...]:
-        out = []
-        for tensor in tensors:
-            text = str(tensor.get("Format/Datatype", tensor.get("Datatype", "")))
-            match = re.search(r"\b(FP32|FP16|BF16|FP8|FP4|Int8|Int32|Int64|Bool|UInt8|Float|"
-                              r"Half)\b", text, re.IGNORECASE)
-            out.append(datatype_name(match[1]) if match else "unknown")
-        return tuple(out)
+        return tuple(datatype_name(str(t.get("Format/Datatype", t.get("Datatype", ""))))
+                     for t in tensors)
 
     rows = []
     for layer in data.get("Layers", []):

@@ -50,6 +50,11 @@ class BuildRequest:
         if self.build_config.targets and self.runtime not in BACKENDS:
             raise ValueError(f"--targets names GPU architectures for the TensorRT backends; "
                              f"drop it with --runtime {self.runtime}")
+        backend = BACKENDS.get(self.runtime)
+        if backend is not None and not backend.timing_cache and self.build_config.timing_cache:
+            raise ValueError(f"--timing-cache: {backend.display} has no timing cache (its "
+                             f"runtime cache of JIT-compiled kernels lives beside each plan); "
+                             f"drop --timing-cache with --runtime {self.runtime}")
 
 
 def exported_stages(onnx_dir: str | os.PathLike) -> dict[str, ExportedStage]:
@@ -113,6 +118,13 @@ def build_stages(request: BuildRequest) -> dict[str, Path]:
                             request.build_config.targets)
     chosen = select_stages(exported_stages(request.onnx_dir), request.stages)
     config = chosen[0].config
+    if backend is not None and not backend.plugins:  # refuse before building any stage
+        from .artifacts import check_backend_graph
+        from .config import inspect_onnx
+
+        for stage in chosen:
+            check_backend_graph(inspect_onnx(stage.onnx_path), backend.name, stage.onnx_path,
+                                config)
     shapes = load_shapes(request.profile, config)
     build: Callable[..., Path]
     if backend is not None:

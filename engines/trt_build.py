@@ -26,7 +26,14 @@ from .config import BuildConfig, OnnxGraphInfo, network_flags, trt_flags
 from .deps import require_backend, tensorrt_runtime_info
 from .manifest import RuntimeInfo, write_bytes_atomic
 from .progress import TENSORRT_LOG, BuildProgress
-from .report import layers_from_inspector, parse_layers, parse_memory, summarize, write_layers
+from .report import (
+    LayerRow,
+    layers_from_inspector,
+    parse_layers,
+    parse_memory,
+    summarize,
+    write_layers,
+)
 from .shapes import DeploymentShapes
 
 log = logging.getLogger(__name__)
@@ -71,11 +78,11 @@ def build_engine(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
     if cached is not None:
         return cached
     build.out_dir.mkdir(parents=True, exist_ok=True)
-    register_graph_plugins(build.graph)
+    register_graph_plugins(build.graph, described.module)
     with TENSORRT_LOG.capture() as messages:
         serialized = _build_serialized(trt, described, build, should_stop)
     plan = write_bytes_atomic(build.out_dir / PLAN_FILE, memoryview(serialized))
-    layers = parse_layers(messages)
+    layers = _logged_layers(build.stage, messages)
     if not layers and not described.builds_without_gpu:  # the build GPU can deserialize
         layers = _inspect_layers(trt, serialized)
     if not layers:
@@ -89,7 +96,17 @@ def build_engine(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
                         report=report)
 
 
-def _inspect_layers(trt, serialized) -> list:
+def _logged_layers(stage: str, messages: list[str]) -> list[LayerRow]:
+    """The layer list of the builder log; a list in a format this parser does not know
+    (another TensorRT version) costs the report, not the built engine."""
+    try:
+        return parse_layers(messages)
+    except ValueError as error:
+        log.warning("%s: %s; no layer report from the log", stage, error)
+        return []
+
+
+def _inspect_layers(trt, serialized) -> list[LayerRow]:
     """The layer list from IEngineInspector (needs the GPU the engine was built on)."""
     engine = trt.Runtime(trt_logger(trt)).deserialize_cuda_engine(serialized)
     if engine is None:
@@ -111,7 +128,7 @@ def key_plugin_kernels(build: StageBuild) -> StageBuild:
     return dataclasses.replace(build, cache_key=key)
 
 
-def register_graph_plugins(graph: OnnxGraphInfo) -> bool:
+def register_graph_plugins(graph: OnnxGraphInfo, module: str = "tensorrt") -> bool:
     """Register the Triton attention plugins if the graph has TensorRT plugin nodes (the
     ONNX parser looks each node up in the plugin registry); returns whether it did.
     Raises `TensorRTUnavailableError` (an ImportError) without TensorRT >= 10.8."""
@@ -120,7 +137,7 @@ def register_graph_plugins(graph: OnnxGraphInfo) -> bool:
     from cinema_trt.kernels.trt_plugin import register_plugins
 
     log.info("registering TensorRT plugins for %s", sorted(graph.trt_plugins))
-    register_plugins()
+    register_plugins(module)
     return True
 
 

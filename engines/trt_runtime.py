@@ -72,9 +72,8 @@ class SharedDeviceMemory:
 
     @property
     def pointer(self) -> int:
-        if self._buffer is None:
-            raise RuntimeError("SharedDeviceMemory.pointer before reserve()")
-        return self._buffer.data_ptr()
+        # no buffer: every sharing engine reported 0 bytes of scratch (null is valid then)
+        return 0 if self._buffer is None else self._buffer.data_ptr()
 
 
 class _Bucket:
@@ -124,7 +123,7 @@ class TensorRTRunner:
             # plugin nodes (the Triton attention) must be registered before deserialising
             from cinema_trt.kernels.trt_plugin import register_plugins
 
-            register_plugins()
+            register_plugins(self.backend.module)
         self.engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
         if self.engine is None:
             raise RuntimeError(f"{plan}: TensorRT could not deserialize the plan (see the "

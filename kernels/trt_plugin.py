@@ -31,7 +31,11 @@ PLUGIN_VERSION = "1"
 # of the default ONNX namespace (which has its own "Attention" since opset 23). "trt.plugins"
 # is the domain ONNX Runtime's TensorRT provider uses for TensorRT plugins.
 ONNX_DOMAIN = "trt.plugins"
-MIN_TENSORRT = "10.8"  # first release with tensorrt.plugin.aot_impl
+# first version of each TensorRT flavour whose `<module>.plugin` has aot_impl. TensorRT-RTX
+# (`tensorrt_rtx`, versions 1.x) ships no plugin module at all: its versions are never
+# compared with TensorRT's (1.7 < 10.8 would misreport it as an old TensorRT)
+MIN_VERSIONS = {"tensorrt": "10.8"}
+MIN_TENSORRT = MIN_VERSIONS["tensorrt"]
 
 _TRITON_DTYPES = {"float16": "fp16", "bfloat16": "bf16"}
 
@@ -40,20 +44,39 @@ class TensorRTUnavailableError(ImportError):
     """TensorRT (with `tensorrt.plugin`) is not installed or too old for these plugins."""
 
 
-def _import_tensorrt():
+def check_plugin_support(module: str, version: str) -> None:
+    """Raise TensorRTUnavailableError unless `module` (a TensorRT flavour) at `version`
+    has the ahead-of-time Python plugins these kernels register through."""
+    from packaging.version import Version
+
+    minimum = MIN_VERSIONS.get(module)
+    if minimum is None:
+        raise TensorRTUnavailableError(
+            f"{module} {version} has no Python plugins (no {module}.plugin), so the Triton "
+            f"attention plugins cannot be registered; export the DiT without "
+            f"--attention-plugin (this builder fuses attention into its own MHA kernels)")
+    if Version(version) < Version(minimum):
+        raise TensorRTUnavailableError(f"TensorRT {version} is too old for ahead-of-time "
+                                       f"Python plugins; need >= {minimum}")
+
+
+def _import_tensorrt(module: str = "tensorrt"):
+    import importlib
+
     try:
-        import tensorrt as trt
-        import tensorrt.plugin as trtp
+        trt = importlib.import_module(module)
     except ImportError as exc:
         raise TensorRTUnavailableError(
             f"the Triton attention plugins need TensorRT >= {MIN_TENSORRT} with its "
             f"`tensorrt.plugin` module; install it with `pip install 'cinema-trt[gpu]'` on a "
             f"CUDA machine ({exc})") from exc
-    from packaging.version import Version
-
-    if Version(trt.__version__) < Version(MIN_TENSORRT):
-        raise TensorRTUnavailableError(f"TensorRT {trt.__version__} is too old for ahead-of-time "
-                                       f"Python plugins; need >= {MIN_TENSORRT}")
+    check_plugin_support(module, trt.__version__)
+    try:
+        trtp = importlib.import_module(f"{module}.plugin")
+    except ImportError as exc:
+        raise TensorRTUnavailableError(f"{module} {trt.__version__} lacks its plugin module "
+                                       f"({exc}); reinstall `pip install 'cinema-trt[gpu]'`"
+                                       ) from exc
     return trt, trtp
 
 
@@ -249,22 +272,22 @@ def int_arg_values(batch, heads, n_q, n_kv, head_dim) -> dict:
 
 # --- TensorRT registration -------------------------------------------------------------------
 
-_registered = False
+_registered: set[str] = set()  # TensorRT modules the plugins are registered with
 
 
-def register_plugins() -> None:
-    """Register `cinema::triton_attention` and `cinema::triton_attention_int8` (idempotent).
+def register_plugins(module: str = "tensorrt") -> None:
+    """Register `cinema::triton_attention` and `cinema::triton_attention_int8` (idempotent)
+    with TensorRT module `module`.
 
     Call before parsing an ONNX file from `onnx_translation_table` or deserialising an
     engine that uses the JIT (non-AOT) plugin.
     """
-    global _registered
-    if _registered:
+    if module in _registered:
         return
-    trt, trtp = _import_tensorrt()
+    trt, trtp = _import_tensorrt(module)
     _register_attention(trt, trtp)
     _register_attention_int8(trtp)
-    _registered = True
+    _registered.add(module)
 
 
 def _torch_views(*tensors):

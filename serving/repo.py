@@ -18,6 +18,7 @@ The repository is assembled in a sibling folder and renamed into place when comp
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -172,6 +173,11 @@ def _stage_backend(stage: str, sources: _Sources, options: RepositoryOptions) ->
     that stage runs them in the python backend on the same runtime instead."""
     graphs = export_folders(stage)
     artifacts = sources.artifacts
+    if options.backend == "tensorrt" and _plans_need_python(artifacts, (stage, *graphs)):
+        log.warning("%s: the plans in %s were built with TensorRT-RTX, which Triton's "
+                    "tensorrt_plan backend cannot load; serving the stage with the python "
+                    "backend (runtime tensorrt, TensorRTRunner)", stage, artifacts)
+        return "python", "tensorrt"
     if options.backend == "python" or len(graphs) == 1 or artifacts is None \
             or (artifacts / stage).is_dir() \
             or not all((artifacts / graph).is_dir() for graph in graphs):
@@ -180,6 +186,21 @@ def _stage_backend(stage: str, sources: _Sources, options: RepositoryOptions) ->
     log.info("%s: %s is split into %s; serving it with the python backend (runtime %s)",
              stage, artifacts, list(graphs), runtime)
     return "python", runtime
+
+
+def _plans_need_python(artifacts: Path | None, folders: tuple[str, ...]) -> bool:
+    """Whether the stage's engines were built by a TensorRT backend that Triton has no
+    native backend for (engines/backends.py `triton_backend`: TensorRT-RTX)."""
+    from cinema_trt.engines.backends import BACKENDS
+    from cinema_trt.engines.manifest import MANIFEST_FILE
+
+    for folder in folders:
+        path = artifacts / folder / MANIFEST_FILE if artifacts is not None else None
+        if path is not None and path.is_file():
+            # only the backend's name: the runner validates the whole manifest at load
+            backend = BACKENDS.get(json.loads(path.read_text()).get("runtime", ""))
+            return backend is not None and backend.triton_backend == "python"
+    return False
 
 
 def _stage_model(repo: Path, stage: str, config: CinemaConfig, sources: _Sources,

@@ -8,7 +8,9 @@ The generated `model.py` of every stage imports `TritonPythonModel` from here; t
     ort        <v>/onnx/<export stage>/ (model.onnx + manifest.json) served by ONNX Runtime;
                each graph's sha256 is checked against its manifest before loading
     tensorrt   <v>/engines/<export stage>/ (plan + manifest, checked by TensorRTRunner), and
-               for the MLLM <v>/onnx/mllm_text/ with the glue between its two engines
+               for the MLLM <v>/onnx/mllm_text/ with the glue between its two engines;
+               plans of either TensorRT backend (TensorRT-RTX plans are served only here:
+               Triton's tensorrt_plan backend cannot load them)
 
 The bundled server (nvidia-pytriton wheel) has only the Python backend, so `ort` and
 `tensorrt` here are how it serves exported graphs and built engines.

@@ -123,3 +123,25 @@ def fp16_export(tiny_config, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx_fp16")
     results = export_stages(tiny_config, out, dtype="fp16", progress=False)
     return out, {r.stage: r for r in results}
+
+
+@pytest.fixture(scope="session")
+def bf16_export(tiny_config, tmp_path_factory):
+    """(export folder, {stage: ExportResult}): every tiny stage exported in bf16."""
+    from cinema_trt.export.driver import export_stages
+
+    out = tmp_path_factory.mktemp("onnx_bf16")
+    results = export_stages(tiny_config, out, dtype="bf16", progress=False)
+    return out, {r.stage: r for r in results}
+
+
+@pytest.fixture(scope="session")
+def fp8_fp16_export(tiny_config, tmp_path_factory):
+    """(export folder, {stage: ExportResult}): the three FP8 recipes of tiny with fp16
+    outside the Q/DQ pairs (`export --fp8 --dtype fp16`), what FP8 engines are built from."""
+    from cinema_trt.export.driver import export_stages
+
+    out = tmp_path_factory.mktemp("onnx_fp8_fp16")
+    results = export_stages(tiny_config, out, stages=["dit", "connector", "mllm_text"], fp8=True,
+                            dtype="fp16", progress=False)
+    return out, {r.stage: r for r in results}
