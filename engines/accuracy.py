@@ -169,7 +169,9 @@ def _side(path: Path) -> _Side:
     TrtRunner."""
     from cinema_trt.export.manifest import read_stage
 
-    if _is_engine(path):
+    from .inspect import folder_kind
+
+    if folder_kind(path) == "engine":
         return _engine_side(path)
     stage = read_stage(path)
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
@@ -182,29 +184,22 @@ def _side(path: Path) -> _Side:
     return _Side(label, stage.manifest, OnnxrtRunner(session, name=label))
 
 
-def _is_engine(path: Path) -> bool:
-    """A TensorRT build folder: an engine manifest (it has `format_version`, an export's
-    has `version`) whose runtime is not ONNX Runtime (those folders hold graphs)."""
-    import json
-
-    manifest = path / "manifest.json"
-    if not manifest.is_file():
-        return False  # read_stage says what is missing
-    try:
-        data = json.loads(manifest.read_text())
-    except json.JSONDecodeError:
-        return False  # read_stage says it is not JSON
-    return "format_version" in data and data.get("runtime") != "onnxruntime"
-
-
 def _engine_side(path: Path) -> _Side:
     import polygraphy.config
 
     from cinema_trt.export.manifest import read_manifest as read_export
 
-    from .manifest import read_manifest, verify_plan
+    from .deps import tensorrt_runtime_info
+    from .manifest import read_manifest, validate_manifest, verify_plan
 
     engine = read_manifest(path)
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(f"{path} is a {engine.runtime} engine: comparing it runs it, which "
+                         f"needs a CUDA GPU; on a CPU compare the exports it was built from")
+    # another backend version or a GPU outside the targets: refused with the rebuild command
+    validate_manifest(engine, tensorrt_runtime_info(engine.runtime))
     # polygraphy imports tensorrt or tensorrt_rtx on first use, by this switch
     polygraphy.config.USE_TENSORRT_RTX = engine.runtime == "tensorrt-rtx"
     from polygraphy.backend.common import BytesFromPath

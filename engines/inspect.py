@@ -119,8 +119,14 @@ def inspect_graph(onnx_path: str | os.PathLike, manifest=None) -> GraphReport:
 # --- folders ----------------------------------------------------------------------------
 
 
-def _manifest_kind(stage_dir: Path) -> str:
-    data = json.loads((stage_dir / "manifest.json").read_text())
+def folder_kind(stage_dir: Path) -> str:
+    """"export", "ort-build" (graphs ONNX Runtime runs) or "engine" (a TensorRT plan), by
+    its manifest: engine manifests have `format_version`, export manifests `version`;
+    "missing" without a readable manifest (`read_stage` then says what is wrong)."""
+    try:
+        data = json.loads((stage_dir / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return "missing"
     if "format_version" not in data:
         return "export"
     return "ort-build" if data.get("runtime") == "onnxruntime" else "engine"
@@ -151,7 +157,7 @@ def inspect_stage(stage_dir: Path):
     """One stage folder: an export's (or ORT build's) graph, or an engine."""
     from cinema_trt.export.manifest import read_stage
 
-    if _manifest_kind(stage_dir) == "engine":
+    if folder_kind(stage_dir) == "engine":
         return inspect_engine(stage_dir)
     stage = read_stage(stage_dir)
     return inspect_graph(stage.model_path, stage.manifest)

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.slow  # needs the session exports (~2-3 min on 2 cores, once)
 
@@ -78,7 +79,8 @@ def test_a_bare_model_file_gets_its_precision_from_the_graph(fp8_export, fp16_ex
 
 
 def test_engine_folder_shows_backend_targets_bindings_and_layer_summary(fp16_export, require,
-                                                                        tmp_path, capsys):
+                                                                        tmp_path, capsys,
+                                                                        caplog):
     require("tensorrt_rtx", 'pip install -e ".[test]"')
     from cinema_trt.cli.main import main
 
@@ -103,6 +105,11 @@ def test_engine_folder_shows_backend_targets_bindings_and_layer_summary(fp16_exp
     assert "tensorrt-rtx" in text and "targets: sm89, sm120" in text
     assert "2 in ONNX, 2 fused MHA layers" in text  # fp16 attention fuses
     assert "profiles (min / opt / max)" in text
+
+    # comparing against an engine runs it: without a GPU, one clear line
+    if not torch.cuda.is_available():
+        assert main(["compare", str(fp16_export[0]), str(out)]) == 2
+        assert "needs a CUDA GPU" in caplog.text
 
 
 def test_cli_prints_a_table_and_refuses_what_is_not_an_export(fp32_export, tmp_path, capsys,
