@@ -23,7 +23,7 @@ def register(subparsers) -> None:
                     "references), reads the builder's weights and activation memory, "
                     "extrapolates to full depth, and writes "
                     "<machine>-memory-<preset>-<date>.json/.md/.png. Needs tensorrt-rtx-cu12; "
-                    "the cinema preset takes ~30-60 min and ~12 GiB of RAM on 2 cores.")
+                    "the cinema preset took ~20 min and 12 GiB of RAM on 2 CPU cores.")
     p.add_argument("--preset", default=default.preset, help="cinema | small | tiny")
     p.add_argument("--depths", type=lambda t: tuple(int(x) for x in _names(t)),
                    default=default.depths,
