@@ -18,8 +18,8 @@ import torch
 
 # distributions whose version changes a latency (absent ones are recorded as null)
 LIBRARIES = ("cinema-trt", "torch", "transformers", "numpy", "onnx", "onnxruntime",
-             "onnxruntime-gpu", "onnxscript", "tensorrt", "triton", "tritonclient",
-             "nvidia-pytriton", "matplotlib")
+             "onnxruntime-gpu", "onnxscript", "tensorrt", "tensorrt-rtx-cu12", "polygraphy",
+             "triton", "tritonclient", "nvidia-pytriton", "matplotlib")
 
 
 def _cpuinfo_field(name: str, text: str) -> str | None:

@@ -35,6 +35,11 @@ def output_stem(result: BenchResult, out_dir: Path) -> Path:
     """`<out>/<machine>-<preset>-<date>`, numbered when that name is taken."""
     date = result.started[:10].replace("-", "")
     base = f"{machine_tag(result.settings.device, result.machine)}-{result.settings.preset}-{date}"
+    return numbered_stem(out_dir, base)
+
+
+def numbered_stem(out_dir: Path, base: str) -> Path:
+    """`<out>/<base>`, or `<base>-2`, `-3`, ... when a record of that name exists."""
     stem, n = out_dir / base, 1
     while any(stem.with_suffix(s).exists() for s in (".json", ".md", ".png")):
         n += 1

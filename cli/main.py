@@ -12,7 +12,8 @@ import logging
 import sys
 
 # module names under cinema_trt.cli, in the order `--help` lists them
-SUBCOMMANDS = ("demo", "generate", "export", "build", "repo", "serve", "bench")
+SUBCOMMANDS = ("demo", "generate", "export", "build", "inspect", "compare", "repo", "serve",
+               "bench", "memory_plan")
 
 
 def build_parser() -> argparse.ArgumentParser:
