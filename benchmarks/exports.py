@@ -1,7 +1,7 @@
 """ONNX exports for the benchmark, kept in a cache folder and reused only when they match.
 
 A cached stage is reused when its manifest says it was exported from exactly the weights
-being benchmarked (state-dict hash), with the same config, precision, compute dtype and
+being benchmarked (state-dict hash), with the same architecture, precision, compute dtype and
 exporter library versions, and its files still hash to what the manifest recorded.
 Anything else is re-exported, stage by stage, so a changed DiT does not cost a new MLLM
 export.
@@ -9,7 +9,6 @@ export.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -18,12 +17,11 @@ from typing import TYPE_CHECKING
 
 from cinema_trt.export.dtype import onnx_type, parse_dtype
 from cinema_trt.export.manifest import (
-    EXTERNAL_DATA_FILE,
-    MODEL_FILE,
+    ExportExpectation,
     Precision,
+    StaleExportError,
+    check_export,
     exporter_versions,
-    files_sha256,
-    read_manifest,
     state_dict_sha256,
 )
 from cinema_trt.export.stages import EXPORT_STAGES, stage_exports
@@ -46,34 +44,14 @@ class ExportCache:
     seconds: float  # spent exporting (0 when everything was reused)
 
 
-def _json_normalized(data: dict) -> dict:
-    """The dict as it reads back from a manifest (tuples become lists)."""
-    return json.loads(json.dumps(data))
-
-
-def _stale_reason(stage_dir: Path, module, config_dict: dict, precision: Precision,
-                  compute: str, versions: dict[str, str]) -> str | None:
+def _stale_reason(stage_dir: Path, expect: ExportExpectation) -> str | None:
     """Why the cached export of one stage cannot be reused, or None if it can."""
     try:
-        manifest = read_manifest(stage_dir)
+        check_export(stage_dir, expect)
+    except StaleExportError as error:
+        return error.reason
     except (FileNotFoundError, ValueError, KeyError, TypeError) as error:
         return f"no usable manifest ({error})"
-    files = [stage_dir / MODEL_FILE]
-    if manifest.external_data:
-        files.append(stage_dir / EXTERNAL_DATA_FILE)
-    checks = (
-        (manifest.precision is precision, f"precision {manifest.precision.value}"),
-        (manifest.compute_dtype == compute, f"computes in {manifest.compute_dtype}"),
-        (manifest.config == config_dict, "another model config"),
-        (manifest.versions == versions, f"exporter versions {manifest.versions}"),
-        (all(f.is_file() for f in files), "model files missing"),
-        (manifest.source_sha256 == state_dict_sha256(module), "other weights"),
-    )
-    for ok, reason in checks:
-        if not ok:
-            return reason
-    if manifest.onnx_sha256 != files_sha256(files):
-        return "model files changed since export"
     return None
 
 
@@ -81,15 +59,15 @@ def stale_stages(models: CinemaModels, folder: Path, stages: tuple[str, ...], fp
                  dtype: str = "fp32") -> dict[str, str]:
     """{stage: reason} for every stage of `stages` whose cached export must be redone.
     dtype: what the graphs compute in (export --dtype); with fp8, outside the Q/DQ."""
-    config_dict = _json_normalized(models.config.to_dict())
     versions = exporter_versions()
     modules = {s: e.module for s, e in stage_exports(models, stages).items()}
     compute = parse_dtype(dtype)
     stale = {}
     for stage in stages:
         precision = Precision.FP8 if fp8 and stage in FP8_STAGES else compute
-        reason = _stale_reason(folder / stage, modules[stage], config_dict, precision,
-                               onnx_type(compute), versions)
+        expect = ExportExpectation(models.config, precision, onnx_type(compute),
+                                   state_dict_sha256(modules[stage]), versions)
+        reason = _stale_reason(folder / stage, expect)
         if reason is not None:
             stale[stage] = reason
     return stale

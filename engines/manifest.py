@@ -21,7 +21,7 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-from cinema_trt.models.fileio import atomic_write, sha256_file
+from cinema_trt.models.fileio import atomic_write, onnx_sha256, sha256_file
 
 from .config import BuildConfig
 
@@ -95,28 +95,6 @@ class EngineManifest:
 
 
 # --- hashing ----------------------------------------------------------------------------
-
-
-def onnx_sha256(onnx_path: str | os.PathLike) -> str:
-    """Hash of the ONNX file and every external-data file it references, in name order."""
-    import onnx
-    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
-
-    onnx_path = Path(onnx_path)
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    tensors = list(model.graph.initializer)
-    tensors += [a.t for n in model.graph.node for a in n.attribute if a.HasField("t")]
-    locations = sorted({ExternalDataInfo(t).location for t in tensors if uses_external_data(t)})
-    digest = hashlib.sha256()
-    sha256_file(onnx_path, digest)
-    for location in locations:
-        data_path = onnx_path.parent / location
-        if not data_path.is_file():
-            raise FileNotFoundError(f"{onnx_path} references external data {location}, "
-                                    f"which is missing from {onnx_path.parent}")
-        digest.update(location.encode())
-        sha256_file(data_path, digest)
-    return digest.hexdigest()
 
 
 def artifact_sha256(path: str | os.PathLike) -> str:

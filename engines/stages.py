@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cinema_trt.models.presets import CinemaConfig
-from cinema_trt.models.specs import StageSpec, stage_specs
+from cinema_trt.models.specs import StageSpec
 
 from .backends import BACKENDS, resolve_targets
 from .config import BuildConfig
-from .shapes import STAGE_NAMES, load_shapes
+from .shapes import load_shapes
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ class ExportedStage:
     folder: Path
     onnx_path: Path
     config: CinemaConfig
-    precision: str  # the exporter's precision (fp32 or fp8)
+    precision: str  # the exporter's precision (fp32 | fp16 | bf16 | fp8)
+    spec: StageSpec  # the exported tensors, from its manifest
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class BuildRequest:
 
 def exported_stages(onnx_dir: str | os.PathLike) -> dict[str, ExportedStage]:
     """Every complete stage export under `onnx_dir`, by the stage name in its manifest."""
-    from cinema_trt.export.manifest import MODEL_FILE, read_manifest
+    from cinema_trt.export.manifest import MODEL_FILE, check_export
 
     onnx_dir = Path(onnx_dir)
     if not onnx_dir.is_dir():
@@ -68,28 +69,14 @@ def exported_stages(onnx_dir: str | os.PathLike) -> dict[str, ExportedStage]:
     stages = {}
     for manifest_path in sorted(onnx_dir.glob("*/manifest.json")):
         folder = manifest_path.parent
-        manifest = read_manifest(folder)
-        onnx_path = folder / MODEL_FILE
-        if not onnx_path.is_file():
-            raise FileNotFoundError(f"{folder}: manifest.json but no {MODEL_FILE}; re-export")
+        manifest = check_export(folder, graph_hash=False)  # the build hashes it (cache key)
         stages[manifest.stage] = ExportedStage(
-            manifest.stage, folder, onnx_path, CinemaConfig.from_dict(manifest.config),
-            manifest.precision.value)
+            manifest.stage, folder, folder / MODEL_FILE, CinemaConfig.from_dict(manifest.config),
+            manifest.precision.value, manifest.stage_spec())
     if not stages:
         raise FileNotFoundError(f"no exported stages (<stage>/{MODEL_FILE} + manifest.json) "
                                 f"under {onnx_dir}")
     return stages
-
-
-def stage_spec_for(stage: str, config: CinemaConfig) -> StageSpec:
-    specs = stage_specs(config)
-    if stage in specs:
-        return specs[stage]
-    if stage in STAGE_NAMES:  # the split MLLM graphs
-        from cinema_trt.models.specs import mllm_split_specs
-
-        return mllm_split_specs(config)[stage]
-    raise ValueError(f"unknown stage {stage!r}; expected one of {list(STAGE_NAMES)}")
 
 
 def select_stages(found: dict[str, ExportedStage], wanted: tuple[str, ...]
@@ -140,6 +127,6 @@ def build_stages(request: BuildRequest) -> dict[str, Path]:
         log.info("building %s (%s, %s)", stage.name, request.runtime,
                  request.build_config.precision.value)
         built[stage.name] = build(stage.onnx_path, Path(request.out_dir) / stage.name,
-                                  stage_spec_for(stage.name, config), shapes,
+                                  stage.spec, shapes,
                                   request.build_config, config)
     return built

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from cinema_trt.models.fileio import onnx_sha256
 from cinema_trt.models.presets import CinemaConfig
 
 from .compare import ErrorStats, error_stats, worst
@@ -40,7 +41,6 @@ from .manifest import (
     Manifest,
     Precision,
     exporter_versions,
-    files_sha256,
     state_dict_sha256,
     write_manifest,
 )
@@ -210,7 +210,7 @@ def _manifest(stage: str, export: StageExport, models: CinemaModels, precision: 
     return Manifest(stage=stage, preset=models.config.name, opset=opset, precision=precision,
                     compute_dtype=compute_dtype, inputs=io["inputs"], outputs=io["outputs"],
                     source_sha256=state_dict_sha256(export.module),
-                    onnx_sha256=files_sha256(files), versions=exporter_versions(),
+                    onnx_sha256=onnx_sha256(files[0]), versions=exporter_versions(),
                     config=models.config.to_dict(), external_data=len(files) > 1,
                     quantization=quantization)
 

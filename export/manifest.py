@@ -33,8 +33,7 @@ import torch
 # re-exported: `cinema_trt.export.manifest.Precision` is the same enum as engines' and
 # stays importable from here
 from cinema_trt.models.fileio import atomic_write
-from cinema_trt.models.fileio import sha256_files as files_sha256  # noqa: F401  (re-exported)
-from cinema_trt.models.presets import Precision
+from cinema_trt.models.presets import CinemaConfig, Precision
 from cinema_trt.models.specs import StageSpec, TensorSpec
 
 MANIFEST_FILE = "manifest.json"
@@ -74,7 +73,7 @@ class Manifest:
     inputs: tuple[TensorEntry, ...]
     outputs: tuple[TensorEntry, ...]
     source_sha256: str  # of the stage's state dict bytes (see state_dict_sha256)
-    onnx_sha256: str  # of model.onnx (+ its external data), keys engine caches
+    onnx_sha256: str  # models/fileio.onnx_sha256: graph + external data; keys engine caches
     versions: dict[str, str]
     config: dict[str, Any]  # the resolved CinemaConfig, so the folder explains itself
     external_data: bool = False
@@ -92,6 +91,14 @@ class Manifest:
     def io_from_spec(cls, spec: StageSpec) -> dict[str, tuple[TensorEntry, ...]]:
         return {"inputs": tuple(TensorEntry.from_spec(t) for t in spec.inputs),
                 "outputs": tuple(TensorEntry.from_spec(t) for t in spec.outputs)}
+
+    def stage_spec(self) -> StageSpec:
+        """The stage's tensors as exported (names, dtypes, dims): what a build compiles for,
+        read from the record rather than re-derived from the config."""
+        def specs(entries: tuple[TensorEntry, ...]) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec(e.name, getattr(torch, e.dtype), tuple(e.dims))
+                         for e in entries)
+        return StageSpec(self.stage, specs(self.inputs), specs(self.outputs))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -175,6 +182,70 @@ def read_manifest(stage_dir: str | os.PathLike) -> Manifest:
                          f"export; pass the export folder it was built from "
                          f"({Path(stage.build['onnx_path']).parent})")
     return stage.manifest
+
+
+@dataclass(frozen=True)
+class ExportExpectation:
+    """What an export must have been made from to stand for a stage; None is not checked."""
+
+    config: CinemaConfig | None = None  # the architecture (sampler defaults may differ)
+    precision: Precision | None = None
+    compute_dtype: str | None = None  # "float32" | "float16" | "bfloat16"
+    source_sha256: str | None = None  # the stage's weights (state_dict_sha256)
+    versions: dict[str, str] | None = None  # exporter_versions()
+
+
+class StaleExportError(ValueError):
+    """An export folder that does not stand for what was asked; `reason` says why in short
+    (the benchmark's cache logs it), the message adds the folder and the fix."""
+
+    def __init__(self, stage_dir: Path, reason: str, detail: str = ""):
+        super().__init__(f"{stage_dir}: {reason}{detail}; re-export the stage (cinema-trt "
+                         "export) and rebuild what was made from it")
+        self.reason = reason
+
+
+def check_export(stage_dir: str | os.PathLike,
+                 expect: ExportExpectation = ExportExpectation(),
+                 graph_hash: bool = True) -> Manifest:
+    """The manifest of a complete export folder that matches `expect` and whose graph (with
+    its external data) still hashes to what the exporter recorded: the one validity check of
+    an export, used by the engine build, the repository generator, serving, the demo and the
+    benchmark's cache. FileNotFoundError: incomplete; StaleExportError: anything else.
+
+    graph_hash=False skips the hash: the engine build keys its cache on the graph's own
+    hash and builds a graph edited after export (polygraphy surgeon, say) as it is."""
+    from cinema_trt.models.fileio import onnx_sha256
+
+    stage_dir = Path(stage_dir)
+    manifest = read_manifest(stage_dir)
+    if not (stage_dir / MODEL_FILE).is_file():
+        raise FileNotFoundError(f"{stage_dir}: manifest.json but no {MODEL_FILE}; re-export "
+                                "the stage")
+    checks = ((expect.precision, manifest.precision, f"precision {manifest.precision.value}"),
+              (expect.compute_dtype, manifest.compute_dtype,
+               f"computes in {manifest.compute_dtype}"),
+              (expect.versions, manifest.versions, f"exporter versions {manifest.versions}"),
+              (expect.source_sha256, manifest.source_sha256, "other weights"))
+    for expected, found, reason in checks:
+        if expected is not None and expected != found:
+            wanted = getattr(expected, "value", expected)  # Precision -> "fp16"
+            raise StaleExportError(stage_dir, reason, f" (expected {wanted})")
+    if expect.config is not None:
+        from cinema_trt.models.factory import check_same_architecture
+
+        try:
+            check_same_architecture(expect.config, CinemaConfig.from_dict(manifest.config),
+                                    str(stage_dir))
+        except ValueError as error:
+            raise StaleExportError(stage_dir, "another model architecture",
+                                   f" ({error})") from None
+    digest = onnx_sha256(stage_dir / MODEL_FILE) if graph_hash else manifest.onnx_sha256
+    if digest != manifest.onnx_sha256:
+        raise StaleExportError(stage_dir, "model files changed since export",
+                               f": sha256 of {MODEL_FILE} and its data is {digest}, but its "
+                               f"manifest records {manifest.onnx_sha256}")
+    return manifest
 
 
 def state_dict_sha256(module: torch.nn.Module) -> str:

@@ -2,7 +2,9 @@
 
 Every artifact the toolkit writes (checkpoints, configs, manifests, engines, stamps) goes
 through `atomic_write`, so a crash or Ctrl-C leaves either the old file or the new one; and
-every cache or integrity check hashes files with `sha256_file` / `sha256_files`.
+every cache or integrity check hashes files with `sha256_file` / `sha256_files`, and an
+ONNX graph with `onnx_sha256`: export manifests, engine manifests, ORT builds, serving's
+verification and the benchmark's export cache all key on that one hash.
 """
 
 from __future__ import annotations
@@ -38,6 +40,30 @@ def sha256_file(path: str | os.PathLike, digest: hashlib._Hash | None = None) ->
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def onnx_sha256(onnx_path: str | os.PathLike) -> str:
+    """Content hash of an ONNX graph: the graph file's bytes, then the bytes of every
+    external-data file it references, in location order. File names are not hashed (the
+    graph's bytes already name its data files), so the same graph and weights hash the same
+    however they were found: the exporter's file list and a build reading the graph agree."""
+    import onnx  # lazily: the models package must import without onnx
+    from google.protobuf.message import DecodeError
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    onnx_path = Path(onnx_path)
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except DecodeError:  # damaged: its bytes alone, which match no hash an exporter recorded
+        return sha256_file(onnx_path)
+    tensors = list(model.graph.initializer)
+    tensors += [a.t for n in model.graph.node for a in n.attribute if a.HasField("t")]
+    locations = sorted({ExternalDataInfo(t).location for t in tensors if uses_external_data(t)})
+    missing = [name for name in locations if not (onnx_path.parent / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{onnx_path} references external data {missing}, missing "
+                                f"from {onnx_path.parent}; re-export the stage")
+    return sha256_files([onnx_path, *(onnx_path.parent / name for name in locations)])
 
 
 def sha256_files(paths: Iterable[str | os.PathLike]) -> str:

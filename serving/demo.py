@@ -147,13 +147,13 @@ def _weights_complete(config) -> Callable[[Path], bool]:
 
 
 def _export_complete(config) -> Callable[[Path], bool]:
+    from cinema_trt.export.manifest import ExportExpectation, check_export
     from cinema_trt.export.stages import EXPORT_STAGES
-    from cinema_trt.serving.stage_model import verify_export
 
     def complete(folder: Path) -> bool:
         try:
             for stage in EXPORT_STAGES:  # manifests present, graph hashes as recorded
-                verify_export(folder / stage, config)
+                check_export(folder / stage, ExportExpectation(config=config))
         except (FileNotFoundError, ValueError) as error:
             log.info("onnx: %s", error)
             return False

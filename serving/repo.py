@@ -129,11 +129,10 @@ def _need(path: Path | None, what: str, runtime: str) -> Path:
 
 
 def _check_export(stage_dir: Path, config: CinemaConfig) -> None:
-    """Fail at build time, not at server start, on a missing or foreign export folder."""
-    from cinema_trt.export.manifest import read_manifest
+    """Fail at build time, not at server start, on a missing, foreign or changed export."""
+    from cinema_trt.export.manifest import ExportExpectation, check_export
 
-    manifest = read_manifest(stage_dir)  # FileNotFoundError names the incomplete folder
-    check_same_architecture(config, CinemaConfig.from_dict(manifest.config), str(stage_dir))
+    check_export(stage_dir, ExportExpectation(config=config))
 
 
 def _python_stage_files(version: Path, stage: str, config: CinemaConfig, sources: _Sources,

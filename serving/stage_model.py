@@ -26,7 +26,6 @@ import torch
 
 from cinema_trt.models.factory import (
     STAGE_PARTS,
-    check_same_architecture,
     load_stage_module,
     read_weights_config,
     stage_weight_entries,
@@ -57,39 +56,13 @@ def export_folders(stage: str) -> tuple[str, ...]:
     return STAGE_ALIASES[stage]
 
 
-def verify_export(stage_dir: str | Path, config: CinemaConfig) -> None:
-    """Refuse an export folder whose graph bytes differ from the sha256 its manifest records,
-    or whose manifest was written for another architecture than `config`."""
-    from cinema_trt.export.manifest import (
-        EXTERNAL_DATA_FILE,
-        MODEL_FILE,
-        files_sha256,
-        read_manifest,
-    )
-
-    stage_dir = Path(stage_dir)
-    manifest = read_manifest(stage_dir)
-    files = [stage_dir / MODEL_FILE]
-    if manifest.external_data:
-        files.append(stage_dir / EXTERNAL_DATA_FILE)
-    missing = [f.name for f in files if not f.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{stage_dir}: {missing} missing beside manifest.json; "
-                                "re-export the stage and rebuild the repository")
-    digest = files_sha256(files)
-    if digest != manifest.onnx_sha256:
-        raise ValueError(f"{stage_dir}: sha256 of {[f.name for f in files]} is {digest}, but "
-                         f"its manifest records {manifest.onnx_sha256}; the graph changed "
-                         "after export: re-export the stage and rebuild the repository")
-    check_same_architecture(config, CinemaConfig.from_dict(manifest.config), str(stage_dir))
-
-
 def _ort_runner(folder: Path, stage: str, config: CinemaConfig, device: str) -> Runner:
+    from cinema_trt.export.manifest import ExportExpectation, check_export
     from cinema_trt.export.ort import ort_runners
 
     onnx = folder / ONNX_FOLDER
     for name in export_folders(stage):
-        verify_export(onnx / name, config)
+        check_export(onnx / name, ExportExpectation(config=config))
     # a CPU instance stays on the CPU even where onnxruntime-gpu could use CUDA; a GPU
     # instance takes ORT's default order (CUDA first). ORT picks CUDA device 0 by default.
     providers = ("CPUExecutionProvider",) if device == "cpu" else None

@@ -39,9 +39,9 @@ def export_connector(module: nn.Module, folder: Path, config, dtype: str = "fp32
     in `dtype` behind float32 I/O (export/dtype.py)."""
     from torch.export import Dim
 
-    from cinema_trt.engines.manifest import onnx_sha256
     from cinema_trt.export.dtype import cast_module, onnx_type, parse_dtype
     from cinema_trt.export.manifest import Manifest, write_manifest
+    from cinema_trt.models.fileio import onnx_sha256
 
     precision = parse_dtype(dtype)
     module = cast_module(module, precision)
@@ -116,8 +116,8 @@ def export_fp8_connector(folder: Path, config, seed: int = 0) -> dict[str, torch
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from cinema_trt.engines.manifest import onnx_sha256
     from cinema_trt.export.manifest import Manifest, Precision, write_manifest
+    from cinema_trt.models.fileio import onnx_sha256
 
     a = config.aligner
     generator = torch.Generator().manual_seed(seed)

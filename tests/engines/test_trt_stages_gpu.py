@@ -46,10 +46,10 @@ def _check_cases(models, stage, export):
     """(case index, inputs) of the exporter's check cases that the PROFILE engines accept
     (the VAE encoder's 9-frame case is not a reference image, for one)."""
     from cinema_trt.engines.shapes import profiles_for, shapes_from_dict
-    from cinema_trt.engines.stages import stage_spec_for
+    from cinema_trt.export.stages import export_specs
 
     config = models.config
-    profiles = profiles_for(stage_spec_for(stage, config), shapes_from_dict(PROFILE, config),
+    profiles = profiles_for(export_specs(config)[stage], shapes_from_dict(PROFILE, config),
                             config)
     cases = []
     for i, case in enumerate(export.checks):

@@ -12,7 +12,6 @@ from cinema_trt.export.manifest import (
     MODEL_FILE,
     Precision,
     dtype_name,
-    files_sha256,
     read_manifest,
     state_dict_sha256,
 )
@@ -26,6 +25,7 @@ from cinema_trt.export.stages import (
     stage_cases,
     stage_exports,
 )
+from cinema_trt.models.fileio import onnx_sha256
 
 pytestmark = pytest.mark.slow
 
@@ -37,12 +37,13 @@ def test_manifest_describes_the_graph(stage, fp32_export, tiny_models):
     spec = export_specs(tiny_models.config)[stage]
     assert (manifest.stage, manifest.preset, manifest.precision) == (stage, "tiny", Precision.FP32)
     assert manifest.opset >= 19  # float8 Q/DQ needs 19
+    assert manifest.stage_spec() == spec  # what `cinema-trt build` compiles the stage for
     for entries, tensors in ((manifest.inputs, spec.inputs), (manifest.outputs, spec.outputs)):
         assert [(e.name, e.dtype, e.dims) for e in entries] == \
             [(t.name, dtype_name(t.dtype), t.dims) for t in tensors]
     module = stage_exports(tiny_models, (stage,))[stage].module
     assert manifest.source_sha256 == state_dict_sha256(module)
-    assert manifest.onnx_sha256 == files_sha256([out / stage / MODEL_FILE])
+    assert manifest.onnx_sha256 == onnx_sha256(out / stage / MODEL_FILE)
     assert set(manifest.versions) == {"torch", "onnx", "onnxscript", "onnxruntime"}
     assert manifest.validation["rel_max"] <= FP32_TOLERANCE
 
