@@ -112,5 +112,5 @@ def format_latency_table(latency: tuple[StageLatency, ...], request_seconds: flo
     rows.append(("request (client wall time)", "1", "", "", f"{request_seconds * 1e3:.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.rjust(w) if i else cell.ljust(w)
-                               for i, (cell, w) in enumerate(zip(row, widths)))
+                               for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
                      for row in rows)

@@ -38,22 +38,39 @@ def server(tritonserver_binary, tiny_weights, tmp_path_factory):
 
     repo = build_repository(None, tmp_path_factory.mktemp("faults") / "models", tiny_weights,
                             options=RepositoryOptions(copy_weights=True))
+    # explicit model control is the launcher's default; the admin header unlocks it.
     # fixed ports: the restart must come back where the client looks; short stop timeout:
     # a stop with a request in flight waits for it at most that long
     config = ServerConfig(repo, http_port=free_port(), grpc_port=free_port(),
-                          metrics_port=free_port(), startup_timeout=240, stop_timeout=10,
-                          extra_args=("--model-control-mode=explicit", "--load-model=*"))
+                          metrics_port=free_port(), startup_timeout=240, stop_timeout=10)
     with TritonServer(config) as running:
         yield running
 
 
+class AdminClient:
+    """Model control with the launcher's admin header (model control is admin-only)."""
+
+    def __init__(self, server):
+        import tritonclient.grpc as grpcclient
+
+        self.client = grpcclient.InferenceServerClient(server.endpoints.grpc)
+        self.headers = server.admin_headers
+
+    def load_model(self, name: str) -> None:
+        self.client.load_model(name, headers=self.headers)
+
+    def unload_model(self, name: str) -> None:
+        self.client.unload_model(name, headers=self.headers)
+
+    def is_model_ready(self, name: str) -> bool:
+        return self.client.is_model_ready(name)
+
+
 @pytest.fixture
 def triton(server):
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(server.endpoints.grpc)
-    yield client
-    client.close()
+    admin = AdminClient(server)
+    yield admin
+    admin.client.close()
 
 
 class StageFiles:
