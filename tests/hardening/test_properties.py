@@ -92,7 +92,7 @@ def test_valid_requests_round_trip_through_the_wire_format(case):
     for name, value in params.items():
         assert getattr(request, name) == value, name  # guidance is drawn as a float32
     assert len(request.refs) == len(refs)
-    for sent, received in zip(refs, request.refs):
+    for sent, received in zip(refs, request.refs, strict=True):
         np.testing.assert_array_equal(received, sent)  # PNG is lossless
 
 

@@ -26,7 +26,7 @@ def test_encoded_request_decodes_to_the_same_generation_request(refs):
     assert decoded.return_mp4
     # references travel as PNG: lossless, so the pixels survive exactly
     assert len(r.refs) == 2
-    for sent, received in zip(refs, r.refs):
+    for sent, received in zip(refs, r.refs, strict=True):
         np.testing.assert_array_equal(received, sent)
 
 

@@ -43,7 +43,7 @@ def test_stage_configs_follow_the_specs_with_symbols_as_minus_one(repo):
         assert config.max_batch_size == 0  # the batch is an explicit -1 dim
         for tensors, specs in ((config.input, spec.inputs), (config.output, spec.outputs)):
             assert [t.name for t in tensors] == [s.name for s in specs]
-            for tensor, s in zip(tensors, specs):
+            for tensor, s in zip(tensors, specs, strict=True):
                 assert list(tensor.dims) == [d if isinstance(d, int) else -1 for d in s.dims]
                 expected = "TYPE_INT64" if s.dtype == torch.int64 else "TYPE_FP32"
                 assert pb.DataType.Name(tensor.data_type) == expected
