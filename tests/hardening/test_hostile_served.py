@@ -246,3 +246,40 @@ def test_a_request_sent_while_a_stage_reloads_is_retried_and_succeeds(server, gr
     # the first attempt fails before any progress ("not healthy" or "not ready"): retried
     assert client.generate("a toy", [png], **SMALL).shape == (5, 32, 32, 3)
     assert _wait(lambda: grpc.is_model_ready("connector"), SERVING_S) is not None
+
+
+# --- a crash inside Triton, and the supervisor ---------------------------------------------
+
+
+def test_triton_http_json_aborts_on_a_huge_declared_shape_and_serve_restarts_it(server, png,
+                                                                                caplog):
+    """A minimal reproduction of a Triton 2.51 bug, kept to notice when it is fixed: the
+    HTTP JSON parser allocates the declared shape (25.6 GB) before checking the values, and
+    std::bad_alloc aborts the server. Only an admin can send it (HTTP inference is admin-
+    only); `serve_forever` restarts the server after the crash."""
+    import queue
+
+    from cinema_trt.serving.server import ServerConfig
+    from cinema_trt.serving.supervisor import RestartPolicy, serve_forever
+
+    config = ServerConfig(server.config.repository, startup_timeout=240, stop_timeout=10)
+    started: queue.Queue = queue.Queue()
+    stop, codes = threading.Event(), []
+    thread = threading.Thread(target=lambda: codes.append(serve_forever(
+        config, stop, started.put, RestartPolicy(backoff=0.5))))
+    thread.start()
+    try:
+        supervised = started.get(timeout=300)
+        with caplog.at_level(logging.WARNING, logger="cinema_trt.serving.supervisor"):
+            with pytest.raises((urllib.error.URLError, ConnectionError)):
+                http_post(supervised, "connector", connector_json(HUGE),
+                          supervised.admin_http_headers)
+            assert _wait(lambda: "restarting tritonserver" in caplog.text, 60), caplog.text
+            assert "exited on its own with code -6" in caplog.text  # SIGABRT
+            assert _wait(supervised.is_ready, 240) is not None
+        client = CinemaClient(supervised.endpoints.grpc, ClientOptions(timeout=120))
+        assert client.generate("a toy", [png], **SMALL).shape == (5, 32, 32, 3)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert codes == [0]
