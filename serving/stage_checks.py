@@ -12,6 +12,7 @@ naming the input, the limit and where it comes from.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 
@@ -24,13 +25,15 @@ from cinema_trt.engines.shapes import (
     image_patches,
     image_tokens,
 )
-from cinema_trt.models.pipeline import MAX_FRAMES, MAX_PROMPT_CHARS, MAX_SIDE, MAX_VIDEO_PIXELS
 from cinema_trt.models.presets import VAE_SPATIAL, CinemaConfig, latent_frames
 from cinema_trt.models.specs import StageSpec
 
 # classifier-free guidance runs the conditional and unconditional halves as one batch of 2
 # (the VAE encoder takes the K references as a batch)
 MAX_BATCH = 2
+# frames*height*width of the largest video (models/pipeline.py MAX_VIDEO_PIXELS; that module
+# imports transformers, which a non-MLLM stub must not pay for: test_stage_imports.py)
+MAX_VIDEO_PIXELS = 2 ** 27
 # the unconditional prompt has no images: the MLLM gets 0 patches and 0 image grids
 MIN_ZERO = frozenset({"patches", "images"})
 # a byte-level BPE token covers at least one UTF-8 byte, and a character is at most 4
@@ -43,7 +46,11 @@ class InvalidInput(ValueError):
 
 def symbol_limits(config: CinemaConfig) -> dict[str, int]:
     """The largest value each symbolic dim of `stage_specs(config)` takes for a request
-    the `cinema` model accepts (models/pipeline.py caps; engines/shapes.py token counts)."""
+    the `cinema` model accepts (models/pipeline.py caps; engines/shapes.py token counts).
+    Computed when the repository is built (it imports models/pipeline.py, and so
+    transformers); stage models read the result from their config.pbtxt."""
+    from cinema_trt.models.pipeline import MAX_FRAMES, MAX_PROMPT_CHARS, MAX_SIDE
+
     refs = min(config.mllm.max_refs, config.dit.max_refs)
     per_image = image_tokens(config, config.mllm.max_pixels) + VISION_MARKERS + SUBJECT_TOKENS
     latent_side = MAX_SIDE // VAE_SPATIAL
@@ -60,6 +67,15 @@ def symbol_limits(config: CinemaConfig) -> dict[str, int]:
         "lheight": latent_side,
         "lwidth": latent_side,
     }
+
+
+def limits_parameter(config: CinemaConfig) -> str:
+    """`symbol_limits` as the string of a config.pbtxt parameter."""
+    return json.dumps(symbol_limits(config), sort_keys=True)
+
+
+def parse_limits(text: str) -> dict[str, int]:
+    return {str(k): int(v) for k, v in json.loads(text).items()}
 
 
 def check_declared(spec: StageSpec, shapes: Mapping[str, Sequence[int]],

@@ -37,7 +37,7 @@ from cinema_trt.serving.stage_checks import (
     InvalidInput,
     check_declared,
     check_values,
-    symbol_limits,
+    parse_limits,
 )
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,11 @@ class TritonPythonModel:
         self.runner = load_stage_runner(folder, self.stage, device, runtime)
         config = read_weights_config(folder)
         self.spec = stage_specs(config)[self.stage]
-        self.limits = symbol_limits(config)
+        # written by the repository builder (serving/stage_checks.py symbol_limits)
+        if "input_limits" not in parameters:
+            raise ValueError(f"stage {self.stage!r}: config.pbtxt has no input_limits "
+                             "parameter; rebuild the repository (cinema-trt repo)")
+        self.limits = parse_limits(parameters["input_limits"]["string_value"])
         self.vocab_size = config.mllm.vocab_size
         log.info("stage %s loaded from %s (%s on %s)", self.stage, folder, runtime, device)
 

@@ -19,6 +19,8 @@ from cinema_trt.serving.stage_checks import (
     InvalidInput,
     check_declared,
     check_values,
+    limits_parameter,
+    parse_limits,
     symbol_limits,
 )
 
@@ -125,6 +127,18 @@ def test_token_ids_outside_the_vocabulary_are_refused(config):
     ids = torch.tensor([[1, vocab, 3]])
     with pytest.raises(InvalidInput, match=rf"'input_ids' holds token ids in \[1, {vocab}\]"):
         check_values(spec, {"input_ids": ids}, vocab)
+
+
+def test_the_pixel_cap_is_the_pipelines():
+    # copied so a stage stub need not import models/pipeline.py (and transformers)
+    from cinema_trt.models import pipeline
+    from cinema_trt.serving import stage_checks
+
+    assert stage_checks.MAX_VIDEO_PIXELS == pipeline.MAX_VIDEO_PIXELS
+
+
+def test_the_limits_travel_in_the_config_parameter(config):
+    assert parse_limits(limits_parameter(config)) == symbol_limits(config)
 
 
 def test_the_limits_follow_the_preset(config):
