@@ -155,6 +155,16 @@ def _stalled(url: str, bound: float) -> str:
             "ClientOptions(progress_timeout=...) or --progress-timeout to change it)")
 
 
+def _video(state: GenerationResult) -> np.ndarray:
+    assert state.video is not None, "_check_complete ensures the requested outputs"
+    return state.video
+
+
+def _mp4(state: GenerationResult) -> bytes:
+    assert state.mp4 is not None, "_check_complete ensures the requested outputs"
+    return state.mp4
+
+
 def _requested(outputs: tuple[str, ...]) -> list:
     grpcclient = _grpc()
     return [grpcclient.InferRequestedOutput(name) for name in ("progress", *outputs)]
@@ -260,13 +270,13 @@ class CinemaClient:
     def generate(self, prompt, references, progress: ProgressFn | None = None,
                  cancel: threading.Event | None = None, **params) -> np.ndarray:
         """The generated video, uint8 (T, H, W, 3)."""
-        return self.stream(prompt, references, progress, cancel, **params).video
+        return _video(self.stream(prompt, references, progress, cancel, **params))
 
     def generate_mp4(self, prompt, references, progress: ProgressFn | None = None,
                      cancel: threading.Event | None = None, **params) -> bytes:
         """The generated video as H.264 MP4 bytes (encoded on the server)."""
-        return self.stream(prompt, references, progress, cancel, outputs=("mp4",),
-                           **params).mp4
+        return _mp4(self.stream(prompt, references, progress, cancel, outputs=("mp4",),
+                                **params))
 
 
 class AsyncCinemaClient:
@@ -357,9 +367,9 @@ class AsyncCinemaClient:
 
     async def generate(self, prompt, references, progress: ProgressFn | None = None,
                        **params) -> np.ndarray:
-        return (await self.stream(prompt, references, progress, **params)).video
+        return _video(await self.stream(prompt, references, progress, **params))
 
     async def generate_mp4(self, prompt, references, progress: ProgressFn | None = None,
                            **params) -> bytes:
-        return (await self.stream(prompt, references, progress, outputs=("mp4",),
-                                  **params)).mp4
+        return _mp4(await self.stream(prompt, references, progress, outputs=("mp4",),
+                                      **params))

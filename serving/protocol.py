@@ -150,7 +150,7 @@ def decode_request(arrays: Mapping[str, np.ndarray], config: CinemaConfig) -> De
 
     _check_inputs(arrays)
     params = {name: _parameter(name, arrays[name]) for name in PARAMETERS if name in arrays}
-    return_mp4 = _parameter("return_mp4", arrays["return_mp4"]) \
+    return_mp4 = bool(_parameter("return_mp4", arrays["return_mp4"])) \
         if "return_mp4" in arrays else False
     request = GenerationRequest.with_defaults(config, _text(arrays["prompt"]),
                                               _references(arrays["references"], config),

@@ -170,8 +170,9 @@ def server_environment(binary: Path) -> dict[str, str]:
     libdir = sysconfig.get_config_var("LIBDIR")
     if libdir and any(Path(libdir).glob("libpython3*.so*")):
         library_path.append(libdir)
-    if _is_wheel_binary(binary):
-        library_path.append(str(_pytriton_root().parent / "nvidia_pytriton.libs"))
+    root = _pytriton_root()
+    if root is not None and _is_wheel_binary(binary):
+        library_path.append(str(root.parent / "nvidia_pytriton.libs"))
     if env.get("LD_LIBRARY_PATH"):
         library_path.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = os.pathsep.join(library_path)
@@ -346,11 +347,13 @@ class TritonServer:
         return None if self._process is None else self._process.pid
 
     def _wait_ready(self) -> None:
+        process, log_thread = self._process, self._log_thread
+        assert process is not None and log_thread is not None, "_launch starts both"
         deadline = time.monotonic() + self.config.startup_timeout
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                self._log_thread.join(timeout=5)
-                raise ServerError(f"tritonserver exited with code {self._process.returncode} "
+            if process.poll() is not None:
+                log_thread.join(timeout=5)
+                raise ServerError(f"tritonserver exited with code {process.returncode} "
                                   f"during startup; last log lines:\n{self.log_tail}")
             if self.is_ready():
                 return
