@@ -36,6 +36,7 @@ from typing import Any
 LOG = logging.getLogger(__name__)
 REQUEST: dict[str, Any] = dict(frames=5, height=32, width=32, steps=4, guidance=4.0)
 OUTCOMES = ("succeeded", "failed_clearly", "hung", "lost")
+RETRIES = 6  # the clients' attempts to connect and to start a request
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,10 @@ class SoakConfig:
 
     @property
     def hang_s(self) -> float:
-        """A call longer than this counts as hung: two full no-progress waits (a retry
-        may start over) plus the retries' back-off (0.5 + 1 + 2 + 4 s) and 30 s margin."""
-        return 2 * self.progress_timeout + 7.5 + 30.0
+        """A call longer than this counts as hung: two full no-progress waits (a retried
+        request starts over), two rounds of the retries' back-off (15.5 s each), a minute
+        of margin for the loaded 2-core machine."""
+        return 2 * self.progress_timeout + 2 * 15.5 + 60.0
 
 
 @dataclass
@@ -110,7 +112,8 @@ def _sync_client(url: str, config: SoakConfig, stop: threading.Event, result: So
     from cinema_trt.models.media import sample_references
     from cinema_trt.serving.client import AsyncCinemaClient, CinemaClient, ClientOptions
 
-    options = ClientOptions(timeout=None, connect_retries=4,
+    # 6 attempts wait 0.5 + 1 + 2 + 4 + 8 s: longer than a stage's reload after a kill
+    options = ClientOptions(timeout=None, connect_retries=RETRIES,
                             progress_timeout=config.progress_timeout)
     refs = [str(sample_references()[seed % 4])]
     aio, sync = AsyncCinemaClient(url, options), CinemaClient(url, options)
