@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -95,11 +96,40 @@ class ServerError(RuntimeError):
     """The server did not start, or died."""
 
 
+PORT_RANGE_VARIABLE = "CINEMA_PORT_RANGE"  # "LOW-HIGH": free ports are taken from it
+
+
+def _port_range() -> range | None:
+    text = os.environ.get(PORT_RANGE_VARIABLE)
+    if not text:
+        return None
+    try:
+        low, high = (int(part) for part in text.split("-"))
+    except ValueError:
+        raise ValueError(f"${PORT_RANGE_VARIABLE}={text!r} must be LOW-HIGH, e.g. "
+                         "18100-18299") from None
+    if not 0 < low <= high < 65536:
+        raise ValueError(f"${PORT_RANGE_VARIABLE}={text!r}: need 0 < LOW <= HIGH < 65536")
+    return range(low, high + 1)
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """A port the OS considers free right now (another process may still take it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A port the OS considers free right now (another process may still take it); from
+    $CINEMA_PORT_RANGE when set (machines shared by several users), else any."""
+    ports = _port_range()
+    if ports is None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            return sock.getsockname()[1]
+    start = random.randrange(len(ports))  # two launchers rarely probe the same port first
+    for port in (ports[(start + i) % len(ports)] for i in range(len(ports))):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise ServerError(f"no free port in ${PORT_RANGE_VARIABLE}={ports.start}-{ports.stop - 1}")
 
 
 def _pytriton_root() -> Path | None:

@@ -193,8 +193,10 @@ def run_soak(config: SoakConfig) -> SoakResult:
                                             args=(server, config, stop, result)))
             for thread in threads:
                 thread.start()
-            stop.wait(config.duration)
-            stop.set()
+            try:
+                stop.wait(config.duration)
+            finally:  # Ctrl-C too: the clients loop until stopped
+                stop.set()
             for thread in threads:
                 thread.join(timeout=config.hang_s)
             stuck = sum(thread.is_alive() for thread in threads[:-1])
