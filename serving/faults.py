@@ -1,5 +1,5 @@
 """The fault injector of the soak (serving/soak.py): killed stubs and issue 13's hostile
-requests, each with the answer it must get.
+requests, each with the answer it must get, dealt in shuffled rounds (`FaultPlan`).
 
 Every fault returns a `FaultOutcome`: what was done, whether the server answered as it
 must (a 4xx / INVALID_ARGUMENT for a hostile request; for a killed stub, not ready within
@@ -116,13 +116,29 @@ def meaningless_grpc(grpc) -> FaultOutcome:
     return FaultOutcome("grpc NaN", ok, answer[:160])
 
 
-def inject(server, grpc, rng: random.Random) -> FaultOutcome:
-    """One random fault: half are stub kills, half hostile requests."""
-    if rng.random() < 0.5:
-        return kill_stub(server, grpc, rng.choice(MODELS))
-    kind = rng.randrange(5)
-    if kind < 2:
-        return hostile_http(server, (HUGE, WRAPS)[kind])
-    if kind < 4:
-        return hostile_grpc(grpc, (HUGE, WRAPS)[kind - 2])
-    return meaningless_grpc(grpc)
+class FaultPlan:
+    """Faults in rounds: each round kills every model's stub once and sends every hostile
+    request once, in a shuffled order, so a soak of a few rounds covers them all."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self.pending: list[tuple[str, str | int | None]] = []
+
+    def _round(self) -> list[tuple[str, str | int | None]]:
+        faults: list[tuple[str, str | int | None]] = [("kill", model) for model in MODELS]
+        faults += [(protocol, seq) for protocol in ("http", "grpc") for seq in (HUGE, WRAPS)]
+        faults.append(("nan", None))
+        self.rng.shuffle(faults)
+        return faults
+
+    def inject(self, server, grpc) -> FaultOutcome:
+        if not self.pending:
+            self.pending = self._round()
+        kind, arg = self.pending.pop()
+        if kind == "kill":
+            return kill_stub(server, grpc, str(arg))
+        if kind == "http":
+            return hostile_http(server, int(arg or 0))
+        if kind == "grpc":
+            return hostile_grpc(grpc, int(arg or 0))
+        return meaningless_grpc(grpc)

@@ -43,7 +43,7 @@ RETRIES = 6  # the clients' attempts to connect and to start a request
 class SoakConfig:
     duration: float = 180.0  # seconds of load and faults
     clients: int = 3  # concurrent callers (the last one uses AsyncCinemaClient)
-    fault_every: float = 8.0  # mean seconds between faults
+    fault_every: float = 6.0  # mean seconds between faults (after the last one's recovery)
     progress_timeout: float = 20.0  # the clients' no-progress bound
     seed: int = 0
     repository: Path | None = None  # None: the tiny preset, random weights of seed 0
@@ -133,13 +133,14 @@ def _sync_client(url: str, config: SoakConfig, stop: threading.Event, result: So
 def _faults(server, config: SoakConfig, stop: threading.Event, result: SoakResult) -> None:
     import tritonclient.grpc as grpcclient
 
-    from cinema_trt.serving.faults import inject
+    from cinema_trt.serving.faults import FaultPlan
 
     rng = random.Random(config.seed)
+    plan = FaultPlan(rng)
     grpc = grpcclient.InferenceServerClient(server.endpoints.grpc)
     try:
         while not stop.wait(rng.expovariate(1.0 / config.fault_every)):
-            outcome = inject(server, grpc, rng)
+            outcome = plan.inject(server, grpc)
             LOG.info("fault %s: ok=%s %s", outcome.kind, outcome.ok, outcome.detail)
             with result.lock:
                 result.faults.append(dataclasses.asdict(outcome))

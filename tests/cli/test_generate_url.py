@@ -71,6 +71,32 @@ def test_a_request_the_server_rejects_exits_2_with_its_message(server, tmp_path,
     assert CinemaClient(server.endpoints.grpc).is_ready()
 
 
+def test_a_hung_orchestrator_ends_the_call_after_the_progress_timeout(server, tmp_path,
+                                                                     caplog):
+    import os
+    import signal
+    import time
+
+    from cinema_trt.serving.watchdog import live_stubs
+
+    # a stopped (not dead) stub: the server is up, the watchdog sees it alive, and the
+    # request is accepted but never answered; only the client's bound ends the wait
+    stub = live_stubs(server.pid)["cinema_0_0"]
+    os.kill(stub, signal.SIGSTOP)
+    try:
+        begin = time.monotonic()
+        code = main(COMMON + ["--quiet", "--url", server.endpoints.grpc, "--progress-timeout",
+                              "5", "-o", str(tmp_path / "v.mp4")])
+        waited = time.monotonic() - begin
+    finally:
+        os.kill(stub, signal.SIGCONT)
+    assert code == 1
+    assert "no message from the server" in caplog.text and "for 5 s" in caplog.text
+    assert 5 <= waited < 5 + 15, waited  # the bound, plus connecting and cancelling
+    assert main(COMMON + ["--quiet", "--url", server.endpoints.grpc,
+                          "-o", str(tmp_path / "after.mp4")]) == 0
+
+
 def test_flags_that_choose_the_local_model_are_refused_with_url(tmp_path, caplog):
     code = main(COMMON + ["--url", "127.0.0.1:1", "--runtime", "ort", "--onnx", str(tmp_path),
                           "-o", str(tmp_path / "v.mp4")])
