@@ -239,13 +239,14 @@ def _fault_table(faults: list[dict]) -> list[dict]:
 
 
 def soak_record(config: SoakConfig, result: SoakResult, started: datetime,
-                seconds: float) -> dict:
+                seconds: float, commit: str | None = None) -> dict:
+    """The JSON record; `commit`: the checkout's HEAD when the soak started."""
     from cinema_trt.benchmarks.machine import library_versions, machine_info
 
     settings = {k: str(v) if isinstance(v, Path) else v
                 for k, v in dataclasses.asdict(config).items()}
     return {"schema": "cinema-trt/soak/1", "started": started.isoformat(timespec="seconds"),
-            "duration_s": round(seconds, 1), "git_commit": git_commit(),
+            "duration_s": round(seconds, 1), "git_commit": commit or git_commit(),
             "machine": machine_info(), "versions": library_versions(),
             "settings": {**settings, "request": REQUEST, "hang_s": config.hang_s},
             "counts": result.counts, "longest_call_s": round(result.longest_call_s, 2),
@@ -301,9 +302,9 @@ def main(argv: list[str] | None = None) -> int:
                                                    "%(message)s")
     config = SoakConfig(args.duration, args.clients, args.fault_every, args.progress_timeout,
                         args.seed, args.repository)
-    started, begin = datetime.now(timezone.utc), time.monotonic()
+    started, begin, commit = datetime.now(timezone.utc), time.monotonic(), git_commit()
     result = run_soak(config)
-    record = soak_record(config, result, started, time.monotonic() - begin)
+    record = soak_record(config, result, started, time.monotonic() - begin, commit)
     stem = args.out / f"soak-{machine_tag('cpu')}-{started:%Y%m%d}"
     args.out.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
