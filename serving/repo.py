@@ -44,7 +44,7 @@ from cinema_trt.serving.triton_config import (
     stage_config,
     to_text,
 )
-from cinema_trt.serving.warmup import add_warmup
+from cinema_trt.serving.warmup import WARMUP_RUNTIMES, add_warmup
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def _stage_model(repo: Path, stage: str, config: CinemaConfig, sources: _Sources
         if options.torch_threads:
             parameters["torch_threads"] = str(options.torch_threads)
     pbtxt = stage_config(spec, backend, options.stage_placement, options.version, parameters)
-    if backend == "python":  # plans and graphs may not cover the default size: no warm-up
+    if backend == "python" and runtime in WARMUP_RUNTIMES:
         add_warmup(pbtxt, repo / stage, config, spec)
     _write(repo / stage / "config.pbtxt", to_text(pbtxt))
     version = repo / stage / str(options.version)

@@ -18,6 +18,9 @@ from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import StageSpec, resolve, video_dims
 
 WARMUP_FOLDER = "warmup"  # Triton looks for input_data_file here, under the model folder
+# runtimes whose stages accept any size: engines (TensorRT plans, or the onnxruntime and
+# tensorrt backends) are built for a profile that may not hold the preset's default size
+WARMUP_RUNTIMES = ("torch", "ort")
 WARMUP_TOKENS = 16
 
 
