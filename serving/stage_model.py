@@ -146,16 +146,16 @@ class TritonPythonModel:
         threads = int(parameters.get("torch_threads", {}).get("string_value", "0"))
         if threads > 0:
             torch.set_num_threads(threads)
-        folder = Path(args["model_repository"]) / args["model_version"]
-        device = _instance_device(args)
-        self.runner = load_stage_runner(folder, self.stage, device, runtime)
-        config = read_weights_config(folder)
-        self.spec = stage_specs(config)[self.stage]
         # written by the repository builder (serving/stage_checks.py symbol_limits)
         if "input_limits" not in parameters:
             raise ValueError(f"stage {self.stage!r}: config.pbtxt has no input_limits "
                              "parameter; rebuild the repository (cinema-trt repo)")
         self.limits = parse_limits(parameters["input_limits"]["string_value"])
+        folder = Path(args["model_repository"]) / args["model_version"]
+        device = _instance_device(args)
+        self.runner = load_stage_runner(folder, self.stage, device, runtime)
+        config = read_weights_config(folder)
+        self.spec = stage_specs(config)[self.stage]
         self.vocab_size = config.mllm.vocab_size
         log.info("stage %s loaded from %s (%s on %s)", self.stage, folder, runtime, device)
 
