@@ -111,7 +111,8 @@ def saved(tmp_path_factory):
 def test_save_then_load_reproduces_every_stage_bit_for_bit(saved, refs):
     models, folder = saved
     loaded = load_models(folder, get_preset("tiny"))
-    for (name, a), (_, b) in zip(models.__dict__.items(), loaded.__dict__.items()):
+    for (name, a), (_, b) in zip(models.__dict__.items(), loaded.__dict__.items(),
+                                 strict=True):
         if isinstance(a, torch.nn.Module):
             sa, sb = a.state_dict(), b.state_dict()
             assert sa.keys() == sb.keys(), name
@@ -136,7 +137,8 @@ def test_a_checkpoint_with_a_wrong_shape_names_the_tensor(saved, tmp_path):
     save_file(tensors, broken / "dit.safetensors")
     with pytest.raises(ValueError) as error:
         load_models(broken)
-    assert name in str(error.value) and sorted(load_file(folder / "dit.safetensors"))[1] in str(error.value)
+    missing = sorted(load_file(folder / "dit.safetensors"))[1]
+    assert name in str(error.value) and missing in str(error.value)
 
 
 def test_weights_of_another_preset_are_refused(saved):
