@@ -49,14 +49,26 @@ def _wait(predicate, timeout: float) -> float | None:
     return None
 
 
+def _detected(server, model: str, since: float) -> float | None:
+    """When the watchdog found `model` dead (and unloaded it) after `since`: a reload can
+    end before a poll of readiness sees the model not ready."""
+    times = [t for m, t in server.watchdog.detections if m == model and t >= since] \
+        if server.watchdog is not None else []
+    return min(times) if times else None
+
+
 def kill_stub(server, grpc, model: str) -> FaultOutcome:
     """SIGKILL the model's stub; it must turn not ready, then serve again."""
     pid = live_stubs(server.pid).get(f"{model}_0_0")
     if pid is None:  # still reloading after an earlier fault
         return FaultOutcome(f"kill {model}", True, "no live stub (reloading): skipped")
-    os.kill(pid, signal.SIGKILL)
     begin = time.monotonic()
-    gone = _wait(lambda: not grpc.is_model_ready(model), NOT_READY_S)
+    os.kill(pid, signal.SIGKILL)
+    gone = _wait(lambda: not grpc.is_model_ready(model) or _detected(server, model, begin),
+                 NOT_READY_S)
+    detected = _detected(server, model, begin)
+    if gone is not None and detected is not None:  # the watchdog's own time
+        gone = detected - begin
     back = _wait(lambda: grpc.is_model_ready(model), SERVING_S + NOT_READY_S)
     serving = None if back is None else time.monotonic() - begin
     ok = gone is not None and serving is not None and serving <= SERVING_S

@@ -96,10 +96,14 @@ class StubWatchdog:
         self.seen: set[str] = set()
         self.pending: set[str] = set()  # unloaded by us, whose load failed: tried again
         self.events: list[tuple[str, float]] = []  # (model, seconds to serve again)
+        self.detections: list[tuple[str, float]] = []  # (model, time.monotonic() seen dead)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="stub-watchdog")
 
     def start(self) -> StubWatchdog:
+        # the server is ready: every stub runs now; one killed before the first check
+        # must still count as seen
+        self.seen |= set(live_stubs(self.server_pid))
         self._thread.start()
         return self
 
@@ -135,6 +139,7 @@ class StubWatchdog:
         LOG.warning("model %r: a backend stub died; reloading the model (not ready until "
                     "it is back)", model)
         begin = time.monotonic()
+        self.detections.append((model, begin))
         self.seen = {name for name in self.seen if model_of(name) != model}
         try:
             self.control.reload(model)
@@ -144,6 +149,8 @@ class StubWatchdog:
             return
         self.pending.discard(model)
         took = time.monotonic() - begin
+        # the new stubs count as seen now: one that dies before the next check is caught
+        self.seen |= {name for name in live_stubs(self.server_pid) if model_of(name) == model}
         self.events.append((model, took))
         LOG.warning("model %r serves again (reloaded in %.1f s)", model, took)
         if self.on_recovered is not None:
