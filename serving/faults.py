@@ -57,11 +57,16 @@ def _detected(server, model: str, since: float) -> float | None:
     return min(times) if times else None
 
 
+def _reloads(server, model: str) -> int:
+    return sum(m == model for m, _ in server.watchdog.events) if server.watchdog else 0
+
+
 def kill_stub(server, grpc, model: str) -> FaultOutcome:
     """SIGKILL the model's stub; it must turn not ready, then serve again."""
     pid = live_stubs(server.pid).get(f"{model}_0_0")
     if pid is None:  # still reloading after an earlier fault
         return FaultOutcome(f"kill {model}", True, "no live stub (reloading): skipped")
+    reloads = _reloads(server, model)
     begin = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     gone = _wait(lambda: not grpc.is_model_ready(model) or _detected(server, model, begin),
@@ -69,7 +74,9 @@ def kill_stub(server, grpc, model: str) -> FaultOutcome:
     detected = _detected(server, model, begin)
     if gone is not None and detected is not None:  # the watchdog's own time
         gone = detected - begin
-    back = _wait(lambda: grpc.is_model_ready(model), SERVING_S + NOT_READY_S)
+    # serving again: the watchdog's reload of this model finished and it answers ready
+    back = _wait(lambda: _reloads(server, model) > reloads and grpc.is_model_ready(model),
+                 SERVING_S + NOT_READY_S)
     serving = None if back is None else time.monotonic() - begin
     ok = gone is not None and serving is not None and serving <= SERVING_S
     return FaultOutcome(f"kill {model}", ok, f"pid {pid}", gone, serving)

@@ -211,12 +211,15 @@ def test_the_wrapping_shape_with_zero_bytes_kills_a_stub_and_the_watchdog_recove
         server, grpc, png):
     # Triton 2.51's element count wraps to 0, so 0 bytes pass its check and the stub
     # aborts building the numpy view before our `execute` runs ("array is too big")
-    sent = time.monotonic()
+    from cinema_trt.serving.faults import _reloads
+
+    reloads, sent = _reloads(server, "connector"), time.monotonic()
     status, message = refused(lambda: grpc_connector(grpc, [1, WRAPS, 64], b"",
                                                      np.ones((1, 5), np.int64)))
     assert "Stub process 'connector_0_0' is not healthy" in message, (status, message)
     assert _not_ready_after(server, grpc, "connector", sent) is not None
-    back = _wait(lambda: grpc.is_model_ready("connector"), SERVING_S)
+    back = _wait(lambda: _reloads(server, "connector") > reloads
+                 and grpc.is_model_ready("connector"), SERVING_S)
     assert back is not None, "the connector did not come back"
     log.info("connector serving again %.1f s after it was seen not ready", back)
     assert_all_serving(server, grpc, png)
@@ -225,10 +228,16 @@ def test_the_wrapping_shape_with_zero_bytes_kills_a_stub_and_the_watchdog_recove
 @pytest.mark.parametrize("model", MODELS)
 def test_a_killed_stub_is_not_ready_within_5_s_and_serves_within_30_s(server, grpc, png,
                                                                        model):
+    from cinema_trt.serving.faults import _reloads
+
+    reloads = _reloads(server, model)
     killed = _kill_stub(server, model)
     gone = _not_ready_after(server, grpc, model, killed)
     assert gone is not None, f"{model} still reported ready {NOT_READY_S} s after its stub died"
-    _wait(lambda: not server.running or _ready(grpc, model), SERVING_S)
+    # serving again: the watchdog's reload finished (a poll right after the kill would
+    # still see the dead model READY)
+    _wait(lambda: not server.running or (_reloads(server, model) > reloads
+                                         and _ready(grpc, model)), SERVING_S)
     if not server.running:
         _restart_after_triton_abort(server)
     assert _ready(grpc, model)
