@@ -22,8 +22,8 @@ DTYPES = ("fp32", "fp16", "bf16")
 
 @dataclass(frozen=True)
 class ExportOptions:
-    preset: str
     out: Path
+    preset: str | None = None  # None: the weights folder's own config, else DEFAULT_PRESET
     weights: Path | None = None
     stages: tuple[str, ...] | None = None
     fp8: bool = False
@@ -36,9 +36,9 @@ class ExportOptions:
 def export_from_options(options: ExportOptions) -> list[ExportResult]:
     """Validate the options, export, and return the results (a list of ExportResult)."""
     from cinema_trt.export.driver import export_stages
-    from cinema_trt.models.presets import get_preset
+    from cinema_trt.models.factory import command_config
 
-    config = get_preset(options.preset)
+    config = command_config(options.preset, options.weights)
     return export_stages(config, options.out, stages=options.stages, weights=options.weights,
                          fp8=options.fp8, progress=options.progress,
                          calibrator=options.calibrator,
@@ -51,9 +51,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Writes <out>/<stage>/model.onnx and manifest.json for each stage: "
                     "mllm_vision, mllm_text (or 'mllm' for both), connector, vae_encoder, "
                     "dit, vae_decoder.")
-    p.add_argument("--preset", default="tiny", help="tiny | small | cinema")
+    p.add_argument("--preset", help="tiny | small | cinema (default: the --weights folder's "
+                                    "own architecture, else tiny); with --weights, must match")
     p.add_argument("--weights", type=Path,
-                   help="weights folder from save_models (default: the preset's seeded weights)")
+                   help="weights folder from save_models, its cinema_config.json the "
+                        "architecture (default: the preset's seeded weights)")
     p.add_argument("--out", type=Path, required=True, help="export folder")
     p.add_argument("--stages", nargs="+", metavar="STAGE", help="default: every stage")
     p.add_argument("--dtype", default="fp32", choices=DTYPES,

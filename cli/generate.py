@@ -23,7 +23,7 @@ class GenerateOptions:
     prompt: str
     refs: tuple[Path, ...]
     output: Path
-    preset: str = "tiny"
+    preset: str | None = None  # None: the weights folder's own config, else DEFAULT_PRESET
     weights: Path | None = None
     frames: int | None = None
     height: int | None = None
@@ -76,7 +76,7 @@ def generate_remote(options: GenerateOptions) -> Path:
     the request against its preset; Ctrl-C cancels the request on the server.
     """
     from cinema_trt.models.media import write_video
-    from cinema_trt.models.presets import get_preset
+    from cinema_trt.models.presets import DEFAULT_PRESET, get_preset
     from cinema_trt.serving.client import CinemaClient, ClientOptions
 
     _check_remote_options(options)
@@ -106,7 +106,7 @@ def generate_remote(options: GenerateOptions) -> Path:
         options.output.write_bytes(result.mp4)
         return options.output
     # the server's preset is unknown here: without --fps, use the local preset's default
-    fps = options.fps or get_preset(options.preset).sampler.fps
+    fps = options.fps or get_preset(options.preset or DEFAULT_PRESET).sampler.fps
     if result.video is None:
         raise RuntimeError("the server sent no video frames although they were requested")
     return write_video(options.output, result.video, fps)
@@ -115,9 +115,9 @@ def generate_remote(options: GenerateOptions) -> Path:
 def generate_video(options: GenerateOptions) -> Path:
     """Run the pipeline (in process, or on the server at `options.url`) and write the
     video; returns the written path."""
+    from cinema_trt.models.factory import command_config
     from cinema_trt.models.media import load_image, write_video
     from cinema_trt.models.pipeline import GenerationRequest
-    from cinema_trt.models.presets import get_preset
 
     if options.url:
         return generate_remote(options)
@@ -125,7 +125,8 @@ def generate_video(options: GenerateOptions) -> Path:
     refs = tuple(load_image(p) for p in options.refs)
     if not options.output.parent.exists():
         raise FileNotFoundError(f"output folder {options.output.parent} does not exist")
-    config = get_preset(options.preset).with_attention_backend(options.attention)
+    config = command_config(options.preset, options.weights).with_attention_backend(
+        options.attention)
     request = GenerationRequest.with_defaults(
         config, options.prompt, refs, frames=options.frames, height=options.height,
         width=options.width, steps=options.steps, guidance=options.guidance,
@@ -148,8 +149,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="reference image, one per subject (repeat 1..4 times)")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help=".mp4, .gif, or a folder name for PNG frames")
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--weights", type=Path, help="weights folder (see models/factory.py)")
+    p.add_argument("--preset", help="tiny | small | cinema (default: the --weights folder's "
+                                    "own architecture, else tiny); with --weights, must match")
+    p.add_argument("--weights", type=Path, help="weights folder from save_models (its "
+                                                "cinema_config.json is the architecture)")
     p.add_argument("--frames", type=int)
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)

@@ -39,7 +39,8 @@ def random_weights(preset: str, seed: int, folder: Path) -> Path:
 
 
 def write_repository(command: RepoCommand) -> Path:
-    from cinema_trt.models.presets import get_preset
+    from cinema_trt.models.factory import command_config
+    from cinema_trt.models.presets import DEFAULT_PRESET
     from cinema_trt.serving.repo import RepositoryOptions, build_repository
     from cinema_trt.serving.triton_config import Placement
 
@@ -49,13 +50,11 @@ def write_repository(command: RepoCommand) -> Path:
         version=command.version, max_concurrency=command.max_concurrency,
         torch_threads=command.torch_threads, copy_weights=command.copy_weights,
         overwrite=command.overwrite)
-    config = get_preset(command.preset) if command.preset else None
-    weights = command.weights
-    if weights is None:
-        weights = random_weights(command.preset or "tiny", command.seed,
-                                 command.output.with_name(command.output.name + "-weights"))
-    return build_repository(config, command.output, weights, command.artifacts, options,
-                            export_dir=command.onnx)
+    weights = command.weights or random_weights(
+        command.preset or DEFAULT_PRESET, command.seed,
+        command.output.with_name(command.output.name + "-weights"))
+    return build_repository(command_config(command.preset, weights), command.output, weights,
+                            command.artifacts, options, export_dir=command.onnx)
 
 
 def _gpu_list(text: str) -> tuple[int, ...]:

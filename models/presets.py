@@ -221,6 +221,7 @@ def _cinema() -> CinemaConfig:
 
 
 PRESETS = {"tiny": _tiny, "small": _small, "cinema": _cinema}
+DEFAULT_PRESET = "tiny"  # what a command runs given neither --preset nor --weights
 
 
 def get_preset(name: str) -> CinemaConfig:

@@ -17,7 +17,6 @@ The repository is assembled in a sibling folder and renamed into place when comp
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -26,7 +25,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from cinema_trt.models.factory import CONFIG_FILE, check_same_architecture, read_weights_config
+from cinema_trt.models.factory import (
+    CONFIG_FILE,
+    check_same_architecture,
+    resolve_weights_config,
+)
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import stage_specs
 from cinema_trt.serving import protocol
@@ -246,17 +249,6 @@ def _orchestrator(repo: Path, config: CinemaConfig, weights: Path,
             shutil.copy2(source, processor / source.name)
 
 
-def resolve_config(weights_dir: Path, config: CinemaConfig | None) -> CinemaConfig:
-    """The weights folder's config; a given `config` must match its architecture and
-    supplies the sampler defaults and attention backend (as load_models does)."""
-    saved = read_weights_config(weights_dir)
-    if config is None:
-        return saved
-    check_same_architecture(config, saved, str(weights_dir))
-    return dataclasses.replace(saved, sampler=config.sampler, dit=dataclasses.replace(
-        saved.dit, attention_backend=config.dit.attention_backend))
-
-
 def _is_our_repository(path: Path) -> bool:
     return (path / protocol.ORCHESTRATOR / "config.pbtxt").is_file()
 
@@ -282,7 +274,7 @@ def build_repository(config: CinemaConfig | None, out_dir: str | os.PathLike,
         if not _is_our_repository(out_dir):
             raise ValueError(f"{out_dir} is not a cinema model repository; refusing to "
                              "replace it")
-    config = resolve_config(weights_dir, config)
+    config = resolve_weights_config(weights_dir, config)
     staging = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     sources = _Sources(weights_dir, Path(artifacts) if artifacts else None,
