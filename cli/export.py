@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cinema_trt.models.stages import FP8_GRAPHS, GRAPHS, STAGE_ALIASES
+
 if TYPE_CHECKING:
     from cinema_trt.export.driver import ExportResult
 
@@ -45,12 +47,16 @@ def export_from_options(options: ExportOptions) -> list[ExportResult]:
                          attention_plugin=options.attention_plugin, dtype=options.dtype)
 
 
+def _aliases() -> str:
+    return "; ".join(f"{name} = {' + '.join(graphs)}" for name, graphs in STAGE_ALIASES.items())
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "export", help="export stages to ONNX (+ manifest.json), checked against PyTorch",
-        description="Writes <out>/<stage>/model.onnx and manifest.json for each stage: "
-                    "mllm_vision, mllm_text (or 'mllm' for both), connector, vae_encoder, "
-                    "dit, vae_decoder.")
+        description="Writes <out>/<stage>/model.onnx and manifest.json for each graph: "
+                    f"{', '.join(GRAPHS)} (a split stage's name stands for its graphs: "
+                    f"{_aliases()}).")
     p.add_argument("--preset", help="tiny | small | cinema (default: the --weights folder's "
                                     "own architecture, else tiny); with --weights, must match")
     p.add_argument("--weights", type=Path,
@@ -64,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "builds: use them for --precision fp16/bf16, and with --fp8 for "
                         "fp16/bf16 outside the FP8 layers")
     p.add_argument("--fp8", action="store_true",
-                   help="FP8 Q/DQ for dit, connector and mllm_text, calibrated on pipeline runs")
+                   help=f"FP8 Q/DQ for {', '.join(FP8_GRAPHS)}, calibrated on pipeline runs")
     p.add_argument("--calibrator", default="builtin", choices=CALIBRATORS,
                    help="FP8 calibration (with --fp8): builtin hooks, or NVIDIA ModelOpt's "
                         "mtq.quantize with the same recipe (pip install 'cinema-trt[quant]'); "

@@ -8,7 +8,7 @@ CPU-layout rewrites, so the saved model is for CPUs with the builder's instructi
 The output folder runs without the export folder (`cinema_trt.export.ort.ort_runners`
 opens it): the manifest carries the export manifest it was built from (the exporter's
 record of the stage's I/O, config and precision stays the one source of truth), and the
-stage's sidecar files (mllm_text: the HF config and token embeddings) are copied beside it.
+stage's sidecar files (a split stage's glue: HF config, token embeddings) are copied beside it.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def _carries(out_dir: Path, exported: dict) -> bool:
 
 def copy_sidecars(export_dir: Path, out_dir: Path) -> list[Path]:
     """Copy every file the exporter wrote beside the graph other than the graph, its weights
-    and its manifest (mllm_text: HF config + embeddings) into `out_dir`; unchanged copies
+    and its manifest (a split stage's glue: HF config + embeddings) into `out_dir`; unchanged copies
     (same size and mtime: copy2 keeps the mtime) are not copied again."""
     skip = {MODEL_FILE, EXTERNAL_DATA_FILE, MANIFEST_FILE}
     copied = []

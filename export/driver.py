@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cinema_trt.models.presets import CinemaConfig
+from cinema_trt.models.stages import GLUE_GRAPHS
 
 from .compare import ErrorStats, error_stats, worst
 from .dtype import (
@@ -239,7 +240,7 @@ def export_stage(stage: str, export: StageExport, models: CinemaModels, out_dir:
     del model
     check_onnx(files[0])
     sidecars = {}
-    if stage == "mllm_text":
+    if stage in GLUE_GRAPHS:
         from .mllm_split import save_glue
 
         sidecars = save_glue(models.mllm, stage_dir)
@@ -286,11 +287,11 @@ def export_stages(config: CinemaConfig, out_dir: str | os.PathLike,
                   progress: bool = True, calibrator: str = "builtin",
                   attention_plugin: bool = False, dtype: str | Precision = "fp32"
                   ) -> list[ExportResult]:
-    """Export `stages` (default: all; "mllm" = mllm_vision + mllm_text) of `config`.
+    """Export `stages` (default: all; a split stage names its graphs, models/stages.py).
 
     weights: a folder from models.factory.save_models (its config must match `config`),
-    else the preset's seeded random weights. fp8: stages with an FP8 recipe (dit,
-    connector, mllm_text) are calibrated on pipeline runs and exported with FP8 Q/DQ.
+    else the preset's seeded random weights. fp8: graphs with an FP8 recipe (FP8_GRAPHS
+    in models/stages.py) are calibrated on pipeline runs and exported with FP8 Q/DQ.
     calibrator: "builtin" or "modelopt" (NVIDIA ModelOpt; see export/calibration.py).
     attention_plugin: the DiT's attention becomes TensorRT plugin nodes (the Triton
     kernel); such a graph runs only in TensorRT, so its ORT check is skipped.

@@ -32,6 +32,7 @@ from cinema_trt.models.factory import (
 )
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import stage_specs
+from cinema_trt.models.stages import BY_NAME
 from cinema_trt.serving import protocol
 from cinema_trt.serving.stage_model import (
     ENGINE_FOLDER,
@@ -162,11 +163,12 @@ def _python_stage_files(version: Path, stage: str, config: CinemaConfig, sources
             raise FileNotFoundError(f"{engines / graph}/manifest.json not found; build the "
                                     "stage first (cinema-trt build)")
         _place(engines / graph, version / ENGINE_FOLDER / graph, copy)
-    if len(graphs) > 1:  # the split MLLM: its engines are joined by the exporter's glue
+    glue = BY_NAME[stage].glue if stage in BY_NAME else ""
+    if glue:  # a split stage: its engines are joined by the exporter's glue
         export = _need(sources.export_dir,
-                       "export_dir (the ONNX folder with the mllm_text glue)", runtime)
-        _check_export(export / "mllm_text", config)
-        _place(export / "mllm_text", version / ONNX_FOLDER / "mllm_text", copy)
+                       f"export_dir (the ONNX folder with the {glue} glue)", runtime)
+        _check_export(export / glue, config)
+        _place(export / glue, version / ONNX_FOLDER / glue, copy)
 
 
 def _stage_backend(stage: str, sources: _Sources, options: RepositoryOptions) -> tuple[str, str]:
@@ -263,8 +265,8 @@ def build_repository(config: CinemaConfig | None, out_dir: str | os.PathLike,
     processor). `artifacts` holds one `<stage>/` folder per exported graph: the export
     folder (`model.onnx` + manifest) for the onnxruntime backend and runtime ort, the
     engine folder (`cinema-trt build`) for the tensorrt backend and runtime tensorrt.
-    `export_dir`, for runtime tensorrt, is the export folder whose `mllm_text/` holds the
-    glue between the two MLLM engines.
+    `export_dir`, for runtime tensorrt, is the export folder whose glue folder (models/
+    stages.py) joins a split stage's engines.
     """
     out_dir, weights_dir = Path(out_dir), Path(weights_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
