@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .presets import CinemaConfig, latent_frames, latent_size
-from .stages import MLLM_TEXT, MLLM_VISION
+from .stages import MLLM_TEXT, MLLM_VISION, PIPELINE_STAGES
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class StageSpec:
         return tuple(t.name for t in self.outputs)
 
 
-STAGES = ("mllm", "connector", "vae_encoder", "dit", "vae_decoder")
+STAGES = PIPELINE_STAGES  # the stage registry's order (models/stages.py)
 
 
 def stage_specs(config: CinemaConfig) -> dict[str, StageSpec]:
