@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 from cinema_trt.models.stages import FP8_GRAPHS, GRAPHS, STAGE_ALIASES
 
+from .options import defaults, from_args
+
 if TYPE_CHECKING:
     from cinema_trt.export.driver import ExportResult
 
@@ -64,14 +66,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "architecture (default: the preset's seeded weights)")
     p.add_argument("--out", type=Path, required=True, help="export folder")
     p.add_argument("--stages", nargs="+", metavar="STAGE", help="default: every stage")
-    p.add_argument("--dtype", default="fp32", choices=DTYPES,
+    p.add_argument("--dtype", choices=DTYPES,
                    help="what the graphs compute in (their inputs and outputs stay float32). "
                         "fp16/bf16 graphs build strongly typed, the only kind TensorRT 11 "
                         "builds: use them for --precision fp16/bf16, and with --fp8 for "
                         "fp16/bf16 outside the FP8 layers")
     p.add_argument("--fp8", action="store_true",
                    help=f"FP8 Q/DQ for {', '.join(FP8_GRAPHS)}, calibrated on pipeline runs")
-    p.add_argument("--calibrator", default="builtin", choices=CALIBRATORS,
+    p.add_argument("--calibrator", choices=CALIBRATORS,
                    help="FP8 calibration (with --fp8): builtin hooks, or NVIDIA ModelOpt's "
                         "mtq.quantize with the same recipe (pip install 'cinema-trt[quant]'); "
                         "both are max calibration over the same pipeline runs")
@@ -80,17 +82,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "the plugin takes fp16/bf16: use --dtype fp16 or bf16, or on "
                         "TensorRT 10 build an fp32 export with --precision fp16)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, **defaults(ExportOptions))
 
 
 def run(args: argparse.Namespace) -> int:
     from cinema_trt.export.calibration import ModelOptMissingError
     from cinema_trt.export.driver import format_summary
 
-    options = ExportOptions(preset=args.preset, out=args.out, weights=args.weights,
-                            stages=tuple(args.stages) if args.stages else None, fp8=args.fp8,
-                            progress=not args.quiet, calibrator=args.calibrator,
-                            attention_plugin=args.attention_plugin, dtype=args.dtype)
+    options = from_args(ExportOptions, args, progress=not args.quiet,
+                        stages=tuple(args.stages) if args.stages else None)
     try:
         results = export_from_options(options)
     except ModelOptMissingError as error:

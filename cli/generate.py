@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from .options import defaults, from_args
+
 if TYPE_CHECKING:
     from cinema_trt.models.pipeline import CinemaPipeline
     from cinema_trt.models.presets import CinemaConfig
@@ -158,27 +160,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--width", type=int)
     p.add_argument("--steps", type=int)
     p.add_argument("--guidance", type=float)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int)
     p.add_argument("--fps", type=int)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--attention", default="sdpa",
+    p.add_argument("--device")
+    p.add_argument("--attention",
                    help="sdpa | triton | triton_unfused | triton_int8")
-    p.add_argument("--runtime", default="torch", choices=("torch", "ort"))
+    p.add_argument("--runtime", choices=("torch", "ort"))
     p.add_argument("--onnx", type=Path,
                    help="for --runtime ort: an export folder or a `build --runtime ort` folder")
     p.add_argument("--url", help="HOST:PORT of a running server's gRPC endpoint (cinema-trt "
                                  "serve): generate there instead of in this process")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, **defaults(GenerateOptions))
 
 
 def run(args: argparse.Namespace) -> int:
-    options = GenerateOptions(
-        prompt=args.prompt, refs=tuple(args.refs), output=args.output, preset=args.preset,
-        weights=args.weights, frames=args.frames, height=args.height, width=args.width,
-        steps=args.steps, guidance=args.guidance, seed=args.seed, fps=args.fps,
-        device=args.device, attention=args.attention, runtime=args.runtime, onnx=args.onnx,
-        progress=not args.quiet, url=args.url)
+    options = from_args(GenerateOptions, args, refs=tuple(args.refs), progress=not args.quiet)
     if options.url is None:
         print(generate_video(options))
         return 0

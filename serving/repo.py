@@ -68,7 +68,7 @@ class RepositoryOptions:
     stage_placement: Placement = Placement()
     orchestrator_placement: Placement = Placement()
     version: int = 1
-    max_concurrency: int = 2  # requests one orchestrator instance runs at once
+    max_concurrency: int = protocol.MAX_CONCURRENCY
     torch_threads: int = 0  # per python stage model; 0 keeps torch's default
     copy_weights: bool = False  # copy instead of symlinking weights and artifacts
     overwrite: bool = False  # replace an existing repository built by this function
