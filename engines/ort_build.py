@@ -23,6 +23,7 @@ from pathlib import Path
 
 from cinema_trt.export.manifest import CARRIED_MANIFEST_KEY, EXTERNAL_DATA_FILE, MODEL_FILE
 from cinema_trt.export.manifest import read_manifest as read_export_manifest
+from cinema_trt.models.fileio import atomic_path
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import StageSpec
 
@@ -120,12 +121,8 @@ def copy_sidecars(export_dir: Path, out_dir: Path) -> list[Path]:
             continue
         target = out_dir / source.name
         if not (target.is_file() and filecmp.cmp(source, target, shallow=True)):
-            tmp = out_dir / f".{source.name}.{uuid.uuid4().hex}.tmp"
-            try:
+            with atomic_path(target) as tmp:  # a reader sees the old file or the new one
                 shutil.copy2(source, tmp)
-                os.replace(tmp, target)  # a reader sees the old file or the new one
-            finally:
-                tmp.unlink(missing_ok=True)
         copied.append(target)
     return copied
 

@@ -32,7 +32,7 @@ class ExportedStage:
     folder: Path
     onnx_path: Path
     config: CinemaConfig
-    precision: str  # the exporter's precision (fp32 or fp8)
+    precision: str  # the exporter's precision: fp32, fp16, bf16 (--dtype) or fp8 (--fp8)
 
 
 @dataclass(frozen=True)

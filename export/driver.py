@@ -55,9 +55,9 @@ logger = logging.getLogger(__name__)
 
 
 # fp16 graphs: their error to torch fp32 may be at most twice the error PyTorch itself
-# makes in fp16 on the same inputs (STYLE.md's rule for kernels; ORT's CPU provider runs fp16
-# graphs with fp32 casts around ops it has no fp16 kernel for; measured 0.2-1.05x on the
-# tiny and small presets).
+# makes in fp16 on the same inputs (the rule tests/kernels/test_triton_attention.py applies
+# to the kernels; ORT's CPU provider runs fp16 graphs with fp32 casts around ops it has no
+# fp16 kernel for; measured 0.2-1.05x on the tiny and small presets).
 FP16_ERROR_FACTOR = 2.0
 # bf16 graphs run upcast to fp32 (ORT's CPU provider has no bf16 kernels) against the module
 # with its parameters rounded to bf16: they compute the same function, except for the scalar

@@ -30,6 +30,7 @@ from cinema_trt.models.factory import (
     check_same_architecture,
     resolve_weights_config,
 )
+from cinema_trt.models.fileio import atomic_write
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import stage_specs
 from cinema_trt.models.stages import BY_NAME
@@ -102,7 +103,7 @@ def _place(source: Path, target: Path, copy: bool) -> None:
 
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    atomic_write(path, text)
 
 
 def _artifact(artifacts: Path, stage: str, backend: str) -> tuple[Path, list[Path]]:
