@@ -40,6 +40,9 @@ class GenerateOptions:
     onnx: Path | None = None  # export folder for runtime "ort"
     progress: bool = True
     url: str | None = None  # HOST:PORT of a Triton server's gRPC endpoint; None: in process
+    # --url: seconds without a message from the server before giving up (None: derived
+    # from the video's size, serving/client.py no_progress_timeout)
+    progress_timeout: float | None = None
 
 
 def build_pipeline(options: GenerateOptions, config: CinemaConfig) -> CinemaPipeline:
@@ -88,10 +91,12 @@ def generate_remote(options: GenerateOptions) -> Path:
         if not ref.is_file():
             raise FileNotFoundError(f"reference image not found: {ref}")
     mp4 = options.output.suffix.lower() == ".mp4"
-    # no deadline: a large preset may denoise for many minutes; Ctrl-C cancels instead
+    # no deadline: a large preset may denoise for many minutes; Ctrl-C cancels, and a dead
+    # server is noticed by the no-progress bound
     if options.url is None:
         raise ValueError("a served generate needs --url HOST:PORT")
-    client = CinemaClient(options.url, ClientOptions(timeout=None))
+    client = CinemaClient(options.url, ClientOptions(timeout=None,
+                                                     progress_timeout=options.progress_timeout))
     with tqdm(total=options.steps, desc="denoising", unit="step",
               disable=not options.progress) as bar:
         def progress(step: int, total: int) -> None:
@@ -170,6 +175,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="for --runtime ort: an export folder or a `build --runtime ort` folder")
     p.add_argument("--url", help="HOST:PORT of a running server's gRPC endpoint (cinema-trt "
                                  "serve): generate there instead of in this process")
+    p.add_argument("--progress-timeout", type=float,
+                   help="with --url: seconds without progress from the server before giving "
+                        "up (default: derived from the video's size)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run, **defaults(GenerateOptions))
 
@@ -179,14 +187,14 @@ def run(args: argparse.Namespace) -> int:
     if options.url is None:
         print(generate_video(options))
         return 0
-    from cinema_trt.serving.client import CinemaRequestError
+    from cinema_trt.serving.client import CinemaRequestError, ServerStalled
 
     try:
         print(generate_video(options))
     except CinemaRequestError as error:  # the server's message names the bad input
         log.error("the server rejected the request: %s", error)
         return 2
-    except ConnectionError as error:
+    except (ConnectionError, ServerStalled) as error:
         log.error("%s", error)
         return 1
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,19 +34,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--log-verbose", type=int, default=0, help="Triton's verbosity level")
     p.add_argument("--tritonserver", help="server binary (default: $TRITONSERVER, PATH, "
                                           "or the nvidia-pytriton wheel)")
+    p.add_argument("--admin-token", help="value of the `cinema-admin` header that unlocks "
+                   "model control and HTTP inference (default: $CINEMA_ADMIN_TOKEN, else a "
+                   "random token nobody outside knows)")
+    p.add_argument("--max-restarts", type=int, default=5,
+                   help="restarts after crashes within 10 minutes before giving up")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cinema_trt.serving.server import ServerConfig, ServerError, serve_forever
+    from cinema_trt.serving.server import ServerConfig, ServerError
+    from cinema_trt.serving.supervisor import RestartPolicy, serve_forever
 
     config = ServerConfig(
         repository=args.repository, host=args.host, http_port=args.http_port,
         grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         startup_timeout=args.startup_timeout, log_verbose=args.log_verbose,
-        log_level=logging.INFO, executable=args.tritonserver)
+        log_level=logging.INFO, executable=args.tritonserver,
+        admin_token=args.admin_token or os.environ.get("CINEMA_ADMIN_TOKEN"))
     try:
-        return serve_forever(config, on_ready=print_endpoints)
+        return serve_forever(config, on_ready=print_endpoints,
+                             policy=RestartPolicy(max_restarts=args.max_restarts))
     except ServerError as error:
         log.error("%s", error)
         return 1

@@ -9,7 +9,7 @@ may tie together dimensions whose examples are equal.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -142,7 +142,18 @@ def stage_exports(models: CinemaModels, stages: tuple[str, ...],
 # --- sample inputs ------------------------------------------------------------------------
 
 
-def _vision_inputs(models: CinemaModels, case: Case,
+class InputSource(Protocol):
+    """What `sample_inputs` reads of a `CinemaModels`: the config, and (for mllm_vision's
+    rotary tables) the HF model's config as `mllm.config`. No weights are needed."""
+
+    @property
+    def config(self) -> CinemaConfig: ...
+
+    @property
+    def mllm(self) -> Any: ...
+
+
+def _vision_inputs(models: InputSource, case: Case,
                    generator: torch.Generator) -> dict[str, torch.Tensor]:
     m = models.config.mllm
     grid = torch.tensor([[1, case["grid_h"], case["grid_w"]]] * case["images"])  # (K, 3)
@@ -195,7 +206,7 @@ def _text_positions(batch: int, seq: int) -> torch.Tensor:
     return positions
 
 
-def sample_inputs(models: CinemaModels, stage: str, case: Case,
+def sample_inputs(models: InputSource, stage: str, case: Case,
                   seed: int = 0) -> dict[str, torch.Tensor]:
     """Deterministic, realistic inputs for `stage` at the shape `case`."""
     generator = torch.Generator().manual_seed(seed)

@@ -77,7 +77,7 @@ class GenerationRequest:
         if not isinstance(self.refs, (tuple, list)):
             raise ValueError(f"refs must be a tuple of images, got {type(self.refs).__name__}")
         check_num_refs(len(self.refs), min(config.mllm.max_refs, config.dit.max_refs))
-        for i, ref in enumerate(self.refs):
+        for i, ref in enumerate(self.refs, start=1):  # 1-based: messages are for people
             _check_ref(i, ref)
         for name in INT_FIELDS:
             value = getattr(self, name)

@@ -72,5 +72,11 @@ class BlsRunner:
         if response.has_error():
             raise StageError(f"stage model {self.model_name!r} failed: "
                              f"{response.error().message()}")
-        return {name: from_triton(pb.get_output_tensor_by_name(response, name))
-                for name in self.spec.output_names}
+        outputs = {name: from_triton(pb.get_output_tensor_by_name(response, name))
+                   for name in self.spec.output_names}
+        for name, tensor in outputs.items():
+            # NaN from a broken stage would otherwise flow on and come back as a grey video
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise StageError(f"stage model {self.model_name!r} returned non-finite values "
+                                 f"in {name!r}; its weights or engine are broken")
+        return outputs

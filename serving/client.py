@@ -1,10 +1,14 @@
 """gRPC clients for the decoupled `cinema` model: `CinemaClient` (sync) and `AsyncCinemaClient`.
 
 Decoupled models answer only over gRPC bi-directional streams, so every call opens a
-stream, sends one request and reads `progress` responses until the final flag. Connection
-errors before the request is sent are retried; once it is sent nothing is retried (a
-generation is not idempotent in cost). Cancelling closes the stream with
-`cancel_requests`, which the server sees between denoising steps.
+stream, sends one request and reads `progress` responses until the final flag. A request
+that never started (server unreachable, the model not ready or being reloaded after a
+stub died, the stub gone before the first response) is retried with back-off; once a
+response arrived nothing is retried (a generation is not idempotent in cost). No client
+waits on a dead server: when no message arrives for `progress_timeout` seconds (default
+derived from the video's size) the call fails with `ServerStalled` and the request is
+cancelled. Cancelling closes the stream with `cancel_requests`, which the server sees
+between denoising steps.
 """
 
 from __future__ import annotations
@@ -34,12 +38,43 @@ class RequestCancelled(RuntimeError):
     """The caller cancelled the request before it finished."""
 
 
+class ServerStalled(TimeoutError):
+    """No message from the server for the no-progress bound: it died or hangs."""
+
+
+class _NotStarted(ConnectionError):
+    """The request failed before the server started it: safe to send again."""
+
+
+# the no-progress bound: a fixed allowance (prompt, MLLM, references, the MP4) plus time per
+# megapixel of video for the slowest gap (a denoising step or the VAE decode). 10x what the
+# CPU-only tiny preset needs on a loaded 2-core machine; far more than a GPU needs.
+STALL_BASE_S = 60.0
+STALL_PER_MEGAPIXEL_S = 60.0
+# the size assumed for dims a request leaves to the server (the cinema preset's defaults)
+DEFAULT_VIDEO = {"frames": 45, "height": 480, "width": 720}
+# errors of a request the server never started: the model is missing or not ready (a
+# reload after a stub died), or its stub is gone
+_NOT_STARTED = ("is not ready", "unknown model", "is not found", "not healthy")
+
+
+def no_progress_timeout(params: dict) -> float:
+    """Seconds to wait for the next message of a request with these parameters."""
+    dims = [params.get(k) or v for k, v in DEFAULT_VIDEO.items()]
+    return STALL_BASE_S + STALL_PER_MEGAPIXEL_S * dims[0] * dims[1] * dims[2] / 1e6
+
+
 @dataclass(frozen=True)
 class ClientOptions:
     timeout: float | None = 600.0  # seconds for a whole generation (None: no deadline)
-    connect_retries: int = 3  # attempts to reach a server that is not answering yet
+    connect_retries: int = 3  # attempts to reach a server, or to start a request
     retry_backoff: float = 0.5  # seconds, doubled after each failed attempt
     model_name: str = protocol.ORCHESTRATOR
+    # seconds without any message before the call fails (None: no_progress_timeout)
+    progress_timeout: float | None = None
+
+    def stall_bound(self, params: dict) -> float:
+        return self.progress_timeout or no_progress_timeout(params)
 
 
 @dataclass
@@ -74,13 +109,24 @@ def _infer_inputs(arrays: dict[str, np.ndarray]) -> list:
     return inputs
 
 
+def _started(state: GenerationResult) -> bool:
+    return bool(state.progress) or state.video is not None or state.mp4 is not None
+
+
+def _raise_for(message: str, status: str, state: GenerationResult) -> None:
+    if "DEADLINE_EXCEEDED" in status:
+        raise TimeoutError(f"generation did not finish in time: {message}")
+    if not _started(state) and ("UNAVAILABLE" in status
+                                or any(s in message for s in _NOT_STARTED)):
+        raise _NotStarted(message)
+    raise CinemaRequestError(message)
+
+
 def _consume(result, error, state: GenerationResult, progress: ProgressFn | None) -> bool:
     """Fold one stream message into `state`; True when it was the final response."""
     if error is not None:
         message = error.message() if hasattr(error, "message") else str(error)
-        if "DEADLINE_EXCEEDED" in str(getattr(error, "status", lambda: "")()):
-            raise TimeoutError(f"generation did not finish in time: {message}")
-        raise CinemaRequestError(message)
+        _raise_for(message, str(getattr(error, "status", lambda: "")() or ""), state)
     step = result.as_numpy("progress")
     if step is not None:
         state.progress.append((int(step[0]), int(step[1])))
@@ -101,6 +147,22 @@ def _check_complete(state: GenerationResult, outputs: tuple[str, ...]) -> Genera
     if missing:
         raise CinemaRequestError(f"the server finished the request without {missing}")
     return state
+
+
+def _stalled(url: str, bound: float) -> str:
+    return (f"no message from the server at {url} for {bound:.0f} s: it died or hangs; the "
+            "request was cancelled (the bound grows with the video's size; set "
+            "ClientOptions(progress_timeout=...) or --progress-timeout to change it)")
+
+
+def _video(state: GenerationResult) -> np.ndarray:
+    assert state.video is not None, "_check_complete ensures the requested outputs"
+    return state.video
+
+
+def _mp4(state: GenerationResult) -> bytes:
+    assert state.mp4 is not None, "_check_complete ensures the requested outputs"
+    return state.mp4
 
 
 def _requested(outputs: tuple[str, ...]) -> list:
@@ -152,9 +214,28 @@ class CinemaClient:
                outputs: tuple[str, ...] = ("video",), **params) -> GenerationResult:
         """Send one request and collect its responses; `cancel.set()` aborts it.
 
-        `outputs`: "video" (uint8 frames) and/or "mp4" (encoded on the server).
+        `outputs`: "video" (uint8 frames) and/or "mp4" (encoded on the server). Raises
+        `ServerStalled` when no message arrives for `ClientOptions.stall_bound(params)` s.
         """
         arrays = protocol.encode_request(prompt, references, "mp4" in outputs, **params)
+        bound = self.options.stall_bound(params)
+        delay = self.options.retry_backoff
+        for attempt in range(1, self.options.connect_retries + 1):
+            try:
+                return self._stream_once(arrays, outputs, progress, cancel, bound)
+            except _NotStarted as error:
+                if attempt == self.options.connect_retries:
+                    raise ConnectionError(f"the server at {self.url} did not start the request "
+                                          f"in {attempt} attempts: {error}") from None
+                log.info("request not started (attempt %d/%d): %s; retrying in %.1f s",
+                         attempt, self.options.connect_retries, error, delay)
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def _stream_once(self, arrays: dict[str, np.ndarray], outputs: tuple[str, ...],
+                     progress: ProgressFn | None, cancel: threading.Event | None,
+                     bound: float) -> GenerationResult:
         messages: queue.Queue = queue.Queue()
         client = self._connect()
         state = GenerationResult()
@@ -165,13 +246,17 @@ class CinemaClient:
             client.async_stream_infer(self.options.model_name, _infer_inputs(arrays),
                                       outputs=_requested(outputs),
                                       enable_empty_final_response=True)
+            last = time.monotonic()
             while not finished:
                 if cancel is not None and cancel.is_set():
                     raise RequestCancelled("request cancelled by the caller")
                 try:
                     result, error = messages.get(timeout=_POLL)
                 except queue.Empty:
+                    if time.monotonic() - last > bound:
+                        raise ServerStalled(_stalled(self.url, bound)) from None
                     continue
+                last = time.monotonic()
                 # error responses carry the final flag: mark that before _consume raises
                 finished = error is not None
                 finished = _consume(result, error, state, progress)
@@ -185,13 +270,13 @@ class CinemaClient:
     def generate(self, prompt, references, progress: ProgressFn | None = None,
                  cancel: threading.Event | None = None, **params) -> np.ndarray:
         """The generated video, uint8 (T, H, W, 3)."""
-        return self.stream(prompt, references, progress, cancel, **params).video
+        return _video(self.stream(prompt, references, progress, cancel, **params))
 
     def generate_mp4(self, prompt, references, progress: ProgressFn | None = None,
                      cancel: threading.Event | None = None, **params) -> bytes:
         """The generated video as H.264 MP4 bytes (encoded on the server)."""
-        return self.stream(prompt, references, progress, cancel, outputs=("mp4",),
-                           **params).mp4
+        return _mp4(self.stream(prompt, references, progress, cancel, outputs=("mp4",),
+                                **params))
 
 
 class AsyncCinemaClient:
@@ -227,9 +312,28 @@ class AsyncCinemaClient:
 
     async def stream(self, prompt, references, progress: ProgressFn | None = None,
                      outputs: tuple[str, ...] = ("video",), **params) -> GenerationResult:
-        import grpc
+        import asyncio
 
         arrays = protocol.encode_request(prompt, references, "mp4" in outputs, **params)
+        bound = self.options.stall_bound(params)
+        delay = self.options.retry_backoff
+        for attempt in range(1, self.options.connect_retries + 1):
+            try:
+                return await self._stream_once(arrays, outputs, progress, bound)
+            except _NotStarted as error:
+                if attempt == self.options.connect_retries:
+                    raise ConnectionError(f"the server at {self.url} did not start the request "
+                                          f"in {attempt} attempts: {error}") from None
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    async def _stream_once(self, arrays: dict[str, np.ndarray], outputs: tuple[str, ...],
+                           progress: ProgressFn | None, bound: float) -> GenerationResult:
+        import asyncio
+
+        import grpc
+
         # the aio API rejects the `triton_` parameter that asks for an empty final
         # response; the server closing the stream after our half-close marks the end
         request = {"model_name": self.options.model_name, "inputs": _infer_inputs(arrays),
@@ -243,13 +347,19 @@ class AsyncCinemaClient:
         state = GenerationResult()
         try:
             responses = client.stream_infer(one_request(), stream_timeout=self.options.timeout)
-            async for result, error in responses:
+            iterator = responses.__aiter__()
+            while True:
+                try:
+                    result, error = await asyncio.wait_for(iterator.__anext__(), bound)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    raise ServerStalled(_stalled(self.url, bound)) from None
                 _consume(result, error, state, progress)
             return _check_complete(state, outputs)
         except grpc.RpcError as error:  # aio raises raw gRPC errors (deadline, reset)
-            if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise TimeoutError(f"generation did not finish in time: {error}") from None
-            raise CinemaRequestError(str(error.details())) from None
+            _raise_for(str(error.details()), str(error.code()), state)
+            raise AssertionError("unreachable") from None
         finally:
             if responses is not None:
                 responses.cancel()  # no-op when finished; cancels on the server otherwise
@@ -257,9 +367,9 @@ class AsyncCinemaClient:
 
     async def generate(self, prompt, references, progress: ProgressFn | None = None,
                        **params) -> np.ndarray:
-        return (await self.stream(prompt, references, progress, **params)).video
+        return _video(await self.stream(prompt, references, progress, **params))
 
     async def generate_mp4(self, prompt, references, progress: ProgressFn | None = None,
                            **params) -> bytes:
-        return (await self.stream(prompt, references, progress, outputs=("mp4",),
-                                  **params)).mp4
+        return _mp4(await self.stream(prompt, references, progress, outputs=("mp4",),
+                                      **params))

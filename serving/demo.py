@@ -260,6 +260,7 @@ def _repository_step(options: DemoOptions, runtime: str, weights: Path, onnx: Pa
     placement = Placement("gpu", 1, (0,)) if runtime == "tensorrt" else Placement()
     repo_options = RepositoryOptions(runtime=runtime, stage_placement=placement)
     artifacts = engines if runtime == "tensorrt" else onnx
+    assert artifacts is not None, "the engines step ran when the runtime is tensorrt"
     # the repository links to the other steps' folders by absolute path: key on them too
     inputs = {"upstream": upstream, "options": repr(repo_options),
               "paths": [str(p.resolve()) for p in (weights, artifacts, onnx)]}
@@ -307,6 +308,7 @@ def _generate(url: str, options: DemoOptions, request, ref_paths):
                                guidance=request.guidance, seed=request.seed, fps=request.fps)
         seconds = time.perf_counter() - start
     output = options.output_path
+    assert result.mp4 is not None, "the client checks the requested outputs arrived"
     atomic_write(output, result.mp4)
     log.info("wrote %s (%d frames, %dx%d) in %.2f s", output, request.frames, request.width,
              request.height, seconds)

@@ -127,7 +127,7 @@ def _references(array: np.ndarray, config: CinemaConfig) -> tuple[np.ndarray, ..
     # count first: decoding K large images only to reject the request would waste time
     check_num_refs(len(array), min(config.mllm.max_refs, config.dit.max_refs))
     refs = []
-    for i, blob in enumerate(array):
+    for i, blob in enumerate(array, start=1):  # 1-based: the message is for people
         if not isinstance(blob, (bytes, bytearray)):
             raise ValueError(f"reference {i} must be encoded image bytes, got "
                              f"{type(blob).__name__}")
@@ -152,7 +152,7 @@ def decode_request(arrays: Mapping[str, np.ndarray], config: CinemaConfig) -> De
 
     _check_inputs(arrays)
     params = {name: _parameter(name, arrays[name]) for name in PARAMETERS if name in arrays}
-    return_mp4 = _parameter("return_mp4", arrays["return_mp4"]) \
+    return_mp4 = bool(_parameter("return_mp4", arrays["return_mp4"])) \
         if "return_mp4" in arrays else False
     request = GenerationRequest.with_defaults(config, _text(arrays["prompt"]),
                                               _references(arrays["references"], config),

@@ -35,6 +35,7 @@ from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import stage_specs
 from cinema_trt.models.stages import BY_NAME
 from cinema_trt.serving import protocol
+from cinema_trt.serving.stage_checks import limits_parameter
 from cinema_trt.serving.stage_model import (
     ENGINE_FOLDER,
     ONNX_FOLDER,
@@ -49,6 +50,7 @@ from cinema_trt.serving.triton_config import (
     stage_config,
     to_text,
 )
+from cinema_trt.serving.warmup import WARMUP_RUNTIMES, add_warmup
 
 log = logging.getLogger(__name__)
 
@@ -216,9 +218,12 @@ def _stage_model(repo: Path, stage: str, config: CinemaConfig, sources: _Sources
     parameters = {}
     if backend == "python":
         parameters["runtime"] = runtime
+        parameters["input_limits"] = limits_parameter(config)
         if options.torch_threads:
             parameters["torch_threads"] = str(options.torch_threads)
     pbtxt = stage_config(spec, backend, options.stage_placement, options.version, parameters)
+    if backend == "python" and runtime in WARMUP_RUNTIMES:
+        add_warmup(pbtxt, repo / stage, config, spec)
     _write(repo / stage / "config.pbtxt", to_text(pbtxt))
     version = repo / stage / str(options.version)
     _write(version / CONFIG_FILE, config.to_json())

@@ -13,6 +13,8 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import random
+import secrets
 import shutil
 import signal
 import socket
@@ -28,11 +30,20 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cinema_trt.serving.watchdog import ModelControl, StubWatchdog
+
 LOG = logging.getLogger(__name__)
 SERVER_LOG = logging.getLogger("cinema_trt.serving.tritonserver")
 LOOPBACK = "127.0.0.1"
 # error lines every CPU-only start prints (no CUDA driver, no NVML): not worth a warning
 BENIGN_ERRORS = ("CudaDriverHelper has not been initialized", "Failed to initialize NVML")
+# The header that unlocks the restricted APIs (over gRPC Triton expects it with the prefix
+# `triton-grpc-protocol-`). Model control, shared-memory registration, trace and logging
+# settings are admin-only; so is HTTP inference: our clients speak gRPC, and Triton 2.51's
+# HTTP JSON parser allocates the declared shape before checking it (a 1.3 KB request
+# declaring [1, 1e8, 64] FP32 aborts the server with std::bad_alloc).
+ADMIN_HEADER = "cinema-admin"
+ADMIN_APIS = ("model-repository", "shared-memory", "trace", "logging")
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,11 @@ class ServerConfig:
     shm_growth_bytes: int = 64 << 20
     executable: str | None = None
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    # the value of the admin header; None: a random token per server (TritonServer.admin)
+    admin_token: str | None = None
+    http_inference: bool = False  # True: anyone may infer over HTTP (JSON included)
+    watchdog: bool = True  # reload models whose stub died (serving/watchdog.py)
+    model_load_timeout: float = 120.0  # seconds a watchdog reload may take
 
 
 @dataclass(frozen=True)
@@ -80,11 +96,40 @@ class ServerError(RuntimeError):
     """The server did not start, or died."""
 
 
+PORT_RANGE_VARIABLE = "CINEMA_PORT_RANGE"  # "LOW-HIGH": free ports are taken from it
+
+
+def _port_range() -> range | None:
+    text = os.environ.get(PORT_RANGE_VARIABLE)
+    if not text:
+        return None
+    try:
+        low, high = (int(part) for part in text.split("-"))
+    except ValueError:
+        raise ValueError(f"${PORT_RANGE_VARIABLE}={text!r} must be LOW-HIGH, e.g. "
+                         "18100-18299") from None
+    if not 0 < low <= high < 65536:
+        raise ValueError(f"${PORT_RANGE_VARIABLE}={text!r}: need 0 < LOW <= HIGH < 65536")
+    return range(low, high + 1)
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """A port the OS considers free right now (another process may still take it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A port the OS considers free right now (another process may still take it); from
+    $CINEMA_PORT_RANGE when set (machines shared by several users), else any."""
+    ports = _port_range()
+    if ports is None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            return sock.getsockname()[1]
+    start = random.randrange(len(ports))  # two launchers rarely probe the same port first
+    for port in (ports[(start + i) % len(ports)] for i in range(len(ports))):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise ServerError(f"no free port in ${PORT_RANGE_VARIABLE}={ports.start}-{ports.stop - 1}")
 
 
 def _pytriton_root() -> Path | None:
@@ -155,8 +200,9 @@ def server_environment(binary: Path) -> dict[str, str]:
     libdir = sysconfig.get_config_var("LIBDIR")
     if libdir and any(Path(libdir).glob("libpython3*.so*")):
         library_path.append(libdir)
-    if _is_wheel_binary(binary):
-        library_path.append(str(_pytriton_root().parent / "nvidia_pytriton.libs"))
+    root = _pytriton_root()
+    if root is not None and _is_wheel_binary(binary):
+        library_path.append(str(root.parent / "nvidia_pytriton.libs"))
     if env.get("LD_LIBRARY_PATH"):
         library_path.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = os.pathsep.join(library_path)
@@ -165,8 +211,15 @@ def server_environment(binary: Path) -> dict[str, str]:
     return env
 
 
+def restriction_args(token: str, http_inference: bool) -> list[str]:
+    """Admin-only APIs behind the `cinema-admin` header (ADMIN_APIS; see ADMIN_HEADER)."""
+    http = ",".join((*ADMIN_APIS, *(() if http_inference else ("inference",))))
+    return [f"--http-restricted-api={http}:{ADMIN_HEADER}={token}",
+            f"--grpc-restricted-protocol={','.join(ADMIN_APIS)}:{ADMIN_HEADER}={token}"]
+
+
 def server_command(config: ServerConfig, binary: Path, backends: Path,
-                   ports: Endpoints) -> list[str]:
+                   ports: Endpoints, admin_token: str) -> list[str]:
     shm_prefix = f"cinema_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
     return [
         str(binary),
@@ -178,6 +231,9 @@ def server_command(config: ServerConfig, binary: Path, backends: Path,
         # our configs are complete: skip the extra stub launch per model that auto-complete costs
         "--disable-auto-complete-config",
         "--exit-on-error=true",
+        # explicit control (every model loaded at start) lets the watchdog reload one model
+        "--model-control-mode=explicit", "--load-model=*",
+        *restriction_args(admin_token, config.http_inference),
         f"--exit-timeout-secs={max(1, int(config.stop_timeout) - 2)}",
         f"--log-verbose={config.log_verbose}",
         # unique shared-memory names: other servers may run on the same machine
@@ -202,6 +258,8 @@ class TritonServer:
         self._log_tail: collections.deque[str] = collections.deque(maxlen=60)
         self._log_thread: threading.Thread | None = None
         self._workdir: tempfile.TemporaryDirectory | None = None
+        self.admin_token = config.admin_token or secrets.token_hex(16)
+        self.watchdog: StubWatchdog | None = None
 
     def _pick_endpoints(self) -> Endpoints:
         c = self.config
@@ -235,7 +293,8 @@ class TritonServer:
         return self
 
     def _launch(self, binary: Path, backends: Path) -> None:
-        command = server_command(self.config, binary, backends, self.endpoints)
+        command = server_command(self.config, binary, backends, self.endpoints,
+                                 self.admin_token)
         LOG.info("starting %s on %s", binary, self.config.repository)
         LOG.debug("command: %s", " ".join(command))
         self._log_tail.clear()
@@ -247,9 +306,26 @@ class TritonServer:
                                             name="tritonserver-log")
         self._log_thread.start()
         self._wait_ready()
+        if self.config.watchdog:
+            control = ModelControl(self.endpoints.grpc, self.admin_headers,
+                                   self.config.model_load_timeout)
+            self.watchdog = StubWatchdog(self._process.pid, control).start()
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """gRPC headers for the admin-only protocols (model control: load_model, ...)."""
+        return {f"triton-grpc-protocol-{ADMIN_HEADER}": self.admin_token}
+
+    @property
+    def admin_http_headers(self) -> dict[str, str]:
+        """HTTP headers for the admin-only APIs (and HTTP inference, restricted by default)."""
+        return {ADMIN_HEADER: self.admin_token}
 
     def stop(self, keep_workdir: bool = False) -> None:
         """SIGINT (Triton drains in-flight requests), then SIGKILL after `stop_timeout`."""
+        if self.watchdog is not None:
+            self.watchdog.stop()
+            self.watchdog = None
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGINT)
@@ -301,11 +377,13 @@ class TritonServer:
         return None if self._process is None else self._process.pid
 
     def _wait_ready(self) -> None:
+        process, log_thread = self._process, self._log_thread
+        assert process is not None and log_thread is not None, "_launch starts both"
         deadline = time.monotonic() + self.config.startup_timeout
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                self._log_thread.join(timeout=5)
-                raise ServerError(f"tritonserver exited with code {self._process.returncode} "
+            if process.poll() is not None:
+                log_thread.join(timeout=5)
+                raise ServerError(f"tritonserver exited with code {process.returncode} "
                                   f"during startup; last log lines:\n{self.log_tail}")
             if self.is_ready():
                 return
@@ -322,39 +400,3 @@ class TritonServer:
             # Triton prefixes its lines with the severity letter: surface errors
             error = line.startswith("E") and not any(b in line for b in BENIGN_ERRORS)
             SERVER_LOG.log(logging.WARNING if error else self.config.log_level, "%s", line)
-
-
-def serve_forever(config: ServerConfig, stop: threading.Event | None = None,
-                  on_ready=None) -> int:
-    """Run the server until it exits, `stop` is set, or Ctrl-C; returns an exit code.
-
-    `on_ready(server)` is called once the server is ready (the CLI prints the endpoints).
-    """
-    stop = stop or threading.Event()
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        # `kill <pid>` must stop the server too, not orphan it
-        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        return _serve(config, stop, on_ready)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _serve(config: ServerConfig, stop: threading.Event, on_ready) -> int:
-    with TritonServer(config) as server:
-        if on_ready is not None:
-            on_ready(server)
-        try:
-            while server.running and not stop.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            LOG.info("Ctrl-C: stopping tritonserver")
-            return 0
-        if not server.running:
-            code = server.returncode
-            LOG.error("tritonserver exited on its own with code %s; last log lines:\n%s",
-                      code, server.log_tail)
-            return 1
-    return 0

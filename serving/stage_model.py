@@ -36,6 +36,12 @@ from cinema_trt.models.runner import Runner, TorchRunner
 from cinema_trt.models.specs import stage_specs
 from cinema_trt.models.stages import BY_NAME
 from cinema_trt.serving.bls import from_triton, log_to_stderr, pb_utils, to_triton
+from cinema_trt.serving.stage_checks import (
+    InvalidInput,
+    check_declared,
+    check_values,
+    parse_limits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +144,17 @@ class TritonPythonModel:
         threads = int(parameters.get("torch_threads", {}).get("string_value", "0"))
         if threads > 0:
             torch.set_num_threads(threads)
+        # written by the repository builder (serving/stage_checks.py symbol_limits)
+        if "input_limits" not in parameters:
+            raise ValueError(f"stage {self.stage!r}: config.pbtxt has no input_limits "
+                             "parameter; rebuild the repository (cinema-trt repo)")
+        self.limits = parse_limits(parameters["input_limits"]["string_value"])
         folder = Path(args["model_repository"]) / args["model_version"]
         device = _instance_device(args)
         self.runner = load_stage_runner(folder, self.stage, device, runtime)
-        self.spec = stage_specs(read_weights_config(folder))[self.stage]
+        config = read_weights_config(folder)
+        self.spec = stage_specs(config)[self.stage]
+        self.vocab_size = config.mllm.vocab_size
         log.info("stage %s loaded from %s (%s on %s)", self.stage, folder, runtime, device)
 
     def execute(self, requests):
@@ -149,11 +162,19 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                inputs = {name: from_triton(pb.get_input_tensor_by_name(request, name))
-                          for name in self.spec.input_names}
+                tensors = {name: pb.get_input_tensor_by_name(request, name)
+                           for name in self.spec.input_names}
+                # shapes first: bounded before the data is read (serving/stage_checks.py)
+                check_declared(self.spec, {n: t.shape() for n, t in tensors.items()},
+                               self.limits)
+                inputs = {name: from_triton(tensor) for name, tensor in tensors.items()}
+                check_values(self.spec, inputs, self.vocab_size)
                 outputs = self.runner.run(inputs)
                 responses.append(pb.InferenceResponse(
                     [to_triton(name, outputs[name]) for name in self.spec.output_names]))
+            except InvalidInput as error:  # the client's fault: 400 / INVALID_ARGUMENT
+                responses.append(pb.InferenceResponse(error=pb.TritonError(
+                    f"invalid request: {error}", pb.TritonError.INVALID_ARG)))
             except (ValueError, RuntimeError, KeyError) as error:
                 # shape or content errors of this request: report them, keep serving
                 responses.append(pb.InferenceResponse(

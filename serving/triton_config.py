@@ -53,6 +53,11 @@ class Placement:
         return cls("gpu", count, tuple(gpus)) if gpus else cls("cpu", count)
 
 
+def model_config_pb2():
+    """Triton's model_config_pb2 module (from tritonclient)."""
+    return _pb()
+
+
 def _pb():
     try:
         from tritonclient.grpc import model_config_pb2

@@ -63,6 +63,55 @@ def test_a_request_the_server_rejects_exits_2_with_its_message(server, tmp_path,
     assert CinemaClient(server.endpoints.grpc).is_ready()
 
 
+def _dit_calls(url: str) -> int:
+    import tritonclient.grpc as grpcclient
+
+    triton = grpcclient.InferenceServerClient(url)
+    try:
+        return triton.get_inference_statistics("dit").model_stats[0].execution_count
+    finally:
+        triton.close()
+
+
+def test_a_dying_orchestrator_ends_the_call_after_the_progress_timeout(server, tmp_path,
+                                                                      caplog):
+    import os
+    import signal
+    import threading
+    import time
+
+    from cinema_trt.serving.watchdog import live_stubs
+
+    url, killed = server.endpoints.grpc, []
+    before = _dit_calls(url)
+
+    def kill_once_denoising():  # the request was accepted and is running its steps
+        deadline = time.monotonic() + 60
+        while _dit_calls(url) == before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.kill(live_stubs(server.pid)["cinema_0_0"], signal.SIGKILL)
+        killed.append(time.monotonic())
+
+    # Triton 2.51 sends the stream of a dead orchestrator nothing: only the bound ends it
+    killer = threading.Thread(target=kill_once_denoising)
+    killer.start()
+    long_request = [*COMMON[:-1], "1000"]  # --steps 1000: still running when killed
+    code = main(long_request + ["--quiet", "--url", url, "--progress-timeout", "5",
+                                "-o", str(tmp_path / "v.mp4")])
+    ended = time.monotonic()
+    killer.join()
+    assert code == 1
+    assert "no message from the server" in caplog.text and "for 5 s" in caplog.text
+    # the bound runs from the last progress message, a step (~10 ms) before the kill
+    assert 4.5 <= ended - killed[0] < 5 + 10, ended - killed[0]
+    deadline = time.monotonic() + 30  # the watchdog brings the orchestrator back
+    while not CinemaClient(url).is_ready() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    caplog.clear()
+    assert main(COMMON + ["--quiet", "--url", url, "-o", str(tmp_path / "after.mp4")]) == 0, \
+        caplog.text
+
+
 def test_flags_that_choose_the_local_model_are_refused_with_url(tmp_path, caplog):
     code = main(COMMON + ["--url", "127.0.0.1:1", "--runtime", "ort", "--onnx", str(tmp_path),
                           "-o", str(tmp_path / "v.mp4")])

@@ -187,7 +187,7 @@ BAD_REQUESTS = (
                 "got 5 reference images; between 1 and 4 are supported"),
     RequestCase("reference-aspect-300", lambda png: request_arrays(
         png, references=_bytes(encode_png(np.zeros((1, 300, 3), np.uint8)))),
-        "reference 0 is 300x1; the long side may be at most 200x the short one"),
+        "reference 1 is 300x1; the long side may be at most 200x the short one"),
     # sizes: explicit caps (models/pipeline.py MAX_SIDE, MAX_FRAMES, MAX_VIDEO_PIXELS)
     RequestCase("height-4096", lambda png: request_arrays(png, height=_one(4096, np.int32)),
                 "height=4096 exceeds the maximum of 2048 pixels"),

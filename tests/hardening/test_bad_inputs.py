@@ -23,7 +23,7 @@ def test_every_bad_image_is_refused_by_load_image(bad_image):
 def test_a_bad_image_as_a_reference_names_its_index(png, bad_image):
     arrays = {"prompt": np.array([b"a toy"], dtype=np.object_),
               "references": np.array([png, bad_image.data], dtype=np.object_)}
-    with pytest.raises(ValueError, match=f"reference 1: image bytes: {bad_image.message}"):
+    with pytest.raises(ValueError, match=f"reference 2: image bytes: {bad_image.message}"):
         decode_request(arrays, TINY)
 
 

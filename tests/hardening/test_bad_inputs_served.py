@@ -27,7 +27,7 @@ def test_every_bad_image_gets_one_specific_error(served, raw_infer, png, bad_ima
     arrays = {"prompt": np.array([b"a toy"], dtype=np.object_),
               "references": np.array([png, bad_image.data], dtype=np.object_)}
     message = _refusal(raw_infer(served.endpoints.grpc, arrays))
-    assert re.search(f"invalid request: reference 1: image bytes: {bad_image.message}",
+    assert re.search(f"invalid request: reference 2: image bytes: {bad_image.message}",
                      message), message
     assert served.running and served.is_ready()
 

@@ -170,4 +170,4 @@ def test_any_bytes_as_a_reference_are_refused_by_index_or_accepted(data):
     try:
         decode_request(arrays, TINY)
     except ValueError as error:
-        assert str(error).startswith("reference 1: "), error
+        assert str(error).startswith("reference 2: "), error

@@ -90,7 +90,7 @@ def test_reference_count_outside_1_to_4_is_rejected(pipeline, refs, k):
 
 
 def test_references_must_be_rgb_uint8(pipeline, refs):
-    with pytest.raises(ValueError, match="reference 1 must be a uint8"):
+    with pytest.raises(ValueError, match="reference 2 must be a uint8"):
         pipeline.generate(request([refs[0], refs[1].astype(np.float32)]))
 
 

@@ -222,7 +222,7 @@ def test_a_deadline_raises_timeout_and_the_server_drops_the_request(server, ref_
 @pytest.mark.parametrize("case,message", [
     ("no references", "invalid request: got 0 reference images"),
     ("too many references", "invalid request: got 5 reference images"),
-    ("corrupt image bytes", "invalid request: reference 1: .*not a readable image"),
+    ("corrupt image bytes", "invalid request: reference 2: .*not a readable image"),
     ("unsupported size", "invalid request: height=40 must be a positive multiple of 16"),
     ("non-UTF-8 prompt", "invalid request: prompt is not valid UTF-8"),
     ("zero steps", "invalid request: steps=0 must be in 1..1000"),

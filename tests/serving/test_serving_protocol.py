@@ -77,7 +77,7 @@ def _bad(refs, case):
 @pytest.mark.parametrize("case,message", [
     ("no references", "got 0 reference images; between 1 and 4"),
     ("too many references", "got 5 reference images; between 1 and 4"),
-    ("corrupt image bytes", "reference 1: .*not a readable image"),
+    ("corrupt image bytes", "reference 2: .*not a readable image"),
     ("unsupported size", "height=40 must be a positive multiple of 16"),
     ("non-UTF-8 prompt", "prompt is not valid UTF-8"),
     ("zero steps", "steps=0 must be in 1..1000"),

@@ -1,0 +1,68 @@
+"""`model_warmup` for the stage models: the server reports a stage ready only after one real
+execution at the shapes of a request at the preset's defaults, so the first client does
+not pay for lazy initialization (allocator growth, kernel selection, torch's first call).
+
+Warm-up inputs must pass the stage's own boundary checks (serving/stage_checks.py): float
+inputs are zeros, masks are ones, token ids are small ids inside the vocabulary; the
+MLLM runs text only (0 images), as the unconditional pass of every request does. Files
+Triton reads for warm-up live in `<model>/warmup/` (raw little-endian bytes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cinema_trt.models.presets import CinemaConfig
+from cinema_trt.models.specs import StageSpec, resolve, video_dims
+
+WARMUP_FOLDER = "warmup"  # Triton looks for input_data_file here, under the model folder
+# runtimes whose stages accept any size: engines (TensorRT plans, or the onnxruntime and
+# tensorrt backends) are built for a profile that may not hold the preset's default size
+WARMUP_RUNTIMES = ("torch", "ort")
+WARMUP_TOKENS = 16
+
+
+def warmup_shapes(config: CinemaConfig, spec: StageSpec) -> dict[str, tuple[int, ...]]:
+    """Input shapes of the stage's calls for one request at the sampler's defaults."""
+    s = config.sampler
+    values = {**video_dims(config, s.frames, s.height, s.width, refs=1),
+              "seq": WARMUP_TOKENS, "patches": 0, "images": 0,
+              "batch": 2 if spec.name == "dit" else 1}  # the DiT runs CFG's two halves
+    if spec.name == "vae_encoder":
+        values["frames"] = 1  # references are encoded as single frames
+    return {t.name: resolve(t, values) for t in spec.inputs}
+
+
+def warmup_arrays(config: CinemaConfig, spec: StageSpec) -> dict[str, np.ndarray | None]:
+    """The data of each input; None means zeros (Triton's `zero_data`)."""
+    arrays: dict[str, np.ndarray | None] = {}
+    for name, shape in warmup_shapes(config, spec).items():
+        if name.endswith("attention_mask"):
+            arrays[name] = np.ones(shape, np.int64)
+        elif name == "input_ids":
+            arrays[name] = (np.arange(np.prod(shape), dtype=np.int64) % config.mllm.vocab_size
+                            ).reshape(shape)
+        else:
+            arrays[name] = None
+    return arrays
+
+
+def add_warmup(pbtxt, model_dir: Path, config: CinemaConfig, spec: StageSpec) -> None:
+    """One warm-up request in the ModelConfig `pbtxt`; data files under `model_dir`."""
+    from cinema_trt.serving.triton_config import TORCH_TO_TRITON, model_config_pb2
+
+    Input = model_config_pb2().ModelWarmup.Input
+    shapes, arrays = warmup_shapes(config, spec), warmup_arrays(config, spec)
+    warmup = pbtxt.model_warmup.add(name="first_request", batch_size=1, count=1)
+    for tensor in spec.inputs:
+        kind = {"data_type": TORCH_TO_TRITON[tensor.dtype], "dims": shapes[tensor.name]}
+        data = arrays[tensor.name]
+        if data is None:
+            warmup.inputs[tensor.name].CopyFrom(Input(**kind, zero_data=True))
+            continue
+        path = model_dir / WARMUP_FOLDER / tensor.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data.astype(data.dtype.newbyteorder("<")).tobytes())
+        warmup.inputs[tensor.name].CopyFrom(Input(**kind, input_data_file=tensor.name))

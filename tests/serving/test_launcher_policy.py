@@ -1,0 +1,67 @@
+"""The launcher's policies, without a server: ports from $CINEMA_PORT_RANGE, the admin-only
+APIs, the supervisor's back-off, the client's no-progress bound and which failures it
+retries (only requests the server never started)."""
+
+import pytest
+
+from cinema_trt.serving.client import (
+    CinemaRequestError,
+    GenerationResult,
+    _NotStarted,
+    _raise_for,
+    no_progress_timeout,
+)
+from cinema_trt.serving.server import free_port, restriction_args
+from cinema_trt.serving.supervisor import RestartPolicy
+
+
+def test_free_ports_come_from_the_configured_range(monkeypatch):
+    monkeypatch.setenv("CINEMA_PORT_RANGE", "18290-18299")
+    assert all(18290 <= free_port() <= 18299 for _ in range(20))
+
+
+@pytest.mark.parametrize("text", ["18100", "a-b", "18200-18100", "0-10"])
+def test_a_malformed_port_range_is_named(monkeypatch, text):
+    monkeypatch.setenv("CINEMA_PORT_RANGE", text)
+    with pytest.raises(ValueError, match="CINEMA_PORT_RANGE"):
+        free_port()
+
+
+def test_model_control_and_http_inference_are_admin_only():
+    http, grpc = restriction_args("t0ken", http_inference=False)
+    assert http == ("--http-restricted-api=model-repository,shared-memory,trace,logging,"
+                    "inference:cinema-admin=t0ken")
+    # gRPC inference stays open: the public `cinema` model is decoupled, gRPC only
+    assert grpc == ("--grpc-restricted-protocol=model-repository,shared-memory,trace,"
+                    "logging:cinema-admin=t0ken")
+    assert "inference" not in restriction_args("t", http_inference=True)[0]
+
+
+def test_restarts_back_off_doubling_up_to_the_cap():
+    policy = RestartPolicy(backoff=1.0, max_backoff=30.0)
+    assert [policy.delay(n) for n in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+    with pytest.raises(ValueError, match="backoff <= max_backoff"):
+        RestartPolicy(backoff=5.0, max_backoff=1.0)
+
+
+def test_the_no_progress_bound_grows_with_the_video():
+    small = no_progress_timeout({"frames": 5, "height": 32, "width": 32})
+    large = no_progress_timeout({"frames": 45, "height": 480, "width": 720})
+    assert 60 < small < 61 and large == pytest.approx(60 + 60 * 45 * 480 * 720 / 1e6)
+    assert no_progress_timeout({}) == large  # unset dims: the cinema preset's defaults
+
+
+@pytest.mark.parametrize("message,status,started,retried", [
+    ("failed to connect to all addresses", "StatusCode.UNAVAILABLE", False, True),
+    ("stage model 'dit' failed: ... Model 'dit' is not ready.", "", False, True),
+    ("Stub process 'cinema_0_0' is not healthy.", "StatusCode.INTERNAL", False, True),
+    ("Request for unknown model: 'cinema' is not found", "", False, True),
+    ("invalid request: steps=0 must be in 1..1000", "", False, False),
+    # after progress the request ran: never sent twice
+    ("stage model 'dit' failed: ... Model 'dit' is not ready.", "", True, False),
+])
+def test_only_requests_the_server_never_started_are_retried(message, status, started,
+                                                            retried):
+    state = GenerationResult(progress=[(1, 2)] if started else [])
+    with pytest.raises(_NotStarted if retried else CinemaRequestError):
+        _raise_for(message, status, state)
