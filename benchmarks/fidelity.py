@@ -55,20 +55,25 @@ def _runtimes(models, folders: Mapping[str, Path]) -> dict[str, dict]:
     from cinema_trt.export.mllm_split import composed_mllm_runner
     from cinema_trt.export.ort import OrtRunner, ort_runners
     from cinema_trt.models.factory import torch_runners
+    from cinema_trt.models.stages import BY_NAME, FP8_GRAPHS
+
+    mllm_stage = BY_NAME["mllm"]
 
     fp8 = ort_runners(folders["fp8"])
-    mllm = composed_mllm_runner(OrtRunner(folders["fp32"] / "mllm_vision"),
-                                OrtRunner(folders["fp8"] / "mllm_text"),
-                                folders["fp8"] / "mllm_text")
+    # the vision graph has no FP8 recipe: fp32; the text graph and its glue FP8
+    vision, text = (OrtRunner(folders["fp8" if g in FP8_GRAPHS else "fp32"] / g)
+                    for g in mllm_stage.graphs)
+    mllm = composed_mllm_runner(vision, text, folders["fp8"] / mllm_stage.glue)
     return {"ort_fp32": ort_runners(folders["fp32"]), "ort_fp16": ort_runners(folders["fp16"]),
             "ort_fp8": {**torch_runners(models), **fp8, "mllm": mllm}}
 
 
 def _export(config, work: Path) -> dict[str, Path]:
     from cinema_trt.export.driver import export_stages
+    from cinema_trt.models.stages import FP8_GRAPHS
 
     plans: dict[str, dict[str, Any]] = {"fp32": {}, "fp16": {"dtype": "fp16"},
-             "fp8": {"stages": ["dit", "connector", "mllm_text"], "fp8": True}}
+             "fp8": {"stages": list(FP8_GRAPHS), "fp8": True}}
     folders = {}
     for name, options in plans.items():
         folders[name] = work / f"onnx-{name}"

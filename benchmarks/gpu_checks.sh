@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU checks of issues #4/#5 in one command, for a CUDA machine without internet (the
-# project's lent H100/H200 image: torch, triton, transformers, onnx, onnxruntime, pytest;
-# no TensorRT). Run from the repository root:
+# The GPU checks in one command, for a CUDA machine without internet that already has
+# torch, triton, transformers, onnx, onnxruntime and pytest (TensorRT optional: its tests
+# skip without it). Run from the repository root:
 #
 #     bash benchmarks/gpu_checks.sh OUT_DIR
 #
@@ -11,7 +11,7 @@
 # 3. runs the attention benchmark at the cinema shapes (JSON + markdown naming the GPU);
 # 4. times the small preset's pipeline in eager PyTorch on the GPU, fp32/fp16/bf16.
 # Commit the JSON/markdown results under benchmarks/results/ with the device named.
-# Eight files land in OUT_DIR: three logs and five results (the device tool's limit).
+# Eight files land in OUT_DIR: three logs and five results.
 set -uo pipefail
 out="${1:?usage: bash benchmarks/gpu_checks.sh OUT_DIR}"
 mkdir -p "$out"

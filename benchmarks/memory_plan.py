@@ -6,8 +6,8 @@ activation and persistent device memory, read from the TensorRT log; no GPU need
 is tested on small numbers; `memory_run.py` produces the figures.
 
 The extrapolation model, stage by stage, from builds at two depths d1 < d2 of the same
-width (`dit` blocks, `mllm_text` layers, `mllm_vision` blocks; the other stages are built
-whole):
+width (DiT blocks, MLLM text layers, MLLM vision blocks: DEPTH_FIELDS in models/stages.py;
+the other stages are built whole):
 - weights: every block has the same parameters, so the engine's weights are
   `base + depth * per_block`; two builds give both, W(L) = W(d2) + (L - d2) * (W(d2) -
   W(d1)) / (d2 - d1). Persistent device memory (per-layer tactic state) is extrapolated the
@@ -25,7 +25,7 @@ whole):
 The pipeline's peak (engines run one stage at a time and share one activation region,
 as `TensorRTRunner` does; see engines/README.md):
 - MLLM kept: every engine's weights and persistent memory + the largest activation.
-- MLLM released after encoding: phase 1 (ENCODE_STAGES: mllm_vision, mllm_text,
+- MLLM released after encoding: phase 1 (ENCODE_STAGES: the MLLM's graphs,
   connector, vae_encoder) holds its engines; the MLLM's are freed before the DiT and the
   VAE decoder are loaded for phase 2 (the connector and VAE encoder are small and stay).
   Peak = max over the phases of (resident engines' weights + persistent + that phase's
@@ -38,11 +38,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from cinema_trt.models.stages import BY_NAME, graphs_of
+
 GIB = 2**30
 CARDS_GIB = (24, 48, 80)
-ENCODE_STAGES = ("mllm_vision", "mllm_text", "connector", "vae_encoder")
-DENOISE_STAGES = ("dit", "vae_decoder")
-MLLM_STAGES = ("mllm_vision", "mllm_text")
+ENCODE_STAGES = graphs_of(("mllm", "connector", "vae_encoder"))
+DENOISE_STAGES = graphs_of(("dit", "vae_decoder"))
+MLLM_STAGES = BY_NAME["mllm"].graphs
 PIPELINE_STAGES = ENCODE_STAGES + DENOISE_STAGES
 # the model in one paragraph per point, carried by every record (see the module docstring)
 MODEL_NOTE = (

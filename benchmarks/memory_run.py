@@ -20,16 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from cinema_trt.models.presets import CinemaConfig, Precision, SamplerConfig, get_preset
+from cinema_trt.models.stages import DEPTH_FIELDS, FP8_GRAPHS, GRAPHS
 
 from .memory_plan import EngineMemory, StagePlan, extrapolate
 
 log = logging.getLogger(__name__)
 
-# stage -> (config section, field) holding its depth; stages not listed are built whole
-DEPTH_FIELDS = {"dit": ("dit", "depth"), "mllm_text": ("mllm", "num_layers"),
-                "mllm_vision": ("mllm", "vision_depth")}
-FP8_STAGES = ("mllm_text", "connector", "dit")  # the FP8 recipes (export/fp8.py RECIPES)
-ALL_STAGES = ("mllm_vision", "mllm_text", "connector", "vae_encoder", "dit", "vae_decoder")
+# DEPTH_FIELDS: graph -> (config section, field) holding its depth; others are built whole
+FP8_STAGES = FP8_GRAPHS  # the FP8 recipes (export/fp8.py RECIPES)
+ALL_STAGES = GRAPHS
 PLANS = ("fp16", "fp8")
 # FP8 calibration runs the pipeline on the config's sampler defaults (export/calibration.py);
 # at the paper's 45 x 480 x 720 that is hours per step on a CPU, so the reduced configs

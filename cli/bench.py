@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from .options import defaults, from_args
+
 log = logging.getLogger(__name__)
 
 def _names(text: str) -> tuple[str, ...]:
@@ -15,30 +17,29 @@ def _names(text: str) -> tuple[str, ...]:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from cinema_trt.benchmarks.config import PRECISIONS, RESULTS_DIR, RUNTIMES, BenchConfig
 
-    defaults = BenchConfig.__dataclass_fields__
     p = subparsers.add_parser(
         "bench", help="latency of every stage and the whole request, per runtime",
         description="Captures the stage inputs of one request (the preset's defaults), "
                     "then times each stage and the whole pipeline on every runtime and "
                     "precision available here. Writes <machine>-<preset>-<date>.json/.md/.png.")
-    p.add_argument("--preset", default=defaults["preset"].default, help="tiny | small | cinema")
-    p.add_argument("--runtimes", type=_names, default=RUNTIMES,
+    p.add_argument("--preset", help="tiny | small | cinema (default %(default)s)")
+    p.add_argument("--runtimes", type=_names,
                    help=f"comma-separated, from {','.join(RUNTIMES)} (default: all; "
                         "unavailable ones are skipped with a note)")
-    p.add_argument("--precisions", type=_names, default=PRECISIONS,
+    p.add_argument("--precisions", type=_names,
                    help=f"comma-separated, from {','.join(PRECISIONS)} (default: all)")
-    p.add_argument("--runs", type=int, default=defaults["runs"].default,
+    p.add_argument("--runs", type=int,
                    help="timed runs per measurement (default %(default)s)")
-    p.add_argument("--warmup", type=int, default=defaults["warmup"].default,
+    p.add_argument("--warmup", type=int,
                    help="untimed runs before each measurement (default %(default)s)")
     p.add_argument("--served", action="store_true",
                    help="also time the request through a local Triton server")
-    p.add_argument("--device", default="", help="cpu | cuda[:N] (default: cuda if present)")
-    p.add_argument("--refs", type=int, default=defaults["refs"].default,
+    p.add_argument("--device", help="cpu | cuda[:N] (default: cuda if present)")
+    p.add_argument("--refs", type=int,
                    help="bundled reference images in the request (default %(default)s)")
-    p.add_argument("--prompt", default=defaults["prompt"].default)
-    p.add_argument("--seed", type=int, default=0, help="noise seed of the request")
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--prompt")
+    p.add_argument("--seed", type=int, help="noise seed of the request")
+    p.add_argument("--threads", type=int,
                    help="intra-op threads for torch, ONNX Runtime and served stages "
                         "(default 0: each library's default, one per core)")
     p.add_argument("--interleave", action="store_true",
@@ -48,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="ONNX exports and engines (default: ~/.cache/cinema-trt/bench)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR,
                    help="results folder (default: benchmarks/results of this checkout)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, **defaults(BenchConfig))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,12 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from cinema_trt.benchmarks.latency import run_benchmark
     from cinema_trt.benchmarks.report import to_markdown, write_outputs
 
-    bench = BenchConfig(preset=args.preset, runtimes=args.runtimes,
-                        precisions=args.precisions, runs=args.runs, warmup=args.warmup,
-                        served=args.served, device=args.device, cache_dir=args.cache_dir,
-                        prompt=args.prompt, refs=args.refs, seed=args.seed,
-                        threads=args.threads, interleave=args.interleave)
-    result = run_benchmark(bench)
+    result = run_benchmark(from_args(BenchConfig, args))
     files = write_outputs(result, args.out)
     print(to_markdown(result))
     print(f"wrote {files.json}\n      {files.markdown}\n      {files.chart}")

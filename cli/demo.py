@@ -11,6 +11,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .options import defaults, from_args
+
 if TYPE_CHECKING:
     from cinema_trt.serving.demo import DemoResult
 
@@ -29,7 +31,7 @@ def print_report(result: DemoResult) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from cinema_trt.serving.demo import DEFAULT_PROMPT, RUNTIME_CHOICES
+    from cinema_trt.serving.demo import RUNTIME_CHOICES, DemoOptions
 
     p = subparsers.add_parser(
         "demo", help="export, serve with Triton and generate one video, end to end",
@@ -38,35 +40,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     "on the CPU serves the graphs), writes a Triton model repository, starts "
                     "the server on free loopback ports, generates a video from the bundled "
                     "sample references over gRPC and prints per-stage latency.")
-    p.add_argument("--workdir", type=Path, default=Path("cinema-demo"),
+    p.add_argument("--workdir", type=Path,
                    help="artifacts folder, reused between runs (default: ./cinema-demo)")
-    p.add_argument("--preset", default="tiny", help="tiny | small | cinema")
+    p.add_argument("--preset", help="tiny | small | cinema")
     p.add_argument("-o", "--output", type=Path, help="the MP4 (default: WORKDIR/demo.mp4)")
-    p.add_argument("--prompt", default=DEFAULT_PROMPT)
+    p.add_argument("--prompt")
     p.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
     p.add_argument("--frames", type=int, help="1 + 4k (default: the preset's)")
     p.add_argument("--height", type=int, help="multiple of 16 (default: the preset's)")
     p.add_argument("--width", type=int, help="multiple of 16 (default: the preset's)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed of the request")
-    p.add_argument("--runtime", default="auto", choices=RUNTIME_CHOICES,
+    p.add_argument("--seed", type=int, help="noise seed of the request")
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES,
                    help="auto: TensorRT when usable, else ONNX Runtime on the CPU")
-    p.add_argument("--startup-timeout", type=float, default=300.0,
+    p.add_argument("--startup-timeout", type=float,
                    help="seconds for the server to load every stage")
     p.add_argument("--keep-server", action="store_true",
                    help="after generating, keep serving until Ctrl-C")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, **defaults(DemoOptions))
 
 
 def run(args: argparse.Namespace) -> int:
     from cinema_trt.serving.demo import DemoOptions, run_demo
     from cinema_trt.serving.server import ServerError
 
-    options = DemoOptions(
-        workdir=args.workdir, preset=args.preset, output=args.output, prompt=args.prompt,
-        steps=args.steps, frames=args.frames, height=args.height, width=args.width,
-        seed=args.seed, runtime=args.runtime, keep_server=args.keep_server,
-        progress=not args.quiet, startup_timeout=args.startup_timeout)
+    options = from_args(DemoOptions, args, progress=not args.quiet)
     try:
         run_demo(options, report=print_report)
     except KeyboardInterrupt:

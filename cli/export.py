@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cinema_trt.models.stages import FP8_GRAPHS, GRAPHS, STAGE_ALIASES
+
+from .options import defaults, from_args
+
 if TYPE_CHECKING:
     from cinema_trt.export.driver import ExportResult
 
@@ -22,8 +26,8 @@ DTYPES = ("fp32", "fp16", "bf16")
 
 @dataclass(frozen=True)
 class ExportOptions:
-    preset: str
     out: Path
+    preset: str | None = None  # None: the weights folder's own config, else DEFAULT_PRESET
     weights: Path | None = None
     stages: tuple[str, ...] | None = None
     fp8: bool = False
@@ -36,34 +40,40 @@ class ExportOptions:
 def export_from_options(options: ExportOptions) -> list[ExportResult]:
     """Validate the options, export, and return the results (a list of ExportResult)."""
     from cinema_trt.export.driver import export_stages
-    from cinema_trt.models.presets import get_preset
+    from cinema_trt.models.factory import command_config
 
-    config = get_preset(options.preset)
+    config = command_config(options.preset, options.weights)
     return export_stages(config, options.out, stages=options.stages, weights=options.weights,
                          fp8=options.fp8, progress=options.progress,
                          calibrator=options.calibrator,
                          attention_plugin=options.attention_plugin, dtype=options.dtype)
 
 
+def _aliases() -> str:
+    return "; ".join(f"{name} = {' + '.join(graphs)}" for name, graphs in STAGE_ALIASES.items())
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "export", help="export stages to ONNX (+ manifest.json), checked against PyTorch",
-        description="Writes <out>/<stage>/model.onnx and manifest.json for each stage: "
-                    "mllm_vision, mllm_text (or 'mllm' for both), connector, vae_encoder, "
-                    "dit, vae_decoder.")
-    p.add_argument("--preset", default="tiny", help="tiny | small | cinema")
+        description="Writes <out>/<stage>/model.onnx and manifest.json for each graph: "
+                    f"{', '.join(GRAPHS)} (a split stage's name stands for its graphs: "
+                    f"{_aliases()}).")
+    p.add_argument("--preset", help="tiny | small | cinema (default: the --weights folder's "
+                                    "own architecture, else tiny); with --weights, must match")
     p.add_argument("--weights", type=Path,
-                   help="weights folder from save_models (default: the preset's seeded weights)")
+                   help="weights folder from save_models, its cinema_config.json the "
+                        "architecture (default: the preset's seeded weights)")
     p.add_argument("--out", type=Path, required=True, help="export folder")
     p.add_argument("--stages", nargs="+", metavar="STAGE", help="default: every stage")
-    p.add_argument("--dtype", default="fp32", choices=DTYPES,
+    p.add_argument("--dtype", choices=DTYPES,
                    help="what the graphs compute in (their inputs and outputs stay float32). "
                         "fp16/bf16 graphs build strongly typed, the only kind TensorRT 11 "
                         "builds: use them for --precision fp16/bf16, and with --fp8 for "
                         "fp16/bf16 outside the FP8 layers")
     p.add_argument("--fp8", action="store_true",
-                   help="FP8 Q/DQ for dit, connector and mllm_text, calibrated on pipeline runs")
-    p.add_argument("--calibrator", default="builtin", choices=CALIBRATORS,
+                   help=f"FP8 Q/DQ for {', '.join(FP8_GRAPHS)}, calibrated on pipeline runs")
+    p.add_argument("--calibrator", choices=CALIBRATORS,
                    help="FP8 calibration (with --fp8): builtin hooks, or NVIDIA ModelOpt's "
                         "mtq.quantize with the same recipe (pip install 'cinema-trt[quant]'); "
                         "both are max calibration over the same pipeline runs")
@@ -72,17 +82,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "the plugin takes fp16/bf16: use --dtype fp16 or bf16, or on "
                         "TensorRT 10 build an fp32 export with --precision fp16)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, **defaults(ExportOptions))
 
 
 def run(args: argparse.Namespace) -> int:
     from cinema_trt.export.calibration import ModelOptMissingError
     from cinema_trt.export.driver import format_summary
 
-    options = ExportOptions(preset=args.preset, out=args.out, weights=args.weights,
-                            stages=tuple(args.stages) if args.stages else None, fp8=args.fp8,
-                            progress=not args.quiet, calibrator=args.calibrator,
-                            attention_plugin=args.attention_plugin, dtype=args.dtype)
+    options = from_args(ExportOptions, args, progress=not args.quiet,
+                        stages=tuple(args.stages) if args.stages else None)
     try:
         results = export_from_options(options)
     except ModelOptMissingError as error:

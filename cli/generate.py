@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from .options import defaults, from_args
+
 if TYPE_CHECKING:
     from cinema_trt.models.pipeline import CinemaPipeline
     from cinema_trt.models.presets import CinemaConfig
@@ -23,7 +25,7 @@ class GenerateOptions:
     prompt: str
     refs: tuple[Path, ...]
     output: Path
-    preset: str = "tiny"
+    preset: str | None = None  # None: the weights folder's own config, else DEFAULT_PRESET
     weights: Path | None = None
     frames: int | None = None
     height: int | None = None
@@ -79,7 +81,7 @@ def generate_remote(options: GenerateOptions) -> Path:
     the request against its preset; Ctrl-C cancels the request on the server.
     """
     from cinema_trt.models.media import write_video
-    from cinema_trt.models.presets import get_preset
+    from cinema_trt.models.presets import DEFAULT_PRESET, get_preset
     from cinema_trt.serving.client import CinemaClient, ClientOptions
 
     _check_remote_options(options)
@@ -111,7 +113,7 @@ def generate_remote(options: GenerateOptions) -> Path:
         options.output.write_bytes(result.mp4)
         return options.output
     # the server's preset is unknown here: without --fps, use the local preset's default
-    fps = options.fps or get_preset(options.preset).sampler.fps
+    fps = options.fps or get_preset(options.preset or DEFAULT_PRESET).sampler.fps
     if result.video is None:
         raise RuntimeError("the server sent no video frames although they were requested")
     return write_video(options.output, result.video, fps)
@@ -120,9 +122,9 @@ def generate_remote(options: GenerateOptions) -> Path:
 def generate_video(options: GenerateOptions) -> Path:
     """Run the pipeline (in process, or on the server at `options.url`) and write the
     video; returns the written path."""
+    from cinema_trt.models.factory import command_config
     from cinema_trt.models.media import load_image, write_video
     from cinema_trt.models.pipeline import GenerationRequest
-    from cinema_trt.models.presets import get_preset
 
     if options.url:
         return generate_remote(options)
@@ -130,7 +132,8 @@ def generate_video(options: GenerateOptions) -> Path:
     refs = tuple(load_image(p) for p in options.refs)
     if not options.output.parent.exists():
         raise FileNotFoundError(f"output folder {options.output.parent} does not exist")
-    config = get_preset(options.preset).with_attention_backend(options.attention)
+    config = command_config(options.preset, options.weights).with_attention_backend(
+        options.attention)
     request = GenerationRequest.with_defaults(
         config, options.prompt, refs, frames=options.frames, height=options.height,
         width=options.width, steps=options.steps, guidance=options.guidance,
@@ -153,19 +156,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="reference image, one per subject (repeat 1..4 times)")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help=".mp4, .gif, or a folder name for PNG frames")
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--weights", type=Path, help="weights folder (see models/factory.py)")
+    p.add_argument("--preset", help="tiny | small | cinema (default: the --weights folder's "
+                                    "own architecture, else tiny); with --weights, must match")
+    p.add_argument("--weights", type=Path, help="weights folder from save_models (its "
+                                                "cinema_config.json is the architecture)")
     p.add_argument("--frames", type=int)
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
     p.add_argument("--steps", type=int)
     p.add_argument("--guidance", type=float)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int)
     p.add_argument("--fps", type=int)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--attention", default="sdpa",
+    p.add_argument("--device")
+    p.add_argument("--attention",
                    help="sdpa | triton | triton_unfused | triton_int8")
-    p.add_argument("--runtime", default="torch", choices=("torch", "ort"))
+    p.add_argument("--runtime", choices=("torch", "ort"))
     p.add_argument("--onnx", type=Path,
                    help="for --runtime ort: an export folder or a `build --runtime ort` folder")
     p.add_argument("--url", help="HOST:PORT of a running server's gRPC endpoint (cinema-trt "
@@ -174,16 +179,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="with --url: seconds without progress from the server before giving "
                         "up (default: derived from the video's size)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, **defaults(GenerateOptions))
 
 
 def run(args: argparse.Namespace) -> int:
-    options = GenerateOptions(
-        prompt=args.prompt, refs=tuple(args.refs), output=args.output, preset=args.preset,
-        weights=args.weights, frames=args.frames, height=args.height, width=args.width,
-        steps=args.steps, guidance=args.guidance, seed=args.seed, fps=args.fps,
-        device=args.device, attention=args.attention, runtime=args.runtime, onnx=args.onnx,
-        progress=not args.quiet, url=args.url, progress_timeout=args.progress_timeout)
+    options = from_args(GenerateOptions, args, refs=tuple(args.refs), progress=not args.quiet)
     if options.url is None:
         print(generate_video(options))
         return 0

@@ -4,29 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
+from .options import defaults, from_args
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RepoCommand:
-    output: Path
-    weights: Path | None = None  # a save_models folder; None: random weights from `preset`
-    preset: str | None = None  # None with weights: the weights' own config
-    seed: int = 0
-    artifacts: Path | None = None
-    backend: str = "python"
-    runtime: str = "torch"  # python backend: torch | ort | tensorrt
-    onnx: Path | None = None  # runtime tensorrt: export folder with the MLLM glue
-    gpus: tuple[int, ...] = ()  # stage instances on these GPUs; () keeps them on the CPU
-    instances: int = 1
-    version: int = 1
-    max_concurrency: int = 2
-    torch_threads: int = 0
-    copy_weights: bool = False
-    overwrite: bool = False
 
 
 def random_weights(preset: str, seed: int, folder: Path) -> Path:
@@ -38,24 +20,18 @@ def random_weights(preset: str, seed: int, folder: Path) -> Path:
     return save_models(build_models(get_preset(preset), seed=seed), folder)
 
 
-def write_repository(command: RepoCommand) -> Path:
-    from cinema_trt.models.presets import get_preset
+def write_repository(args: argparse.Namespace) -> Path:
+    from cinema_trt.models.factory import command_config
+    from cinema_trt.models.presets import DEFAULT_PRESET
     from cinema_trt.serving.repo import RepositoryOptions, build_repository
     from cinema_trt.serving.triton_config import Placement
 
-    options = RepositoryOptions(
-        backend=command.backend, runtime=command.runtime,
-        stage_placement=Placement.on(command.gpus, command.instances),
-        version=command.version, max_concurrency=command.max_concurrency,
-        torch_threads=command.torch_threads, copy_weights=command.copy_weights,
-        overwrite=command.overwrite)
-    config = get_preset(command.preset) if command.preset else None
-    weights = command.weights
-    if weights is None:
-        weights = random_weights(command.preset or "tiny", command.seed,
-                                 command.output.with_name(command.output.name + "-weights"))
-    return build_repository(config, command.output, weights, command.artifacts, options,
-                            export_dir=command.onnx)
+    options = from_args(RepositoryOptions, args,
+                        stage_placement=Placement.on(args.gpus, args.instances))
+    weights = args.weights or random_weights(args.preset or DEFAULT_PRESET, args.seed,
+                                             args.output.with_name(args.output.name + "-weights"))
+    return build_repository(command_config(args.preset, weights), args.output, weights,
+                            args.artifacts, options, export_dir=args.onnx)
 
 
 def _gpu_list(text: str) -> tuple[int, ...]:
@@ -73,6 +49,8 @@ def _gpu_list(text: str) -> tuple[int, ...]:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from cinema_trt.serving.repo import RepositoryOptions
+
     p = subparsers.add_parser("repo", help="write a Triton model repository")
     p.add_argument("-o", "--output", type=Path, required=True, help="repository folder")
     p.add_argument("--weights", type=Path,
@@ -81,9 +59,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--preset", help="architecture to check the weights against (default: "
                                     "the weights' own; tiny without --weights)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    p.add_argument("--backend", default="python", choices=("python", "onnxruntime", "tensorrt"),
+    p.add_argument("--backend", choices=("python", "onnxruntime", "tensorrt"),
                    help="stage models: python (PyTorch), onnxruntime (ONNX), tensorrt (plans)")
-    p.add_argument("--runtime", default="torch", choices=("torch", "ort", "tensorrt"),
+    p.add_argument("--runtime", choices=("torch", "ort", "tensorrt"),
                    help="what runs each python-backend stage: torch (weights), ort (the "
                         "exported graphs in --artifacts, on ONNX Runtime), tensorrt (the "
                         "engines in --artifacts; needs --gpus and --onnx)")
@@ -94,23 +72,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--gpus", type=_gpu_list, default=(),
                    help="comma-separated GPU indices for the stage models (default: CPU)")
     p.add_argument("--instances", type=int, default=1, help="instances per stage model")
-    p.add_argument("--version", type=int, default=1, help="model version folder")
-    p.add_argument("--max-concurrency", type=int, default=2,
+    p.add_argument("--version", type=int, help="model version folder")
+    p.add_argument("--max-concurrency", type=int,
                    help="requests the orchestrator runs at once")
-    p.add_argument("--torch-threads", type=int, default=0,
+    p.add_argument("--torch-threads", type=int,
                    help="torch threads per python stage model (0: torch default)")
     p.add_argument("--copy-weights", action="store_true",
                    help="copy weights and artifacts instead of symlinking them")
     p.add_argument("--overwrite", action="store_true", help="replace an existing repository")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, **defaults(RepositoryOptions))
 
 
 def run(args: argparse.Namespace) -> int:
-    command = RepoCommand(
-        output=args.output, weights=args.weights, preset=args.preset, seed=args.seed,
-        artifacts=args.artifacts, backend=args.backend, runtime=args.runtime, onnx=args.onnx,
-        gpus=args.gpus, instances=args.instances, version=args.version,
-        max_concurrency=args.max_concurrency, torch_threads=args.torch_threads,
-        copy_weights=args.copy_weights, overwrite=args.overwrite)
-    print(write_repository(command))
+    print(write_repository(args))
     return 0

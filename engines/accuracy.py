@@ -105,7 +105,7 @@ def derive_tolerance(reference, other) -> Tolerance:
 @dataclass(frozen=True)
 class _ConfigOnly:
     """What `export.stages.sample_inputs` reads of a `CinemaModels`: the config, and the HF
-    vision config for mllm_vision's rotary tables. No weights are built."""
+    vision config for the MLLM vision graph's rotary tables. No weights are built."""
 
     config: Any
     mllm: Any
@@ -139,9 +139,10 @@ def profile_inputs(manifest, profiles: dict[str, dict[str, list[int]]]
     """One feed at an engine profile's `opt` shapes (the symbols read off the spec dims)."""
     from cinema_trt.export.stages import export_specs, sample_inputs
     from cinema_trt.models.presets import CinemaConfig
+    from cinema_trt.models.stages import MLLM_VISION
 
-    if manifest.stage == "mllm_vision":
-        raise ValueError("mllm_vision engines are compared on their export only (its inputs "
+    if manifest.stage == MLLM_VISION:
+        raise ValueError(f"{MLLM_VISION} engines are compared on their export only (its inputs "
                          "are derived from image grids a profile does not record)")
     config = CinemaConfig.from_dict(manifest.config)
     case: dict[str, int] = {}

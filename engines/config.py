@@ -92,7 +92,7 @@ def inspect_onnx(onnx_path: str | os.PathLike) -> OnnxGraphInfo:
     quantized: dict[str, str] = {}  # QuantizeLinear output -> its type, for the DQ reading it
     has_qdq = False
     for node in _all_nodes(graph):
-        if not _is_qdq(node.op_type):
+        if node.op_type not in QDQ_OPS:
             continue
         has_qdq = True
         kind = quantized.get(node.input[0]) or _qdq_type(node, elem_types)
@@ -117,7 +117,7 @@ def _report_nodes(graph) -> tuple[tuple[str, ...], tuple[str, ...]]:
     nodes = list(_all_nodes(graph))
     attention = tuple(n.name for n in nodes if n.op_type in ("Softmax", "Attention")
                       and n.domain in ("", "ai.onnx"))
-    dequantized = {out for n in nodes if _is_qdq(n.op_type) and "Dequantize" in n.op_type
+    dequantized = {out for n in nodes if n.op_type == "DequantizeLinear"
                    for out in n.output}
     linears = tuple(n.name for n in nodes if n.op_type in ("MatMul", "Gemm")
                     and any(i in dequantized for i in n.input))
@@ -142,19 +142,10 @@ def _all_nodes(graph):
                 yield from _all_nodes(attr.g)
 
 
-def _is_qdq(op_type: str) -> bool:
-    # standard ops plus ModelOpt's TensorRT-domain ops (TRT_FP8QuantizeLinear, ...)
-    return op_type in QDQ_OPS or (op_type.startswith("TRT_") and "QuantizeLinear" in op_type)
-
-
 def _qdq_type(node, elem_types: dict[str, int]) -> str:
     if node.op_type == "DequantizeLinear" and node.input[0] in elem_types:
         # a quantized constant (FP8 weights): its own type is the quantized type
         return _quantized_type_name(elem_types[node.input[0]])
-    if "FP8" in node.op_type:
-        return "float8e4m3fn"
-    if "INT4" in node.op_type:
-        return "int4"
     for attr in node.attribute:
         if attr.name == "output_dtype" and attr.i:  # opset 21 QuantizeLinear
             return _ONNX_FLOAT_TYPES.get(attr.i, f"onnx-type-{attr.i}")

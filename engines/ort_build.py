@@ -8,7 +8,7 @@ CPU-layout rewrites, so the saved model is for CPUs with the builder's instructi
 The output folder runs without the export folder (`cinema_trt.export.ort.ort_runners`
 opens it): the manifest carries the export manifest it was built from (the exporter's
 record of the stage's I/O, config and precision stays the one source of truth), and the
-stage's sidecar files (mllm_text: the HF config and token embeddings) are copied beside it.
+stage's sidecar files (a split stage's glue: HF config, token embeddings) are copied beside it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 
 from cinema_trt.export.manifest import CARRIED_MANIFEST_KEY, EXTERNAL_DATA_FILE, MODEL_FILE
 from cinema_trt.export.manifest import read_manifest as read_export_manifest
+from cinema_trt.models.fileio import atomic_path
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import StageSpec
 
@@ -111,7 +112,7 @@ def _carries(out_dir: Path, exported: dict) -> bool:
 
 def copy_sidecars(export_dir: Path, out_dir: Path) -> list[Path]:
     """Copy every file the exporter wrote beside the graph other than the graph, its weights
-    and its manifest (mllm_text: HF config + embeddings) into `out_dir`; unchanged copies
+    and its manifest (a split stage's glue: HF config + embeddings) into `out_dir`; unchanged copies
     (same size and mtime: copy2 keeps the mtime) are not copied again."""
     skip = {MODEL_FILE, EXTERNAL_DATA_FILE, MANIFEST_FILE}
     copied = []
@@ -120,12 +121,8 @@ def copy_sidecars(export_dir: Path, out_dir: Path) -> list[Path]:
             continue
         target = out_dir / source.name
         if not (target.is_file() and filecmp.cmp(source, target, shallow=True)):
-            tmp = out_dir / f".{source.name}.{uuid.uuid4().hex}.tmp"
-            try:
+            with atomic_path(target) as tmp:  # a reader sees the old file or the new one
                 shutil.copy2(source, tmp)
-                os.replace(tmp, target)  # a reader sees the old file or the new one
-            finally:
-                tmp.unlink(missing_ok=True)
         copied.append(target)
     return copied
 

@@ -15,8 +15,8 @@ static dim; a missing dim takes the preset's defaults, see `default_shapes`):
 
 How each stage sees them (the pipeline in models/pipeline.py decides this):
     mllm, connector  batch, seq; pixel rows and images from refs (0 for the negative prompt)
-    mllm_vision      pixel rows of 1 image at min_pixels .. batch * refs images at max_pixels
-    mllm_text        batch, seq
+    MLLM vision      pixel rows of 1 image at min_pixels .. batch * refs images at max_pixels
+    MLLM text        batch, seq
     vae_encoder      each reference is a one-frame video: batch = batch * refs, frames = 1
     dit              batch doubled under CFG; refs; latent frames / height / width
     vae_decoder      batch; latent frames / height / width
@@ -32,13 +32,13 @@ from typing import Any
 
 from cinema_trt.models.presets import VAE_SPATIAL, CinemaConfig, latent_frames
 from cinema_trt.models.specs import Dim, StageSpec, resolve, video_dims
+from cinema_trt.models.stages import GRAPHS, MLLM_TEXT, MLLM_VISION, PIPELINE_STAGES
 
 DIM_KEYS = ("batch", "frames", "height", "width", "refs", "seq")
 YAML_KEYS = (*DIM_KEYS, "preset", "cfg")
 LEVELS = ("min", "opt", "max")
-# the pipeline's stages, plus the two graphs the MLLM is exported as (export/mllm_split.py)
-STAGE_NAMES = ("mllm", "connector", "vae_encoder", "dit", "vae_decoder", "mllm_vision",
-               "mllm_text")
+# the pipeline's stages, plus the graphs a split stage is exported as (models/stages.py)
+STAGE_NAMES = PIPELINE_STAGES + tuple(g for g in GRAPHS if g not in PIPELINE_STAGES)
 
 # Tokens around the prompt: system instruction, chat template and request sentence (180
 # with the offline tokenizer of models/tokenizer.py, fewer with Qwen2's), and the
@@ -193,12 +193,12 @@ def stage_symbols(stage: str, shapes: DeploymentShapes, config: CinemaConfig,
     """Values of every symbolic dim of `stage`'s tensors at `level` (min, opt or max)."""
     at = {k: getattr(getattr(shapes, k), level) for k in DIM_KEYS}
     batch, refs = at["batch"], at["refs"]
-    if stage in ("mllm", "connector", "mllm_text"):
+    if stage in ("mllm", "connector", MLLM_TEXT):
         # the negative prompt has no images, so pixel rows and images start at 0
         images = 0 if level == "min" else batch * refs
         return {"batch": batch, "seq": at["seq"], "images": images,
                 "patches": images * image_patches(config, config.mllm.max_pixels)}
-    if stage == "mllm_vision":
+    if stage == MLLM_VISION:
         # only called with images: at least one, at the processor's smallest size
         patches = image_patches(config, config.mllm.min_pixels) if level == "min" \
             else batch * refs * image_patches(config, config.mllm.max_pixels)

@@ -32,7 +32,7 @@ class ExportedStage:
     folder: Path
     onnx_path: Path
     config: CinemaConfig
-    precision: str  # the exporter's precision (fp32 | fp16 | bf16 | fp8)
+    precision: str  # the exporter's precision: fp32, fp16, bf16 (--dtype) or fp8 (--fp8)
     spec: StageSpec  # the exported tensors, from its manifest
 
 

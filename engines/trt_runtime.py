@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from cinema_trt.models.runner import Runner, Tensors
+from cinema_trt.models.stages import SPLIT_GRAPHS, SPLIT_STAGES
 
 from .backends import BACKENDS, get_backend
 from .deps import require_backend, tensorrt_runtime_info
@@ -308,8 +309,8 @@ def tensorrt_runners(engine_dir: str | os.PathLike, export_dir: str | os.PathLik
                      device: str | torch.device = "cuda") -> dict[str, Runner]:
     """A runner per built stage under `engine_dir`, keyed by pipeline stage name.
 
-    An MLLM built as `mllm_vision` + `mllm_text` is composed into one "mllm" runner with
-    the glue the exporter saved in `<export_dir>/mllm_text` (embeddings, HF config).
+    A split stage (models/stages.py) built as its graphs is composed into one runner with
+    the glue the exporter saved in `<export_dir>/<stage.glue>` (embeddings, HF config).
     """
     engine_dir = Path(engine_dir)
     found = sorted(p.parent.name for p in engine_dir.glob("*/manifest.json"))
@@ -321,14 +322,15 @@ def tensorrt_runners(engine_dir: str | os.PathLike, export_dir: str | os.PathLik
     def load(stage: str) -> TensorRTRunner:
         return TensorRTRunner(engine_dir / stage, device, stage in cuda_graph_stages, shared)
 
-    split = ("mllm_vision", "mllm_text")
-    runners: dict[str, Runner] = {s: load(s) for s in found if s not in split}
-    if "mllm" not in runners and set(split) <= set(found):
+    runners: dict[str, Runner] = {s: load(s) for s in found if s not in SPLIT_GRAPHS}
+    for stage in SPLIT_STAGES:
+        if stage.name in runners or not set(stage.graphs) <= set(found):
+            continue
         if export_dir is None:
-            raise ValueError("the MLLM was built as mllm_vision + mllm_text; pass export_dir "
-                             "(the ONNX folder) for the glue between them")
+            raise ValueError(f"{stage.name} was built as {' + '.join(stage.graphs)}; pass "
+                             "export_dir (the ONNX folder) for the glue between them")
         from cinema_trt.export.mllm_split import composed_mllm_runner
 
-        runners["mllm"] = composed_mllm_runner(load("mllm_vision"), load("mllm_text"),
-                                               Path(export_dir) / "mllm_text")
+        vision, text = (load(graph) for graph in stage.graphs)
+        runners[stage.name] = composed_mllm_runner(vision, text, Path(export_dir) / stage.glue)
     return runners

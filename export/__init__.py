@@ -2,7 +2,7 @@
 
     manifest.py     manifest.json: what an exported stage is (read by engines/)
     stages.py       per-stage module, spec, example and check shapes
-    mllm_split.py   the MLLM as mllm_vision + mllm_text graphs, and their torch glue
+    mllm_split.py   the MLLM as its vision + text graphs (models/stages.py), and their glue
     dtype.py        fp16/bf16 graphs: the stage cast behind float32 I/O, opset per dtype
     onnx_graph.py   trace (dynamo), clean up, save, check
     fp8.py          FP8 PTQ recipe: calibration hooks, Q/DQ graph pass, torch emulation

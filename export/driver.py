@@ -22,6 +22,7 @@ import torch
 
 from cinema_trt.models.fileio import onnx_sha256
 from cinema_trt.models.presets import CinemaConfig
+from cinema_trt.models.stages import GLUE_GRAPHS
 
 from .compare import ErrorStats, error_stats, worst
 from .dtype import (
@@ -54,9 +55,9 @@ logger = logging.getLogger(__name__)
 
 
 # fp16 graphs: their error to torch fp32 may be at most twice the error PyTorch itself
-# makes in fp16 on the same inputs (STYLE.md's rule for kernels; ORT's CPU provider runs fp16
-# graphs with fp32 casts around ops it has no fp16 kernel for; measured 0.2-1.05x on the
-# tiny and small presets).
+# makes in fp16 on the same inputs (the rule tests/kernels/test_triton_attention.py applies
+# to the kernels; ORT's CPU provider runs fp16 graphs with fp32 casts around ops it has no
+# fp16 kernel for; measured 0.2-1.05x on the tiny and small presets).
 FP16_ERROR_FACTOR = 2.0
 # bf16 graphs run upcast to fp32 (ORT's CPU provider has no bf16 kernels) against the module
 # with its parameters rounded to bf16: they compute the same function, except for the scalar
@@ -239,7 +240,7 @@ def export_stage(stage: str, export: StageExport, models: CinemaModels, out_dir:
     del model
     check_onnx(files[0])
     sidecars = {}
-    if stage == "mllm_text":
+    if stage in GLUE_GRAPHS:
         from .mllm_split import save_glue
 
         sidecars = save_glue(models.mllm, stage_dir)
@@ -286,11 +287,11 @@ def export_stages(config: CinemaConfig, out_dir: str | os.PathLike,
                   progress: bool = True, calibrator: str = "builtin",
                   attention_plugin: bool = False, dtype: str | Precision = "fp32"
                   ) -> list[ExportResult]:
-    """Export `stages` (default: all; "mllm" = mllm_vision + mllm_text) of `config`.
+    """Export `stages` (default: all; a split stage names its graphs, models/stages.py).
 
     weights: a folder from models.factory.save_models (its config must match `config`),
-    else the preset's seeded random weights. fp8: stages with an FP8 recipe (dit,
-    connector, mllm_text) are calibrated on pipeline runs and exported with FP8 Q/DQ.
+    else the preset's seeded random weights. fp8: graphs with an FP8 recipe (FP8_GRAPHS
+    in models/stages.py) are calibrated on pipeline runs and exported with FP8 Q/DQ.
     calibrator: "builtin" or "modelopt" (NVIDIA ModelOpt; see export/calibration.py).
     attention_plugin: the DiT's attention becomes TensorRT plugin nodes (the Triton
     kernel); such a graph runs only in TensorRT, so its ORT check is skipped.

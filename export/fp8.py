@@ -35,6 +35,8 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
+from cinema_trt.models.stages import MLLM_TEXT
+
 FP8_MAX = 448.0  # largest finite float8 E4M3FN value
 FP8_E4M3_BITS = (4, 3)  # (exponent, mantissa) bits: ModelOpt's `num_bits` for E4M3
 FP8_TYPE = onnx.TensorProto.FLOAT8E4M3FN
@@ -72,7 +74,7 @@ class FP8Recipe:
 
 # min_cosine gates FP8 accuracy (ORT FP8 vs torch fp32 on the check inputs). E4M3 keeps 3
 # mantissa bits (~3% rounding per value). Measured on the tiny preset: dit 0.99996,
-# connector 0.9966 (its width-32 GEMMs average few products), mllm_text 0.99999. The gates
+# connector 0.9966 (its width-32 GEMMs average few products), MLLM text 0.99999. The gates
 # leave 3-10x headroom in (1 - cosine). They judge accuracy, not correctness: on random
 # weights even reversed scales keep the DiT's cosine near 0.999 (FP8 is floating point and
 # the excluded layers dominate), so tests also compare with `emulate_fp8`.
@@ -87,8 +89,8 @@ RECIPES = {
         "connector", exclude=(r"input_proj", r"output_proj"), min_cosine=0.99,
         why="input projection (the MLLM-state embedding) and output projection to the T5 "
             "width stay fp32"),
-    "mllm_text": FP8Recipe(
-        "mllm_text", exclude=(), min_cosine=0.999,
+    MLLM_TEXT: FP8Recipe(
+        MLLM_TEXT, exclude=(), min_cosine=0.999,
         why="all attention and MLP projections; the token embedding is a gather outside the "
             "graph and the norms are not Linear"),
 }

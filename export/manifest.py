@@ -4,8 +4,8 @@ Layout of an export folder (the engines builder and `OrtRunner` read it):
 
     <out>/<stage>/model.onnx        the graph (+ model.onnx.data when weights exceed 2 GB)
     <out>/<stage>/manifest.json     this record
-    <out>/<stage>/...               sidecar files the stage's runner needs (mllm_text: the
-                                    HF config and token embeddings of export/mllm_split.py)
+    <out>/<stage>/...               sidecar files the stage's runner needs (a split stage's
+                                    glue graph: the HF config and token embeddings)
 
 A stage folder without a manifest is incomplete: the exporter deletes the old manifest
 before it touches the model files and writes the new one only after the graph has been
@@ -83,8 +83,8 @@ class Manifest:
     # the float type of the graph's arithmetic (outside Q/DQ pairs): "float32", "float16"
     # or "bfloat16"; its inputs and outputs are the spec's dtypes whatever this is
     compute_dtype: str = "float32"
-    # files beside the graph that its runner reads (mllm_text: the HF config and token
-    # embeddings of export/mllm_split.py): name -> sha256, checked when they are loaded
+    # files beside the graph that its runner reads (a split stage's glue, models/stages.py:
+    # HF config and token embeddings): name -> sha256, checked when they are loaded
     sidecars: dict[str, str] = field(default_factory=dict)
 
     @classmethod

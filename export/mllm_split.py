@@ -35,7 +35,7 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import (
 )
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids
 
-from cinema_trt.models.fileio import sha256_file
+from cinema_trt.models.fileio import atomic_path, atomic_write, sha256_file
 from cinema_trt.models.mllm import MLLMEncoder
 from cinema_trt.models.runner import FunctionRunner, Runner, Tensors
 
@@ -164,9 +164,10 @@ def save_glue(encoder: MLLMEncoder, text_dir: str | os.PathLike) -> dict[str, st
     from safetensors.torch import save_file
 
     text_dir = Path(text_dir)
-    (text_dir / HF_CONFIG_FILE).write_text(encoder.config.to_json_string())
+    atomic_write(text_dir / HF_CONFIG_FILE, encoder.config.to_json_string())
     weight = encoder.model.language_model.embed_tokens.weight.detach().float().contiguous()
-    save_file({EMBEDDINGS_KEY: weight}, str(text_dir / EMBEDDINGS_FILE))
+    with atomic_path(text_dir / EMBEDDINGS_FILE) as tmp:
+        save_file({EMBEDDINGS_KEY: weight}, str(tmp))
     return {name: sha256_file(text_dir / name) for name in GLUE_FILES}
 
 

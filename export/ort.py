@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from cinema_trt.models.runner import Runner, Tensors
+from cinema_trt.models.stages import SPLIT_GRAPHS, SPLIT_STAGES
 
 from .manifest import MANIFEST_FILE, MODEL_FILE, Manifest, StageFolder, TensorEntry, read_stage
 
@@ -177,9 +178,9 @@ def ort_runners(export_dir: str | os.PathLike, providers: Sequence[str] | None =
 
     `export_dir` is an export folder or a `cinema-trt build --runtime ort` folder (one
     `<stage>/` with manifest.json per graph; folders without a manifest are incomplete and
-    skipped). When the MLLM was exported as `mllm_vision` + `mllm_text`, the "mllm" runner
-    composes them (see export/mllm_split.py); its token-embedding table is read from
-    `<export_dir>/mllm_text/embeddings.safetensors` unless `embeddings` names another file.
+    skipped). A split stage exported as its graphs (models/stages.py) gets one runner that
+    composes them (see export/mllm_split.py); the MLLM's token-embedding table is read from
+    its glue folder's embeddings.safetensors unless `embeddings` names another file.
     Every session gets `threads` intra-op threads (0: ORT's default, see OrtRunner).
     """
     export_dir = Path(export_dir)
@@ -192,13 +193,14 @@ def ort_runners(export_dir: str | os.PathLike, providers: Sequence[str] | None =
     def runner(name: str) -> OrtRunner:
         return OrtRunner(found[name].path, providers, threads)
 
-    runners: dict[str, Runner] = {s: runner(s) for s in found
-                                  if s not in ("mllm_vision", "mllm_text")}
-    if "mllm" not in runners and {"mllm_vision", "mllm_text"} <= set(found):
-        from .mllm_split import composed_mllm_runner
+    runners: dict[str, Runner] = {s: runner(s) for s in found if s not in SPLIT_GRAPHS}
+    for stage in SPLIT_STAGES:
+        if stage.name not in runners and set(stage.graphs) <= set(found):
+            from .mllm_split import composed_mllm_runner
 
-        runners["mllm"] = composed_mllm_runner(runner("mllm_vision"), runner("mllm_text"),
-                                               found["mllm_text"].path, embeddings)
+            vision, text = (runner(graph) for graph in stage.graphs)
+            runners[stage.name] = composed_mllm_runner(vision, text, found[stage.glue].path,
+                                                       embeddings)
     if not runners:
         raise FileNotFoundError(f"no exported stages (<stage>/{MODEL_FILE} + {MANIFEST_FILE}) "
                                 f"under {export_dir}; run `cinema-trt export` (optionally "

@@ -16,15 +16,14 @@ from torch import nn
 
 from cinema_trt.models.presets import VAE_SPATIAL, VAE_TEMPORAL, CinemaConfig
 from cinema_trt.models.specs import StageSpec, mllm_split_specs, resolve, stage_specs
+from cinema_trt.models.stages import GRAPHS, MLLM_TEXT, MLLM_VISION, STAGE_ALIASES
 
 from .mllm_split import split_modules, vision_inputs
 
 if TYPE_CHECKING:
     from cinema_trt.models.factory import CinemaModels
 
-EXPORT_STAGES = ("mllm_vision", "mllm_text", "connector", "vae_encoder", "dit", "vae_decoder")
-# a name that stands for several graphs: "mllm" is exported as its two halves
-STAGE_ALIASES = {"mllm": ("mllm_vision", "mllm_text")}
+EXPORT_STAGES = GRAPHS  # the registry's graphs (models/stages.py); aliases: STAGE_ALIASES
 
 # max |ORT - torch| / max |torch| allowed for fp32 graphs: fp32 rounding differs only in op
 # order and fusions (~1e-6 relative at these depths), so 1e-4 leaves 100x headroom and
@@ -68,8 +67,8 @@ def resolve_stages(stages: list[str] | tuple[str, ...] | None) -> tuple[str, ...
 
 
 def export_specs(config: CinemaConfig) -> dict[str, StageSpec]:
-    """Specs of every exportable graph: models/specs.py plus the two MLLM halves."""
-    specs = {k: v for k, v in stage_specs(config).items() if k != "mllm"}
+    """Specs of every exportable graph: models/specs.py with a split stage's halves."""
+    specs = {k: v for k, v in stage_specs(config).items() if k not in STAGE_ALIASES}
     return {**mllm_split_specs(config), **specs}
 
 
@@ -106,13 +105,13 @@ def stage_cases(config: CinemaConfig, stage: str) -> tuple[Case, tuple[Case, ...
             # a graph that shares one branch's text or sees only the first reference fails
             two = {**two, "batch": 3}
         return example, (one, two)
-    if stage == "mllm_vision":
+    if stage == MLLM_VISION:
         # grids in patches; h and w must be multiples of the spatial merge size
         m = config.mllm.spatial_merge_size
         return ({"images": 2, "grid_h": 2 * m, "grid_w": 3 * m},
                 ({"images": 1, "grid_h": 2 * m, "grid_w": 2 * m},
                  {"images": 3, "grid_h": 3 * m, "grid_w": 2 * m}))
-    if stage in ("mllm_text", "connector"):
+    if stage in (MLLM_TEXT, "connector"):
         return {"batch": 2, "seq": 37}, ({"batch": 1, "seq": 23}, {"batch": 3, "seq": 61})
     raise ValueError(f"unknown stage {stage!r}; choose from {list(EXPORT_STAGES)}")
 
@@ -211,7 +210,7 @@ def sample_inputs(models: InputSource, stage: str, case: Case,
                   seed: int = 0) -> dict[str, torch.Tensor]:
     """Deterministic, realistic inputs for `stage` at the shape `case`."""
     generator = torch.Generator().manual_seed(seed)
-    if stage == "mllm_vision":
+    if stage == MLLM_VISION:
         return _vision_inputs(models, case, generator)
     spec = export_specs(models.config)[stage]
     inputs = {}

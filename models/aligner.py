@@ -18,9 +18,6 @@ from torch import nn
 
 from .presets import AlignerConfig
 
-# keeps the cosine term finite for an all-zero token (e.g. a target padding row)
-_COSINE_EPS = 1e-8
-
 
 def _check_config(cfg: AlignerConfig) -> None:
     for name in ("in_dim", "width", "depth", "heads", "num_queries", "out_dim"):
@@ -120,29 +117,3 @@ def create_aligner(cfg: AlignerConfig, seed: int = 0) -> AlignerNet:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return AlignerNet(cfg).eval()
-
-
-def alignment_loss(pred: torch.Tensor, target: torch.Tensor,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
-    """CINEMA's AlignerNet objective: per token MSE + (1 - cosine similarity), averaged.
-
-    pred, target: (B, N, D) aligner outputs and T5 features; mask: (B, N), nonzero for the
-    tokens that count (T5 padding is left out). The MSE term matches magnitudes, the cosine
-    term matches directions, which the DiT's attention is most sensitive to. Returns a
-    scalar; 0 when pred == target (up to float rounding of the cosine, ~1e-7).
-    """
-    if pred.shape != target.shape or pred.dim() != 3:
-        raise ValueError(f"pred and target must both be (batch, tokens, dim); "
-                         f"got {tuple(pred.shape)} and {tuple(target.shape)}")
-    per_token = (pred - target).pow(2).mean(dim=-1)  # (B, N)
-    per_token = per_token + 1.0 - F.cosine_similarity(pred, target, dim=-1, eps=_COSINE_EPS)
-    if mask is None:
-        return per_token.mean()
-    if mask.shape != pred.shape[:2]:
-        raise ValueError(f"mask must be (batch, tokens) = {tuple(pred.shape[:2])}; "
-                         f"got {tuple(mask.shape)}")
-    valid = mask != 0
-    # where, not a product: a masked token's loss may be inf/NaN and must not leak in;
-    # clamp: an all-masked batch gives 0 rather than 0 / 0
-    total = torch.where(valid, per_token, torch.zeros_like(per_token)).sum()
-    return total / valid.sum().clamp_min(1).to(per_token.dtype)

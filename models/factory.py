@@ -22,7 +22,7 @@ from torch import nn
 from .aligner import AlignerNet, create_aligner
 from .dit import CinemaDiT, create_dit
 from .fileio import atomic_write
-from .presets import CinemaConfig, get_preset
+from .presets import DEFAULT_PRESET, CinemaConfig, get_preset
 from .runner import Runner, TorchRunner
 from .specs import stage_specs
 from .vae import VideoVAE, create_vae
@@ -103,16 +103,32 @@ def check_same_architecture(expected: CinemaConfig, found: CinemaConfig, where: 
                                  f"{b.get(key)!r}, but preset {expected.name!r} has {a[key]!r}")
 
 
+def resolve_weights_config(folder: str | os.PathLike,
+                           config: CinemaConfig | None = None) -> CinemaConfig:
+    """The weights folder is the architecture: its own cinema_config.json. A given `config`
+    (e.g. a preset) must match it, and supplies the sampler defaults and attention backend."""
+    saved = read_weights_config(folder)
+    if config is None:
+        return saved
+    check_same_architecture(config, saved, str(folder))
+    return dataclasses.replace(saved, sampler=config.sampler, dit=dataclasses.replace(
+        saved.dit, attention_backend=config.dit.attention_backend))
+
+
+def command_config(preset: str | None, weights: str | os.PathLike | None) -> CinemaConfig:
+    """What a command's `--preset`/`--weights` run: the weights folder's own config (a
+    preset given too must agree), else the preset (default DEFAULT_PRESET)."""
+    if weights is None:
+        return get_preset(preset or DEFAULT_PRESET)
+    return resolve_weights_config(weights, get_preset(preset) if preset else None)
+
+
 def load_models(folder: str | os.PathLike, config: CinemaConfig | None = None) -> CinemaModels:
     """Load a weights folder; `config` (e.g. a preset) must match the saved architecture."""
     from .mllm import load_mllm
 
     folder = Path(folder)
-    saved = read_weights_config(folder)
-    if config is not None:
-        check_same_architecture(config, saved, str(folder))
-        saved = dataclasses.replace(saved, dit=dataclasses.replace(
-            saved.dit, attention_backend=config.dit.attention_backend), sampler=config.sampler)
+    saved = resolve_weights_config(folder, config)
     mllm, processor = load_mllm(folder / MLLM_FOLDER, saved.mllm)
     models = CinemaModels(config=saved, mllm=mllm, processor=processor,
                           aligner=load_stage(AlignerNet(saved.aligner),

@@ -1,10 +1,11 @@
 """File writes that never leave half a file, and streamed SHA-256 hashes.
 
 Every artifact the toolkit writes (checkpoints, configs, manifests, engines, stamps) goes
-through `atomic_write`, so a crash or Ctrl-C leaves either the old file or the new one; and
-every cache or integrity check hashes files with `sha256_file` / `sha256_files`, and an
-ONNX graph with `onnx_sha256`: export manifests, engine manifests, ORT builds, serving's
-verification and the benchmark's export cache all key on that one hash.
+through `atomic_write` (or `atomic_path`, for a library that writes the file itself), so a
+crash or Ctrl-C leaves either the old file or the new one; and every cache or integrity
+check hashes files with `sha256_file` / `sha256_files`, and an ONNX graph with
+`onnx_sha256`: export manifests, engine manifests, ORT builds, serving's verification and
+the benchmark's export cache all key on that one hash.
 """
 
 from __future__ import annotations
@@ -12,25 +13,36 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _CHUNK = 1 << 20  # hash 1 MiB at a time: checkpoints and engines can be tens of GB
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | bytearray | memoryview | str) -> Path:
-    """Write `data` to `path` through a temp file in the same folder, fsync, then rename."""
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temp path in `path`'s folder to write to (by a library that writes files itself);
+    on success it is fsynced and renamed over `path`, on error deleted."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "w" if isinstance(data, str) else "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # left only when something above failed
-    return path
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | bytearray | memoryview | str) -> Path:
+    """Write `data` to `path` through a temp file in the same folder, fsync, then rename."""
+    with atomic_path(path) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data)
+        else:
+            tmp.write_bytes(data)
+    return Path(path)
 
 
 def sha256_file(path: str | os.PathLike, digest: hashlib._Hash | None = None) -> str:

@@ -104,12 +104,3 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int) -> Path:
     log.info("wrote %s (%d frames, %dx%d, %d fps)", path, len(frames), frames.shape[2],
              frames.shape[1], fps)
     return path
-
-
-def read_video(source: str | os.PathLike | bytes) -> np.ndarray:
-    """Decode an MP4 (path or bytes) to uint8 (T, H, W, 3)."""
-    import av
-
-    data = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else str(source)
-    with av.open(data) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])

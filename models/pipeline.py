@@ -23,6 +23,7 @@ from .mllm import prepare_inputs
 from .presets import CinemaConfig, check_num_refs, latent_frames, latent_size
 from .runner import Runner, Tensors
 from .sampler import ProgressFn, StopFn, denoise, initial_noise
+from .stages import PIPELINE_STAGES
 
 if TYPE_CHECKING:
     from transformers import Qwen2VLProcessor
@@ -172,8 +173,7 @@ class CinemaPipeline:
 
     def __init__(self, config: CinemaConfig, runners: Mapping[str, Runner],
                  processor: Qwen2VLProcessor):
-        missing = [s for s in ("mllm", "connector", "vae_encoder", "dit", "vae_decoder")
-                   if s not in runners]
+        missing = [s for s in PIPELINE_STAGES if s not in runners]
         if missing:
             raise ValueError(f"pipeline needs runners for stages {missing}")
         self.config = config

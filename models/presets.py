@@ -19,8 +19,9 @@ VAE_TEMPORAL = 4  # 4x temporal compression (causal: frames = 1 + 4k)
 
 
 class Precision(str, Enum):
-    """Numeric format of a graph's compute. Exports are fp32 or fp8 (FP8 Q/DQ around the
-    recipe's Linear layers); engines are built in any of the four. Defined here because
+    """Numeric format of a graph's compute. Exports compute in fp32, fp16 or bf16 (`--dtype`),
+    fp8 adds Q/DQ around the recipe's Linear layers (`--fp8`); engines are built in any of
+    the four. Defined here because
     export/ and engines/ both depend on models/, and engines/ depends on export/."""
 
     FP32 = "fp32"
@@ -221,6 +222,7 @@ def _cinema() -> CinemaConfig:
 
 
 PRESETS = {"tiny": _tiny, "small": _small, "cinema": _cinema}
+DEFAULT_PRESET = "tiny"  # what a command runs given neither --preset nor --weights
 
 
 def get_preset(name: str) -> CinemaConfig:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .presets import CinemaConfig, latent_frames, latent_size
+from .stages import MLLM_TEXT, MLLM_VISION, PIPELINE_STAGES
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class StageSpec:
         return tuple(t.name for t in self.outputs)
 
 
-STAGES = ("mllm", "connector", "vae_encoder", "dit", "vae_decoder")
+STAGES = PIPELINE_STAGES  # the stage registry's order (models/stages.py)
 
 
 def stage_specs(config: CinemaConfig) -> dict[str, StageSpec]:
@@ -82,14 +83,14 @@ def stage_specs(config: CinemaConfig) -> dict[str, StageSpec]:
 
 
 def mllm_split_specs(config: CinemaConfig) -> dict[str, StageSpec]:
-    """The MLLM as two exportable graphs, "mllm_vision" and "mllm_text" (export/mllm_split.py
-    joins them back into the "mllm" contract). Symbols: patches, image_tokens, batch, seq."""
+    """The MLLM as its two exportable graphs (models/stages.py; export/mllm_split.py joins
+    them back into the "mllm" contract). Symbols: patches, image_tokens, batch, seq."""
     m = config.mllm
     f32, i64 = torch.float32, torch.int64
     pixels = stage_specs(config)["mllm"].inputs[2]  # ("patches", 3 * tp * ps * ps)
     head_dim = m.vision_embed_dim // m.vision_heads
     return {
-        "mllm_vision": StageSpec("mllm_vision", (
+        MLLM_VISION: StageSpec(MLLM_VISION, (
             pixels,
             TensorSpec("rotary_cos", f32, ("patches", head_dim)),
             TensorSpec("rotary_sin", f32, ("patches", head_dim)),
@@ -98,7 +99,7 @@ def mllm_split_specs(config: CinemaConfig) -> dict[str, StageSpec]:
             # patches / spatial_merge_size**2 rows, in the processor's patch order
             TensorSpec("image_embeds", f32, ("image_tokens", m.hidden_size)),
         )),
-        "mllm_text": StageSpec("mllm_text", (
+        MLLM_TEXT: StageSpec(MLLM_TEXT, (
             TensorSpec("inputs_embeds", f32, ("batch", "seq", m.hidden_size)),
             TensorSpec("attention_mask", i64, ("batch", "seq")),
             TensorSpec("position_ids", i64, (3, "batch", "seq")),

@@ -5,29 +5,25 @@ code when loaded, so it is refused with instructions to convert it once, in a tr
 
 Loading is strict and reports every problem at once (missing keys, unexpected keys, shape
 and dtype mismatches, by tensor name), because fixing a converted checkpoint one error per
-run is slow. Tied weights (two state-dict names for one tensor) are stored once; the other
-names are recorded in the file's metadata and filled from the stored tensor on load.
+run is slow.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import struct
-import uuid
 from pathlib import Path
 from typing import TypeVar
 
 import torch
 from torch import nn
 
+from .fileio import atomic_path
+
 logger = logging.getLogger(__name__)
 
 SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-# metadata key holding {alias: stored name} for tied weights; user metadata may not use it
-TIED_KEY = "cinema_trt.tied"
 # safetensors' names for torch dtypes (the file format spec, not a private API)
 _DTYPE_NAMES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -50,9 +46,6 @@ class CheckpointError(ValueError):
                          f"({len(self.problems)} problem(s)):\n{lines}")
 
 
-# --- tied weights ---------------------------------------------------------------------
-
-
 def _storage_key(t: torch.Tensor) -> tuple | None:
     # empty and meta tensors all report data_ptr 0: never treat them as shared
     if t.numel() == 0 or t.device.type == "meta":
@@ -60,30 +53,15 @@ def _storage_key(t: torch.Tensor) -> tuple | None:
     return (t.device, t.untyped_storage().data_ptr())
 
 
-def tie_groups(state: dict[str, torch.Tensor]) -> list[list[str]]:
-    """Groups (>= 2 names, state-dict order) of entries that are the very same tensor view."""
-    groups: dict[tuple, list[str]] = {}
-    for name, t in state.items():
-        storage = _storage_key(t)
-        if storage is not None:
-            view = (*storage, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
-            groups.setdefault(view, []).append(name)
-    return [names for names in groups.values() if len(names) > 1]
-
-
-def _tensors_to_write(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
-                                                                dict[str, str]]:
-    """(tensors to store, {alias: stored name}); every stored tensor owns its memory."""
+def _tensors_to_write(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors to store; every stored tensor owns its memory."""
     unsupported = {k: str(t.dtype) for k, t in state.items() if t.dtype not in _DTYPE_NAMES}
     if unsupported:
         raise ValueError(f"safetensors cannot store these dtypes: {unsupported}; cast those "
                          f"tensors to one of {sorted(str(d) for d in _DTYPE_NAMES)}")
-    aliases = {alias: names[0] for names in tie_groups(state) for alias in names[1:]}
     tensors: dict[str, torch.Tensor] = {}
     used_storages: set[tuple] = set()
     for name, t in state.items():
-        if name in aliases:
-            continue
         t = t.detach()
         storage = _storage_key(t)
         # a different view into an already stored buffer (e.g. a slice of a fused weight):
@@ -93,7 +71,7 @@ def _tensors_to_write(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
         tensors[name] = t.contiguous()
         if storage is not None:
             used_storages.add(storage)
-    return tensors, aliases
+    return tensors
 
 
 # --- saving ---------------------------------------------------------------------------
@@ -106,28 +84,15 @@ def _check_metadata(metadata: dict[str, str] | None) -> dict[str, str]:
     if bad:
         raise ValueError(f"safetensors metadata must map str to str; got non-str entries {bad}"
                          f" (json.dumps structured values)")
-    if TIED_KEY in metadata:
-        raise ValueError(f"metadata key {TIED_KEY!r} is reserved for tied-weight records")
     metadata.setdefault("format", "pt")  # what transformers and diffusers expect to find
     return metadata
-
-
-def _fsync_dir(folder: Path) -> None:
-    # makes the rename itself durable; directories cannot be opened this way on Windows
-    if hasattr(os, "O_DIRECTORY"):
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def save_stage(module: nn.Module, path: str | Path,
                metadata: dict[str, str] | None = None) -> Path:
     """Write `module`'s state dict to `path` (.safetensors), atomically; returns the path.
 
-    The file is written to a hidden temporary file in the same folder, flushed to disk and
-    then renamed over `path`, so a crash leaves either the old file or the new one.
+    Written through fileio.atomic_path, so a crash leaves either the old file or the new one.
     """
     from safetensors.torch import save_file
 
@@ -135,20 +100,11 @@ def save_stage(module: nn.Module, path: str | Path,
     if path.suffix != SUFFIX:
         raise ValueError(f"checkpoint path {path} must end with {SUFFIX}")
     metadata = _check_metadata(metadata)
-    tensors, aliases = _tensors_to_write(module.state_dict())
-    if aliases:
-        metadata[TIED_KEY] = json.dumps(aliases, sort_keys=True)
+    tensors = _tensors_to_write(module.state_dict())
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_path(path) as tmp:  # save_file streams: no in-memory copy of the checkpoint
         save_file(tensors, str(tmp), metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # only left when something above failed
-    _fsync_dir(path.parent)
-    logger.info("saved %d tensors (%d tied aliases) to %s", len(tensors), len(aliases), path)
+    logger.info("saved %d tensors to %s", len(tensors), path)
     return path
 
 
@@ -192,35 +148,20 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-def _sources(expected: dict[str, torch.Tensor], found: dict[str, tuple],
-             file_aliases: dict[str, str]) -> dict[str, str]:
-    """For each module name that can be filled: the file tensor to fill it from."""
-    module_groups = {name: names for names in tie_groups(expected) for name in names}
-    sources = {}
-    for name in expected:
-        candidates = [name, file_aliases.get(name), *module_groups.get(name, ())]
-        source = next((c for c in candidates if c in found), None)
-        if source is not None:
-            sources[name] = source
-    return sources
-
-
-def _problems(expected: dict[str, torch.Tensor], found: dict[str, tuple],
-              sources: dict[str, str]) -> list[str]:
+def _problems(expected: dict[str, torch.Tensor], found: dict[str, tuple]) -> list[str]:
     problems = []
     for name, t in expected.items():
-        if name not in sources:
+        if name not in found:
             problems.append(f"missing key {name} (module expects {tuple(t.shape)} {t.dtype})")
             continue
-        shape, dtype = found[sources[name]]
+        shape, dtype = found[name]
         if shape != tuple(t.shape):
             problems.append(f"shape mismatch {name}: checkpoint {shape} vs module "
                             f"{tuple(t.shape)}")
         if dtype != _DTYPE_NAMES.get(t.dtype, str(t.dtype)):
             problems.append(f"dtype mismatch {name}: checkpoint {dtype} vs module {t.dtype} "
                             f"(load, then cast the module)")
-    used = set(sources.values())
-    for name in sorted(set(found) - set(expected) - used):
+    for name in sorted(set(found) - set(expected)):
         shape, dtype = found[name]
         problems.append(f"unexpected key {name} (checkpoint has {shape} {dtype})")
     return problems
@@ -241,18 +182,16 @@ def load_stage(module: M, path: str | Path) -> M:
     path = check_safetensors_file(path)
     expected = module.state_dict()
     with safe_open(str(path), framework="pt") as f:
-        file_aliases = json.loads((f.metadata() or {}).get(TIED_KEY, "{}"))
         found = {}
         for name in f.keys():
             tensor_slice = f.get_slice(name)
             found[name] = (tuple(tensor_slice.get_shape()), tensor_slice.get_dtype())
-        sources = _sources(expected, found, file_aliases)
-        problems = _problems(expected, found, sources)
+        problems = _problems(expected, found)
         if problems:
             raise CheckpointError(path, problems)
         with torch.no_grad():
             for name, target in expected.items():
-                target.copy_(f.get_tensor(sources[name]))
+                target.copy_(f.get_tensor(name))
     logger.info("loaded %d tensors from %s into %s", len(expected), path,
                 type(module).__name__)
     return module

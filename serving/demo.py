@@ -239,7 +239,7 @@ def _engine_step(options: DemoOptions, config, onnx: Path, onnx_key: str, reques
                "height": request.height, "width": request.width, "cfg": True,
                "refs": {"min": 1, "opt": len(request.refs), "max": max_refs}}
     profile_path = options.workdir / "profiles.yaml"
-    profile_path.write_text(yaml.safe_dump(profile))
+    atomic_write(profile_path, yaml.safe_dump(profile))
     # BuildConfig() is fp16, the precision of the export_dtype("tensorrt") graphs
     inputs = {"onnx": onnx_key, "profile": profile, "tensorrt": tensorrt.__version__,
               "gpu": torch.cuda.get_device_name(0), "build": BuildConfig().cache_fields()}
@@ -309,7 +309,7 @@ def _generate(url: str, options: DemoOptions, request, ref_paths):
         seconds = time.perf_counter() - start
     output = options.output_path
     assert result.mp4 is not None, "the client checks the requested outputs arrived"
-    output.write_bytes(result.mp4)
+    atomic_write(output, result.mp4)
     log.info("wrote %s (%d frames, %dx%d) in %.2f s", output, request.frames, request.width,
              request.height, seconds)
     return seconds, before

@@ -46,7 +46,8 @@ class TritonPythonModel:
         model_config = json.loads(args["model_config"])
         folder = Path(args["model_repository"]) / args["model_version"]
         self.config = read_weights_config(folder)
-        concurrency = int(_parameter(model_config, "max_concurrency", "2"))
+        concurrency = int(_parameter(model_config, "max_concurrency",
+                                     str(protocol.MAX_CONCURRENCY)))
         specs = stage_specs(self.config)
         runners = {stage: BlsRunner(specs[stage]) for stage in STAGES}
         processor = load_processor(folder)

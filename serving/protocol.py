@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from cinema_trt.models.pipeline import GenerationRequest
 
 ORCHESTRATOR = "cinema"
+# requests one orchestrator instance runs at once (the repository writes it as a parameter)
+MAX_CONCURRENCY = 2
 
 
 @dataclass(frozen=True)

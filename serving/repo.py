@@ -17,7 +17,6 @@ The repository is assembled in a sibling folder and renamed into place when comp
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -26,9 +25,14 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from cinema_trt.models.factory import CONFIG_FILE, check_same_architecture, read_weights_config
+from cinema_trt.models.factory import (
+    CONFIG_FILE,
+    resolve_weights_config,
+)
+from cinema_trt.models.fileio import atomic_write
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import stage_specs
+from cinema_trt.models.stages import BY_NAME
 from cinema_trt.serving import protocol
 from cinema_trt.serving.stage_checks import limits_parameter
 from cinema_trt.serving.stage_model import (
@@ -66,7 +70,7 @@ class RepositoryOptions:
     stage_placement: Placement = Placement()
     orchestrator_placement: Placement = Placement()
     version: int = 1
-    max_concurrency: int = 2  # requests one orchestrator instance runs at once
+    max_concurrency: int = protocol.MAX_CONCURRENCY
     torch_threads: int = 0  # per python stage model; 0 keeps torch's default
     copy_weights: bool = False  # copy instead of symlinking weights and artifacts
     overwrite: bool = False  # replace an existing repository built by this function
@@ -100,7 +104,7 @@ def _place(source: Path, target: Path, copy: bool) -> None:
 
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    atomic_write(path, text)
 
 
 def _artifact(artifacts: Path, stage: str, backend: str) -> tuple[Path, list[Path]]:
@@ -160,11 +164,12 @@ def _python_stage_files(version: Path, stage: str, config: CinemaConfig, sources
             raise FileNotFoundError(f"{engines / graph}/manifest.json not found; build the "
                                     "stage first (cinema-trt build)")
         _place(engines / graph, version / ENGINE_FOLDER / graph, copy)
-    if len(graphs) > 1:  # the split MLLM: its engines are joined by the exporter's glue
+    glue = BY_NAME[stage].glue if stage in BY_NAME else ""
+    if glue:  # a split stage: its engines are joined by the exporter's glue
         export = _need(sources.export_dir,
-                       "export_dir (the ONNX folder with the mllm_text glue)", runtime)
-        _check_export(export / "mllm_text", config)
-        _place(export / "mllm_text", version / ONNX_FOLDER / "mllm_text", copy)
+                       f"export_dir (the ONNX folder with the {glue} glue)", runtime)
+        _check_export(export / glue, config)
+        _place(export / glue, version / ONNX_FOLDER / glue, copy)
 
 
 def _stage_backend(stage: str, sources: _Sources, options: RepositoryOptions) -> tuple[str, str]:
@@ -250,17 +255,6 @@ def _orchestrator(repo: Path, config: CinemaConfig, weights: Path,
             shutil.copy2(source, processor / source.name)
 
 
-def resolve_config(weights_dir: Path, config: CinemaConfig | None) -> CinemaConfig:
-    """The weights folder's config; a given `config` must match its architecture and
-    supplies the sampler defaults and attention backend (as load_models does)."""
-    saved = read_weights_config(weights_dir)
-    if config is None:
-        return saved
-    check_same_architecture(config, saved, str(weights_dir))
-    return dataclasses.replace(saved, sampler=config.sampler, dit=dataclasses.replace(
-        saved.dit, attention_backend=config.dit.attention_backend))
-
-
 def _is_our_repository(path: Path) -> bool:
     return (path / protocol.ORCHESTRATOR / "config.pbtxt").is_file()
 
@@ -275,8 +269,8 @@ def build_repository(config: CinemaConfig | None, out_dir: str | os.PathLike,
     processor). `artifacts` holds one `<stage>/` folder per exported graph: the export
     folder (`model.onnx` + manifest) for the onnxruntime backend and runtime ort, the
     engine folder (`cinema-trt build`) for the tensorrt backend and runtime tensorrt.
-    `export_dir`, for runtime tensorrt, is the export folder whose `mllm_text/` holds the
-    glue between the two MLLM engines.
+    `export_dir`, for runtime tensorrt, is the export folder whose glue folder (models/
+    stages.py) joins a split stage's engines.
     """
     out_dir, weights_dir = Path(out_dir), Path(weights_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -286,7 +280,7 @@ def build_repository(config: CinemaConfig | None, out_dir: str | os.PathLike,
         if not _is_our_repository(out_dir):
             raise ValueError(f"{out_dir} is not a cinema model repository; refusing to "
                              "replace it")
-    config = resolve_config(weights_dir, config)
+    config = resolve_weights_config(weights_dir, config)
     staging = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     sources = _Sources(weights_dir, Path(artifacts) if artifacts else None,

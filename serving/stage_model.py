@@ -8,7 +8,7 @@ The generated `model.py` of every stage imports `TritonPythonModel` from here; t
     ort        <v>/onnx/<export stage>/ (model.onnx + manifest.json) served by ONNX Runtime;
                each graph's sha256 is checked against its manifest before loading
     tensorrt   <v>/engines/<export stage>/ (plan + manifest, checked by TensorRTRunner), and
-               for the MLLM <v>/onnx/mllm_text/ with the glue between its two engines;
+               for a split stage <v>/onnx/<glue graph>/ with the glue between its engines;
                plans of either TensorRT backend (TensorRT-RTX plans are served only here:
                Triton's tensorrt_plan backend cannot load them)
 
@@ -33,6 +33,7 @@ from cinema_trt.models.factory import (
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.runner import Runner, TorchRunner
 from cinema_trt.models.specs import stage_specs
+from cinema_trt.models.stages import BY_NAME
 from cinema_trt.serving.bls import from_triton, log_to_stderr, pb_utils, to_triton
 from cinema_trt.serving.stage_checks import (
     InvalidInput,
@@ -52,14 +53,9 @@ STAGE_WEIGHTS = {stage: stage_weight_entries(stage) for stage in STAGE_PARTS}
 
 
 def export_folders(stage: str) -> tuple[str, ...]:
-    """The export (and engine) folders one pipeline stage is served from: the MLLM is
-    exported as two graphs (export/mllm_split.py), every other stage as one."""
-    if stage != "mllm":
-        # export.stages imports transformers (~2-3 s): a non-MLLM stage model never needs it
-        return (stage,)
-    from cinema_trt.export.stages import STAGE_ALIASES
-
-    return STAGE_ALIASES[stage]
+    """The export (and engine) folders one pipeline stage is served from: its graphs in
+    the stage registry (models/stages.py)."""
+    return BY_NAME[stage].graphs if stage in BY_NAME else (stage,)
 
 
 def _ort_runner(folder: Path, stage: str, config: CinemaConfig, device: str) -> Runner:

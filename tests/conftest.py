@@ -58,6 +58,23 @@ SERVE_EXTRA = 'pip install -e ".[serve]"'
 
 
 @pytest.fixture(scope="session")
+def read_video():
+    """Decode an MP4 (path or bytes) to uint8 (T, H, W, 3), as a viewer of the output does
+    (PyAV, which write_video encodes with); the library itself never reads videos."""
+    import io
+
+    import av
+    import numpy as np
+
+    def read(source) -> np.ndarray:
+        data = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else str(source)
+        with av.open(data) as container:
+            return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+    return read
+
+
+@pytest.fixture(scope="session")
 def serve_extra():
     """For modules that need tritonclient (Triton's config protobufs, the gRPC client):
     `pytestmark = pytest.mark.usefixtures("serve_extra")`."""

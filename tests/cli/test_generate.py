@@ -6,10 +6,10 @@ import sys
 import pytest
 
 from cinema_trt.cli.main import main
-from cinema_trt.models.media import read_video, sample_references
+from cinema_trt.models.media import sample_references
 
 
-def test_generate_writes_an_mp4_with_the_requested_frames_and_size(tmp_path):
+def test_generate_writes_an_mp4_with_the_requested_frames_and_size(tmp_path, read_video):
     out = tmp_path / "out.mp4"
     refs = [str(p) for p in sample_references()[:2]]
     code = main(["generate", "--preset", "tiny", "--ref", refs[0], "--ref", refs[1],

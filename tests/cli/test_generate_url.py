@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from cinema_trt.cli.main import main
-from cinema_trt.models.media import read_video, sample_references
+from cinema_trt.models.media import sample_references
 from cinema_trt.serving.client import CinemaClient
 from cinema_trt.serving.server import ServerConfig, TritonServer, free_port
 
@@ -44,7 +44,8 @@ def test_served_frames_equal_the_in_process_pipeline_bit_for_bit(server, tmp_pat
     np.testing.assert_array_equal(served, local)
 
 
-def test_an_mp4_output_is_the_servers_encoding_with_a_progress_bar(server, tmp_path, capsys):
+def test_an_mp4_output_is_the_servers_encoding_with_a_progress_bar(server, tmp_path, capsys,
+                                                                  read_video):
     out = tmp_path / "served.mp4"
     assert main(COMMON + ["--url", server.endpoints.grpc, "-o", str(out)]) == 0
     assert read_video(out).shape == (5, 32, 48, 3)

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from cinema_trt.models.aligner import AlignerNet, alignment_loss, create_aligner
+from cinema_trt.models.aligner import AlignerNet, create_aligner
 from cinema_trt.models.presets import AlignerConfig
 
 # Masked keys get exactly zero attention weight, so padding changes the result only through
@@ -128,61 +128,3 @@ def test_exports_with_a_dynamic_sequence_length(aligner, cfg):
     mask[1, 10:] = 0
     torch.testing.assert_close(program.module()(hidden, mask), aligner(hidden, mask),
                                atol=1e-6, rtol=0)
-
-
-# --- alignment_loss -------------------------------------------------------------------
-
-
-def test_loss_is_zero_for_a_perfect_prediction():
-    target = torch.randn(2, 6, 8)
-    # the cosine of a vector with itself rounds to 1 within a few ulp (~1e-7)
-    assert alignment_loss(target.clone(), target).abs() < 1e-6
-
-
-def test_loss_is_mse_plus_one_minus_cosine():
-    target = torch.randn(2, 6, 8)
-    pred = target + 0.5 * torch.randn(2, 6, 8)
-    mse = ((pred - target) ** 2).mean(-1)
-    cos = (pred * target).sum(-1) / (pred.norm(dim=-1) * target.norm(dim=-1))
-    expected = (mse + 1 - cos).mean()
-    loss = alignment_loss(pred, target)
-    assert loss > 0
-    torch.testing.assert_close(loss, expected, atol=1e-6, rtol=1e-6)
-    # opposite direction with the same magnitude: the cosine term alone contributes 2
-    assert alignment_loss(-target, target) > alignment_loss(pred, target)
-
-
-def test_loss_ignores_masked_tokens():
-    target = torch.randn(2, 6, 8)
-    pred = target + 0.1 * torch.randn(2, 6, 8)
-    mask = torch.ones(2, 6, dtype=torch.int64)
-    mask[:, 4:] = 0
-    wild = pred.clone()
-    wild[:, 4:] = float("nan")
-    assert torch.equal(alignment_loss(wild, target, mask), alignment_loss(pred, target, mask))
-    torch.testing.assert_close(alignment_loss(pred, target, mask),
-                               alignment_loss(pred[:, :4], target[:, :4]))
-
-
-def test_loss_gradient_reaches_the_aligner(aligner, cfg):
-    hidden, mask = _inputs(cfg, 2, 5)
-    target = torch.randn(2, cfg.num_queries, cfg.out_dim)
-    token_mask = torch.ones(2, cfg.num_queries, dtype=torch.int64)
-    token_mask[:, -3:] = 0
-    aligner.zero_grad()
-    pred = aligner(hidden, mask)
-    pred.retain_grad()
-    alignment_loss(pred, target, token_mask).backward()
-    assert torch.isfinite(pred.grad).all()
-    assert pred.grad[:, -3:].abs().max() == 0  # masked tokens get no gradient
-    assert pred.grad[:, :-3].abs().max() > 0
-    assert aligner.queries.grad is not None and aligner.queries.grad.abs().max() > 0
-    assert aligner.input_proj.weight.grad.abs().max() > 0
-    aligner.zero_grad()
-
-
-def test_loss_rejects_mismatched_shapes():
-    with pytest.raises(ValueError, match="pred and target"):
-        alignment_loss(torch.randn(1, 4, 8), torch.randn(1, 5, 8))
-    with pytest.raises(ValueError, match="mask"):
-        alignment_loss(torch.randn(1, 4, 8), torch.randn(1, 4, 8), torch.ones(1, 5))

@@ -7,7 +7,6 @@ import os
 
 import pytest
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from cinema_trt.models.aligner import create_aligner
@@ -29,14 +28,6 @@ def _assert_same_state(a: nn.Module, b: nn.Module) -> None:
     for name in sa:
         assert sa[name].dtype == sb[name].dtype, name
         assert torch.equal(sa[name], sb[name]), name  # bit-identical, not close
-
-
-class _Tied(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.embed = nn.Embedding(5, 3)
-        self.head = nn.Linear(3, 5, bias=False)
-        self.head.weight = self.embed.weight
 
 
 def test_small_module_round_trip_is_bit_identical(tmp_path):
@@ -63,22 +54,6 @@ def test_metadata_is_stored(tmp_path):
     assert meta["format"] == "pt"
     with pytest.raises(ValueError, match="str to str"):
         save_stage(_small_net(), tmp_path / "bad.safetensors", {"width": 4})
-
-
-def test_tied_weights_are_stored_once_and_refilled(tmp_path):
-    source = _Tied()
-    path = save_stage(source, tmp_path / "tied.safetensors")
-    with safe_open(str(path), framework="pt") as f:
-        assert sorted(f.keys()) == ["embed.weight"]
-    fresh = _Tied()
-    load_stage(fresh, path)
-    _assert_same_state(source, fresh)
-    assert fresh.head.weight is fresh.embed.weight  # still tied after loading
-    # an untied module with the same names gets both from the single stored tensor
-    untied = nn.Module()
-    untied.embed, untied.head = nn.Embedding(5, 3), nn.Linear(3, 5, bias=False)
-    load_stage(untied, path)
-    assert torch.equal(untied.head.weight, source.embed.weight)
 
 
 def test_wrong_shape_names_the_tensor_and_both_shapes(tmp_path):

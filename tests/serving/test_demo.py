@@ -16,7 +16,7 @@ import pytest
 from cinema_trt.export.manifest import read_manifest
 from cinema_trt.export.ort import ort_runners
 from cinema_trt.models.factory import pipeline_processor
-from cinema_trt.models.media import load_image, read_video, sample_references
+from cinema_trt.models.media import load_image, sample_references
 from cinema_trt.models.pipeline import CinemaPipeline, GenerationRequest
 from cinema_trt.models.presets import get_preset
 from cinema_trt.models.specs import STAGES
@@ -63,7 +63,8 @@ def second(first, options):
     return run_demo(options, report=report), served["video"]
 
 
-def test_a_fresh_run_builds_every_step_and_writes_the_requested_video(first, options):
+def test_a_fresh_run_builds_every_step_and_writes_the_requested_video(first, options,
+                                                                     read_video):
     result, mtimes = first
     assert result.reused == {"weights": False, "onnx": False, "models": False}
     assert result.runtime == "ort" and result.output == options.output
@@ -92,7 +93,8 @@ def test_the_server_is_stopped_when_the_demo_returns(first):
     assert not CinemaClient(result.grpc).is_ready()
 
 
-def test_a_second_run_reuses_every_artifact_and_still_serves(first, second, options):
+def test_a_second_run_reuses_every_artifact_and_still_serves(first, second, options,
+                                                             read_video):
     _, mtimes = first
     result, _ = second
     assert result.reused == {"weights": True, "onnx": True, "models": True}
@@ -149,7 +151,7 @@ def test_bad_options_fail_before_any_work(tmp_path):
 
 
 @pytest.mark.gpu
-def test_the_tensorrt_path_serves_the_demo(tritonserver_binary, tmp_path):
+def test_the_tensorrt_path_serves_the_demo(tritonserver_binary, tmp_path, read_video):
     if tensorrt_unusable():
         pytest.skip(tensorrt_unusable())
     result = run_demo(DemoOptions(workdir=tmp_path / "work", progress=False, **SIZE))
