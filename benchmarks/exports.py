@@ -44,17 +44,6 @@ class ExportCache:
     seconds: float  # spent exporting (0 when everything was reused)
 
 
-def _stale_reason(stage_dir: Path, expect: ExportExpectation) -> str | None:
-    """Why the cached export of one stage cannot be reused, or None if it can."""
-    try:
-        check_export(stage_dir, expect)
-    except StaleExportError as error:
-        return error.reason
-    except (FileNotFoundError, ValueError, KeyError, TypeError) as error:
-        return f"no usable manifest ({error})"
-    return None
-
-
 def stale_stages(models: CinemaModels, folder: Path, stages: tuple[str, ...], fp8: bool,
                  dtype: str = "fp32") -> dict[str, str]:
     """{stage: reason} for every stage of `stages` whose cached export must be redone.
@@ -67,9 +56,12 @@ def stale_stages(models: CinemaModels, folder: Path, stages: tuple[str, ...], fp
         precision = Precision.FP8 if fp8 and stage in FP8_STAGES else compute
         expect = ExportExpectation(models.config, precision, onnx_type(compute),
                                    state_dict_sha256(modules[stage]), versions)
-        reason = _stale_reason(folder / stage, expect)
-        if reason is not None:
-            stale[stage] = reason
+        try:
+            check_export(folder / stage, expect)
+        except StaleExportError as error:
+            stale[stage] = error.reason
+        except (FileNotFoundError, ValueError, KeyError, TypeError) as error:
+            stale[stage] = f"no usable manifest ({error})"
     return stale
 
 

@@ -25,6 +25,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from cinema_trt.export.manifest import ExportExpectation, check_export
 from cinema_trt.models.factory import (
     CONFIG_FILE,
     resolve_weights_config,
@@ -134,13 +135,6 @@ def _need(path: Path | None, what: str, runtime: str) -> Path:
     return path
 
 
-def _check_export(stage_dir: Path, config: CinemaConfig) -> None:
-    """Fail at build time, not at server start, on a missing, foreign or changed export."""
-    from cinema_trt.export.manifest import ExportExpectation, check_export
-
-    check_export(stage_dir, ExportExpectation(config=config))
-
-
 def _python_stage_files(version: Path, stage: str, config: CinemaConfig, sources: _Sources,
                         runtime: str, copy: bool) -> None:
     if runtime == "torch":
@@ -153,8 +147,8 @@ def _python_stage_files(version: Path, stage: str, config: CinemaConfig, sources
     graphs = export_folders(stage)
     if runtime == "ort":
         export = _need(sources.artifacts, "artifacts (the export folder)", runtime)
-        for graph in graphs:
-            _check_export(export / graph, config)
+        for graph in graphs:  # a missing, foreign or changed export fails now, not at start
+            check_export(export / graph, ExportExpectation(config=config))
             _place(export / graph, version / ONNX_FOLDER / graph, copy)
         return
     engines = _need(sources.artifacts, "artifacts (the engine folder of cinema-trt build)",
@@ -168,7 +162,7 @@ def _python_stage_files(version: Path, stage: str, config: CinemaConfig, sources
     if glue:  # a split stage: its engines are joined by the exporter's glue
         export = _need(sources.export_dir,
                        f"export_dir (the ONNX folder with the {glue} glue)", runtime)
-        _check_export(export / glue, config)
+        check_export(export / glue, ExportExpectation(config=config))
         _place(export / glue, version / ONNX_FOLDER / glue, copy)
 
 
