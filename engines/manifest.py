@@ -132,10 +132,6 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     return atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes | memoryview) -> Path:
-    return atomic_write(path, data)
-
-
 def write_manifest(folder: str | os.PathLike, manifest: EngineManifest) -> Path:
     return write_json_atomic(Path(folder) / MANIFEST_FILE, manifest.to_dict())
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cinema_trt.models.fileio import atomic_write
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import StageSpec
 
@@ -24,7 +25,7 @@ from .artifacts import StageBuild, finish_build, prepare_build, reuse_cached
 from .backends import Backend, get_backend
 from .config import BuildConfig, OnnxGraphInfo, network_flags, trt_flags
 from .deps import require_backend, tensorrt_runtime_info
-from .manifest import RuntimeInfo, write_bytes_atomic
+from .manifest import RuntimeInfo
 from .progress import TENSORRT_LOG, BuildProgress
 from .report import (
     LayerRow,
@@ -81,7 +82,7 @@ def build_engine(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
     register_graph_plugins(build.graph, described.module)
     with TENSORRT_LOG.capture() as messages:
         serialized = _build_serialized(trt, described, build, should_stop)
-    plan = write_bytes_atomic(build.out_dir / PLAN_FILE, memoryview(serialized))
+    plan = atomic_write(build.out_dir / PLAN_FILE, memoryview(serialized))
     layers = _logged_layers(build.stage, messages)
     if not layers and not described.builds_without_gpu:  # the build GPU can deserialize
         layers = _inspect_layers(trt, serialized)
@@ -254,7 +255,7 @@ def _save_timing_cache(config, path: Path | None) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     data = config.get_timing_cache().serialize()
-    write_bytes_atomic(path, memoryview(data))
+    atomic_write(path, memoryview(data))
     log.info("saved timing cache %s (%d bytes)", path, len(memoryview(data)))
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from cinema_trt.models.fileio import atomic_write
 from cinema_trt.models.runner import Runner, Tensors
 from cinema_trt.models.stages import SPLIT_GRAPHS, SPLIT_STAGES
 
@@ -33,7 +34,6 @@ from .manifest import (
     read_manifest,
     validate_manifest,
     verify_plan,
-    write_bytes_atomic,
 )
 from .shape_check import check_input_shapes, torch_dtype
 from .trt_build import trt_logger
@@ -166,7 +166,7 @@ class TensorRTRunner:
             return None
         data = memoryview(self.runtime_cache.serialize())
         try:
-            return write_bytes_atomic(self.runtime_cache_path, data)
+            return atomic_write(self.runtime_cache_path, data)
         except OSError as error:
             log.warning("%s: could not save the runtime cache: %s", self.name, error)
             return None
