@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.presets import get_preset, token_counts
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ SDPA_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "M
 # TMA_BY_DEFAULT), so one run shows whether it should become the default on Hopper
 ALL_BACKENDS = ("triton", "triton_tma", "triton_int8") + tuple(
     f"sdpa_{b.lower()}" for b in SDPA_BACKENDS)
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = ("float16", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def _measure(name: str, shape: AttentionShape, config: AttentionBenchConfig) -> 
     gen = torch.Generator(device="cuda").manual_seed(0)
     dims = (shape.batch, shape.heads, shape.seq, shape.head_dim)
     try:
-        q, k, v = (torch.randn(dims, device="cuda", dtype=DTYPES[config.dtype], generator=gen)
+        q, k, v = (torch.randn(dims, device="cuda", dtype=lookup(config.dtype).torch, generator=gen)
                    for _ in range(3))
         fn = _backend(name)
         ms = do_bench(lambda: fn(q, k, v), warmup=config.warmup_ms, rep=config.rep_ms,
@@ -197,7 +198,7 @@ def write_results(record: dict, out_dir: str | Path) -> tuple[Path, Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="cinema")
-    parser.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
+    parser.add_argument("--dtype", default="float16", choices=DTYPES)
     parser.add_argument("--backends", nargs="+", default=list(ALL_BACKENDS))
     parser.add_argument("--head-dims", nargs="+", type=int, default=[64, 128])
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))

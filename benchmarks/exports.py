@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cinema_trt.export.dtype import onnx_type, parse_dtype
 from cinema_trt.export.manifest import (
     ExportExpectation,
     Precision,
@@ -25,6 +24,7 @@ from cinema_trt.export.manifest import (
     state_dict_sha256,
 )
 from cinema_trt.export.stages import EXPORT_STAGES, stage_exports
+from cinema_trt.models.precision import compute_dtype, parse_dtype
 
 if TYPE_CHECKING:
     from cinema_trt.models.factory import CinemaModels
@@ -54,7 +54,7 @@ def stale_stages(models: CinemaModels, folder: Path, stages: tuple[str, ...], fp
     stale = {}
     for stage in stages:
         precision = Precision.FP8 if fp8 and stage in FP8_STAGES else compute
-        expect = ExportExpectation(models.config, precision, onnx_type(compute),
+        expect = ExportExpectation(models.config, precision, compute_dtype(compute),
                                    state_dict_sha256(modules[stage]), versions)
         try:
             check_export(folder / stage, expect)

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cinema_trt.models.presets import CinemaConfig, Precision, SamplerConfig, get_preset
+from cinema_trt.models.precision import Precision
+from cinema_trt.models.presets import CinemaConfig, SamplerConfig, get_preset
 from cinema_trt.models.stages import DEPTH_FIELDS, FP8_GRAPHS, GRAPHS
 
 from .memory_plan import EngineMemory, StagePlan, extrapolate

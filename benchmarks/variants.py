@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
+from cinema_trt.models.dtypes import lookup
+from cinema_trt.models.precision import base_precision, compute_dtype
 from cinema_trt.models.runner import Runner
 from cinema_trt.models.specs import STAGES
 
@@ -35,9 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TORCH_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-# fp8 variants swap only FP8_STAGES into a base variant of the same runtime
-FP8_BASE = {"ort": "fp32", "tensorrt": "fp16"}
 
 
 @dataclass(frozen=True)
@@ -130,7 +127,8 @@ def _torch_variant(models, precision: str, bench: BenchConfig) -> Variant:
     # TorchRunner moves its module in place: other devices/dtypes get their own copy
     default = bench.device == "cpu" and precision == "fp32"
     source = models if default else copy.deepcopy(models)
-    runners = torch_runners(source, bench.device, TORCH_DTYPES[precision])
+    dtype = None if precision == "fp32" else lookup(compute_dtype(precision)).torch
+    runners = torch_runners(source, bench.device, dtype)
     served = ServedSpec("torch") if precision == "fp32" else None
     return Variant("torch", precision, runners, STAGES, {s: precision for s in STAGES},
                    served=served, served_reason="served torch stage models load fp32 "
@@ -153,7 +151,8 @@ def overlay(folder: Path, base: Path, swaps: dict[str, Path]) -> Path:
 def _ort_variant(models, precision: str, bench: BenchConfig) -> Variant:
     from cinema_trt.export.ort import OrtRunner, ort_runners
 
-    base = FP8_BASE["ort"] if precision == "fp8" else precision
+    # fp8 variants swap only FP8_STAGES into a base variant of the same runtime
+    base = base_precision("ort").value if precision == "fp8" else precision
     base_dir = _export_dir(bench, models, base)
     exports = [ensure_export(models, base_dir, dtype=base)]
     runners = ort_runners(base_dir, threads=bench.threads)
@@ -194,7 +193,7 @@ def _tensorrt_variant(models, precision: str, bench: BenchConfig) -> Variant:
     only kind TensorRT 11 builds)."""
     from cinema_trt.engines.trt_runtime import TensorRTRunner, tensorrt_runners
 
-    base = FP8_BASE["tensorrt"] if precision == "fp8" else precision
+    base = base_precision("tensorrt").value if precision == "fp8" else precision
     base_dir = _export_dir(bench, models, base)
     ensure_export(models, base_dir, dtype=base)
     root = base_dir.parent

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cinema_trt.models.precision import EXPORT_PRECISIONS
 from cinema_trt.models.stages import FP8_GRAPHS, GRAPHS, STAGE_ALIASES
 
 from .options import defaults, from_args
@@ -20,8 +21,6 @@ log = logging.getLogger(__name__)
 # cinema_trt.export.calibration.CALIBRATORS, spelled out: importing it would load torch
 # every time the CLI starts (tests/export/test_export_cli.py checks they agree)
 CALIBRATORS = ("builtin", "modelopt")
-# cinema_trt.export.dtype.EXPORT_DTYPES, spelled out for the same reason
-DTYPES = ("fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "architecture (default: the preset's seeded weights)")
     p.add_argument("--out", type=Path, required=True, help="export folder")
     p.add_argument("--stages", nargs="+", metavar="STAGE", help="default: every stage")
-    p.add_argument("--dtype", choices=DTYPES,
+    p.add_argument("--dtype", choices=[d.value for d in EXPORT_PRECISIONS],
                    help="what the graphs compute in (their inputs and outputs stay float32). "
                         "fp16/bf16 graphs build strongly typed, the only kind TensorRT 11 "
                         "builds: use them for --precision fp16/bf16, and with --fp8 for "

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cinema_trt.models.precision import precision_for
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import StageSpec
 
@@ -19,7 +20,6 @@ from .backends import BACKENDS, resolve_targets, sm_name
 from .config import (
     BuildConfig,
     OnnxGraphInfo,
-    compute_precision,
     inspect_onnx,
     resolve_build_config,
     weak_typing_available,
@@ -109,7 +109,7 @@ def check_backend_graph(graph: OnnxGraphInfo, runtime: str, onnx_path: Path,
         f"--attention-plugin), and {backend.display} has no Python plugins, so it cannot "
         f"parse them; its own fused attention replaces them. Re-export without the flag: "
         f"cinema-trt export --preset {config.name} --out {onnx_path.parent.parent} "
-        f"--dtype {compute_precision(graph.compute_type).value}"
+        f"--dtype {precision_for(graph.compute_type).value}"
         f"{' --fp8' if graph.has_fp8 else ''} --stages {stage}")
 
 

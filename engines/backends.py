@@ -10,20 +10,17 @@ loads or serves an engine (no `if rtx:` branches elsewhere).
   (kept in a runtime cache). It has no weak typing, no timing cache and no Python
   plugins, and no SM90 target.
 
-Hardware limits apply to both: FP8 tensor cores exist from SM89 (Ada), bf16 from SM80
-(Ampere). TensorRT-RTX refuses to compile an FP8 graph for SM80 ("the model contains
-HW-specific datatypes: fp8_e4m3"), so the targets are checked against the precision
-before anything is read.
+Hardware limits apply to both (models/precision.py: FP8 tensor cores exist from SM89,
+bf16 from SM80). TensorRT-RTX refuses to compile an FP8 graph for SM80 ("the model
+contains HW-specific datatypes: fp8_e4m3"), so the targets are checked against the
+precision before anything is read.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cinema_trt.models.presets import Precision
-
-# the lowest compute capability with hardware for each precision (others: any target)
-PRECISION_MIN_SM = {Precision.FP8: 89, Precision.BF16: 80}
+from cinema_trt.models.precision import Precision, policy
 
 
 @dataclass(frozen=True)
@@ -56,7 +53,7 @@ class Backend:
 
     def targets_for(self, precision: Precision) -> tuple[str, ...]:
         """The ahead-of-time targets whose hardware runs `precision`."""
-        return tuple(t for t in self.targets if sm_number(t) >= PRECISION_MIN_SM.get(precision, 0))
+        return tuple(t for t in self.targets if sm_number(t) >= policy(precision).min_sm)
 
 
 TENSORRT = Backend(
@@ -117,7 +114,7 @@ def resolve_targets(backend: Backend, precision: Precision, requested: tuple[str
     """
     precision = Precision.parse(precision)
     allowed = backend.targets_for(precision)
-    minimum = PRECISION_MIN_SM.get(precision, 0)
+    minimum = policy(precision).min_sm
     if not backend.builds_without_gpu:
         if build_gpu is None:
             raise ValueError(f"{backend.display} builds on the GPU it targets, and none was "

@@ -24,18 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cinema_trt.models.presets import Precision  # re-exported: engines.config.Precision
+from cinema_trt.models.dtypes import find
+from cinema_trt.models.precision import (  # Precision re-exported: engines.config.Precision
+    Precision,
+    policy,
+    precision_for,
+    strong_typing_reasons,
+)
 
 log = logging.getLogger(__name__)
 
-
-# weakly typed networks: the builder may pick these types in addition to fp32
-_PRECISION_FLAGS = {Precision.FP32: (), Precision.FP16: ("FP16",), Precision.BF16: ("BF16",),
-                    Precision.FP8: ()}
-# ONNX TensorProto element types (onnx.TensorProto.*), spelled out to keep onnx a lazy import
-_ONNX_FLOAT_TYPES = {1: "float32", 10: "float16", 16: "bfloat16", 11: "float64",
-                     17: "float8e4m3fn", 18: "float8e4m3fnuz", 19: "float8e5m2",
-                     20: "float8e5m2fnuz"}
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 # ONNX domain of TensorRT plugin nodes (kernels.trt_plugin.ONNX_DOMAIN, spelled out so the
 # engines package does not import torch to inspect a graph; a test checks they agree)
@@ -99,8 +97,7 @@ def inspect_onnx(onnx_path: str | os.PathLike) -> OnnxGraphInfo:
         if "Dequantize" not in node.op_type:  # a Q node: the DQ reading it has its type
             quantized.update(dict.fromkeys(node.output, kind))
         qdq_types.add(kind)
-    weights = {_ONNX_FLOAT_TYPES[t.data_type] for t in graph.initializer
-               if t.data_type in _ONNX_FLOAT_TYPES}
+    weights = {d.name for t in graph.initializer if (d := find(t.data_type)) and d.floating}
     initializers = set(elem_types)
     # old exporters list initializers among the inputs too; those are weights, not inputs
     inputs = {v.name: onnx_type_name(v.type.tensor_type.elem_type) for v in graph.input
@@ -126,8 +123,8 @@ def _report_nodes(graph) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 def onnx_type_name(elem_type: int) -> str:
     """ONNX element type -> "float32", "int64", "bfloat16", ... (torch's spelling)."""
-    if elem_type in _ONNX_FLOAT_TYPES:
-        return _ONNX_FLOAT_TYPES[elem_type]
+    if known := find(elem_type):
+        return known.name
     import onnx
 
     return onnx.TensorProto.DataType.Name(elem_type).lower()
@@ -145,19 +142,13 @@ def _all_nodes(graph):
 def _qdq_type(node, elem_types: dict[str, int]) -> str:
     if node.op_type == "DequantizeLinear" and node.input[0] in elem_types:
         # a quantized constant (FP8 weights): its own type is the quantized type
-        return _quantized_type_name(elem_types[node.input[0]])
+        return onnx_type_name(elem_types[node.input[0]])
     for attr in node.attribute:
         if attr.name == "output_dtype" and attr.i:  # opset 21 QuantizeLinear
-            return _ONNX_FLOAT_TYPES.get(attr.i, f"onnx-type-{attr.i}")
+            return onnx_type_name(attr.i)
     if len(node.input) > 2 and node.input[2] in elem_types:  # zero point decides the type
-        return _quantized_type_name(elem_types[node.input[2]])
+        return onnx_type_name(elem_types[node.input[2]])
     return "int8"  # ONNX default when no zero point is given is uint8; TensorRT runs INT8
-
-
-def _quantized_type_name(elem_type: int) -> str:
-    """A quantized tensor's ONNX element type as qdq_types spells it (3 is INT8)."""
-    return _ONNX_FLOAT_TYPES.get(elem_type, "int8" if elem_type == 3 else
-                                 f"onnx-type-{elem_type}")
 
 
 @dataclass(frozen=True)
@@ -209,19 +200,6 @@ class BuildConfig:
         return data
 
 
-# the graph compute type each precision needs for a strongly typed build (fp8: any);
-# export.dtype.EXPORT_DTYPES spelled out, so inspecting a graph does not import torch (a
-# test checks they agree)
-_PRECISION_COMPUTE = {Precision.FP32: "float32", Precision.FP16: "float16",
-                      Precision.BF16: "bfloat16"}
-_COMPUTE_PRECISION = {v: k for k, v in _PRECISION_COMPUTE.items()}
-
-
-def compute_precision(compute_type: str) -> Precision:
-    """A graph's compute type ("float16") -> the export's --dtype (Precision.FP16)."""
-    return _COMPUTE_PRECISION[compute_type]
-
-
 def weak_typing_available(runtime: str, version: str) -> bool:
     """Whether the runtime still has weakly typed builds: TensorRT < 11, TensorRT-RTX never
     (backends.py). ORT never needs them, and says yes so the check stays TensorRT's."""
@@ -239,8 +217,8 @@ def resolve_build_config(config: BuildConfig, graph: OnnxGraphInfo,
     `weak_typing_available`); without them every network is strongly typed.
     """
     compute = graph.compute_type
-    strongly_typed = (graph.has_qdq or config.weight_streaming or compute != "float32"
-                      or not weak_typing)
+    strongly_typed = bool(strong_typing_reasons(compute, graph.has_qdq,
+                                                config.weight_streaming, weak_typing))
     resolved = dataclasses.replace(config, strongly_typed=strongly_typed)
     precision = resolved.precision
     if precision is Precision.FP8 and not graph.has_fp8:
@@ -253,7 +231,7 @@ def resolve_build_config(config: BuildConfig, graph: OnnxGraphInfo,
         raise ValueError(f"the ONNX graph has FP8 Q/DQ nodes, so its engine runs FP8 layers; "
                          f"build it with --precision fp8 (not {precision.value})")
     if strongly_typed and precision is not Precision.FP8 \
-            and _PRECISION_COMPUTE[precision] != compute:
+            and policy(precision).compute != compute:
         raise ValueError(_strong_typing_mismatch(resolved, graph, weak_typing))
     if graph.trt_plugins:
         _check_plugin_precision(resolved, graph)
@@ -273,13 +251,11 @@ def _strong_typing_mismatch(config: BuildConfig, graph: OnnxGraphInfo,
     compute, wanted = graph.compute_type, config.precision.value
     if compute != "float32":
         return (f"precision={wanted} does not match the graph, which computes in {compute} "
-                f"(exported with --dtype {_COMPUTE_PRECISION[compute].value}); a strongly "
+                f"(exported with --dtype {precision_for(compute).value}); a strongly "
                 f"typed build runs the graph's own types: build with --precision "
-                f"{_COMPUTE_PRECISION[compute].value}, or re-export with --dtype {wanted}")
-    reasons = [r for r, on in ((("it has Q/DQ nodes"), graph.has_qdq),
-                               ("weight streaming needs it", config.weight_streaming),
-                               ("TensorRT >= 11 and TensorRT-RTX build nothing else",
-                                not weak_typing)) if on]
+                f"{precision_for(compute).value}, or re-export with --dtype {wanted}")
+    reasons = strong_typing_reasons(compute, graph.has_qdq, config.weight_streaming,
+                                    weak_typing)
     return (f"precision={wanted} has no effect on this float32 graph: it is built strongly "
             f"typed ({'; '.join(reasons)}), which takes every type from the ONNX graph. "
             f"Re-export with `cinema-trt export --dtype {wanted}`, or build with --precision "
@@ -316,7 +292,8 @@ def network_flags(config: BuildConfig) -> list[str]:
 
 def trt_flags(config: BuildConfig) -> list[str]:
     """Names of `trt.BuilderFlag` members for `config`."""
-    flags = [] if config.strongly_typed else list(_PRECISION_FLAGS[config.precision])
+    weak_flag = policy(config.precision).weak_flag
+    flags = [weak_flag] if weak_flag and not config.strongly_typed else []
     if config.precision is Precision.FP8 and not config.strongly_typed:
         raise ValueError("precision=fp8 builds strongly typed from a Q/DQ graph; "
                          "call resolve_build_config(config, inspect_onnx(path)) first")

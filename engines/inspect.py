@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cinema_trt.models.precision import precision_for
+
 from .config import QDQ_OPS, inspect_onnx
 
 # op types shown first in the op table: what decides speed and precision
@@ -85,7 +87,7 @@ def _precision(info, manifest) -> tuple[str, str]:
     compute = info.compute_type
     if info.has_fp8:
         return "fp8", compute
-    return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[compute], compute
+    return precision_for(compute).value, compute
 
 
 def inspect_graph(onnx_path: str | os.PathLike, manifest=None) -> GraphReport:

@@ -24,6 +24,7 @@ from pathlib import Path
 from cinema_trt.export.manifest import CARRIED_MANIFEST_KEY, EXTERNAL_DATA_FILE, MODEL_FILE
 from cinema_trt.export.manifest import read_manifest as read_export_manifest
 from cinema_trt.models.fileio import atomic_path
+from cinema_trt.models.precision import ORT_PRECISIONS
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import StageSpec
 
@@ -35,9 +36,6 @@ from .shapes import DeploymentShapes
 
 log = logging.getLogger(__name__)
 
-# the export's precision must match (engines/config.py): fp16 exports run on the CPU
-# provider, which casts around ops it has no fp16 kernel for
-ORT_PRECISIONS = (Precision.FP32, Precision.FP16)
 ORT_MODEL_FILE = MODEL_FILE
 ORT_DATA_FILE = EXTERNAL_DATA_FILE
 

@@ -23,16 +23,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cinema_trt.models.dtypes import find
+
 from .config import OnnxGraphInfo
 from .manifest import write_json_atomic
 
 LAYERS_FILE = "layers.json"
 
-# the builder's Datatype spellings -> the dtype names manifests use (torch's spelling)
-_DATATYPES = {"float": "float32", "half": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16",
-              "fp8": "float8e4m3fn", "fp4": "float4e2m1", "int8": "int8", "int4": "int4",
-              "int32": "int32", "int64": "int64", "bool": "bool", "uint8": "uint8",
-              "e8m0": "float8e8m0", "fp32": "float32", "fp16": "float16"}
 # lower rank = narrower arithmetic; a layer computes in the narrowest type it reads
 _RANK = {"float4e2m1": 0, "int4": 0, "float8e4m3fn": 1, "int8": 1, "float16": 2,
          "bfloat16": 2, "float32": 3}
@@ -85,11 +82,10 @@ class LayerRow:
 def datatype_name(text: str) -> str:
     """"Half" or "Row major linear FP16 format" -> "float16", "FP8" -> "float8e4m3fn", ...
     (text without a known type: lower-cased as it is)."""
-    text = text.strip()
-    if text.lower() in _DATATYPES:
-        return _DATATYPES[text.lower()]
     match = _DATATYPE_TOKEN.search(text)
-    return _DATATYPES.get(match[1].lower(), match[1].lower()) if match else text.lower()
+    word = text if find(text) or match is None else match[1]
+    known = find(word)
+    return known.name if known else word.strip().lower()
 
 
 def _tensors(text: str | None, drop_scalars: bool = False) -> tuple[str, ...]:

@@ -8,27 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
-
 from .manifest import EngineManifest
 
 # symbolic dim (models/specs.py) -> the profiles.yaml key that sets its range
 PROFILE_KEY = {"batch": "batch", "seq": "seq", "frames": "frames", "lframes": "frames",
                "height": "height", "lheight": "height", "width": "width", "lwidth": "width",
                "refs": "refs", "images": "refs", "patches": "refs"}
-
-_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16,
-                 "bfloat16": torch.bfloat16, "float64": torch.float64, "int64": torch.int64,
-                 "int32": torch.int32, "int8": torch.int8, "uint8": torch.uint8,
-                 "bool": torch.bool, "float8e4m3fn": torch.float8_e4m3fn}
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    try:
-        return _TORCH_DTYPES[name]
-    except KeyError:
-        raise ValueError(f"tensor type {name!r} has no torch equivalent here; "
-                         f"supported: {sorted(_TORCH_DTYPES)}") from None
 
 
 def check_input_shapes(manifest: EngineManifest, shapes: Mapping[str, tuple[int, ...]]) -> None:

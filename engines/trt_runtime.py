@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.fileio import atomic_write
 from cinema_trt.models.runner import Runner, Tensors
 from cinema_trt.models.stages import SPLIT_GRAPHS, SPLIT_STAGES
@@ -35,7 +36,7 @@ from .manifest import (
     validate_manifest,
     verify_plan,
 )
-from .shape_check import check_input_shapes, torch_dtype
+from .shape_check import check_input_shapes
 from .trt_build import trt_logger
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ class TensorRTRunner:
         mode = trt.TensorIOMode.INPUT
         self.input_names = [n for n in names if engine.get_tensor_mode(n) == mode]
         self.output_names = [n for n in names if engine.get_tensor_mode(n) != mode]
-        self.dtypes = {n: torch_dtype(_dtype_name(engine.get_tensor_dtype(n))) for n in names}
+        self.dtypes = {n: lookup(engine.get_tensor_dtype(n)).torch for n in names}
         self.ignored_inputs = set(self.manifest.extra.get("unused_inputs", []))
 
     def _allocate(self) -> None:
@@ -295,13 +296,6 @@ class TensorRTRunner:
         # copies: the buffers are reused by the next call (the pipeline keeps the MLLM's
         # conditional output while it runs the unconditional one)
         return {name: tensor.clone() for name, tensor in bucket.outputs.items()}
-
-
-def _dtype_name(trt_dtype) -> str:
-    name = str(trt_dtype).rsplit(".", 1)[-1].lower()
-    return {"float": "float32", "half": "float16", "int32": "int32", "int64": "int64",
-            "bf16": "bfloat16", "bool": "bool", "int8": "int8", "uint8": "uint8",
-            "fp8": "float8e4m3fn"}.get(name, name)
 
 
 def tensorrt_runners(engine_dir: str | os.PathLike, export_dir: str | os.PathLike | None = None,

@@ -21,15 +21,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cinema_trt.models.fileio import onnx_sha256
+from cinema_trt.models.precision import compute_dtype, parse_dtype, policy
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.stages import GLUE_GRAPHS
 
 from .compare import ErrorStats, error_stats, worst
 from .dtype import (
     cast_module,
-    onnx_type,
     opset_for,
-    parse_dtype,
     round_parameters,
     unwrap_scopes,
     upcast_bfloat16,
@@ -246,7 +245,7 @@ def export_stage(stage: str, export: StageExport, models: CinemaModels, out_dir:
         sidecars = save_glue(models.mllm, stage_dir)
     manifest = dataclasses.replace(
         _manifest(stage, export, models, precision, opset, files, quantization,
-                  onnx_type(dtype)), sidecars=sidecars)
+                  compute_dtype(dtype)), sidecars=sidecars)
     validation: dict[str, Any]
     if export.attention_plugin:
         error = None
@@ -264,12 +263,12 @@ def export_stage(stage: str, export: StageExport, models: CinemaModels, out_dir:
 def _quantize(model, stage: str, amax: dict[str, float], calibrator: str,
               dtype: Precision) -> dict:
     """Insert the FP8 Q/DQ pairs; returns the manifest's `quantization` record."""
-    layers = insert_fp8_qdq(model, amax, dtype=onnx_type(dtype))
+    layers = insert_fp8_qdq(model, amax, dtype=compute_dtype(dtype))
     recipe = RECIPES[stage]
-    return {"format": "float8e4m3fn", "activations": "per-tensor amax (max)",
+    return {"format": policy(Precision.FP8).quantized, "activations": "per-tensor amax (max)",
             "weights": "per-output-channel amax", "exclude": list(recipe.exclude),
             "why": recipe.why, "calibrator": calibrator_version(calibrator),
-            "compute_dtype": onnx_type(dtype), "layers": {n: amax[n] for n in layers}}
+            "compute_dtype": compute_dtype(dtype), "layers": {n: amax[n] for n in layers}}
 
 
 def calibrator_version(calibrator: str) -> str:

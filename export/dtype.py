@@ -1,12 +1,10 @@
-"""The float type a graph computes in: fp32, or fp16/bf16 for strongly typed TensorRT builds.
+"""Graphs that compute in fp16/bf16 behind float32 inputs and outputs.
 
-TensorRT 10.12 deprecated weakly typed builds (`--precision fp16` on an fp32 graph, where
-the builder picks layer types) and TensorRT 11 removed them: an engine now runs in the
-types its ONNX graph states. So the exporter writes half-precision graphs itself: the
-stage module is cast to fp16/bf16 and wrapped so the graph's inputs and outputs stay
-float32, as every stage spec says (the runners, the Triton configs and the sampler's fp32
-latents are untouched; the boundary casts cost one elementwise pass over inputs and
-outputs).
+Engines run in the types their ONNX graph states (models/precision.py says why), so the
+exporter writes half-precision graphs itself: the stage module is cast to fp16/bf16 and
+wrapped so the graph's inputs and outputs stay float32, as every stage spec says (the
+runners, the Triton configs and the sampler's fp32 latents are untouched; the boundary
+casts cost one elementwise pass over inputs and outputs).
 """
 
 from __future__ import annotations
@@ -18,15 +16,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from cinema_trt.models.presets import Precision
+from cinema_trt.models.dtypes import lookup
+from cinema_trt.models.precision import Precision, compute_dtype
 
 if TYPE_CHECKING:
     import onnx
 
-# export dtype -> (torch dtype, ONNX element type name as engines/config.py spells it)
-EXPORT_DTYPES = {Precision.FP32: (torch.float32, "float32"),
-                 Precision.FP16: (torch.float16, "float16"),
-                 Precision.BF16: (torch.bfloat16, "bfloat16")}
 # opset 19's Conv (and ConvTranspose, AveragePool) take no bfloat16; opset 22 added it.
 # fp32/fp16 graphs stay on 19, the opset every TensorRT 10 parses.
 BF16_OPSET = 22
@@ -34,23 +29,6 @@ BF16_OPSET = 22
 # paths gain it as a prefix ("module.blocks.0.attn.qkv") until `unwrap_scopes` removes it
 CASTED_SCOPE = "module"
 _SCOPES_KEY, _CLASSES_KEY = "pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy"
-
-
-def parse_dtype(value: str | Precision) -> Precision:
-    """Precision.FP32/FP16/BF16 from 'fp32' | 'fp16' | 'bf16'; ValueError otherwise."""
-    precision = Precision.parse(value)
-    if precision not in EXPORT_DTYPES:
-        raise ValueError(f"dtype={precision.value!r} is not a compute dtype; choose one of "
-                         f"{[p.value for p in EXPORT_DTYPES]} (FP8 is --fp8, on top of one)")
-    return precision
-
-
-def torch_dtype(precision: Precision) -> torch.dtype:
-    return EXPORT_DTYPES[precision][0]
-
-
-def onnx_type(precision: Precision) -> str:
-    return EXPORT_DTYPES[precision][1]
 
 
 def opset_for(precision: Precision, default: int) -> int:
@@ -100,7 +78,7 @@ def cast_module(module: nn.Module, precision: Precision) -> nn.Module:
     setattr(forward, "__signature__", signature.replace(  # noqa: B010
         parameters=[self_parameter, *signature.parameters.values()]))
     casted = type(f"Casted{type(module).__name__}", (CastedModule,), {"forward": forward})
-    return casted(module, torch_dtype(precision)).eval()
+    return casted(module, lookup(compute_dtype(precision)).torch).eval()
 
 
 def unwrap_scopes(model: onnx.ModelProto) -> None:

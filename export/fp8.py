@@ -35,11 +35,13 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
+from cinema_trt.models.dtypes import lookup
+from cinema_trt.models.precision import Precision, policy, precision_for
 from cinema_trt.models.stages import MLLM_TEXT
 
 FP8_MAX = 448.0  # largest finite float8 E4M3FN value
 FP8_E4M3_BITS = (4, 3)  # (exponent, mantissa) bits: ModelOpt's `num_bits` for E4M3
-FP8_TYPE = onnx.TensorProto.FLOAT8E4M3FN
+FP8_TYPE = lookup(policy(Precision.FP8).quantized).onnx
 _MIN_AMAX = 1e-8  # an all-zero input still gets a finite scale
 
 
@@ -303,7 +305,8 @@ def insert_fp8_qdq(model: onnx.ModelProto, amax: dict[str, float],
     graph lost its module metadata and this raises rather than export an fp32 graph
     labelled fp8.
     """
-    builder = _QDQBuilder(model.graph, _numpy_dtype(dtype))
+    precision_for(dtype)  # the scales take a compute dtype: float32, float16 or bfloat16
+    builder = _QDQBuilder(model.graph, lookup(dtype).numpy)
     found: set[str] = set()
     for node in model.graph.node:
         layer = linear_module(node)
@@ -319,16 +322,6 @@ def insert_fp8_qdq(model: onnx.ModelProto, amax: dict[str, float],
                            f"module metadata in the graph; was it exported with dynamo=True?")
     builder.finish()
     return sorted(found)
-
-
-def _numpy_dtype(name: str) -> np.dtype:
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    if name not in ("float32", "float16"):
-        raise ValueError(f"dtype={name!r}: FP8 scales are float32, float16 or bfloat16")
-    return np.dtype(name)
 
 
 def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:

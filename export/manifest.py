@@ -30,10 +30,13 @@ from typing import Any
 
 import torch
 
+from cinema_trt.models.dtypes import lookup
+
 # re-exported: `cinema_trt.export.manifest.Precision` is the same enum as engines' and
 # stays importable from here
 from cinema_trt.models.fileio import atomic_write
-from cinema_trt.models.presets import CinemaConfig, Precision
+from cinema_trt.models.precision import Precision
+from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import StageSpec, TensorSpec
 
 MANIFEST_FILE = "manifest.json"
@@ -44,11 +47,6 @@ MANIFEST_VERSION = 1
 CARRIED_MANIFEST_KEY = "export_manifest"
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    """'float32' for torch.float32: the manifest's (and numpy's) spelling."""
-    return str(dtype).removeprefix("torch.")
-
-
 @dataclass(frozen=True)
 class TensorEntry:
     name: str
@@ -57,7 +55,7 @@ class TensorEntry:
 
     @classmethod
     def from_spec(cls, spec: TensorSpec) -> TensorEntry:
-        return cls(spec.name, dtype_name(spec.dtype), tuple(spec.dims))
+        return cls(spec.name, lookup(spec.dtype).name, tuple(spec.dims))
 
     @property
     def rank(self) -> int:
@@ -96,7 +94,7 @@ class Manifest:
         """The stage's tensors as exported (names, dtypes, dims): what a build compiles for,
         read from the record rather than re-derived from the config."""
         def specs(entries: tuple[TensorEntry, ...]) -> tuple[TensorSpec, ...]:
-            return tuple(TensorSpec(e.name, getattr(torch, e.dtype), tuple(e.dims))
+            return tuple(TensorSpec(e.name, lookup(e.dtype).torch, tuple(e.dims))
                          for e in entries)
         return StageSpec(self.stage, specs(self.inputs), specs(self.outputs))
 

@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from cinema_trt.models.dtypes import lookup
+
 from .reference import LOG2E
 from .tuning import PLUGIN_TACTICS, KernelConfig, interpreting
 
@@ -38,7 +40,7 @@ ONNX_DOMAIN = "trt.plugins"
 MIN_VERSIONS = {"tensorrt": "10.8"}
 MIN_TENSORRT = MIN_VERSIONS["tensorrt"]
 
-_TRITON_DTYPES = {"float16": "fp16", "bfloat16": "bf16"}
+AOT_DTYPES = ("float16", "bfloat16")  # what the plugin's q, k, v and output may be
 
 
 class TensorRTUnavailableError(ImportError):
@@ -182,7 +184,7 @@ class CompiledAttention:
 
 def _signature(arg_names: list[str], spec: AotAttentionSpec) -> tuple[dict, dict]:
     """Triton signature + constexprs: contiguous (B, H, S, D) I/O, kv_lens on, no prologue."""
-    ty = _TRITON_DTYPES[spec.dtype]
+    ty = lookup(spec.dtype).triton_lang
     constexprs = {
         "Q_NORM_W": None, "K_NORM_W": None, "COS": None, "SIN": None,
         "stride_qd": 1, "stride_kd": 1, "stride_vd": 1, "stride_od": 1,
@@ -207,8 +209,8 @@ def compile_attention(spec: AotAttentionSpec) -> CompiledAttention:
     if interpreting():
         raise RuntimeError("AOT compilation needs the real Triton compiler; unset "
                            "TRITON_INTERPRET (it replaces kernels with the CPU interpreter)")
-    if spec.dtype not in _TRITON_DTYPES:
-        raise ValueError(f"dtype={spec.dtype!r}: the AOT kernel supports {list(_TRITON_DTYPES)}")
+    if spec.dtype not in AOT_DTYPES:
+        raise ValueError(f"dtype={spec.dtype!r}: the AOT kernel supports {list(AOT_DTYPES)}")
     import triton
     from triton.backends.compiler import GPUTarget
 
@@ -286,8 +288,8 @@ def register_plugins(module: str = "tensorrt") -> None:
     """
     if module in _registered:
         return
-    trt, trtp = _import_tensorrt(module)
-    _register_attention(trt, trtp)
+    _, trtp = _import_tensorrt(module)
+    _register_attention(trtp)
     _register_attention_int8(trtp)
     _registered.add(module)
 
@@ -306,9 +308,8 @@ def _current_arch() -> int:
     return major * 10 + minor
 
 
-def _register_attention(trt, trtp) -> None:
+def _register_attention(trtp) -> None:
     plugin_id = f"{PLUGIN_NAMESPACE}::{ATTENTION_PLUGIN}"
-    dtype_names = {trt.float16: "float16", trt.bfloat16: "bfloat16"}
 
     @trtp.register(plugin_id)
     def describe(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc,
@@ -340,7 +341,7 @@ def _register_attention(trt, trtp) -> None:
         if not head_dim.is_constant:
             raise ValueError("the AOT attention kernel is specialised on head_dim; give the "
                              "ONNX input a static last dimension")
-        spec = AotAttentionSpec(dtype=dtype_names[q.dtype], head_dim=head_dim.constant_value(),
+        spec = AotAttentionSpec(dtype=lookup(q.dtype).name, head_dim=head_dim.constant_value(),
                                 scale=scale, config=PLUGIN_TACTICS[tactic], arch=_current_arch())
         compiled = compile_attention(spec)
         values = int_arg_values(batch, heads, n_q, k.shape_expr[2], spec.head_dim)

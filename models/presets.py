@@ -11,31 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 VAE_SPATIAL = 8  # 8x8 spatial compression
 VAE_TEMPORAL = 4  # 4x temporal compression (causal: frames = 1 + 4k)
-
-
-class Precision(str, Enum):
-    """Numeric format of a graph's compute. Exports compute in fp32, fp16 or bf16 (`--dtype`),
-    fp8 adds Q/DQ around the recipe's Linear layers (`--fp8`); engines are built in any of
-    the four. Defined here because
-    export/ and engines/ both depend on models/, and engines/ depends on export/."""
-
-    FP32 = "fp32"
-    FP16 = "fp16"
-    BF16 = "bf16"
-    FP8 = "fp8"
-
-    @classmethod
-    def parse(cls, value: str | Precision) -> Precision:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(f"precision={value!r} is not supported; choose one of "
-                             f"{[p.value for p in cls]}") from None
 
 
 @dataclass(frozen=True)

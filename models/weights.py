@@ -18,21 +18,19 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from .dtypes import DTYPES, find
 from .fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
 SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-# safetensors' names for torch dtypes (the file format spec, not a private API)
-_DTYPE_NAMES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
-    torch.uint8: "U8", torch.uint16: "U16", torch.uint32: "U32", torch.uint64: "U64",
-    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3",
-    torch.float8_e5m2: "F8_E5M2", torch.float8_e4m3fnuz: "F8_E4M3FNUZ",
-    torch.float8_e5m2fnuz: "F8_E5M2FNUZ", torch.complex64: "C64",
-}
+
+
+def _file_dtype(dtype: torch.dtype) -> str:
+    """safetensors' name for `dtype` (the file format spec); "" where it has none."""
+    known = find(dtype)
+    return known.safetensors if known else ""
 
 
 class CheckpointError(ValueError):
@@ -55,10 +53,10 @@ def _storage_key(t: torch.Tensor) -> tuple | None:
 
 def _tensors_to_write(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The tensors to store; every stored tensor owns its memory."""
-    unsupported = {k: str(t.dtype) for k, t in state.items() if t.dtype not in _DTYPE_NAMES}
+    unsupported = {k: str(t.dtype) for k, t in state.items() if not _file_dtype(t.dtype)}
     if unsupported:
         raise ValueError(f"safetensors cannot store these dtypes: {unsupported}; cast those "
-                         f"tensors to one of {sorted(str(d) for d in _DTYPE_NAMES)}")
+                         f"tensors to one of {[d.name for d in DTYPES if d.safetensors]}")
     tensors: dict[str, torch.Tensor] = {}
     used_storages: set[tuple] = set()
     for name, t in state.items():
@@ -158,7 +156,7 @@ def _problems(expected: dict[str, torch.Tensor], found: dict[str, tuple]) -> lis
         if shape != tuple(t.shape):
             problems.append(f"shape mismatch {name}: checkpoint {shape} vs module "
                             f"{tuple(t.shape)}")
-        if dtype != _DTYPE_NAMES.get(t.dtype, str(t.dtype)):
+        if dtype != (_file_dtype(t.dtype) or str(t.dtype)):
             problems.append(f"dtype mismatch {name}: checkpoint {dtype} vs module {t.dtype} "
                             f"(load, then cast the module)")
     for name in sorted(set(found) - set(expected)):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.media import encode_png, load_image
 from cinema_trt.models.presets import CinemaConfig, check_num_refs
 
@@ -36,12 +37,9 @@ class Field:
     doc: str
 
     @property
-    def numpy_dtype(self) -> type:
-        return WIRE_TO_NUMPY[self.datatype]
+    def numpy_dtype(self) -> np.dtype:
+        return lookup(self.datatype).numpy
 
-
-WIRE_TO_NUMPY = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64,
-                 "FP32": np.float32, "BOOL": np.bool_, "UINT8": np.uint8}
 
 INPUTS = (
     Field("prompt", "BYTES", (1,), False, "UTF-8 text prompt"),
@@ -88,7 +86,7 @@ def _check_array(field: Field, array) -> None:
         dtype_ok = array.dtype == field.numpy_dtype
     if not dtype_ok:
         raise ValueError(f"input {field.name!r} has dtype {array.dtype}; it must be "
-                         f"{field.datatype} ({np.dtype(field.numpy_dtype)})")
+                         f"{field.datatype} ({field.numpy_dtype})")
     if field.dims == (1,) and array.shape != (1,):
         raise ValueError(f"input {field.name!r} must hold exactly one value (shape [1]), "
                          f"got shape {list(array.shape)}")

@@ -8,18 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
+from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.specs import StageSpec, TensorSpec
 from cinema_trt.serving import protocol
 
-TORCH_TO_TRITON = {
-    torch.float32: "TYPE_FP32", torch.float16: "TYPE_FP16", torch.bfloat16: "TYPE_BF16",
-    torch.int64: "TYPE_INT64", torch.int32: "TYPE_INT32", torch.uint8: "TYPE_UINT8",
-    torch.bool: "TYPE_BOOL",
-}
-WIRE_TO_TRITON = {"BYTES": "TYPE_STRING", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64",
-                  "FP32": "TYPE_FP32", "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8"}
 # backend name -> (platform, default model file name); python models need no platform
 BACKENDS = {
     "python": ("", "model.py"),
@@ -73,9 +65,9 @@ def _dims(spec: TensorSpec) -> list[int]:
 
 def _tensor_type(spec: TensorSpec) -> str:
     try:
-        return TORCH_TO_TRITON[spec.dtype]
-    except KeyError:
-        raise ValueError(f"{spec.name}: dtype {spec.dtype} has no Triton type") from None
+        return lookup(spec.dtype).triton_type
+    except ValueError as error:
+        raise ValueError(f"{spec.name}: {error}") from None
 
 
 def _base(name: str, backend: str, placement: Placement, version: int):
@@ -117,10 +109,10 @@ def orchestrator_config(placement: Placement = Placement(), version: int = 1,
     """ModelConfig of the decoupled `cinema` model (protocol.INPUTS / OUTPUTS)."""
     config = _base(protocol.ORCHESTRATOR, "python", placement, version)
     for field in protocol.INPUTS:
-        config.input.add(name=field.name, data_type=WIRE_TO_TRITON[field.datatype],
+        config.input.add(name=field.name, data_type=lookup(field.datatype).triton_type,
                          dims=list(field.dims), optional=field.optional)
     for field in protocol.OUTPUTS:
-        config.output.add(name=field.name, data_type=WIRE_TO_TRITON[field.datatype],
+        config.output.add(name=field.name, data_type=lookup(field.datatype).triton_type,
                           dims=list(field.dims))
     # decoupled: many responses per request (progress, then the video)
     config.model_transaction_policy.decoupled = True

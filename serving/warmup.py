@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import StageSpec, resolve, video_dims
 
@@ -51,13 +52,13 @@ def warmup_arrays(config: CinemaConfig, spec: StageSpec) -> dict[str, np.ndarray
 
 def add_warmup(pbtxt, model_dir: Path, config: CinemaConfig, spec: StageSpec) -> None:
     """One warm-up request in the ModelConfig `pbtxt`; data files under `model_dir`."""
-    from cinema_trt.serving.triton_config import TORCH_TO_TRITON, model_config_pb2
+    from cinema_trt.serving.triton_config import model_config_pb2
 
     Input = model_config_pb2().ModelWarmup.Input
     shapes, arrays = warmup_shapes(config, spec), warmup_arrays(config, spec)
     warmup = pbtxt.model_warmup.add(name="first_request", batch_size=1, count=1)
     for tensor in spec.inputs:
-        kind = {"data_type": TORCH_TO_TRITON[tensor.dtype], "dims": shapes[tensor.name]}
+        kind = {"data_type": lookup(tensor.dtype).triton_type, "dims": shapes[tensor.name]}
         data = arrays[tensor.name]
         if data is None:
             warmup.inputs[tensor.name].CopyFrom(Input(**kind, zero_data=True))

@@ -39,9 +39,10 @@ def export_connector(module: nn.Module, folder: Path, config, dtype: str = "fp32
     in `dtype` behind float32 I/O (export/dtype.py)."""
     from torch.export import Dim
 
-    from cinema_trt.export.dtype import cast_module, onnx_type, parse_dtype
+    from cinema_trt.export.dtype import cast_module
     from cinema_trt.export.manifest import Manifest, write_manifest
     from cinema_trt.models.fileio import onnx_sha256
+    from cinema_trt.models.precision import compute_dtype, parse_dtype
 
     precision = parse_dtype(dtype)
     module = cast_module(module, precision)
@@ -57,7 +58,7 @@ def export_connector(module: nn.Module, folder: Path, config, dtype: str = "fp32
                       input_names=list(spec.input_names), output_names=list(spec.output_names),
                       dynamic_shapes={"hidden_states": {1: seq}, "attention_mask": {1: seq}})
     manifest = Manifest(stage="connector", preset=config.name, opset=20,
-                        precision=precision, compute_dtype=onnx_type(precision),
+                        precision=precision, compute_dtype=compute_dtype(precision),
                         **Manifest.io_from_spec(spec),
                         source_sha256="0" * 64, onnx_sha256=onnx_sha256(onnx_path),
                         versions={"torch": torch.__version__}, config=config.to_dict())

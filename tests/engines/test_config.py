@@ -118,14 +118,6 @@ def test_without_weak_typing_an_fp32_graph_builds_only_fp32(tmp_path):
         resolve_build_config(BuildConfig(precision="bf16"), graph, weak_typing=False)
 
 
-def test_precision_compute_types_agree_with_the_exporter():
-    """engines spells out export.dtype's precision -> ONNX type table (no torch import)."""
-    from cinema_trt.engines.config import _PRECISION_COMPUTE
-    from cinema_trt.export.dtype import EXPORT_DTYPES, onnx_type
-
-    assert _PRECISION_COMPUTE == {p: onnx_type(p) for p in EXPORT_DTYPES}
-
-
 def test_weak_typing_is_tensorrt_10_only():
     assert weak_typing_available("tensorrt", "10.13.3.9")
     assert not weak_typing_available("tensorrt", "11.4.0.106")

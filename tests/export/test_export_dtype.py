@@ -20,14 +20,15 @@ import torch
 from cinema_trt.engines.config import BuildConfig, inspect_onnx, resolve_build_config
 from cinema_trt.export.compare import error_stats
 from cinema_trt.export.driver import BF16_ROUNDING_FRACTION, ExportError, _validate
-from cinema_trt.export.dtype import BF16_OPSET, cast_module, parse_dtype
+from cinema_trt.export.dtype import BF16_OPSET, cast_module
 from cinema_trt.export.fp8 import fp8_gemm_layers
 from cinema_trt.export.manifest import read_manifest
 from cinema_trt.export.ort import OrtRunner, ort_runners
 from cinema_trt.export.stages import sample_inputs, stage_exports
+from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.factory import build_models, torch_runners
 from cinema_trt.models.pipeline import CinemaPipeline
-from cinema_trt.models.presets import Precision
+from cinema_trt.models.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +53,6 @@ def test_cast_module_keeps_the_interface_and_computes_in_half(tiny_models):
     stats = error_stats(out, ref)
     # fp16 rounding (~5e-4 per value) through the tiny DiT, but not equal
     assert 0 < stats.rel_l2 < 2e-2, stats
-
-
-@pytest.mark.parametrize("value, message", [("fp8", "not a compute dtype"),
-                                            ("int8", "precision='int8' is not supported")])
-def test_parse_dtype_refuses_what_is_not_a_compute_dtype(value, message):
-    with pytest.raises(ValueError, match=message):
-        parse_dtype(value)
 
 
 @slow
@@ -191,13 +185,13 @@ def test_fp8_on_fp16_quantizes_the_same_layers_with_fp16_scales(fp8_fp16_export,
 def test_fp16_scales_never_flush_to_zero():
     """A tiny amax (1e-6) would give an fp16 scale of 2e-9, which is 0 in fp16: the scale is
     held at fp16's smallest normal number instead, so Q never divides by zero."""
-    from cinema_trt.export.fp8 import _numpy_dtype, _QDQBuilder
+    from cinema_trt.export.fp8 import _QDQBuilder
 
     graph = onnx.helper.make_graph([], "g", [], [])
-    builder = _QDQBuilder(graph, _numpy_dtype("float16"))
+    builder = _QDQBuilder(graph, lookup("float16").numpy)
     scale = builder._scale(np.asarray(1e-6 / 448, np.float32))
     assert scale.dtype == np.float16 and scale == np.finfo(np.float16).tiny
-    assert _QDQBuilder(graph, _numpy_dtype("float32"))._scale(
+    assert _QDQBuilder(graph, lookup("float32").numpy)._scale(
         np.asarray(1e-9, np.float32)) == np.float32(1e-9)
 
 

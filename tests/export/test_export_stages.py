@@ -11,7 +11,6 @@ from cinema_trt.export.compare import error_stats
 from cinema_trt.export.manifest import (
     MODEL_FILE,
     Precision,
-    dtype_name,
     read_manifest,
     state_dict_sha256,
 )
@@ -25,6 +24,7 @@ from cinema_trt.export.stages import (
     stage_cases,
     stage_exports,
 )
+from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.fileio import onnx_sha256
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,7 @@ def test_manifest_describes_the_graph(stage, fp32_export, tiny_models):
     assert manifest.stage_spec() == spec  # what `cinema-trt build` compiles the stage for
     for entries, tensors in ((manifest.inputs, spec.inputs), (manifest.outputs, spec.outputs)):
         assert [(e.name, e.dtype, e.dims) for e in entries] == \
-            [(t.name, dtype_name(t.dtype), t.dims) for t in tensors]
+            [(t.name, lookup(t.dtype).name, t.dims) for t in tensors]
     module = stage_exports(tiny_models, (stage,))[stage].module
     assert manifest.source_sha256 == state_dict_sha256(module)
     assert manifest.onnx_sha256 == onnx_sha256(out / stage / MODEL_FILE)

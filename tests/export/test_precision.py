@@ -1,11 +1,12 @@
-"""One `Precision` enum (models/presets.py) for export manifests and engine builds."""
+"""One `Precision` enum (models/precision.py) for export manifests and engine builds."""
 
 from __future__ import annotations
 
 import pytest
 
 from cinema_trt.export.manifest import Manifest
-from cinema_trt.models.presets import Precision, get_preset
+from cinema_trt.models.precision import Precision
+from cinema_trt.models.presets import get_preset
 from cinema_trt.models.specs import stage_specs
 
 

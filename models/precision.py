@@ -1,0 +1,108 @@
+"""The precision policy: what an engine computes in, who builds it, and why, in one place.
+
+A precision is chosen at export (`--dtype`, `--fp8`) and the graph states it: TensorRT 11
+and TensorRT-RTX removed weakly typed builds (TensorRT 10.12 deprecated them), so an
+engine runs in its ONNX graph's own types and `--precision` at build time must agree with
+the export. fp8 quantizes the recipe's Linear layers (export/fp8.py) on top of a base
+precision that computes everything else. The README's precision table is rendered from
+POLICIES (tests/models/test_precision_policy.py keeps the two equal). Torch-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Precision(str, Enum):
+    """Numeric format of a graph's compute (see POLICIES)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    FP8 = "fp8"
+
+    @classmethod
+    def parse(cls, value: str | Precision) -> Precision:
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"precision={value!r} is not supported; choose one of "
+                             f"{[p.value for p in cls]}") from None
+
+
+@dataclass(frozen=True)
+class Policy:
+    precision: Precision
+    compute: str  # the graph's arithmetic dtype (models/dtypes.py); fp8: "", its base's
+    min_sm: int  # oldest GPU architecture with hardware for it (TensorRT targets); 0: any
+    ort: bool  # `cinema-trt build --runtime ort` (ONNX Runtime's CPU provider) builds it
+    weak_flag: str  # TensorRT 10's BuilderFlag for a weakly typed build of an fp32 graph
+    why: str
+    quantized: str = ""  # the Q/DQ element type of the recipe's linear layers
+
+
+POLICIES = (
+    Policy(Precision.FP32, "float32", 0, True, "",
+           "the reference; on TensorRT >= 11 and TensorRT-RTX an fp32 graph builds only fp32"),
+    Policy(Precision.FP16, "float16", 0, True, "FP16",
+           "tensor-core speed at half the memory; ORT's CPU provider runs it through casts "
+           "around ops without fp16 kernels"),
+    Policy(Precision.BF16, "bfloat16", 80, False, "BF16",
+           "fp32's range at fp16's cost; bf16 tensor cores from Ampere; ORT's CPU provider "
+           "has no bf16 kernels; opset 22 (bf16 Conv)"),
+    Policy(Precision.FP8, "", 89, False, "",
+           "FP8 tensor cores from Ada; TensorRT runs FP8 only through explicit Q/DQ, which a "
+           "strongly typed build keeps", quantized="float8e4m3fn"),
+)
+BY_PRECISION = {p.precision: p for p in POLICIES}
+# what `cinema-trt export --dtype` takes: the precisions a whole graph computes in
+EXPORT_PRECISIONS = tuple(p.precision for p in POLICIES if p.compute)
+ORT_PRECISIONS = tuple(p.precision for p in POLICIES if p.ort)
+# the export a runtime runs fastest, and so the base of its fp8 graphs (the demo's and the
+# benchmarks' exports): fp16 on TensorRT (strongly typed from the graph's types), fp32 on
+# ONNX Runtime's CPU provider (its fp16 runs through casts and is no faster there)
+RUNTIME_BASE = {"tensorrt": Precision.FP16, "tensorrt-rtx": Precision.FP16,
+                "ort": Precision.FP32}
+
+
+def policy(precision: str | Precision) -> Policy:
+    return BY_PRECISION[Precision.parse(precision)]
+
+
+def parse_dtype(value: str | Precision) -> Precision:
+    """An export's --dtype: fp32 | fp16 | bf16; ValueError otherwise."""
+    precision = Precision.parse(value)
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"dtype={precision.value!r} is not a compute dtype; choose one of "
+                         f"{[p.value for p in EXPORT_PRECISIONS]} (FP8 is --fp8, on top of one)")
+    return precision
+
+
+def compute_dtype(precision: str | Precision) -> str:
+    """What a graph exported with --dtype `precision` computes in ("float16")."""
+    return policy(parse_dtype(precision)).compute
+
+
+def precision_for(compute: str) -> Precision:
+    """A graph's compute dtype ("float16") -> the export's --dtype (Precision.FP16)."""
+    for p in POLICIES:
+        if p.compute == compute:
+            return p.precision
+    raise ValueError(f"compute dtype {compute!r} is none of {[p.compute for p in POLICIES]}")
+
+
+def base_precision(runtime: str) -> Precision:
+    """The export `runtime` runs: its default --dtype and the base of its fp8 graphs."""
+    return RUNTIME_BASE[runtime]
+
+
+def strong_typing_reasons(compute: str, has_qdq: bool, weight_streaming: bool,
+                          weak_typing: bool) -> list[str]:
+    """Why a TensorRT build of a graph computing in `compute` is strongly typed (every
+    type taken from the graph); empty: weakly typed, which only TensorRT 10 still has."""
+    return [why for why, on in ((f"the graph computes in {compute}", compute != "float32"),
+                                ("it has Q/DQ nodes", has_qdq),
+                                ("weight streaming needs it", weight_streaming),
+                                ("TensorRT >= 11 and TensorRT-RTX build nothing else",
+                                 not weak_typing)) if on]
