@@ -6,10 +6,11 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cinema_trt.models.precision import Precision
 from cinema_trt.models.presets import get_preset
 
 RUNTIMES = ("torch", "ort", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
+PRECISIONS = tuple(p.value for p in Precision)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"  # benchmarks/results/ of a checkout
 DEFAULT_PROMPT = "A red circle and a blue square dance around each other on a wooden table."
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cinema_trt.models.dtypes import lookup
-from cinema_trt.models.precision import base_precision, compute_dtype
+from cinema_trt.models.precision import RUNTIME_BASE, compute_dtype
 from cinema_trt.models.runner import Runner
 from cinema_trt.models.specs import STAGES
 
@@ -152,7 +152,7 @@ def _ort_variant(models, precision: str, bench: BenchConfig) -> Variant:
     from cinema_trt.export.ort import OrtRunner, ort_runners
 
     # fp8 variants swap only FP8_STAGES into a base variant of the same runtime
-    base = base_precision("ort").value if precision == "fp8" else precision
+    base = RUNTIME_BASE["ort"].value if precision == "fp8" else precision
     base_dir = _export_dir(bench, models, base)
     exports = [ensure_export(models, base_dir, dtype=base)]
     runners = ort_runners(base_dir, threads=bench.threads)
@@ -193,7 +193,7 @@ def _tensorrt_variant(models, precision: str, bench: BenchConfig) -> Variant:
     only kind TensorRT 11 builds)."""
     from cinema_trt.engines.trt_runtime import TensorRTRunner, tensorrt_runners
 
-    base = base_precision("tensorrt").value if precision == "fp8" else precision
+    base = RUNTIME_BASE["tensorrt"].value if precision == "fp8" else precision
     base_dir = _export_dir(bench, models, base)
     ensure_export(models, base_dir, dtype=base)
     root = base_dir.parent

@@ -97,7 +97,7 @@ def inspect_onnx(onnx_path: str | os.PathLike) -> OnnxGraphInfo:
         if "Dequantize" not in node.op_type:  # a Q node: the DQ reading it has its type
             quantized.update(dict.fromkeys(node.output, kind))
         qdq_types.add(kind)
-    weights = {d.name for t in graph.initializer if (d := find(t.data_type)) and d.floating}
+    weights = {d.name for t in graph.initializer if (d := find(t.data_type)) and "float" in d.name}
     initializers = set(elem_types)
     # old exporters list initializers among the inputs too; those are weights, not inputs
     inputs = {v.name: onnx_type_name(v.type.tensor_type.elem_type) for v in graph.input

@@ -1,9 +1,7 @@
 """Every element type the project names, one row each, with every library's spelling of it.
 
-Manifests, graph inspection, engine bindings, Triton configs, the request protocol and
-safetensors files all read this table; `lookup` takes any spelling (case-insensitive), an
-ONNX element type number, or a torch / numpy / TensorRT dtype object. It imports neither
-torch nor numpy nor onnx, so the CLI and the engines' graph inspection stay light.
+`lookup` takes any spelling (case-insensitive), an ONNX element type number, or a torch /
+numpy / TensorRT dtype object. Torch-, numpy- and onnx-free at import (CLI, graph checks).
 """
 
 from __future__ import annotations
@@ -14,17 +12,13 @@ from typing import Any
 
 @dataclass(frozen=True)
 class DType:
-    name: str  # the manifests' spelling (torch's and numpy's, "float8e4m3fn" as ONNX's)
+    name: str  # the manifests' spelling (torch's and numpy's; "float8e4m3fn" as ONNX's)
     onnx: int  # onnx.TensorProto element type
     tensorrt: str = ""  # tensorrt.DataType member (engine bindings, builder layer info)
     wire: str = ""  # Triton's datatype in requests ("FP16"); its config type is TYPE_FP16
     safetensors: str = ""  # the safetensors header's dtype
-    torch_name: str = ""  # torch attribute, when it is spelled otherwise ("" : name)
+    torch_name: str = ""  # torch's (and ml_dtypes') attribute, where not `name`
     triton_lang: str = ""  # Triton-language scalar type of a kernel pointer (kernels/)
-
-    @property
-    def floating(self) -> bool:
-        return "float" in self.name
 
     @property
     def triton_type(self) -> str:
@@ -39,7 +33,7 @@ class DType:
 
         dtype = getattr(torch, self.torch_name or self.name, None)
         if not isinstance(dtype, torch.dtype):
-            raise ValueError(f"dtype {self.name} has no torch equivalent (torch.{self.name})")
+            raise ValueError(f"dtype {self.name} has no torch equivalent")
         return dtype
 
     @property
@@ -71,7 +65,7 @@ DTYPES = (
     DType("int4", 22, "INT4"),
     DType("int8", 3, "INT8", "INT8", "I8"),
     DType("int16", 5, "", "INT16", "I16"),
-    DType("int32", 6, "INT32", "INT32", "I32", triton_lang="i32"),
+    DType("int32", 6, "INT32", "INT32", "I32"),
     DType("int64", 7, "INT64", "INT64", "I64"),
     DType("uint8", 2, "UINT8", "UINT8", "U8"),
     DType("uint16", 4, "", "UINT16", "U16"),
@@ -81,31 +75,19 @@ DTYPES = (
     DType("complex64", 14, "", "", "C64"),
     DType("bytes", 8, "", "BYTES"),  # ONNX STRING; numpy object arrays on the wire
 )
-
-
-def _index() -> dict[str | int, DType]:
-    index: dict[str | int, DType] = {}
-    for row in DTYPES:
-        spellings = {row.name, row.tensorrt, row.wire, row.safetensors, row.torch_name}
-        for key in [s.lower() for s in spellings if s] + [row.onnx]:
-            if index.setdefault(key, row) is not row:
-                raise AssertionError(f"{key!r} spells both {index[key].name} and {row.name}")
-    return index
-
-
-_BY_SPELLING = _index()
+_BY_SPELLING: dict[str | int, DType] = {row.onnx: row for row in DTYPES}
+_BY_SPELLING.update({s.lower(): row for row in DTYPES for s in (
+    row.name, row.tensorrt, row.wire, row.safetensors, row.torch_name) if s})
 
 
 def find(value: object) -> DType | None:
-    """The row `value` names, or None. `value`: any column's spelling, an ONNX element
-    type number, or a dtype object (torch.float16, np.dtype, tensorrt.DataType.HALF)."""
+    """The row `value` names (see the module docstring), or None."""
     if isinstance(value, int):
         return _BY_SPELLING.get(value)
     return _BY_SPELLING.get(str(value).rsplit(".", 1)[-1].strip().lower())
 
 
 def lookup(value: object) -> DType:
-    """The row `value` names (see `find`); ValueError naming the known types otherwise."""
     row = find(value)
     if row is None:
         raise ValueError(f"element type {value!r} is unknown; known: {[d.name for d in DTYPES]}")

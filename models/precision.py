@@ -1,11 +1,9 @@
 """The precision policy: what an engine computes in, who builds it, and why, in one place.
 
 A precision is chosen at export (`--dtype`, `--fp8`) and the graph states it: TensorRT 11
-and TensorRT-RTX removed weakly typed builds (TensorRT 10.12 deprecated them), so an
-engine runs in its ONNX graph's own types and `--precision` at build time must agree with
-the export. fp8 quantizes the recipe's Linear layers (export/fp8.py) on top of a base
-precision that computes everything else. The README's precision table is rendered from
-POLICIES (tests/models/test_precision_policy.py keeps the two equal). Torch-free.
+and TensorRT-RTX build only strongly typed engines (TensorRT 10.12 deprecated weak typing),
+which run in the graph's own types, so a build's `--precision` must agree with the export.
+The README's precision table is POLICIES, rendered (tests/models/test_precision_policy.py).
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from enum import Enum
 
 
 class Precision(str, Enum):
-    """Numeric format of a graph's compute (see POLICIES)."""
+    """Numeric format of a graph's compute; POLICIES says what each one means."""
 
     FP32 = "fp32"
     FP16 = "fp16"
@@ -39,7 +37,7 @@ class Policy:
     ort: bool  # `cinema-trt build --runtime ort` (ONNX Runtime's CPU provider) builds it
     weak_flag: str  # TensorRT 10's BuilderFlag for a weakly typed build of an fp32 graph
     why: str
-    quantized: str = ""  # the Q/DQ element type of the recipe's linear layers
+    quantized: str = ""  # the Q/DQ element type of the recipe's Linear layers (export/fp8.py)
 
 
 POLICIES = (
@@ -55,19 +53,17 @@ POLICIES = (
            "FP8 tensor cores from Ada; TensorRT runs FP8 only through explicit Q/DQ, which a "
            "strongly typed build keeps", quantized="float8e4m3fn"),
 )
-BY_PRECISION = {p.precision: p for p in POLICIES}
-# what `cinema-trt export --dtype` takes: the precisions a whole graph computes in
-EXPORT_PRECISIONS = tuple(p.precision for p in POLICIES if p.compute)
+EXPORT_PRECISIONS = tuple(p.precision for p in POLICIES if p.compute)  # export --dtype
 ORT_PRECISIONS = tuple(p.precision for p in POLICIES if p.ort)
-# the export a runtime runs fastest, and so the base of its fp8 graphs (the demo's and the
-# benchmarks' exports): fp16 on TensorRT (strongly typed from the graph's types), fp32 on
-# ONNX Runtime's CPU provider (its fp16 runs through casts and is no faster there)
+# the export a runtime runs fastest, so the base of its fp8 graphs (the demo's and the
+# benchmarks' exports): fp16 on TensorRT, fp32 on ONNX Runtime's CPU provider (its fp16
+# runs through casts and is no faster there)
 RUNTIME_BASE = {"tensorrt": Precision.FP16, "tensorrt-rtx": Precision.FP16,
                 "ort": Precision.FP32}
 
 
 def policy(precision: str | Precision) -> Policy:
-    return BY_PRECISION[Precision.parse(precision)]
+    return POLICIES[list(Precision).index(Precision.parse(precision))]
 
 
 def parse_dtype(value: str | Precision) -> Precision:
@@ -90,11 +86,6 @@ def precision_for(compute: str) -> Precision:
         if p.compute == compute:
             return p.precision
     raise ValueError(f"compute dtype {compute!r} is none of {[p.compute for p in POLICIES]}")
-
-
-def base_precision(runtime: str) -> Precision:
-    """The export `runtime` runs: its default --dtype and the base of its fp8 graphs."""
-    return RUNTIME_BASE[runtime]
 
 
 def strong_typing_reasons(compute: str, has_qdq: bool, weight_streaming: bool,

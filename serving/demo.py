@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from cinema_trt.models.fileio import atomic_write
-from cinema_trt.models.precision import base_precision
+from cinema_trt.models.precision import RUNTIME_BASE
 from cinema_trt.serving.latency import StageLatency, settled_snapshot, stage_latency
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ def _engine_step(options: DemoOptions, config, onnx: Path, onnx_key: str, reques
                "refs": {"min": 1, "opt": len(request.refs), "max": max_refs}}
     profile_path = options.workdir / "profiles.yaml"
     atomic_write(profile_path, yaml.safe_dump(profile))
-    # BuildConfig() is fp16, the precision of the base_precision("tensorrt") graphs
+    # BuildConfig() is fp16, the precision of the RUNTIME_BASE["tensorrt"] graphs
     inputs = {"onnx": onnx_key, "profile": profile, "tensorrt": tensorrt.__version__,
               "gpu": torch.cuda.get_device_name(0), "build": BuildConfig().cache_fields()}
     manifests = [f"{stage}/manifest.json" for stage in EXPORT_STAGES]
@@ -357,7 +357,7 @@ def build_artifacts(options: DemoOptions) -> DemoArtifacts:
     options.workdir.mkdir(parents=True, exist_ok=True)
     weights, weights_key, weights_reused = _weights_step(options, config)
     onnx, onnx_key, onnx_reused = _export_step(options, config, weights, weights_key,
-                                               base_precision(runtime).value)
+                                               RUNTIME_BASE[runtime].value)
     reused = {"weights": weights_reused, "onnx": onnx_reused}
     engines, upstream = None, [weights_key, onnx_key]
     if runtime == "tensorrt":
