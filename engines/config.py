@@ -3,16 +3,9 @@
 The translation to TensorRT (`trt_flags`, `network_flags`) returns flag *names*, so it is
 unit tested without TensorRT; `trt_build.py` turns the names into enum members.
 
-Strong typing is derived from the ONNX graph, not chosen. A strongly typed network takes
-every type from the graph, so the FP16/BF16 builder flags are then not set (TensorRT
-rejects them). It is used for:
-- graphs with Q/DQ nodes (FP8 or INT8 explicit quantization), whose quantized types
-  TensorRT must keep;
-- graphs exported in fp16/bf16 (`cinema-trt export --dtype`): they state their types;
-- every graph on TensorRT >= 11, which removed weak typing (BuilderFlag.FP16/BF16). There
-  an fp32 graph builds only in fp32, and fp16/bf16 engines come from fp16/bf16 exports.
-Weak typing (an fp32 graph with the FP16/BF16 flag, TensorRT picking layer types) remains
-for TensorRT 10, which deprecated it in 10.12.
+Strong typing is derived from the ONNX graph, not chosen (models/precision.py says when
+and why); a strongly typed network takes every type from the graph, so the FP16/BF16
+builder flags are then not set (TensorRT rejects them).
 """
 
 from __future__ import annotations
@@ -24,13 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cinema_trt.models.dtypes import find
-from cinema_trt.models.precision import (  # Precision re-exported: engines.config.Precision
-    Precision,
-    policy,
-    precision_for,
-    strong_typing_reasons,
-)
+from cinema_trt.models.dtypes import find, lookup
+from cinema_trt.models.precision import Precision, policy, precision_for, strong_typing_reasons
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +88,9 @@ def inspect_onnx(onnx_path: str | os.PathLike) -> OnnxGraphInfo:
     weights = {d.name for t in graph.initializer if (d := find(t.data_type)) and "float" in d.name}
     initializers = set(elem_types)
     # old exporters list initializers among the inputs too; those are weights, not inputs
-    inputs = {v.name: onnx_type_name(v.type.tensor_type.elem_type) for v in graph.input
+    inputs = {v.name: lookup(v.type.tensor_type.elem_type).name for v in graph.input
               if v.name not in initializers}
-    outputs = {v.name: onnx_type_name(v.type.tensor_type.elem_type) for v in graph.output}
+    outputs = {v.name: lookup(v.type.tensor_type.elem_type).name for v in graph.output}
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)
     plugins = frozenset(n.op_type for n in _all_nodes(graph) if n.domain == TRT_PLUGIN_DOMAIN)
     return OnnxGraphInfo(has_qdq, frozenset(qdq_types), frozenset(weights), inputs, outputs,
@@ -121,15 +109,6 @@ def _report_nodes(graph) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return attention, linears
 
 
-def onnx_type_name(elem_type: int) -> str:
-    """ONNX element type -> "float32", "int64", "bfloat16", ... (torch's spelling)."""
-    if known := find(elem_type):
-        return known.name
-    import onnx
-
-    return onnx.TensorProto.DataType.Name(elem_type).lower()
-
-
 def _all_nodes(graph):
     # Q/DQ may sit inside If/Loop subgraphs
     for node in graph.node:
@@ -142,12 +121,12 @@ def _all_nodes(graph):
 def _qdq_type(node, elem_types: dict[str, int]) -> str:
     if node.op_type == "DequantizeLinear" and node.input[0] in elem_types:
         # a quantized constant (FP8 weights): its own type is the quantized type
-        return onnx_type_name(elem_types[node.input[0]])
+        return lookup(elem_types[node.input[0]]).name
     for attr in node.attribute:
         if attr.name == "output_dtype" and attr.i:  # opset 21 QuantizeLinear
-            return onnx_type_name(attr.i)
+            return lookup(attr.i).name
     if len(node.input) > 2 and node.input[2] in elem_types:  # zero point decides the type
-        return onnx_type_name(elem_types[node.input[2]])
+        return lookup(elem_types[node.input[2]]).name
     return "int8"  # ONNX default when no zero point is given is uint8; TensorRT runs INT8
 
 

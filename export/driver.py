@@ -28,7 +28,6 @@ from cinema_trt.models.stages import GLUE_GRAPHS
 from .compare import ErrorStats, error_stats, worst
 from .dtype import (
     cast_module,
-    opset_for,
     round_parameters,
     unwrap_scopes,
     upcast_bfloat16,
@@ -226,7 +225,7 @@ def export_stage(stage: str, export: StageExport, models: CinemaModels, out_dir:
     _clear_stage(stage_dir)
     example = sample_inputs(models, stage, export.example)
     module = cast_module(export.module, dtype)
-    opset = opset_for(dtype, opset)
+    opset = max(opset, policy(dtype).min_opset)
     model = trace_to_onnx(module, export.spec, example, opset,
                           attention_plugin=export.attention_plugin)
     if module is not export.module:

@@ -22,17 +22,10 @@ from cinema_trt.models.precision import Precision, compute_dtype
 if TYPE_CHECKING:
     import onnx
 
-# opset 19's Conv (and ConvTranspose, AveragePool) take no bfloat16; opset 22 added it.
-# fp32/fp16 graphs stay on 19, the opset every TensorRT 10 parses.
-BF16_OPSET = 22
 # the attribute CastedModule keeps the wrapped module under (`self.module`): traced layer
 # paths gain it as a prefix ("module.blocks.0.attn.qkv") until `unwrap_scopes` removes it
 CASTED_SCOPE = "module"
 _SCOPES_KEY, _CLASSES_KEY = "pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy"
-
-
-def opset_for(precision: Precision, default: int) -> int:
-    return max(default, BF16_OPSET) if precision is Precision.BF16 else default
 
 
 class CastedModule(nn.Module):

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.runner import Runner, Tensors
 from cinema_trt.models.stages import SPLIT_GRAPHS, SPLIT_STAGES
 
-from .manifest import MANIFEST_FILE, MODEL_FILE, Manifest, StageFolder, TensorEntry, read_stage
+from .manifest import MANIFEST_FILE, MODEL_FILE, Manifest, StageFolder, read_stage
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +68,6 @@ def available_providers(requested: Sequence[str] | None = None) -> list[str]:
                          f"(available: {available}); install onnxruntime-gpu for CUDA / "
                          f"TensorRT, or pass providers=None for the default")
     return list(requested)
-
-
-def _np_dtype(entry: TensorEntry) -> np.dtype:
-    return np.dtype(entry.dtype)
 
 
 def _check_build(stage: StageFolder, version: str) -> None:
@@ -167,7 +164,7 @@ class OrtRunner:
         feed = {name: np.ascontiguousarray(t.detach().cpu().numpy())
                 for name, t in inputs.items()}
         outputs = self.session.run([e.name for e in self.manifest.outputs], feed)
-        return {e.name: torch.from_numpy(np.asarray(out, dtype=_np_dtype(e)))
+        return {e.name: torch.from_numpy(np.asarray(out, dtype=lookup(e.dtype).numpy))
                 for e, out in zip(self.manifest.outputs, outputs, strict=True)}
 
 

@@ -41,10 +41,8 @@ class DType:
         """numpy's dtype; ml_dtypes' for those numpy lacks (bfloat16, float8*)."""
         import numpy as np
 
-        if self.name == "bytes":
-            return np.dtype(object)
         try:
-            return np.dtype(self.name)
+            return np.dtype(object if self.name == "bytes" else self.name)
         except TypeError:
             import ml_dtypes
 
@@ -73,6 +71,8 @@ DTYPES = (
     DType("uint64", 13, "", "UINT64", "U64"),
     DType("bool", 9, "BOOL", "BOOL", "BOOL"),
     DType("complex64", 14, "", "", "C64"),
+    DType("complex128", 15),
+    DType("uint4", 21),
     DType("bytes", 8, "", "BYTES"),  # ONNX STRING; numpy object arrays on the wire
 )
 _BY_SPELLING: dict[str | int, DType] = {row.onnx: row for row in DTYPES}

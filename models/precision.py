@@ -1,9 +1,7 @@
 """The precision policy: what an engine computes in, who builds it, and why, in one place.
 
-A precision is chosen at export (`--dtype`, `--fp8`) and the graph states it: TensorRT 11
-and TensorRT-RTX build only strongly typed engines (TensorRT 10.12 deprecated weak typing),
-which run in the graph's own types, so a build's `--precision` must agree with the export.
-The README's precision table is POLICIES, rendered (tests/models/test_precision_policy.py).
+The export (`--dtype`, `--fp8`) fixes the graph's types and strongly typed builds keep
+them; the README's precision table is POLICIES, rendered. Torch-free.
 """
 
 from __future__ import annotations
@@ -37,6 +35,7 @@ class Policy:
     ort: bool  # `cinema-trt build --runtime ort` (ONNX Runtime's CPU provider) builds it
     weak_flag: str  # TensorRT 10's BuilderFlag for a weakly typed build of an fp32 graph
     why: str
+    min_opset: int = 0  # bf16: 22, whose Conv takes bf16; else the exporter's 19 (TensorRT 10)
     quantized: str = ""  # the Q/DQ element type of the recipe's Linear layers (export/fp8.py)
 
 
@@ -48,16 +47,15 @@ POLICIES = (
            "around ops without fp16 kernels"),
     Policy(Precision.BF16, "bfloat16", 80, False, "BF16",
            "fp32's range at fp16's cost; bf16 tensor cores from Ampere; ORT's CPU provider "
-           "has no bf16 kernels; opset 22 (bf16 Conv)"),
+           "has no bf16 kernels", min_opset=22),
     Policy(Precision.FP8, "", 89, False, "",
            "FP8 tensor cores from Ada; TensorRT runs FP8 only through explicit Q/DQ, which a "
            "strongly typed build keeps", quantized="float8e4m3fn"),
 )
 EXPORT_PRECISIONS = tuple(p.precision for p in POLICIES if p.compute)  # export --dtype
 ORT_PRECISIONS = tuple(p.precision for p in POLICIES if p.ort)
-# the export a runtime runs fastest, so the base of its fp8 graphs (the demo's and the
-# benchmarks' exports): fp16 on TensorRT, fp32 on ONNX Runtime's CPU provider (its fp16
-# runs through casts and is no faster there)
+# the export a runtime runs fastest, and the base of its fp8 graphs (demo, benchmarks):
+# ONNX Runtime's CPU provider runs fp16 through casts, no faster than fp32
 RUNTIME_BASE = {"tensorrt": Precision.FP16, "tensorrt-rtx": Precision.FP16,
                 "ort": Precision.FP32}
 

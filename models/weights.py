@@ -27,12 +27,6 @@ SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
-def _file_dtype(dtype: torch.dtype) -> str:
-    """safetensors' name for `dtype` (the file format spec); "" where it has none."""
-    known = find(dtype)
-    return known.safetensors if known else ""
-
-
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded into a module; lists every problem found."""
 
@@ -53,7 +47,8 @@ def _storage_key(t: torch.Tensor) -> tuple | None:
 
 def _tensors_to_write(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The tensors to store; every stored tensor owns its memory."""
-    unsupported = {k: str(t.dtype) for k, t in state.items() if not _file_dtype(t.dtype)}
+    unsupported = {k: str(t.dtype) for k, t in state.items()
+                   if not getattr(find(t.dtype), "safetensors", "")}
     if unsupported:
         raise ValueError(f"safetensors cannot store these dtypes: {unsupported}; cast those "
                          f"tensors to one of {[d.name for d in DTYPES if d.safetensors]}")
@@ -156,7 +151,7 @@ def _problems(expected: dict[str, torch.Tensor], found: dict[str, tuple]) -> lis
         if shape != tuple(t.shape):
             problems.append(f"shape mismatch {name}: checkpoint {shape} vs module "
                             f"{tuple(t.shape)}")
-        if dtype != (_file_dtype(t.dtype) or str(t.dtype)):
+        if dtype != (getattr(find(t.dtype), "safetensors", "") or str(t.dtype)):
             problems.append(f"dtype mismatch {name}: checkpoint {dtype} vs module {t.dtype} "
                             f"(load, then cast the module)")
     for name in sorted(set(found) - set(expected)):

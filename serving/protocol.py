@@ -36,10 +36,6 @@ class Field:
     optional: bool
     doc: str
 
-    @property
-    def numpy_dtype(self) -> np.dtype:
-        return lookup(self.datatype).numpy
-
 
 INPUTS = (
     Field("prompt", "BYTES", (1,), False, "UTF-8 text prompt"),
@@ -83,10 +79,10 @@ def _check_array(field: Field, array) -> None:
     if field.datatype == "BYTES":
         dtype_ok = array.dtype == np.object_ or array.dtype.kind == "S"
     else:
-        dtype_ok = array.dtype == field.numpy_dtype
+        dtype_ok = array.dtype == lookup(field.datatype).numpy
     if not dtype_ok:
         raise ValueError(f"input {field.name!r} has dtype {array.dtype}; it must be "
-                         f"{field.datatype} ({field.numpy_dtype})")
+                         f"{field.datatype} ({lookup(field.datatype).numpy})")
     if field.dims == (1,) and array.shape != (1,):
         raise ValueError(f"input {field.name!r} must hold exactly one value (shape [1]), "
                          f"got shape {list(array.shape)}")
@@ -188,5 +184,5 @@ def encode_request(prompt: str | bytes, references: Sequence[ImageLike],
     }
     for name, value in params.items():
         if value is not None:
-            arrays[name] = np.array([value], dtype=INPUT_FIELDS[name].numpy_dtype)
+            arrays[name] = np.array([value], dtype=lookup(INPUT_FIELDS[name].datatype).numpy)
     return arrays

@@ -59,15 +59,9 @@ def _pb():
     return model_config_pb2
 
 
-def _dims(spec: TensorSpec) -> list[int]:
-    return [d if isinstance(d, int) else -1 for d in spec.dims]
-
-
-def _tensor_type(spec: TensorSpec) -> str:
-    try:
-        return lookup(spec.dtype).triton_type
-    except ValueError as error:
-        raise ValueError(f"{spec.name}: {error}") from None
+def _tensor(spec: TensorSpec) -> dict:
+    return {"name": spec.name, "data_type": lookup(spec.dtype).triton_type,
+            "dims": [d if isinstance(d, int) else -1 for d in spec.dims]}
 
 
 def _base(name: str, backend: str, placement: Placement, version: int):
@@ -97,9 +91,9 @@ def stage_config(spec: StageSpec, backend: str, placement: Placement = Placement
     """ModelConfig of one stage model; the batch dim is an ordinary -1 (max_batch_size 0)."""
     config = _base(spec.name, backend, placement, version)
     for tensor in spec.inputs:
-        config.input.add(name=tensor.name, data_type=_tensor_type(tensor), dims=_dims(tensor))
+        config.input.add(**_tensor(tensor))
     for tensor in spec.outputs:
-        config.output.add(name=tensor.name, data_type=_tensor_type(tensor), dims=_dims(tensor))
+        config.output.add(**_tensor(tensor))
     _set_parameters(config, {"stage": spec.name, **(parameters or {})})
     return config
 

@@ -40,8 +40,9 @@ def render_table() -> list[str]:
             compute = f"`{p.quantized}` Q/DQ in the recipe's linear layers, the base elsewhere"
         targets = f"sm{p.min_sm}+" if p.min_sm else "every target"
         weak = f"an fp32 export with `BuilderFlag.{p.weak_flag}`" if p.weak_flag else "-"
+        why = f"{p.why}; exported at opset {p.min_opset}" if p.min_opset else p.why
         lines.append(f"| {p.precision.value} | {export} | {compute} | "
-                     f"{'yes' if p.ort else 'no'} | {targets} | {weak} | {p.why} |")
+                     f"{'yes' if p.ort else 'no'} | {targets} | {weak} | {why} |")
     return lines
 
 
