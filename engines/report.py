@@ -41,8 +41,6 @@ _LAYER_LINE = re.compile(
     r"TacticName: (?P<tactic>.*?)(?:, [^:,]+: [^,]*)*?, Metadata:(?P<metadata>.*)$")
 # RTX prints "Datatype: Half"; TensorRT 10 "Format/Datatype: Row major linear FP16 format"
 _TENSOR = re.compile(r"Dimensions: \[(?P<dims>[-\d,]*)\].*?Datatype: (?P<dtype>[^,}]*)")
-_DATATYPE_TOKEN = re.compile(r"\b(FP32|FP16|BF16|FP8|FP4|Int8|Int4|Int32|Int64|Bool|UInt8|"
-                             r"Float|Half|BFloat16|E8M0)\b", re.IGNORECASE)
 _ONNX_NODE = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
 _MEMORY = re.compile(r"(Total Weights|Total Activation|Total Device Persistent|"
                      r"Total Host Persistent|Max Scratch) Memory: (\d+) bytes")
@@ -82,10 +80,8 @@ class LayerRow:
 def datatype_name(text: str) -> str:
     """"Half" or "Row major linear FP16 format" -> "float16", "FP8" -> "float8e4m3fn", ...
     (text without a known type: lower-cased as it is)."""
-    match = _DATATYPE_TOKEN.search(text)
-    word = text if find(text) or match is None else match[1]
-    known = find(word)
-    return known.name if known else word.strip().lower()
+    known = find(text) or next(filter(None, map(find, re.findall(r"\w+", text))), None)
+    return known.name if known else text.strip().lower()
 
 
 def _tensors(text: str | None, drop_scalars: bool = False) -> tuple[str, ...]:

@@ -82,9 +82,8 @@ _BY_SPELLING.update({s.lower(): row for row in DTYPES for s in (
 
 def find(value: object) -> DType | None:
     """The row `value` names (see the module docstring), or None."""
-    if isinstance(value, int):
-        return _BY_SPELLING.get(value)
-    return _BY_SPELLING.get(str(value).rsplit(".", 1)[-1].strip().lower())
+    key = value if isinstance(value, int) else str(value).rsplit(".", 1)[-1].strip().lower()
+    return _BY_SPELLING.get(key)
 
 
 def lookup(value: object) -> DType:

@@ -81,9 +81,10 @@ def compute_dtype(precision: str | Precision) -> str:
 def precision_for(compute: str) -> Precision:
     """A graph's compute dtype ("float16") -> the export's --dtype (Precision.FP16)."""
     for p in POLICIES:
-        if p.compute == compute:
+        if p.compute and p.compute == compute:
             return p.precision
-    raise ValueError(f"compute dtype {compute!r} is none of {[p.compute for p in POLICIES]}")
+    raise ValueError(f"compute dtype {compute!r} is none of "
+                     f"{[p.compute for p in POLICIES if p.compute]}")
 
 
 def strong_typing_reasons(compute: str, has_qdq: bool, weight_streaming: bool,
