@@ -18,7 +18,6 @@ from cinema_trt.models.precision import (
     parse_dtype,
     policy,
     precision_for,
-    strong_typing_reasons,
 )
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -80,10 +79,3 @@ def test_parse_dtype_takes_export_precisions_only(value, message):
     assert parse_dtype("bf16") is Precision.BF16
     with pytest.raises(ValueError, match=message):
         parse_dtype(value)
-
-
-def test_strong_typing_reasons_name_each_cause():
-    assert strong_typing_reasons("float32", False, False, weak_typing=True) == []
-    assert strong_typing_reasons("float16", True, True, weak_typing=False) == [
-        "the graph computes in float16", "it has Q/DQ nodes", "weight streaming needs it",
-        "TensorRT >= 11 and TensorRT-RTX build nothing else"]
