@@ -142,9 +142,11 @@ def _validate(stage: str, export: StageExport, models, stage_dir: Path, manifest
                     spread.append(error_stats(companion(**inputs), ref))
             stats.append(error_stats(run(inputs)[export.spec.output_names[0]], ref))
     result = worst(stats)
-    validation = {"reference": _REFERENCES[compute if fp8 is None else "float32"],
-                  "graph": _GRAPH_RUNS[compute], "cases": [dict(c) for c in export.checks],
-                  **result.to_dict()}
+    bf16 = compute == "bfloat16"
+    validation = {"reference": "torch fp32" + (" with parameters rounded to bf16"
+                                               if bf16 and fp8 is None else ""),
+                  "graph": "onnxruntime" + (", the graph upcast to float32" if bf16 else ""),
+                  "cases": [dict(c) for c in export.checks], **result.to_dict()}
     if spread:
         validation["spread"] = worst(spread).to_dict()
     if fp8 is not None:
@@ -152,12 +154,6 @@ def _validate(stage: str, export: StageExport, models, stage_dir: Path, manifest
     else:
         _gate_error(stage, compute, export.tolerance, result, validation)
     return validation
-
-
-_REFERENCES = {"float32": "torch fp32", "float16": "torch fp32",
-               "bfloat16": "torch fp32 with parameters rounded to bf16"}
-_GRAPH_RUNS = {"float32": "onnxruntime", "float16": "onnxruntime",
-               "bfloat16": "onnxruntime, the graph upcast to float32"}
 
 
 def _gate_fp8(stage: str, min_cosine: float, result: ErrorStats, validation: dict) -> None:

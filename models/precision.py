@@ -40,17 +40,14 @@ class Policy:
 
 
 POLICIES = (
-    Policy(Precision.FP32, "float32", 0, True, "",
-           "the reference; on TensorRT >= 11 and TensorRT-RTX an fp32 graph builds only fp32"),
-    Policy(Precision.FP16, "float16", 0, True, "FP16",
-           "tensor-core speed at half the memory; ORT's CPU provider runs it through casts "
-           "around ops without fp16 kernels"),
-    Policy(Precision.BF16, "bfloat16", 80, False, "BF16",
-           "fp32's range at fp16's cost; bf16 tensor cores from Ampere; ORT's CPU provider "
-           "has no bf16 kernels", min_opset=22),
-    Policy(Precision.FP8, "", 89, False, "",
-           "FP8 tensor cores from Ada; TensorRT runs FP8 only through explicit Q/DQ, which a "
-           "strongly typed build keeps", quantized="float8e4m3fn"),
+    Policy(Precision.FP32, "float32", 0, True, "", "the reference"),
+    Policy(Precision.FP16, "float16", 0, True, "FP16", "tensor-core speed at half the "
+           "memory; ORT's CPU provider runs it through casts around ops without fp16 kernels"),
+    Policy(Precision.BF16, "bfloat16", 80, False, "BF16", "fp32's range at fp16's cost; bf16 "
+           "tensor cores from Ampere; ORT's CPU provider has no bf16 kernels", min_opset=22),
+    Policy(Precision.FP8, "", 89, False, "", "FP8 tensor cores from Ada; TensorRT runs FP8 "
+           "only through explicit Q/DQ, which a strongly typed build keeps",
+           quantized="float8e4m3fn"),
 )
 EXPORT_PRECISIONS = tuple(p.precision for p in POLICIES if p.compute)  # export --dtype
 ORT_PRECISIONS = tuple(p.precision for p in POLICIES if p.ort)
