@@ -288,8 +288,8 @@ def build_artifacts(options: DemoOptions) -> DemoArtifacts:
         reused["engines"] = engines.reused
     repo = _repository(cache, runtime, Path(weights), onnx, engines or onnx)
     reused["models"] = repo.reused
-    return DemoArtifacts(runtime, Path(weights), onnx.path, engines and engines.path,
-                         repo.path, reused)
+    return DemoArtifacts(runtime, Path(weights), onnx.path,
+                         engines.path if engines else None, repo.path, reused)
 
 
 def run_demo(options: DemoOptions = DemoOptions(),
