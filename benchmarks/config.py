@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from cinema_trt.models.presets import CinemaConfig
+from cinema_trt.models.presets import CinemaConfig
 
 BENCH_PRESET = "small"  # without --preset and --weights
 RUNTIMES = ("torch", "ort", "tensorrt")
@@ -90,15 +89,10 @@ class BenchConfig:
         set_(self, "cache_dir", Path(self.cache_dir or default_cache_dir()))
 
     def model_config(self) -> CinemaConfig:
-        """What is benchmarked: the weights folder's config (a preset given too must agree
-        with it), else the preset."""
+        """The weights folder's config (a preset given too must agree), else the preset's."""
         from cinema_trt.models.factory import command_config
 
         return command_config(self.preset, self.weights)
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data["cache_dir"] = str(self.cache_dir)
-        data["weights"] = self.weights and str(self.weights)
-        data["runtimes"], data["precisions"] = list(self.runtimes), list(self.precisions)
-        return data
+        return json.loads(json.dumps(asdict(self), default=str))  # paths: str, tuples: lists

@@ -126,12 +126,10 @@ def _cache(bench: BenchConfig) -> ArtifactCache:
 
 def _export(bench: BenchConfig, models: CinemaModels, dtype: str, fp8: bool = False
             ) -> Entry:
-    """The graphs computing in `dtype` (with `fp8`: the FP8 DiT's) from the artifact cache
-    under `cache_dir`, exported now unless a valid entry for these weights is there."""
+    """The export computing in `dtype` (`fp8`: the FP8 DiT's) from the artifact cache."""
     from cinema_trt.export.driver import cached_export
 
-    return cached_export(_cache(bench), models.config,
-                         bench.weights, dtype=dtype, fp8=fp8,
+    return cached_export(_cache(bench), models.config, bench.weights, dtype=dtype, fp8=fp8,
                          stages=FP8_STAGES if fp8 else None, models=models, progress=False)
 
 
@@ -175,7 +173,7 @@ def _ort_variant(models, precision: str, bench: BenchConfig) -> Variant:
         fp8_dir = exports[1].path
         runners.update({s: OrtRunner(fp8_dir / s, threads=bench.threads) for s in FP8_STAGES})
         stages, precisions = FP8_STAGES, {**precisions, **{s: "fp8" for s in FP8_STAGES}}
-        served = overlay(_overlay_dir(bench, fp8_dir), base_dir,
+        served = overlay(_cache(bench).root / "overlay" / fp8_dir.name, base_dir,
                          {s: fp8_dir / s for s in FP8_STAGES})
     setup = {"exports": [{"folder": str(e.path), "reused": e.reused} for e in exports],
              "providers": sorted({p for r in runners.values()
@@ -189,38 +187,29 @@ def _ort_variant(models, precision: str, bench: BenchConfig) -> Variant:
                                  f"threads={bench.threads}; rerun with --threads 0 to serve")
 
 
-def _overlay_dir(bench: BenchConfig, swapped: Path) -> Path:
-    """Where the mixed folder of an fp8 variant goes: named after the swapped-in entry."""
-    return _cache(bench).root / "overlay" / swapped.name
-
-
-def _engines(bench: BenchConfig, export: Entry, precision: str,
-             stages: tuple[str, ...] = ()) -> Path:
-    from cinema_trt.engines.config import BuildConfig, Precision
-    from cinema_trt.engines.stages import cached_build
-
-    return cached_build(_cache(bench), export,
-                        BuildConfig(precision=Precision.parse(precision)), stages=stages).path
-
-
 def _tensorrt_variant(models, precision: str, bench: BenchConfig) -> Variant:
     """Engines from exports in their own precision, so every build is strongly typed (the
     only kind TensorRT 11 builds)."""
+    from cinema_trt.engines.config import BuildConfig, Precision
+    from cinema_trt.engines.stages import cached_build
     from cinema_trt.engines.trt_runtime import TensorRTRunner, tensorrt_runners
+
+    def build(export: Entry, precision: str, stages: tuple[str, ...] = ()) -> Path:
+        return cached_build(_cache(bench), export, BuildConfig(Precision.parse(precision)),
+                            stages=stages).path
 
     base = FP8_BASE["tensorrt"] if precision == "fp8" else precision
     export = _export(bench, models, base)
-    engines = _engines(bench, export, base)
+    engines = build(export, base)
     runners = tensorrt_runners(engines, export_dir=export.path, device=bench.device)
     stages: tuple[str, ...] = STAGES
     precisions = {s: base for s in STAGES}
     if precision == "fp8":
-        fp8_engines = _engines(bench, _export(bench, models, base, fp8=True), "fp8",
-                               FP8_STAGES)
+        fp8_engines = build(_export(bench, models, base, fp8=True), "fp8", FP8_STAGES)
         runners.update({s: TensorRTRunner(fp8_engines / s, bench.device, cuda_graph=s == "dit")
                         for s in FP8_STAGES})
         stages, precisions = FP8_STAGES, {**precisions, **{s: "fp8" for s in FP8_STAGES}}
-        engines = overlay(_overlay_dir(bench, fp8_engines), engines,
+        engines = overlay(_cache(bench).root / "overlay" / fp8_engines.name, engines,
                           {s: fp8_engines / s for s in FP8_STAGES})
     return Variant("tensorrt", precision, runners, stages, precisions,
                    {"engines": str(engines), "base_precision": base},

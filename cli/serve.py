@@ -40,11 +40,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--admin-token", help="value of the `cinema-admin` header that unlocks "
                    "model control and HTTP inference (default: $CINEMA_ADMIN_TOKEN, else a "
                    "random token nobody outside knows)")
-    p.add_argument("--max-restarts", type=int, default=5,
+    p.add_argument("--max-restarts", type=int,
                    help="restarts after crashes within 10 minutes before giving up")
     from cinema_trt.serving.server import ServerConfig
+    from cinema_trt.serving.supervisor import RestartPolicy
 
-    p.set_defaults(func=run, **defaults(ServerConfig))
+    p.set_defaults(func=run, **defaults(ServerConfig), **defaults(RestartPolicy))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
                        admin_token=args.admin_token or os.environ.get("CINEMA_ADMIN_TOKEN"))
     try:
         return serve_forever(config, on_ready=print_endpoints,
-                             policy=RestartPolicy(max_restarts=args.max_restarts))
+                             policy=from_args(RestartPolicy, args))
     except ServerError as error:
         log.error("%s", error)
         return 1

@@ -138,10 +138,10 @@ def build_stages(request: BuildRequest) -> dict[str, Path]:
 def cached_build(cache: ArtifactCache, export: Entry, build_config: BuildConfig,
                  runtime: str = "tensorrt", stages: tuple[str, ...] = (),
                  profile: dict[str, Any] | None = None) -> Entry:
-    """`build_stages` of a cached export (export.driver.cached_export) into the artifact
-    cache, or its entry reused: keyed on the export's key, the build config, the stages, the
-    profile (a profiles.yaml mapping, written into the entry; None: the preset's defaults)
-    and the runtime's version and GPU; reused while every plan hashes as its manifest says."""
+    """`build_stages` of a cached export into the artifact cache, or its entry reused while
+    every plan hashes as its manifest says. Keyed on the export's key, the build config, the
+    stages, the profile (profiles.yaml's mapping, kept in the entry; None: the preset's
+    defaults) and the runtime's version and GPU."""
     from .deps import onnxruntime_runtime_info, tensorrt_runtime_info
     from .manifest import read_manifest, verify_plan
 
@@ -153,12 +153,10 @@ def cached_build(cache: ArtifactCache, export: Entry, build_config: BuildConfig,
     names = stages or tuple(exported_stages(export.path))
 
     def make(out: Path) -> None:
-        path = None
-        if profile is not None:
-            import yaml
+        import yaml
 
-            out.mkdir(parents=True)
-            path = atomic_write(out / "profiles.yaml", yaml.safe_dump(profile))
+        out.mkdir(parents=True)
+        path = atomic_write(out / "profiles.yaml", yaml.safe_dump(profile)) if profile else None
         build_stages(BuildRequest(export.path, out, build_config, path, runtime, stages))
 
     def check(folder: Path) -> None:

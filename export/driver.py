@@ -342,27 +342,21 @@ def cached_export(cache: ArtifactCache, config: CinemaConfig,
                   weights: str | os.PathLike | None = None, dtype: str | Precision = "fp32",
                   fp8: bool = False, stages: tuple[str, ...] | None = None,
                   models: CinemaModels | None = None, progress: bool = True) -> Entry:
-    """`export_stages` into the artifact cache (models/cache.py), or its entry reused.
-
-    weights: a save_models folder, hashed into the key; None: the config's seeded weights.
-    The key holds the whole config, not only the architecture: the FP8 calibration runs the
-    sampler's default request, and a build without a profile takes its shapes from the
-    sampler defaults in the export manifest's config (engines/stages.py), so two configs of
-    one architecture make different artifacts. An entry is reused when `check_export`
-    accepts every stage with the full expectation; with `models` (the weights in memory),
-    that includes each stage's state-dict hash.
-    """
+    """`export_stages` into the artifact cache (models/cache.py), or its entry reused when
+    `check_export` accepts every stage with the full expectation (with `models`, the weights
+    in memory, each stage's state-dict hash too). weights: a save_models folder, hashed into
+    the key; None: the config's seeded weights. The key holds the whole config, not only the
+    architecture: FP8 calibration runs the sampler's default request, and a build without a
+    profile reads its shapes from the sampler defaults in the export manifest's config."""
     names, compute = resolve_stages(stages), parse_dtype(dtype)
     versions = exporter_versions()
     inputs = {"weights": folder_sha256(weights) if weights else "seeded",
               "config": config.to_dict(), "dtype": compute.value, "fp8": fp8,
               "stages": names, "versions": versions}
-    sources: dict[str, str] = {}
+    sources = {s: state_dict_sha256(e.module)
+               for s, e in stage_exports(models, names).items()} if models else {}
 
     def check(folder: Path) -> None:
-        if models is not None and not sources:
-            sources.update({s: state_dict_sha256(e.module)
-                            for s, e in stage_exports(models, names).items()})
         for stage in names:
             precision = Precision.FP8 if fp8 and stage in RECIPES else compute
             check_export(folder / stage, ExportExpectation(

@@ -1,19 +1,14 @@
 """One content-addressed artifact cache: weights -> export -> build -> repository.
 
-An entry is the folder `<root>/<kind>/<key>/`. Its key is `cache_key` of everything that
-decides the artifact: the weights' hash, the config, the precision and the library versions
-for an export; the export's key, the build config, the profiles, the runtime version and
-the GPU for a build; the upstream keys and the options for a repository. So a change to any
-input names another folder, and an entry is never edited in place.
-
-An entry is made in a staging folder beside it and renamed into place once `check` accepts
-it: a crash (or an exception in `make`) leaves no entry, only a staging folder nobody
-reads, and two processes making the same entry each make their own and the first rename
-wins. An entry found in place is reused only when `check` still accepts it (for an export:
-`check_export` with the full expectation, graph hashes included); a damaged one is remade.
-
-`cinema-trt build` writes engines to a folder the user names, so it reuses an engine through
-the same `cache_key` (engines/manifest.py keys on it), not through this folder layout.
+An entry is the folder `<root>/<kind>/<key>/`, its key `cache_key` of everything that
+decides the artifact (an export: the weights' hash, config, precision, library versions; a
+build: the export's key, build config, profiles, runtime version, GPU; a repository: the
+upstream keys and options), so changed inputs name another folder and no entry is edited.
+It is made in a staging folder and renamed into place once `check` accepts it: a crash (an
+exception in `make`) leaves no entry, and of two processes making one entry the first rename
+wins. A present entry is reused only while `check` accepts it; a damaged one is remade.
+`cinema-trt build` writes where the user says, so it shares the key function only
+(engines/manifest.py `cache_key`), with its own reuse check beside the plan.
 """
 
 from __future__ import annotations
@@ -32,10 +27,6 @@ from typing import Any
 from .fileio import sha256_file
 
 log = logging.getLogger(__name__)
-
-# what a failed `check` raises: FileNotFoundError (incomplete) or ValueError (anything else,
-# export.manifest.StaleExportError and engines.manifest.EngineMismatchError included)
-INVALID = (FileNotFoundError, ValueError)
 
 
 def cache_key(payload: Any) -> str:
@@ -66,7 +57,7 @@ def _problem(path: Path, check: Callable[[Path], object]) -> str | None:
         return "no entry"
     try:
         check(path)
-    except INVALID as error:
+    except (FileNotFoundError, ValueError) as error:  # incomplete, or anything else
         return f"invalid entry: {error}"
     return None
 

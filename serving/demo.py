@@ -119,34 +119,15 @@ def pick_runtime(requested: str) -> str:
     return "ort"
 
 
-def _versions(*dists: str) -> dict[str, str]:
-    found = {}
-    for dist in dists:
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            found[dist] = "absent"
-    return found
-
-
 def _weights(cache: ArtifactCache, config) -> Entry:
-    from cinema_trt.models.factory import (
-        MLLM_FOLDER,
-        STAGE_FILES,
-        build_models,
-        read_weights_config,
-        save_models,
-    )
+    from cinema_trt.models.factory import build_models, read_weights_config, save_models
 
-    def check(folder: Path) -> None:
-        missing = [f for f in (MLLM_FOLDER, *STAGE_FILES.values()) if not (folder / f).exists()]
-        if missing:
-            raise FileNotFoundError(f"{folder}: {missing} missing")
+    def check(folder: Path) -> None:  # save_models writes the config last
         if read_weights_config(folder).to_dict() != config.to_dict():
             raise ValueError(f"{folder} holds weights of another config")
 
     inputs = {"config": config.to_dict(), "seed": WEIGHTS_SEED,
-              "versions": _versions("cinema-trt", "torch", "transformers")}
+              "versions": [metadata.version(d) for d in ("cinema-trt", "torch", "transformers")]}
     return cache.entry("weights", inputs, lambda out: save_models(
         build_models(config, seed=WEIGHTS_SEED), out), check)
 
@@ -173,24 +154,20 @@ def _engines(cache: ArtifactCache, config, onnx: Entry, request) -> Entry:
 
 def _repository(cache: ArtifactCache, runtime: str, weights: Path, onnx: Entry,
                 artifacts: Entry) -> Entry:
-    from cinema_trt.models.specs import STAGES
     from cinema_trt.serving.repo import RepositoryOptions, build_repository
     from cinema_trt.serving.triton_config import Placement
 
     placement = Placement("gpu", 1, (0,)) if runtime == "tensorrt" else Placement()
     repo_options = RepositoryOptions(runtime=runtime, stage_placement=placement)
-
-    def check(folder: Path) -> None:
-        missing = [m for m in (*STAGES, "cinema") if not (folder / m / "config.pbtxt").is_file()]
-        if missing:
-            raise FileNotFoundError(f"{folder}: no config.pbtxt for {missing}")
-
     # the repository links to the other entries by absolute path: key on the paths too (the
     # export's key holds the weights' hash)
     inputs = {"upstream": [onnx.key, artifacts.key], "options": repr(repo_options),
               "paths": [str(p.resolve()) for p in (weights, artifacts.path, onnx.path)]}
+    # build_repository renames a whole repository into place: its orchestrator's config
+    # marks it complete (what it links to is checked as the upstream entries)
     return cache.entry("models", inputs, lambda out: build_repository(
-        None, out, weights, artifacts.path, repo_options, export_dir=onnx.path), check)
+        None, out, weights, artifacts.path, repo_options, export_dir=onnx.path),
+        lambda folder: (folder / "cinema" / "config.pbtxt").stat())
 
 
 # --- serve, generate, measure -------------------------------------------------------------
@@ -266,13 +243,10 @@ def demo_request(options: DemoOptions, config):
     return request, ref_paths
 
 
-def build_artifacts(options: DemoOptions) -> DemoArtifacts:
+def build_artifacts(options: DemoOptions, config, request) -> DemoArtifacts:
     """Steps 1-4: weights, ONNX, [engines], repository; each reused when still valid."""
     from cinema_trt.export.driver import cached_export
-    from cinema_trt.models.factory import command_config
 
-    config = command_config(options.preset, options.weights)
-    request, _ = demo_request(options, config)  # a bad size fails before any work
     runtime = pick_runtime(options.runtime)
     cache = ArtifactCache(options.workdir)
     reused = {}
@@ -302,11 +276,11 @@ def run_demo(options: DemoOptions = DemoOptions(),
     from cinema_trt.models.factory import command_config
     from cinema_trt.serving.server import TritonServer
 
-    request, ref_paths = demo_request(options, command_config(options.preset,
-                                                              options.weights))
+    config = command_config(options.preset, options.weights)
+    request, ref_paths = demo_request(options, config)  # a bad size fails before any work
     if options.output is not None and not options.output_path.parent.is_dir():
         raise FileNotFoundError(f"output folder {options.output_path.parent} does not exist")
-    artifacts = build_artifacts(options)
+    artifacts = build_artifacts(options, config, request)
     server_config = ServerConfig(artifacts.repository, startup_timeout=options.startup_timeout)
     with _sigterm_as_interrupt(), TritonServer(server_config) as server:
         url = server.endpoints.grpc
