@@ -118,7 +118,7 @@ def export_once(config: CinemaConfig, cache_dir: Path, folder: Path, stages: tup
     """`folder`, linking each of `stages` to its export of `config` in fp16 (or FP8 over
     fp16) in the artifact cache under `cache_dir`. FP8 stages are one entry each (each
     calibrates on its own, so one failing its accuracy gate costs no other)."""
-    groups = [(s,) for s in stages] if fp8 else [stages]
+    groups: list[tuple[str, ...]] = [(s,) for s in stages] if fp8 else [stages]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         exported = pool.submit(_export_job, config.to_dict(), str(cache_dir), groups,
