@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cinema_trt.models.precision import Precision
-from cinema_trt.models.presets import get_preset
+from cinema_trt.models.presets import CinemaConfig
 
+BENCH_PRESET = "small"  # without --preset and --weights
 RUNTIMES = ("torch", "ort", "tensorrt")
 PRECISIONS = tuple(p.value for p in Precision)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"  # benchmarks/results/ of a checkout
@@ -38,10 +40,11 @@ def _checked_choices(kind: str, values: tuple[str, ...], allowed: tuple[str, ...
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """One benchmark run. The request is the preset's sampler defaults (frames, size, steps,
+    """One benchmark run. The request is the config's sampler defaults (frames, size, steps,
     guidance) with `prompt`, the first `refs` bundled sample images and `seed`."""
 
-    preset: str = "small"
+    preset: str | None = None  # None: the weights folder's own config, else BENCH_PRESET
+    weights: Path | None = None  # a save_models folder; None: the preset's seeded weights
     runtimes: tuple[str, ...] = RUNTIMES
     precisions: tuple[str, ...] = PRECISIONS
     runs: int = 10
@@ -71,11 +74,13 @@ class BenchConfig:
             raise ValueError(f"warmup={self.warmup} must be >= 0")
         if self.threads < 0:
             raise ValueError(f"threads={self.threads} must be >= 0 (0: library default)")
-        config = get_preset(self.preset)  # ValueError naming the presets
+        if self.weights is None:
+            set_(self, "preset", self.preset or BENCH_PRESET)
+        config = self.model_config()  # ValueError naming the presets or the differing field
         max_refs = min(config.mllm.max_refs, config.dit.max_refs)
         if not 1 <= self.refs <= max_refs:
-            raise ValueError(f"refs={self.refs} must be in 1..{max_refs} for preset "
-                             f"{self.preset!r}")
+            raise ValueError(f"refs={self.refs} must be in 1..{max_refs} for config "
+                             f"{config.name!r}")
         device = self.device or default_device()
         if device != "cpu" and not device.startswith("cuda"):
             raise ValueError(f"device={device!r} must be 'cpu' or 'cuda[:N]'")
@@ -84,8 +89,11 @@ class BenchConfig:
         set_(self, "device", device)
         set_(self, "cache_dir", Path(self.cache_dir or default_cache_dir()))
 
+    def model_config(self) -> CinemaConfig:
+        """The weights folder's config (a preset given too must agree), else the preset's."""
+        from cinema_trt.models.factory import command_config
+
+        return command_config(self.preset, self.weights)
+
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data["cache_dir"] = str(self.cache_dir)
-        data["runtimes"], data["precisions"] = list(self.runtimes), list(self.precisions)
-        return data
+        return json.loads(json.dumps(asdict(self), default=str))  # paths: str, tuples: lists

@@ -22,7 +22,7 @@ import torch
 
 from cinema_trt.models.media import load_image, sample_references
 from cinema_trt.models.pipeline import GenerationRequest
-from cinema_trt.models.presets import CinemaConfig, get_preset
+from cinema_trt.models.presets import CinemaConfig
 
 from .capture import describe_shapes
 from .config import BenchConfig
@@ -90,18 +90,18 @@ def run_benchmark(bench: BenchConfig) -> BenchResult:
 
 
 def _run(bench: BenchConfig) -> BenchResult:
-    from cinema_trt.models.factory import build_models
+    from cinema_trt.models.factory import build_models, load_models
 
     started = datetime.datetime.now(datetime.timezone.utc)
     t0 = time.perf_counter()
     machine = machine_info()  # before any work: the load average says how busy it was
     source = source_revision()  # the code measured is the code at the start
-    config = get_preset(bench.preset)
+    config = bench.model_config()
     planned, skipped = plan_variants(bench)
     for skip in skipped:
         log.info("skipping %s %s: %s", skip.runtime, skip.precision, skip.reason)
     # seed 0: the exporter builds the same seeded weights, so cached exports can match
-    models = build_models(config, seed=0)
+    models = load_models(bench.weights, config) if bench.weights else build_models(config)
     request, request_record = bench_request(bench, config)
     captured = capture(models, request, bench.device)
     measurements, variants, served_skips = measure_variants(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
-import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,49 +99,36 @@ def request_shapes(config: CinemaConfig, refs: int) -> dict:
             "refs": {"min": 1, "opt": refs, "max": refs}, "cfg": True}
 
 
-def _export_job(config_dict: dict, out: str, stages: tuple[str, ...], fp8: bool) -> None:
-    """One export_stages call, in a worker process (spawned: nothing inherited)."""
+def _export_job(config_dict: dict, cache_dir: str, groups: list[tuple[str, ...]], fp8: bool
+                ) -> dict[str, Path]:
+    """{stage: its folder in an artifact-cache export entry (models/cache.py)}, one entry per
+    group of stages, made unless cached, in a worker process (spawned: nothing inherited)."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from cinema_trt.export.driver import export_stages
+    from cinema_trt.export.driver import cached_export
+    from cinema_trt.models.cache import ArtifactCache
 
-    export_stages(CinemaConfig.from_dict(config_dict), out, stages=stages, fp8=fp8,
-                  dtype="fp16", progress=False)
-
-
-def _missing(folder: Path, stages: tuple[str, ...], config: CinemaConfig, fp8: bool
-             ) -> tuple[str, ...]:
-    """Stages without a complete export of this config and precision under `folder`."""
-    from cinema_trt.export.manifest import read_manifest
-
-    wanted = config.to_dict()
-    missing = []
-    for stage in stages:
-        try:
-            manifest = read_manifest(folder / stage)
-        except (FileNotFoundError, ValueError):
-            missing.append(stage)
-            continue
-        precision = "fp8" if fp8 else "fp16"
-        if (CinemaConfig.from_dict(manifest.config).to_dict() != wanted
-                or manifest.precision.value != precision):
-            missing.append(stage)
-    return tuple(missing)
+    config, cache = CinemaConfig.from_dict(config_dict), ArtifactCache(Path(cache_dir))
+    return {stage: cached_export(cache, config, dtype="fp16", fp8=fp8, stages=group,
+                                 progress=False).path / stage
+            for group in groups for stage in group}
 
 
-def export_once(config: CinemaConfig, folder: Path, stages: tuple[str, ...], fp8: bool) -> float:
-    """Export `stages` of `config` in fp16 (or FP8 over fp16) unless already there; returns
-    the seconds spent."""
-    todo = _missing(folder, stages, config, fp8)
-    if not todo:
-        log.info("reusing exports %s in %s", list(stages), folder)
-        return 0.0
-    log.info("exporting %s (%s) to %s", list(todo), "fp8" if fp8 else "fp16", folder)
-    start = time.perf_counter()
+def export_once(config: CinemaConfig, cache_dir: Path, folder: Path, stages: tuple[str, ...],
+                fp8: bool) -> Path:
+    """`folder`, linking each of `stages` to its export of `config` in fp16 (or FP8 over
+    fp16) in the artifact cache under `cache_dir`. FP8 stages are one entry each (each
+    calibrates on its own, so one failing its accuracy gate costs no other)."""
+    groups: list[tuple[str, ...]] = [(s,) for s in stages] if fp8 else [stages]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        pool.submit(_export_job, config.to_dict(), str(folder), todo, fp8).result()
-    return time.perf_counter() - start
+        exported = pool.submit(_export_job, config.to_dict(), str(cache_dir), groups,
+                               fp8).result()
+    folder.mkdir(parents=True, exist_ok=True)
+    for stage, path in exported.items():
+        (folder / stage).unlink(missing_ok=True)
+        (folder / stage).symlink_to(path, target_is_directory=True)
+    return folder
 
 
 def build_memory(onnx_dir: Path, out_dir: Path, stages: tuple[str, ...], precision: str,
@@ -190,7 +176,7 @@ def fp8_exports(settings: MemoryPlanConfig) -> dict[str, str]:
         for depth in _depths_of(stage, settings):
             folder = settings.cache_dir / f"onnx-depth{depth}-fp8"
             try:
-                export_once(at_depth(base, depth), folder, (stage,), fp8=True)
+                export_once(at_depth(base, depth), settings.cache_dir, folder, (stage,), True)
             except ExportError as error:
                 log.warning("%s: FP8 export at depth %d failed: %s", stage, depth, error)
                 failed[stage] = f"FP8 export at depth {depth} failed: {error}"
@@ -216,7 +202,7 @@ def plan_stages(settings: MemoryPlanConfig, plan: str) -> tuple[list[StagePlan],
             if not stages:
                 continue
             folder = settings.cache_dir / f"onnx-depth{depth}-{kind}"
-            export_once(config, folder, stages, fp8=kind == "fp8")
+            export_once(config, settings.cache_dir, folder, stages, fp8=kind == "fp8")
             figures = build_memory(folder, settings.cache_dir / f"engines-depth{depth}-{kind}",
                                    stages, kind, shapes, settings)
             for stage, memory in figures.items():

@@ -34,7 +34,7 @@ class OutputFiles:
 def output_stem(result: BenchResult, out_dir: Path) -> Path:
     """`<out>/<machine>-<preset>-<date>`, numbered when that name is taken."""
     date = result.started[:10].replace("-", "")
-    base = f"{machine_tag(result.settings.device, result.machine)}-{result.settings.preset}-{date}"
+    base = f"{machine_tag(result.settings.device, result.machine)}-{result.config['name']}-{date}"
     return numbered_stem(out_dir, base)
 
 
@@ -93,7 +93,7 @@ def _header(result: BenchResult) -> list[str]:
     m, r, s = result.machine, result.request, result.settings
     gpu = m["gpu"]["name"] if m.get("gpu") else "none"
     return [
-        f"# CINEMA latency: preset `{s.preset}` on {machine_tag(s.device, m)}", "",
+        f"# CINEMA latency: preset `{result.config['name']}` on {machine_tag(s.device, m)}", "",
         f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; GPU: {gpu}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in result.versions.items() if v),
         f"- source: {describe_source(result.source)}",
@@ -155,7 +155,7 @@ def write_chart(result: BenchResult, path: Path) -> Path:
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel("latency, ms (bar: p50, whisker: p90; log scale)")
-    ax.set_title(f"CINEMA {result.settings.preset} on "
+    ax.set_title(f"CINEMA {result.config['name']} on "
                  f"{machine_tag(result.settings.device, result.machine)}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     ax.grid(axis="x", which="both", alpha=0.3)

@@ -71,7 +71,7 @@ class BenchResult:
     def to_dict(self) -> dict:
         return {"schema": SCHEMA, "started": self.started, "duration_s": self.duration_s,
                 "machine": self.machine, "versions": self.versions, "source": self.source,
-                "preset": self.settings.preset, "settings": self.settings.to_dict(),
+                "preset": self.config["name"], "settings": self.settings.to_dict(),
                 "clock": self.clock, "config": self.config, "request": self.request,
                 "shapes": self.shapes, "variants": list(self.variants),
                 "measurements": [m.to_dict() for m in self.measurements],

@@ -22,19 +22,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cinema_trt.models.cache import ArtifactCache, Entry
 from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.precision import RUNTIME_BASE, compute_dtype
 from cinema_trt.models.runner import Runner
 from cinema_trt.models.specs import STAGES
 
 from .config import BenchConfig, default_cache_dir
-from .exports import FP8_STAGES, ensure_export
 
 if TYPE_CHECKING:
     from cinema_trt.models.factory import CinemaModels
 
 log = logging.getLogger(__name__)
 
+# the FP8 variant quantizes the DiT only: it is the stage the sampler calls `steps` times,
+# and the one the exporter's FP8 recipe was tuned for (export/fp8.py)
+FP8_STAGES = ("dit",)
 
 
 @dataclass(frozen=True)
@@ -114,11 +117,17 @@ def plan_variants(bench: BenchConfig) -> tuple[list[tuple[str, str]], list[Skip]
     return planned, skipped
 
 
-def _export_dir(bench: BenchConfig, models: CinemaModels, dtype: str, fp8: bool = False
-                ) -> Path:
-    """The cache folder of the exports computing in `dtype` (the FP8 DiT's: `fp8`)."""
-    root = Path(bench.cache_dir or default_cache_dir()) / models.config.name
-    return root / (f"onnx-fp8-{dtype}" if fp8 else f"onnx-{dtype}")
+def _cache(bench: BenchConfig) -> ArtifactCache:
+    return ArtifactCache(Path(bench.cache_dir or default_cache_dir()))
+
+
+def _export(bench: BenchConfig, models: CinemaModels, dtype: str, fp8: bool = False
+            ) -> Entry:
+    """The export computing in `dtype` (`fp8`: the FP8 DiT's) from the artifact cache."""
+    from cinema_trt.export.driver import cached_export
+
+    return cached_export(_cache(bench), models.config, bench.weights, dtype=dtype, fp8=fp8,
+                         stages=FP8_STAGES if fp8 else None, models=models, progress=False)
 
 
 def _torch_variant(models, precision: str, bench: BenchConfig) -> Variant:
@@ -153,21 +162,19 @@ def _ort_variant(models, precision: str, bench: BenchConfig) -> Variant:
 
     # fp8 variants swap only FP8_STAGES into a base variant of the same runtime
     base = RUNTIME_BASE["ort"].value if precision == "fp8" else precision
-    base_dir = _export_dir(bench, models, base)
-    exports = [ensure_export(models, base_dir, dtype=base)]
+    exports = [_export(bench, models, base)]
+    base_dir = exports[0].path
     runners = ort_runners(base_dir, threads=bench.threads)
     stages: tuple[str, ...] = STAGES
     precisions, served = {s: base for s in STAGES}, base_dir
     if precision == "fp8":
-        fp8_dir = _export_dir(bench, models, base, fp8=True)
-        exports.append(ensure_export(models, fp8_dir, fp8=True, dtype=base))
+        exports.append(_export(bench, models, base, fp8=True))
+        fp8_dir = exports[1].path
         runners.update({s: OrtRunner(fp8_dir / s, threads=bench.threads) for s in FP8_STAGES})
         stages, precisions = FP8_STAGES, {**precisions, **{s: "fp8" for s in FP8_STAGES}}
-        served = overlay(base_dir.parent / "onnx-fp8-overlay", base_dir,
+        served = overlay(_cache(bench).root / "overlay" / fp8_dir.name, base_dir,
                          {s: fp8_dir / s for s in FP8_STAGES})
-    setup = {"exports": [{"folder": str(e.folder), "reused": list(e.reused),
-                          "exported": list(e.exported), "seconds": round(e.seconds, 1)}
-                         for e in exports],
+    setup = {"exports": [{"folder": str(e.path), "reused": e.reused} for e in exports],
              "providers": sorted({p for r in runners.values()
                                   for p in getattr(r, "providers", ())})}
     # the served ORT stage models take ORT's default thread count (stage_model.py passes
@@ -179,40 +186,33 @@ def _ort_variant(models, precision: str, bench: BenchConfig) -> Variant:
                                  f"threads={bench.threads}; rerun with --threads 0 to serve")
 
 
-def _engines(export_dir: Path, out: Path, precision: str, stages: tuple[str, ...] = ()) -> Path:
-    from cinema_trt.engines.config import BuildConfig, Precision
-    from cinema_trt.engines.stages import BuildRequest, build_stages
-
-    build_stages(BuildRequest(export_dir, out, BuildConfig(precision=Precision.parse(precision)),
-                              stages=stages))
-    return out
-
-
 def _tensorrt_variant(models, precision: str, bench: BenchConfig) -> Variant:
     """Engines from exports in their own precision, so every build is strongly typed (the
     only kind TensorRT 11 builds)."""
+    from cinema_trt.engines.config import BuildConfig, Precision
+    from cinema_trt.engines.stages import cached_build
     from cinema_trt.engines.trt_runtime import TensorRTRunner, tensorrt_runners
 
+    def build(export: Entry, precision: str, stages: tuple[str, ...] = ()) -> Path:
+        return cached_build(_cache(bench), export, BuildConfig(Precision.parse(precision)),
+                            stages=stages).path
+
     base = RUNTIME_BASE["tensorrt"].value if precision == "fp8" else precision
-    base_dir = _export_dir(bench, models, base)
-    ensure_export(models, base_dir, dtype=base)
-    root = base_dir.parent
-    engines = _engines(base_dir, root / f"engines-{base}", base)
-    runners = tensorrt_runners(engines, export_dir=base_dir, device=bench.device)
+    export = _export(bench, models, base)
+    engines = build(export, base)
+    runners = tensorrt_runners(engines, export_dir=export.path, device=bench.device)
     stages: tuple[str, ...] = STAGES
     precisions = {s: base for s in STAGES}
     if precision == "fp8":
-        fp8_dir = _export_dir(bench, models, base, fp8=True)
-        ensure_export(models, fp8_dir, fp8=True, dtype=base)
-        fp8_engines = _engines(fp8_dir, root / "engines-fp8", "fp8", FP8_STAGES)
+        fp8_engines = build(_export(bench, models, base, fp8=True), "fp8", FP8_STAGES)
         runners.update({s: TensorRTRunner(fp8_engines / s, bench.device, cuda_graph=s == "dit")
                         for s in FP8_STAGES})
         stages, precisions = FP8_STAGES, {**precisions, **{s: "fp8" for s in FP8_STAGES}}
-        engines = overlay(root / "engines-fp8-overlay", engines,
+        engines = overlay(_cache(bench).root / "overlay" / fp8_engines.name, engines,
                           {s: fp8_engines / s for s in FP8_STAGES})
     return Variant("tensorrt", precision, runners, stages, precisions,
                    {"engines": str(engines), "base_precision": base},
-                   served=ServedSpec("tensorrt", engines, base_dir))
+                   served=ServedSpec("tensorrt", engines, export.path))
 
 
 def build_variant(runtime: str, precision: str, models: CinemaModels,

@@ -22,7 +22,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Captures the stage inputs of one request (the preset's defaults), "
                     "then times each stage and the whole pipeline on every runtime and "
                     "precision available here. Writes <machine>-<preset>-<date>.json/.md/.png.")
-    p.add_argument("--preset", help="tiny | small | cinema (default %(default)s)")
+    p.add_argument("--preset", help="tiny | small | cinema (default: the --weights folder's "
+                                    "own architecture, else small); with --weights, must match")
+    p.add_argument("--weights", type=Path,
+                   help="weights folder from save_models, its cinema_config.json the "
+                        "architecture (default: the preset's seeded weights)")
     p.add_argument("--runtimes", type=_names,
                    help=f"comma-separated, from {','.join(RUNTIMES)} (default: all; "
                         "unavailable ones are skipped with a note)")
@@ -46,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="time the variants round-robin (all loaded at once): fairer on a "
                         "busy machine, more memory")
     p.add_argument("--cache-dir", type=Path,
-                   help="ONNX exports and engines (default: ~/.cache/cinema-trt/bench)")
+                   help="the artifact cache of ONNX exports and engines, <dir>/<kind>/<key>/ "
+                        "(default: ~/.cache/cinema-trt/bench)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR,
                    help="results folder (default: benchmarks/results of this checkout)")
     p.set_defaults(func=run, **defaults(BenchConfig))

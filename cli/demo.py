@@ -23,9 +23,9 @@ def print_report(result: DemoResult) -> None:
     from cinema_trt.serving.latency import format_latency_table
 
     reused = ", ".join(f"{step} {'reused' if hit else 'built'}"
-                       for step, hit in result.reused.items())
+                       for step, hit in result.artifacts.reused.items())
     # stdout, not the log: this is the demo's output
-    print(f"runtime: {result.runtime}   steps: {reused}", flush=True)
+    print(f"runtime: {result.artifacts.runtime}   steps: {reused}", flush=True)
     print(format_latency_table(result.latency, result.request_seconds), flush=True)
     print(f"video: {result.output}", flush=True)
 
@@ -35,14 +35,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = subparsers.add_parser(
         "demo", help="export, serve with Triton and generate one video, end to end",
-        description="Saves random preset weights, exports every stage to ONNX, builds "
-                    "TensorRT engines when TensorRT and CUDA are present (else ONNX Runtime "
-                    "on the CPU serves the graphs), writes a Triton model repository, starts "
-                    "the server on free loopback ports, generates a video from the bundled "
-                    "sample references over gRPC and prints per-stage latency.")
+        description="Saves random preset weights (or takes --weights), exports every "
+                    "stage to ONNX, builds TensorRT engines when TensorRT and CUDA are "
+                    "present (else ONNX Runtime on the CPU serves the graphs), writes a "
+                    "Triton model repository, starts the server on free loopback ports, "
+                    "generates a video from the bundled sample references over gRPC and "
+                    "prints per-stage latency.")
     p.add_argument("--workdir", type=Path,
                    help="artifacts folder, reused between runs (default: ./cinema-demo)")
-    p.add_argument("--preset", help="tiny | small | cinema")
+    p.add_argument("--preset", help="tiny | small | cinema (default: the --weights folder's "
+                                    "own architecture, else tiny); with --weights, must match")
+    p.add_argument("--weights", type=Path,
+                   help="weights folder from save_models, its cinema_config.json the "
+                        "architecture (default: random preset weights, seed 0)")
     p.add_argument("-o", "--output", type=Path, help="the MP4 (default: WORKDIR/demo.mp4)")
     p.add_argument("--prompt")
     p.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")

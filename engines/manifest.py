@@ -10,7 +10,6 @@ machine). A plan loads only in the backend and version that built it, on a GPU a
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
+from cinema_trt.models import cache as artifact_cache
 from cinema_trt.models.fileio import atomic_write, onnx_sha256, sha256_file
 
 from .config import BuildConfig
@@ -110,7 +110,7 @@ def cache_key(stage: str, onnx_digest: str, config: BuildConfig,
                "build": config.cache_fields(), "profiles": profiles_to_json(profiles),
                "runtime": runtime.runtime, "version": runtime.version,
                "compute_capability": runtime.compute_capability}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return artifact_cache.cache_key(payload)  # the artifact cache's key (models/cache.py)
 
 
 def profiles_to_json(profiles: dict[str, Any]) -> dict[str, dict[str, list[int]]]:

@@ -11,9 +11,12 @@ import functools
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+from cinema_trt.models.cache import ArtifactCache, Entry
+from cinema_trt.models.fileio import atomic_write
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import StageSpec
 
@@ -130,3 +133,34 @@ def build_stages(request: BuildRequest) -> dict[str, Path]:
                                   stage.spec, shapes,
                                   request.build_config, config)
     return built
+
+
+def cached_build(cache: ArtifactCache, export: Entry, build_config: BuildConfig,
+                 runtime: str = "tensorrt", stages: tuple[str, ...] = (),
+                 profile: dict[str, Any] | None = None) -> Entry:
+    """`build_stages` of a cached export into the artifact cache, or its entry reused while
+    every plan hashes as its manifest says. Keyed on the export's key, the build config, the
+    stages, the profile (profiles.yaml's mapping, kept in the entry; None: the preset's
+    defaults) and the runtime's version and GPU."""
+    from .deps import onnxruntime_runtime_info, tensorrt_runtime_info
+    from .manifest import read_manifest, verify_plan
+
+    backend = BACKENDS.get(runtime)
+    info = onnxruntime_runtime_info() if backend is None else tensorrt_runtime_info(
+        runtime, gpu=not backend.builds_without_gpu)
+    inputs = {"onnx": export.key, "build": build_config.cache_fields(), "stages": stages,
+              "profile": profile, "runtime": asdict(info)}
+    names = stages or tuple(exported_stages(export.path))
+
+    def make(out: Path) -> None:
+        import yaml
+
+        out.mkdir(parents=True)
+        path = atomic_write(out / "profiles.yaml", yaml.safe_dump(profile)) if profile else None
+        build_stages(BuildRequest(export.path, out, build_config, path, runtime, stages))
+
+    def check(folder: Path) -> None:
+        for stage in names:
+            verify_plan(folder / stage, read_manifest(folder / stage))
+
+    return cache.entry("engines", inputs, make, check)

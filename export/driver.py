@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from cinema_trt.models.cache import ArtifactCache, Entry, folder_sha256
 from cinema_trt.models.fileio import onnx_sha256
 from cinema_trt.models.precision import compute_dtype, parse_dtype, policy
 from cinema_trt.models.presets import CinemaConfig
@@ -37,8 +38,10 @@ from .manifest import (
     EXTERNAL_DATA_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
+    ExportExpectation,
     Manifest,
     Precision,
+    check_export,
     exporter_versions,
     state_dict_sha256,
     write_manifest,
@@ -327,6 +330,34 @@ def export_stages(config: CinemaConfig, out_dir: str | os.PathLike,
         results.append(export_stage(stage, exports[stage], models, out, amax.get(stage),
                                     calibrator=calibrator, dtype=dtype))
     return results
+
+
+def cached_export(cache: ArtifactCache, config: CinemaConfig,
+                  weights: str | os.PathLike | None = None, dtype: str | Precision = "fp32",
+                  fp8: bool = False, stages: tuple[str, ...] | None = None,
+                  models: CinemaModels | None = None, progress: bool = True) -> Entry:
+    """`export_stages` into the artifact cache (models/cache.py), or its entry reused when
+    `check_export` accepts every stage with the full expectation (with `models`, the weights
+    in memory, each stage's state-dict hash too). weights: a save_models folder, hashed into
+    the key; None: the config's seeded weights. The key holds the whole config, not only the
+    architecture: FP8 calibration runs the sampler's default request, and a build without a
+    profile reads its shapes from the sampler defaults in the export manifest's config."""
+    names, compute = resolve_stages(stages), parse_dtype(dtype)
+    versions = exporter_versions()
+    inputs = {"weights": folder_sha256(weights) if weights else "seeded",
+              "config": config.to_dict(), "dtype": compute.value, "fp8": fp8,
+              "stages": names, "versions": versions}
+    sources = {s: state_dict_sha256(e.module)
+               for s, e in stage_exports(models, names).items()} if models else {}
+
+    def check(folder: Path) -> None:
+        for stage in names:
+            precision = Precision.FP8 if fp8 and stage in RECIPES else compute
+            check_export(folder / stage, ExportExpectation(
+                config, precision, compute_dtype(compute), sources.get(stage), versions))
+
+    return cache.entry("onnx", inputs, lambda out: export_stages(
+        config, out, names, weights, fp8=fp8, progress=progress, dtype=compute), check)
 
 
 def format_summary(results: list[ExportResult]) -> str:

@@ -1,38 +1,37 @@
 """`run_demo`: the whole deployment path on one machine, from nothing to a served video.
 
-    1. weights   random preset weights (seed 0), save_models           <workdir>/weights/
-    2. onnx      export_stages: every graph, checked against PyTorch     <workdir>/onnx/
-    3. engines   TensorRT plans when tensorrt imports and CUDA exists    <workdir>/engines/
+    1. weights   random preset weights (seed 0), save_models; or the --weights folder
+    2. onnx      export_stages: every graph, checked against PyTorch
+    3. engines   TensorRT plans when tensorrt imports and CUDA exists
     4. models    the Triton repository: Python-backend stages on ORT or TensorRT, and the
-                 `cinema` orchestrator                                   <workdir>/models/
+                 `cinema` orchestrator
     5. serve     tritonserver on free loopback ports; one request over gRPC with streamed
                  progress; the MP4; per-stage latency from Triton's statistics; stop.
 
-Steps 1-4 each write `<workdir>/<step>.stamp.json` holding the sha256 of what produced the
-folder (config, seed, the upstream step's key, library versions, paths). A step is reused
-only when that key matches and its folder is complete (weights config, export manifests
-with their graph hashes, plan manifests, model configs); otherwise it is redone.
+Steps 1-4 are entries of the artifact cache (models/cache.py) rooted at the work dir,
+`<workdir>/<step>/<key>/`, keyed on what made them (the config and seed, the weights' hash,
+the precision, the upstream keys, library versions, the GPU). An entry is reused only when
+its key matches and it is still valid (the export checked by `check_export`, graph hashes
+included; every plan against its manifest); otherwise it is made again, beside the old ones.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
-import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
+from cinema_trt.models.cache import ArtifactCache, Entry
 from cinema_trt.models.fileio import atomic_write
 from cinema_trt.models.precision import RUNTIME_BASE
 from cinema_trt.serving.latency import StageLatency, settled_snapshot, stage_latency
+from cinema_trt.serving.server import ServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +42,22 @@ RUNTIME_CHOICES = ("auto", "ort", "tensorrt")
 
 @dataclass(frozen=True)
 class DemoOptions:
-    """What `cinema-trt demo` takes; sizes left None take the preset's sampler defaults."""
+    """What `cinema-trt demo` takes; sizes left None take the config's sampler defaults."""
 
     workdir: Path = Path("cinema-demo")
-    preset: str = "tiny"
+    preset: str | None = None  # None: the weights folder's own config, else DEFAULT_PRESET
+    weights: Path | None = None  # a save_models folder; None: random preset weights
     output: Path | None = None  # the MP4; None: <workdir>/demo.mp4
     prompt: str = DEFAULT_PROMPT
     steps: int | None = None
     frames: int | None = None
     height: int | None = None
     width: int | None = None
-    seed: int = 0  # noise seed of the request (the weights always use WEIGHTS_SEED)
+    seed: int = 0  # noise seed of the request (random weights always use WEIGHTS_SEED)
     runtime: str = "auto"  # auto: tensorrt when usable, else ort (ONNX Runtime, CPU)
     keep_server: bool = False  # serve until Ctrl-C after generating
     progress: bool = True
-    startup_timeout: float = 300.0  # seconds for the server to load every stage
+    startup_timeout: float = ServerConfig.startup_timeout  # the server's one default
 
     def __post_init__(self):
         object.__setattr__(self, "workdir", Path(self.workdir))
@@ -72,98 +72,22 @@ class DemoOptions:
 
 
 @dataclass(frozen=True)
+class DemoArtifacts:
+    runtime: str  # "ort" | "tensorrt"
+    weights: Path
+    onnx: Path
+    engines: Path | None  # runtime tensorrt only
+    repository: Path
+    reused: dict[str, bool]  # step -> taken from the cache (no "weights" with --weights)
+
+
+@dataclass(frozen=True)
 class DemoResult:
     output: Path
-    runtime: str  # "ort" | "tensorrt"
+    artifacts: DemoArtifacts
     request_seconds: float  # wall time of the gRPC request, seen by the client
     latency: tuple[StageLatency, ...]  # per stage model, from Triton's statistics
-    reused: dict[str, bool] = field(default_factory=dict)  # step -> taken from the workdir
     grpc: str = ""  # the server's endpoint while it ran
-
-
-# --- cached steps -------------------------------------------------------------------------
-
-
-def step_key(inputs: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _read_stamp(path: Path) -> str | None:
-    try:
-        return json.loads(path.read_text()).get("key")
-    except (OSError, ValueError):
-        return None
-
-
-def cached_step(workdir: Path, name: str, inputs: dict[str, Any],
-                complete: Callable[[Path], bool], make: Callable[[Path], Any],
-                clear: bool = True) -> tuple[Path, str, bool]:
-    """Reuse `<workdir>/<name>/` when its stamp's key matches `inputs` and `complete(folder)`
-    holds; else (clear it and) `make(folder)`, then stamp it. Returns (folder, key, reused).
-
-    `clear=False` keeps the old folder for `make`, for builders with a cache of their own.
-    """
-    folder, stamp = workdir / name, workdir / f"{name}.stamp.json"
-    key = step_key({"step": name, **inputs})
-    found = _read_stamp(stamp)
-    if found == key and complete(folder):
-        log.info("%s: reusing %s", name, folder)
-        return folder, key, True
-    reason = "no stamp" if found is None else "inputs changed" if found != key \
-        else "folder incomplete"
-    log.info("%s: building %s (%s)", name, folder, reason)
-    stamp.unlink(missing_ok=True)  # until the new stamp lands, the step is not done
-    if clear and folder.exists():
-        shutil.rmtree(folder)
-    make(folder)
-    if not complete(folder):
-        raise RuntimeError(f"step {name} finished but {folder} is incomplete")
-    atomic_write(stamp, json.dumps({"key": key, "inputs": inputs}, indent=2, sort_keys=True,
-                                   default=str))
-    return folder, key, False
-
-
-def _versions(*dists: str) -> dict[str, str]:
-    found = {}
-    for dist in dists:
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            found[dist] = "absent"
-    return found
-
-
-def _weights_complete(config) -> Callable[[Path], bool]:
-    from cinema_trt.models.factory import CONFIG_FILE, STAGE_FILES, read_weights_config
-
-    def complete(folder: Path) -> bool:
-        files = [folder / CONFIG_FILE, *(folder / f for f in STAGE_FILES.values())]
-        if not (all(f.is_file() for f in files) and (folder / "mllm").is_dir()):
-            return False
-        try:
-            return read_weights_config(folder).to_dict() == config.to_dict()
-        except (ValueError, KeyError, TypeError):  # a damaged config: rebuild
-            return False
-    return complete
-
-
-def _export_complete(config) -> Callable[[Path], bool]:
-    from cinema_trt.export.manifest import ExportExpectation, check_export
-    from cinema_trt.export.stages import EXPORT_STAGES
-
-    def complete(folder: Path) -> bool:
-        try:
-            for stage in EXPORT_STAGES:  # manifests present, graph hashes as recorded
-                check_export(folder / stage, ExportExpectation(config=config))
-        except (FileNotFoundError, ValueError) as error:
-            log.info("onnx: %s", error)
-            return False
-        return True
-    return complete
-
-
-def _has_files(*relative: str) -> Callable[[Path], bool]:
-    return lambda folder: all((folder / r).is_file() for r in relative)
 
 
 # --- the steps ----------------------------------------------------------------------------
@@ -196,72 +120,48 @@ def pick_runtime(requested: str) -> str:
     return "ort"
 
 
-def _weights_step(options: DemoOptions, config):
-    from cinema_trt.models.factory import build_models, save_models
+def _weights(cache: ArtifactCache, config) -> Entry:
+    from cinema_trt.models.factory import build_models, read_weights_config, save_models
+
+    def check(folder: Path) -> None:  # save_models writes the config last
+        if read_weights_config(folder).to_dict() != config.to_dict():
+            raise ValueError(f"{folder} holds weights of another config")
 
     inputs = {"config": config.to_dict(), "seed": WEIGHTS_SEED,
-              "versions": _versions("cinema-trt", "torch", "transformers")}
-    return cached_step(options.workdir, "weights", inputs, _weights_complete(config),
-                       lambda out: save_models(build_models(config, seed=WEIGHTS_SEED), out))
+              "versions": [metadata.version(d) for d in ("cinema-trt", "torch", "transformers")]}
+    return cache.entry("weights", inputs, lambda out: save_models(
+        build_models(config, seed=WEIGHTS_SEED), out), check)
 
 
-def _export_step(options: DemoOptions, config, weights: Path, weights_key: str,
-                 dtype: str):
-    from cinema_trt.export.driver import export_stages
-    from cinema_trt.export.manifest import exporter_versions
-    from cinema_trt.export.stages import EXPORT_STAGES
-
-    inputs = {"weights": weights_key, "stages": EXPORT_STAGES, "precision": dtype,
-              "versions": exporter_versions()}
-    return cached_step(options.workdir, "onnx", inputs, _export_complete(config),
-                       lambda out: export_stages(config, out, weights=weights, dtype=dtype,
-                                                 progress=options.progress))
-
-
-def _engine_step(options: DemoOptions, config, onnx: Path, onnx_key: str, request):
+def _engines(cache: ArtifactCache, config, onnx: Entry, request) -> Entry:
     """TensorRT plans for exactly the demo's video size (1..max references)."""
-    import tensorrt
-    import torch
-    import yaml
-
     from cinema_trt.engines.config import BuildConfig
-    from cinema_trt.engines.stages import BuildRequest, build_stages
-    from cinema_trt.export.stages import EXPORT_STAGES
+    from cinema_trt.engines.stages import cached_build
 
     max_refs = min(config.mllm.max_refs, config.dit.max_refs)
     profile = {"preset": config.name, "batch": 1, "frames": request.frames,
                "height": request.height, "width": request.width, "cfg": True,
                "refs": {"min": 1, "opt": len(request.refs), "max": max_refs}}
-    profile_path = options.workdir / "profiles.yaml"
-    atomic_write(profile_path, yaml.safe_dump(profile))
     # BuildConfig() is fp16, the precision of the RUNTIME_BASE["tensorrt"] graphs
-    inputs = {"onnx": onnx_key, "profile": profile, "tensorrt": tensorrt.__version__,
-              "gpu": torch.cuda.get_device_name(0), "build": BuildConfig().cache_fields()}
-    manifests = [f"{stage}/manifest.json" for stage in EXPORT_STAGES]
-    # clear=False: the builder keeps its own honest cache (ONNX bytes, TensorRT, GPU)
-    return cached_step(options.workdir, "engines", inputs, _has_files(*manifests),
-                       lambda out: build_stages(BuildRequest(onnx, out, BuildConfig(),
-                                                             profile=profile_path)),
-                       clear=False)
+    return cached_build(cache, onnx, BuildConfig(), profile=profile)
 
 
-def _repository_step(options: DemoOptions, runtime: str, weights: Path, onnx: Path,
-                     engines: Path | None, upstream: list[str]):
-    from cinema_trt.models.specs import STAGES
+def _repository(cache: ArtifactCache, runtime: str, weights: Path, onnx: Entry,
+                artifacts: Entry) -> Entry:
     from cinema_trt.serving.repo import RepositoryOptions, build_repository
     from cinema_trt.serving.triton_config import Placement
 
     placement = Placement("gpu", 1, (0,)) if runtime == "tensorrt" else Placement()
     repo_options = RepositoryOptions(runtime=runtime, stage_placement=placement)
-    artifacts = engines if runtime == "tensorrt" else onnx
-    assert artifacts is not None, "the engines step ran when the runtime is tensorrt"
-    # the repository links to the other steps' folders by absolute path: key on them too
-    inputs = {"upstream": upstream, "options": repr(repo_options),
-              "paths": [str(p.resolve()) for p in (weights, artifacts, onnx)]}
-    configs = [f"{model}/config.pbtxt" for model in (*STAGES, "cinema")]
-    return cached_step(options.workdir, "models", inputs, _has_files(*configs),
-                       lambda out: build_repository(None, out, weights, artifacts,
-                                                    repo_options, export_dir=onnx))
+    # the repository links to the other entries by absolute path: key on the paths too (the
+    # export's key holds the weights' hash)
+    inputs = {"upstream": [onnx.key, artifacts.key], "options": repr(repo_options),
+              "paths": [str(p.resolve()) for p in (weights, artifacts.path, onnx.path)]}
+    # build_repository renames a whole repository into place: its orchestrator's config
+    # marks it complete (what it links to is checked as the upstream entries)
+    return cache.entry("models", inputs, lambda out: build_repository(
+        None, out, weights, artifacts.path, repo_options, export_dir=onnx.path),
+        lambda folder: (folder / "cinema" / "config.pbtxt").stat())
 
 
 # --- serve, generate, measure -------------------------------------------------------------
@@ -337,36 +237,27 @@ def demo_request(options: DemoOptions, config):
     return request, ref_paths
 
 
-@dataclass(frozen=True)
-class DemoArtifacts:
-    runtime: str  # "ort" | "tensorrt"
-    weights: Path
-    onnx: Path
-    engines: Path | None  # runtime tensorrt only
-    repository: Path
-    reused: dict[str, bool]  # step -> taken from the work dir
-
-
-def build_artifacts(options: DemoOptions) -> DemoArtifacts:
+def build_artifacts(options: DemoOptions, config, request) -> DemoArtifacts:
     """Steps 1-4: weights, ONNX, [engines], repository; each reused when still valid."""
-    from cinema_trt.models.presets import get_preset
+    from cinema_trt.export.driver import cached_export
 
-    config = get_preset(options.preset)
-    request, _ = demo_request(options, config)  # a bad size fails before any work
     runtime = pick_runtime(options.runtime)
-    options.workdir.mkdir(parents=True, exist_ok=True)
-    weights, weights_key, weights_reused = _weights_step(options, config)
-    onnx, onnx_key, onnx_reused = _export_step(options, config, weights, weights_key,
-                                               RUNTIME_BASE[runtime].value)
-    reused = {"weights": weights_reused, "onnx": onnx_reused}
-    engines, upstream = None, [weights_key, onnx_key]
-    if runtime == "tensorrt":
-        engines, engines_key, reused["engines"] = _engine_step(options, config, onnx,
-                                                               onnx_key, request)
-        upstream.append(engines_key)
-    repo, _, reused["models"] = _repository_step(options, runtime, weights, onnx, engines,
-                                                 upstream)
-    return DemoArtifacts(runtime, weights, onnx, engines, repo, reused)
+    cache = ArtifactCache(options.workdir)
+    reused = {}
+    weights = options.weights
+    if weights is None:
+        made = _weights(cache, config)
+        weights, reused["weights"] = made.path, made.reused
+    onnx = cached_export(cache, config, weights, dtype=RUNTIME_BASE[runtime].value,
+                         progress=options.progress)
+    reused["onnx"] = onnx.reused
+    engines = _engines(cache, config, onnx, request) if runtime == "tensorrt" else None
+    if engines is not None:
+        reused["engines"] = engines.reused
+    repo = _repository(cache, runtime, Path(weights), onnx, engines or onnx)
+    reused["models"] = repo.reused
+    return DemoArtifacts(runtime, Path(weights), onnx.path,
+                         engines.path if engines else None, repo.path, reused)
 
 
 def run_demo(options: DemoOptions = DemoOptions(),
@@ -376,20 +267,20 @@ def run_demo(options: DemoOptions = DemoOptions(),
     `report(result)` is called while the server still runs (with `keep_server`, before
     waiting for Ctrl-C). The server is stopped on return, on errors and on Ctrl-C/SIGTERM.
     """
-    from cinema_trt.models.presets import get_preset
-    from cinema_trt.serving.server import ServerConfig, TritonServer
+    from cinema_trt.models.factory import command_config
+    from cinema_trt.serving.server import TritonServer
 
-    request, ref_paths = demo_request(options, get_preset(options.preset))
+    config = command_config(options.preset, options.weights)
+    request, ref_paths = demo_request(options, config)  # a bad size fails before any work
     if options.output is not None and not options.output_path.parent.is_dir():
         raise FileNotFoundError(f"output folder {options.output_path.parent} does not exist")
-    artifacts = build_artifacts(options)
+    artifacts = build_artifacts(options, config, request)
     server_config = ServerConfig(artifacts.repository, startup_timeout=options.startup_timeout)
     with _sigterm_as_interrupt(), TritonServer(server_config) as server:
         url = server.endpoints.grpc
         seconds, before = _generate(url, options, request, ref_paths)
-        result = DemoResult(options.output_path, artifacts.runtime, seconds,
-                            stage_latency(before, settled_snapshot(url)), artifacts.reused,
-                            url)
+        result = DemoResult(options.output_path, artifacts, seconds,
+                            stage_latency(before, settled_snapshot(url)), url)
         if report is not None:
             report(result)
         if options.keep_server:

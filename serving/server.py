@@ -55,7 +55,11 @@ class ServerConfig:
     http_port: int = 0
     grpc_port: int = 0
     metrics_port: int = 0
-    startup_timeout: float = 180.0
+    # seconds for every model to load; the one default of `serve`, `demo` and the library.
+    # The tiny preset loads in seconds (~35 s on a busy 2-core machine, Python stubs
+    # included); the paper-scale stages read tens of GB of weights or engines and warm up,
+    # which takes minutes. 300 s covers that, and a start that hangs still fails in 5 min
+    startup_timeout: float = 300.0
     stop_timeout: float = 20.0
     log_verbose: int = 0
     log_level: int = logging.DEBUG  # level of forwarded server lines (errors: WARNING)

@@ -1,5 +1,5 @@
 """The tiny connector of the session's fp32 export (tests/conftest.py), alone in its folder
-for the benchmark tests: the ONNX cache and the ORT thread option are tested on it."""
+for the benchmark tests: the ORT thread option is tested on it."""
 
 from __future__ import annotations
 

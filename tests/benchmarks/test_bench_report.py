@@ -31,7 +31,7 @@ def result():
         settings=BenchConfig(preset="tiny", device="cpu", runs=3, served=True),
         started="2030-01-02T03:04:05+00:00", duration_s=1.0, machine=machine,
         versions={"torch": "2.x"}, source={"commit": "0123456789ab" + "c" * 28, "dirty": True},
-        config={}, request=request, shapes={},
+        config={"name": "tiny"}, request=request, shapes={},
         clock="perf_counter_ns", variants=(), measurements=measurements,
         skipped=(Skip("ort", "fp32", "no ORT backend here", target="served"),),
         notes=("a note",))

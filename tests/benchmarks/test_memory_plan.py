@@ -169,3 +169,20 @@ def test_cli_refuses_fp8_on_sm80_in_one_line_before_exporting(tmp_path, caplog):
                  "--out", str(tmp_path / "out")]) == 2
     assert "sm89" in caplog.text
     assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_exports_are_artifact_cache_entries_that_a_second_run_reuses(tiny_config, tmp_path):
+    """Each export runs in a spawned worker; the folder the builds read links every stage to
+    its entry of the artifact cache (models/cache.py), so a rerun exports nothing."""
+    from cinema_trt.benchmarks.memory_run import export_once
+    from cinema_trt.export.manifest import read_manifest
+
+    cache, folder = tmp_path / "cache", tmp_path / "onnx-depth1-fp16"
+    assert export_once(tiny_config, cache, folder, ("connector",), fp8=False) == folder
+    link = folder / "connector"
+    assert link.is_symlink() and link.resolve().parent.parent == (cache / "onnx").resolve()
+    assert read_manifest(link).compute_dtype == "float16"
+    mtime = (link / "manifest.json").stat().st_mtime_ns
+    export_once(tiny_config, cache, folder, ("connector",), fp8=False)
+    assert (link / "manifest.json").stat().st_mtime_ns == mtime

@@ -60,3 +60,16 @@ def test_bench_defaults():
     from cinema_trt.benchmarks.config import BenchConfig
 
     assert from_args(BenchConfig, _parse("bench")) == BenchConfig()
+
+
+def test_serve_defaults_and_one_startup_timeout_for_serve_and_demo():
+    from cinema_trt.serving.demo import DemoOptions
+    from cinema_trt.serving.server import ServerConfig
+
+    assert from_args(ServerConfig, _parse("serve", "--repository", "r")) == ServerConfig(
+        repository=Path("r"))
+    assert DemoOptions().startup_timeout == ServerConfig(Path("r")).startup_timeout
+    flags = ("--startup-timeout", "60")
+    assert from_args(ServerConfig, _parse("serve", "--repository", "r", *flags)
+                     ).startup_timeout == 60
+    assert from_args(DemoOptions, _parse("demo", *flags)).startup_timeout == 60

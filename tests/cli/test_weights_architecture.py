@@ -76,3 +76,56 @@ def test_generate_runs_the_weights_folder_without_a_preset(custom_weights, tmp_p
                  str(sample_references()[0]), "--prompt", "x",
                  "-o", str(tmp_path / "w.gif")]) == 2
     assert "'custom': mllm.num_layers=1, but preset 'tiny' has 2" in caplog.text
+
+
+def _demo_args(workdir, output):
+    return ["demo", "--workdir", str(workdir), "--runtime", "ort", "--frames", "5",
+            "--height", "16", "--width", "16", "--steps", "1", "--quiet", "-o", str(output)]
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_demo_serves_the_weights_folder_without_a_preset(custom_weights, tritonserver_binary,
+                                                        serve_extra, tmp_path, read_video):
+    workdir = tmp_path / "work"
+    assert main([*_demo_args(workdir, tmp_path / "v.mp4"), "--weights",
+                 str(custom_weights)]) == 0
+    assert read_video(tmp_path / "v.mp4").shape == (5, 16, 16, 3)
+    assert not (workdir / "weights").exists()  # the given weights, no random ones made
+    (export,) = (workdir / "onnx").iterdir()  # one cache entry, keyed on the weights' hash
+    assert _attention_layers(export / "dit" / "model.onnx") == 1
+    assert _attention_layers(export / "mllm_text" / "model.onnx") == 1
+
+
+def test_demo_refuses_a_preset_that_disagrees_with_the_weights(custom_weights, tmp_path,
+                                                               caplog):
+    workdir = tmp_path / "work"
+    assert main([*_demo_args(workdir, tmp_path / "v.mp4"), "--preset", "tiny", "--weights",
+                 str(custom_weights)]) == 2
+    assert "'custom': mllm.num_layers=1, but preset 'tiny' has 2" in caplog.text
+    assert not workdir.exists()  # refused before any work
+
+
+def _bench_args(tmp_path):
+    return ["bench", "--runtimes", "torch", "--precisions", "fp32", "--runs", "1",
+            "--warmup", "0", "--device", "cpu", "--threads", "1",
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "results")]
+
+
+def test_bench_measures_the_weights_folder_without_a_preset(custom_weights, tmp_path):
+    import json
+
+    assert main([*_bench_args(tmp_path), "--weights", str(custom_weights)]) == 0
+    (record,) = (tmp_path / "results").glob("*.json")
+    data = json.loads(record.read_text())
+    assert "-custom-" in record.name and data["preset"] == "custom"
+    assert (data["config"]["dit"]["depth"], data["config"]["mllm"]["num_layers"]) == (1, 1)
+    assert data["settings"]["weights"] == str(custom_weights)
+
+
+def test_bench_refuses_a_preset_that_disagrees_with_the_weights(custom_weights, tmp_path,
+                                                                caplog):
+    assert main([*_bench_args(tmp_path), "--preset", "tiny", "--weights",
+                 str(custom_weights)]) == 2
+    assert "'custom': mllm.num_layers=1, but preset 'tiny' has 2" in caplog.text
+    assert not (tmp_path / "results").exists()

@@ -157,3 +157,32 @@ def test_a_graph_without_its_export_manifest_is_refused(connector_export, tiny, 
     with pytest.raises(FileNotFoundError, match="is not a complete export"):
         build_ort_model(export / "model.onnx", tmp_path / "built", stage_specs(tiny)["connector"],
                         shapes_from_dict({}, tiny), FP32, tiny)
+
+
+def test_the_artifact_cache_reuses_a_build_and_remakes_a_changed_one(connector_export,
+                                                                     tmp_path):
+    """`cached_build`, what demo and bench build through (runtime ort here, the only one a
+    CPU builds): reused under the same key; a model whose bytes changed is remade, not
+    reused; another profile is another entry."""
+    from cinema_trt.engines.stages import cached_build
+    from cinema_trt.models.cache import ArtifactCache, Entry
+
+    cache = ArtifactCache(tmp_path)
+    export = Entry(connector_export[0], key="the export's key", reused=True)
+
+    def build(**kwargs):
+        return cached_build(cache, export, FP32, runtime="ort", stages=("connector",), **kwargs)
+
+    first = build()
+    again = build()
+    assert (first.reused, again.reused, again.path) == (False, True, first.path)
+    manifest = read_manifest(first.path / "connector")
+    model = first.path / "connector" / manifest.plan_file
+    model.write_bytes(model.read_bytes() + b"\0")
+    remade = build()
+    assert not remade.reused and remade.path == first.path
+    verify_plan(first.path / "connector", read_manifest(first.path / "connector"))
+    profiled = build(profile={"seq": {"min": 2, "opt": 16, "max": 64}})
+    assert not profiled.reused and profiled.path != first.path
+    assert read_manifest(profiled.path / "connector").profiles["hidden_states"] == {
+        "min": [1, 2, 64], "opt": [1, 16, 64], "max": [1, 64, 64]}

@@ -2,13 +2,14 @@
 table, then the same again reusing every artifact.
 
 The first run exports the tiny preset (~55 s on 2 cores) and starts a server (~35 s); the
-second run reuses the artifacts and only starts the server again. While the second run's
-server is up, it also answers the check that runtime-ort stage models (the demo's
+second run reuses every artifact-cache entry (models/cache.py, whose rules
+tests/models/test_cache.py specifies) and only starts the server again. While the second
+run's server is up, it also answers the check that runtime-ort stage models (the demo's
 repository) reproduce the in-process ONNX Runtime pipeline bit for bit: one server start
-for both. The work dir lives at a fixed place in pytest's base temp folder, so
-test_ort_stages.py reuses its export (through the demo's own cache) when run after this.
+for both.
 """
 
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from cinema_trt.models.pipeline import CinemaPipeline, GenerationRequest
 from cinema_trt.models.presets import get_preset
 from cinema_trt.models.specs import STAGES
 from cinema_trt.serving.client import CinemaClient
-from cinema_trt.serving.demo import DemoOptions, cached_step, run_demo, tensorrt_unusable
+from cinema_trt.serving.demo import DemoOptions, run_demo, tensorrt_unusable
 from cinema_trt.serving.latency import format_latency_table
 
 pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.usefixtures("serve_extra")]
@@ -32,8 +33,9 @@ PARAMS = dict(frames=5, height=32, width=48, steps=2, guidance=4.0, seed=0)
 
 
 def manifest_mtimes(workdir):
+    """The export's manifests: <workdir>/onnx/<key>/<stage>/manifest.json."""
     return {p.relative_to(workdir): p.stat().st_mtime_ns
-            for p in sorted(workdir.glob("*/*/manifest.json"))}
+            for p in sorted(workdir.glob("*/*/*/manifest.json"))}
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +68,12 @@ def second(first, options):
 def test_a_fresh_run_builds_every_step_and_writes_the_requested_video(first, options,
                                                                      read_video):
     result, mtimes = first
-    assert result.reused == {"weights": False, "onnx": False, "models": False}
-    assert result.runtime == "ort" and result.output == options.output
+    assert result.artifacts.reused == {"weights": False, "onnx": False, "models": False}
+    assert result.artifacts.runtime == "ort" and result.output == options.output
     assert read_video(result.output).shape == (5, 32, 48, 3)
     # six graphs: the MLLM is exported as vision + text; fp32 for ONNX Runtime on the CPU
     assert len(mtimes) == 6
-    assert {read_manifest(p).compute_dtype for p in (options.workdir / "onnx").iterdir()
+    assert {read_manifest(p).compute_dtype for p in result.artifacts.onnx.iterdir()
             if (p / "manifest.json").is_file()} == {"float32"}
 
 
@@ -95,49 +97,29 @@ def test_the_server_is_stopped_when_the_demo_returns(first):
 
 def test_a_second_run_reuses_every_artifact_and_still_serves(first, second, options,
                                                              read_video):
-    _, mtimes = first
+    made, mtimes = first
     result, _ = second
-    assert result.reused == {"weights": True, "onnx": True, "models": True}
+    assert result.artifacts.reused == {"weights": True, "onnx": True, "models": True}
+    # the same entries: no key changed between the runs
+    assert replace(result.artifacts, reused={}) == replace(made.artifacts, reused={})
     assert manifest_mtimes(options.workdir) == mtimes  # the export was not redone
     assert read_video(result.output).shape == (5, 32, 48, 3)
     assert [row.model for row in result.latency] == list(STAGES)
 
 
-def test_runtime_ort_stages_serve_the_in_process_ort_video_bit_for_bit(second, options):
-    _, video = second
+def test_runtime_ort_stages_serve_the_in_process_ort_video_bit_for_bit(second):
+    result, video = second
     tiny = get_preset("tiny")
     # the same graphs on the same ORT build (CPU provider, default threads), the same
     # processor files, seed and sampler: BLS, DLPack and the per-stage processes between
     # the stages must not change one bit
     pipeline = CinemaPipeline(
-        tiny, ort_runners(options.workdir / "onnx", providers=("CPUExecutionProvider",)),
-        pipeline_processor(tiny, options.workdir / "weights"))
+        tiny, ort_runners(result.artifacts.onnx, providers=("CPUExecutionProvider",)),
+        pipeline_processor(tiny, result.artifacts.weights))
     refs = tuple(load_image(p) for p in sample_references()[:2])
     local = pipeline.generate(GenerationRequest(prompt=PROMPT, refs=refs, fps=4, **PARAMS))
     assert video.shape == (5, 32, 48, 3) and video.dtype == np.uint8
     np.testing.assert_array_equal(video, local)
-
-
-def test_a_step_is_redone_when_its_inputs_change_or_its_folder_is_incomplete(tmp_path):
-    made = []
-
-    def make(folder):
-        folder.mkdir()
-        (folder / "out.txt").write_text("done")
-        made.append(folder)
-
-    def complete(folder):
-        return (folder / "out.txt").is_file()
-
-    def step(inputs):
-        return cached_step(tmp_path, "step", inputs, complete, make)
-
-    assert step({"seed": 0})[2] is False
-    assert step({"seed": 0})[2] is True
-    assert step({"seed": 1})[2] is False  # new inputs: the stamp's key no longer matches
-    (tmp_path / "step" / "out.txt").unlink()
-    assert step({"seed": 1})[2] is False  # incomplete folder: rebuilt (cleared first)
-    assert len(made) == 3
 
 
 def test_bad_options_fail_before_any_work(tmp_path):
@@ -155,7 +137,7 @@ def test_the_tensorrt_path_serves_the_demo(tritonserver_binary, tmp_path, read_v
     if tensorrt_unusable():
         pytest.skip(tensorrt_unusable())
     result = run_demo(DemoOptions(workdir=tmp_path / "work", progress=False, **SIZE))
-    assert result.runtime == "tensorrt" and result.reused["engines"] is False
+    assert result.artifacts.runtime == "tensorrt" and result.artifacts.reused["engines"] is False
     assert read_video(result.output).shape == (5, 32, 48, 3)
     # fp16 graphs built into fp16 engines, strongly typed (TensorRT 10 and 11 alike)
-    assert read_manifest(tmp_path / "work" / "onnx" / "dit").compute_dtype == "float16"
+    assert read_manifest(result.artifacts.onnx / "dit").compute_dtype == "float16"
