@@ -165,7 +165,7 @@ def build_memory(onnx_dir: Path, out_dir: Path, stages: tuple[str, ...], precisi
     for stage in stages:
         memory = built(read_manifest(out_dir / stage)).report.get("memory", {})
         if "weights_bytes" not in memory or "activation_bytes" not in memory:
-            raise RuntimeError(f"{out_dir / stage}: the engine manifest records no builder "
+            raise RuntimeError(f"{out_dir / stage}: the build manifest records no builder "
                                f"memory figures ({memory}); the builder log format changed?")
         figures[stage] = EngineMemory(memory["weights_bytes"], memory["activation_bytes"],
                                       memory.get("device_persistent_bytes", 0))

@@ -182,7 +182,7 @@ def read_manifest(stage_dir: str | os.PathLike) -> Manifest:
 def _remake_command(data: dict[str, Any], stage_dir: Path) -> str:
     """The command that writes `stage_dir` again: a build's own rebuild command, else the
     export command of its preset, stage and precision."""
-    for record in (data.get("build") or {}, data):  # builds (2: nested; 1: flat)
+    for record in (data.get("build") or {}, data):  # nested now; top-level in old engines
         if "rebuild_command" in record:
             return record["rebuild_command"]
     dtype = {"float16": "fp16", "bfloat16": "bf16"}.get(data.get("compute_dtype", ""), "fp32")
