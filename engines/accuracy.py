@@ -287,7 +287,7 @@ def compare_folders(reference: str | os.PathLike, other: str | os.PathLike,
 
 def _stage_dirs(folder: Path) -> dict[str, Path]:
     """{stage: folder} of a stage folder or a folder of stage folders (by manifest)."""
-    import json
+    from cinema_trt.export.manifest import read_manifest
 
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} does not exist; pass an export or engine folder")
@@ -296,7 +296,7 @@ def _stage_dirs(folder: Path) -> dict[str, Path]:
     if not manifests:
         raise FileNotFoundError(f"no manifest.json in {folder} or its stage folders; run "
                                 f"`cinema-trt export` or `cinema-trt build` first")
-    return {json.loads(m.read_text())["stage"]: m.parent for m in manifests}
+    return {read_manifest(m.parent).stage: m.parent for m in manifests}
 
 
 def format_comparisons(results: list[StageComparison]) -> str:

@@ -225,8 +225,9 @@ def stage_manifest():
         graph = Path(stage_dir) / "model.onnx"
         defaults = dict(stage=stage, preset=config.name, opset=20, precision="fp32",
                         source_sha256="0" * 64, versions={}, config=config.to_dict(),
-                        onnx_sha256=onnx_sha256(graph) if graph.is_file() else "0" * 64,
                         **Manifest.io_from_spec(stage_specs(config)[stage]))
+        if "onnx_sha256" not in fields:
+            defaults["onnx_sha256"] = onnx_sha256(graph) if graph.is_file() else "0" * 64
         merged = {**defaults, **fields}
         manifest = Manifest(**{**merged, "precision": Precision.parse(merged["precision"])})
         Path(stage_dir).mkdir(parents=True, exist_ok=True)

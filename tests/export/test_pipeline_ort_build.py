@@ -136,7 +136,7 @@ def test_a_build_of_an_older_cinema_trt_is_refused_with_its_rebuild_command(buil
     def old_format(data):
         build = data.pop("build")
         data.clear()
-        data.update(format_version=2, **build, extra={"export_manifest": {}})
+        data.update({**build, "format_version": 2, "extra": {"export_manifest": {}}})
 
     _edited_build(built, tmp_path, old_format)
     with pytest.raises(ValueError, match="manifest version 2 was written by another "
