@@ -59,10 +59,6 @@ class StageBuild:
     def stage(self) -> str:
         return self.export.stage
 
-    @property
-    def stage_spec(self) -> StageSpec:
-        return self.export.stage_spec()
-
 
 def prepare_build(stage: ExportedStage, out_dir: str | os.PathLike,
                   shapes: DeploymentShapes, build_config: BuildConfig,
@@ -153,8 +149,8 @@ def finish_build(build: StageBuild, plan: Path, extra: dict | None = None,
         rebuild_command=build.rebuild_command, gpu_name=build.runtime.gpu_name,
         compute_capability=build.runtime.compute_capability,
         targets=list(build.build_config.targets), report=report or {},
-        extra={"unused_inputs": [n for n in build.stage_spec.input_names
-                                 if n not in build.graph.inputs], **(extra or {})})
+        extra={"unused_inputs": [e.name for e in build.export.inputs
+                                 if e.name not in build.graph.inputs], **(extra or {})})
     write_manifest(dataclasses.replace(build.export, build=record), build.out_dir)
     log.info("%s: wrote %s and its manifest", build.stage, plan)
     return plan

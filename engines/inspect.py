@@ -21,21 +21,10 @@ from typing import TYPE_CHECKING, Any
 from .config import QDQ_OPS, inspect_onnx
 
 if TYPE_CHECKING:
-    from cinema_trt.export.manifest import Manifest
+    from cinema_trt.export.manifest import Manifest, TensorEntry
 
 # op types shown first in the op table: what decides speed and precision
 NOTABLE_OPS = ("Attention", "MatMul", "Gemm", "Conv", "Softmax", *QDQ_OPS)
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    dtype: str
-    dims: tuple[int | str, ...]  # ints are fixed, strings are symbolic (dynamic) dims
-
-    @property
-    def dynamic(self) -> tuple[str, ...]:
-        return tuple(d for d in self.dims if isinstance(d, str))
 
 
 @dataclass(frozen=True)
@@ -45,8 +34,8 @@ class GraphReport:
     precision: str | None  # fp32 | fp16 | bf16 | fp8
     compute_dtype: str | None  # the float type outside Q/DQ pairs
     weight_types: tuple[str, ...]  # float types of the initializers, as stored
-    inputs: tuple[TensorInfo, ...]
-    outputs: tuple[TensorInfo, ...]
+    inputs: tuple[TensorEntry, ...]  # dims as polygraphy reads them (symbols as strings)
+    outputs: tuple[TensorEntry, ...]
     nodes: int  # every node, subgraphs included (polygraphy's count)
     ops: dict[str, int]  # op type -> count, subgraphs included
     attention_blocks: int
@@ -64,10 +53,12 @@ class GraphReport:
         return {"kind": "onnx", **asdict(self), "qdq_nodes": self.qdq_nodes}
 
 
-def _tensors(metadata) -> tuple[TensorInfo, ...]:
-    """polygraphy TensorMetadata -> TensorInfo (dim_param symbols kept as strings)."""
-    return tuple(TensorInfo(name, str(meta.dtype.name).lower() if meta.dtype else "unknown",
-                            tuple(meta.shape or ()))
+def _tensors(metadata) -> tuple[TensorEntry, ...]:
+    """polygraphy TensorMetadata -> TensorEntry (dim_param symbols kept as strings)."""
+    from cinema_trt.export.manifest import TensorEntry
+
+    return tuple(TensorEntry(name, str(meta.dtype.name).lower() if meta.dtype else "unknown",
+                             tuple(meta.shape or ()))
                  for name, meta in metadata.items())
 
 
@@ -155,8 +146,8 @@ class EngineReport:
     targets: tuple[str, ...]  # GPU architectures the plan runs on
     precision: str  # the build's
     compute_dtype: str  # the export's, from the manifest
-    inputs: tuple[TensorInfo, ...]  # the stage's I/O, dims as the export named them
-    outputs: tuple[TensorInfo, ...]
+    inputs: tuple[TensorEntry, ...]  # the stage's I/O, dims as the export named them
+    outputs: tuple[TensorEntry, ...]
     profiles: dict[str, dict[str, list[int]]]  # input -> {min, opt, max}
     plan_bytes: int
     report: dict[str, Any]  # engines/report.py `summarize`: layers, attention, memory
@@ -172,13 +163,10 @@ def inspect_engine(stage_dir: Path, manifest: Manifest) -> EngineReport:
     b = manifest.build
     assert b is not None, "inspect_stage passes build manifests"
 
-    def tensors(entries) -> tuple[TensorInfo, ...]:
-        return tuple(TensorInfo(e.name, e.dtype, e.dims) for e in entries)
-
     plan = stage_dir / b.plan_file
     return EngineReport(str(stage_dir), manifest.stage, b.runtime, b.runtime_version,
                         tuple(b.targets), b.precision, manifest.compute_dtype,
-                        tensors(manifest.inputs), tensors(manifest.outputs), b.profiles,
+                        manifest.inputs, manifest.outputs, b.profiles,
                         plan.stat().st_size if plan.is_file() else 0, b.report,
                         b.rebuild_command)
 

@@ -88,10 +88,8 @@ def exported_stages(onnx_dir: str | os.PathLike) -> dict[str, ExportedStage]:
     if not onnx_dir.is_dir():
         raise FileNotFoundError(f"ONNX folder {onnx_dir} does not exist; run "
                                 f"`cinema-trt export --out {onnx_dir}` first")
-    stages = {}
-    for manifest_path in sorted(onnx_dir.glob("*/manifest.json")):
-        stage = ExportedStage.read(manifest_path.parent)
-        stages[stage.name] = stage
+    stages = {stage.name: stage for stage in
+              (ExportedStage.read(p.parent) for p in sorted(onnx_dir.glob("*/manifest.json")))}
     if not stages:
         raise FileNotFoundError(f"no exported stages (<stage>/{MODEL_FILE} + manifest.json) "
                                 f"under {onnx_dir}")

@@ -62,6 +62,10 @@ class TensorEntry:
     def rank(self) -> int:
         return len(self.dims)
 
+    @property
+    def dynamic(self) -> tuple[str, ...]:
+        return tuple(d for d in self.dims if isinstance(d, str))
+
 
 @dataclass(frozen=True)
 class BuildRecord:

@@ -22,7 +22,7 @@ import torch
 from cinema_trt.models.runner import Runner, Tensors
 from cinema_trt.models.stages import SPLIT_GRAPHS, SPLIT_STAGES
 
-from .manifest import MANIFEST_FILE, MODEL_FILE, Manifest, TensorEntry, read_manifest
+from .manifest import MANIFEST_FILE, MODEL_FILE, BuildRecord, Manifest, TensorEntry, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +74,10 @@ def _np_dtype(entry: TensorEntry) -> np.dtype:
     return np.dtype(entry.dtype)
 
 
-def _check_build(path: Path, manifest: Manifest, version: str) -> None:
+def _check_build(path: Path, build: BuildRecord, version: str) -> None:
     """A build folder ONNX Runtime can run: an ORT build, optimized by this ORT version (the
     rule engines/manifest.py's `validate_manifest` applies to every engine; ORT itself warns
     that a level-ALL graph belongs to the environment that optimized it)."""
-    build = manifest.build
-    assert build is not None, "called for build folders only"
     if build.runtime != "onnxruntime":
         raise ValueError(f"{path} is a {build.runtime} engine, which ONNX Runtime cannot "
                          f"run; point at the export folder or a `cinema-trt build --runtime "
@@ -111,7 +109,7 @@ class OrtRunner:
         self.stage_dir = Path(stage_dir)
         self.manifest: Manifest = manifest or read_manifest(self.stage_dir)
         if self.manifest.build is not None:
-            _check_build(self.stage_dir, self.manifest, ort.__version__)
+            _check_build(self.stage_dir, self.manifest.build, ort.__version__)
             providers = BUILT_PROVIDERS if providers is None else providers
         self.model_path = self.stage_dir / self.manifest.model_file
         if not self.model_path.is_file():

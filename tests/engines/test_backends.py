@@ -100,20 +100,21 @@ def rtx_manifest(stage_manifest, tmp_path):
         targets=["sm89", "sm120"])
     export = stage_manifest(tmp_path / "dit", get_preset("tiny"), precision="fp16",
                             compute_dtype="float16")
-    return lambda: dataclasses.replace(export, build=build)
+    return dataclasses.replace(export, build=build)
 
 
 def test_rtx_engine_loads_on_a_gpu_among_its_targets(rtx_manifest):
-    validate_manifest(rtx_manifest(), RuntimeInfo("tensorrt-rtx", RTX_VERSION,
-                                                   "NVIDIA GeForce RTX 4090", "8.9"))
-    validate_manifest(rtx_manifest(), RuntimeInfo("tensorrt-rtx", RTX_VERSION,
-                                                   "NVIDIA RTX PRO 6000", "12.0"))
+    validate_manifest(rtx_manifest, RuntimeInfo("tensorrt-rtx", RTX_VERSION,
+                                                "NVIDIA GeForce RTX 4090", "8.9"))
+    validate_manifest(rtx_manifest, RuntimeInfo("tensorrt-rtx", RTX_VERSION,
+                                                "NVIDIA RTX PRO 6000", "12.0"))
 
 
-def test_rtx_engine_on_a_gpu_outside_its_targets_is_refused_with_the_rebuild_command(rtx_manifest):
+def test_rtx_engine_on_a_gpu_outside_its_targets_is_refused_with_the_rebuild_command(
+        rtx_manifest):
     with pytest.raises(EngineMismatchError) as error:
-        validate_manifest(rtx_manifest(), RuntimeInfo("tensorrt-rtx", RTX_VERSION,
-                                                       "NVIDIA RTX A6000", "8.6"))
+        validate_manifest(rtx_manifest, RuntimeInfo("tensorrt-rtx", RTX_VERSION,
+                                                    "NVIDIA RTX A6000", "8.6"))
     message = str(error.value)
     assert "sm89, sm120" in message and "NVIDIA RTX A6000, is sm86" in message
     assert "--runtime tensorrt-rtx --targets sm89,sm120" in message
@@ -122,10 +123,10 @@ def test_rtx_engine_on_a_gpu_outside_its_targets_is_refused_with_the_rebuild_com
 
 def test_rtx_engine_in_another_backend_or_version_is_refused(rtx_manifest):
     with pytest.raises(EngineMismatchError, match="built for tensorrt-rtx, not tensorrt"):
-        validate_manifest(rtx_manifest(), RuntimeInfo("tensorrt", "10.13.0", "H100", "9.0"))
+        validate_manifest(rtx_manifest, RuntimeInfo("tensorrt", "10.13.0", "H100", "9.0"))
     with pytest.raises(EngineMismatchError, match="TensorRT-RTX 1.7.1.116 but this process "
                                                   "has TensorRT-RTX 1.8.0"):
-        validate_manifest(rtx_manifest(), RuntimeInfo("tensorrt-rtx", "1.8.0", "x", "8.9"))
+        validate_manifest(rtx_manifest, RuntimeInfo("tensorrt-rtx", "1.8.0", "x", "8.9"))
 
 
 def test_plugin_graph_is_refused_for_tensorrt_rtx_with_the_export_command(tmp_path,
