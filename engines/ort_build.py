@@ -66,7 +66,7 @@ def build_ort_model(stage: ExportedStage, out_dir: str | os.PathLike,
                          f"--dtype {build_config.precision.value}")
     cached = reuse_cached(build)
     if cached is not None:
-        copy_sidecars(build.onnx_path.parent, build.out_dir)
+        copy_sidecars(build)
         return cached
     build.out_dir.mkdir(parents=True, exist_ok=True)
     staging = build.out_dir / f".staging-{uuid.uuid4().hex}"
@@ -79,27 +79,21 @@ def build_ort_model(stage: ExportedStage, out_dir: str | os.PathLike,
             os.replace(produced, build.out_dir / produced.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    copy_sidecars(build.onnx_path.parent, build.out_dir)
+    copy_sidecars(build)
     level = ort_optimization_level(build.build_config)
     return finish_build(build, build.out_dir / ORT_MODEL_FILE,
                         extra={"graph_optimization_level": level})
 
 
-def copy_sidecars(export_dir: Path, out_dir: Path) -> list[Path]:
-    """Copy every file the exporter wrote beside the graph other than the graph, its weights
-    and its manifest (a split stage's glue: HF config + embeddings) into `out_dir`; unchanged copies
-    (same size and mtime: copy2 keeps the mtime) are not copied again."""
-    skip = {MODEL_FILE, EXTERNAL_DATA_FILE, MANIFEST_FILE}
-    copied = []
-    for source in sorted(export_dir.iterdir()):
-        if not source.is_file() or source.name in skip or source.name.startswith("."):
-            continue
-        target = out_dir / source.name
+def copy_sidecars(build: StageBuild) -> None:
+    """Copy the files the export's manifest lists as `sidecars` (a split stage's glue: HF
+    config + embeddings) beside the build; unchanged copies (same size and mtime: copy2
+    keeps the mtime) are not copied again."""
+    for name in build.export.sidecars:
+        source, target = build.onnx_path.parent / name, build.out_dir / name
         if not (target.is_file() and filecmp.cmp(source, target, shallow=True)):
             with atomic_path(target) as tmp:  # a reader sees the old file or the new one
                 shutil.copy2(source, tmp)
-        copied.append(target)
-    return copied
 
 
 def _optimize(ort, build: StageBuild, target: Path) -> None:

@@ -21,6 +21,7 @@ from cinema_trt.engines.shape_check import check_input_shapes
 from cinema_trt.engines.shapes import shapes_from_dict
 from cinema_trt.engines.stages import ExportedStage
 from cinema_trt.export.manifest import TensorEntry, read_manifest
+from cinema_trt.models.fileio import sha256_file
 
 FP32 = BuildConfig(precision=Precision.FP32)
 
@@ -143,15 +144,21 @@ def test_graph_that_does_not_match_its_manifests_stage_is_refused(connector_expo
 
 def test_sidecars_travel_with_the_build_and_a_new_export_manifest_rebuilds(connector_export,
                                                                            tiny, tmp_path):
-    """Files the exporter wrote beside the graph (mllm_text's HF config and embeddings) are
-    copied; a re-export that keeps the graph bytes but changes its manifest is rebuilt (the
-    cache key covers the export record), so the build's manifest is never stale."""
+    """The files the export's manifest lists as sidecars (mllm_text's HF config and
+    embeddings) are copied, others are not; a re-export that keeps the graph bytes but
+    changes its manifest is rebuilt (the cache key covers the export record), so the
+    build's manifest is never stale."""
     export = tmp_path / "onnx" / "connector"
     shutil.copytree(connector_export[0] / "connector", export)
     (export / "glue.json").write_text('{"why": "read by the runner beside the graph"}')
+    (export / "notes.txt").write_text("a file the manifest does not list")
+    data = json.loads((export / "manifest.json").read_text())
+    data["sidecars"] = {"glue.json": sha256_file(export / "glue.json")}
+    (export / "manifest.json").write_text(json.dumps(data))
     out, shapes = tmp_path / "built", shapes_from_dict({}, tiny)
     model = build_ort_model(ExportedStage.read(export), out, shapes, FP32)
     assert (out / "glue.json").read_text() == (export / "glue.json").read_text()
+    assert not (out / "notes.txt").exists()
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temp files
     stamp = model.stat().st_mtime_ns
     assert build_ort_model(ExportedStage.read(export), out, shapes, FP32) == model
