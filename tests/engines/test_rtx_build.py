@@ -74,8 +74,8 @@ def test_every_stage_builds_a_plan_report_and_manifest_for_the_targets(rtx_engin
         assert build.build_config["strongly_typed"]
         assert "--runtime tensorrt-rtx --targets sm89,sm120" in build.rebuild_command
         layers = read_layers(out / stage)
-        assert manifest.report["layers_file"] == LAYERS_FILE
-        assert manifest.report["layers"] == len(layers) > 0
+        assert build.report["layers_file"] == LAYERS_FILE
+        assert build.report["layers"] == len(layers) > 0
         assert {"name", "kind", "tactic", "inputs", "outputs", "compute_dtype"} <= set(layers[0])
 
 
