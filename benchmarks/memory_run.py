@@ -137,8 +137,9 @@ def build_memory(onnx_dir: Path, out_dir: Path, stages: tuple[str, ...], precisi
     import yaml
 
     from cinema_trt.engines.config import BuildConfig
-    from cinema_trt.engines.manifest import read_manifest
+    from cinema_trt.engines.manifest import built
     from cinema_trt.engines.stages import BuildRequest, build_stages
+    from cinema_trt.export.manifest import read_manifest
 
     out_dir.mkdir(parents=True, exist_ok=True)
     profile = out_dir / "profiles.yaml"
@@ -149,9 +150,9 @@ def build_memory(onnx_dir: Path, out_dir: Path, stages: tuple[str, ...], precisi
                               stages=stages))
     figures = {}
     for stage in stages:
-        memory = read_manifest(out_dir / stage).report.get("memory", {})
+        memory = built(read_manifest(out_dir / stage)).report.get("memory", {})
         if "weights_bytes" not in memory or "activation_bytes" not in memory:
-            raise RuntimeError(f"{out_dir / stage}: the engine manifest records no builder "
+            raise RuntimeError(f"{out_dir / stage}: the build manifest records no builder "
                                f"memory figures ({memory}); the builder log format changed?")
         figures[stage] = EngineMemory(memory["weights_bytes"], memory["activation_bytes"],
                                       memory.get("device_persistent_bytes", 0))

@@ -78,9 +78,9 @@ def build_request(args: argparse.Namespace) -> BuildRequest:
 
 def run(args: argparse.Namespace) -> int:
     from cinema_trt.engines.deps import MissingDependencyError
-    from cinema_trt.engines.manifest import read_manifest
     from cinema_trt.engines.report import format_summary
     from cinema_trt.engines.stages import build_stages
+    from cinema_trt.export.manifest import read_manifest
 
     try:
         built = build_stages(build_request(args))
@@ -88,10 +88,11 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", error)
         return 2
     for stage, path in built.items():
-        manifest = read_manifest(path.parent)
-        targets = f" for {','.join(manifest.targets)}" if manifest.targets else ""
-        print(f"{stage}: {path} ({manifest.runtime} {manifest.runtime_version}, "
-              f"{manifest.precision}{targets})")
-        if manifest.report:
-            print(format_summary(stage, manifest.report))
+        build = read_manifest(path.parent).build
+        assert build is not None, "build_stages writes build manifests"
+        targets = f" for {','.join(build.targets)}" if build.targets else ""
+        print(f"{stage}: {path} ({build.runtime} {build.runtime_version}, "
+              f"{build.precision}{targets})")
+        if build.report:
+            print(format_summary(stage, build.report))
     return 0

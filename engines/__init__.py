@@ -3,7 +3,7 @@
     backends.py    the TensorRT backends as data (tensorrt, tensorrt-rtx): targets, typing, caches
     shapes.py      deployment shapes (profiles.yaml) -> per-input (min, opt, max) profiles
     config.py      Precision, BuildConfig, graph inspection, TensorRT flags as data
-    manifest.py    manifest.json, cache keys, refusal of foreign engines
+    manifest.py    what a build adds to the manifest: cache keys, refusal of foreign engines
     artifacts.py   what every build decides before calling a runtime
     trt_build.py   build_engine (either TensorRT backend), progress.py its progress/log capture
     report.py      engine reports: layers.json and the manifest's summary from the builder log

@@ -85,8 +85,8 @@ def _angle(manifest) -> float:
 
 
 def derive_tolerance(reference, other) -> Tolerance:
-    """How far `other`'s outputs may be from `reference`'s (two export Manifests of one
-    stage), from the errors their exports recorded against torch fp32."""
+    """How far `other`'s outputs may be from `reference`'s (two Manifests of one stage,
+    exports or builds), from the errors their exports recorded against torch fp32."""
     a, b = _validation(reference), _validation(other)
     names = f"{reference.precision.value} vs {other.precision.value}"
     if "min_cosine" in a or "min_cosine" in b:
@@ -160,56 +160,52 @@ def profile_inputs(manifest, profiles: dict[str, dict[str, list[int]]]
 @dataclass(frozen=True)
 class _Side:
     label: str
-    manifest: Any  # the export Manifest describing what the side computes
+    manifest: Any  # the folder's Manifest: what the side computes (its export's record)
     runner: Any  # a polygraphy runner
     profiles: dict[str, Any] | None = None  # engines: their profiles (None: an export)
 
 
 def _side(path: Path) -> _Side:
     """An export (or `build --runtime ort`) stage folder -> OnnxrtRunner; an engine folder ->
-    TrtRunner."""
-    from cinema_trt.export.manifest import read_stage
+    TrtRunner. Either way its manifest describes the stage."""
+    from cinema_trt.export.manifest import read_manifest
 
-    from .inspect import folder_kind
-
-    if folder_kind(path) == "engine":
-        return _engine_side(path)
-    stage = read_stage(path)
+    manifest = read_manifest(path)
+    if manifest.build is not None and manifest.build.runtime != "onnxruntime":
+        return _engine_side(path, manifest)
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
-    if stage.manifest.compute_dtype == "bfloat16":
+    if manifest.compute_dtype == "bfloat16":
         raise ValueError(f"{path}: a bf16 export, which ONNX Runtime's CPU provider cannot "
                          f"run; compare its TensorRT engine on a GPU instead")
-    label = f"onnxruntime {stage.manifest.precision.value} ({path})"
-    session = SessionFromOnnx(str(stage.model_path), providers=["cpu"])
-    return _Side(label, stage.manifest, OnnxrtRunner(session, name=label))
+    label = f"onnxruntime {manifest.precision.value} ({path})"
+    session = SessionFromOnnx(str(path / manifest.model_file), providers=["cpu"])
+    return _Side(label, manifest, OnnxrtRunner(session, name=label))
 
 
-def _engine_side(path: Path) -> _Side:
+def _engine_side(path: Path, manifest) -> _Side:
     import polygraphy.config
 
-    from cinema_trt.export.manifest import read_manifest as read_export
-
     from .deps import tensorrt_runtime_info
-    from .manifest import read_manifest, validate_manifest, verify_plan
+    from .manifest import validate_manifest, verify_plan
 
-    engine = read_manifest(path)
+    engine = manifest.build
     import torch
 
     if not torch.cuda.is_available():
         raise ValueError(f"{path} is a {engine.runtime} engine: comparing it runs it, which "
                          f"needs a CUDA GPU; on a CPU compare the exports it was built from")
     # another backend version or a GPU outside the targets: refused with the rebuild command
-    validate_manifest(engine, tensorrt_runtime_info(engine.runtime))
+    validate_manifest(manifest, tensorrt_runtime_info(engine.runtime))
     # polygraphy imports tensorrt or tensorrt_rtx on first use, by this switch
     polygraphy.config.USE_TENSORRT_RTX = engine.runtime == "tensorrt-rtx"
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-    plan = verify_plan(path, engine)
+    plan = verify_plan(path, manifest)
     label = f"{engine.runtime} {engine.precision} ({path})"
     runner = TrtRunner(EngineFromBytes(BytesFromPath(str(plan))), name=label)
-    return _Side(label, read_export(Path(engine.onnx_path).parent), runner, engine.profiles)
+    return _Side(label, manifest, runner, engine.profiles)
 
 
 class _ScaledSimpleCompare:
@@ -255,7 +251,7 @@ def compare_stage(reference_dir: str | os.PathLike, other_dir: str | os.PathLike
     if ref.manifest.stage != other.manifest.stage:
         raise ValueError(f"{reference_dir} is stage {ref.manifest.stage} but {other_dir} is "
                          f"{other.manifest.stage}; compare one stage with itself")
-    # an engine is held to its export's gate (other.manifest is that export's), on its
+    # an engine is held to its export's gate (its manifest repeats the export's), on its
     # profile's opt shapes: the validation cases may lie outside its profile
     tolerance = derive_tolerance(ref.manifest, other.manifest)
     feeds = (validation_inputs(ref.manifest) if other.profiles is None
@@ -291,7 +287,7 @@ def compare_folders(reference: str | os.PathLike, other: str | os.PathLike,
 
 def _stage_dirs(folder: Path) -> dict[str, Path]:
     """{stage: folder} of a stage folder or a folder of stage folders (by manifest)."""
-    import json
+    from cinema_trt.export.manifest import read_manifest
 
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} does not exist; pass an export or engine folder")
@@ -300,7 +296,7 @@ def _stage_dirs(folder: Path) -> dict[str, Path]:
     if not manifests:
         raise FileNotFoundError(f"no manifest.json in {folder} or its stage folders; run "
                                 f"`cinema-trt export` or `cinema-trt build` first")
-    return {json.loads(m.read_text())["stage"]: m.parent for m in manifests}
+    return {read_manifest(m.parent).stage: m.parent for m in manifests}
 
 
 def format_comparisons(results: list[StageComparison]) -> str:

@@ -1,5 +1,6 @@
 """What every engine build does around the runtime call, shared by TensorRT and ONNX Runtime:
-read the graph, derive the build config and profiles, key the cache, write the manifest.
+check the graph against its export manifest, resolve the build config (from the manifest's
+compute dtype) and profiles, key the cache, write the manifest (the export's + `build`).
 
 Everything here runs without TensorRT, so it is unit tested on CPU.
 """
@@ -12,8 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cinema_trt.export.manifest import BuildRecord, Manifest, Precision, write_manifest
 from cinema_trt.models.precision import precision_for
-from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import StageSpec
 
 from .backends import BACKENDS, resolve_targets, sm_name
@@ -25,7 +26,6 @@ from .config import (
     weak_typing_available,
 )
 from .manifest import (
-    EngineManifest,
     RuntimeInfo,
     artifact_sha256,
     cache_key,
@@ -33,9 +33,9 @@ from .manifest import (
     onnx_sha256,
     profiles_to_json,
     rebuild_command,
-    write_manifest,
 )
-from .shapes import DeploymentShapes, Profile, output_shapes_for, profiles_for
+from .shapes import DeploymentShapes, Profile, profiles_for
+from .stages import ExportedStage
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +44,12 @@ log = logging.getLogger(__name__)
 class StageBuild:
     """One stage's build, fully decided before the runtime is called."""
 
-    stage_spec: StageSpec
+    export: Manifest  # the export's record: the built folder's manifest repeats it
     onnx_path: Path
     out_dir: Path
     graph: OnnxGraphInfo
-    build_config: BuildConfig  # resolved: strongly_typed derived from the graph
+    build_config: BuildConfig  # resolved: strongly_typed from the manifest and graph
     profiles: dict[str, Profile]  # only the inputs the ONNX graph has
-    output_shapes: dict[str, Profile]
     onnx_digest: str
     runtime: RuntimeInfo
     cache_key: str
@@ -58,32 +57,32 @@ class StageBuild:
 
     @property
     def stage(self) -> str:
-        return self.stage_spec.name
+        return self.export.stage
 
 
-def prepare_build(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
-                  stage_spec: StageSpec, shapes: DeploymentShapes, build_config: BuildConfig,
-                  config: CinemaConfig, runtime: RuntimeInfo) -> StageBuild:
-    """Check the graph against the stage spec and decide everything the build needs."""
-    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+def prepare_build(stage: ExportedStage, out_dir: str | os.PathLike,
+                  shapes: DeploymentShapes, build_config: BuildConfig,
+                  runtime: RuntimeInfo) -> StageBuild:
+    """Check the graph against its export manifest and decide everything the build needs."""
+    onnx_path, out_dir, export = stage.onnx_path, Path(out_dir), stage.manifest
     if not onnx_path.is_file():
         raise FileNotFoundError(f"{onnx_path} not found: run `cinema-trt export` first")
     graph = inspect_onnx(onnx_path)
-    check_graph_io(stage_spec, graph, onnx_path)
+    check_graph_io(stage.spec, graph, onnx_path)
     build_config = _with_targets(build_config, runtime)
-    check_backend_graph(graph, runtime.runtime, onnx_path, config)
-    resolved = resolve_build_config(build_config, graph,
+    check_backend_graph(stage, graph, runtime.runtime)
+    resolved = resolve_build_config(build_config, graph, export.compute_dtype,
                                     weak_typing_available(runtime.runtime, runtime.version))
-    profiles = {name: value for name, value in profiles_for(stage_spec, shapes, config).items()
+    profiles = {name: value
+                for name, value in profiles_for(stage.spec, shapes, stage.config).items()
                 if name in graph.inputs}
     digest = onnx_sha256(onnx_path)
-    key = cache_key(stage_spec.name, digest, resolved, profiles, runtime)
+    key = cache_key(export, digest, resolved, profiles, runtime)
     # the exporter's layout is <onnx dir>/<stage>/model.onnx -> rebuild from <onnx dir>
-    command = rebuild_command(onnx_path.parent.parent, out_dir.parent, resolved,
-                              (stage_spec.name,), shapes.source or None, runtime.runtime)
-    return StageBuild(stage_spec, onnx_path, out_dir, graph, resolved, profiles,
-                      output_shapes_for(stage_spec, shapes, config), digest, runtime, key,
-                      command)
+    command = rebuild_command(stage.folder.parent, out_dir.parent, resolved, (stage.name,),
+                              shapes.source or None, runtime.runtime)
+    return StageBuild(export, onnx_path, out_dir, graph, resolved, profiles, digest, runtime,
+                      key, command)
 
 
 def _with_targets(build_config: BuildConfig, runtime: RuntimeInfo) -> BuildConfig:
@@ -96,21 +95,20 @@ def _with_targets(build_config: BuildConfig, runtime: RuntimeInfo) -> BuildConfi
     return dataclasses.replace(build_config, targets=targets)
 
 
-def check_backend_graph(graph: OnnxGraphInfo, runtime: str, onnx_path: Path,
-                        config: CinemaConfig) -> None:
+def check_backend_graph(stage: ExportedStage, graph: OnnxGraphInfo, runtime: str) -> None:
     """Refuse plugin nodes where the backend has no plugins (TensorRT-RTX), naming the
     export command that avoids them."""
     backend = BACKENDS.get(runtime)
     if backend is None or backend.plugins or not graph.trt_plugins:
         return
-    stage = onnx_path.parent.name
+    export = stage.manifest
     raise ValueError(
-        f"{onnx_path} has TensorRT plugin nodes {sorted(graph.trt_plugins)} (exported with "
-        f"--attention-plugin), and {backend.display} has no Python plugins, so it cannot "
+        f"{stage.onnx_path} has TensorRT plugin nodes {sorted(graph.trt_plugins)} (exported "
+        f"with --attention-plugin), and {backend.display} has no Python plugins, so it cannot "
         f"parse them; its own fused attention replaces them. Re-export without the flag: "
-        f"cinema-trt export --preset {config.name} --out {onnx_path.parent.parent} "
-        f"--dtype {precision_for(graph.compute_type).value}"
-        f"{' --fp8' if graph.has_fp8 else ''} --stages {stage}")
+        f"cinema-trt export --preset {export.preset} --out {stage.folder.parent} "
+        f"--dtype {precision_for(export.compute_dtype).value}"
+        f"{' --fp8' if export.precision is Precision.FP8 else ''} --stages {stage.name}")
 
 
 def check_graph_io(stage_spec: StageSpec, graph: OnnxGraphInfo, where: Path) -> None:
@@ -138,31 +136,21 @@ def reuse_cached(build: StageBuild) -> Path | None:
     return plan
 
 
-def _bindings(build: StageBuild, outputs: bool) -> list[dict]:
-    specs = build.stage_spec.outputs if outputs else build.stage_spec.inputs
-    types = build.graph.outputs if outputs else build.graph.inputs
-    shapes = build.output_shapes if outputs else build.profiles
-    return [{"name": s.name, "dtype": types[s.name], "dims": list(s.dims),
-             "max_shape": list(shapes[s.name][2])}
-            for s in specs if s.name in types]
-
-
 def finish_build(build: StageBuild, plan: Path, extra: dict | None = None,
                  report: dict | None = None) -> Path:
     """Write the manifest beside `plan` (atomically; a plan without one is never reused).
     `report`: the engine report's summary (engines/report.py)."""
-    manifest = EngineManifest(
-        stage=build.stage, runtime=build.runtime.runtime,
-        runtime_version=build.runtime.version, precision=build.build_config.precision.value,
+    record = BuildRecord(
+        runtime=build.runtime.runtime, runtime_version=build.runtime.version,
+        precision=build.build_config.precision.value,
         build_config=build.build_config.to_dict(), profiles=profiles_to_json(build.profiles),
-        inputs=_bindings(build, outputs=False), outputs=_bindings(build, outputs=True),
-        onnx_path=str(build.onnx_path), onnx_sha256=build.onnx_digest,
-        plan_file=plan.name, plan_sha256=artifact_sha256(plan), cache_key=build.cache_key,
+        onnx_path=str(build.onnx_path), plan_file=plan.name,
+        plan_sha256=artifact_sha256(plan), cache_key=build.cache_key,
         rebuild_command=build.rebuild_command, gpu_name=build.runtime.gpu_name,
         compute_capability=build.runtime.compute_capability,
         targets=list(build.build_config.targets), report=report or {},
-        extra={"unused_inputs": [n for n in build.stage_spec.input_names
-                                 if n not in build.graph.inputs], **(extra or {})})
-    write_manifest(build.out_dir, manifest)
+        extra={"unused_inputs": [e.name for e in build.export.inputs
+                                 if e.name not in build.graph.inputs], **(extra or {})})
+    write_manifest(dataclasses.replace(build.export, build=record), build.out_dir)
     log.info("%s: wrote %s and its manifest", build.stage, plan)
     return plan

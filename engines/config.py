@@ -3,9 +3,10 @@
 The translation to TensorRT (`trt_flags`, `network_flags`) returns flag *names*, so it is
 unit tested without TensorRT; `trt_build.py` turns the names into enum members.
 
-Strong typing is derived from the ONNX graph, not chosen (models/precision.py says when
-and why); a strongly typed network takes every type from the graph, so the FP16/BF16
-builder flags are then not set (TensorRT rejects them).
+Strong typing is derived from the export (its manifest's compute dtype, the graph's Q/DQ
+nodes), not chosen (models/precision.py says when and why); a strongly typed network takes
+every type from the graph, so the FP16/BF16 builder flags are then not set (TensorRT
+rejects them).
 """
 
 from __future__ import annotations
@@ -50,15 +51,6 @@ class OnnxGraphInfo:
     @property
     def has_fp8(self) -> bool:
         return any(t.startswith("float8") for t in self.qdq_types)
-
-    @property
-    def compute_type(self) -> str:
-        """The graph's arithmetic type: "float16"/"bfloat16" when its weights are (an export
-        with --dtype; constants the trace made stay float32 beside them), else "float32"."""
-        half = sorted(self.weight_types & {"float16", "bfloat16"})
-        if len(half) > 1:
-            raise ValueError(f"the graph mixes {half} weights; export it with one --dtype")
-        return half[0] if half else "float32"
 
 
 def inspect_onnx(onnx_path: str | os.PathLike) -> OnnxGraphInfo:
@@ -188,14 +180,15 @@ def weak_typing_available(runtime: str, version: str) -> bool:
     return True if backend is None else backend.weak_typing(version)
 
 
-def resolve_build_config(config: BuildConfig, graph: OnnxGraphInfo,
+def resolve_build_config(config: BuildConfig, graph: OnnxGraphInfo, compute: str,
                          weak_typing: bool = True) -> BuildConfig:
-    """`config` with `strongly_typed` derived from the graph, checked against it.
+    """`config` with `strongly_typed` derived from the export, checked against it.
 
+    compute: the export manifest's compute dtype ("float32" | "float16" | "bfloat16"), the
+    float type of the graph's arithmetic outside Q/DQ pairs, as the exporter recorded it.
     weak_typing: whether the TensorRT at hand still has weakly typed builds (see
     `weak_typing_available`); without them every network is strongly typed.
     """
-    compute = graph.compute_type
     strongly_typed = bool(strong_typing_reasons(compute, graph.has_qdq,
                                                 config.weight_streaming, weak_typing))
     resolved = dataclasses.replace(config, strongly_typed=strongly_typed)
@@ -211,9 +204,9 @@ def resolve_build_config(config: BuildConfig, graph: OnnxGraphInfo,
                          f"build it with --precision fp8 (not {precision.value})")
     if strongly_typed and precision is not Precision.FP8 \
             and policy(precision).compute != compute:
-        raise ValueError(_strong_typing_mismatch(resolved, graph, weak_typing))
+        raise ValueError(_strong_typing_mismatch(resolved, graph, compute, weak_typing))
     if graph.trt_plugins:
-        _check_plugin_precision(resolved, graph)
+        _check_plugin_precision(resolved, graph, compute)
     if strongly_typed and compute == "float32" and graph.has_qdq:
         log.warning("strongly typed build of a float32 graph: layers outside the Q/DQ pairs "
                     "run in float32. Export with --dtype fp16 or bf16 for speed.")
@@ -224,12 +217,12 @@ def resolve_build_config(config: BuildConfig, graph: OnnxGraphInfo,
     return resolved
 
 
-def _strong_typing_mismatch(config: BuildConfig, graph: OnnxGraphInfo,
+def _strong_typing_mismatch(config: BuildConfig, graph: OnnxGraphInfo, compute: str,
                             weak_typing: bool) -> str:
     """Why precision=`config.precision` cannot come out of this strongly typed build."""
-    compute, wanted = graph.compute_type, config.precision.value
+    wanted = config.precision.value
     if compute != "float32":
-        return (f"precision={wanted} does not match the graph, which computes in {compute} "
+        return (f"precision={wanted} does not match the export, which computes in {compute} "
                 f"(exported with --dtype {precision_for(compute).value}); a strongly "
                 f"typed build runs the graph's own types: build with --precision "
                 f"{precision_for(compute).value}, or re-export with --dtype {wanted}")
@@ -241,11 +234,11 @@ def _strong_typing_mismatch(config: BuildConfig, graph: OnnxGraphInfo,
             f"fp32 to state what you will get")
 
 
-def _check_plugin_precision(config: BuildConfig, graph: OnnxGraphInfo) -> None:
+def _check_plugin_precision(config: BuildConfig, graph: OnnxGraphInfo, compute: str) -> None:
     """The Triton attention plugins run fp16/bf16 only. A weakly typed fp16/bf16 build lets
     TensorRT reformat fp32 tensors around them; fp32 builds and strongly typed builds of an
     fp32 graph would hand them fp32 tensors."""
-    if config.strongly_typed and graph.compute_type == "float32":
+    if config.strongly_typed and compute == "float32":
         raise ValueError(f"the graph's TensorRT plugins {sorted(graph.trt_plugins)} take "
                          f"fp16/bf16 tensors, but a strongly typed build keeps this float32 "
                          f"graph's types; export with --dtype fp16 or bf16, or without "
@@ -275,7 +268,7 @@ def trt_flags(config: BuildConfig) -> list[str]:
     flags = [weak_flag] if weak_flag and not config.strongly_typed else []
     if config.precision is Precision.FP8 and not config.strongly_typed:
         raise ValueError("precision=fp8 builds strongly typed from a Q/DQ graph; "
-                         "call resolve_build_config(config, inspect_onnx(path)) first")
+                         "call resolve_build_config first")
     if config.refittable:
         flags.append("REFIT")
     if config.weight_streaming:

@@ -2,50 +2,40 @@
 
 For a graph (an export folder, one stage's folder, or a `model.onnx`): its inputs and
 outputs as polygraphy reads them (names, dtypes, dims with their symbols), the precision
-and compute dtype (the export manifest's, else read off the graph by `inspect_onnx`), and
-op counts with the attention blocks and Q/DQ pairs called out. For an engine folder: its
-manifest's backend, version, targets, precision and bindings, and the builder's layer
-summary recorded there.
+and compute dtype its manifest records (a bare `model.onnx` has none: its initializers'
+float types are shown instead), and op counts with the attention blocks and Q/DQ pairs
+called out. For an engine folder: its manifest's backend, version, targets, precision and
+I/O, and the builder's layer summary recorded there.
 
 Nothing here runs a model; the ONNX weights are not loaded (external data stays on disk).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-from cinema_trt.models.precision import precision_for
+from typing import TYPE_CHECKING, Any
 
 from .config import QDQ_OPS, inspect_onnx
+
+if TYPE_CHECKING:
+    from cinema_trt.export.manifest import Manifest, TensorEntry
 
 # op types shown first in the op table: what decides speed and precision
 NOTABLE_OPS = ("Attention", "MatMul", "Gemm", "Conv", "Softmax", *QDQ_OPS)
 
 
 @dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    dtype: str
-    dims: tuple[int | str, ...]  # ints are fixed, strings are symbolic (dynamic) dims
-
-    @property
-    def dynamic(self) -> tuple[str, ...]:
-        return tuple(d for d in self.dims if isinstance(d, str))
-
-
-@dataclass(frozen=True)
 class GraphReport:
     path: str
-    stage: str | None  # from the export manifest; None for a bare model.onnx
-    precision: str  # fp32 | fp16 | bf16 | fp8
-    compute_dtype: str  # the float type outside Q/DQ pairs
-    inputs: tuple[TensorInfo, ...]
-    outputs: tuple[TensorInfo, ...]
+    stage: str | None  # from the manifest; None (and the next two) for a bare model.onnx
+    precision: str | None  # fp32 | fp16 | bf16 | fp8
+    compute_dtype: str | None  # the float type outside Q/DQ pairs
+    weight_types: tuple[str, ...]  # float types of the initializers, as stored
+    inputs: tuple[TensorEntry, ...]  # dims as polygraphy reads them (symbols as strings)
+    outputs: tuple[TensorEntry, ...]
     nodes: int  # every node, subgraphs included (polygraphy's count)
     ops: dict[str, int]  # op type -> count, subgraphs included
     attention_blocks: int
@@ -63,10 +53,12 @@ class GraphReport:
         return {"kind": "onnx", **asdict(self), "qdq_nodes": self.qdq_nodes}
 
 
-def _tensors(metadata) -> tuple[TensorInfo, ...]:
-    """polygraphy TensorMetadata -> TensorInfo (dim_param symbols kept as strings)."""
-    return tuple(TensorInfo(name, str(meta.dtype.name).lower() if meta.dtype else "unknown",
-                            tuple(meta.shape or ()))
+def _tensors(metadata) -> tuple[TensorEntry, ...]:
+    """polygraphy TensorMetadata -> TensorEntry (dim_param symbols kept as strings)."""
+    from cinema_trt.export.manifest import TensorEntry
+
+    return tuple(TensorEntry(name, str(meta.dtype.name).lower() if meta.dtype else "unknown",
+                             tuple(meta.shape or ()))
                  for name, meta in metadata.items())
 
 
@@ -80,18 +72,9 @@ def _op_counts(graph) -> Counter:
     return counts
 
 
-def _precision(info, manifest) -> tuple[str, str]:
-    """(precision, compute dtype): the manifest's when there is one, else the graph's."""
-    if manifest is not None:
-        return manifest.precision.value, manifest.compute_dtype
-    compute = info.compute_type
-    if info.has_fp8:
-        return "fp8", compute
-    return precision_for(compute).value, compute
-
-
-def inspect_graph(onnx_path: str | os.PathLike, manifest=None) -> GraphReport:
-    """Report on one ONNX graph; `manifest` is its export Manifest when it has one."""
+def inspect_graph(onnx_path: str | os.PathLike,
+                  manifest: Manifest | None = None) -> GraphReport:
+    """Report on one ONNX graph; `manifest` is its folder's Manifest when it has one."""
     import onnx
     from polygraphy.backend.onnx.util import (
         get_input_metadata,
@@ -106,10 +89,12 @@ def inspect_graph(onnx_path: str | os.PathLike, manifest=None) -> GraphReport:
     model = onnx.load(str(path), load_external_data=False)
     info = inspect_onnx(path)
     ops = _op_counts(model.graph)
-    precision, compute = _precision(info, manifest)
     return GraphReport(
-        path=str(path), stage=manifest.stage if manifest else None, precision=precision,
-        compute_dtype=compute, inputs=_tensors(get_input_metadata(model.graph)),
+        path=str(path), stage=manifest.stage if manifest else None,
+        precision=manifest.precision.value if manifest else None,
+        compute_dtype=manifest.compute_dtype if manifest else None,
+        weight_types=tuple(sorted(info.weight_types)),
+        inputs=_tensors(get_input_metadata(model.graph)),
         outputs=_tensors(get_output_metadata(model.graph)), nodes=get_num_nodes(model),
         ops=dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
         attention_blocks=len(info.attention_nodes), qdq_types=tuple(sorted(info.qdq_types)),
@@ -119,19 +104,6 @@ def inspect_graph(onnx_path: str | os.PathLike, manifest=None) -> GraphReport:
 
 
 # --- folders ----------------------------------------------------------------------------
-
-
-def folder_kind(stage_dir: Path) -> str:
-    """"export", "ort-build" (graphs ONNX Runtime runs) or "engine" (a TensorRT plan), by
-    its manifest: engine manifests have `format_version`, export manifests `version`;
-    "missing" without a readable manifest (`read_stage` then says what is wrong)."""
-    try:
-        data = json.loads((stage_dir / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return "missing"
-    if "format_version" not in data:
-        return "export"
-    return "ort-build" if data.get("runtime") == "onnxruntime" else "engine"
 
 
 def inspect_path(path: str | os.PathLike) -> list[Any]:
@@ -157,12 +129,12 @@ def inspect_path(path: str | os.PathLike) -> list[Any]:
 
 def inspect_stage(stage_dir: Path):
     """One stage folder: an export's (or ORT build's) graph, or an engine."""
-    from cinema_trt.export.manifest import read_stage
+    from cinema_trt.export.manifest import read_manifest
 
-    if folder_kind(stage_dir) == "engine":
-        return inspect_engine(stage_dir)
-    stage = read_stage(stage_dir)
-    return inspect_graph(stage.model_path, stage.manifest)
+    manifest = read_manifest(stage_dir)
+    if manifest.build is not None and manifest.build.runtime != "onnxruntime":
+        return inspect_engine(stage_dir, manifest)
+    return inspect_graph(stage_dir / manifest.model_file, manifest)
 
 
 @dataclass(frozen=True)
@@ -172,9 +144,10 @@ class EngineReport:
     backend: str  # the manifest's runtime: "tensorrt" | "tensorrt-rtx"
     version: str
     targets: tuple[str, ...]  # GPU architectures the plan runs on
-    precision: str
-    inputs: tuple[TensorInfo, ...]  # the bindings, dims as the export named them
-    outputs: tuple[TensorInfo, ...]
+    precision: str  # the build's
+    compute_dtype: str  # the export's, from the manifest
+    inputs: tuple[TensorEntry, ...]  # the stage's I/O, dims as the export named them
+    outputs: tuple[TensorEntry, ...]
     profiles: dict[str, dict[str, list[int]]]  # input -> {min, opt, max}
     plan_bytes: int
     report: dict[str, Any]  # engines/report.py `summarize`: layers, attention, memory
@@ -184,22 +157,18 @@ class EngineReport:
         return {"kind": "engine", **asdict(self)}
 
 
-def inspect_engine(stage_dir: Path) -> EngineReport:
+def inspect_engine(stage_dir: Path, manifest: Manifest) -> EngineReport:
     """One engine folder, from its manifest (the plan is not deserialized: that needs the
     runtime, and for TensorRT-RTX a GPU)."""
-    from .manifest import read_manifest
+    b = manifest.build
+    assert b is not None, "inspect_stage passes build manifests"
 
-    m = read_manifest(stage_dir)
-
-    def bindings(entries) -> tuple[TensorInfo, ...]:
-        return tuple(TensorInfo(e["name"], e["dtype"], tuple(e["dims"])) for e in entries)
-
-    plan = stage_dir / m.plan_file
-    return EngineReport(str(stage_dir), m.stage, m.runtime, m.runtime_version,
-                        tuple(m.targets), m.precision, bindings(m.inputs),
-                        bindings(m.outputs), m.profiles,
-                        plan.stat().st_size if plan.is_file() else 0, m.report,
-                        m.rebuild_command)
+    plan = stage_dir / b.plan_file
+    return EngineReport(str(stage_dir), manifest.stage, b.runtime, b.runtime_version,
+                        tuple(b.targets), b.precision, manifest.compute_dtype,
+                        manifest.inputs, manifest.outputs, b.profiles,
+                        plan.stat().st_size if plan.is_file() else 0, b.report,
+                        b.rebuild_command)
 
 
 # --- text -------------------------------------------------------------------------------
@@ -220,7 +189,10 @@ def _io_lines(title: str, tensors) -> list[str]:
 
 def format_graph(report: GraphReport) -> str:
     head = f"{report.stage or Path(report.path).name}: ONNX graph {report.path}"
-    lines = [head, f"  precision: {report.precision} (computes in {report.compute_dtype})"
+    described = (f"{report.precision} (computes in {report.compute_dtype})"
+                 if report.precision else f"- (no manifest; weights stored as "
+                 f"{', '.join(report.weight_types) or 'none'})")
+    lines = [head, f"  precision: {described}"
              + ("; weights in external data" if report.external_data else "")]
     lines += _io_lines("inputs", report.inputs) + _io_lines("outputs", report.outputs)
     notable = [f"{op} {report.ops[op]}" for op in NOTABLE_OPS if op in report.ops]
@@ -248,7 +220,8 @@ def format_engine(report: EngineReport) -> str:
     from .report import format_summary
 
     lines = [f"{report.stage}: {report.backend} {report.version} engine {report.path}",
-             f"  precision: {report.precision}; targets: {', '.join(report.targets) or '-'}; "
+             f"  precision: {report.precision} (computes in {report.compute_dtype}); targets: "
+             f"{', '.join(report.targets) or '-'}; "
              f"plan {report.plan_bytes / 2**20:.2f} MiB"]
     lines += _io_lines("inputs", report.inputs) + _io_lines("outputs", report.outputs)
     lines.append("  profiles (min / opt / max):")

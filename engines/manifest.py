@@ -1,35 +1,34 @@
-"""`manifest.json` beside every built engine: what built it, for what, and how to rebuild it.
+"""What a build adds to its export's manifest (export/manifest.py `BuildRecord`): the
+cache key it is reused under, the command that rebuilds it, and the checks that it runs here.
 
-An engine is reused only when its cache key matches: the hash of the ONNX bytes (external
-weights included), the build config (targets included), the profiles, the backend, its
-version and the build GPU's compute capability (none for TensorRT-RTX, which builds on any
-machine). A plan loads only in the backend and version that built it, on a GPU among its
-`targets`; otherwise `validate_manifest` refuses with the exact command that rebuilds it.
+An engine is reused only when its cache key matches: the export's whole record (so a
+re-export that changed the manifest but not the graph bytes rebuilds), the hash of the ONNX
+bytes (external weights included), the build config (targets included), the profiles, the
+backend, its version and the build GPU's compute capability (none for TensorRT-RTX, which
+builds on any machine). A plan loads only in the backend and version that built it, on a GPU
+among its `targets`; otherwise `validate_manifest` refuses with the exact command that
+rebuilds it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
+from cinema_trt.export.manifest import MANIFEST_VERSION, BuildRecord, Manifest, read_manifest
 from cinema_trt.models import cache as artifact_cache
 from cinema_trt.models.fileio import atomic_write, onnx_sha256, sha256_file
 
 from .config import BuildConfig
 
 log = logging.getLogger(__name__)
-
-MANIFEST_FILE = "manifest.json"
-# bump when the builder changes what an engine contains. 2: backends, targets, reports
-FORMAT_VERSION = 2
 
 
 class EngineMismatchError(ValueError):
@@ -46,54 +45,6 @@ class RuntimeInfo:
     compute_capability: str | None = None  # "9.0"; None for CPU runtimes
 
 
-@dataclass(frozen=True)
-class EngineManifest:
-    stage: str
-    runtime: str
-    runtime_version: str
-    precision: str
-    build_config: dict[str, Any]
-    profiles: dict[str, dict[str, list[int]]]  # input -> {min, opt, max}
-    inputs: list[dict[str, Any]]  # [{name, dtype, dims}]
-    outputs: list[dict[str, Any]]
-    onnx_path: str
-    onnx_sha256: str
-    plan_file: str  # relative to the manifest's folder
-    plan_sha256: str
-    cache_key: str
-    rebuild_command: str
-    gpu_name: str | None = None  # the GPU that built it (none for TensorRT-RTX)
-    compute_capability: str | None = None
-    # the GPU architectures the plan runs on ("sm89", ...): TensorRT, the build GPU's;
-    # TensorRT-RTX, the targets it was compiled for. Empty for CPU runtimes
-    targets: list[str] = field(default_factory=list)
-    # the engine report (engines/report.py `summarize`): layers by kind and precision,
-    # attention fusion, quantized linears, the builder's memory figures
-    report: dict[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
-    # runtime-specific facts; ORT builds carry "export_manifest", the export manifest they
-    # were built from, which `cinema_trt.export.manifest.read_stage` reads
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "manifest") -> EngineManifest:
-        names = {f.name for f in dataclasses.fields(cls)}
-        required = {f.name for f in dataclasses.fields(cls)
-                    if f.default is dataclasses.MISSING
-                    and f.default_factory is dataclasses.MISSING}
-        missing = sorted(required - set(data))
-        if missing:
-            raise ValueError(f"{where}: missing keys {missing}; rebuild the engine")
-        if data.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
-            raise EngineMismatchError(
-                f"{where}: manifest format {data.get('format_version')} is not "
-                f"{FORMAT_VERSION}; rebuild with:\n  {data['rebuild_command']}")
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-
 # --- hashing ----------------------------------------------------------------------------
 
 
@@ -103,10 +54,11 @@ def artifact_sha256(path: str | os.PathLike) -> str:
     return onnx_sha256(path) if path.suffix == ".onnx" else sha256_file(path)
 
 
-def cache_key(stage: str, onnx_digest: str, config: BuildConfig,
+def cache_key(export: Manifest, onnx_digest: str, config: BuildConfig,
               profiles: dict[str, Any], runtime: RuntimeInfo) -> str:
-    """The key an engine is reused under; any change to what decides the engine changes it."""
-    payload = {"format": FORMAT_VERSION, "stage": stage, "onnx": onnx_digest,
+    """The key an engine is reused under; any change to what decides the engine, or to the
+    export record its manifest repeats, changes it."""
+    payload = {"format": MANIFEST_VERSION, "export": export.to_dict(), "onnx": onnx_digest,
                "build": config.cache_fields(), "profiles": profiles_to_json(profiles),
                "runtime": runtime.runtime, "version": runtime.version,
                "compute_capability": runtime.compute_capability}
@@ -130,23 +82,6 @@ def profiles_to_json(profiles: dict[str, Any]) -> dict[str, dict[str, list[int]]
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     """Write JSON so a reader sees the old file or the new one, never half of one."""
     return atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def write_manifest(folder: str | os.PathLike, manifest: EngineManifest) -> Path:
-    return write_json_atomic(Path(folder) / MANIFEST_FILE, manifest.to_dict())
-
-
-def read_manifest(folder_or_file: str | os.PathLike) -> EngineManifest:
-    path = Path(folder_or_file)
-    if path.is_dir():
-        path = path / MANIFEST_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: build the engine with `cinema-trt build`")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error}); rebuild the engine") from None
-    return EngineManifest.from_dict(data, where=str(path))
 
 
 # --- validation -------------------------------------------------------------------------
@@ -188,51 +123,61 @@ def _same_version(a: str, b: str) -> bool:
         return a == b
 
 
-def validate_manifest(manifest: EngineManifest, runtime: RuntimeInfo) -> None:
+def built(manifest: Manifest, folder: str | os.PathLike = "") -> BuildRecord:
+    """The build record of a build folder's manifest; an export folder is refused."""
+    if manifest.build is None:
+        raise EngineMismatchError(f"{folder or manifest.stage} is an export, not a build; "
+                                  f"build it with `cinema-trt build`")
+    return manifest.build
+
+
+def validate_manifest(manifest: Manifest, runtime: RuntimeInfo) -> None:
     """Refuse an engine built by another backend or version, or for other GPUs."""
     from .backends import BACKENDS, sm_name
 
-    fix = f"Rebuild it with:\n  {manifest.rebuild_command}"
+    build, stage = built(manifest), manifest.stage
+    fix = f"Rebuild it with:\n  {build.rebuild_command}"
     backend = BACKENDS.get(runtime.runtime)
     name = backend.display if backend else {"onnxruntime": "ONNX Runtime"}.get(
         runtime.runtime, runtime.runtime)
-    if manifest.runtime != runtime.runtime:
-        raise EngineMismatchError(f"{manifest.stage}: engine was built for {manifest.runtime}, "
+    if build.runtime != runtime.runtime:
+        raise EngineMismatchError(f"{stage}: engine was built for {build.runtime}, "
                                   f"not {runtime.runtime}. {fix}")
-    if not _same_version(manifest.runtime_version, runtime.version):
+    if not _same_version(build.runtime_version, runtime.version):
         raise EngineMismatchError(
-            f"{manifest.stage}: engine was built with {name} {manifest.runtime_version} but "
+            f"{stage}: engine was built with {name} {build.runtime_version} but "
             f"this process has {name} {runtime.version}; engines only load in the version "
             f"that built them. {fix}")
     if runtime.compute_capability is None:  # a CPU runtime
         return
     here = sm_name(runtime.compute_capability)
-    if here not in manifest.targets:
-        built_on = (f" on {manifest.gpu_name} (sm {manifest.compute_capability})"
-                    if manifest.gpu_name else "")
+    if here not in build.targets:
+        built_on = (f" on {build.gpu_name} (sm {build.compute_capability})"
+                    if build.gpu_name else "")
         raise EngineMismatchError(
-            f"{manifest.stage}: engine was built{built_on} for GPU architectures "
-            f"{', '.join(manifest.targets) or 'none'}, but this GPU, {runtime.gpu_name}, is "
+            f"{stage}: engine was built{built_on} for GPU architectures "
+            f"{', '.join(build.targets) or 'none'}, but this GPU, {runtime.gpu_name}, is "
             f"{here} (sm {runtime.compute_capability}); {name} kernels are compiled per "
             f"architecture. {fix}" + (f"\nwith {here} added to --targets" if backend
                                       and here in backend.targets else ""))
-    if manifest.gpu_name is not None and manifest.gpu_name != runtime.gpu_name:
+    if build.gpu_name is not None and build.gpu_name != runtime.gpu_name:
         log.warning("%s: engine was tuned on %s and runs on %s (same architecture); "
-                    "rebuild for best speed: %s", manifest.stage, manifest.gpu_name,
-                    runtime.gpu_name, manifest.rebuild_command)
+                    "rebuild for best speed: %s", stage, build.gpu_name,
+                    runtime.gpu_name, build.rebuild_command)
 
 
-def verify_plan(folder: str | os.PathLike, manifest: EngineManifest) -> Path:
+def verify_plan(folder: str | os.PathLike, manifest: Manifest) -> Path:
     """The plan file's path, after checking its bytes are the ones the manifest describes."""
-    plan = Path(folder) / manifest.plan_file
+    build = built(manifest, folder)
+    plan = Path(folder) / build.plan_file
     if not plan.is_file():
-        raise FileNotFoundError(f"{plan} not found; rebuild with:\n  {manifest.rebuild_command}")
+        raise FileNotFoundError(f"{plan} not found; rebuild with:\n  {build.rebuild_command}")
     digest = artifact_sha256(plan)
-    if digest != manifest.plan_sha256:
+    if digest != build.plan_sha256:
         raise EngineMismatchError(
             f"{plan}: sha256 {digest[:12]}... does not match the manifest's "
-            f"{manifest.plan_sha256[:12]}... (the file changed after it was built). "
-            f"Rebuild with:\n  {manifest.rebuild_command}")
+            f"{build.plan_sha256[:12]}... (the file changed after it was built). "
+            f"Rebuild with:\n  {build.rebuild_command}")
     return plan
 
 
@@ -240,7 +185,7 @@ def cached_engine(folder: str | os.PathLike, key: str) -> Path | None:
     """The plan in `folder` if its manifest has cache key `key` and the plan is intact."""
     try:
         manifest = read_manifest(folder)
-        if manifest.cache_key != key:
+        if manifest.build is None or manifest.build.cache_key != key:
             return None
         return verify_plan(folder, manifest)
     except (FileNotFoundError, ValueError) as error:

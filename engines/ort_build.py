@@ -6,33 +6,30 @@ ONNX Runtime optimizes a graph every time a session opens it; saving the optimiz
 CPU-layout rewrites, so the saved model is for CPUs with the builder's instruction set.
 
 The output folder runs without the export folder (`cinema_trt.export.ort.ort_runners`
-opens it): the manifest carries the export manifest it was built from (the exporter's
-record of the stage's I/O, config and precision stays the one source of truth), and the
-stage's sidecar files (a split stage's glue: HF config, token embeddings) are copied beside it.
+opens it): its manifest is the export's with `build` filled in, so it describes the stage's
+I/O, config and precision itself, and the stage's sidecar files (a split stage's glue: HF
+config, token embeddings) are copied beside it.
 """
 
 from __future__ import annotations
 
 import filecmp
-import json
 import logging
 import os
 import shutil
 import uuid
 from pathlib import Path
 
-from cinema_trt.export.manifest import CARRIED_MANIFEST_KEY, EXTERNAL_DATA_FILE, MODEL_FILE
-from cinema_trt.export.manifest import read_manifest as read_export_manifest
+from cinema_trt.export.manifest import EXTERNAL_DATA_FILE, MANIFEST_FILE, MODEL_FILE
 from cinema_trt.models.fileio import atomic_path
 from cinema_trt.models.precision import ORT_PRECISIONS
-from cinema_trt.models.presets import CinemaConfig
-from cinema_trt.models.specs import StageSpec
 
 from .artifacts import StageBuild, finish_build, prepare_build, reuse_cached
 from .config import BuildConfig, Precision, ort_optimization_level
 from .deps import onnxruntime_runtime_info, require_onnxruntime
-from .manifest import MANIFEST_FILE, RuntimeInfo, read_manifest
+from .manifest import RuntimeInfo
 from .shapes import DeploymentShapes
+from .stages import ExportedStage
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +37,9 @@ ORT_MODEL_FILE = MODEL_FILE
 ORT_DATA_FILE = EXTERNAL_DATA_FILE
 
 
-def build_ort_model(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
-                    stage_spec: StageSpec, shapes: DeploymentShapes, build_config: BuildConfig,
-                    config: CinemaConfig, runtime: RuntimeInfo | None = None) -> Path:
+def build_ort_model(stage: ExportedStage, out_dir: str | os.PathLike,
+                    shapes: DeploymentShapes, build_config: BuildConfig,
+                    runtime: RuntimeInfo | None = None) -> Path:
     """Write (or reuse) `out_dir/model.onnx` optimized for CPU + `out_dir/manifest.json`."""
     if build_config.precision not in ORT_PRECISIONS:
         raise ValueError(f"precision={build_config.precision.value} is not available with "
@@ -53,22 +50,21 @@ def build_ort_model(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
         raise ValueError("--weight-streaming and --refittable are TensorRT options; "
                          "drop them with --runtime ort")
     ort = require_onnxruntime()
-    build = prepare_build(onnx_path, out_dir, stage_spec, shapes, build_config, config,
+    build = prepare_build(stage, out_dir, shapes, build_config,
                           runtime or onnxruntime_runtime_info())
     if build.graph.trt_plugins:
-        raise ValueError(f"{onnx_path} holds TensorRT plugin nodes "
+        raise ValueError(f"{build.onnx_path} holds TensorRT plugin nodes "
                          f"{sorted(build.graph.trt_plugins)} that ONNX Runtime cannot run; "
                          "export without --attention-plugin for --runtime ort")
     if not build.build_config.strongly_typed and build_config.precision is not Precision.FP32:
         # ORT has no weak typing: it runs the graph's own types
-        raise ValueError(f"precision={build_config.precision.value} on {onnx_path}, which "
-                         f"computes in {build.graph.compute_type}: --runtime ort runs an "
+        raise ValueError(f"precision={build_config.precision.value} on {build.onnx_path}, "
+                         f"which computes in {build.export.compute_dtype}: --runtime ort runs an "
                          f"export as it is; build with --precision fp32, or re-export with "
                          f"--dtype {build_config.precision.value}")
-    exported = _export_manifest(build.onnx_path, stage_spec.name)
-    cached = reuse_cached(build) if _carries(build.out_dir, exported) else None
+    cached = reuse_cached(build)
     if cached is not None:
-        copy_sidecars(build.onnx_path.parent, build.out_dir)
+        copy_sidecars(build)
         return cached
     build.out_dir.mkdir(parents=True, exist_ok=True)
     staging = build.out_dir / f".staging-{uuid.uuid4().hex}"
@@ -81,48 +77,21 @@ def build_ort_model(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
             os.replace(produced, build.out_dir / produced.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    copy_sidecars(build.onnx_path.parent, build.out_dir)
+    copy_sidecars(build)
     level = ort_optimization_level(build.build_config)
     return finish_build(build, build.out_dir / ORT_MODEL_FILE,
-                        extra={"graph_optimization_level": level,
-                               CARRIED_MANIFEST_KEY: exported})
+                        extra={"graph_optimization_level": level})
 
 
-def _export_manifest(onnx_path: Path, stage: str) -> dict:
-    """The export manifest beside `onnx_path`, as JSON data, after checking its stage."""
-    manifest = read_export_manifest(onnx_path.parent)
-    if manifest.stage != stage:
-        raise ValueError(f"{onnx_path.parent}: its manifest is for stage {manifest.stage!r}, "
-                         f"not {stage!r}; build each stage from its own export folder")
-    return json.loads(json.dumps(manifest.to_dict()))  # tuples -> lists, as stored
-
-
-def _carries(out_dir: Path, exported: dict) -> bool:
-    """Whether the build in `out_dir` carries exactly `exported` (a re-export that kept the
-    graph bytes but changed the manifest, e.g. its config's sampler defaults, rebuilds)."""
-    if not (out_dir / MANIFEST_FILE).is_file():
-        return False
-    try:
-        return read_manifest(out_dir).extra.get(CARRIED_MANIFEST_KEY) == exported
-    except ValueError:
-        return False
-
-
-def copy_sidecars(export_dir: Path, out_dir: Path) -> list[Path]:
-    """Copy every file the exporter wrote beside the graph other than the graph, its weights
-    and its manifest (a split stage's glue: HF config + embeddings) into `out_dir`; unchanged copies
-    (same size and mtime: copy2 keeps the mtime) are not copied again."""
-    skip = {MODEL_FILE, EXTERNAL_DATA_FILE, MANIFEST_FILE}
-    copied = []
-    for source in sorted(export_dir.iterdir()):
-        if not source.is_file() or source.name in skip or source.name.startswith("."):
-            continue
-        target = out_dir / source.name
+def copy_sidecars(build: StageBuild) -> None:
+    """Copy the files the export's manifest lists as `sidecars` (a split stage's glue: HF
+    config + embeddings) beside the build; unchanged copies (same size and mtime: copy2
+    keeps the mtime) are not copied again."""
+    for name in build.export.sidecars:
+        source, target = build.onnx_path.parent / name, build.out_dir / name
         if not (target.is_file() and filecmp.cmp(source, target, shallow=True)):
             with atomic_path(target) as tmp:  # a reader sees the old file or the new one
                 shutil.copy2(source, tmp)
-        copied.append(target)
-    return copied
 
 
 def _optimize(ort, build: StageBuild, target: Path) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .manifest import EngineManifest
+from cinema_trt.export.manifest import Manifest
+
+from .manifest import built
 
 # symbolic dim (models/specs.py) -> the profiles.yaml key that sets its range
 PROFILE_KEY = {"batch": "batch", "seq": "seq", "frames": "frames", "lframes": "frames",
@@ -16,15 +18,15 @@ PROFILE_KEY = {"batch": "batch", "seq": "seq", "frames": "frames", "lframes": "f
                "refs": "refs", "images": "refs", "patches": "refs"}
 
 
-def check_input_shapes(manifest: EngineManifest, shapes: Mapping[str, tuple[int, ...]]) -> None:
+def check_input_shapes(manifest: Manifest, shapes: Mapping[str, tuple[int, ...]]) -> None:
     """Raise ValueError unless `shapes` name exactly the engine's inputs, within its profile."""
-    stage, profiles = manifest.stage, manifest.profiles
+    stage, profiles = manifest.stage, built(manifest).profiles
     missing = sorted(set(profiles) - set(shapes))
     unexpected = sorted(set(shapes) - set(profiles))
     if missing or unexpected:
         raise ValueError(f"{stage}: inputs must be {sorted(profiles)}; missing {missing}, "
                          f"unexpected {unexpected}")
-    symbols = {b["name"]: b["dims"] for b in manifest.inputs}
+    symbols: dict[str, tuple] = {e.name: e.dims for e in manifest.inputs}
     for name, shape in shapes.items():
         low, high = profiles[name]["min"], profiles[name]["max"]
         if len(shape) != len(low):
@@ -33,10 +35,11 @@ def check_input_shapes(manifest: EngineManifest, shapes: Mapping[str, tuple[int,
         for i, value in enumerate(shape):
             if low[i] <= value <= high[i]:
                 continue
-            symbol = symbols.get(name, [None] * len(shape))[i]
+            symbol = symbols.get(name, (None,) * len(shape))[i]
             label = f"dim {i} ({symbol})" if isinstance(symbol, str) else f"dim {i}"
             key = PROFILE_KEY.get(symbol) if isinstance(symbol, str) else None
-            fix = (f"widen `{key}` in profiles.yaml and rebuild: {manifest.rebuild_command}"
+            fix = (f"widen `{key}` in profiles.yaml and rebuild: "
+                   f"{built(manifest).rebuild_command}"
                    if key else "the model fixes this dim; check how the input was made")
             raise ValueError(f"{stage}: input {name!r} {label} is {value}, outside the "
                              f"engine's profile range [{low[i]}, {high[i]}]; {fix}")

@@ -221,12 +221,6 @@ def profiles_for(stage_spec: StageSpec, shapes: DeploymentShapes,
     return _profiles(stage_spec.inputs, stage_spec.name, shapes, config)
 
 
-def output_shapes_for(stage_spec: StageSpec, shapes: DeploymentShapes,
-                      config: CinemaConfig) -> dict[str, Profile]:
-    """The same for outputs (recorded in manifests; TensorRT infers them itself)."""
-    return _profiles(stage_spec.outputs, stage_spec.name, shapes, config)
-
-
 def _profiles(specs, stage: str, shapes: DeploymentShapes,
               config: CinemaConfig) -> dict[str, Profile]:
     low, opt, high = (stage_symbols(stage, shapes, config, level) for level in LEVELS)

@@ -1,8 +1,8 @@
 """Build every exported stage: what `cinema-trt build` runs.
 
 Reads the exporter's folder (`<onnx dir>/<stage>/model.onnx` + `manifest.json`, see
-export/manifest.py), takes the model config and stage names from those manifests, derives
-each stage's profiles from one `profiles.yaml`, and builds `<out dir>/<stage>/`.
+export/manifest.py), takes each stage's spec, config, precision and compute dtype from its
+manifest, derives its profiles from one `profiles.yaml`, and builds `<out dir>/<stage>/`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cinema_trt.export.manifest import MODEL_FILE, Manifest, read_manifest
 from cinema_trt.models.cache import ArtifactCache, Entry
 from cinema_trt.models.fileio import atomic_write
 from cinema_trt.models.presets import CinemaConfig
@@ -31,12 +32,35 @@ RUNTIMES = (*BACKENDS, "ort")  # the TensorRT backends (backends.py) and ONNX Ru
 
 @dataclass(frozen=True)
 class ExportedStage:
-    name: str
+    """An export folder and its manifest: what a build is made from (the manifest's spec,
+    config, precision and compute dtype are believed, not re-derived from the graph)."""
+
     folder: Path
-    onnx_path: Path
-    config: CinemaConfig
-    precision: str  # the exporter's precision: fp32, fp16, bf16 (--dtype) or fp8 (--fp8)
-    spec: StageSpec  # the exported tensors, from its manifest
+    manifest: Manifest
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike) -> ExportedStage:
+        """A complete export folder; its graph is not hashed here (the build's cache key
+        hashes it, and a graph edited after export builds as it is)."""
+        from cinema_trt.export.manifest import check_export
+
+        return cls(Path(folder), check_export(folder, graph_hash=False))
+
+    @property
+    def name(self) -> str:
+        return self.manifest.stage
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.folder / MODEL_FILE
+
+    @property
+    def config(self) -> CinemaConfig:
+        return CinemaConfig.from_dict(self.manifest.config)
+
+    @property
+    def spec(self) -> StageSpec:  # the exported tensors
+        return self.manifest.stage_spec()
 
 
 @dataclass(frozen=True)
@@ -63,19 +87,12 @@ class BuildRequest:
 
 def exported_stages(onnx_dir: str | os.PathLike) -> dict[str, ExportedStage]:
     """Every complete stage export under `onnx_dir`, by the stage name in its manifest."""
-    from cinema_trt.export.manifest import MODEL_FILE, check_export
-
     onnx_dir = Path(onnx_dir)
     if not onnx_dir.is_dir():
         raise FileNotFoundError(f"ONNX folder {onnx_dir} does not exist; run "
                                 f"`cinema-trt export --out {onnx_dir}` first")
-    stages = {}
-    for manifest_path in sorted(onnx_dir.glob("*/manifest.json")):
-        folder = manifest_path.parent
-        manifest = check_export(folder, graph_hash=False)  # the build hashes it (cache key)
-        stages[manifest.stage] = ExportedStage(
-            manifest.stage, folder, folder / MODEL_FILE, CinemaConfig.from_dict(manifest.config),
-            manifest.precision.value, manifest.stage_spec())
+    stages = {stage.name: stage for stage in
+              (ExportedStage.read(p.parent) for p in sorted(onnx_dir.glob("*/manifest.json")))}
     if not stages:
         raise FileNotFoundError(f"no exported stages (<stage>/{MODEL_FILE} + manifest.json) "
                                 f"under {onnx_dir}")
@@ -113,8 +130,7 @@ def build_stages(request: BuildRequest) -> dict[str, Path]:
         from .config import inspect_onnx
 
         for stage in chosen:
-            check_backend_graph(inspect_onnx(stage.onnx_path), backend.name, stage.onnx_path,
-                                config)
+            check_backend_graph(stage, inspect_onnx(stage.onnx_path), backend.name)
     shapes = load_shapes(request.profile, config)
     build: Callable[..., Path]
     if backend is not None:
@@ -129,9 +145,8 @@ def build_stages(request: BuildRequest) -> dict[str, Path]:
     for stage in chosen:
         log.info("building %s (%s, %s)", stage.name, request.runtime,
                  request.build_config.precision.value)
-        built[stage.name] = build(stage.onnx_path, Path(request.out_dir) / stage.name,
-                                  stage.spec, shapes,
-                                  request.build_config, config)
+        built[stage.name] = build(stage, Path(request.out_dir) / stage.name, shapes,
+                                  request.build_config)
     return built
 
 
@@ -143,7 +158,7 @@ def cached_build(cache: ArtifactCache, export: Entry, build_config: BuildConfig,
     stages, the profile (profiles.yaml's mapping, kept in the entry; None: the preset's
     defaults) and the runtime's version and GPU."""
     from .deps import onnxruntime_runtime_info, tensorrt_runtime_info
-    from .manifest import read_manifest, verify_plan
+    from .manifest import verify_plan
 
     backend = BACKENDS.get(runtime)
     info = onnxruntime_runtime_info() if backend is None else tensorrt_runtime_info(

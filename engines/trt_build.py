@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from cinema_trt.models.fileio import atomic_write
-from cinema_trt.models.presets import CinemaConfig
-from cinema_trt.models.specs import StageSpec
 
 from .artifacts import StageBuild, finish_build, prepare_build, reuse_cached
 from .backends import Backend, get_backend
@@ -36,6 +34,7 @@ from .report import (
     write_layers,
 )
 from .shapes import DeploymentShapes
+from .stages import ExportedStage
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +61,9 @@ def builder_settings(build: StageBuild) -> dict[str, Any]:
             "profiling_verbosity": "DETAILED"}
 
 
-def build_engine(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
-                 stage_spec: StageSpec, shapes: DeploymentShapes, build_config: BuildConfig,
-                 config: CinemaConfig, should_stop: Callable[[], bool] | None = None,
+def build_engine(stage: ExportedStage, out_dir: str | os.PathLike,
+                 shapes: DeploymentShapes, build_config: BuildConfig,
+                 should_stop: Callable[[], bool] | None = None,
                  runtime: RuntimeInfo | None = None, backend: str = "tensorrt") -> Path:
     """Build (or reuse) `out_dir/model.plan` + `layers.json` + `manifest.json`; returns the
     plan. `backend`: "tensorrt" (needs the target GPU) or "tensorrt-rtx" (any machine);
@@ -73,8 +72,7 @@ def build_engine(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
     trt = require_backend(described.name)
     runtime = runtime or tensorrt_runtime_info(described.name,
                                                gpu=not described.builds_without_gpu)
-    build = key_plugin_kernels(prepare_build(onnx_path, out_dir, stage_spec, shapes,
-                                             build_config, config, runtime))
+    build = key_plugin_kernels(prepare_build(stage, out_dir, shapes, build_config, runtime))
     cached = reuse_cached(build)
     if cached is not None:
         return cached

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from cinema_trt.export.manifest import Manifest, read_manifest
 from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.fileio import atomic_write
 from cinema_trt.models.runner import Runner, Tensors
@@ -29,13 +30,7 @@ from cinema_trt.models.stages import SPLIT_GRAPHS, SPLIT_STAGES
 
 from .backends import BACKENDS, get_backend
 from .deps import require_backend, tensorrt_runtime_info
-from .manifest import (
-    EngineManifest,
-    EngineMismatchError,
-    read_manifest,
-    validate_manifest,
-    verify_plan,
-)
+from .manifest import EngineMismatchError, built, validate_manifest, verify_plan
 from .shape_check import check_input_shapes
 from .trt_build import trt_logger
 
@@ -94,14 +89,15 @@ class TensorRTRunner:
                  cuda_graph: bool = False, shared_memory: SharedDeviceMemory | None = None,
                  weight_streaming_budget: int | None = None):
         folder = Path(engine_dir)
-        self.manifest: EngineManifest = read_manifest(folder)
+        self.manifest: Manifest = read_manifest(folder)
         self.name = self.manifest.stage
-        if self.manifest.runtime not in BACKENDS:
+        self.build = built(self.manifest, folder)
+        if self.build.runtime not in BACKENDS:
             raise EngineMismatchError(
-                f"{folder} holds a {self.manifest.runtime} model, not a TensorRT engine; "
+                f"{folder} holds a {self.build.runtime} model, not a TensorRT engine; "
                 f"open it with its own runner, or build an engine with --runtime "
                 f"{' / '.join(BACKENDS)}")
-        self.backend = get_backend(self.manifest.runtime)
+        self.backend = get_backend(self.build.runtime)
         trt = require_backend(self.backend.name)
         self.device = torch.device(device)
         self.cuda_graph = cuda_graph
@@ -121,7 +117,7 @@ class TensorRTRunner:
         validate_manifest(self.manifest, tensorrt_runtime_info(self.backend.name))
         plan = verify_plan(folder, self.manifest)
         self._runtime = trt.Runtime(trt_logger(trt))
-        if self.manifest.extra.get("trt_plugins"):
+        if self.build.extra.get("trt_plugins"):
             # plugin nodes (the Triton attention) must be registered before deserialising
             from cinema_trt.kernels.trt_plugin import register_plugins
 
@@ -129,7 +125,7 @@ class TensorRTRunner:
         self.engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
         if self.engine is None:
             raise RuntimeError(f"{plan}: TensorRT could not deserialize the plan (see the "
-                               f"log); rebuild with:\n  {self.manifest.rebuild_command}")
+                               f"log); rebuild with:\n  {self.build.rebuild_command}")
         if weight_streaming_budget is not None:
             self.engine.weight_streaming_budget_v2 = weight_streaming_budget
         self._runtime_config = self._make_runtime_config()
@@ -203,12 +199,12 @@ class TensorRTRunner:
         self.input_names = [n for n in names if engine.get_tensor_mode(n) == mode]
         self.output_names = [n for n in names if engine.get_tensor_mode(n) != mode]
         self.dtypes = {n: lookup(engine.get_tensor_dtype(n)).torch for n in names}
-        self.ignored_inputs = set(self.manifest.extra.get("unused_inputs", []))
+        self.ignored_inputs = set(self.build.extra.get("unused_inputs", []))
 
     def _allocate(self) -> None:
         """One buffer per I/O tensor at its largest shape; buckets view into them."""
         for name in self.input_names:
-            self.context.set_input_shape(name, self.manifest.profiles[name]["max"])
+            self.context.set_input_shape(name, self.build.profiles[name]["max"])
         self._max_buffers: Tensors = {}
         for name in self.input_names + self.output_names:
             shape = tuple(self.context.get_tensor_shape(name))

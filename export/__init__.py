@@ -1,6 +1,6 @@
 """cinema_trt.export: stages -> ONNX (+ FP8 Q/DQ) -> ONNX Runtime runners.
 
-    manifest.py     manifest.json: what an exported stage is (read by engines/)
+    manifest.py     manifest.json of every export and build folder: one schema, one reader
     stages.py       per-stage module, spec, example and check shapes
     mllm_split.py   the MLLM as its vision + text graphs (models/stages.py), and their glue
     dtype.py        fp16/bf16 graphs: the stage cast behind float32 I/O, opset per dtype

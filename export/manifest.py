@@ -1,22 +1,21 @@
-"""`manifest.json`: what an exported stage is, written last and atomically.
+"""`manifest.json`: the one record of every artifact folder, export or build.
 
-Layout of an export folder (the engines builder and `OrtRunner` read it):
+Layout of an export folder (what `cinema-trt build` reads):
 
     <out>/<stage>/model.onnx        the graph (+ model.onnx.data when weights exceed 2 GB)
     <out>/<stage>/manifest.json     this record
     <out>/<stage>/...               sidecar files the stage's runner needs (a split stage's
                                     glue graph: the HF config and token embeddings)
 
-A stage folder without a manifest is incomplete: the exporter deletes the old manifest
-before it touches the model files and writes the new one only after the graph has been
-checked and compared with PyTorch, so a crash never leaves a manifest describing half a
-model.
+A build folder (`cinema-trt build`, any runtime) holds its plan or optimized graph and the
+same manifest with `build` filled in: the export's record, unchanged, plus how it was
+built (`BuildRecord`). So every artifact describes its stage (I/O, config, precision,
+compute dtype) itself; a build never re-derives what the exporter recorded, and
+`read_manifest` is the one reader of every folder.
 
-`cinema-trt build --runtime ort` writes the same layout with an engine manifest
-(engines/manifest.py) whose `extra["export_manifest"]` carries this record verbatim.
-`read_stage` is the one reader of both: what a stage computes (names, dtypes, dims,
-config, precision) is written once, by the exporter, and a build only adds how it was
-built; nothing re-derives the I/O from the build's bindings.
+A folder without a manifest is incomplete: the exporter (and a build) deletes the old
+manifest before it touches the model files and writes the new one last, so a crash never
+leaves a manifest describing half a model.
 """
 
 from __future__ import annotations
@@ -42,9 +41,9 @@ from cinema_trt.models.specs import StageSpec, TensorSpec
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
-MANIFEST_VERSION = 1
-# where an ORT build's engine manifest carries the export manifest it was built from
-CARRIED_MANIFEST_KEY = "export_manifest"
+# the schema of every manifest; bump when a manifest (or what a build contains) changes.
+# 2: one schema for exports and builds (a build is its export's record + `build`)
+MANIFEST_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -60,6 +59,35 @@ class TensorEntry:
     @property
     def rank(self) -> int:
         return len(self.dims)
+
+    @property
+    def dynamic(self) -> tuple[str, ...]:
+        return tuple(d for d in self.dims if isinstance(d, str))
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    """How a build folder was made from its export (engines/artifacts.py writes it)."""
+
+    runtime: str  # "tensorrt" | "tensorrt-rtx" | "onnxruntime" (the backend)
+    runtime_version: str
+    precision: str  # the build's --precision
+    build_config: dict[str, Any]
+    profiles: dict[str, dict[str, list[int]]]  # input -> {min, opt, max}
+    onnx_path: str  # the graph it was built from
+    plan_file: str  # the built file, relative to the manifest's folder
+    plan_sha256: str
+    cache_key: str  # engines/manifest.py `cache_key`: covers the export record
+    rebuild_command: str
+    gpu_name: str | None = None  # the GPU that built it (none for TensorRT-RTX)
+    compute_capability: str | None = None
+    # the GPU architectures the plan runs on ("sm89", ...): TensorRT, the build GPU's;
+    # TensorRT-RTX, the targets it was compiled for. Empty for CPU runtimes
+    targets: list[str] = field(default_factory=list)
+    # the engine report (engines/report.py `summarize`): layers by kind and precision,
+    # attention fusion, quantized linears, the builder's memory figures
+    report: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # runtime-specific facts
 
 
 @dataclass(frozen=True)
@@ -84,6 +112,12 @@ class Manifest:
     # files beside the graph that its runner reads (a split stage's glue, models/stages.py:
     # HF config and token embeddings): name -> sha256, checked when they are loaded
     sidecars: dict[str, str] = field(default_factory=dict)
+    build: BuildRecord | None = None  # None: an export; else how this build was made
+
+    @property
+    def model_file(self) -> str:
+        """The file to run, relative to the folder: the graph, or the build's plan."""
+        return self.build.plan_file if self.build else MODEL_FILE
 
     @classmethod
     def io_from_spec(cls, spec: StageSpec) -> dict[str, tuple[TensorEntry, ...]]:
@@ -105,10 +139,6 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
-        if data.get("version") != MANIFEST_VERSION:
-            raise ValueError(f"manifest version {data.get('version')!r} is not supported "
-                             f"(expected {MANIFEST_VERSION}); re-export the stage")
-
         # fp32 | fp16 | bf16: what the graph computes in (export/dtype.py); fp8: FP8 E4M3
         # Q/DQ around the recipe's Linear layers and `compute_dtype` elsewhere
         precision = Precision.parse(data["precision"])
@@ -116,70 +146,52 @@ class Manifest:
         def entries(items):
             return tuple(TensorEntry(e["name"], e["dtype"], tuple(e["dims"])) for e in items)
 
-        return cls(**{**data, "precision": precision,
-                      "inputs": entries(data["inputs"]), "outputs": entries(data["outputs"])})
+        build = data.get("build")
+        return cls(**{**data, "precision": precision, "inputs": entries(data["inputs"]),
+                      "outputs": entries(data["outputs"]),
+                      "build": BuildRecord(**build) if build is not None else None})
 
 
 def write_manifest(manifest: Manifest, stage_dir: str | os.PathLike) -> Path:
     """Write `stage_dir/manifest.json` atomically (temp file, fsync, rename)."""
-    text = json.dumps(manifest.to_dict(), indent=2, sort_keys=True)
+    text = json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n"
     return atomic_write(Path(stage_dir) / MANIFEST_FILE, text)
 
 
-@dataclass(frozen=True)
-class StageFolder:
-    """A stage folder ONNX Runtime can run: an export or a `build --runtime ort` output."""
-
-    path: Path
-    manifest: Manifest  # the exporter's record (an ORT build carries it verbatim)
-    model_file: str  # the graph to run, relative to `path`
-    build: dict[str, Any] | None = None  # the ORT build's engine manifest; None: an export
-
-    @property
-    def model_path(self) -> Path:
-        return self.path / self.model_file
-
-
-def _built_stage(path: Path, data: dict[str, Any]) -> StageFolder:
-    """An engine manifest (engines/manifest.py): only ORT builds are graphs ORT can run."""
-    rebuild = data.get("rebuild_command", "cinema-trt build --runtime ort ...")
-    if data.get("runtime") != "onnxruntime":
-        raise ValueError(f"{path} is a {data.get('runtime')} engine, which ONNX Runtime "
-                         f"cannot run; point at the export folder or a `cinema-trt build "
-                         f"--runtime ort` folder (TensorRT engines load with "
-                         f"cinema_trt.engines.trt_runtime.tensorrt_runners)")
-    carried = data.get("extra", {}).get(CARRIED_MANIFEST_KEY)
-    if carried is None:
-        raise ValueError(f"{path}: this ORT build does not carry its export manifest (built "
-                         f"by an older cinema-trt); rebuild it with:\n  {rebuild}")
-    return StageFolder(path, Manifest.from_dict(carried), data["plan_file"], data)
-
-
-def read_stage(stage_dir: str | os.PathLike) -> StageFolder:
-    """Read `stage_dir/manifest.json`, written by the exporter or by `build --runtime ort`."""
-    path = Path(stage_dir)
-    manifest_path = path / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{manifest_path} not found: {stage_dir} is not a complete "
-                                f"export (run `cinema-trt export` for this stage)")
-    try:
-        data = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{manifest_path}: not valid JSON ({error}); re-export") from None
-    if "format_version" in data:  # engine manifests have it, export manifests "version"
-        return _built_stage(path, data)
-    return StageFolder(path, Manifest.from_dict(data), MODEL_FILE)
-
-
 def read_manifest(stage_dir: str | os.PathLike) -> Manifest:
-    """The manifest of an export folder. A build folder is refused: its graph is not the
-    exported one, so the export's hashes do not describe it (use `read_stage`)."""
-    stage = read_stage(stage_dir)
-    if stage.build is not None:
-        raise ValueError(f"{stage_dir} is a `cinema-trt build --runtime ort` folder, not an "
-                         f"export; pass the export folder it was built from "
-                         f"({Path(stage.build['onnx_path']).parent})")
-    return stage.manifest
+    """The manifest of an export or build folder (`stage_dir/manifest.json`); a manifest of
+    an older cinema-trt is refused with the command that remakes its folder."""
+    path = Path(stage_dir) / MANIFEST_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {stage_dir} is not a complete export or "
+                                f"build (run `cinema-trt export`, then `cinema-trt build`)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); remake the folder") from None
+    version = data.get("version", data.get("format_version"))
+    if version != MANIFEST_VERSION or "format_version" in data:
+        raise ValueError(f"{path}: manifest version {version!r} was written by another "
+                         f"cinema-trt (this one reads {MANIFEST_VERSION}); remake it with:\n"
+                         f"  {_remake_command(data, Path(stage_dir))}")
+    try:
+        return Manifest.from_dict(data)
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{path}: not a manifest of this cinema-trt ({error}); remake it "
+                         f"with:\n  {_remake_command(data, Path(stage_dir))}") from None
+
+
+def _remake_command(data: dict[str, Any], stage_dir: Path) -> str:
+    """The command that writes `stage_dir` again: a build's own rebuild command, else the
+    export command of its preset, stage and precision."""
+    for record in (data.get("build") or {}, data):  # nested now; top-level in old engines
+        if "rebuild_command" in record:
+            return record["rebuild_command"]
+    dtype = {"float16": "fp16", "bfloat16": "bf16"}.get(data.get("compute_dtype", ""), "fp32")
+    fp8 = " --fp8" if data.get("precision") == "fp8" else ""
+    return (f"cinema-trt export --preset {data.get('preset', 'PRESET')} --out "
+            f"{stage_dir.parent} --dtype {dtype}{fp8} --stages "
+            f"{data.get('stage', stage_dir.name)}")
 
 
 @dataclass(frozen=True)
@@ -217,6 +229,10 @@ def check_export(stage_dir: str | os.PathLike,
 
     stage_dir = Path(stage_dir)
     manifest = read_manifest(stage_dir)
+    if manifest.build is not None:  # its graph is not the exported one the hashes describe
+        raise ValueError(f"{stage_dir} is a `cinema-trt build` folder "
+                         f"({manifest.build.runtime}), not an export; pass the export folder "
+                         f"it was built from ({Path(manifest.build.onnx_path).parent})")
     if not (stage_dir / MODEL_FILE).is_file():
         raise FileNotFoundError(f"{stage_dir}: manifest.json but no {MODEL_FILE}; re-export "
                                 "the stage")

@@ -175,7 +175,7 @@ def check_glue(text_dir: Path, paths: dict[str, Path]) -> None:
     """Each glue file in `paths` must exist and, where the folder's manifest records its
     sha256 (exports from this version on), match it: the graph and its embeddings are one
     model, and a swapped file would give fluent wrong answers."""
-    from .manifest import MANIFEST_FILE, read_stage
+    from .manifest import MANIFEST_FILE, read_manifest
 
     for path in paths.values():
         if not path.is_file():
@@ -183,7 +183,7 @@ def check_glue(text_dir: Path, paths: dict[str, Path]) -> None:
                                     f"re-export with --stages mllm_text")
     if not (text_dir / MANIFEST_FILE).is_file():
         return
-    recorded = read_stage(text_dir).manifest.sidecars
+    recorded = read_manifest(text_dir).sidecars
     for name, path in paths.items():
         if name in recorded and sha256_file(path) != recorded[name]:
             raise ValueError(f"{path} does not match the sha256 that {text_dir} recorded at "

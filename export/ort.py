@@ -4,7 +4,8 @@
 dims) before ONNX Runtime sees it, so a wrong tensor fails with the stage and tensor named
 instead of an ORT shape error deep inside the graph. `ort_runners` opens a whole export
 folder, or the output of `cinema-trt build --runtime ort` (graphs optimized ahead of time,
-same layout; see `read_stage`), so `CinemaPipeline` runs entirely on ONNX Runtime.
+same layout, its manifest the export's plus `build`), so `CinemaPipeline` runs entirely on
+ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.runner import Runner, Tensors
 from cinema_trt.models.stages import SPLIT_GRAPHS, SPLIT_STAGES
 
-from .manifest import MANIFEST_FILE, MODEL_FILE, Manifest, StageFolder, read_stage
+from .manifest import MANIFEST_FILE, MODEL_FILE, BuildRecord, Manifest, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -70,23 +71,27 @@ def available_providers(requested: Sequence[str] | None = None) -> list[str]:
     return list(requested)
 
 
-def _check_build(stage: StageFolder, version: str) -> None:
-    """A built graph loads only in the ONNX Runtime version that optimized it, the rule
-    engines/manifest.py's `validate_manifest` applies to every engine (ORT itself warns
+def _check_build(path: Path, build: BuildRecord, version: str) -> None:
+    """A build folder ONNX Runtime can run: an ORT build, optimized by this ORT version (the
+    rule engines/manifest.py's `validate_manifest` applies to every engine; ORT itself warns
     that a level-ALL graph belongs to the environment that optimized it)."""
-    build = stage.build or {}  # called for build folders only
-    built = build.get("runtime_version")
-    if built != version:
-        raise ValueError(f"{stage.path}: optimized by ONNX Runtime {built} but this process "
-                         f"has {version}; saved optimized graphs may use that version's "
-                         f"fused ops. Rebuild it here with:\n  {build.get('rebuild_command')}")
+    if build.runtime != "onnxruntime":
+        raise ValueError(f"{path} is a {build.runtime} engine, which ONNX Runtime cannot "
+                         f"run; point at the export folder or a `cinema-trt build --runtime "
+                         f"ort` folder (TensorRT engines load with "
+                         f"cinema_trt.engines.trt_runtime.tensorrt_runners)")
+    if build.runtime_version != version:
+        raise ValueError(f"{path}: optimized by ONNX Runtime {build.runtime_version} but this "
+                         f"process has {version}; saved optimized graphs may use that "
+                         f"version's fused ops. Rebuild it here with:\n  "
+                         f"{build.rebuild_command}")
 
 
 class OrtRunner:
     """Runs a stage folder's graph with ONNX Runtime; torch tensors in and out.
 
     The folder is an export (`model.onnx`) or a `build --runtime ort` output (its optimized
-    graph); either way the exporter's manifest describes the I/O (see `read_stage`).
+    graph); either way its manifest (the export's record) describes the I/O.
     Inputs may live on any device; they are copied to host memory (numpy) and the outputs
     come back as CPU tensors. That copy is the price of a runtime-agnostic interface; the
     zero-copy GPU path is the TensorRT runner in engines/.
@@ -99,13 +104,11 @@ class OrtRunner:
         import onnxruntime as ort
 
         self.stage_dir = Path(stage_dir)
-        stage = (read_stage(self.stage_dir) if manifest is None
-                 else StageFolder(self.stage_dir, manifest, MODEL_FILE))
-        if stage.build is not None:
-            _check_build(stage, ort.__version__)
+        self.manifest: Manifest = manifest or read_manifest(self.stage_dir)
+        if self.manifest.build is not None:
+            _check_build(self.stage_dir, self.manifest.build, ort.__version__)
             providers = BUILT_PROVIDERS if providers is None else providers
-        self.manifest: Manifest = stage.manifest
-        self.model_path = stage.model_path
+        self.model_path = self.stage_dir / self.manifest.model_file
         if not self.model_path.is_file():
             raise FileNotFoundError(f"{self.model_path} is missing beside its manifest; "
                                     f"re-export (or rebuild) the stage")
@@ -184,11 +187,11 @@ def ort_runners(export_dir: str | os.PathLike, providers: Sequence[str] | None =
     if not export_dir.is_dir():
         raise FileNotFoundError(f"folder {export_dir} does not exist; run `cinema-trt export "
                                 f"--out {export_dir}` (or `cinema-trt build --runtime ort`)")
-    found = {stage.manifest.stage: stage for stage in
-             (read_stage(p.parent) for p in sorted(export_dir.glob(f"*/{MANIFEST_FILE}")))}
+    found = {read_manifest(p.parent).stage: p.parent
+             for p in sorted(export_dir.glob(f"*/{MANIFEST_FILE}"))}
 
     def runner(name: str) -> OrtRunner:
-        return OrtRunner(found[name].path, providers, threads)
+        return OrtRunner(found[name], providers, threads)
 
     runners: dict[str, Runner] = {s: runner(s) for s in found if s not in SPLIT_GRAPHS}
     for stage in SPLIT_STAGES:
@@ -196,7 +199,7 @@ def ort_runners(export_dir: str | os.PathLike, providers: Sequence[str] | None =
             from .mllm_split import composed_mllm_runner
 
             vision, text = (runner(graph) for graph in stage.graphs)
-            runners[stage.name] = composed_mllm_runner(vision, text, found[stage.glue].path,
+            runners[stage.name] = composed_mllm_runner(vision, text, found[stage.glue],
                                                        embeddings)
     if not runners:
         raise FileNotFoundError(f"no exported stages (<stage>/{MODEL_FILE} + {MANIFEST_FILE}) "

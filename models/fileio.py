@@ -4,7 +4,7 @@ Every artifact the toolkit writes (checkpoints, configs, manifests, engines, sta
 through `atomic_write` (or `atomic_path`, for a library that writes the file itself), so a
 crash or Ctrl-C leaves either the old file or the new one; and every cache or integrity
 check hashes files with `sha256_file` / `sha256_files`, and an ONNX graph with
-`onnx_sha256`: export manifests, engine manifests, ORT builds, serving's verification and
+`onnx_sha256`: manifests (exports and builds), serving's verification and
 the benchmark's export cache all key on that one hash.
 """
 

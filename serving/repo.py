@@ -17,7 +17,6 @@ The repository is assembled in a sibling folder and renamed into place when comp
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -192,13 +191,13 @@ def _plans_need_python(artifacts: Path | None, folders: tuple[str, ...]) -> bool
     """Whether the stage's engines were built by a TensorRT backend that Triton has no
     native backend for (engines/backends.py `triton_backend`: TensorRT-RTX)."""
     from cinema_trt.engines.backends import BACKENDS
-    from cinema_trt.engines.manifest import MANIFEST_FILE
+    from cinema_trt.export.manifest import MANIFEST_FILE, read_manifest
 
     for folder in folders:
-        path = artifacts / folder / MANIFEST_FILE if artifacts is not None else None
-        if path is not None and path.is_file():
-            # only the backend's name: the runner validates the whole manifest at load
-            backend = BACKENDS.get(json.loads(path.read_text()).get("runtime", ""))
+        if artifacts is not None and (artifacts / folder / MANIFEST_FILE).is_file():
+            # only the backend's name: the runner validates the build at load
+            build = read_manifest(artifacts / folder).build
+            backend = BACKENDS.get(build.runtime) if build else None
             return backend is not None and backend.triton_backend == "python"
     return False
 

@@ -208,3 +208,30 @@ def bf16_export(tiny_exports):
     """(export folder, {stage: ExportResult}): every tiny stage in bf16 (opset 22, whose
     Conv takes bfloat16)."""
     return tiny_exports.folder(dtype="bf16")
+
+
+@pytest.fixture(scope="session")
+def stage_manifest():
+    """`write(stage_dir, config, stage=..., **fields) -> Manifest`: the exporter's manifest
+    for a graph a test made by hand (or no graph at all). A build reads what an export is
+    (spec, precision, compute dtype) from its manifest instead of re-deriving it from the
+    graph, so a hand-made graph states it the way an export would."""
+    from cinema_trt.export.manifest import Manifest, Precision, write_manifest
+    from cinema_trt.models.fileio import onnx_sha256
+    from cinema_trt.models.specs import stage_specs
+
+    def write(stage_dir: Path, config, stage: str | None = None, **fields) -> Manifest:
+        stage = stage or Path(stage_dir).name
+        graph = Path(stage_dir) / "model.onnx"
+        defaults = dict(stage=stage, preset=config.name, opset=20, precision="fp32",
+                        source_sha256="0" * 64, versions={}, config=config.to_dict(),
+                        **Manifest.io_from_spec(stage_specs(config)[stage]))
+        if "onnx_sha256" not in fields:
+            defaults["onnx_sha256"] = onnx_sha256(graph) if graph.is_file() else "0" * 64
+        merged = {**defaults, **fields}
+        manifest = Manifest(**{**merged, "precision": Precision.parse(merged["precision"])})
+        Path(stage_dir).mkdir(parents=True, exist_ok=True)
+        write_manifest(manifest, stage_dir)
+        return manifest
+
+    return write

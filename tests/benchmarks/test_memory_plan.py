@@ -147,6 +147,7 @@ def test_tiny_end_to_end_reads_the_builders_figures(tmp_path, require):
     """Exports at two depths, TensorRT-RTX builds, manifest figures -> plan (~1.5 min)."""
     require("tensorrt_rtx", 'pip install -e ".[test]"')
     from cinema_trt.benchmarks.memory_run import MemoryPlanConfig, plan_stages
+    from cinema_trt.export.manifest import read_manifest
 
     settings = MemoryPlanConfig(preset="tiny", plans=("fp16",), cache_dir=tmp_path)
     plans, notes = plan_stages(settings, "fp16")
@@ -158,8 +159,7 @@ def test_tiny_end_to_end_reads_the_builders_figures(tmp_path, require):
     assert dit.measured[2].activation > 0
     assert sorted(stages["vae_decoder"].measured) == [0]
     engines = tmp_path / "engines-depth2-fp16"
-    assert json.loads((engines / "dit" / "manifest.json").read_text())["runtime"] == \
-        "tensorrt-rtx"
+    assert read_manifest(engines / "dit").build.runtime == "tensorrt-rtx"
 
 
 def test_cli_refuses_fp8_on_sm80_in_one_line_before_exporting(tmp_path, caplog):

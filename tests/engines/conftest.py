@@ -34,14 +34,13 @@ class TinyConnector(nn.Module):
         return self.proj(torch.tanh(pooled))  # (B, Q, out_dim)
 
 
-def export_connector(module: nn.Module, folder: Path, config, dtype: str = "fp32") -> Path:
+def export_connector(module: nn.Module, folder: Path, config, stage_manifest,
+                     dtype: str = "fp32") -> Path:
     """Export `module` as `<folder>/connector/model.onnx` + the exporter's manifest, computing
     in `dtype` behind float32 I/O (export/dtype.py)."""
     from torch.export import Dim
 
     from cinema_trt.export.dtype import cast_module
-    from cinema_trt.export.manifest import Manifest, write_manifest
-    from cinema_trt.models.fileio import onnx_sha256
     from cinema_trt.models.precision import compute_dtype, parse_dtype
 
     precision = parse_dtype(dtype)
@@ -57,12 +56,7 @@ def export_connector(module: nn.Module, folder: Path, config, dtype: str = "fp32
     torch.onnx.export(module, (hidden, mask), str(onnx_path), dynamo=True,
                       input_names=list(spec.input_names), output_names=list(spec.output_names),
                       dynamic_shapes={"hidden_states": {1: seq}, "attention_mask": {1: seq}})
-    manifest = Manifest(stage="connector", preset=config.name, opset=20,
-                        precision=precision, compute_dtype=compute_dtype(precision),
-                        **Manifest.io_from_spec(spec),
-                        source_sha256="0" * 64, onnx_sha256=onnx_sha256(onnx_path),
-                        versions={"torch": torch.__version__}, config=config.to_dict())
-    write_manifest(manifest, stage_dir)
+    stage_manifest(stage_dir, config, precision=precision, compute_dtype=compute_dtype(precision))
     return onnx_path
 
 
@@ -72,22 +66,22 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
-def connector_export(tmp_path_factory, tiny):
+def connector_export(tmp_path_factory, tiny, stage_manifest):
     """(export folder, torch module): the tiny connector exported once per session."""
     torch.manual_seed(0)
     module = TinyConnector(tiny.aligner.in_dim, tiny.aligner.num_queries,
                            tiny.aligner.out_dim).eval()
     folder = tmp_path_factory.mktemp("onnx")
-    export_connector(module, folder, tiny)
+    export_connector(module, folder, tiny, stage_manifest)
     return folder, module
 
 
 @pytest.fixture(scope="session")
-def connector_export_fp16(tmp_path_factory, connector_export, tiny):
+def connector_export_fp16(tmp_path_factory, connector_export, tiny, stage_manifest):
     """(export folder, fp32 torch module): the same connector exported with --dtype fp16,
     the graph TensorRT 10 and 11 both build as an fp16 engine (strongly typed)."""
     folder = tmp_path_factory.mktemp("onnx_fp16")
-    export_connector(connector_export[1], folder, tiny, dtype="fp16")
+    export_connector(connector_export[1], folder, tiny, stage_manifest, dtype="fp16")
     return folder, connector_export[1]
 
 
@@ -111,14 +105,13 @@ def fp8_connector_reference(weights: dict[str, torch.Tensor], hidden_states: tor
     return fake_fp8(pooled, FP8_SCALE_X) @ fake_fp8(weights["proj"], FP8_SCALE_W)
 
 
-def export_fp8_connector(folder: Path, config, seed: int = 0) -> dict[str, torch.Tensor]:
+def export_fp8_connector(folder: Path, config, stage_manifest,
+                         seed: int = 0) -> dict[str, torch.Tensor]:
     """`<folder>/connector/model.onnx` with FP8 Q/DQ on the token and output matmuls, written
     with onnx.helper in the exporter's layout; returns the weights."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from cinema_trt.export.manifest import Manifest, Precision, write_manifest
-    from cinema_trt.models.fileio import onnx_sha256
 
     a = config.aligner
     generator = torch.Generator().manual_seed(seed)
@@ -163,19 +156,14 @@ def export_fp8_connector(folder: Path, config, seed: int = 0) -> dict[str, torch
     stage_dir = folder / "connector"
     stage_dir.mkdir(parents=True)
     onnx.save(model, str(stage_dir / "model.onnx"))
-    spec = stage_specs(config)["connector"]
-    write_manifest(Manifest(stage="connector", preset=config.name, opset=19,
-                            precision=Precision.FP8, **Manifest.io_from_spec(spec),
-                            source_sha256="0" * 64,
-                            onnx_sha256=onnx_sha256(stage_dir / "model.onnx"),
-                            versions={"onnx": onnx.__version__}, config=config.to_dict()),
-                   stage_dir)
+    # fp32 outside the Q/DQ pairs (the default compute dtype)
+    stage_manifest(stage_dir, config, opset=19, precision="fp8")
     return weights
 
 
 @pytest.fixture(scope="session")
-def fp8_connector_graph(tmp_path_factory, tiny):
+def fp8_connector_graph(tmp_path_factory, tiny, stage_manifest):
     """(folder, weights, reference function) of the hand-written FP8 Q/DQ connector graph
     (not the exporter's FP8 export, which is the root conftest's `fp8_export`)."""
     folder = tmp_path_factory.mktemp("onnx_fp8")
-    return folder, export_fp8_connector(folder, tiny), fp8_connector_reference
+    return folder, export_fp8_connector(folder, tiny, stage_manifest), fp8_connector_reference

@@ -3,6 +3,8 @@ TensorRT-RTX engine meets on load, and the plugin check. No builder needed."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from cinema_trt.engines.artifacts import check_backend_graph
@@ -16,12 +18,13 @@ from cinema_trt.engines.backends import (
 )
 from cinema_trt.engines.config import BuildConfig, OnnxGraphInfo, weak_typing_available
 from cinema_trt.engines.manifest import (
-    EngineManifest,
     EngineMismatchError,
     RuntimeInfo,
     rebuild_command,
     validate_manifest,
 )
+from cinema_trt.engines.stages import ExportedStage
+from cinema_trt.export.manifest import BuildRecord
 from cinema_trt.models.presets import get_preset
 
 RTX_VERSION = "1.7.1.116"
@@ -88,47 +91,56 @@ def test_bad_target_spelling_is_refused():
     assert sm_name("12.0") == "sm120"
 
 
-def _rtx_manifest() -> EngineManifest:
-    return EngineManifest(
-        stage="dit", runtime="tensorrt-rtx", runtime_version=RTX_VERSION, precision="fp16",
-        build_config={}, profiles={}, inputs=[], outputs=[], onnx_path="onnx16/dit/model.onnx",
-        onnx_sha256="a" * 64, plan_file="model.plan", plan_sha256="b" * 64, cache_key="k" * 64,
-        rebuild_command=RTX_COMMAND, targets=["sm89", "sm120"])
+@pytest.fixture
+def rtx_manifest(stage_manifest, tmp_path):
+    build = BuildRecord(
+        runtime="tensorrt-rtx", runtime_version=RTX_VERSION, precision="fp16", build_config={},
+        profiles={}, onnx_path="onnx16/dit/model.onnx", plan_file="model.plan",
+        plan_sha256="b" * 64, cache_key="k" * 64, rebuild_command=RTX_COMMAND,
+        targets=["sm89", "sm120"])
+    export = stage_manifest(tmp_path / "dit", get_preset("tiny"), precision="fp16",
+                            compute_dtype="float16")
+    return dataclasses.replace(export, build=build)
 
 
-def test_rtx_engine_loads_on_a_gpu_among_its_targets():
-    validate_manifest(_rtx_manifest(), RuntimeInfo("tensorrt-rtx", RTX_VERSION,
-                                                   "NVIDIA GeForce RTX 4090", "8.9"))
-    validate_manifest(_rtx_manifest(), RuntimeInfo("tensorrt-rtx", RTX_VERSION,
-                                                   "NVIDIA RTX PRO 6000", "12.0"))
+def test_rtx_engine_loads_on_a_gpu_among_its_targets(rtx_manifest):
+    validate_manifest(rtx_manifest, RuntimeInfo("tensorrt-rtx", RTX_VERSION,
+                                                "NVIDIA GeForce RTX 4090", "8.9"))
+    validate_manifest(rtx_manifest, RuntimeInfo("tensorrt-rtx", RTX_VERSION,
+                                                "NVIDIA RTX PRO 6000", "12.0"))
 
 
-def test_rtx_engine_on_a_gpu_outside_its_targets_is_refused_with_the_rebuild_command():
+def test_rtx_engine_on_a_gpu_outside_its_targets_is_refused_with_the_rebuild_command(
+        rtx_manifest):
     with pytest.raises(EngineMismatchError) as error:
-        validate_manifest(_rtx_manifest(), RuntimeInfo("tensorrt-rtx", RTX_VERSION,
-                                                       "NVIDIA RTX A6000", "8.6"))
+        validate_manifest(rtx_manifest, RuntimeInfo("tensorrt-rtx", RTX_VERSION,
+                                                    "NVIDIA RTX A6000", "8.6"))
     message = str(error.value)
     assert "sm89, sm120" in message and "NVIDIA RTX A6000, is sm86" in message
     assert "--runtime tensorrt-rtx --targets sm89,sm120" in message
     assert "with sm86 added to --targets" in message
 
 
-def test_rtx_engine_in_another_backend_or_version_is_refused():
+def test_rtx_engine_in_another_backend_or_version_is_refused(rtx_manifest):
     with pytest.raises(EngineMismatchError, match="built for tensorrt-rtx, not tensorrt"):
-        validate_manifest(_rtx_manifest(), RuntimeInfo("tensorrt", "10.13.0", "H100", "9.0"))
+        validate_manifest(rtx_manifest, RuntimeInfo("tensorrt", "10.13.0", "H100", "9.0"))
     with pytest.raises(EngineMismatchError, match="TensorRT-RTX 1.7.1.116 but this process "
                                                   "has TensorRT-RTX 1.8.0"):
-        validate_manifest(_rtx_manifest(), RuntimeInfo("tensorrt-rtx", "1.8.0", "x", "8.9"))
+        validate_manifest(rtx_manifest, RuntimeInfo("tensorrt-rtx", "1.8.0", "x", "8.9"))
 
 
-def test_plugin_graph_is_refused_for_tensorrt_rtx_with_the_export_command(tmp_path):
+def test_plugin_graph_is_refused_for_tensorrt_rtx_with_the_export_command(tmp_path,
+                                                                          stage_manifest):
     graph = OnnxGraphInfo(False, frozenset(), frozenset({"float16"}),
                           trt_plugins=frozenset({"triton_attention"}))
-    onnx_path = tmp_path / "onnx" / "dit" / "model.onnx"
+    folder = tmp_path / "onnx" / "dit"
+    # the export command repeats the export's --dtype, read from its manifest
+    stage = ExportedStage(folder, stage_manifest(folder, get_preset("tiny"), precision="fp16",
+                                                 compute_dtype="float16"))
     with pytest.raises(ValueError, match=rf"no Python plugins.*cinema-trt export --preset tiny "
                                          rf"--out {tmp_path / 'onnx'} --dtype fp16 --stages dit"):
-        check_backend_graph(graph, "tensorrt-rtx", onnx_path, get_preset("tiny"))
-    check_backend_graph(graph, "tensorrt", onnx_path, get_preset("tiny"))  # TensorRT has them
+        check_backend_graph(stage, graph, "tensorrt-rtx")
+    check_backend_graph(stage, graph, "tensorrt")  # TensorRT has them
 
 
 def test_plugin_version_check_knows_tensorrt_rtx_has_no_plugins():

@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from cinema_trt.cli import main as cli_main
-from cinema_trt.engines.manifest import read_manifest
+from cinema_trt.export.manifest import read_manifest
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -28,7 +28,7 @@ def test_build_ort_writes_one_model_and_manifest_per_stage(main, connector_expor
     code = main(["build", "--onnx", str(onnx_dir), "--out", str(out), "--precision", "fp32",
                  "--profile", str(profile), "--runtime", "ort"])
     assert code == 0
-    manifest = read_manifest(out / "connector")
+    manifest = read_manifest(out / "connector").build
     assert (out / "connector" / manifest.plan_file).is_file()
     assert manifest.profiles["attention_mask"]["max"] == [1, 128]
     assert f"--profile {profile}" in manifest.rebuild_command

@@ -1,4 +1,6 @@
-"""Build config -> TensorRT flags (as names), strong typing derived from the ONNX graph."""
+"""Build config -> TensorRT flags (as names), strong typing derived from the export: the
+compute dtype its manifest records (passed here as the exporter would record it for each
+hand-made graph) and the graph's Q/DQ nodes."""
 
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def test_plain_graph_is_weakly_typed_and_precision_picks_the_flag(tmp_path):
     assert graph.inputs == {"x": "float32"} and graph.outputs == {"y": "float32"}
     expected = {Precision.FP32: [], Precision.FP16: ["FP16"], Precision.BF16: ["BF16"]}
     for precision, flags in expected.items():
-        config = resolve_build_config(BuildConfig(precision=precision), graph)
+        config = resolve_build_config(BuildConfig(precision=precision), graph, "float32")
         assert not config.strongly_typed
         assert network_flags(config) == []
         assert trt_flags(config) == flags
@@ -63,7 +65,7 @@ def test_qdq_graph_is_strongly_typed_without_precision_flags(tmp_path, kind, qdq
                                        weight_dtype=np.float16))
     assert graph.has_qdq and graph.qdq_types == {qdq_type}
     precision = Precision.FP8 if kind == "fp8" else Precision.FP16
-    config = resolve_build_config(BuildConfig(precision=precision), graph)
+    config = resolve_build_config(BuildConfig(precision=precision), graph, "float16")
     assert config.strongly_typed
     assert network_flags(config) == ["STRONGLY_TYPED"]
     # a strongly typed network takes its types from the graph: no FP16/BF16/FP8 flags
@@ -73,49 +75,50 @@ def test_qdq_graph_is_strongly_typed_without_precision_flags(tmp_path, kind, qdq
 def test_fp8_needs_an_fp8_qdq_graph(tmp_path):
     plain = inspect_onnx(_matmul_graph(tmp_path / "plain.onnx"))
     with pytest.raises(ValueError, match="precision=fp8 needs an ONNX graph with FP8"):
-        resolve_build_config(BuildConfig(precision="fp8"), plain)
+        resolve_build_config(BuildConfig(precision="fp8"), plain, "float32")
     int8 = inspect_onnx(_matmul_graph(tmp_path / "int8.onnx", qdq="int8"))
     with pytest.raises(ValueError, match=r"found Q/DQ types \['int8'\]"):
-        resolve_build_config(BuildConfig(precision="fp8"), int8)
+        resolve_build_config(BuildConfig(precision="fp8"), int8, "float32")
 
 
 def test_fp8_graph_must_be_built_as_fp8(tmp_path):
     graph = inspect_onnx(_matmul_graph(tmp_path / "fp8.onnx", qdq="fp8"))
     with pytest.raises(ValueError, match="build it with --precision fp8"):
-        resolve_build_config(BuildConfig(precision="fp32"), graph)
+        resolve_build_config(BuildConfig(precision="fp32"), graph, "float32")
 
 
 def test_fp16_on_a_strongly_typed_float32_graph_is_refused(tmp_path):
     graph = inspect_onnx(_matmul_graph(tmp_path / "int8.onnx", qdq="int8"))
     with pytest.raises(ValueError, match="precision=fp16 has no effect on this float32 graph"
                                          r".*Q/DQ nodes.*export --dtype fp16"):
-        resolve_build_config(BuildConfig(precision="fp16"), graph)
+        resolve_build_config(BuildConfig(precision="fp16"), graph, "float32")
 
 
 def test_half_graph_builds_strongly_typed_in_its_own_type(tmp_path):
     """An export with --dtype fp16 states its types: no builder flags, precision must
     agree, and the answer is the same with or without weak typing (TensorRT 10 or 11)."""
     graph = inspect_onnx(_matmul_graph(tmp_path / "half.onnx", weight_dtype=np.float16))
-    assert graph.compute_type == "float16"
     for weak_typing in (True, False):
-        config = resolve_build_config(BuildConfig(precision="fp16"), graph, weak_typing)
+        config = resolve_build_config(BuildConfig(precision="fp16"), graph, "float16",
+                                      weak_typing)
         assert config.strongly_typed
         assert network_flags(config) == ["STRONGLY_TYPED"] and trt_flags(config) == []
     for other in ("fp32", "bf16"):
-        with pytest.raises(ValueError, match=f"precision={other} does not match the graph, "
+        with pytest.raises(ValueError, match=f"precision={other} does not match the export, "
                                              r"which computes in float16.*--precision fp16"):
-            resolve_build_config(BuildConfig(precision=other), graph)
+            resolve_build_config(BuildConfig(precision=other), graph, "float16")
 
 
 def test_without_weak_typing_an_fp32_graph_builds_only_fp32(tmp_path):
     """TensorRT 11 removed BuilderFlag.FP16/BF16: an fp32 graph is strongly typed there,
     so fp16 must come from the export."""
     graph = inspect_onnx(_matmul_graph(tmp_path / "plain.onnx"))
-    config = resolve_build_config(BuildConfig(precision="fp32"), graph, weak_typing=False)
+    config = resolve_build_config(BuildConfig(precision="fp32"), graph, "float32",
+                                  weak_typing=False)
     assert config.strongly_typed and trt_flags(config) == []
     with pytest.raises(ValueError, match=r"TensorRT >= 11 and TensorRT-RTX build nothing else.*"
                                          r"export --dtype bf16"):
-        resolve_build_config(BuildConfig(precision="bf16"), graph, weak_typing=False)
+        resolve_build_config(BuildConfig(precision="bf16"), graph, "float32", weak_typing=False)
 
 
 def test_weak_typing_is_tensorrt_10_only():
@@ -128,11 +131,12 @@ def test_fp8_graph_in_half_precision_is_fp8(tmp_path):
     """An FP8 export with --dtype fp16: Q/DQ types from the FP8 weights' DequantizeLinear
     (a two-input DQ, no zero point) too, and fp8 is the only precision that builds it."""
     graph = inspect_onnx(_fp8_weight_graph(tmp_path / "fp8w.onnx"))
-    assert graph.qdq_types == {"float8e4m3fn"} and graph.compute_type == "float16"
-    config = resolve_build_config(BuildConfig(precision="fp8"), graph, weak_typing=False)
+    assert graph.qdq_types == {"float8e4m3fn"}
+    config = resolve_build_config(BuildConfig(precision="fp8"), graph, "float16",
+                                  weak_typing=False)
     assert config.strongly_typed and trt_flags(config) == []
     with pytest.raises(ValueError, match="build it with --precision fp8"):
-        resolve_build_config(BuildConfig(precision="fp16"), graph)
+        resolve_build_config(BuildConfig(precision="fp16"), graph, "float16")
 
 
 def _fp8_weight_graph(path) -> str:
@@ -156,7 +160,8 @@ def _fp8_weight_graph(path) -> str:
 
 def test_weight_streaming_forces_strong_typing(tmp_path):
     graph = inspect_onnx(_matmul_graph(tmp_path / "plain.onnx"))
-    config = resolve_build_config(BuildConfig(precision="fp32", weight_streaming=True), graph)
+    config = resolve_build_config(BuildConfig(precision="fp32", weight_streaming=True), graph,
+                                  "float32")
     assert config.strongly_typed
     assert trt_flags(config) == ["WEIGHT_STREAMING"]
     with pytest.raises(ValueError, match="weight streaming needs a strongly typed network"):

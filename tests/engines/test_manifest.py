@@ -1,4 +1,5 @@
-"""Manifests: atomic writes, honest cache keys, refusal of foreign engines with a fix."""
+"""Build manifests: one schema with exports, atomic writes, honest cache keys, refusal of
+foreign engines and of old manifests with the command that remakes them."""
 
 from __future__ import annotations
 
@@ -11,18 +12,18 @@ import pytest
 
 from cinema_trt.engines.config import BuildConfig, Precision
 from cinema_trt.engines.manifest import (
-    EngineManifest,
     EngineMismatchError,
     RuntimeInfo,
     cache_key,
     cached_engine,
-    read_manifest,
     rebuild_command,
     sha256_file,
     validate_manifest,
     verify_plan,
-    write_manifest,
 )
+from cinema_trt.export.manifest import BuildRecord, Manifest, read_manifest, write_manifest
+from cinema_trt.models.presets import get_preset
+from cinema_trt.models.specs import stage_specs
 
 H100 = RuntimeInfo("tensorrt", "10.3.0", "NVIDIA H100 80GB HBM3", "9.0")
 PROFILES = {"latents": ((1, 16, 2, 8, 8), (2, 16, 2, 8, 8), (2, 16, 3, 8, 8))}
@@ -30,21 +31,26 @@ COMMAND = rebuild_command("exported", "engines", BuildConfig(precision=Precision
                           ("dit",), "profiles.yaml")
 
 
-def _manifest(folder, runtime=H100, plan_bytes=b"plan bytes") -> EngineManifest:
+def _manifest(folder, runtime=H100, plan_bytes=b"plan bytes") -> Manifest:
+    """The tiny DiT's export record with an fp16 engine's build record."""
     plan = folder / "model.plan"
     plan.write_bytes(plan_bytes)
-    manifest = EngineManifest(
-        stage="dit", runtime=runtime.runtime, runtime_version=runtime.version,
+    build = BuildRecord(
+        runtime=runtime.runtime, runtime_version=runtime.version,
         precision="fp16", build_config=BuildConfig().to_dict(),
         profiles={"latents": {"min": [1, 16, 2, 8, 8], "opt": [2, 16, 2, 8, 8],
                               "max": [2, 16, 3, 8, 8]}},
-        inputs=[{"name": "latents", "dtype": "float32",
-                 "dims": ["batch", 16, "lframes", "lheight", "lwidth"]}],
-        outputs=[], onnx_path="exported/dit/model.onnx", onnx_sha256="a" * 64,
-        plan_file=plan.name, plan_sha256=sha256_file(plan), cache_key="k" * 64,
-        rebuild_command=COMMAND, gpu_name=runtime.gpu_name,
-        compute_capability=runtime.compute_capability, targets=["sm90"])
-    write_manifest(folder, manifest)
+        onnx_path="exported/dit/model.onnx", plan_file=plan.name,
+        plan_sha256=sha256_file(plan), cache_key="k" * 64, rebuild_command=COMMAND,
+        gpu_name=runtime.gpu_name, compute_capability=runtime.compute_capability,
+        targets=["sm90"])
+    tiny = get_preset("tiny")
+    manifest = Manifest(stage="dit", preset="tiny", opset=20, precision=Precision.FP16,
+                        compute_dtype="float16", source_sha256="0" * 64,
+                        onnx_sha256="a" * 64, versions={},
+                        config=json.loads(json.dumps(tiny.to_dict())),  # as stored
+                        build=build, **Manifest.io_from_spec(stage_specs(tiny)["dit"]))
+    write_manifest(manifest, folder)
     return manifest
 
 
@@ -53,9 +59,32 @@ def test_write_read_round_trip_leaves_no_temporary_files(tmp_path):
     assert read_manifest(tmp_path) == manifest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "model.plan"]
     data = json.loads((tmp_path / "manifest.json").read_text())
-    for key in ("runtime_version", "gpu_name", "compute_capability", "precision", "profiles",
-                "inputs", "outputs", "onnx_sha256", "cache_key", "plan_sha256"):
+    # one record: the export's fields, and how it was built nested under "build"
+    for key in ("stage", "inputs", "outputs", "compute_dtype", "config", "onnx_sha256"):
         assert key in data
+    for key in ("runtime_version", "gpu_name", "compute_capability", "precision", "profiles",
+                "cache_key", "plan_sha256", "rebuild_command"):
+        assert key in data["build"]
+
+
+def test_an_engine_manifest_of_the_old_format_is_refused_with_its_rebuild_command(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"format_version": 2, "stage": "dit", "runtime": "tensorrt",
+         "rebuild_command": COMMAND}))
+    with pytest.raises(ValueError, match="manifest version 2 was written by another") as error:
+        read_manifest(tmp_path)
+    assert str(error.value).endswith(f"remake it with:\n  {COMMAND}")
+
+
+def test_an_export_manifest_of_the_old_format_is_refused_with_its_export_command(tmp_path):
+    (tmp_path / "dit").mkdir()
+    (tmp_path / "dit" / "manifest.json").write_text(json.dumps(
+        {"version": 1, "stage": "dit", "preset": "small", "precision": "fp8",
+         "compute_dtype": "float16"}))
+    with pytest.raises(ValueError, match="manifest version 1 was written by another") as error:
+        read_manifest(tmp_path / "dit")
+    assert str(error.value).endswith(f"cinema-trt export --preset small --out {tmp_path} "
+                                     f"--dtype fp16 --fp8 --stages dit")
 
 
 def test_same_runtime_and_gpu_validates(tmp_path):
@@ -98,32 +127,37 @@ def test_changed_plan_bytes_are_refused(tmp_path):
     (tmp_path / "model.plan").write_bytes(b"plan bytes, edited")
     with pytest.raises(EngineMismatchError, match="does not match the manifest"):
         verify_plan(tmp_path, manifest)
-    assert cached_engine(tmp_path, manifest.cache_key) is None
+    assert cached_engine(tmp_path, manifest.build.cache_key) is None
 
 
 def test_cached_engine_needs_the_same_key(tmp_path):
     manifest = _manifest(tmp_path)
-    assert cached_engine(tmp_path, manifest.cache_key) == tmp_path / "model.plan"
+    assert cached_engine(tmp_path, manifest.build.cache_key) == tmp_path / "model.plan"
     assert cached_engine(tmp_path, "other") is None
-    assert cached_engine(tmp_path / "missing", manifest.cache_key) is None
+    assert cached_engine(tmp_path / "missing", manifest.build.cache_key) is None
 
 
 def test_corrupt_manifest_reads_as_a_clear_error(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         read_manifest(tmp_path)
-    (tmp_path / "manifest.json").write_text(json.dumps({"stage": "dit"}))
-    with pytest.raises(ValueError, match="missing keys"):
+    (tmp_path / "manifest.json").write_text(json.dumps({"stage": "dit", "version": 2}))
+    with pytest.raises(ValueError, match="not a manifest of this cinema-trt"):
         read_manifest(tmp_path)
 
 
-def test_cache_key_changes_when_any_input_changes():
-    base = dict(stage="dit", onnx_digest="a" * 64, config=BuildConfig(), profiles=PROFILES,
+def test_cache_key_changes_when_any_input_changes(tmp_path):
+    export = dataclasses.replace(_manifest(tmp_path), build=None)
+    base = dict(export=export, onnx_digest="a" * 64, config=BuildConfig(), profiles=PROFILES,
                 runtime=H100)
     key = cache_key(**base)
     wider = {"latents": (PROFILES["latents"][0], PROFILES["latents"][1], (2, 16, 5, 8, 8))}
     variants = {
-        "stage": "vae_decoder", "onnx_digest": "b" * 64, "profiles": wider,
+        # the export record the build's manifest repeats: another stage, or a re-export
+        # that changed only the manifest (its config's sampler defaults, say)
+        "export": [dataclasses.replace(export, stage="vae_decoder"),
+                   dataclasses.replace(export, config={**export.config, "name": "other"})],
+        "onnx_digest": "b" * 64, "profiles": wider,
         "runtime": [dataclasses.replace(H100, version="10.7.0"),
                     dataclasses.replace(H100, compute_capability="8.9")],
         "config": [BuildConfig(precision=Precision.BF16), BuildConfig(workspace_gib=4),

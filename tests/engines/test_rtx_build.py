@@ -10,6 +10,7 @@ are built once per session (~5 s per set on a 2-core CPU) and the tests read tho
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -19,9 +20,9 @@ from onnx import TensorProto, helper
 
 from cinema_trt.cli import main as cli_main
 from cinema_trt.engines.config import BuildConfig, inspect_onnx
-from cinema_trt.engines.manifest import read_manifest
 from cinema_trt.engines.report import LAYERS_FILE, read_layers
 from cinema_trt.engines.stages import BuildRequest, build_stages
+from cinema_trt.export.manifest import read_manifest
 
 TARGETS = ("sm89", "sm120")
 ALL_STAGES = {"mllm_vision", "mllm_text", "connector", "vae_encoder", "dit", "vae_decoder"}
@@ -57,19 +58,24 @@ def rtx_engines(rtx, fp16_export, bf16_export, fp8_fp16_export, tmp_path_factory
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_every_stage_builds_a_plan_report_and_manifest_for_the_targets(rtx_engines, rtx,
                                                                        precision):
-    out, _, plans = rtx_engines[precision]
+    out, export, plans = rtx_engines[precision]
     assert set(plans) == (FP8_STAGES if precision == "fp8" else ALL_STAGES)
     for stage, plan in plans.items():
         manifest = read_manifest(out / stage)
+        # the build folder describes its stage itself (I/O, config, compute dtype): its
+        # manifest is the export's record with `build` filled in
+        assert dataclasses.replace(manifest, build=None) == read_manifest(export / stage)
+        assert manifest.compute_dtype == ("bfloat16" if precision == "bf16" else "float16")
+        build = manifest.build
         assert plan.is_file() and plan.stat().st_size > 0
-        assert (manifest.runtime, manifest.runtime_version) == ("tensorrt-rtx", rtx.__version__)
-        assert manifest.targets == list(TARGETS) and manifest.precision == precision
-        assert manifest.gpu_name is None  # built without a GPU, for targets
-        assert manifest.build_config["strongly_typed"]
-        assert "--runtime tensorrt-rtx --targets sm89,sm120" in manifest.rebuild_command
+        assert (build.runtime, build.runtime_version) == ("tensorrt-rtx", rtx.__version__)
+        assert build.targets == list(TARGETS) and build.precision == precision
+        assert build.gpu_name is None  # built without a GPU, for targets
+        assert build.build_config["strongly_typed"]
+        assert "--runtime tensorrt-rtx --targets sm89,sm120" in build.rebuild_command
         layers = read_layers(out / stage)
-        assert manifest.report["layers_file"] == LAYERS_FILE
-        assert manifest.report["layers"] == len(layers) > 0
+        assert build.report["layers_file"] == LAYERS_FILE
+        assert build.report["layers"] == len(layers) > 0
         assert {"name", "kind", "tactic", "inputs", "outputs", "compute_dtype"} <= set(layers[0])
 
 
@@ -83,7 +89,7 @@ def test_every_attention_is_fused_into_an_mha_kernel(rtx_engines, precision, sta
     Softmax output was also made a graph output (as the next test does), this test failed
     at `unfused == []` with ['node_Softmax_101'] (fused_layers 1 of 2)."""
     out, export, _ = rtx_engines[precision]
-    attention = read_manifest(out / stage).report["attention"]
+    attention = read_manifest(out / stage).build.report["attention"]
     onnx_attention = inspect_onnx(export / stage / "model.onnx").attention_nodes
     assert attention["onnx"] == len(onnx_attention) > 0
     assert attention["unfused"] == []
@@ -105,7 +111,7 @@ def test_attention_that_cannot_fuse_is_reported_unfused(rtx_engines, tmp_path):
                                                             TensorProto.FLOAT16, None))
     onnx.save(model, str(path))
     _build(tmp_path / "onnx", tmp_path / "eng", "fp16", targets=("sm89",))
-    attention = read_manifest(tmp_path / "eng" / "connector").report["attention"]
+    attention = read_manifest(tmp_path / "eng" / "connector").build.report["attention"]
     assert attention["unfused"] == [softmax.name]
     assert attention["fused_layers"] == attention["onnx"] - 1
 
@@ -117,7 +123,7 @@ def test_fp8_linear_layers_compute_in_fp8(rtx_engines, stage):
     engine layer whose activations and weights are FP8."""
     out, export, _ = rtx_engines["fp8"]
     quantized = inspect_onnx(export / stage / "model.onnx").quantized_linears
-    report = read_manifest(out / stage).report["quantized_linears"]
+    report = read_manifest(out / stage).build.report["quantized_linears"]
     assert report["onnx"] == len(quantized) > 0
     assert report["by_precision"] == {"float8e4m3fn": len(quantized)}
     assert report["not_low_precision"] == []
@@ -132,7 +138,7 @@ def test_half_precision_engines_compute_in_their_type(rtx_engines, precision):
     dtype = {"fp16": "float16", "bf16": "bfloat16"}[precision]
     out, _, plans = rtx_engines[precision]
     for stage in plans:
-        by_precision = read_manifest(out / stage).report["by_precision"]
+        by_precision = read_manifest(out / stage).build.report["by_precision"]
         # float32 layers are the casts at the fp32 I/O (and the DiT's timestep embedding)
         assert max(by_precision, key=by_precision.__getitem__) == dtype, (stage, by_precision)
         assert "float8e4m3fn" not in by_precision
@@ -146,14 +152,14 @@ def test_builder_memory_figures_are_recorded(rtx_engines):
     for precision in ("fp16", "fp8"):
         out, export, plans = rtx_engines[precision]
         for stage in FP8_STAGES:
-            memory = read_manifest(out / stage).report["memory"]
+            memory = read_manifest(out / stage).build.report["memory"]
             model = onnx.load(str(export / stage / "model.onnx"))
             weights = sum(len(t.raw_data) for t in model.graph.initializer)
             assert 0.8 <= memory["weights_bytes"] / weights <= 1.25, (precision, stage, memory)
             assert memory["activation_bytes"] > 0 and memory["device_persistent_bytes"] >= 0
     for stage in FP8_STAGES:  # FP8 weights take less memory than fp16 ones
-        fp8 = read_manifest(rtx_engines["fp8"][0] / stage).report["memory"]["weights_bytes"]
-        fp16 = read_manifest(rtx_engines["fp16"][0] / stage).report["memory"]["weights_bytes"]
+        fp8, fp16 = (read_manifest(rtx_engines[p][0] / stage).build.report["memory"]
+                     ["weights_bytes"] for p in ("fp8", "fp16"))
         assert fp8 < fp16, stage
 
 
@@ -164,8 +170,8 @@ def test_unchanged_build_is_reused_and_other_targets_rebuild(rtx_engines, tmp_pa
     _build(export, out, "fp8", stages=("connector",))
     assert plans["connector"].stat().st_mtime_ns == before
     other = _build(export, tmp_path, "fp8", stages=("connector",), targets=("sm120",))
-    assert read_manifest(other["connector"].parent).cache_key != \
-        read_manifest(out / "connector").cache_key
+    assert read_manifest(other["connector"].parent).build.cache_key != \
+        read_manifest(out / "connector").build.cache_key
 
 
 @pytest.fixture
@@ -233,7 +239,7 @@ def test_fp32_graph_builds_fp32_and_half_precision_asks_for_a_half_export(rtx, c
     on it is refused with the export that gives an fp16 engine (it used to reach the
     builder and fail on a missing BuilderFlag.FP16)."""
     plans = _build(connector_export[0], tmp_path / "fp32", "fp32")
-    by_precision = read_manifest(plans["connector"].parent).report["by_precision"]
+    by_precision = read_manifest(plans["connector"].parent).build.report["by_precision"]
     assert max(by_precision, key=by_precision.__getitem__) == "float32"
     with pytest.raises(ValueError, match=r"TensorRT >= 11 and TensorRT-RTX build nothing else.*"
                                          r"cinema-trt export --dtype fp16"):

@@ -51,12 +51,12 @@ def rtx_fp16(this_gpu, fp16_export, tmp_path_factory):
 def _dit_inputs(engine_dir, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random float inputs at the engine's optimal profile shapes (the DiT's are all
     float32: latents, timestep, text_states, ref_latents)."""
-    from cinema_trt.engines.manifest import read_manifest
+    from cinema_trt.export.manifest import read_manifest
 
     manifest = read_manifest(engine_dir)
     generator = torch.Generator().manual_seed(seed)
     return {name: torch.randn(profile["opt"], generator=generator)
-            for name, profile in manifest.profiles.items()}
+            for name, profile in manifest.build.profiles.items()}
 
 
 def _runner(engine_dir, **kwargs):

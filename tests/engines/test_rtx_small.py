@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from cinema_trt.engines.config import BuildConfig, inspect_onnx
-from cinema_trt.engines.manifest import read_manifest
 from cinema_trt.engines.stages import BuildRequest, build_stages
+from cinema_trt.export.manifest import read_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def small_engines(require, tmp_path_factory):
 @pytest.mark.parametrize("stage", STAGES)
 def test_small_attention_is_fused(small_engines, precision, stage):
     onnx_dir, out = small_engines[precision]
-    attention = read_manifest(out / stage).report["attention"]
+    attention = read_manifest(out / stage).build.report["attention"]
     assert attention["onnx"] == len(inspect_onnx(onnx_dir / stage / "model.onnx")
                                     .attention_nodes) > 0
     assert attention["unfused"] == [] and attention["fused_layers"] == attention["onnx"]
@@ -52,9 +52,10 @@ def test_small_attention_is_fused(small_engines, precision, stage):
 def test_small_fp8_linears_compute_in_fp8(small_engines, stage):
     onnx_dir, out = small_engines["fp8"]
     quantized = inspect_onnx(onnx_dir / stage / "model.onnx").quantized_linears
-    report = read_manifest(out / stage).report
+    report = read_manifest(out / stage).build.report
     assert report["quantized_linears"]["by_precision"] == {"float8e4m3fn": len(quantized)} \
         and len(quantized) > 0
     # FP8 weights take less memory than the same stage's fp16 ones
-    fp16 = read_manifest(small_engines["fp16"][1] / stage).report["memory"]["weights_bytes"]
+    fp16 = read_manifest(small_engines["fp16"][1] / stage).build.report["memory"][
+        "weights_bytes"]
     assert report["memory"]["weights_bytes"] < fp16

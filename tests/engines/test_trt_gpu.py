@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from cinema_trt.engines.config import BuildConfig, Precision
-from cinema_trt.engines.manifest import read_manifest
 from cinema_trt.engines.shapes import shapes_from_dict
-from cinema_trt.models.specs import stage_specs
+from cinema_trt.engines.stages import ExportedStage
+from cinema_trt.export.manifest import read_manifest
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None,
@@ -35,9 +35,8 @@ def _inputs(batch: int, seq: int, pad: int = 0, seed: int = 3):
 def _build(onnx_dir, out, tiny, config):
     from cinema_trt.engines.trt_build import build_engine
 
-    return build_engine(onnx_dir / "connector" / "model.onnx", out / "connector",
-                        stage_specs(tiny)["connector"], shapes_from_dict(SEQ, tiny), config,
-                        tiny)
+    return build_engine(ExportedStage.read(onnx_dir / "connector"), out / "connector",
+                        shapes_from_dict(SEQ, tiny), config)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +71,7 @@ def test_fp16_engine_matches_torch_within_fp16_error(fp16_engine, connector_expo
 def test_manifest_records_this_tensorrt_and_gpu(fp16_engine):
     import tensorrt as trt
 
-    manifest = read_manifest(fp16_engine[0].parent)
+    manifest = read_manifest(fp16_engine[0].parent).build
     major, minor = torch.cuda.get_device_capability()
     assert manifest.runtime_version == trt.__version__
     assert manifest.compute_capability == f"{major}.{minor}"
@@ -134,7 +133,7 @@ def test_fp8_engine_follows_the_fp8_reference(fp8_connector_graph, tiny, tmp_pat
     folder, weights, reference = fp8_connector_graph
     config = BuildConfig(precision=Precision.FP8, workspace_gib=1)
     plan = _build(folder, tmp_path, tiny, config)
-    assert read_manifest(plan.parent).build_config["strongly_typed"]
+    assert read_manifest(plan.parent).build.build_config["strongly_typed"]
     inputs = _inputs(2, 40, pad=7)
     got = TensorRTRunner(plan.parent).run(inputs)["text_states"].cpu()
     fp8 = reference(weights, **inputs)
@@ -157,7 +156,8 @@ def test_another_build_option_is_a_different_engine(fp16_engine, connector_expor
     plan, config = fp16_engine
     other_config = dataclasses.replace(config, optimization_level=1)
     other = _build(connector_export_fp16[0], plan.parent.parent / "level1", tiny, other_config)
-    assert read_manifest(other.parent).cache_key != read_manifest(plan.parent).cache_key
+    assert read_manifest(other.parent).build.cache_key != \
+        read_manifest(plan.parent).build.cache_key
 
 
 def test_weakly_typed_fp16_of_an_fp32_graph_on_tensorrt_10_only(connector_export, tiny,
@@ -173,4 +173,4 @@ def test_weakly_typed_fp16_of_an_fp32_graph_on_tensorrt_10_only(connector_export
             _build(connector_export[0], tmp_path, tiny, config)
         return
     plan = _build(connector_export[0], tmp_path, tiny, config)
-    assert not read_manifest(plan.parent).build_config["strongly_typed"]
+    assert not read_manifest(plan.parent).build.build_config["strongly_typed"]

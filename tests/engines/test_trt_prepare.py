@@ -15,16 +15,12 @@ import torch
 from cinema_trt.engines.artifacts import prepare_build
 from cinema_trt.engines.config import BuildConfig, Precision
 from cinema_trt.engines.deps import MissingDependencyError
-from cinema_trt.engines.manifest import (
-    EngineMismatchError,
-    RuntimeInfo,
-    read_manifest,
-    write_manifest,
-)
+from cinema_trt.engines.manifest import EngineMismatchError, RuntimeInfo
 from cinema_trt.engines.progress import BuildProgress, log_level
 from cinema_trt.engines.shapes import shapes_from_dict
+from cinema_trt.engines.stages import ExportedStage
 from cinema_trt.engines.trt_build import builder_settings
-from cinema_trt.models.specs import stage_specs
+from cinema_trt.export.manifest import read_manifest, write_manifest
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 H100 = RuntimeInfo("tensorrt", "10.3.0", "NVIDIA H100 80GB HBM3", "9.0")
@@ -32,8 +28,8 @@ H100 = RuntimeInfo("tensorrt", "10.3.0", "NVIDIA H100 80GB HBM3", "9.0")
 
 def _prepare(onnx_dir, tmp_path, tiny, config):
     shapes = shapes_from_dict({"seq": {"min": 1, "opt": 32, "max": 256}}, tiny)
-    return prepare_build(onnx_dir / "connector" / "model.onnx", tmp_path / "connector",
-                         stage_specs(tiny)["connector"], shapes, config, tiny, H100)
+    return prepare_build(ExportedStage.read(onnx_dir / "connector"), tmp_path / "connector",
+                         shapes, config, H100)
 
 
 def test_fp16_build_of_a_plain_graph(connector_export, tmp_path, tiny):
@@ -47,6 +43,28 @@ def test_fp16_build_of_a_plain_graph(connector_export, tmp_path, tiny):
         "compute_capabilities": [], "profiling_verbosity": "DETAILED",
         "profiles": {"hidden_states": ((1, 1, 64), (1, 32, 64), (1, 256, 64)),
                      "attention_mask": ((1, 1), (1, 32), (1, 256))}}
+
+
+def test_the_build_takes_the_compute_dtype_from_the_export_manifest(connector_export, tmp_path,
+                                                                   tiny, stage_manifest):
+    """The manifest is believed, not checked against the initializers: here it says float16
+    for the fp32-weight connector graph, so fp32 is refused and fp16 builds strongly typed
+    (the graph's own types). The exporter writes both; a graph edited after export is built
+    as its manifest describes it (`check_export(graph_hash=False)`)."""
+    import shutil
+
+    export = tmp_path / "onnx"
+    shutil.copytree(connector_export[0] / "connector", export / "connector")
+    stage_manifest(export / "connector", tiny, precision="fp16", compute_dtype="float16")
+    with pytest.raises(ValueError, match="precision=fp32 does not match the export, which "
+                                         r"computes in float16 \(exported with --dtype fp16\)"):
+        _prepare(export, tmp_path, tiny, BuildConfig(precision=Precision.FP32))
+    build = _prepare(export, tmp_path, tiny, BuildConfig(precision=Precision.FP16))
+    assert builder_settings(build)["network_flags"] == ["STRONGLY_TYPED"]
+    assert builder_settings(build)["builder_flags"] == []  # no FP16 flag: the graph's types
+    # the same graph under its true manifest (float32) builds weakly typed with the flag
+    fp32 = _prepare(connector_export[0], tmp_path, tiny, BuildConfig(precision=Precision.FP16))
+    assert builder_settings(fp32)["builder_flags"] == ["FP16"]
 
 
 def test_fp8_qdq_graph_builds_strongly_typed(fp8_connector_graph, tmp_path, tiny, caplog):
@@ -130,18 +148,19 @@ def test_build_and_run_without_tensorrt_explain_how_to_install_it(connector_expo
     from cinema_trt.engines.trt_build import build_engine
     from cinema_trt.engines.trt_runtime import TensorRTRunner
 
-    onnx_path = connector_export[0] / "connector" / "model.onnx"
-    spec, shapes = stage_specs(tiny)["connector"], shapes_from_dict({}, tiny)
+    stage = ExportedStage.read(connector_export[0] / "connector")
+    shapes = shapes_from_dict({}, tiny)
     with pytest.raises(MissingDependencyError, match=r"pip install 'cinema-trt\[gpu\]'"):
-        build_engine(onnx_path, tmp_path / "trt", spec, shapes, BuildConfig(), tiny)
+        build_engine(stage, tmp_path / "trt", shapes, BuildConfig())
     assert not (tmp_path / "trt").exists()
-    built = build_ort_model(onnx_path, tmp_path / "ort", spec, shapes,
-                            BuildConfig(precision=Precision.FP32), tiny)
+    built = build_ort_model(stage, tmp_path / "ort", shapes,
+                            BuildConfig(precision=Precision.FP32))
     with pytest.raises(EngineMismatchError, match="holds a onnxruntime model, not a TensorRT"):
         TensorRTRunner(built.parent)
     # the same folder described as a TensorRT engine: loading it needs TensorRT
     manifest = read_manifest(built.parent)
-    write_manifest(built.parent, dataclasses.replace(manifest, runtime="tensorrt"))
+    write_manifest(dataclasses.replace(
+        manifest, build=dataclasses.replace(manifest.build, runtime="tensorrt")), built.parent)
     with pytest.raises(MissingDependencyError, match="nvcr.io/nvidia/tensorrt"):
         TensorRTRunner(built.parent)
     assert isinstance(MissingDependencyError("x"), ImportError)

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from cinema_trt.engines.config import BuildConfig, Precision
-from cinema_trt.engines.manifest import read_manifest
 from cinema_trt.export.compare import error_stats
 from cinema_trt.export.dtype import cast_module
 from cinema_trt.export.fp8 import RECIPES
+from cinema_trt.export.manifest import read_manifest
 from cinema_trt.export.stages import EXPORT_STAGES, sample_inputs, stage_exports
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def test_every_fp16_stage_matches_torch_within_twice_torchs_fp16_error(fp16_engi
     _, out, built = fp16_engines
     assert set(built) == set(stage_exports(models, tuple(built)))
     for stage, export in stage_exports(models, tuple(built)).items():
-        assert read_manifest(out / stage).build_config["strongly_typed"]
+        assert read_manifest(out / stage).build.build_config["strongly_typed"]
         for i, inputs in _check_cases(models, stage, export):
             with torch.inference_mode():
                 reference = export.module(**inputs)
@@ -148,15 +148,13 @@ def test_fp8_stages_pass_the_recipes_gates(fp8_engines, models):
     onnx_dir, out, built = fp8_engines
     assert set(built) == set(FP8_STAGES)
     for stage, export in stage_exports(models, FP8_STAGES).items():
-        assert read_manifest(out / stage).build_config["strongly_typed"]
+        assert read_manifest(out / stage).build.build_config["strongly_typed"]
         _, inputs = _check_cases(models, stage, export)[-1]
         with torch.inference_mode():
             reference = export.module(**inputs)
         got = _run_engine(out / stage, inputs)[export.spec.output_names[0]]
         stats = error_stats(got, reference)
-        from cinema_trt.export.manifest import read_manifest as read_export
-
-        gate = read_export(onnx_dir / stage).validation["min_cosine"]
+        gate = read_manifest(onnx_dir / stage).validation["min_cosine"]
         log.info("%s FP8 engine cosine %.6f (gate %.6f, recipe %.4f)", stage, stats.cosine,
                  gate, RECIPES[stage].min_cosine)
         assert stats.cosine >= gate, (stage, stats)

@@ -16,6 +16,7 @@ from cinema_trt.engines.artifacts import prepare_build
 from cinema_trt.engines.config import BuildConfig
 from cinema_trt.engines.manifest import RuntimeInfo
 from cinema_trt.engines.shapes import shapes_from_dict
+from cinema_trt.engines.stages import ExportedStage
 from cinema_trt.export import driver
 from cinema_trt.export.manifest import (
     EXTERNAL_DATA_FILE,
@@ -25,7 +26,6 @@ from cinema_trt.export.manifest import (
     read_manifest,
 )
 from cinema_trt.models.fileio import onnx_sha256
-from cinema_trt.models.specs import stage_specs
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +46,8 @@ def test_export_and_engine_build_hash_an_external_data_graph_alike(
     manifest = read_manifest(stage_dir)
     assert manifest.external_data and (stage_dir / EXTERNAL_DATA_FILE).is_file()
     shapes = shapes_from_dict({}, tiny_config)
-    build = prepare_build(stage_dir / MODEL_FILE, tmp_path / "connector",
-                          stage_specs(tiny_config)["connector"], shapes, BuildConfig(),
-                          tiny_config, RuntimeInfo("tensorrt", "10.3.0", "H100", "9.0"))
+    build = prepare_build(ExportedStage.read(stage_dir), tmp_path / "connector", shapes,
+                          BuildConfig(), RuntimeInfo("tensorrt", "10.3.0", "H100", "9.0"))
     assert build.onnx_digest == manifest.onnx_sha256 == onnx_sha256(stage_dir / MODEL_FILE)
     # serving, the demo and the repository generator accept the folder as exported
     assert check_export(stage_dir, ExportExpectation(config=tiny_config)) == manifest

@@ -43,6 +43,8 @@ def test_fp8_dit_in_fp16_carries_the_plugin(tiny_config, tmp_path):
     assert {types[name] for node in nodes for name in node.input if name in types} - \
         integers == {onnx.TensorProto.FLOAT16}
     graph = inspect_onnx(tmp_path / "dit" / "model.onnx")
-    assert graph.has_fp8 and graph.compute_type == "float16"
-    assert resolve_build_config(BuildConfig(precision="fp8"), graph,
+    assert graph.has_fp8 and "float16" in graph.weight_types
+    compute = read_manifest(tmp_path / "dit").compute_dtype
+    assert compute == "float16"
+    assert resolve_build_config(BuildConfig(precision="fp8"), graph, compute,
                                 weak_typing=False).strongly_typed

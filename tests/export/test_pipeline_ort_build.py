@@ -1,9 +1,11 @@
-"""`cinema-trt build --runtime ort` output is runnable: it carries the export manifests and
-the MLLM glue, and `ort_runners` / `generate --runtime ort --onnx <built>` run the whole
-pipeline on the optimized graphs with the torch pipeline's result."""
+"""`cinema-trt build --runtime ort` output is runnable: its manifests describe their stages
+(the export's record + how it was built), the MLLM glue is copied, and `ort_runners` /
+`generate --runtime ort --onnx <built>` run the whole pipeline on the optimized graphs with
+the torch pipeline's result."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -13,7 +15,7 @@ import onnxruntime
 import pytest
 
 from cinema_trt.cli.main import main
-from cinema_trt.export.manifest import MANIFEST_FILE, read_manifest, read_stage
+from cinema_trt.export.manifest import MANIFEST_FILE, check_export, read_manifest
 from cinema_trt.export.mllm_split import EMBEDDINGS_FILE, HF_CONFIG_FILE
 from cinema_trt.export.ort import OrtRunner, ort_runners
 from cinema_trt.export.stages import EXPORT_STAGES
@@ -41,15 +43,17 @@ def built(fp32_export, tmp_path_factory):
     return out
 
 
-def test_build_carries_the_export_manifests_and_the_mllm_glue(built, fp32_export):
+def test_build_manifests_are_the_export_records_and_the_mllm_glue_is_copied(built,
+                                                                          fp32_export):
     export = fp32_export[0]
     for stage in EXPORT_STAGES:
-        folder = read_stage(built / stage)
-        assert folder.manifest == read_manifest(export / stage)  # the exporter's record
-        assert folder.build["runtime"] == "onnxruntime"
+        manifest = read_manifest(built / stage)
+        # the exporter's record, with how it was built filled in
+        assert dataclasses.replace(manifest, build=None) == read_manifest(export / stage)
+        assert manifest.build.runtime == "onnxruntime"
         # the optimized graph, not a copy of the exported one
-        assert folder.model_path.parent == built / stage
-        assert folder.model_path.read_bytes() != (export / stage / "model.onnx").read_bytes()
+        model = built / stage / manifest.model_file
+        assert model.read_bytes() != (export / stage / "model.onnx").read_bytes()
     for name in (HF_CONFIG_FILE, EMBEDDINGS_FILE):
         assert (built / "mllm_text" / name).read_bytes() == \
             (export / "mllm_text" / name).read_bytes()
@@ -93,7 +97,7 @@ def test_generate_cli_runs_on_the_built_models(built, tmp_path, psnr):
 
 
 def _edited_build(built, tmp_path, edit):
-    """A copy of the built connector folder with its engine manifest edited by `edit`."""
+    """A copy of the built connector folder with its manifest (as JSON) edited by `edit`."""
     folder = tmp_path / "connector"
     shutil.copytree(built / "connector", folder)
     data = json.loads((folder / MANIFEST_FILE).read_text())
@@ -108,14 +112,16 @@ def test_the_unedited_copy_runs(built, tmp_path):
 
 
 def test_a_tensorrt_engine_folder_is_refused_by_name(built, tmp_path):
-    folder = _edited_build(built, tmp_path, lambda data: data.update(runtime="tensorrt"))
+    folder = _edited_build(built, tmp_path,
+                           lambda data: data["build"].update(runtime="tensorrt"))
     with pytest.raises(ValueError, match="is a tensorrt engine, which ONNX Runtime cannot run"):
         OrtRunner(folder)
 
 
 def test_a_build_from_another_onnxruntime_version_is_refused_with_the_rebuild_command(
         built, tmp_path):
-    folder = _edited_build(built, tmp_path, lambda data: data.update(runtime_version="0.1"))
+    folder = _edited_build(built, tmp_path,
+                           lambda data: data["build"].update(runtime_version="0.1"))
     with pytest.raises(ValueError) as error:
         OrtRunner(folder)
     message = str(error.value)
@@ -124,14 +130,23 @@ def test_a_build_from_another_onnxruntime_version_is_refused_with_the_rebuild_co
     assert "cinema-trt build --onnx" in message and "--runtime ort" in message
 
 
-def test_a_build_without_its_export_manifest_is_refused(built, tmp_path):
-    _edited_build(built, tmp_path, lambda data: data["extra"].pop("export_manifest"))
-    with pytest.raises(ValueError, match="does not carry its export manifest"):
+def test_a_build_of_an_older_cinema_trt_is_refused_with_its_rebuild_command(built, tmp_path):
+    """The engine-manifest format of before one schema (a flat record, `format_version` 2,
+    the export manifest carried in `extra`) is not read as something it is not."""
+    def old_format(data):
+        build = data.pop("build")
+        data.clear()
+        data.update({**build, "format_version": 2, "extra": {"export_manifest": {}}})
+
+    _edited_build(built, tmp_path, old_format)
+    with pytest.raises(ValueError, match="manifest version 2 was written by another "
+                                         r"cinema-trt.*\n  cinema-trt build --onnx .* "
+                                         "--runtime ort"):
         ort_runners(tmp_path)  # tmp_path holds the edited connector folder only
 
 
-def test_read_manifest_takes_export_folders_only(built):
+def test_the_export_check_takes_export_folders_only(built):
     """Export hashes do not describe an optimized graph: build folders are named as such."""
-    with pytest.raises(ValueError, match="is a `cinema-trt build --runtime ort` folder, not an "
-                                         "export"):
-        read_manifest(built / "dit")
+    with pytest.raises(ValueError, match=r"is a `cinema-trt build` folder \(onnxruntime\), "
+                                         "not an export; pass the export folder"):
+        check_export(built / "dit")

@@ -67,15 +67,19 @@ def test_fp8_graph_shows_its_qdq_and_quantized_linears(fp8_export):
     assert report.qdq_nodes == 3 * quantized
 
 
-def test_a_bare_model_file_gets_its_precision_from_the_graph(fp8_export, fp16_export,
-                                                             tmp_path):
-    from cinema_trt.engines.inspect import inspect_path
+def test_a_bare_model_file_shows_its_weight_types_not_a_precision(fp8_export, fp16_export,
+                                                                   tmp_path):
+    """Precision and compute dtype are what the exporter recorded; without a manifest the
+    graph's initializer types are shown as what they are, and nothing is guessed."""
+    from cinema_trt.engines.inspect import format_graph, inspect_path
 
     shutil.copy(fp8_export[0] / "dit" / "model.onnx", tmp_path / "fp8.onnx")
     shutil.copy(fp16_export[0] / "dit" / "model.onnx", tmp_path / "fp16.onnx")
     fp8, fp16 = inspect_path(tmp_path / "fp8.onnx")[0], inspect_path(tmp_path / "fp16.onnx")[0]
-    assert (fp8.stage, fp8.precision, fp8.compute_dtype) == (None, "fp8", "float32")
-    assert (fp16.precision, fp16.compute_dtype) == ("fp16", "float16")
+    assert (fp8.stage, fp8.precision, fp8.compute_dtype) == (None, None, None)
+    assert fp8.qdq_types == ("float8e4m3fn",) and "float32" in fp8.weight_types
+    assert "float16" in fp16.weight_types and fp16.precision is None
+    assert "precision: - (no manifest; weights stored as " in format_graph(fp16)
 
 
 def test_engine_folder_shows_backend_targets_bindings_and_layer_summary(fp16_export, require,
@@ -94,6 +98,7 @@ def test_engine_folder_shows_backend_targets_bindings_and_layer_summary(fp16_exp
     assert (report["kind"], report["stage"], report["backend"]) == ("engine", "dit",
                                                                    "tensorrt-rtx")
     assert report["targets"] == ["sm89", "sm120"] and report["precision"] == "fp16"
+    assert report["compute_dtype"] == "float16"  # the export's, from the engine's manifest
     assert [b["name"] for b in report["inputs"]] == ["latents", "timestep", "text_states",
                                                      "ref_latents"]
     assert report["plan_bytes"] > 0

@@ -28,6 +28,7 @@ from cinema_trt.engines.config import (
 )
 from cinema_trt.engines.manifest import RuntimeInfo
 from cinema_trt.engines.shapes import shapes_from_dict
+from cinema_trt.engines.stages import ExportedStage
 from cinema_trt.engines.trt_build import key_plugin_kernels, register_graph_plugins
 from cinema_trt.export.onnx_graph import check_onnx, plugin_nodes, save_onnx, trace_to_onnx
 from cinema_trt.export.stages import sample_inputs, stage_exports
@@ -98,11 +99,14 @@ def test_onnx_runtime_cannot_run_the_plugin_graph(plugin_dit):
 
 
 @pytest.mark.slow
-def test_engine_build_marks_the_graph_as_needing_the_plugins(plugin_dit, tmp_path):
+def test_engine_build_marks_the_graph_as_needing_the_plugins(plugin_dit, tmp_path,
+                                                             stage_manifest):
     models, export, path = plugin_dit
     config = models.config
-    build = prepare_build(path, tmp_path / "dit", export.spec, shapes_from_dict({}, config),
-                          BuildConfig(), config, H100)
+    # the exporter's record of this hand-traced graph (fp32, like the graph)
+    stage = ExportedStage(path.parent, stage_manifest(path.parent, config))
+    build = prepare_build(stage, tmp_path / "dit", shapes_from_dict({}, config),
+                          BuildConfig(), H100)
     assert build.graph.trt_plugins == {trt_plugin.ATTENTION_PLUGIN}
     # the engine embeds the compiled kernels, so their fingerprint joins the cache key
     assert key_plugin_kernels(build).cache_key != build.cache_key
@@ -124,24 +128,25 @@ def test_a_plain_graph_needs_no_plugins(tmp_path):
     assert TRT_PLUGIN_DOMAIN == trt_plugin.ONNX_DOMAIN  # engines spells the domain out
 
 
-def _graph(plugins=("triton_attention",), qdq=False, weights=("float32",)) -> OnnxGraphInfo:
+def _graph(plugins=("triton_attention",), qdq=False) -> OnnxGraphInfo:
     return OnnxGraphInfo(has_qdq=qdq, qdq_types=frozenset({"float8e4m3fn"} if qdq else ()),
-                         weight_types=frozenset(weights), trt_plugins=frozenset(plugins))
+                         weight_types=frozenset(), trt_plugins=frozenset(plugins))
 
 
 def test_plugin_graphs_build_in_half_precision_only():
     # weakly typed fp16/bf16: TensorRT reformats the fp32 graph's tensors around the plugin
     for precision in (Precision.FP16, Precision.BF16):
-        assert not resolve_build_config(BuildConfig(precision=precision), _graph()).strongly_typed
+        assert not resolve_build_config(BuildConfig(precision=precision), _graph(),
+                                        "float32").strongly_typed
     with pytest.raises(ValueError, match="fp16/bf16 only; build with --precision fp16"):
-        resolve_build_config(BuildConfig(precision=Precision.FP32), _graph())
+        resolve_build_config(BuildConfig(precision=Precision.FP32), _graph(), "float32")
     # strongly typed (FP8 Q/DQ) builds keep the graph's fp32 plugin inputs
     with pytest.raises(ValueError, match="export with --dtype fp16 or bf16"):
-        resolve_build_config(BuildConfig(precision=Precision.FP8), _graph(qdq=True))
-    # ... unless the graph computes in half precision (export --dtype fp16 --fp8)
-    assert resolve_build_config(BuildConfig(precision=Precision.FP8),
-                                _graph(qdq=True, weights=("float16",))).strongly_typed
-    resolve_build_config(BuildConfig(precision=Precision.FP32), _graph(plugins=()))
+        resolve_build_config(BuildConfig(precision=Precision.FP8), _graph(qdq=True), "float32")
+    # ... unless the export computes in half precision (export --dtype fp16 --fp8)
+    assert resolve_build_config(BuildConfig(precision=Precision.FP8), _graph(qdq=True),
+                                "float16").strongly_typed
+    resolve_build_config(BuildConfig(precision=Precision.FP32), _graph(plugins=()), "float32")
 
 
 class _SelfAttention(torch.nn.Module):

@@ -97,18 +97,18 @@ def test_copied_weights_are_files_not_links(tiny_weights, tmp_path):
     assert dit.read_bytes() == (tiny_weights / "dit.safetensors").read_bytes()
 
 
-def _fake_artifacts(root, suffix):
+def _fake_artifacts(root, suffix, stage_manifest):
     # the generator only places files; their content is the exporter's business
     for stage in SPECS:
-        (root / stage).mkdir(parents=True)
+        stage_manifest(root / stage, TINY, onnx_sha256="0" * 64)
         (root / stage / f"model{suffix}").write_bytes(b"graph " + stage.encode())
-        (root / stage / "manifest.json").write_text("{}")
     (root / "dit" / "model.onnx.data").write_bytes(b"external weights")
     return root
 
 
-def test_onnxruntime_backend_places_graphs_and_external_data(tiny_weights, tmp_path):
-    artifacts = _fake_artifacts(tmp_path / "onnx", ".onnx")
+def test_onnxruntime_backend_places_graphs_and_external_data(tiny_weights, tmp_path,
+                                                            stage_manifest):
+    artifacts = _fake_artifacts(tmp_path / "onnx", ".onnx", stage_manifest)
     out = build_repository(None, tmp_path / "ort", tiny_weights, artifacts,
                            RepositoryOptions(backend="onnxruntime"))
     config = configs(out)["dit"]
@@ -119,10 +119,10 @@ def test_onnxruntime_backend_places_graphs_and_external_data(tiny_weights, tmp_p
     assert configs(out)["cinema"].backend == "python"  # the orchestrator stays Python
 
 
-def test_tensorrt_backend_on_gpus(tiny_weights, tmp_path):
+def test_tensorrt_backend_on_gpus(tiny_weights, tmp_path, stage_manifest):
     from tritonclient.grpc import model_config_pb2 as pb
 
-    artifacts = _fake_artifacts(tmp_path / "plans", ".plan")
+    artifacts = _fake_artifacts(tmp_path / "plans", ".plan", stage_manifest)
     options = RepositoryOptions(backend="tensorrt", version=3,
                                 stage_placement=Placement("gpu", count=2, gpus=(0, 1)))
     out = build_repository(None, tmp_path / "trt", tiny_weights, artifacts, options)
