@@ -30,11 +30,8 @@ from typing import Any
 import torch
 
 from cinema_trt.models.dtypes import lookup
-
-# re-exported: `cinema_trt.export.manifest.Precision` is the same enum as engines' and
-# stays importable from here
 from cinema_trt.models.fileio import atomic_write
-from cinema_trt.models.precision import Precision
+from cinema_trt.models.precision import Precision, precision_for  # Precision: re-exported
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import StageSpec, TensorSpec
 
@@ -187,7 +184,10 @@ def _remake_command(data: dict[str, Any], stage_dir: Path) -> str:
     for record in (data.get("build") or {}, data):  # nested now; top-level in old engines
         if "rebuild_command" in record:
             return record["rebuild_command"]
-    dtype = {"float16": "fp16", "bfloat16": "bf16"}.get(data.get("compute_dtype", ""), "fp32")
+    try:
+        dtype = precision_for(data.get("compute_dtype", "float32")).value
+    except ValueError:  # a damaged record: the default export
+        dtype = "fp32"
     fp8 = " --fp8" if data.get("precision") == "fp8" else ""
     return (f"cinema-trt export --preset {data.get('preset', 'PRESET')} --out "
             f"{stage_dir.parent} --dtype {dtype}{fp8} --stages "
