@@ -7,6 +7,7 @@ manifest, derives its profiles from one `profiles.yaml`, and builds `<out dir>/<
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cinema_trt.export.manifest import MODEL_FILE, Manifest, read_manifest
+from cinema_trt.export.manifest import MODEL_FILE, Manifest, read_manifest, write_manifest
 from cinema_trt.models.cache import ArtifactCache, Entry
 from cinema_trt.models.fileio import atomic_write
 from cinema_trt.models.presets import CinemaConfig
@@ -158,7 +159,7 @@ def cached_build(cache: ArtifactCache, export: Entry, build_config: BuildConfig,
     stages, the profile (profiles.yaml's mapping, kept in the entry; None: the preset's
     defaults) and the runtime's version and GPU."""
     from .deps import onnxruntime_runtime_info, tensorrt_runtime_info
-    from .manifest import verify_plan
+    from .manifest import built, verify_plan
 
     backend = BACKENDS.get(runtime)
     info = onnxruntime_runtime_info() if backend is None else tensorrt_runtime_info(
@@ -173,6 +174,14 @@ def cached_build(cache: ArtifactCache, export: Entry, build_config: BuildConfig,
         out.mkdir(parents=True)
         path = atomic_write(out / "profiles.yaml", yaml.safe_dump(profile)) if profile else None
         build_stages(BuildRequest(export.path, out, build_config, path, runtime, stages))
+        # the rebuild commands name the entry, not this staging folder renamed into it
+        final = cache.path("engines", inputs)
+        for stage in names:
+            manifest = read_manifest(out / stage)
+            record = built(manifest)
+            command = record.rebuild_command.replace(str(out), str(final))
+            write_manifest(dataclasses.replace(manifest, build=dataclasses.replace(
+                record, rebuild_command=command)), out / stage)
 
     def check(folder: Path) -> None:
         for stage in names:

@@ -66,6 +66,10 @@ def _problem(path: Path, check: Callable[[Path], object]) -> str | None:
 class ArtifactCache:
     root: Path
 
+    def path(self, kind: str, inputs: dict[str, Any]) -> Path:
+        """Where the entry of `inputs` lives, made or not."""
+        return Path(self.root) / kind / cache_key({"kind": kind, **inputs})
+
     def entry(self, kind: str, inputs: dict[str, Any], make: Callable[[Path], object],
               check: Callable[[Path], object]) -> Entry:
         """`<root>/<kind>/<key of inputs>/`: reused when `check` accepts it, else made.
@@ -73,8 +77,8 @@ class ArtifactCache:
         `make(folder)` writes the artifact into `folder` (not yet existing); `check(folder)`
         raises FileNotFoundError or ValueError when the folder does not hold a valid one.
         """
-        key = cache_key({"kind": kind, **inputs})
-        path = Path(self.root) / kind / key
+        path = self.path(kind, inputs)
+        key = path.name
         reason = _problem(path, check)
         if reason is None:
             log.info("%s: reusing %s", kind, path)

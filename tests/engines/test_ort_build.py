@@ -199,6 +199,8 @@ def test_the_artifact_cache_reuses_a_build_and_remakes_a_changed_one(connector_e
     again = build()
     assert (first.reused, again.reused, again.path) == (False, True, first.path)
     manifest = read_manifest(first.path / "connector")
+    # the entry was built in a staging folder: its rebuild command names the entry itself
+    assert f"--out {first.path} " in manifest.build.rebuild_command, manifest.build.rebuild_command
     model = first.path / "connector" / manifest.model_file
     model.write_bytes(model.read_bytes() + b"\0")
     remade = build()
