@@ -171,7 +171,7 @@ def _side(path: Path) -> _Side:
     from cinema_trt.export.manifest import read_manifest
 
     manifest = read_manifest(path)
-    if manifest.build is not None and manifest.build.runtime != "onnxruntime":
+    if not manifest.onnxruntime_runs:
         return _engine_side(path, manifest)
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 

@@ -132,7 +132,7 @@ def inspect_stage(stage_dir: Path):
     from cinema_trt.export.manifest import read_manifest
 
     manifest = read_manifest(stage_dir)
-    if manifest.build is not None and manifest.build.runtime != "onnxruntime":
+    if not manifest.onnxruntime_runs:
         return inspect_engine(stage_dir, manifest)
     return inspect_graph(stage_dir / manifest.model_file, manifest)
 

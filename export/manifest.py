@@ -112,6 +112,12 @@ class Manifest:
     build: BuildRecord | None = None  # None: an export; else how this build was made
 
     @property
+    def onnxruntime_runs(self) -> bool:
+        """Whether ONNX Runtime runs this folder's model: an export's graph or an ORT
+        build's; not a TensorRT plan."""
+        return self.build is None or self.build.runtime == "onnxruntime"
+
+    @property
     def model_file(self) -> str:
         """The file to run, relative to the folder: the graph, or the build's plan."""
         return self.build.plan_file if self.build else MODEL_FILE

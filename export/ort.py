@@ -23,7 +23,7 @@ from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.runner import Runner, Tensors
 from cinema_trt.models.stages import SPLIT_GRAPHS, SPLIT_STAGES
 
-from .manifest import MANIFEST_FILE, MODEL_FILE, BuildRecord, Manifest, read_manifest
+from .manifest import MANIFEST_FILE, MODEL_FILE, Manifest, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +71,13 @@ def available_providers(requested: Sequence[str] | None = None) -> list[str]:
     return list(requested)
 
 
-def _check_build(path: Path, build: BuildRecord, version: str) -> None:
+def _check_build(path: Path, manifest: Manifest, version: str) -> None:
     """A build folder ONNX Runtime can run: an ORT build, optimized by this ORT version (the
     rule engines/manifest.py's `validate_manifest` applies to every engine; ORT itself warns
     that a level-ALL graph belongs to the environment that optimized it)."""
-    if build.runtime != "onnxruntime":
+    build = manifest.build
+    assert build is not None, "OrtRunner checks build folders only"
+    if not manifest.onnxruntime_runs:
         raise ValueError(f"{path} is a {build.runtime} engine, which ONNX Runtime cannot "
                          f"run; point at the export folder or a `cinema-trt build --runtime "
                          f"ort` folder (TensorRT engines load with "
@@ -106,7 +108,7 @@ class OrtRunner:
         self.stage_dir = Path(stage_dir)
         self.manifest: Manifest = manifest or read_manifest(self.stage_dir)
         if self.manifest.build is not None:
-            _check_build(self.stage_dir, self.manifest.build, ort.__version__)
+            _check_build(self.stage_dir, self.manifest, ort.__version__)
             providers = BUILT_PROVIDERS if providers is None else providers
         self.model_path = self.stage_dir / self.manifest.model_file
         if not self.model_path.is_file():
@@ -187,11 +189,12 @@ def ort_runners(export_dir: str | os.PathLike, providers: Sequence[str] | None =
     if not export_dir.is_dir():
         raise FileNotFoundError(f"folder {export_dir} does not exist; run `cinema-trt export "
                                 f"--out {export_dir}` (or `cinema-trt build --runtime ort`)")
-    found = {read_manifest(p.parent).stage: p.parent
-             for p in sorted(export_dir.glob(f"*/{MANIFEST_FILE}"))}
+    manifests = {p.parent: read_manifest(p.parent)
+                 for p in sorted(export_dir.glob(f"*/{MANIFEST_FILE}"))}
+    found = {manifest.stage: folder for folder, manifest in manifests.items()}
 
-    def runner(name: str) -> OrtRunner:
-        return OrtRunner(found[name], providers, threads)
+    def runner(name: str) -> OrtRunner:  # each manifest read once
+        return OrtRunner(found[name], providers, threads, manifests[found[name]])
 
     runners: dict[str, Runner] = {s: runner(s) for s in found if s not in SPLIT_GRAPHS}
     for stage in SPLIT_STAGES:
