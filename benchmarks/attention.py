@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.metadata
 import json
 import logging
-import platform
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +26,12 @@ import torch
 from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.presets import get_preset, token_counts
 
+from .machine import Provenance, machine_tag
+
 log = logging.getLogger(__name__)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SCHEMA = "cinema-trt/attention/1"
 SDPA_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")
 # triton_tma: the fused kernel forced onto its TMA load path (kernels/fused_attention.py
 # TMA_BY_DEFAULT), so one run shows whether it should become the default on Hopper
@@ -90,7 +90,7 @@ def _backend(name: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], 
     if name == "triton_tma":
         return _triton_tma
     if name.startswith("triton"):
-        import cinema_trt.kernels as kernels
+        import cinema_trt.kernels.ops as kernels
 
         return kernels.attention if name == "triton" else kernels.attention_int8
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -137,33 +137,16 @@ def _measure(name: str, shape: AttentionShape, config: AttentionBenchConfig) -> 
     return result
 
 
-def _versions() -> dict:
-    versions = {"python": platform.python_version(), "torch": torch.__version__,
-                "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
-    for package in ("triton", "cinema-trt"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
-
-
 def run_attention_benchmark(config: AttentionBenchConfig) -> dict:
     """Measure every backend at every shape; returns the record `write_results` saves."""
     if not torch.cuda.is_available():
         raise RuntimeError("the attention benchmark times GPU kernels and needs CUDA, but "
                            "torch.cuda.is_available() is False; run it on a CUDA machine")
+    run = Provenance.start()
     shapes = dit_shapes(config.preset, config.head_dims)
     results = [_measure(name, shape, config) for shape in shapes for name in config.backends]
-    return {
-        "benchmark": "attention",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "settings": dataclasses.asdict(config),
-        "device": {"name": torch.cuda.get_device_name(),
-                   "capability": list(torch.cuda.get_device_capability())},
-        "versions": _versions(),
-        "results": results,
-    }
+    return {"schema": SCHEMA, **run.block(), "settings": dataclasses.asdict(config),
+            "results": results}
 
 
 def to_markdown(record: dict) -> str:
@@ -174,7 +157,8 @@ def to_markdown(record: dict) -> str:
         s = r["shape"]
         key = (s["num_refs"], s["seq"], s["heads"], s["head_dim"])
         rows.setdefault(key, {})[r["backend"]] = f"{r['tflops']:.1f}" if r["tflops"] else "-"
-    lines = [f"Attention TFLOP/s on {record['device']['name']} ({record['settings']['dtype']}, "
+    lines = [f"Attention TFLOP/s on {record['machine']['gpu']['name']} "
+             f"({record['settings']['dtype']}, "
              f"batch 2, torch {record['versions']['torch']})", "",
              "| refs | S | H | D | " + " | ".join(backends) + " |",
              "|" + "---|" * (4 + len(backends))]
@@ -187,8 +171,8 @@ def to_markdown(record: dict) -> str:
 def write_results(record: dict, out_dir: str | Path) -> tuple[Path, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = record["device"]["name"].replace(" ", "-")
-    stem = f"attention-{device}-{time.strftime('%Y%m%d-%H%M%S')}"
+    tag = machine_tag("cuda", record["machine"])
+    stem = f"attention-{tag}-{record['started'][:19].replace('-', '').replace(':', '')}"
     json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
     json_path.write_text(json.dumps(record, indent=2) + "\n")
     md_path.write_text(to_markdown(record))

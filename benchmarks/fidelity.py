@@ -18,15 +18,13 @@ import json
 import logging
 import statistics
 import tempfile
-import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .machine import library_versions, machine_info, source_revision
+from .machine import Provenance
 
 log = logging.getLogger(__name__)
 
@@ -126,20 +124,15 @@ def measure(seeds: Sequence[int] = SEEDS, prompts: Sequence[str] = PROMPTS,
 def run(out: Path, seeds: Sequence[int] = SEEDS, prompts: Sequence[str] = PROMPTS,
         work: Path | None = None) -> Path:
     """Measure and write `<out>/fidelity-tiny-<date>.json`; returns its path."""
-    started = datetime.now(timezone.utc)
-    source = source_revision()  # the code measured is the code at the start
-    start = time.perf_counter()
+    run = Provenance.start()
     psnr_db = measure(seeds, prompts, work)
-    record = {"schema": SCHEMA, "started": started.isoformat(timespec="seconds"),
-              "duration_s": round(time.perf_counter() - start, 1),
-              "source": source, "machine": machine_info(),
-              "versions": library_versions(), "preset": "tiny",
+    record = {"schema": SCHEMA, **run.block(), "preset": "tiny",
               "request": {"prompts": list(prompts), "seeds": list(seeds),
                           "references": "the first two bundled samples",
                           "video": "the preset's defaults", "small": SMALL_REQUEST},
               "psnr_db_vs_torch_fp32": psnr_db}
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"fidelity-tiny-{started:%Y%m%d}.json"
+    path = out / f"fidelity-tiny-{run.date}.json"
     path.write_text(json.dumps(record, indent=2, allow_nan=True) + "\n")
     return path
 

@@ -24,7 +24,7 @@ python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/cinema-si
     || exit 2
 export PYTHONPATH=/tmp/cinema-site${PYTHONPATH:+:$PYTHONPATH}
 
-# from outside the checkout: its top-level kernels/ would shadow the installed package
+# from /tmp, so that the installed copy is what runs, whatever the checkout holds
 repo="$(pwd)"
 # (kernels and engines only: the serving tests import tritonclient, absent from the image)
 (cd /tmp && python3 -m pytest -m gpu -p no:cacheprovider -q -rs "$repo/tests/kernels" \

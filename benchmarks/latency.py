@@ -14,9 +14,7 @@ cached after a pipeline's first request, as in a server).
 from __future__ import annotations
 
 import contextlib
-import datetime
 import logging
-import time
 
 import torch
 
@@ -26,7 +24,7 @@ from cinema_trt.models.presets import CinemaConfig
 
 from .capture import describe_shapes
 from .config import BenchConfig
-from .machine import library_versions, machine_info, machine_load, source_revision
+from .machine import Provenance
 from .measurements import Inputs, capture, measure_variants
 from .result import BenchResult
 from .timing import clock_name
@@ -92,10 +90,7 @@ def run_benchmark(bench: BenchConfig) -> BenchResult:
 def _run(bench: BenchConfig) -> BenchResult:
     from cinema_trt.models.factory import build_models, load_models
 
-    started = datetime.datetime.now(datetime.timezone.utc)
-    t0 = time.perf_counter()
-    machine = machine_info()  # before any work: the load average says how busy it was
-    source = source_revision()  # the code measured is the code at the start
+    run = Provenance.start()
     config = bench.model_config()
     planned, skipped = plan_variants(bench)
     for skip in skipped:
@@ -108,10 +103,7 @@ def _run(bench: BenchConfig) -> BenchResult:
         bench, planned, Inputs(models, request, captured))
     skipped += served_skips
     return BenchResult(
-        settings=bench, started=started.isoformat(timespec="seconds"),
-        duration_s=round(time.perf_counter() - t0, 1),
-        machine={**machine, "load_average_end": machine_load()},
-        versions=library_versions(), source=source, config=config.to_dict(),
+        settings=bench, provenance=run.block(), config=config.to_dict(),
         request=request_record,
         shapes=describe_shapes(captured), clock=clock_name(bench.device),
         variants=tuple(variants), measurements=tuple(measurements), skipped=tuple(skipped),

@@ -1,16 +1,21 @@
-"""What a benchmark ran on: CPU, cores, memory, GPU, and the library versions that matter.
+"""What a benchmark ran on: CPU, cores, memory, GPU, the library versions that matter, and
+the commit measured.
 
-A latency number without its machine is not a result; every record carries this block and
+A number without its machine and commit is not a result: every record in
+benchmarks/results/ begins with the block `Provenance.block()` writes (PROVENANCE_KEYS), and
 its file names carry `machine_tag()`.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
 import re
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -137,3 +142,35 @@ def machine_tag(device: str, machine: dict | None = None) -> str:
     if device.startswith("cuda") and machine.get("gpu"):
         return "gpu-" + _slug(machine["gpu"]["name"])
     return f"cpu-{machine['cores']}core"
+
+
+PROVENANCE_KEYS = ("started", "duration_s", "source", "machine", "versions")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """A run's provenance, taken when it starts: the code measured is the code at the start,
+    and the load average before any work says how busy the machine was."""
+
+    started: datetime.datetime  # UTC
+    clock: float  # time.perf_counter() at the start
+    source: dict  # source_revision()
+    machine: dict  # machine_info()
+
+    @classmethod
+    def start(cls) -> Provenance:
+        return cls(datetime.datetime.now(datetime.timezone.utc), time.perf_counter(),
+                   source_revision(), machine_info())
+
+    @property
+    def date(self) -> str:
+        """`20261206`, for file names."""
+        return f"{self.started:%Y%m%d}"
+
+    def block(self) -> dict:
+        """The provenance block of a record, closed now (keys: PROVENANCE_KEYS)."""
+        return {"started": self.started.isoformat(timespec="seconds"),
+                "duration_s": round(time.perf_counter() - self.clock, 1),
+                "source": self.source,
+                "machine": {**self.machine, "load_average_end": machine_load()},
+                "versions": library_versions()}

@@ -7,19 +7,16 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import os
-import subprocess
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from cinema_trt.models.fileio import atomic_write
 
-from .machine import library_versions, machine_info, machine_tag
+from .machine import Provenance, describe_source, machine_tag
 from .memory_plan import CARDS_GIB, GIB, MODEL_NOTE, StagePlan, pipeline_peaks
 from .memory_run import MemoryPlanConfig, full_depths, plan_stages, request_shapes
 from .report import numbered_stem
@@ -39,23 +36,6 @@ REFERENCES = (
 )
 
 
-def git_commit() -> dict[str, Any]:
-    """The checkout's commit and whether its tracked files differ from it."""
-    here = Path(__file__).resolve().parent
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", "-C", str(here), *args], capture_output=True,
-                                  text=True, timeout=30, check=True)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip()
-
-    commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(dirty) if dirty is not None else None}
-
-
 def _references(plans: dict[str, list]) -> list[dict[str, Any]]:
     """The hand measurements beside this run's figures for the same builds."""
     rows = []
@@ -70,25 +50,23 @@ def _references(plans: dict[str, list]) -> list[dict[str, Any]]:
 
 def run_memory_plan(settings: MemoryPlanConfig) -> dict[str, Any]:
     """Export, build and extrapolate every plan; the JSON record."""
-    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    start = time.perf_counter()
+    run = Provenance.start()
     plans, notes = {}, []
     for plan in settings.plans:
         plans[plan], plan_notes = plan_stages(settings, plan)
         notes += [f"{plan} plan: {note}" for note in plan_notes]
-    return make_record(settings, plans, started, time.perf_counter() - start, notes)
+    return make_record(settings, plans, run.block(), notes)
 
 
-def make_record(settings: MemoryPlanConfig, plans: dict[str, list[StagePlan]], started: str,
-                duration_s: float, notes: list[str] | None = None) -> dict[str, Any]:
+def make_record(settings: MemoryPlanConfig, plans: dict[str, list[StagePlan]],
+                provenance: dict[str, Any], notes: list[str] | None = None) -> dict[str, Any]:
     """The record of a run: the plans' stages, their peaks, and what they ran on."""
     from cinema_trt.models.presets import get_preset
 
     config = get_preset(settings.preset)
-    versions = library_versions()
+    versions = provenance["versions"]
     return {
-        "schema": SCHEMA, "started": started, "duration_s": round(duration_s, 1),
-        "machine": machine_info(), "versions": versions, "git": git_commit(),
+        "schema": SCHEMA, **provenance,
         "settings": {**asdict(settings), "cache_dir": str(settings.cache_dir)},
         "shapes": request_shapes(config, settings.refs), "full_depths": full_depths(config),
         "backend": {"name": "tensorrt-rtx", "version": versions.get("tensorrt-rtx-cu12"),
@@ -152,8 +130,7 @@ def to_markdown(record: dict) -> str:
              f"(the builder reports memory without one; nothing ran)",
              f"- backend: TensorRT-RTX {b['version']}, targets {', '.join(b['targets'])}",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items() if v),
-             f"- commit: {record['git']['commit']}" + (" (with uncommitted changes)"
-                                                      if record["git"]["dirty"] else ""),
+             f"- source: {describe_source(record['source'])}",
              f"- request: {sh['frames']} frames {sh['width']}x{sh['height']}, CFG batch 2, "
              f"1..{sh['refs']['max']} references; depth-scaled stages built at "
              f"{s['depths'][0]} and {s['depths'][1]} layers, full depths "

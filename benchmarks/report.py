@@ -33,8 +33,9 @@ class OutputFiles:
 
 def output_stem(result: BenchResult, out_dir: Path) -> Path:
     """`<out>/<machine>-<preset>-<date>`, numbered when that name is taken."""
-    date = result.started[:10].replace("-", "")
-    base = f"{machine_tag(result.settings.device, result.machine)}-{result.config['name']}-{date}"
+    p = result.provenance
+    date = p["started"][:10].replace("-", "")
+    base = f"{machine_tag(result.settings.device, p['machine'])}-{result.config['name']}-{date}"
     return numbered_stem(out_dir, base)
 
 
@@ -90,17 +91,18 @@ def _full_table(result: BenchResult) -> list[str]:
 
 
 def _header(result: BenchResult) -> list[str]:
-    m, r, s = result.machine, result.request, result.settings
+    p, r, s = result.provenance, result.request, result.settings
+    m = p["machine"]
     gpu = m["gpu"]["name"] if m.get("gpu") else "none"
     return [
         f"# CINEMA latency: preset `{result.config['name']}` on {machine_tag(s.device, m)}", "",
         f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; GPU: {gpu}",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in result.versions.items() if v),
-        f"- source: {describe_source(result.source)}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in p["versions"].items() if v),
+        f"- source: {describe_source(p['source'])}",
         f"- request: {r['frames']} frames {r['width']}x{r['height']}, {r['steps']} steps, "
         f"guidance {r['guidance']}, {len(r['refs'])} references, seed {r['seed']}",
         f"- timing: {s.warmup} warm-up + {s.runs} timed runs each, clock `{result.clock}`, "
-        f"device `{s.device}`; started {result.started}, took {result.duration_s:.0f} s",
+        f"device `{s.device}`; started {p['started']}, took {p['duration_s']:.0f} s",
     ]
 
 
@@ -156,7 +158,7 @@ def write_chart(result: BenchResult, path: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel("latency, ms (bar: p50, whisker: p90; log scale)")
     ax.set_title(f"CINEMA {result.config['name']} on "
-                 f"{machine_tag(result.settings.device, result.machine)}")
+                 f"{machine_tag(result.settings.device, result.provenance['machine'])}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     ax.grid(axis="x", which="both", alpha=0.3)
     fig.tight_layout()

@@ -30,11 +30,7 @@ class Measurement:
 @dataclass(frozen=True)
 class BenchResult:
     settings: BenchConfig
-    started: str  # ISO 8601, UTC
-    duration_s: float
-    machine: dict
-    versions: dict
-    source: dict  # {"commit", "dirty"} of the measured code (machine.source_revision)
+    provenance: dict  # machine.Provenance.block(): started, duration, source, machine, versions
     config: dict  # the resolved CinemaConfig
     request: dict
     shapes: dict  # {stage: {tensor: {shape, dtype}}}
@@ -69,8 +65,7 @@ class BenchResult:
         return rows
 
     def to_dict(self) -> dict:
-        return {"schema": SCHEMA, "started": self.started, "duration_s": self.duration_s,
-                "machine": self.machine, "versions": self.versions, "source": self.source,
+        return {"schema": SCHEMA, **self.provenance,
                 "preset": self.config["name"], "settings": self.settings.to_dict(),
                 "clock": self.clock, "config": self.config, "request": self.request,
                 "shapes": self.shapes, "variants": list(self.variants),

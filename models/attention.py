@@ -78,7 +78,7 @@ class Backend:
 
 _BACKENDS: dict[str, Backend] = {}
 # backends provided by other subpackages, imported on first use so the core stays light
-_LAZY_BACKENDS = {name: "cinema_trt.kernels"
+_LAZY_BACKENDS = {name: "cinema_trt.kernels.backends"
                   for name in ("triton", "triton_unfused", "triton_int8")}
 
 

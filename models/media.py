@@ -6,7 +6,6 @@ import io
 import logging
 import os
 import warnings
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +51,9 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def sample_references() -> list[Path]:
     """The bundled sample reference images (four simple subjects), sorted by name."""
-    folder = resources.files("cinema_trt.models") / "assets"
-    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".png"))
+    # beside this file (package data): `cinema_trt.models` is a namespace package, and
+    # importlib.resources cannot read one under setuptools' editable finder on Python 3.11
+    return sorted((Path(__file__).parent / "assets").glob("*.png"))
 
 
 def _check_frames(frames: np.ndarray) -> None:

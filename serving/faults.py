@@ -1,4 +1,4 @@
-"""The fault injector of the soak (serving/soak.py): killed stubs and issue 13's hostile
+"""The fault injector of the soak (benchmarks/soak.py): killed stubs and issue 13's hostile
 requests, each with the answer it must get, dealt in shuffled rounds (`FaultPlan`).
 
 Every fault returns a `FaultOutcome`: what was done, whether the server answered as it

@@ -302,8 +302,12 @@ class TritonServer:
         LOG.info("starting %s on %s", binary, self.config.repository)
         LOG.debug("command: %s", " ".join(command))
         self._log_tail.clear()
+        # the server and its Python stubs run in the server's own folder (the one holding its
+        # backends), never the caller's: a caller's folder may hold folders named like
+        # packages (this repository's root has `kernels/`, Hugging Face's package name)
         self._process = subprocess.Popen(
-            command, env=server_environment(binary), stdout=subprocess.PIPE,
+            command, env=server_environment(binary), cwd=backends.parent,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace",
             start_new_session=True)  # Ctrl-C in our terminal reaches us, we stop the server
         self._log_thread = threading.Thread(target=self._forward_logs, daemon=True,

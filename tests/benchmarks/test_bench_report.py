@@ -29,8 +29,9 @@ def result():
                "refs": ["a.png"], "seed": 0}
     return BenchResult(
         settings=BenchConfig(preset="tiny", device="cpu", runs=3, served=True),
-        started="2030-01-02T03:04:05+00:00", duration_s=1.0, machine=machine,
-        versions={"torch": "2.x"}, source={"commit": "0123456789ab" + "c" * 28, "dirty": True},
+        provenance={"started": "2030-01-02T03:04:05+00:00", "duration_s": 1.0,
+                    "machine": machine, "versions": {"torch": "2.x"},
+                    "source": {"commit": "0123456789ab" + "c" * 28, "dirty": True}},
         config={"name": "tiny"}, request=request, shapes={},
         clock="perf_counter_ns", variants=(), measurements=measurements,
         skipped=(Skip("ort", "fp32", "no ORT backend here", target="served"),),

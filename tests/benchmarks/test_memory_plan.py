@@ -114,6 +114,10 @@ def test_reduced_config_keeps_the_width_and_sets_every_depth():
 
 
 def test_record_files_name_the_machine_versions_and_commit(tmp_path):
+    import datetime
+    import time
+
+    from cinema_trt.benchmarks.machine import Provenance, machine_info, source_revision
     from cinema_trt.benchmarks.memory_report import make_record, to_markdown, write_outputs
     from cinema_trt.benchmarks.memory_run import MemoryPlanConfig
 
@@ -122,14 +126,16 @@ def test_record_files_name_the_machine_versions_and_commit(tmp_path):
                                       2: EngineMemory(830 * MIB, 2400 * MIB)}, 42)
     stages = [dit if s.stage == "dit" else s for s in stages]
     settings = MemoryPlanConfig(plans=("fp16",), cache_dir=tmp_path)
-    record = make_record(settings, {"fp16": stages}, "2026-11-29T07:00:00+00:00", 12.0)
+    started = datetime.datetime(2026, 11, 29, 7, tzinfo=datetime.timezone.utc)
+    run = Provenance(started, time.perf_counter() - 12.0, source_revision(), machine_info())
+    record = make_record(settings, {"fp16": stages}, run.block())
     files = write_outputs(record, tmp_path / "results")
     assert [f.name for f in files.values()] == [
         f"cpu-{record['machine']['cores']}core-memory-cinema-20261129.{x}"
         for x in ("json", "md", "png")]
     saved = json.loads(files["json"].read_text())
     assert saved["schema"] == "cinema-trt/memory-plan/1"
-    assert saved["git"]["commit"] and saved["versions"]["tensorrt-rtx-cu12"]
+    assert saved["source"]["commit"] and saved["versions"]["tensorrt-rtx-cu12"]
     assert saved["shapes"]["frames"] == 45 and saved["shapes"]["refs"]["max"] == 4
     assert [p["release_mllm"] for p in saved["peaks"]] == [False, True]
     dit_row = next(s for s in saved["plans"]["fp16"] if s["stage"] == "dit")

@@ -39,7 +39,7 @@ def test_bad_arguments_exit_2_with_one_clear_line(tmp_path, extra, message):
     result = subprocess.run(
         [sys.executable, "-m", "cinema_trt.cli", "generate", "--ref", ref, "--prompt", "x",
          "-o", str(tmp_path / "v.mp4"), *extra], capture_output=True, text=True, timeout=120,
-        cwd=tmp_path)  # not the repo root: its top-level folders would shadow packages
+        cwd=tmp_path)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "v.mp4").exists()

@@ -53,7 +53,6 @@ def test_a_killed_client_process_frees_its_request(served, png, tmp_path):
     ref = tmp_path / "ref.png"
     ref.write_bytes(png)
     before = _settled_dit_executions(url)
-    # cwd outside the repo: `python -c` puts cwd first on sys.path (see tests/README)
     process = subprocess.Popen([sys.executable, "-c", CLIENT, url, str(ref)], cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:

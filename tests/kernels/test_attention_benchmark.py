@@ -19,7 +19,7 @@ def test_shapes_are_the_cinema_dit_sequence_lengths():
 
 def test_markdown_has_one_row_per_shape_and_a_dash_for_failures():
     shape = {"batch": 2, "heads": 48, "seq": 17776, "head_dim": 64, "num_refs": 1}
-    record = {"device": {"name": "GPU"}, "settings": {"dtype": "float16"},
+    record = {"machine": {"gpu": {"name": "GPU"}}, "settings": {"dtype": "float16"},
               "versions": {"torch": "2.x"},
               "results": [{"shape": shape, "backend": "triton", "tflops": 512.34},
                           {"shape": shape, "backend": "sdpa_math", "tflops": None}]}

@@ -11,8 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cinema_trt.kernels import Int8Quantization, attention_int8, attention_reference
 from cinema_trt.kernels.int8_attention import fp8_supported, key_mean, quantize_per_block
+from cinema_trt.kernels.ops import Int8Quantization, attention_int8
+from cinema_trt.kernels.reference import attention_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 COSINE_BAR = 0.999

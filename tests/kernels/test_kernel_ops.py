@@ -9,8 +9,9 @@ import sys
 import pytest
 import torch
 
-import cinema_trt.kernels as kernels
-from cinema_trt.kernels import Int8Quantization, QKPrologue
+import cinema_trt.kernels.ops as kernels
+from cinema_trt.kernels.ops import Int8Quantization
+from cinema_trt.kernels.reference import QKPrologue
 from cinema_trt.models import attention as model_attention
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -22,7 +23,7 @@ def _randn(*shape, seed=0):
 
 
 def test_import_is_cheap_and_needs_neither_triton_nor_tensorrt():
-    code = ("import sys, cinema_trt.kernels, cinema_trt.kernels.trt_plugin; "
+    code = ("import sys, cinema_trt.kernels.backends, cinema_trt.kernels.trt_plugin; "
             "bad = [m for m in ('triton', 'tensorrt') if m in sys.modules]; "
             "sys.exit(f'imported {bad}' if bad else 0)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -19,9 +19,14 @@ import os
 import pytest
 import torch
 
-from cinema_trt.kernels import QKPrologue, attention, attention_reference
 from cinema_trt.kernels.fused_attention import launch_attention, tma_compatible, tma_supported
-from cinema_trt.kernels.reference import rms_norm_reference, rope_reference
+from cinema_trt.kernels.ops import attention
+from cinema_trt.kernels.reference import (
+    QKPrologue,
+    attention_reference,
+    rms_norm_reference,
+    rope_reference,
+)
 from cinema_trt.models.rope import apply_rope, grid_positions, rope_3d
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -17,8 +17,10 @@ import onnx
 import pytest
 import torch
 
-import cinema_trt.kernels as kernels
-from cinema_trt.kernels import Int8Quantization, QKPrologue, trt_plugin
+import cinema_trt.kernels.ops as kernels
+from cinema_trt.kernels import trt_plugin
+from cinema_trt.kernels.ops import Int8Quantization
+from cinema_trt.kernels.reference import QKPrologue
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 

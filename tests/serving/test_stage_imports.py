@@ -27,7 +27,6 @@ print("transformers" in sys.modules)
 
 
 def _imports_transformers(cwd, folder, runtime: str, stages: list[str]) -> bool:
-    # cwd outside the repo: the top-level kernels/ folder would shadow HF's `kernels`
     done = subprocess.run([sys.executable, "-c", PROBE, str(folder), runtime, *stages],
                           cwd=cwd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -1,8 +1,9 @@
 """The fault soak: concurrent clients for minutes while stubs are killed and hostile requests
 arrive (serving/faults.py); every call is classified and the server must be healthy at
-the end. Loopback only, bounded in time.
+the end. Loopback only, bounded in time. A benchmark harness: it drives the serving layer
+from outside, as a user's clients would.
 
-    python -m cinema_trt.serving.soak --duration 180 --out benchmarks/results
+    python -m cinema_trt.benchmarks.soak --duration 180 --out benchmarks/results
 
 Each call ends as exactly one of:
 - succeeded: the video arrived with the requested shape;
@@ -24,14 +25,14 @@ import functools
 import json
 import logging
 import random
-import subprocess
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from .machine import Provenance, describe_source, machine_tag
 
 LOG = logging.getLogger(__name__)
 REQUEST: dict[str, Any] = dict(frames=5, height=32, width=32, steps=4, guidance=4.0)
@@ -211,19 +212,6 @@ def run_soak(config: SoakConfig) -> SoakResult:
 # --- the record -------------------------------------------------------------------------
 
 
-def git_commit() -> str:
-    """HEAD of the checkout this package runs from, `-dirty` with uncommitted changes."""
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=here, capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")
-
-
 def _fault_table(faults: list[dict]) -> list[dict]:
     kinds: dict[str, list[dict]] = collections.defaultdict(list)
     for fault in faults:
@@ -238,16 +226,11 @@ def _fault_table(faults: list[dict]) -> list[dict]:
     return rows
 
 
-def soak_record(config: SoakConfig, result: SoakResult, started: datetime,
-                seconds: float, commit: str | None = None) -> dict:
-    """The JSON record; `commit`: the checkout's HEAD when the soak started."""
-    from cinema_trt.benchmarks.machine import library_versions, machine_info
-
+def soak_record(config: SoakConfig, result: SoakResult, provenance: dict) -> dict:
+    """The JSON record; `provenance`: the run's `Provenance.block()`."""
     settings = {k: str(v) if isinstance(v, Path) else v
                 for k, v in dataclasses.asdict(config).items()}
-    return {"schema": "cinema-trt/soak/1", "started": started.isoformat(timespec="seconds"),
-            "duration_s": round(seconds, 1), "git_commit": commit or git_commit(),
-            "machine": machine_info(), "versions": library_versions(),
+    return {"schema": "cinema-trt/soak/1", **provenance,
             "settings": {**settings, "request": REQUEST, "hang_s": config.hang_s},
             "counts": result.counts, "longest_call_s": round(result.longest_call_s, 2),
             "errors": dict(result.errors.most_common()),
@@ -265,8 +248,8 @@ def markdown(record: dict) -> str:
     m, s = record["machine"], record["settings"]
     lines = [f"Soak of {record['duration_s']:.0f} s on {m['cpu']} ({m['cores']} cores, "
              f"GPU: {m['gpu']['name'] if m['gpu'] else 'none'}), tritonserver from "
-             f"nvidia-pytriton {record['versions']['nvidia-pytriton']}, commit "
-             f"{record['git_commit'][:12]}, {record['started']}: {s['clients']} clients "
+             f"nvidia-pytriton {record['versions']['nvidia-pytriton']}, "
+             f"{describe_source(record['source'])}, {record['started']}: {s['clients']} clients "
              f"(tiny preset, {s['request']['frames']} frames {s['request']['height']}x"
              f"{s['request']['width']}, {s['request']['steps']} steps), a fault every "
              f"~{s['fault_every']:.0f} s, no-progress bound {s['progress_timeout']:.0f} s.",
@@ -286,8 +269,6 @@ def markdown(record: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cinema_trt.benchmarks.machine import machine_tag
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = SoakConfig()
     parser.add_argument("--duration", type=float, default=defaults.duration)
@@ -302,10 +283,10 @@ def main(argv: list[str] | None = None) -> int:
                                                    "%(message)s")
     config = SoakConfig(args.duration, args.clients, args.fault_every, args.progress_timeout,
                         args.seed, args.repository)
-    started, begin, commit = datetime.now(timezone.utc), time.monotonic(), git_commit()
+    run = Provenance.start()
     result = run_soak(config)
-    record = soak_record(config, result, started, time.monotonic() - begin, commit)
-    stem = args.out / f"soak-{machine_tag('cpu')}-{started:%Y%m%d}"
+    record = soak_record(config, result, run.block())
+    stem = args.out / f"soak-{machine_tag('cpu')}-{run.date}"
     args.out.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     stem.with_suffix(".md").write_text(markdown(record))

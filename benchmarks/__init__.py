@@ -1,1 +1,0 @@
-"""cinema_trt.benchmarks."""

@@ -1,1 +1,0 @@
-"""The `cinema-trt` command line: one thin subcommand per use."""

@@ -1,1 +1,0 @@
-"""PyTorch reference definitions of every CINEMA stage, the sampler and the pipeline."""
