@@ -10,7 +10,7 @@ import torch
 
 from cinema_trt.models.pipeline import CinemaPipeline, GenerationRequest
 from cinema_trt.models.runner import Runner, Tensors
-from cinema_trt.models.specs import STAGES
+from cinema_trt.models.stages import STAGES
 
 StageInputs = dict[str, Tensors]
 
@@ -44,7 +44,7 @@ def capture_stage_inputs(pipeline: CinemaPipeline, request: GenerationRequest) -
         pipeline.generate(request)
     finally:
         pipeline.runners = original
-    captured = {stage: recorders[stage].first for stage in STAGES}
+    captured = {s.name: recorders[s.name].first for s in STAGES}
     missing = [s for s, inputs in captured.items() if inputs is None]
     if missing:
         raise RuntimeError(f"the pipeline never called stages {missing}; cannot benchmark them")

@@ -49,31 +49,31 @@ def _summary(values: list[float]) -> dict:
 
 def _runtimes(models, folders: Mapping[str, Path]) -> dict[str, dict]:
     """Runner sets: ORT fp32 and fp16 on every stage; FP8 as tests/export/test_pipeline_ort
-    runs it (FP8 DiT, connector and MLLM text; fp32 vision graph; torch VAE)."""
-    from cinema_trt.export.mllm_split import composed_mllm_runner
+    runs it (every graph with an FP8 recipe in FP8, the others fp32 on ORT; the stages
+    without one on torch), split stages composed with the FP8 folder's glue."""
     from cinema_trt.export.ort import OrtRunner, ort_runners
+    from cinema_trt.export.stage_runners import stage_runners
     from cinema_trt.models.factory import torch_runners
-    from cinema_trt.models.stages import BY_NAME, FP8_GRAPHS
+    from cinema_trt.models.stages import FP8_GRAPHS, STAGES
 
-    mllm_stage = BY_NAME["mllm"]
-
-    fp8 = ort_runners(folders["fp8"])
-    # the vision graph has no FP8 recipe: fp32; the text graph and its glue FP8
-    vision, text = (OrtRunner(folders["fp8" if g in FP8_GRAPHS else "fp32"] / g)
-                    for g in mllm_stage.graphs)
-    mllm = composed_mllm_runner(vision, text, folders["fp8"] / mllm_stage.glue)
+    # a stage with an FP8 recipe in any of its graphs runs them on ORT, the FP8 ones FP8
+    fp8_stages = [s for s in STAGES if any(g.name in FP8_GRAPHS for g in s.graphs)]
+    found = {g.name: folders["fp8" if g.name in FP8_GRAPHS else "fp32"] / g.name
+             for s in fp8_stages for g in s.graphs}
+    fp8 = stage_runners(found, lambda name: OrtRunner(found[name]), glue=folders["fp8"])
     return {"ort_fp32": ort_runners(folders["fp32"]), "ort_fp16": ort_runners(folders["fp16"]),
-            "ort_fp8": {**torch_runners(models), **fp8, "mllm": mllm}}
+            "ort_fp8": {**torch_runners(models), **fp8}}
 
 
 def _export(config, work: Path) -> dict[str, Path]:
     from cinema_trt.export.driver import export_stages
     from cinema_trt.models.stages import FP8_GRAPHS
 
-    plans: dict[str, dict[str, Any]] = {"fp32": {}, "fp16": {"dtype": "fp16"},
-             "fp8": {"stages": list(FP8_GRAPHS), "fp8": True}}
+    # (folder, export options); fp8 exports the FP8 recipes' graphs over fp32
+    plans: list[tuple[str, dict[str, Any]]] = [("fp32", {}), ("fp16", {"dtype": "fp16"}),
+                                               ("fp8", {"stages": FP8_GRAPHS, "fp8": True})]
     folders = {}
-    for name, options in plans.items():
+    for name, options in plans:
         folders[name] = work / f"onnx-{name}"
         log.info("exporting tiny %s to %s", name, folders[name])
         export_stages(config, folders[name], progress=False, **options)

@@ -6,7 +6,7 @@ activation and persistent device memory, read from the TensorRT log; no GPU need
 is tested on small numbers; `memory_run.py` produces the figures.
 
 The extrapolation model, stage by stage, from builds at two depths d1 < d2 of the same
-width (DiT blocks, MLLM text layers, MLLM vision blocks: DEPTH_FIELDS in models/stages.py;
+width (DiT blocks, MLLM text layers, MLLM vision blocks: the graphs' `depth`, models/stage.py;
 the other stages are built whole):
 - weights: every block has the same parameters, so the engine's weights are
   `base + depth * per_block`; two builds give both, W(L) = W(d2) + (L - d2) * (W(d2) -
@@ -38,14 +38,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from cinema_trt.models.stages import BY_NAME, graphs_of
+from cinema_trt.models.stages import STAGES
 
 GIB = 2**30
 CARDS_GIB = (24, 48, 80)
-ENCODE_STAGES = graphs_of(("mllm", "connector", "vae_encoder"))
-DENOISE_STAGES = graphs_of(("dit", "vae_decoder"))
-MLLM_STAGES = BY_NAME["mllm"].graphs
-PIPELINE_STAGES = ENCODE_STAGES + DENOISE_STAGES
+# the pipeline's phases (models/stage.py `Stage.encodes`), by graph
+ENCODE_STAGES = tuple(g.name for s in STAGES if s.encodes for g in s.graphs)
+DENOISE_STAGES = tuple(g.name for s in STAGES if not s.encodes for g in s.graphs)
+RELEASED_STAGES = tuple(g.name for s in STAGES if s.released_after_encoding for g in s.graphs)
 # the model in one paragraph per point, carried by every record (see the module docstring)
 MODEL_NOTE = (
     "Figures are the TensorRT-RTX builder's own (Total Weights / Activation / Device "
@@ -137,7 +137,7 @@ def pipeline_peaks(plan: str, stages: list[StagePlan],
     """The peak with the MLLM kept and with it released after encoding."""
     names = tuple(s.stage for s in stages)
     kept = {"all stages": _phase(stages, names, names)}
-    after_encode = tuple(s for s in names if s not in MLLM_STAGES)
+    after_encode = tuple(s for s in names if s not in RELEASED_STAGES)
     released = {"encode": _phase(stages, ENCODE_STAGES, ENCODE_STAGES),
                 "denoise + decode": _phase(stages, after_encode, DENOISE_STAGES)}
     peaks = []

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cinema_trt.models.fileio import atomic_write
+from cinema_trt.models.stages import DIT, VAE_DECODER
 
 from .machine import Provenance, describe_source, machine_tag
 from .memory_plan import CARDS_GIB, GIB, MODEL_NOTE, StagePlan, pipeline_peaks
@@ -26,8 +27,8 @@ log = logging.getLogger(__name__)
 SCHEMA = "cinema-trt/memory-plan/1"
 # measured by hand for issue 11 (fp16 engines, TensorRT-RTX, the paper's shapes), in GB
 REFERENCES = (
-    {"stage": "dit", "depth": 2, "weights_gb": 0.83, "activation_gb": 2.43, "note": ""},
-    {"stage": "vae_decoder", "depth": 0, "weights_gb": 0.16, "activation_gb": 8.1,
+    {"stage": DIT.name, "depth": 2, "weights_gb": 0.83, "activation_gb": 2.43, "note": ""},
+    {"stage": VAE_DECODER.name, "depth": 0, "weights_gb": 0.16, "activation_gb": 8.1,
      # measured here: under an 8 GiB workspace limit (BuildConfig's default) the build fails
      # with "OutOfMemory (Requested size was 8747344390 bytes)", i.e. 8.15 GiB
      "note": "8.1 is likely the OutOfMemory message of a build under the default 8 GiB "
@@ -84,7 +85,7 @@ def _embedding_note(config) -> str:
     """The one MLLM tensor no engine holds: the token-embedding gather runs in torch."""
     table = config.mllm.vocab_size * config.mllm.hidden_size * 2  # fp16
     return (f"not in any engine: the MLLM's token-embedding table, a gather outside the "
-            f"graphs (export/mllm_split.py): {config.mllm.vocab_size} x "
+            f"graphs (models/mllm_split.py): {config.mllm.vocab_size} x "
             f"{config.mllm.hidden_size} fp16 = {table / GIB:.2f} GiB wherever it is kept")
 
 
@@ -197,13 +198,13 @@ def write_chart(record: dict, path: Path) -> Path:
 
 
 def _resident(peak: dict, phase: str, stages: dict) -> set[str]:
-    from .memory_plan import ENCODE_STAGES, MLLM_STAGES
+    from .memory_plan import ENCODE_STAGES, RELEASED_STAGES
 
     if not peak["release_mllm"]:
         return set(stages)
     if phase == "encode":
         return set(ENCODE_STAGES)
-    return set(stages) - set(MLLM_STAGES)
+    return set(stages) - set(RELEASED_STAGES)
 
 
 def write_outputs(record: dict, out_dir: str | os.PathLike) -> dict[str, Path]:

@@ -3,8 +3,8 @@ with TensorRT-RTX for the paper's request shapes (on a CPU: the builder reports 
 without a GPU), and extrapolate to full depth (memory_plan.py).
 
 Per plan (fp16; fp8 = the FP8 recipes' stages as FP8 over fp16 compute, every other stage
-the fp16 engine), the depth-scaled stages (DEPTH_FIELDS) are exported and built at two
-depths, the others once, whole. Every export runs in a fresh process, so the machine's
+the fp16 engine), the depth-scaled graphs (their `depth`, models/stage.py) are exported and
+built at two depths, the others once, whole. Every export runs in a fresh process, so the machine's
 peak is one export's, not the sum of what earlier ones left behind.
 """
 
@@ -20,15 +20,16 @@ from typing import Any
 
 from cinema_trt.models.precision import Precision
 from cinema_trt.models.presets import CinemaConfig, SamplerConfig, get_preset
-from cinema_trt.models.stages import DEPTH_FIELDS, FP8_GRAPHS, GRAPHS
+from cinema_trt.models.stages import FP8_GRAPHS, GRAPH_NAMES, GRAPHS
 
 from .memory_plan import EngineMemory, StagePlan, extrapolate
 
 log = logging.getLogger(__name__)
 
-# DEPTH_FIELDS: graph -> (config section, field) holding its depth; others are built whole
-FP8_STAGES = FP8_GRAPHS  # the FP8 recipes (export/fp8.py RECIPES)
-ALL_STAGES = GRAPHS
+# graph -> (config section, field) holding its depth; the other graphs are built whole
+DEPTH_FIELDS = {g.name: g.depth for g in GRAPHS if g.depth is not None}
+FP8_STAGES = FP8_GRAPHS  # the graphs with an FP8 recipe
+ALL_STAGES = GRAPH_NAMES
 PLANS = ("fp16", "fp8")
 # FP8 calibration runs the pipeline on the config's sampler defaults (export/calibration.py);
 # at the paper's 45 x 480 x 720 that is hours per step on a CPU, so the reduced configs
@@ -105,7 +106,7 @@ def _export_job(config_dict: dict, cache_dir: str, groups: list[tuple[str, ...]]
     group of stages, made unless cached, in a worker process (spawned: nothing inherited)."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from cinema_trt.export.driver import cached_export
+    from cinema_trt.export.cached import cached_export
     from cinema_trt.models.cache import ArtifactCache
 
     config, cache = CinemaConfig.from_dict(config_dict), ArtifactCache(Path(cache_dir))
@@ -169,7 +170,7 @@ def fp8_exports(settings: MemoryPlanConfig) -> dict[str, str]:
     """Export every FP8 recipe stage at its depths, one stage per export (each calibrates
     on its own), so one stage failing its accuracy gate does not cost the others. Returns
     {stage: why} for the stages whose FP8 export failed."""
-    from cinema_trt.export.driver import ExportError
+    from cinema_trt.export.check import ExportError
 
     base = get_preset(settings.preset)
     failed: dict[str, str] = {}

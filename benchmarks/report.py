@@ -15,13 +15,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cinema_trt.models.stages import STAGES
+
 from .machine import describe_source, machine_tag
 from .result import TARGETS, BenchResult
 
 log = logging.getLogger(__name__)
 
-TARGET_LABELS = {"dit": "dit (1 step, CFG x2)", "pipeline": "pipeline (whole request)",
-                 "served": "served (Triton, gRPC)"}
+TARGET_LABELS = {**{s.name: f"{s.name} (1 step, CFG x2)" for s in STAGES if s.per_step},
+                 "pipeline": "pipeline (whole request)", "served": "served (Triton, gRPC)"}
 
 
 @dataclass(frozen=True)

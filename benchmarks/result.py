@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cinema_trt.models.specs import STAGES
+from cinema_trt.models.stages import STAGE_NAMES
 
 from .config import BenchConfig
 from .stats import Stats
 from .variants import Skip
 
-TARGETS = STAGES + ("pipeline", "served")
+TARGETS = (*STAGE_NAMES, "pipeline", "served")
 SCHEMA = "cinema-trt/bench-latency/1"
 
 

@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING
 
 from cinema_trt.models.cache import ArtifactCache, Entry
 from cinema_trt.models.dtypes import lookup
-from cinema_trt.models.precision import RUNTIME_BASE, compute_dtype
+from cinema_trt.models.precision import RUNTIME_BASE, Precision, compute_dtype
 from cinema_trt.models.runner import Runner
-from cinema_trt.models.specs import STAGES
+from cinema_trt.models.stages import STAGE_NAMES as NAMES
+from cinema_trt.models.stages import STAGES, stage
 
 from .config import BenchConfig, default_cache_dir
 
@@ -35,9 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# the FP8 variant quantizes the DiT only: it is the stage the sampler calls `steps` times,
-# and the one the exporter's FP8 recipe was tuned for (export/fp8.py)
-FP8_STAGES = ("dit",)
+# the FP8 variant quantizes the stages the sampler calls once per step (the DiT): their
+# cost is `steps` times any other's (models/stage.py `Stage.per_step`)
+FP8_STAGES = tuple(s.name for s in STAGES if s.per_step and Precision.FP8 in s.recipes)
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def _cache(bench: BenchConfig) -> ArtifactCache:
 def _export(bench: BenchConfig, models: CinemaModels, dtype: str, fp8: bool = False
             ) -> Entry:
     """The export computing in `dtype` (`fp8`: the FP8 DiT's) from the artifact cache."""
-    from cinema_trt.export.driver import cached_export
+    from cinema_trt.export.cached import cached_export
 
     return cached_export(_cache(bench), models.config, bench.weights, dtype=dtype, fp8=fp8,
                          stages=FP8_STAGES if fp8 else None, models=models, progress=False)
@@ -139,7 +140,7 @@ def _torch_variant(models, precision: str, bench: BenchConfig) -> Variant:
     dtype = None if precision == "fp32" else lookup(compute_dtype(precision)).torch
     runners = torch_runners(source, bench.device, dtype)
     served = ServedSpec("torch") if precision == "fp32" else None
-    return Variant("torch", precision, runners, STAGES, {s: precision for s in STAGES},
+    return Variant("torch", precision, runners, NAMES, {s: precision for s in NAMES},
                    served=served, served_reason="served torch stage models load fp32 "
                    "weights and cast nothing (serving/stage_model.py)")
 
@@ -165,8 +166,8 @@ def _ort_variant(models, precision: str, bench: BenchConfig) -> Variant:
     exports = [_export(bench, models, base)]
     base_dir = exports[0].path
     runners = ort_runners(base_dir, threads=bench.threads)
-    stages: tuple[str, ...] = STAGES
-    precisions, served = {s: base for s in STAGES}, base_dir
+    stages: tuple[str, ...] = NAMES
+    precisions, served = {s: base for s in NAMES}, base_dir
     if precision == "fp8":
         exports.append(_export(bench, models, base, fp8=True))
         fp8_dir = exports[1].path
@@ -201,12 +202,12 @@ def _tensorrt_variant(models, precision: str, bench: BenchConfig) -> Variant:
     export = _export(bench, models, base)
     engines = build(export, base)
     runners = tensorrt_runners(engines, export_dir=export.path, device=bench.device)
-    stages: tuple[str, ...] = STAGES
-    precisions = {s: base for s in STAGES}
+    stages: tuple[str, ...] = NAMES
+    precisions = {s: base for s in NAMES}
     if precision == "fp8":
         fp8_engines = build(_export(bench, models, base, fp8=True), "fp8", FP8_STAGES)
-        runners.update({s: TensorRTRunner(fp8_engines / s, bench.device, cuda_graph=s == "dit")
-                        for s in FP8_STAGES})
+        runners.update({s: TensorRTRunner(fp8_engines / s, bench.device,
+                                          cuda_graph=stage(s).cuda_graph) for s in FP8_STAGES})
         stages, precisions = FP8_STAGES, {**precisions, **{s: "fp8" for s in FP8_STAGES}}
         engines = overlay(_cache(bench).root / "overlay" / fp8_engines.name, engines,
                           {s: fp8_engines / s for s in FP8_STAGES})

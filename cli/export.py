@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cinema_trt.models.precision import EXPORT_PRECISIONS
-from cinema_trt.models.stages import FP8_GRAPHS, GRAPHS, STAGE_ALIASES
+from cinema_trt.models.stages import FP8_GRAPHS, GRAPH_NAMES, aliases
 
 from .options import defaults, from_args
 
@@ -49,14 +49,14 @@ def export_from_options(options: ExportOptions) -> list[ExportResult]:
 
 
 def _aliases() -> str:
-    return "; ".join(f"{name} = {' + '.join(graphs)}" for name, graphs in STAGE_ALIASES.items())
+    return "; ".join(f"{name} = {' + '.join(graphs)}" for name, graphs in aliases().items())
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "export", help="export stages to ONNX (+ manifest.json), checked against PyTorch",
         description="Writes <out>/<stage>/model.onnx and manifest.json for each graph: "
-                    f"{', '.join(GRAPHS)} (a split stage's name stands for its graphs: "
+                    f"{', '.join(GRAPH_NAMES)} (a split stage's name stands for its graphs: "
                     f"{_aliases()}).")
     p.add_argument("--preset", help="tiny | small | cinema (default: the --weights folder's "
                                     "own architecture, else tiny); with --weights, must match")
@@ -86,8 +86,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     from cinema_trt.export.calibration import ModelOptMissingError
-    from cinema_trt.export.driver import format_summary
-
     options = from_args(ExportOptions, args, progress=not args.quiet,
                         stages=tuple(args.stages) if args.stages else None)
     try:
@@ -98,3 +96,16 @@ def run(args: argparse.Namespace) -> int:
     print(format_summary(results))
     log.info("exported %d stage(s) to %s", len(results), options.out)
     return 0
+
+
+def format_summary(results: list[ExportResult]) -> str:
+    """A plain-text table: stage, precision, file size, params, errors vs torch, time."""
+    rows = [("stage", "precision", "size", "params", "max_abs", "rel_max", "cosine", "time")]
+    for r in results:
+        errors = ((f"{r.error.max_abs:.2e}", f"{r.error.rel_max:.2e}", f"{r.error.cosine:.6f}")
+                  if r.error is not None else ("-", "-", "-"))
+        rows.append((r.stage, r.precision.value, f"{r.file_bytes / 2**20:.2f} MiB",
+                     f"{r.params / 1e6:.3f} M", *errors, f"{r.seconds:.1f} s"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                     for row in rows)

@@ -1,7 +1,7 @@
 """One stage folder's outputs against another's, through polygraphy's `Comparator`.
 
-The inputs are the ones each export was validated on (export/driver.py `_validate`: the
-manifest's recorded `validation.cases`, case i drawn by `sample_inputs` with seed
+The inputs are the ones each export was validated on (export/check.py: the manifest's
+recorded `Validation.cases`, case i drawn by the graph's `sample_inputs` with seed
 CHECK_SEED + i), so the tolerances can come from what the manifests recorded about those
 very inputs rather than from a number picked here. Both exports were measured against the
 same reference, torch fp32, so the triangle inequality bounds their distance:
@@ -31,9 +31,7 @@ from typing import Any
 
 import numpy as np
 
-CHECK_SEED = 100  # export/driver.py `_validate`: check case i uses seed CHECK_SEED + i
-# what both manifests' errors must have been measured against for the bounds above
-TORCH_FP32 = "torch fp32"
+from cinema_trt.export.validation import CHECK_SEED, TORCH_FP32, Validation
 
 
 @dataclass(frozen=True)
@@ -66,13 +64,14 @@ class StageComparison:
 # --- tolerances from the manifests ------------------------------------------------------
 
 
-def _validation(manifest) -> dict[str, Any]:
+def _validation(manifest) -> Validation:
     validation = manifest.validation
-    if "skipped" in validation or validation.get("reference") != TORCH_FP32:
-        measured = validation.get("skipped") or validation.get("reference")
+    if not validation.against_torch_fp32:
         raise ValueError(f"{manifest.stage} ({manifest.precision.value}): its export was not "
-                         f"validated against {TORCH_FP32} ({measured}), so no tolerance "
-                         f"follows from its manifest; compare fp32, fp16 or FP8 exports")
+                         f"validated against {TORCH_FP32} "
+                         f"({validation.skipped or validation.reference or 'no check'}), so no "
+                         f"tolerance follows from its manifest; compare fp32, fp16 or FP8 "
+                         f"exports")
     return validation
 
 
@@ -80,7 +79,9 @@ def _angle(manifest) -> float:
     """The largest angle to torch fp32 the export's validation allows (FP8: its gate) or
     measured (others: their gate is a max-abs error, not an angle)."""
     validation = _validation(manifest)
-    cosine = validation.get("min_cosine", validation["cosine"])
+    assert validation.error is not None
+    cosine = validation.min_cosine if validation.min_cosine is not None \
+        else validation.error.cosine
     return math.acos(min(1.0, max(-1.0, cosine)))
 
 
@@ -89,14 +90,15 @@ def derive_tolerance(reference, other) -> Tolerance:
     exports or builds), from the errors their exports recorded against torch fp32."""
     a, b = _validation(reference), _validation(other)
     names = f"{reference.precision.value} vs {other.precision.value}"
-    if "min_cosine" in a or "min_cosine" in b:
+    if a.min_cosine is not None or b.min_cosine is not None:
         angle = _angle(reference) + _angle(other)
         return Tolerance("cosine", math.cos(min(angle, math.pi)),
                          f"{names}: cos(acos {math.cos(_angle(reference)):.6f} + acos "
                          f"{math.cos(_angle(other)):.6f}), the exports' angles to torch fp32")
-    limit = (a["tolerance"] + b["tolerance"]) / (1.0 - a["tolerance"])
-    return Tolerance("rel_max", limit, f"{names}: ({a['tolerance']:.3g} + {b['tolerance']:.3g})"
-                     f" / (1 - {a['tolerance']:.3g}), the exports' gates vs torch fp32")
+    assert a.tolerance is not None and b.tolerance is not None
+    limit = (a.tolerance + b.tolerance) / (1.0 - a.tolerance)
+    return Tolerance("rel_max", limit, f"{names}: ({a.tolerance:.3g} + {b.tolerance:.3g})"
+                     f" / (1 - {a.tolerance:.3g}), the exports' gates vs torch fp32")
 
 
 # --- inputs -----------------------------------------------------------------------------
@@ -104,7 +106,7 @@ def derive_tolerance(reference, other) -> Tolerance:
 
 @dataclass(frozen=True)
 class _ConfigOnly:
-    """What `export.stages.sample_inputs` reads of a `CinemaModels`: the config, and the HF
+    """What a graph's `sample_inputs` reads of a `CinemaModels`: the config, and the HF
     vision config for the MLLM vision graph's rotary tables. No weights are built."""
 
     config: Any
@@ -121,36 +123,34 @@ def _input_source(config) -> _ConfigOnly:
 
 def validation_inputs(manifest) -> list[dict[str, np.ndarray]]:
     """The feeds the export's validation ran, one per recorded case."""
-    from cinema_trt.export.stages import sample_inputs
     from cinema_trt.models.presets import CinemaConfig
+    from cinema_trt.models.stages import graph
 
-    cases = _validation(manifest).get("cases") or []
+    cases = _validation(manifest).cases
     if not cases:
         raise ValueError(f"{manifest.stage}: the manifest records no validation cases; "
                          f"re-export the stage")
     source = _input_source(CinemaConfig.from_dict(manifest.config))
-    return [{k: v.numpy() for k, v in sample_inputs(source, manifest.stage, case,
-                                                     seed=CHECK_SEED + i).items()}
-            for i, case in enumerate(cases)]
+    return [{k: v.numpy() for k, v in graph(manifest.stage).sample_inputs(
+        source, case, seed=CHECK_SEED + i).items()} for i, case in enumerate(cases)]
 
 
 def profile_inputs(manifest, profiles: dict[str, dict[str, list[int]]]
                    ) -> list[dict[str, np.ndarray]]:
     """One feed at an engine profile's `opt` shapes (the symbols read off the spec dims)."""
-    from cinema_trt.export.stages import export_specs, sample_inputs
     from cinema_trt.models.presets import CinemaConfig
-    from cinema_trt.models.stages import MLLM_VISION
+    from cinema_trt.models.stages import graph
 
-    if manifest.stage == MLLM_VISION:
-        raise ValueError(f"{MLLM_VISION} engines are compared on their export only (its inputs "
-                         "are derived from image grids a profile does not record)")
-    config = CinemaConfig.from_dict(manifest.config)
-    case: dict[str, int] = {}
-    for spec in export_specs(config)[manifest.stage].inputs:
-        for dim, size in zip(spec.dims, profiles[spec.name]["opt"], strict=True):
-            if isinstance(dim, str):
-                case[dim] = size
-    feed = sample_inputs(_ConfigOnly(config, None), manifest.stage, case, seed=CHECK_SEED)
+    case = {dim: size for t in manifest.stage_spec().inputs
+            for dim, size in zip(t.dims, profiles[t.name]["opt"], strict=True)
+            if isinstance(dim, str)}
+    source = _ConfigOnly(CinemaConfig.from_dict(manifest.config), None)
+    try:
+        feed = graph(manifest.stage).sample_inputs(source, case, seed=CHECK_SEED)
+    except KeyError as missing:
+        raise ValueError(f"{manifest.stage} engines are compared on their export only: its "
+                         f"inputs are drawn from {missing}, which a profile does not "
+                         f"record") from None
     return [{k: v.numpy() for k, v in feed.items()}]
 
 

@@ -100,7 +100,7 @@ def inspect_graph(onnx_path: str | os.PathLike,
         attention_blocks=len(info.attention_nodes), qdq_types=tuple(sorted(info.qdq_types)),
         quantized_linears=len(info.quantized_linears),
         trt_plugins=tuple(sorted(info.trt_plugins)), external_data=info.external_data,
-        validation=dict(manifest.validation) if manifest else {})
+        validation=manifest.validation.to_dict() if manifest else {})
 
 
 # --- folders ----------------------------------------------------------------------------

@@ -13,13 +13,9 @@ static dim; a missing dim takes the preset's defaults, see `default_shapes`):
     seq:    {min: 1, opt: 400, max: 1400}  # MLLM tokens (prompt + template + image tokens)
     cfg: true                          # the DiT runs (cond, uncond) as one batch of 2
 
-How each stage sees them (the pipeline in models/pipeline.py decides this):
-    mllm, connector  batch, seq; pixel rows and images from refs (0 for the negative prompt)
-    MLLM vision      pixel rows of 1 image at min_pixels .. batch * refs images at max_pixels
-    MLLM text        batch, seq
-    vae_encoder      each reference is a one-frame video: batch = batch * refs, frames = 1
-    dit              batch doubled under CFG; refs; latent frames / height / width
-    vae_decoder      batch; latent frames / height / width
+Each graph turns them into its own symbols (`Graph.symbols`, in its stage's file: the
+DiT doubles the batch under CFG, the VAE encoder takes each reference as a one-frame
+video, ...), at each level through `request_at`.
 """
 
 from __future__ import annotations
@@ -31,14 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from cinema_trt.models.presets import VAE_SPATIAL, CinemaConfig, latent_frames
-from cinema_trt.models.specs import Dim, StageSpec, resolve, video_dims
-from cinema_trt.models.stages import GRAPHS, MLLM_TEXT, MLLM_VISION, PIPELINE_STAGES
+from cinema_trt.models.specs import Dim, StageSpec, image_tokens, resolve
+from cinema_trt.models.stage import Request
+from cinema_trt.models.stages import lookup
 
 DIM_KEYS = ("batch", "frames", "height", "width", "refs", "seq")
 YAML_KEYS = (*DIM_KEYS, "preset", "cfg")
 LEVELS = ("min", "opt", "max")
-# the pipeline's stages, plus the graphs a split stage is exported as (models/stages.py)
-STAGE_NAMES = PIPELINE_STAGES + tuple(g for g in GRAPHS if g not in PIPELINE_STAGES)
 
 # Tokens around the prompt: system instruction, chat template and request sentence (180
 # with the offline tokenizer of models/tokenizer.py, fewer with Qwen2's), and the
@@ -70,16 +65,6 @@ class DeploymentShapes:
 
 
 # --- processor-derived limits -----------------------------------------------------------
-
-
-def image_patches(config: CinemaConfig, pixels: int) -> int:
-    """Vision-tower patch rows (`pixel_values`) for one image resized to `pixels` pixels."""
-    return pixels // config.mllm.patch_size ** 2  # one temporal patch: images are repeated
-
-
-def image_tokens(config: CinemaConfig, pixels: int) -> int:
-    """LLM tokens one image becomes (patches merged spatial_merge_size^2 to one)."""
-    return image_patches(config, pixels) // config.mllm.spatial_merge_size ** 2
 
 
 def default_seq(config: CinemaConfig, refs: Dim) -> Dim:
@@ -188,41 +173,22 @@ def check_shapes(shapes: DeploymentShapes, config: CinemaConfig) -> None:
 # --- per-stage profiles -----------------------------------------------------------------
 
 
-def stage_symbols(stage: str, shapes: DeploymentShapes, config: CinemaConfig,
-                  level: str) -> dict[str, int]:
-    """Values of every symbolic dim of `stage`'s tensors at `level` (min, opt or max)."""
+def request_at(shapes: DeploymentShapes, config: CinemaConfig, level: str) -> Request:
+    """The request sizes of `shapes` at `level` (min, opt or max). Its min has no images
+    (the negative prompt has none; the MLLM vision graph then plans one of the smallest)
+    and no CFG doubling (a caller without CFG still fits the DiT)."""
     at = {k: getattr(getattr(shapes, k), level) for k in DIM_KEYS}
-    batch, refs = at["batch"], at["refs"]
-    if stage in ("mllm", "connector", MLLM_TEXT):
-        # the negative prompt has no images, so pixel rows and images start at 0
-        images = 0 if level == "min" else batch * refs
-        return {"batch": batch, "seq": at["seq"], "images": images,
-                "patches": images * image_patches(config, config.mllm.max_pixels)}
-    if stage == MLLM_VISION:
-        # only called with images: at least one, at the processor's smallest size
-        patches = image_patches(config, config.mllm.min_pixels) if level == "min" \
-            else batch * refs * image_patches(config, config.mllm.max_pixels)
-        return {"patches": patches,
-                "image_tokens": patches // config.mllm.spatial_merge_size ** 2}
-    if stage == "vae_encoder":
-        values = video_dims(config, 1, at["height"], at["width"], refs)
-        return {**values, "batch": batch * refs}
-    if stage in ("dit", "vae_decoder"):
-        values = video_dims(config, at["frames"], at["height"], at["width"], refs)
-        cfg_batch = 2 * batch if stage == "dit" and shapes.cfg else batch
-        # the DiT's min batch stays at 1x so a caller without CFG still fits
-        return {**values, "batch": batch if level == "min" else cfg_batch}
-    raise ValueError(f"unknown stage {stage!r}; expected one of {list(STAGE_NAMES)}")
+    low = level == "min"
+    m = config.mllm
+    return Request(**at, images=0 if low else at["batch"] * at["refs"],
+                   image_pixels=m.min_pixels if low else m.max_pixels,
+                   cfg=shapes.cfg and not low)
 
 
 def profiles_for(stage_spec: StageSpec, shapes: DeploymentShapes,
                  config: CinemaConfig) -> dict[str, Profile]:
-    """{input name: (min, opt, max) shape} for one stage, in the spec's input order."""
-    return _profiles(stage_spec.inputs, stage_spec.name, shapes, config)
-
-
-def _profiles(specs, stage: str, shapes: DeploymentShapes,
-              config: CinemaConfig) -> dict[str, Profile]:
-    low, opt, high = (stage_symbols(stage, shapes, config, level) for level in LEVELS)
+    """{input name: (min, opt, max) shape} for one graph (or stage), in input order."""
+    low, opt, high = (lookup(stage_spec.name).symbols(request_at(shapes, config, level), config)
+                      for level in LEVELS)
     return {spec.name: (resolve(spec, low), resolve(spec, opt), resolve(spec, high))
-            for spec in specs}
+            for spec in stage_spec.inputs}

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 
-from cinema_trt.export.manifest import Manifest, read_manifest
+from cinema_trt.export.manifest import MANIFEST_FILE, Manifest, read_manifest
+from cinema_trt.export.stage_runners import stage_runners
 from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.fileio import atomic_write
 from cinema_trt.models.runner import Runner, Tensors
-from cinema_trt.models.stages import SPLIT_GRAPHS, SPLIT_STAGES
+from cinema_trt.models.stages import STAGES, stage_of
 
 from .backends import BACKENDS, get_backend
 from .deps import require_backend, tensorrt_runtime_info
@@ -295,32 +296,26 @@ class TensorRTRunner:
 
 
 def tensorrt_runners(engine_dir: str | os.PathLike, export_dir: str | os.PathLike | None = None,
-                     cuda_graph_stages: tuple[str, ...] = ("dit",), share_memory: bool = True,
-                     device: str | torch.device = "cuda") -> dict[str, Runner]:
-    """A runner per built stage under `engine_dir`, keyed by pipeline stage name.
+                     share_memory: bool = True, device: str | torch.device = "cuda"
+                     ) -> dict[str, Runner]:
+    """A runner per built stage under `engine_dir`, keyed by pipeline stage name, with the
+    CUDA graphs its stage asks for (models/stage.py `Stage.cuda_graph`).
 
-    A split stage (models/stages.py) built as its graphs is composed into one runner with
-    the glue the exporter saved in `<export_dir>/<stage.glue>` (embeddings, HF config).
+    A split stage built as its graphs is composed into one runner with the glue the
+    exporter saved in `<export_dir>/<stage.glue>` (embeddings, HF config).
     """
     engine_dir = Path(engine_dir)
-    found = sorted(p.parent.name for p in engine_dir.glob("*/manifest.json"))
+    found = {p.parent.name: p.parent for p in sorted(engine_dir.glob(f"*/{MANIFEST_FILE}"))}
     if not found:
-        raise FileNotFoundError(f"no engines (<stage>/manifest.json) under {engine_dir}; "
+        raise FileNotFoundError(f"no engines (<stage>/{MANIFEST_FILE}) under {engine_dir}; "
                                 "run `cinema-trt build` first")
     shared = SharedDeviceMemory(device) if share_memory else None
 
-    def load(stage: str) -> TensorRTRunner:
-        return TensorRTRunner(engine_dir / stage, device, stage in cuda_graph_stages, shared)
+    def load(graph: str) -> TensorRTRunner:
+        return TensorRTRunner(found[graph], device, stage_of(graph).cuda_graph, shared)
 
-    runners: dict[str, Runner] = {s: load(s) for s in found if s not in SPLIT_GRAPHS}
-    for stage in SPLIT_STAGES:
-        if stage.name in runners or not set(stage.graphs) <= set(found):
-            continue
-        if export_dir is None:
-            raise ValueError(f"{stage.name} was built as {' + '.join(stage.graphs)}; pass "
-                             "export_dir (the ONNX folder) for the glue between them")
-        from cinema_trt.export.mllm_split import composed_mllm_runner
-
-        vision, text = (load(graph) for graph in stage.graphs)
-        runners[stage.name] = composed_mllm_runner(vision, text, Path(export_dir) / stage.glue)
-    return runners
+    split = [s.name for s in STAGES if s.split and {g.name for g in s.graphs} <= set(found)]
+    if split and export_dir is None:
+        raise ValueError(f"{split} were built as their graphs; pass export_dir (the ONNX "
+                         "folder) for the glue between them")
+    return stage_runners(found, load, glue=export_dir)

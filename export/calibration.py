@@ -25,7 +25,10 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from .fp8 import FP8_E4M3_BITS, RECIPES, AmaxObserver
+from cinema_trt.models.precision import Precision
+from cinema_trt.models.stages import graph
+
+from .fp8 import FP8_E4M3_BITS, AmaxObserver
 
 if TYPE_CHECKING:
     from cinema_trt.models.factory import CinemaModels
@@ -83,6 +86,10 @@ def calibration_requests(config: CinemaConfig, calibration: CalibrationConfig
     return requests
 
 
+def _recipe(name: str):
+    return graph(name).recipes[Precision.FP8]
+
+
 def calibrate(models: CinemaModels, modules: dict[str, nn.Module],
               calibration: CalibrationConfig | None = None,
               calibrator: str = "builtin") -> dict[str, dict[str, float]]:
@@ -95,7 +102,7 @@ def calibrate(models: CinemaModels, modules: dict[str, nn.Module],
         return _modelopt_amax(models, modules, calibration)
     with ExitStack() as stack:
         observers = {stage: stack.enter_context(
-            AmaxObserver(module, RECIPES[stage].layers(module)))
+            AmaxObserver(module, _recipe(stage).layers(module)))
             for stage, module in modules.items()}
         _run_pipeline(models, calibration)
     for stage, observer in observers.items():
@@ -139,7 +146,7 @@ def modelopt_config(modules: dict[str, nn.Module]) -> dict:
     off, then FP8 E4M3 per-tensor inputs and per-output-channel weights (torch Linear
     weights are (out, in): axis 0) on every nn.Linear, max calibration, then the recipe's
     exclusions switched off by wildcard. The exclusions are listed by module path, taken
-    from `FP8Recipe.excluded`, so the recipe's regexes stay the one definition."""
+    from `Recipe.excluded`, so the recipe's regexes stay the one definition."""
     entries = [{"quantizer_name": "*", "enable": False},
                {"quantizer_name": "*input_quantizer", "parent_class": "nn.Linear",
                 "cfg": {"num_bits": FP8_E4M3_BITS, "axis": None}},
@@ -147,7 +154,7 @@ def modelopt_config(modules: dict[str, nn.Module]) -> dict:
                 "cfg": {"num_bits": FP8_E4M3_BITS, "axis": 0}}]
     for stage, module in modules.items():
         entries += [{"quantizer_name": f"{stage}.{name}.*", "enable": False}
-                    for name in RECIPES[stage].excluded(module)]
+                    for name in _recipe(stage).excluded(module)]
     return {"quant_cfg": entries, "algorithm": "max"}
 
 
@@ -173,7 +180,7 @@ def _modelopt_amax(models, modules: dict[str, nn.Module],
     # the loop ignores the module it is given: the pipeline runs the same (copied) modules
     mtq.quantize(root, modelopt_config(copies), lambda _root: _run_pipeline(calib_models,
                                                                             calibration))
-    amax = {stage: modelopt_input_amax(module, RECIPES[stage].layers(modules[stage]))
+    amax = {stage: modelopt_input_amax(module, _recipe(stage).layers(modules[stage]))
             for stage, module in copies.items()}
     for stage, layers in amax.items():
         logger.info("calibrated %s with ModelOpt: %d layers", stage, len(layers))

@@ -24,10 +24,8 @@ which TensorRT fuses into FP8 GEMMs and ONNX Runtime's CPU provider runs as writ
 from __future__ import annotations
 
 import ast
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -37,7 +35,6 @@ from torch import nn
 
 from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.precision import Precision, policy, precision_for
-from cinema_trt.models.stages import MLLM_TEXT
 
 FP8_MAX = 448.0  # largest finite float8 E4M3FN value
 FP8_E4M3_BITS = (4, 3)  # (exponent, mantissa) bits: ModelOpt's `num_bits` for E4M3
@@ -48,54 +45,6 @@ _MIN_AMAX = 1e-8  # an all-zero input still gets a finite scale
 def activation_scale(amax: float) -> np.float32:
     """Per-tensor activation scale, as stored in the graph."""
     return np.float32(max(amax, _MIN_AMAX) / FP8_MAX)
-
-
-@dataclass(frozen=True)
-class FP8Recipe:
-    """Quantize every nn.Linear of the stage module whose name matches no `exclude` regex.
-
-    `min_cosine` gates the export (see RECIPES).
-    """
-
-    stage: str
-    exclude: tuple[str, ...]
-    min_cosine: float
-    why: str
-
-    def layers(self, module: nn.Module) -> list[str]:
-        """Names (module paths) of the Linear layers this recipe quantizes, in order."""
-        patterns = [re.compile(p) for p in self.exclude]
-        return [name for name, m in module.named_modules() if isinstance(m, nn.Linear)
-                and not any(p.fullmatch(name) for p in patterns)]
-
-    def excluded(self, module: nn.Module) -> list[str]:
-        quantized = set(self.layers(module))
-        return [name for name, m in module.named_modules()
-                if isinstance(m, nn.Linear) and name not in quantized]
-
-
-# min_cosine gates FP8 accuracy (ORT FP8 vs torch fp32 on the check inputs). E4M3 keeps 3
-# mantissa bits (~3% rounding per value). Measured on the tiny preset: dit 0.99996,
-# connector 0.9966 (its width-32 GEMMs average few products), MLLM text 0.99999. The gates
-# leave 3-10x headroom in (1 - cosine). They judge accuracy, not correctness: on random
-# weights even reversed scales keep the DiT's cosine near 0.999 (FP8 is floating point and
-# the excluded layers dominate), so tests also compare with `emulate_fp8`.
-RECIPES = {
-    "dit": FP8Recipe(
-        "dit",
-        exclude=(r"patch_embed", r"text_proj", r"time_mlp\..*", r".*modulation", r"proj_out"),
-        min_cosine=0.999,
-        why="patchify/text embedding, timestep MLP, adaLN modulation and the final "
-            "projection stay fp32 (ModelOpt's DiT recipe; they are <1% of the FLOPs)"),
-    "connector": FP8Recipe(
-        "connector", exclude=(r"input_proj", r"output_proj"), min_cosine=0.99,
-        why="input projection (the MLLM-state embedding) and output projection to the T5 "
-            "width stay fp32"),
-    MLLM_TEXT: FP8Recipe(
-        MLLM_TEXT, exclude=(), min_cosine=0.999,
-        why="all attention and MLP projections; the token embedding is a gather outside the "
-            "graph and the norms are not Linear"),
-}
 
 
 class AmaxObserver:

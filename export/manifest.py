@@ -35,6 +35,8 @@ from cinema_trt.models.precision import Precision, precision_for  # Precision: r
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import StageSpec, TensorSpec
 
+from .validation import Validation
+
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
@@ -100,7 +102,7 @@ class Manifest:
     versions: dict[str, str]
     config: dict[str, Any]  # the resolved CinemaConfig, so the folder explains itself
     external_data: bool = False
-    validation: dict[str, Any] = field(default_factory=dict)  # errors vs torch, per shape
+    validation: Validation = Validation()  # the check against PyTorch (export/validation.py)
     quantization: dict[str, Any] = field(default_factory=dict)  # fp8: recipe and layers
     version: int = MANIFEST_VERSION
     # the float type of the graph's arithmetic (outside Q/DQ pairs): "float32", "float16"
@@ -138,6 +140,7 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["precision"] = self.precision.value
+        data["validation"] = self.validation.to_dict()
         return data
 
     @classmethod
@@ -152,6 +155,7 @@ class Manifest:
         build = data.get("build")
         return cls(**{**data, "precision": precision, "inputs": entries(data["inputs"]),
                       "outputs": entries(data["outputs"]),
+                      "validation": Validation.from_dict(data.get("validation", {})),
                       "build": BuildRecord(**build) if build is not None else None})
 
 
@@ -266,6 +270,24 @@ def check_export(stage_dir: str | os.PathLike,
                                f": sha256 of {MODEL_FILE} and its data is {digest}, but its "
                                f"manifest records {manifest.onnx_sha256}")
     return manifest
+
+
+def check_sidecars(stage_dir: str | os.PathLike) -> None:
+    """Each sidecar file the folder's manifest records (a split stage's glue) that is there
+    must hash as recorded: the graph and its glue are one model, and a swapped file would
+    give fluent wrong answers. A folder without a manifest records nothing to check."""
+    from cinema_trt.models.fileio import sha256_file
+
+    stage_dir = Path(stage_dir)
+    if not (stage_dir / MANIFEST_FILE).is_file():
+        return
+    manifest = read_manifest(stage_dir)
+    for name, digest in manifest.sidecars.items():
+        path = stage_dir / name
+        if path.is_file() and sha256_file(path) != digest:
+            raise ValueError(f"{path} does not match the sha256 that {stage_dir} recorded at "
+                             f"export; it belongs to another model. Re-export with --stages "
+                             f"{manifest.stage}")
 
 
 def state_dict_sha256(module: torch.nn.Module) -> str:

@@ -21,7 +21,6 @@ import torch
 
 from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.runner import Runner, Tensors
-from cinema_trt.models.stages import SPLIT_GRAPHS, SPLIT_STAGES
 
 from .manifest import MANIFEST_FILE, MODEL_FILE, Manifest, read_manifest
 
@@ -180,9 +179,9 @@ def ort_runners(export_dir: str | os.PathLike, providers: Sequence[str] | None =
 
     `export_dir` is an export folder or a `cinema-trt build --runtime ort` folder (one
     `<stage>/` with manifest.json per graph; folders without a manifest are incomplete and
-    skipped). A split stage exported as its graphs (models/stages.py) gets one runner that
-    composes them (see export/mllm_split.py); the MLLM's token-embedding table is read from
-    its glue folder's embeddings.safetensors unless `embeddings` names another file.
+    skipped). A split stage exported as its graphs gets one runner that composes them
+    (models/stage.py `Stage.compose`); the MLLM's token-embedding table is read from its
+    glue folder's embeddings.safetensors unless `embeddings` names another file.
     Every session gets `threads` intra-op threads (0: ORT's default, see OrtRunner).
     """
     export_dir = Path(export_dir)
@@ -196,14 +195,9 @@ def ort_runners(export_dir: str | os.PathLike, providers: Sequence[str] | None =
     def runner(name: str) -> OrtRunner:  # each manifest read once
         return OrtRunner(found[name], providers, threads, manifests[found[name]])
 
-    runners: dict[str, Runner] = {s: runner(s) for s in found if s not in SPLIT_GRAPHS}
-    for stage in SPLIT_STAGES:
-        if stage.name not in runners and set(stage.graphs) <= set(found):
-            from .mllm_split import composed_mllm_runner
+    from .stage_runners import stage_runners
 
-            vision, text = (runner(graph) for graph in stage.graphs)
-            runners[stage.name] = composed_mllm_runner(vision, text, found[stage.glue],
-                                                       embeddings)
+    runners = stage_runners(found, runner, embeddings=embeddings)
     if not runners:
         raise FileNotFoundError(f"no exported stages (<stage>/{MODEL_FILE} + {MANIFEST_FILE}) "
                                 f"under {export_dir}; run `cinema-trt export` (optionally "

@@ -17,16 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from .aligner import AlignerNet, create_aligner
 from .dit import CinemaDiT, create_dit
 from .fileio import atomic_write
 from .presets import DEFAULT_PRESET, CinemaConfig, get_preset
 from .runner import Runner, TorchRunner
-from .specs import stage_specs
+from .stages import MLLM, STAGES, stage
 from .vae import VideoVAE, create_vae
-from .weights import load_stage, save_stage
 
 # .mllm and .pipeline import transformers (~2-3 s): they are imported inside the functions
 # that need them, so a served non-MLLM stage (serving/stage_model.py) never loads it
@@ -39,15 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "cinema_config.json"
-MLLM_FOLDER = "mllm"
-STAGE_FILES = {"aligner": "connector.safetensors", "vae": "vae.safetensors",
-               "dit": "dit.safetensors"}
-_PART_CLASSES = {"aligner": AlignerNet, "vae": VideoVAE, "dit": CinemaDiT}
-# pipeline stage -> (CinemaModels field, submodule or None): both VAE stages are halves of
-# the one VideoVAE in vae.safetensors
-STAGE_PARTS = {"mllm": ("mllm", None), "connector": ("aligner", None),
-               "vae_encoder": ("vae", "encoder"), "dit": ("dit", None),
-               "vae_decoder": ("vae", "decoder")}
+MLLM_FOLDER = MLLM.weights_entry  # the Hugging Face folder: weights and processor
+# one stage per entry of a weights folder (both VAE stages are halves of vae.safetensors)
+_ENTRIES = {s.weights_entry: s for s in STAGES}
 
 
 @dataclass
@@ -72,14 +64,10 @@ def build_models(config: CinemaConfig, seed: int = 0) -> CinemaModels:
 
 
 def save_models(models: CinemaModels, folder: str | os.PathLike) -> Path:
-    from .mllm import save_mllm
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_mllm(models.mllm, models.processor, folder / MLLM_FOLDER)
-    for attr, filename in STAGE_FILES.items():
-        save_stage(getattr(models, attr), folder / filename,
-                   metadata={"preset": models.config.name})
+    for owner in _ENTRIES.values():
+        owner.save(models, folder)
     # the config goes last: a folder with a config is a complete folder
     atomic_write(folder / CONFIG_FILE, models.config.to_json())
     return folder
@@ -95,7 +83,7 @@ def read_weights_config(folder: str | os.PathLike) -> CinemaConfig:
 
 def check_same_architecture(expected: CinemaConfig, found: CinemaConfig, where: str) -> None:
     """Refuse weights built for another architecture (sampler defaults may differ)."""
-    for part in ("mllm", "aligner", "vae", "dit"):
+    for part in CinemaConfig.sections():
         a, b = dataclasses.asdict(getattr(expected, part)), dataclasses.asdict(getattr(found, part))
         for key in a:
             if key != "attention_backend" and a[key] != b.get(key):
@@ -130,59 +118,24 @@ def load_models(folder: str | os.PathLike, config: CinemaConfig | None = None) -
     folder = Path(folder)
     saved = resolve_weights_config(folder, config)
     mllm, processor = load_mllm(folder / MLLM_FOLDER, saved.mllm)
-    models = CinemaModels(config=saved, mllm=mllm, processor=processor,
-                          aligner=load_stage(AlignerNet(saved.aligner),
-                                             folder / STAGE_FILES["aligner"]),
-                          vae=load_stage(VideoVAE(saved.vae), folder / STAGE_FILES["vae"]),
-                          dit=load_stage(CinemaDiT(saved.dit), folder / STAGE_FILES["dit"]))
+    parts = {s.part: s.load_part(folder, saved) for s in _ENTRIES.values() if s is not MLLM}
+    models = CinemaModels(config=saved, mllm=mllm, processor=processor, **parts)
     log.info("loaded %s weights from %s", saved.name, folder)
     return models
 
 
-def _load_part(folder: Path, part: str, config: CinemaConfig) -> nn.Module:
-    """One safetensors part ("aligner", "vae", "dit"), loaded strictly (weights.load_stage)."""
-    module = _PART_CLASSES[part](getattr(config, part))
-    return load_stage(module, folder / STAGE_FILES[part])
-
-
-def stage_weight_entries(stage: str) -> tuple[str, ...]:
-    """The entries of a weights folder (besides cinema_config.json) that `stage` loads."""
-    _check_stage(stage)
-    part = STAGE_PARTS[stage][0]
-    return (MLLM_FOLDER,) if part == "mllm" else (STAGE_FILES[part],)
-
-
-def _check_stage(stage: str) -> None:
-    if stage not in STAGE_PARTS:
-        raise ValueError(f"stage={stage!r} has no PyTorch weights; stages with weights: "
-                         f"{list(STAGE_PARTS)}")
-
-
-def load_stage_module(folder: str | os.PathLike, stage: str,
-                      config: CinemaConfig) -> nn.Module:
-    """The module `torch_runners` runs for pipeline `stage`, loaded from a weights folder
-    saved for `config` (read_weights_config). Only `stage_weight_entries(stage)` are read,
-    so the partial folder of a served stage model (serving/repo.py) is enough."""
-    _check_stage(stage)
-    folder = Path(folder)
-    part, submodule = STAGE_PARTS[stage]
-    if part == "mllm":
-        from .mllm import load_mllm
-
-        return load_mllm(folder / MLLM_FOLDER, config.mllm)[0]
-    return _stage_of(_load_part(folder, part, config), submodule)
-
-
-def _stage_of(part: nn.Module, submodule: str | None) -> nn.Module:
-    return getattr(part, submodule) if submodule else part
-
-
 def torch_runners(models: CinemaModels, device: str | torch.device = "cpu",
                   dtype: torch.dtype | None = None) -> dict[str, Runner]:
-    specs = stage_specs(models.config)
-    return {stage: TorchRunner(stage, _stage_of(getattr(models, part), submodule),
-                               specs[stage].output_names, device, dtype)
-            for stage, (part, submodule) in STAGE_PARTS.items()}
+    return {s.name: TorchRunner(s.name, s.module(models), s.spec(models.config).output_names,
+                                device, dtype) for s in STAGES}
+
+
+def torch_stage_runner(folder: str | os.PathLike, name: str, config: CinemaConfig,
+                       device: str | torch.device = "cpu") -> Runner:
+    """The torch runner of stage `name` from a weights folder saved for `config`; only the
+    stage's own entry is read (Stage.load), so a served stage model's folder is enough."""
+    runs = stage(name)
+    return TorchRunner(name, runs.load(folder, config), runs.spec(config).output_names, device)
 
 
 def pipeline_processor(config: CinemaConfig, weights: str | os.PathLike | None = None

@@ -23,7 +23,7 @@ from .mllm import prepare_inputs
 from .presets import CinemaConfig, check_num_refs, latent_frames, latent_size
 from .runner import Runner, Tensors
 from .sampler import ProgressFn, StopFn, denoise, initial_noise
-from .stages import PIPELINE_STAGES
+from .stages import CONNECTOR, DIT, MLLM, STAGES, VAE_DECODER, VAE_ENCODER
 
 if TYPE_CHECKING:
     from transformers import Qwen2VLProcessor
@@ -173,7 +173,7 @@ class CinemaPipeline:
 
     def __init__(self, config: CinemaConfig, runners: Mapping[str, Runner],
                  processor: Qwen2VLProcessor):
-        missing = [s for s in PIPELINE_STAGES if s not in runners]
+        missing = [s.name for s in STAGES if s.name not in runners]
         if missing:
             raise ValueError(f"pipeline needs runners for stages {missing}")
         self.config = config
@@ -191,9 +191,9 @@ class CinemaPipeline:
     def _text_states(self, prompt: str, refs: tuple[np.ndarray, ...]) -> torch.Tensor:
         images = [Image.fromarray(r) for r in refs]
         inputs = prepare_inputs(self.processor, self.config.mllm, prompt, images)
-        hidden = self._run("mllm", inputs)["hidden_states"]
-        return self._run("connector", {"hidden_states": hidden,
-                                       "attention_mask": inputs["attention_mask"]}
+        hidden = self._run(MLLM.name, inputs)["hidden_states"]
+        return self._run(CONNECTOR.name, {"hidden_states": hidden,
+                                          "attention_mask": inputs["attention_mask"]}
                          )["text_states"].float().cpu()
 
     def _uncond_text_states(self) -> torch.Tensor:
@@ -211,7 +211,7 @@ class CinemaPipeline:
                           self._uncond_text_states()])
         # 2. VAE-encode each reference as a one-frame video, (1, K, C, h, w)
         refs = refs_to_video_tensor(request.refs, request.height, request.width)
-        ref_latents = self._run("vae_encoder", {"video": refs})["latents"].float().cpu()
+        ref_latents = self._run(VAE_ENCODER.name, {"video": refs})["latents"].float().cpu()
         ref_latents = ref_latents[:, :, 0].unsqueeze(0)
         # the unconditional branch drops the references (zeros) as well as the text
         ref_latents = torch.cat([ref_latents, torch.zeros_like(ref_latents)])
@@ -219,12 +219,12 @@ class CinemaPipeline:
         lh, lw = latent_size(request.height, request.width, self.config.dit)
         shape = (1, self.config.vae.latent_channels, latent_frames(request.frames), lh, lw)
         start = time.perf_counter()
-        latents = denoise(self.runners["dit"], initial_noise(shape, request.seed), text,
+        latents = denoise(self.runners[DIT.name], initial_noise(shape, request.seed), text,
                           ref_latents, request.steps, request.guidance,
                           self.config.sampler.shift, progress, should_stop)
-        self.last_timings["dit"] += time.perf_counter() - start
+        self.last_timings[DIT.name] += time.perf_counter() - start
         # 4. decode to frames
-        video = self._run("vae_decoder", {"latents": latents})["video"]
+        video = self._run(VAE_DECODER.name, {"latents": latents})["video"]
         self.last_timings = dict(self.last_timings)
         return video_to_uint8(video)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +127,11 @@ class CinemaConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
+    def sections(cls) -> tuple[str, ...]:
+        """The architecture's sections (the models' configs; not the sampler defaults)."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("name", "sampler"))
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CinemaConfig:
         def build(kind, values):
             names = {f.name: f for f in dataclasses.fields(kind)}
@@ -135,14 +141,9 @@ class CinemaConfig:
             # JSON turns tuples into lists; frozen configs must stay hashable
             return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
-        return cls(
-            name=data["name"],
-            mllm=build(MLLMConfig, data["mllm"]),
-            aligner=build(AlignerConfig, data["aligner"]),
-            vae=build(VAEConfig, data["vae"]),
-            dit=build(DiTConfig, data["dit"]),
-            sampler=build(SamplerConfig, data.get("sampler", {})),
-        )
+        kinds = typing.get_type_hints(cls)
+        return cls(name=data["name"], sampler=build(SamplerConfig, data.get("sampler", {})),
+                   **{s: build(kinds[s], data[s]) for s in cls.sections()})
 
     def with_attention_backend(self, backend: str) -> CinemaConfig:
         return dataclasses.replace(self, dit=dataclasses.replace(self.dit,

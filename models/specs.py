@@ -1,25 +1,40 @@
-"""One declarative I/O spec per stage: tensor names, dtypes and symbolic dims, written once.
+"""One declarative I/O spec per graph: tensor names, dtypes and symbolic dims, written once.
 
-The PyTorch modules' forward signatures, the ONNX dynamic axes, TensorRT profiles, Triton
-`config.pbtxt` dims and sample inputs are all derived from these specs. A dim is an int
-(fixed by the preset) or a symbol; `Dims` gives each symbol's min/opt/max.
+Each stage writes its spec in its own file (models/stage_*.py); the PyTorch modules'
+forward signatures, the ONNX dynamic axes, TensorRT profiles, Triton `config.pbtxt` dims
+and sample inputs are all derived from it. A dim is an int (fixed by the preset) or a
+symbol; `Dim` gives a symbol's min/opt/max. Torch-free at import.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from .presets import CinemaConfig, latent_frames, latent_size
-from .stages import MLLM_TEXT, MLLM_VISION, PIPELINE_STAGES
 
+if TYPE_CHECKING:
+    import torch
 
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
     dtype: torch.dtype
     dims: tuple[int | str, ...]  # ints are fixed, strings are symbolic
+
+
+def f32(name: str, dims: tuple[int | str, ...]) -> TensorSpec:
+    """A float32 tensor: every float input and output of a graph, whatever it computes in."""
+    import torch
+
+    return TensorSpec(name, torch.float32, dims)
+
+
+def i64(name: str, dims: tuple[int | str, ...]) -> TensorSpec:
+    """An int64 tensor: token ids, masks, positions, image grids."""
+    import torch
+
+    return TensorSpec(name, torch.int64, dims)
 
 
 @dataclass(frozen=True)
@@ -35,78 +50,6 @@ class StageSpec:
     @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.outputs)
-
-
-STAGES = PIPELINE_STAGES  # the stage registry's order (models/stages.py)
-
-
-def stage_specs(config: CinemaConfig) -> dict[str, StageSpec]:
-    """Every stage's I/O for `config` (symbols: batch, seq, refs, frames, lframes, ...)."""
-    m, a, v, d = config.mllm, config.aligner, config.vae, config.dit
-    f32, i64 = torch.float32, torch.int64
-    patch_dim = 3 * m.temporal_patch_size * m.patch_size ** 2
-    C = v.latent_channels
-    return {
-        "mllm": StageSpec("mllm", (
-            TensorSpec("input_ids", i64, ("batch", "seq")),
-            TensorSpec("attention_mask", i64, ("batch", "seq")),
-            TensorSpec("pixel_values", f32, ("patches", patch_dim)),
-            TensorSpec("image_grid_thw", i64, ("images", 3)),
-        ), (
-            TensorSpec("hidden_states", f32, ("batch", "seq", m.hidden_size)),
-        )),
-        "connector": StageSpec("connector", (
-            TensorSpec("hidden_states", f32, ("batch", "seq", a.in_dim)),
-            TensorSpec("attention_mask", i64, ("batch", "seq")),
-        ), (
-            TensorSpec("text_states", f32, ("batch", a.num_queries, a.out_dim)),
-        )),
-        "vae_encoder": StageSpec("vae_encoder", (
-            TensorSpec("video", f32, ("batch", 3, "frames", "height", "width")),
-        ), (
-            TensorSpec("latents", f32, ("batch", C, "lframes", "lheight", "lwidth")),
-        )),
-        "dit": StageSpec("dit", (
-            TensorSpec("latents", f32, ("batch", C, "lframes", "lheight", "lwidth")),
-            TensorSpec("timestep", f32, ("batch",)),
-            TensorSpec("text_states", f32, ("batch", d.text_len, d.text_dim)),
-            TensorSpec("ref_latents", f32, ("batch", "refs", C, "lheight", "lwidth")),
-        ), (
-            TensorSpec("velocity", f32, ("batch", C, "lframes", "lheight", "lwidth")),
-        )),
-        "vae_decoder": StageSpec("vae_decoder", (
-            TensorSpec("latents", f32, ("batch", C, "lframes", "lheight", "lwidth")),
-        ), (
-            TensorSpec("video", f32, ("batch", 3, "frames", "height", "width")),
-        )),
-    }
-
-
-def mllm_split_specs(config: CinemaConfig) -> dict[str, StageSpec]:
-    """The MLLM as its two exportable graphs (models/stages.py; export/mllm_split.py joins
-    them back into the "mllm" contract). Symbols: patches, image_tokens, batch, seq."""
-    m = config.mllm
-    f32, i64 = torch.float32, torch.int64
-    pixels = stage_specs(config)["mllm"].inputs[2]  # ("patches", 3 * tp * ps * ps)
-    head_dim = m.vision_embed_dim // m.vision_heads
-    return {
-        MLLM_VISION: StageSpec(MLLM_VISION, (
-            pixels,
-            TensorSpec("rotary_cos", f32, ("patches", head_dim)),
-            TensorSpec("rotary_sin", f32, ("patches", head_dim)),
-            TensorSpec("segment_ids", i64, ("patches",)),
-        ), (
-            # patches / spatial_merge_size**2 rows, in the processor's patch order
-            TensorSpec("image_embeds", f32, ("image_tokens", m.hidden_size)),
-        )),
-        MLLM_TEXT: StageSpec(MLLM_TEXT, (
-            TensorSpec("inputs_embeds", f32, ("batch", "seq", m.hidden_size)),
-            TensorSpec("attention_mask", i64, ("batch", "seq")),
-            TensorSpec("position_ids", i64, (3, "batch", "seq")),
-        ), (
-            TensorSpec("hidden_states", f32, ("batch", "seq", m.hidden_size)),
-        )),
-    }
 
 
 @dataclass(frozen=True)
@@ -128,10 +71,19 @@ def video_dims(config: CinemaConfig, frames: int, height: int, width: int,
             "width": width, "lheight": lh, "lwidth": lw, "refs": refs}
 
 
+def image_patches(config: CinemaConfig, pixels: int) -> int:
+    """Vision-tower patch rows (`pixel_values`) for one image resized to `pixels` pixels."""
+    return pixels // config.mllm.patch_size ** 2  # one temporal patch: images are repeated
+
+
+def image_tokens(config: CinemaConfig, pixels: int) -> int:
+    """LLM tokens one image becomes (patches merged spatial_merge_size^2 to one)."""
+    return image_patches(config, pixels) // config.mllm.spatial_merge_size ** 2
+
+
 def resolve(spec: TensorSpec, values: dict[str, int]) -> tuple[int, ...]:
     """Concrete shape of `spec` given values for its symbols."""
     missing = [d for d in spec.dims if isinstance(d, str) and d not in values]
     if missing:
         raise KeyError(f"{spec.name}: no value for dims {missing}")
     return tuple(d if isinstance(d, int) else values[d] for d in spec.dims)
-

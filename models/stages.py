@@ -1,6 +1,8 @@
-"""The stage registry: every pipeline stage, the graphs it is exported and built as, and
-its precision options, named once. Exporters, engine builds, runners, the Triton repository
-generator, the pipeline and the benchmarks iterate STAGES instead of spelling names out.
+"""The stage registry: every pipeline stage, in pipeline order. Each stage is an object
+that carries its behaviour (models/stage.py): its graphs, specs, shape symbols, check
+cases, recipes, warm-up sizes, CUDA-graph choice and how split graphs compose back. Code
+that needs a stage asks it; adding a stage is its own file (models/stage_<name>.py) and a
+line here.
 
     stage        graphs                      FP8 recipe (export/fp8.py)   glue
     mllm         mllm_vision + mllm_text     mllm_text                    mllm_text/ folder
@@ -9,57 +11,69 @@ generator, the pipeline and the benchmarks iterate STAGES instead of spelling na
     dit          dit                         dit
     vae_decoder  vae_decoder                 -
 
-A split stage (more than one graph) is joined back into its pipeline contract by torch
-glue (export/mllm_split.py) whose files (HF config, token embeddings) the exporter writes
-beside the `glue` graph. Every graph is exported in any `--dtype`; `fp8` names the graphs
-that also take `--fp8`. Torch-free: the CLI reads it at start-up.
+Torch-free: the CLI reads it at start-up.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .precision import Precision
+from .stage import Graph, Stage
+from .stage_connector import CONNECTOR
+from .stage_dit import DIT
+from .stage_mllm import MLLM
+from .stage_vae_decoder import VAE_DECODER
+from .stage_vae_encoder import VAE_ENCODER
 
-MLLM_VISION = "mllm_vision"  # the Qwen2-VL vision tower on flat patches
-MLLM_TEXT = "mllm_text"  # the LLM prefill from inputs_embeds
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str  # the pipeline stage: a runner's key and its models/specs.py contract
-    graphs: tuple[str, ...]  # what is exported, built and served, in order
-    fp8: tuple[str, ...] = ()  # graphs with an FP8 recipe
-    glue: str = ""  # split stages: the graph whose folder holds the glue files
-
-    def __post_init__(self) -> None:
-        if self.split and self.glue not in self.graphs:
-            raise ValueError(f"split stage {self.name!r} needs glue= one of {self.graphs}")
-
-    @property
-    def split(self) -> bool:
-        return self.graphs != (self.name,)
+STAGES: tuple[Stage, ...] = (MLLM, CONNECTOR, VAE_ENCODER, DIT, VAE_DECODER)
+STAGE_NAMES = tuple(stage.name for stage in STAGES)
+GRAPHS: tuple[Graph, ...] = tuple(g for stage in STAGES for g in stage.graphs)
+GRAPH_NAMES = tuple(g.name for g in GRAPHS)
+FP8_GRAPHS = tuple(g.name for g in GRAPHS if Precision.FP8 in g.recipes)
+_STAGES = {stage.name: stage for stage in STAGES}
+_GRAPHS = {g.name: g for g in GRAPHS}
+_OWNERS = {g.name: stage for stage in STAGES for g in stage.graphs}
 
 
-STAGES = (
-    Stage("mllm", (MLLM_VISION, MLLM_TEXT), fp8=(MLLM_TEXT,), glue=MLLM_TEXT),
-    Stage("connector", ("connector",), fp8=("connector",)),
-    Stage("vae_encoder", ("vae_encoder",)),
-    Stage("dit", ("dit",), fp8=("dit",)),
-    Stage("vae_decoder", ("vae_decoder",)),
-)
-BY_NAME = {stage.name: stage for stage in STAGES}
-PIPELINE_STAGES = tuple(stage.name for stage in STAGES)
-GRAPHS = tuple(graph for stage in STAGES for graph in stage.graphs)
-FP8_GRAPHS = tuple(graph for stage in STAGES for graph in stage.fp8)
-SPLIT_STAGES = tuple(stage for stage in STAGES if stage.split)
-SPLIT_GRAPHS = tuple(graph for stage in SPLIT_STAGES for graph in stage.graphs)
-GLUE_GRAPHS = tuple(stage.glue for stage in SPLIT_STAGES if stage.glue)
-# a name that stands for several graphs ("mllm" is exported as its two halves)
-STAGE_ALIASES = {stage.name: stage.graphs for stage in SPLIT_STAGES}
-# graphs whose size follows a config depth field (benchmarks/memory_run.py scales them)
-DEPTH_FIELDS = {"dit": ("dit", "depth"), MLLM_TEXT: ("mllm", "num_layers"),
-                MLLM_VISION: ("mllm", "vision_depth")}
+def stage(name: str) -> Stage:
+    """The pipeline stage `name`; ValueError naming the stages otherwise."""
+    if name not in _STAGES:
+        raise ValueError(f"unknown stage {name!r}; the stages are {list(_STAGES)}")
+    return _STAGES[name]
 
 
-def graphs_of(stages: tuple[str, ...]) -> tuple[str, ...]:
-    """Pipeline stages -> their graphs, in registry order."""
-    return tuple(graph for stage in STAGES if stage.name in stages for graph in stage.graphs)
+def graph(name: str) -> Graph:
+    """The graph `name` (a stage exported as itself is its own graph)."""
+    if name not in _GRAPHS:
+        raise ValueError(f"unknown graph {name!r}; the graphs are {list(_GRAPHS)}")
+    return _GRAPHS[name]
+
+
+def lookup(name: str) -> Graph:
+    """A graph, or a pipeline stage (whose own spec and symbols are its runner's contract)."""
+    return _GRAPHS.get(name) or stage(name)
+
+
+def stage_of(graph_name: str) -> Stage:
+    """The stage a graph belongs to."""
+    graph(graph_name)  # ValueError for an unknown name
+    return _OWNERS[graph_name]
+
+
+def aliases() -> dict[str, tuple[str, ...]]:
+    """Stage names that stand for several graphs ("mllm" is exported as its two halves)."""
+    return {s.name: tuple(g.name for g in s.graphs) for s in STAGES if s.split}
+
+
+def resolve_graphs(names: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """Graph or stage names (a split stage stands for its graphs) -> graph names, without
+    repeats, in pipeline order; all of them for none. ValueError for unknown names."""
+    if not names:
+        return GRAPH_NAMES
+    wanted: set[str] = set()
+    for name in names:
+        if name not in _GRAPHS and name not in _STAGES:
+            raise ValueError(f"unknown stage {name!r}; choose from "
+                             f"{list(GRAPH_NAMES) + sorted(aliases())}")
+        wanted.update(g.name for g in (_STAGES[name].graphs if name in _STAGES
+                                       else (_GRAPHS[name],)))
+    return tuple(g for g in GRAPH_NAMES if g in wanted)

@@ -239,7 +239,7 @@ def demo_request(options: DemoOptions, config):
 
 def build_artifacts(options: DemoOptions, config, request) -> DemoArtifacts:
     """Steps 1-4: weights, ONNX, [engines], repository; each reused when still valid."""
-    from cinema_trt.export.driver import cached_export
+    from cinema_trt.export.cached import cached_export
 
     runtime = pick_runtime(options.runtime)
     cache = ArtifactCache(options.workdir)

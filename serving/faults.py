@@ -19,9 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cinema_trt.models.stages import CONNECTOR, STAGE_NAMES
+from cinema_trt.serving.protocol import ORCHESTRATOR
 from cinema_trt.serving.watchdog import live_stubs
 
-MODELS = ("mllm", "connector", "vae_encoder", "dit", "vae_decoder", "cinema")
+MODELS = (*STAGE_NAMES, ORCHESTRATOR)  # every model of the repository
 NOT_READY_S = 5.0  # issue 13's acceptance: a dead stub is reported within 5 s
 SERVING_S = 30.0  # ... and serves again within 30 s
 HUGE = 100_000_000  # [1, 1e8, 64] FP32: 25.6 GB declared in a 1.3 KB request
@@ -115,7 +117,7 @@ def _connector_call(grpc, shape: list[int], hidden: bytes, mask: np.ndarray) -> 
     masked = grpcclient.InferInput("attention_mask", list(mask.shape), "INT64")
     masked.set_data_from_numpy(mask)
     try:
-        grpc.infer("connector", [tensor, masked], client_timeout=60)
+        grpc.infer(CONNECTOR.name, [tensor, masked], client_timeout=60)
     except InferenceServerException as error:
         return f"{error.status()}: {error.message()}"
     return "OK"

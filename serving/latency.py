@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from cinema_trt.models.stages import STAGE_NAMES
+
 T = TypeVar("T")
 
 
@@ -88,9 +90,7 @@ def stage_latency(before: Snapshot, after: Snapshot,
                   models: tuple[str, ...] | None = None) -> tuple[StageLatency, ...]:
     """Each model's share between two snapshots; `models` defaults to the pipeline stages."""
     if models is None:
-        from cinema_trt.models.specs import STAGES  # imports torch: not at module level
-
-        models = STAGES
+        models = STAGE_NAMES
 
     def mean_ms(ns: int, count: int) -> float:
         return ns / count / 1e6 if count else 0.0

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cinema_trt.models.factory import read_weights_config
+from cinema_trt.models.factory import MLLM_FOLDER, read_weights_config
 from cinema_trt.models.pipeline import CinemaPipeline
 from cinema_trt.models.sampler import GenerationCancelled
-from cinema_trt.models.specs import STAGES, stage_specs
+from cinema_trt.models.stages import STAGES
 from cinema_trt.serving import protocol
 from cinema_trt.serving.bls import BlsRunner, StageError, log_to_stderr, pb_utils
 
@@ -33,7 +33,7 @@ def load_processor(folder: Path):
     """The Qwen2-VL processor saved beside the MLLM (tokenizer + image processor only)."""
     from cinema_trt.models.mllm import ImageOnlyQwen2VLProcessor
 
-    return ImageOnlyQwen2VLProcessor.from_pretrained(folder / "mllm", local_files_only=True)
+    return ImageOnlyQwen2VLProcessor.from_pretrained(folder / MLLM_FOLDER, local_files_only=True)
 
 
 def _parameter(model_config: dict, key: str, default: str) -> str:
@@ -48,8 +48,7 @@ class TritonPythonModel:
         self.config = read_weights_config(folder)
         concurrency = int(_parameter(model_config, "max_concurrency",
                                      str(protocol.MAX_CONCURRENCY)))
-        specs = stage_specs(self.config)
-        runners = {stage: BlsRunner(specs[stage]) for stage in STAGES}
+        runners = {s.name: BlsRunner(s.spec(self.config)) for s in STAGES}
         processor = load_processor(folder)
         # one pipeline per worker: a pipeline keeps per-call timings and a cache, and a
         # fast tokenizer must not be used from two threads at once

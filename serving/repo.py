@@ -11,7 +11,8 @@
     <repo>/cinema/<v>/model.py           imports serving/orchestrator.py
     <repo>/cinema/<v>/cinema_config.json + mllm/ processor files (no weights)
 
-The stage list comes from `stage_specs(config)`, so new stages appear without edits here.
+The stages come from the registry (models/stages.py), so new stages appear without edits
+here.
 The repository is assembled in a sibling folder and renamed into place when complete.
 """
 
@@ -24,24 +25,15 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from cinema_trt.export.manifest import ExportExpectation, check_export
-from cinema_trt.models.factory import (
-    CONFIG_FILE,
-    resolve_weights_config,
-)
+from cinema_trt.export.manifest import MANIFEST_FILE, ExportExpectation, check_export
+from cinema_trt.models.factory import CONFIG_FILE, MLLM_FOLDER, resolve_weights_config
 from cinema_trt.models.fileio import atomic_write
 from cinema_trt.models.presets import CinemaConfig
-from cinema_trt.models.specs import stage_specs
-from cinema_trt.models.stages import BY_NAME
+from cinema_trt.models.stage import Stage
+from cinema_trt.models.stages import STAGES
 from cinema_trt.serving import protocol
 from cinema_trt.serving.stage_checks import limits_parameter
-from cinema_trt.serving.stage_model import (
-    ENGINE_FOLDER,
-    ONNX_FOLDER,
-    RUNTIMES,
-    STAGE_WEIGHTS,
-    export_folders,
-)
+from cinema_trt.serving.stage_model import ENGINE_FOLDER, ONNX_FOLDER, RUNTIMES
 from cinema_trt.serving.triton_config import (
     BACKENDS,
     Placement,
@@ -134,16 +126,12 @@ def _need(path: Path | None, what: str, runtime: str) -> Path:
     return path
 
 
-def _python_stage_files(version: Path, stage: str, config: CinemaConfig, sources: _Sources,
+def _python_stage_files(version: Path, stage: Stage, config: CinemaConfig, sources: _Sources,
                         runtime: str, copy: bool) -> None:
     if runtime == "torch":
-        if stage not in STAGE_WEIGHTS:
-            raise ValueError(f"stage {stage!r} has no PyTorch weights; serve it with runtime "
-                             "ort or tensorrt, or the onnxruntime/tensorrt backend")
-        for entry in STAGE_WEIGHTS[stage]:
-            _place(sources.weights / entry, version / entry, copy)
+        _place(sources.weights / stage.weights_entry, version / stage.weights_entry, copy)
         return
-    graphs = export_folders(stage)
+    graphs = [g.name for g in stage.graphs]
     if runtime == "ort":
         export = _need(sources.artifacts, "artifacts (the export folder)", runtime)
         for graph in graphs:  # a missing, foreign or changed export fails now, not at start
@@ -153,37 +141,37 @@ def _python_stage_files(version: Path, stage: str, config: CinemaConfig, sources
     engines = _need(sources.artifacts, "artifacts (the engine folder of cinema-trt build)",
                     runtime)
     for graph in graphs:
-        if not (engines / graph / "manifest.json").is_file():
-            raise FileNotFoundError(f"{engines / graph}/manifest.json not found; build the "
+        if not (engines / graph / MANIFEST_FILE).is_file():
+            raise FileNotFoundError(f"{engines / graph / MANIFEST_FILE} not found; build the "
                                     "stage first (cinema-trt build)")
         _place(engines / graph, version / ENGINE_FOLDER / graph, copy)
-    glue = BY_NAME[stage].glue if stage in BY_NAME else ""
-    if glue:  # a split stage: its engines are joined by the exporter's glue
+    if stage.glue:  # a split stage: its engines are joined by the exporter's glue
         export = _need(sources.export_dir,
-                       f"export_dir (the ONNX folder with the {glue} glue)", runtime)
-        check_export(export / glue, ExportExpectation(config=config))
-        _place(export / glue, version / ONNX_FOLDER / glue, copy)
+                       f"export_dir (the ONNX folder with the {stage.glue} glue)", runtime)
+        check_export(export / stage.glue, ExportExpectation(config=config))
+        _place(export / stage.glue, version / ONNX_FOLDER / stage.glue, copy)
 
 
-def _stage_backend(stage: str, sources: _Sources, options: RepositoryOptions) -> tuple[str, str]:
+def _stage_backend(stage: Stage, sources: _Sources, options: RepositoryOptions
+                   ) -> tuple[str, str]:
     """(backend, runtime) of one stage model. The onnxruntime/tensorrt backends run one
-    graph per model, but the MLLM is exported as two graphs joined by torch glue
-    (export/mllm_split.py): when `artifacts` holds the two halves and no single `mllm/`,
-    that stage runs them in the python backend on the same runtime instead."""
-    graphs = export_folders(stage)
+    graph per model, but a split stage is exported as several graphs joined by torch glue
+    (models/stage.py): when `artifacts` holds its graphs and no single `<stage>/`, that
+    stage runs them in the python backend on the same runtime instead."""
+    graphs = [g.name for g in stage.graphs]
     artifacts = sources.artifacts
-    if options.backend == "tensorrt" and _plans_need_python(artifacts, (stage, *graphs)):
+    if options.backend == "tensorrt" and _plans_need_python(artifacts, (stage.name, *graphs)):
         log.warning("%s: the plans in %s were built with TensorRT-RTX, which Triton's "
                     "tensorrt_plan backend cannot load; serving the stage with the python "
-                    "backend (runtime tensorrt, TensorRTRunner)", stage, artifacts)
+                    "backend (runtime tensorrt, TensorRTRunner)", stage.name, artifacts)
         return "python", "tensorrt"
-    if options.backend == "python" or len(graphs) == 1 or artifacts is None \
-            or (artifacts / stage).is_dir() \
+    if options.backend == "python" or not stage.split or artifacts is None \
+            or (artifacts / stage.name).is_dir() \
             or not all((artifacts / graph).is_dir() for graph in graphs):
         return options.backend, options.runtime
     runtime = "ort" if options.backend == "onnxruntime" else "tensorrt"
     log.info("%s: %s is split into %s; serving it with the python backend (runtime %s)",
-             stage, artifacts, list(graphs), runtime)
+             stage.name, artifacts, graphs, runtime)
     return "python", runtime
 
 
@@ -191,7 +179,7 @@ def _plans_need_python(artifacts: Path | None, folders: tuple[str, ...]) -> bool
     """Whether the stage's engines were built by a TensorRT backend that Triton has no
     native backend for (engines/backends.py `triton_backend`: TensorRT-RTX)."""
     from cinema_trt.engines.backends import BACKENDS
-    from cinema_trt.export.manifest import MANIFEST_FILE, read_manifest
+    from cinema_trt.export.manifest import read_manifest
 
     for folder in folders:
         if artifacts is not None and (artifacts / folder / MANIFEST_FILE).is_file():
@@ -202,9 +190,9 @@ def _plans_need_python(artifacts: Path | None, folders: tuple[str, ...]) -> bool
     return False
 
 
-def _stage_model(repo: Path, stage: str, config: CinemaConfig, sources: _Sources,
+def _stage_model(repo: Path, stage: Stage, config: CinemaConfig, sources: _Sources,
                  options: RepositoryOptions) -> None:
-    spec = stage_specs(config)[stage]
+    spec, name = stage.spec(config), stage.name
     backend, runtime = _stage_backend(stage, sources, options)
     parameters = {}
     if backend == "python":
@@ -214,9 +202,9 @@ def _stage_model(repo: Path, stage: str, config: CinemaConfig, sources: _Sources
             parameters["torch_threads"] = str(options.torch_threads)
     pbtxt = stage_config(spec, backend, options.stage_placement, options.version, parameters)
     if backend == "python" and runtime in WARMUP_RUNTIMES:
-        add_warmup(pbtxt, repo / stage, config, spec)
-    _write(repo / stage / "config.pbtxt", to_text(pbtxt))
-    version = repo / stage / str(options.version)
+        add_warmup(pbtxt, repo / name, config, stage)
+    _write(repo / name / "config.pbtxt", to_text(pbtxt))
+    version = repo / name / str(options.version)
     _write(version / CONFIG_FILE, config.to_json())
     if backend == "python":
         _write(version / "model.py", SHIM.format(module=STAGE_MODULE))
@@ -225,7 +213,7 @@ def _stage_model(repo: Path, stage: str, config: CinemaConfig, sources: _Sources
     if sources.artifacts is None:
         raise ValueError(f"backend={backend!r} needs artifacts: a folder with one <stage>/ "
                          "subfolder per stage (the export or build output)")
-    graph, extras = _artifact(sources.artifacts, stage, backend)
+    graph, extras = _artifact(sources.artifacts, name, backend)
     _place(graph, version / BACKENDS[backend][1], options.copy_weights)
     for extra in extras:  # external weights (model.onnx.data), manifests
         _place(extra, version / extra.name, options.copy_weights)
@@ -241,9 +229,9 @@ def _orchestrator(repo: Path, config: CinemaConfig, weights: Path,
     _write(version / "model.py", SHIM.format(module=ORCHESTRATOR_MODULE))
     _write(version / CONFIG_FILE, config.to_json())
     # the processor files only (tokenizer, image processor, chat template): no weights
-    processor = version / "mllm"
+    processor = version / MLLM_FOLDER
     processor.mkdir()
-    for source in sorted((weights / "mllm").iterdir()):
+    for source in sorted((weights / MLLM_FOLDER).iterdir()):
         if source.is_file() and source.suffix != ".safetensors":
             shutil.copy2(source, processor / source.name)
 
@@ -279,7 +267,7 @@ def build_repository(config: CinemaConfig | None, out_dir: str | os.PathLike,
     sources = _Sources(weights_dir, Path(artifacts) if artifacts else None,
                        Path(export_dir) if export_dir else None)
     try:
-        for stage in stage_specs(config):
+        for stage in STAGES:
             _stage_model(staging, stage, config, sources, options)
         _orchestrator(staging, config, weights_dir, options)
         if out_dir.exists():
@@ -289,5 +277,5 @@ def build_repository(config: CinemaConfig | None, out_dir: str | os.PathLike,
         shutil.rmtree(staging, ignore_errors=True)
         raise
     log.info("wrote %s model repository (%s stages, %s backend, runtime %s) to %s",
-             config.name, len(stage_specs(config)), options.backend, options.runtime, out_dir)
+             config.name, len(STAGES), options.backend, options.runtime, out_dir)
     return out_dir

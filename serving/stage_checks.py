@@ -18,15 +18,9 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from cinema_trt.engines.shapes import (
-    SUBJECT_TOKENS,
-    TEMPLATE_TOKENS,
-    VISION_MARKERS,
-    image_patches,
-    image_tokens,
-)
+from cinema_trt.engines.shapes import SUBJECT_TOKENS, TEMPLATE_TOKENS, VISION_MARKERS
 from cinema_trt.models.presets import VAE_SPATIAL, CinemaConfig, latent_frames
-from cinema_trt.models.specs import StageSpec
+from cinema_trt.models.specs import StageSpec, image_patches, image_tokens
 
 # classifier-free guidance runs the conditional and unconditional halves as one batch of 2
 # (the VAE encoder takes the K references as a batch)
@@ -45,7 +39,7 @@ class InvalidInput(ValueError):
 
 
 def symbol_limits(config: CinemaConfig) -> dict[str, int]:
-    """The largest value each symbolic dim of `stage_specs(config)` takes for a request
+    """The largest value each symbolic dim of the stages' specs takes for a request
     the `cinema` model accepts (models/pipeline.py caps; engines/shapes.py token counts).
     Computed when the repository is built (it imports models/pipeline.py, and so
     transformers); stage models read the result from their config.pbtxt."""

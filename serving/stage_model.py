@@ -24,16 +24,10 @@ from pathlib import Path
 
 import torch
 
-from cinema_trt.models.factory import (
-    STAGE_PARTS,
-    load_stage_module,
-    read_weights_config,
-    stage_weight_entries,
-)
+from cinema_trt.models.factory import read_weights_config, torch_stage_runner
 from cinema_trt.models.presets import CinemaConfig
-from cinema_trt.models.runner import Runner, TorchRunner
-from cinema_trt.models.specs import stage_specs
-from cinema_trt.models.stages import BY_NAME
+from cinema_trt.models.runner import Runner
+from cinema_trt.models.stages import stage as get_stage
 from cinema_trt.serving.bls import from_triton, log_to_stderr, pb_utils, to_triton
 from cinema_trt.serving.stage_checks import (
     InvalidInput,
@@ -48,23 +42,13 @@ RUNTIMES = ("torch", "ort", "tensorrt")
 ONNX_FOLDER = "onnx"  # <v>/onnx/<export stage>/
 ENGINE_FOLDER = "engines"  # <v>/engines/<export stage>/
 
-# stage -> the entries of a weights folder it loads
-STAGE_WEIGHTS = {stage: stage_weight_entries(stage) for stage in STAGE_PARTS}
-
-
-def export_folders(stage: str) -> tuple[str, ...]:
-    """The export (and engine) folders one pipeline stage is served from: its graphs in
-    the stage registry (models/stages.py)."""
-    return BY_NAME[stage].graphs if stage in BY_NAME else (stage,)
-
-
 def _ort_runner(folder: Path, stage: str, config: CinemaConfig, device: str) -> Runner:
     from cinema_trt.export.manifest import ExportExpectation, check_export
     from cinema_trt.export.ort import ort_runners
 
     onnx = folder / ONNX_FOLDER
-    for name in export_folders(stage):
-        check_export(onnx / name, ExportExpectation(config=config))
+    for graph in get_stage(stage).graphs:
+        check_export(onnx / graph.name, ExportExpectation(config=config))
     # a CPU instance stays on the CPU even where onnxruntime-gpu could use CUDA; a GPU
     # instance takes ORT's default order (CUDA first). ORT picks CUDA device 0 by default.
     providers = ("CPUExecutionProvider",) if device == "cpu" else None
@@ -93,9 +77,7 @@ def load_stage_runner(folder: str | Path, stage: str, device: str | torch.device
         return _tensorrt_runner(folder, stage, str(device))
     if runtime != "torch":
         raise ValueError(f"runtime={runtime!r} must be one of {list(RUNTIMES)}")
-    spec = stage_specs(config)[stage]
-    return TorchRunner(stage, load_stage_module(folder, stage, config), spec.output_names,
-                       device)
+    return torch_stage_runner(folder, stage, config, device)
 
 
 def _instance_device(args: dict) -> str:
@@ -126,7 +108,7 @@ class TritonPythonModel:
         device = _instance_device(args)
         self.runner = load_stage_runner(folder, self.stage, device, runtime)
         config = read_weights_config(folder)
-        self.spec = stage_specs(config)[self.stage]
+        self.spec = get_stage(self.stage).spec(config)
         self.vocab_size = config.mllm.vocab_size
         log.info("stage %s loaded from %s (%s on %s)", self.stage, folder, runtime, device)
 

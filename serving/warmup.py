@@ -16,7 +16,7 @@ import numpy as np
 
 from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.presets import CinemaConfig
-from cinema_trt.models.specs import StageSpec, resolve, video_dims
+from cinema_trt.models.stage import Request, Stage
 
 WARMUP_FOLDER = "warmup"  # Triton looks for input_data_file here, under the model folder
 # runtimes whose stages accept any size: engines (TensorRT plans, or the onnxruntime and
@@ -25,21 +25,18 @@ WARMUP_RUNTIMES = ("torch", "ort")
 WARMUP_TOKENS = 16
 
 
-def warmup_shapes(config: CinemaConfig, spec: StageSpec) -> dict[str, tuple[int, ...]]:
-    """Input shapes of the stage's calls for one request at the sampler's defaults."""
+def warmup_request(config: CinemaConfig) -> Request:
+    """One request at the sampler's defaults: one reference, a short text-only MLLM call
+    (as the unconditional pass of every request is), CFG on."""
     s = config.sampler
-    values = {**video_dims(config, s.frames, s.height, s.width, refs=1),
-              "seq": WARMUP_TOKENS, "patches": 0, "images": 0,
-              "batch": 2 if spec.name == "dit" else 1}  # the DiT runs CFG's two halves
-    if spec.name == "vae_encoder":
-        values["frames"] = 1  # references are encoded as single frames
-    return {t.name: resolve(t, values) for t in spec.inputs}
+    return Request(batch=1, frames=s.frames, height=s.height, width=s.width, refs=1,
+                   seq=WARMUP_TOKENS, images=0, image_pixels=0, cfg=True)
 
 
-def warmup_arrays(config: CinemaConfig, spec: StageSpec) -> dict[str, np.ndarray | None]:
+def warmup_arrays(config: CinemaConfig, stage: Stage) -> dict[str, np.ndarray | None]:
     """The data of each input; None means zeros (Triton's `zero_data`)."""
     arrays: dict[str, np.ndarray | None] = {}
-    for name, shape in warmup_shapes(config, spec).items():
+    for name, shape in stage.shapes(warmup_request(config), config).items():
         if name.endswith("attention_mask"):
             arrays[name] = np.ones(shape, np.int64)
         elif name == "input_ids":
@@ -50,12 +47,13 @@ def warmup_arrays(config: CinemaConfig, spec: StageSpec) -> dict[str, np.ndarray
     return arrays
 
 
-def add_warmup(pbtxt, model_dir: Path, config: CinemaConfig, spec: StageSpec) -> None:
+def add_warmup(pbtxt, model_dir: Path, config: CinemaConfig, stage: Stage) -> None:
     """One warm-up request in the ModelConfig `pbtxt`; data files under `model_dir`."""
     from cinema_trt.serving.triton_config import model_config_pb2
 
     Input = model_config_pb2().ModelWarmup.Input
-    shapes, arrays = warmup_shapes(config, spec), warmup_arrays(config, spec)
+    shapes = stage.shapes(warmup_request(config), config)
+    arrays, spec = warmup_arrays(config, stage), stage.spec(config)
     warmup = pbtxt.model_warmup.add(name="first_request", batch_size=1, count=1)
     for tensor in spec.inputs:
         kind = {"data_type": lookup(tensor.dtype).triton_type, "dims": shapes[tensor.name]}

@@ -121,7 +121,6 @@ def tiny_models(tiny_config):
     return build_models(tiny_config)
 
 
-FP8_STAGES = ("dit", "connector", "mllm_text")  # the stages with an FP8 recipe
 
 
 class TinyExports:
@@ -142,7 +141,7 @@ class TinyExports:
         """(shared folder, {stage: ExportResult} of every stage exported into it so far)
         with `stages` (default: every stage) exported. Tests must not write into it."""
         from cinema_trt.export.driver import export_stages
-        from cinema_trt.export.stages import resolve_stages
+        from cinema_trt.models.stages import resolve_graphs
 
         key = (dtype, fp8)
         if key not in self.folders:
@@ -150,7 +149,7 @@ class TinyExports:
             self.folders[key] = self.tmp_path_factory.mktemp(name)
             self.results[key] = {}
         out, done = self.folders[key], self.results[key]
-        missing = [s for s in resolve_stages(stages) if s not in done]
+        missing = [s for s in resolve_graphs(stages) if s not in done]
         if missing:
             for result in export_stages(self.config, out, stages=missing, dtype=dtype, fp8=fp8,
                                         progress=False):
@@ -186,14 +185,18 @@ def fp32_export(tiny_exports):
 def fp8_export(tiny_exports):
     """(export folder, {stage: ExportResult}): the three FP8 recipes of tiny, calibrated,
     fp32 outside the Q/DQ pairs (~25 s)."""
-    return tiny_exports.folder(FP8_STAGES, fp8=True)
+    from cinema_trt.models.stages import FP8_GRAPHS
+
+    return tiny_exports.folder(FP8_GRAPHS, fp8=True)
 
 
 @pytest.fixture(scope="session")
 def fp8_fp16_export(tiny_exports):
     """(export folder, {stage: ExportResult}): the FP8 recipes with fp16 outside the Q/DQ
     pairs (`export --fp8 --dtype fp16`), what TensorRT builds strongly typed (~30 s)."""
-    return tiny_exports.folder(FP8_STAGES, dtype="fp16", fp8=True)
+    from cinema_trt.models.stages import FP8_GRAPHS
+
+    return tiny_exports.folder(FP8_GRAPHS, dtype="fp16", fp8=True)
 
 
 @pytest.fixture(scope="session")
@@ -218,14 +221,14 @@ def stage_manifest():
     graph, so a hand-made graph states it the way an export would."""
     from cinema_trt.export.manifest import Manifest, Precision, write_manifest
     from cinema_trt.models.fileio import onnx_sha256
-    from cinema_trt.models.specs import stage_specs
+    from cinema_trt.models.stages import lookup
 
     def write(stage_dir: Path, config, stage: str | None = None, **fields) -> Manifest:
         stage = stage or Path(stage_dir).name
         graph = Path(stage_dir) / "model.onnx"
         defaults = dict(stage=stage, preset=config.name, opset=20, precision="fp32",
                         source_sha256="0" * 64, versions={}, config=config.to_dict(),
-                        **Manifest.io_from_spec(stage_specs(config)[stage]))
+                        **Manifest.io_from_spec(lookup(stage).spec(config)))
         if "onnx_sha256" not in fields:
             defaults["onnx_sha256"] = onnx_sha256(graph) if graph.is_file() else "0" * 64
         merged = {**defaults, **fields}

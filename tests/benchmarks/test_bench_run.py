@@ -14,7 +14,7 @@ from cinema_trt.benchmarks.config import BenchConfig
 from cinema_trt.benchmarks.latency import run_benchmark
 from cinema_trt.benchmarks.machine import source_revision
 from cinema_trt.benchmarks.report import write_outputs
-from cinema_trt.models.specs import STAGES
+from cinema_trt.models.stages import STAGE_NAMES as STAGES
 
 RUNS = 2
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from cinema_trt.models.presets import get_preset
-from cinema_trt.models.specs import stage_specs
+from cinema_trt.models.stages import CONNECTOR
 
 
 class TinyConnector(nn.Module):
@@ -48,7 +48,7 @@ def export_connector(module: nn.Module, folder: Path, config, stage_manifest,
 
     stage_dir = folder / "connector"
     stage_dir.mkdir(parents=True)
-    spec = stage_specs(config)["connector"]
+    spec = CONNECTOR.spec(config)
     hidden = torch.randn(1, 7, config.aligner.in_dim)
     mask = torch.ones(1, 7, dtype=torch.int64)
     seq = Dim("seq", min=1, max=4096)

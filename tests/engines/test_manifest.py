@@ -23,7 +23,7 @@ from cinema_trt.engines.manifest import (
 )
 from cinema_trt.export.manifest import BuildRecord, Manifest, read_manifest, write_manifest
 from cinema_trt.models.presets import get_preset
-from cinema_trt.models.specs import stage_specs
+from cinema_trt.models.stages import DIT
 
 H100 = RuntimeInfo("tensorrt", "10.3.0", "NVIDIA H100 80GB HBM3", "9.0")
 PROFILES = {"latents": ((1, 16, 2, 8, 8), (2, 16, 2, 8, 8), (2, 16, 3, 8, 8))}
@@ -49,7 +49,7 @@ def _manifest(folder, runtime=H100, plan_bytes=b"plan bytes") -> Manifest:
                         compute_dtype="float16", source_sha256="0" * 64,
                         onnx_sha256="a" * 64, versions={},
                         config=json.loads(json.dumps(tiny.to_dict())),  # as stored
-                        build=build, **Manifest.io_from_spec(stage_specs(tiny)["dit"]))
+                        build=build, **Manifest.io_from_spec(DIT.spec(tiny)))
     write_manifest(manifest, folder)
     return manifest
 

@@ -23,11 +23,12 @@ from cinema_trt.engines.config import BuildConfig, inspect_onnx
 from cinema_trt.engines.report import LAYERS_FILE, read_layers
 from cinema_trt.engines.stages import BuildRequest, build_stages
 from cinema_trt.export.manifest import read_manifest
+from cinema_trt.models.stages import FP8_GRAPHS, GRAPH_NAMES
 
 TARGETS = ("sm89", "sm120")
-ALL_STAGES = {"mllm_vision", "mllm_text", "connector", "vae_encoder", "dit", "vae_decoder"}
-FP8_STAGES = {"dit", "connector", "mllm_text"}  # the stages with an FP8 recipe
-ATTENTION_STAGES = ("dit", "connector", "mllm_text")
+ALL_STAGES = set(GRAPH_NAMES)
+FP8_STAGES = set(FP8_GRAPHS)
+ATTENTION_STAGES = ("dit", "connector", "mllm_text")  # graphs with attention blocks
 PRECISIONS = ("fp16", "bf16", "fp8")
 INSTALL = "pip install tensorrt-rtx-cu12"
 

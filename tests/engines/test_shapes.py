@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,7 +15,8 @@ from cinema_trt.engines.shapes import (
     profiles_for,
     shapes_from_dict,
 )
-from cinema_trt.models.specs import Dim, stage_specs
+from cinema_trt.models.specs import Dim
+from cinema_trt.models.stages import CONNECTOR, DIT, MLLM, VAE_DECODER, VAE_ENCODER
 
 # the tiny preset: 1 + 4k frames, 64x64 px -> 8x8 latents, 16 latent channels, MLLM width 64,
 # 16 connector queries of width 48, 56x56-pixel images -> 16 patches of 3*2*14*14 = 1176
@@ -28,7 +31,7 @@ def shapes():
 
 
 def test_dit_profile_doubles_the_batch_for_cfg_and_keeps_min_at_one(tiny, shapes):
-    profiles = profiles_for(stage_specs(tiny)["dit"], shapes, tiny)
+    profiles = profiles_for(DIT.spec(tiny), shapes, tiny)
     assert list(profiles) == ["latents", "timestep", "text_states", "ref_latents"]
     assert profiles["latents"] == ((1, C, 2, 4, 4), (2, C, 2, 8, 6), (2, C, 3, 8, 8))
     assert profiles["timestep"] == ((1,), (2,), (2,))
@@ -40,39 +43,37 @@ def test_dit_profile_without_cfg_keeps_the_request_batch(tiny, shapes):
     import dataclasses
 
     no_cfg = dataclasses.replace(shapes, cfg=False)
-    profiles = profiles_for(stage_specs(tiny)["dit"], no_cfg, tiny)
+    profiles = profiles_for(DIT.spec(tiny), no_cfg, tiny)
     assert profiles["timestep"] == ((1,), (1,), (1,))
 
 
 def test_vae_profiles(tiny, shapes):
-    encoder = profiles_for(stage_specs(tiny)["vae_encoder"], shapes, tiny)
+    encoder = profiles_for(VAE_ENCODER.spec(tiny), shapes, tiny)
     # each reference is a one-frame video: batch = refs, frames = 1
     assert encoder == {"video": ((1, 3, 1, 32, 32), (2, 3, 1, 64, 48), (3, 3, 1, 64, 64))}
-    decoder = profiles_for(stage_specs(tiny)["vae_decoder"], shapes, tiny)
+    decoder = profiles_for(VAE_DECODER.spec(tiny), shapes, tiny)
     assert decoder == {"latents": ((1, C, 2, 4, 4), (1, C, 2, 8, 6), (1, C, 3, 8, 8))}
 
 
 def test_text_stage_profiles(tiny, shapes):
-    mllm = profiles_for(stage_specs(tiny)["mllm"], shapes, tiny)
+    mllm = profiles_for(MLLM.spec(tiny), shapes, tiny)
     assert mllm["input_ids"] == ((1, 8), (1, 100), (1, 300))
     assert mllm["attention_mask"] == mllm["input_ids"]
     # the negative prompt has no images: zero rows at min; 16 patches per image after
     assert mllm["pixel_values"] == ((0, PATCH_DIM), (32, PATCH_DIM), (48, PATCH_DIM))
     assert mllm["image_grid_thw"] == ((0, 3), (2, 3), (3, 3))
-    connector = profiles_for(stage_specs(tiny)["connector"], shapes, tiny)
+    connector = profiles_for(CONNECTOR.spec(tiny), shapes, tiny)
     assert connector == {"hidden_states": ((1, 8, 64), (1, 100, 64), (1, 300, 64)),
                          "attention_mask": ((1, 8), (1, 100), (1, 300))}
 
 
 def test_split_mllm_profiles(tiny, shapes):
-    from cinema_trt.models.specs import mllm_split_specs
-
-    specs = mllm_split_specs(tiny)
-    vision = profiles_for(specs["mllm_vision"], shapes, tiny)
+    vision_graph, text_graph = MLLM.graphs
+    vision = profiles_for(vision_graph.spec(tiny), shapes, tiny)
     # the vision graph only runs with images: 1 image .. 3 refs, 16 patches each
     assert vision["pixel_values"] == ((16, PATCH_DIM), (32, PATCH_DIM), (48, PATCH_DIM))
     assert vision["segment_ids"] == ((16,), (32,), (48,))
-    text = profiles_for(specs["mllm_text"], shapes, tiny)
+    text = profiles_for(text_graph.spec(tiny), shapes, tiny)
     assert text["position_ids"] == ((3, 1, 8), (3, 1, 100), (3, 1, 300))
 
 
@@ -83,7 +84,7 @@ def test_default_profiles_cover_what_the_tiny_pipeline_feeds_the_mllm(tiny):
     processor = build_processor(tiny.mllm)
     image = Image.fromarray(np.full((80, 60, 3), 128, np.uint8))
     prompt = "a person walks a dog along the beach at sunset, the camera tracks left " * 3
-    profiles = profiles_for(stage_specs(tiny)["mllm"], default_shapes(tiny), tiny)
+    profiles = profiles_for(MLLM.spec(tiny), default_shapes(tiny), tiny)
     for text, images in (("", []), (prompt, [image] * 4), ("a cat", [image])):
         inputs = prepare_inputs(processor, tiny.mllm, text, images)
         for name, tensor in inputs.items():
@@ -148,7 +149,6 @@ def test_missing_profile_file(tmp_path, tiny):
 
 
 def test_unknown_stage_is_refused(tiny):
-    from cinema_trt.engines.shapes import stage_symbols
-
+    spec = dataclasses.replace(DIT.spec(tiny), name="unet")
     with pytest.raises(ValueError, match="unknown stage 'unet'"):
-        stage_symbols("unet", shapes_from_dict({}, tiny), tiny, "opt")
+        profiles_for(spec, shapes_from_dict({}, tiny), tiny)

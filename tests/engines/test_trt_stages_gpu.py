@@ -18,9 +18,8 @@ import torch
 from cinema_trt.engines.config import BuildConfig, Precision
 from cinema_trt.export.compare import error_stats
 from cinema_trt.export.dtype import cast_module
-from cinema_trt.export.fp8 import RECIPES
 from cinema_trt.export.manifest import read_manifest
-from cinema_trt.export.stages import EXPORT_STAGES, sample_inputs, stage_exports
+from cinema_trt.models.stages import FP8_GRAPHS, GRAPH_NAMES, graph
 
 log = logging.getLogger(__name__)
 needs_tensorrt = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None,
@@ -33,7 +32,6 @@ def gpu(test):
     return pytest.mark.slow(pytest.mark.gpu(needs_tensorrt(test)))
 
 
-FP8_STAGES = ("mllm_text", "connector", "dit")
 # profiles.yaml for these engines: wide enough for the exporter's check cases (1-3 videos
 # or prompts, 5-9 frames, 32-48 px, 1-3 references); see test_profile_covers_the_checks
 PROFILE = {"batch": {"min": 1, "opt": 1, "max": 3}, "frames": {"min": 5, "opt": 9, "max": 9},
@@ -42,18 +40,16 @@ PROFILE = {"batch": {"min": 1, "opt": 1, "max": 3}, "frames": {"min": 5, "opt": 
            "refs": {"min": 1, "opt": 2, "max": 3}, "seq": {"min": 1, "opt": 32, "max": 128}}
 
 
-def _check_cases(models, stage, export):
+def _check_cases(models, stage):
     """(case index, inputs) of the exporter's check cases that the PROFILE engines accept
     (the VAE encoder's 9-frame case is not a reference image, for one)."""
     from cinema_trt.engines.shapes import profiles_for, shapes_from_dict
-    from cinema_trt.export.stages import export_specs
 
-    config = models.config
-    profiles = profiles_for(export_specs(config)[stage], shapes_from_dict(PROFILE, config),
-                            config)
+    config, g = models.config, graph(stage)
+    profiles = profiles_for(g.spec(config), shapes_from_dict(PROFILE, config), config)
     cases = []
-    for i, case in enumerate(export.checks):
-        inputs = sample_inputs(models, stage, case, seed=50 + i)
+    for i, case in enumerate(g.cases(config)[1]):
+        inputs = g.sample_inputs(models, case, seed=50 + i)
         if all(_fits(profiles[name], tensor.shape) for name, tensor in inputs.items()
                if name in profiles):
             cases.append((i, inputs))
@@ -71,8 +67,7 @@ def test_profile_covers_the_checks(tiny):
     from cinema_trt.models.factory import build_models
 
     models = build_models(tiny)
-    exports = stage_exports(models, EXPORT_STAGES)
-    counts = {stage: len(_check_cases(models, stage, e)) for stage, e in exports.items()}
+    counts = {stage: len(_check_cases(models, stage)) for stage in GRAPH_NAMES}
     assert min(counts.values()) >= 1, counts
     assert counts["vae_encoder"] == 1 and counts["dit"] == 2  # the 9-frame encode is out
 
@@ -124,16 +119,18 @@ def test_every_fp16_stage_matches_torch_within_twice_torchs_fp16_error(fp16_engi
     scale (TensorRT fuses and orders sums differently; the floor covers stages whose torch
     fp16 error is near zero). Both check shapes of the exporter, per stage."""
     _, out, built = fp16_engines
-    assert set(built) == set(stage_exports(models, tuple(built)))
-    for stage, export in stage_exports(models, tuple(built)).items():
+    assert set(built) == set(GRAPH_NAMES)
+    for stage in built:
+        module = graph(stage).module(models).eval()
+        output = graph(stage).spec(models.config).output_names[0]
         assert read_manifest(out / stage).build.build_config["strongly_typed"]
-        for i, inputs in _check_cases(models, stage, export):
+        for i, inputs in _check_cases(models, stage):
             with torch.inference_mode():
-                reference = export.module(**inputs)
-                half = cast_module(export.module.cuda(), Precision.FP16)(
+                reference = module(**inputs)
+                half = cast_module(module.cuda(), Precision.FP16)(
                     **{k: v.cuda() for k, v in inputs.items()}).cpu()
-                export.module.cpu()
-            got = _run_engine(out / stage, inputs)[export.spec.output_names[0]]
+                module.cpu()
+            got = _run_engine(out / stage, inputs)[output]
             engine, torch_half = error_stats(got, reference), error_stats(half, reference)
             log.info("%s case %d: TensorRT fp16 %.2e, torch fp16 %.2e", stage, i,
                      engine.rel_max, torch_half.rel_max)
@@ -146,17 +143,18 @@ def test_fp8_stages_pass_the_recipes_gates(fp8_engines, models):
     """Each FP8 engine's cosine to torch fp32 clears the gate the exporter recorded (the
     recipe's, widened by fp16's own loss), on a check shape with fresh inputs."""
     onnx_dir, out, built = fp8_engines
-    assert set(built) == set(FP8_STAGES)
-    for stage, export in stage_exports(models, FP8_STAGES).items():
+    assert set(built) == set(FP8_GRAPHS)
+    for stage in FP8_GRAPHS:
+        g = graph(stage)
         assert read_manifest(out / stage).build.build_config["strongly_typed"]
-        _, inputs = _check_cases(models, stage, export)[-1]
+        _, inputs = _check_cases(models, stage)[-1]
         with torch.inference_mode():
-            reference = export.module(**inputs)
-        got = _run_engine(out / stage, inputs)[export.spec.output_names[0]]
+            reference = g.module(models).eval()(**inputs)
+        got = _run_engine(out / stage, inputs)[g.spec(models.config).output_names[0]]
         stats = error_stats(got, reference)
-        gate = read_manifest(onnx_dir / stage).validation["min_cosine"]
+        gate = read_manifest(onnx_dir / stage).validation.min_cosine
         log.info("%s FP8 engine cosine %.6f (gate %.6f, recipe %.4f)", stage, stats.cosine,
-                 gate, RECIPES[stage].min_cosine)
+                 gate, g.recipes[Precision.FP8].min_cosine)
         assert stats.cosine >= gate, (stage, stats)
 
 

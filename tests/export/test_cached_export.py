@@ -9,15 +9,16 @@ import shutil
 
 import pytest
 
-from cinema_trt.export.driver import cached_export
+from cinema_trt.export.cached import cached_export
 from cinema_trt.export.manifest import read_manifest
 from cinema_trt.models.cache import ArtifactCache
-from cinema_trt.models.factory import STAGE_FILES, build_models
+from cinema_trt.models.factory import build_models
+from cinema_trt.models.stages import CONNECTOR
 from cinema_trt.models.weights import save_stage
 
 pytestmark = pytest.mark.slow  # six tiny connector exports
 
-CONNECTOR = ("connector",)
+ONLY_CONNECTOR = (CONNECTOR.name,)
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +28,12 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def made(cache, tiny_config, tiny_models):
-    return cached_export(cache, tiny_config, stages=CONNECTOR, models=tiny_models,
+    return cached_export(cache, tiny_config, stages=ONLY_CONNECTOR, models=tiny_models,
                          progress=False)
 
 
 def _export(cache, config, **kwargs):
-    return cached_export(cache, config, stages=CONNECTOR, progress=False, **kwargs)
+    return cached_export(cache, config, stages=ONLY_CONNECTOR, progress=False, **kwargs)
 
 
 def test_a_matching_export_is_reused(made, cache, tiny_config, tiny_models):
@@ -57,7 +58,7 @@ def test_a_changed_weights_file_makes_a_new_entry(cache, tiny_config, tiny_weigh
     weights = tmp_path / "weights"
     shutil.copytree(tiny_weights, weights)
     first = _export(cache, tiny_config, weights=weights)
-    save_stage(build_models(tiny_config, seed=1).aligner, weights / STAGE_FILES["aligner"])
+    save_stage(build_models(tiny_config, seed=1).aligner, weights / CONNECTOR.weights_entry)
     second = _export(cache, tiny_config, weights=weights)
     assert not second.reused and second.path != first.path and first.path.is_dir()
     assert (read_manifest(second.path / "connector").source_sha256
@@ -71,10 +72,12 @@ def test_another_precision_makes_a_new_entry(made, cache, tiny_config):
 
 
 def test_other_exporter_versions_make_a_new_entry(made, cache, tiny_config, monkeypatch):
+    import cinema_trt.export.cached as cached
     import cinema_trt.export.driver as driver
 
     upgraded = {**driver.exporter_versions(), "onnx": "99.0"}  # an upgrade of the onnx package
-    monkeypatch.setattr(driver, "exporter_versions", lambda: upgraded)
+    for module in (driver, cached):  # what the manifest records, what the cache keys on
+        monkeypatch.setattr(module, "exporter_versions", lambda: upgraded)
     entry = _export(cache, tiny_config)
     assert not entry.reused and entry.path != made.path
     assert read_manifest(entry.path / "connector").versions == upgraded

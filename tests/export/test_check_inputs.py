@@ -2,14 +2,15 @@
 
 A graph that ignores one of its inputs (drops the padding mask, shares one CFG branch's
 text, sees only the first reference, attends across images) must fail the export gate.
-The check inputs of export/stages.py are built so that it does: masks padded on both
-sides, DiT batches of distinct rows with K = 3 distinct references, several images per
-vision batch, M-RoPE positions with an image span. Each "blind" variant below is what
-such a graph would compute: the stage's inputs with one of them replaced.
+The check inputs of the stage objects (models/stage_*.py) are built so that it does:
+masks padded on both sides, DiT batches of distinct rows with K = 3 distinct references,
+several images per vision batch, M-RoPE positions with an image span. Each "blind"
+variant below is what such a graph would compute: the stage's inputs with one of them
+replaced.
 
 Fast tier: on the PyTorch modules, every blind variant moves the output on the check
 cases by at least 10x the fp32 gate. Slow tier: on the real exported graphs, ONNX Runtime
-fed each blind variant is rejected by the exporter's own gate (`_validate`).
+fed each blind variant is rejected by the exporter's own gate (export/check.py).
 
 Measured on tiny (worst check case, max |change| / output scale; fp32 gate 1e-4): dit
 CFG branches sharing text 3.3e-2, first reference only 5.2e-2, other text 6.1e-2, other
@@ -29,11 +30,12 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from cinema_trt.export import driver
+from cinema_trt.export import check
+from cinema_trt.export.check import FP32_TOLERANCE, ExportError, validate
 from cinema_trt.export.compare import error_stats
-from cinema_trt.export.driver import ExportError, _validate
 from cinema_trt.export.manifest import read_manifest
-from cinema_trt.export.stages import EXPORT_STAGES, FP32_TOLERANCE, sample_inputs, stage_exports
+from cinema_trt.export.validation import CHECK_SEED
+from cinema_trt.models.stages import GRAPH_NAMES, GRAPHS, graph
 
 Inputs = dict[str, torch.Tensor]
 
@@ -77,7 +79,7 @@ BLIND = {
     },
     "vae_decoder": {"other latents": ("latents", _other)},
 }
-CASES = [(stage, variant) for stage in EXPORT_STAGES for variant in BLIND[stage]]
+CASES = [(stage, variant) for stage in GRAPH_NAMES for variant in BLIND[stage]]
 
 
 def blinded(stage: str, variant: str, inputs: Inputs, other: Inputs) -> Inputs:
@@ -87,18 +89,15 @@ def blinded(stage: str, variant: str, inputs: Inputs, other: Inputs) -> Inputs:
 
 
 def _check_inputs(models, stage: str, case: int, case_dims) -> tuple[Inputs, Inputs]:
-    """The exporter's inputs for check `case` (its seeds: driver._validate) and another
+    """The exporter's inputs for check `case` (its seeds: CHECK_SEED + case) and another
     sample of the same shapes."""
-    return (sample_inputs(models, stage, case_dims, seed=100 + case),
-            sample_inputs(models, stage, case_dims, seed=200 + case))
+    return (graph(stage).sample_inputs(models, case_dims, seed=CHECK_SEED + case),
+            graph(stage).sample_inputs(models, case_dims, seed=200 + case))
 
 
 def test_every_input_but_the_rope_tables_has_a_blind_variant(tiny_config):
-    from cinema_trt.export.stages import export_specs
-
-    specs = export_specs(tiny_config)
-    assert set(BLIND) == set(specs) == set(EXPORT_STAGES)
-    for stage, spec in specs.items():
+    assert set(BLIND) == set(GRAPH_NAMES)
+    for stage, spec in ((g.name, g.spec(tiny_config)) for g in GRAPHS):
         covered = {name for name, _ in BLIND[stage].values()}
         # RoPE does not reach the tiny MLLM's output past the gate (module docstring)
         rope = {"rotary_cos", "rotary_sin", "position_ids"}
@@ -108,13 +107,13 @@ def test_every_input_but_the_rope_tables_has_a_blind_variant(tiny_config):
 @pytest.mark.parametrize("stage, variant", CASES)
 def test_a_blind_graph_would_miss_the_reference_by_far_more_than_the_gate(stage, variant,
                                                                          tiny_models):
-    export = stage_exports(tiny_models, (stage,))[stage]
+    module = graph(stage).module(tiny_models).eval()
     changes = []
-    for i, dims in enumerate(export.checks):
+    for i, dims in enumerate(graph(stage).cases(tiny_models.config)[1]):
         inputs, other = _check_inputs(tiny_models, stage, i, dims)
         with torch.inference_mode():
-            reference = export.module(**inputs)
-            blind = export.module(**blinded(stage, variant, inputs, other))
+            reference = module(**inputs)
+            blind = module(**blinded(stage, variant, inputs, other))
         changes.append(error_stats(blind, reference).rel_max)
     assert max(changes) >= 10 * FP32_TOLERANCE, changes
 
@@ -122,7 +121,7 @@ def test_a_blind_graph_would_miss_the_reference_by_far_more_than_the_gate(stage,
 @contextmanager
 def _blind_graph(monkeypatch, stage, variant, other_for):
     """The exporter's graph runner, fed what a graph ignoring an input would compute on."""
-    real = driver._graph_runner
+    real = check._graph_runner
     seen = []
 
     @contextmanager
@@ -133,25 +132,29 @@ def _blind_graph(monkeypatch, stage, variant, other_for):
                 return run(blinded(stage, variant, inputs, other_for(len(seen) - 1)))
             yield blind_run
 
-    monkeypatch.setattr(driver, "_graph_runner", runner)
+    monkeypatch.setattr(check, "_graph_runner", runner)
     yield seen
 
 
 @pytest.mark.slow  # the session's full fp32 export
-@pytest.mark.parametrize("stage", EXPORT_STAGES)
+@pytest.mark.parametrize("stage", GRAPH_NAMES)
 def test_the_export_gate_rejects_every_blind_variant_on_onnx_runtime(stage, fp32_export,
                                                                     tiny_models, monkeypatch):
     out, _ = fp32_export
-    export = stage_exports(tiny_models, (stage,))[stage]
+    g = graph(stage)
+    module, checks = g.module(tiny_models).eval(), g.cases(tiny_models.config)[1]
     manifest = read_manifest(out / stage)
-    # the unchanged graph passes the same call: what fails below is the blindness
-    _validate(stage, export, tiny_models, out / stage, manifest, export.module)
+
+    def gate():
+        return validate(g, tiny_models, out / stage, manifest, (module, module), checks, None)
+
+    gate()  # the unchanged graph passes the same call: what fails below is the blindness
 
     def other_for(case):
-        return _check_inputs(tiny_models, stage, case, export.checks[case])[1]
+        return _check_inputs(tiny_models, stage, case, checks[case])[1]
 
     for variant in BLIND[stage]:
         with _blind_graph(monkeypatch, stage, variant, other_for), \
                 pytest.raises(ExportError, match="the graph is wrong"):
-            _validate(stage, export, tiny_models, out / stage, manifest, export.module)
+            gate()
         monkeypatch.undo()

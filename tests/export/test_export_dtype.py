@@ -1,7 +1,7 @@
 """`export --dtype fp16|bf16`: graphs that compute in half precision behind float32 I/O,
 checked against PyTorch in the same dtype, and FP8 graphs with fp16/bf16 outside Q/DQ.
 
-Tolerances are derived, not guessed (export/driver.py): an fp16 graph's error to torch fp32
+Tolerances are derived, not guessed (export/check.py): an fp16 graph's error to torch fp32
 may be at most twice the error PyTorch itself makes in fp16 on the same inputs; a bf16
 graph, run upcast to fp32, may differ from the module with bf16-rounded parameters by at
 most half of what that rounding changes.
@@ -18,17 +18,17 @@ import pytest
 import torch
 
 from cinema_trt.engines.config import BuildConfig, inspect_onnx, resolve_build_config
+from cinema_trt.export.check import BF16_ROUNDING_FRACTION, ExportError, validate
 from cinema_trt.export.compare import error_stats
-from cinema_trt.export.driver import BF16_ROUNDING_FRACTION, ExportError, _validate
 from cinema_trt.export.dtype import cast_module
 from cinema_trt.export.fp8 import fp8_gemm_layers
 from cinema_trt.export.manifest import read_manifest
 from cinema_trt.export.ort import OrtRunner, ort_runners
-from cinema_trt.export.stages import sample_inputs, stage_exports
 from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.factory import build_models, torch_runners
 from cinema_trt.models.pipeline import CinemaPipeline
 from cinema_trt.models.precision import Precision
+from cinema_trt.models.stages import CONNECTOR, DIT, VAE_DECODER
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,7 @@ def test_cast_module_keeps_the_interface_and_computes_in_half(tiny_models):
     assert {p.dtype for p in half.parameters()} == {torch.float16}
     assert dit.patch_embed.weight.dtype == torch.float32  # the original is untouched
     assert cast_module(dit, Precision.FP32) is dit
-    export = stage_exports(tiny_models, ("dit",))["dit"]
-    inputs = sample_inputs(tiny_models, "dit", export.checks[0])
+    inputs = DIT.sample_inputs(tiny_models, DIT.cases(tiny_models.config)[1][0])
     with torch.inference_mode():
         out, ref = half(**inputs), dit(**inputs)
     assert out.dtype == torch.float32
@@ -78,13 +77,13 @@ def test_fp16_graphs_match_torch_within_twice_torchs_fp16_error(fp16_export, tin
     """On a shape the exporter did not check (seed 7): |ORT fp16 - torch fp32| <= 2 x
     |torch fp16 - torch fp32|, plus the fp32 floor of 1e-4 of the output scale."""
     out, _ = fp16_export
-    exports = stage_exports(tiny_models, tuple(["connector", "dit", "vae_decoder"]))
-    for stage, export in exports.items():
-        inputs = sample_inputs(tiny_models, stage, export.checks[1], seed=7)
+    for g in (CONNECTOR, DIT, VAE_DECODER):
+        stage, module = g.name, g.module(tiny_models)
+        inputs = g.sample_inputs(tiny_models, g.cases(tiny_models.config)[1][1], seed=7)
         with torch.inference_mode():
-            ref = export.module(**inputs)
-            same = cast_module(export.module, Precision.FP16)(**inputs)
-        got = OrtRunner(out / stage).run(inputs)[export.spec.output_names[0]]
+            ref = module(**inputs)
+            same = cast_module(module, Precision.FP16)(**inputs)
+        got = OrtRunner(out / stage).run(inputs)[g.spec(tiny_models.config).output_names[0]]
         graph, torch_half = error_stats(got, ref), error_stats(same, ref)
         log.info("%s fp16: graph %.2e, torch %.2e", stage, graph.rel_max, torch_half.rel_max)
         assert graph.rel_max <= max(2 * torch_half.rel_max, 1e-4), (stage, graph, torch_half)
@@ -115,11 +114,11 @@ def test_a_half_graph_that_computes_something_else_is_refused(fp16_export, tiny_
     """The gate can fail: the exported fp16 connector judged against other weights."""
     out, _ = fp16_export
     other = build_models(tiny_config, seed=1)  # the export used seed 0
-    export = stage_exports(other, ("connector",))["connector"]
-    manifest = read_manifest(out / "connector")
+    module, checks = CONNECTOR.module(other), CONNECTOR.cases(tiny_config)[1]
+    manifest = read_manifest(out / CONNECTOR.name)
     with pytest.raises(ExportError, match="float16 graph differs from torch fp32"):
-        _validate("connector", export, other, out / "connector", manifest,
-                  cast_module(export.module, Precision.FP16))
+        validate(CONNECTOR, other, out / CONNECTOR.name, manifest,
+                 (module, cast_module(module, Precision.FP16)), checks, None)
 
 
 @slow
@@ -138,11 +137,11 @@ def test_bf16_export_is_opset_22_and_checked_upcast(bf16_export, tiny_models):
             (Precision.BF16, "bfloat16", 22)  # opset 22: bf16 Conv
         assert "bfloat16" in inspect_onnx(out / stage / "model.onnx").weight_types
         validation = manifest.validation
-        assert validation["reference"] == "torch fp32 with parameters rounded to bf16"
-        assert validation["rel_max"] <= validation["tolerance"] == pytest.approx(max(
-            1e-4, BF16_ROUNDING_FRACTION * validation["spread"]["rel_max"]))
-        assert validation["spread"]["rel_max"] > 1e-3, stage  # bf16 rounding is visible
-        assert result.error.rel_max == validation["rel_max"]
+        assert validation.reference == "torch fp32 with parameters rounded to bf16"
+        assert validation.error.rel_max <= validation.tolerance == pytest.approx(max(
+            1e-4, BF16_ROUNDING_FRACTION * validation.spread.rel_max))
+        assert validation.spread.rel_max > 1e-3, stage  # bf16 rounding is visible
+        assert result.error.rel_max == validation.error.rel_max
     assert not list(out.glob("*/.upcast-*"))  # the temporary fp32 graphs are gone
     with pytest.raises(ValueError, match="no bfloat16 kernels.*--dtype fp16"):
         OrtRunner(out / "dit")
@@ -152,11 +151,11 @@ def test_bf16_export_is_opset_22_and_checked_upcast(bf16_export, tiny_models):
 def test_a_bf16_graph_that_computes_something_else_is_refused(bf16_export, tiny_config):
     out, _ = bf16_export
     other = build_models(tiny_config, seed=1)  # the export used seed 0
-    export = stage_exports(other, ("dit",))["dit"]
+    module, checks = DIT.module(other), DIT.cases(tiny_config)[1]
     with pytest.raises(ExportError, match="bfloat16 graph differs from torch fp32 with "
                                           "parameters rounded to bf16"):
-        _validate("dit", export, other, out / "dit", read_manifest(out / "dit"),
-                  cast_module(export.module, Precision.BF16))
+        validate(DIT, other, out / DIT.name, read_manifest(out / DIT.name),
+                 (module, cast_module(module, Precision.BF16)), checks, None)
 
 
 @slow
@@ -176,7 +175,7 @@ def test_fp8_on_fp16_quantizes_the_same_layers_with_fp16_scales(fp8_fp16_export,
     manifest = read_manifest(out / "dit")
     assert manifest.compute_dtype == "float16"
     assert manifest.quantization["compute_dtype"] == "float16"
-    assert manifest.validation["cosine"] >= manifest.validation["min_cosine"]
+    assert manifest.validation.error.cosine >= manifest.validation.min_cosine
     # the fp32 FP8 export's layer record is the same set of layers (no "module." prefix)
     assert set(manifest.quantization["layers"]) == \
         set(read_manifest(fp8_export[0] / "dit").quantization["layers"])

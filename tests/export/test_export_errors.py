@@ -8,8 +8,8 @@ import pytest
 
 from cinema_trt.export.driver import export_stages
 from cinema_trt.export.manifest import MANIFEST_FILE, MODEL_FILE
-from cinema_trt.export.stages import resolve_stages
 from cinema_trt.models.presets import get_preset
+from cinema_trt.models.stages import GRAPHS, resolve_graphs
 
 
 def _manifests(folder):
@@ -24,8 +24,8 @@ def test_unknown_stage_names_the_choices_and_touches_nothing(tiny_config, tmp_pa
 
 
 def test_stage_alias_and_order():
-    assert resolve_stages(["dit", "mllm", "dit"]) == ("mllm_vision", "mllm_text", "dit")
-    assert len(resolve_stages(None)) == 6
+    assert resolve_graphs(["dit", "mllm", "dit"]) == ("mllm_vision", "mllm_text", "dit")
+    assert len(resolve_graphs(None)) == len(GRAPHS)
 
 
 def test_unwritable_out_dir_is_a_clear_error(tiny_config, tmp_path):

@@ -11,24 +11,20 @@ import pytest
 import torch
 
 from cinema_trt.export.compare import error_stats
-from cinema_trt.export.fp8 import (
-    FP8_TYPE,
-    RECIPES,
-    AmaxObserver,
-    emulate_fp8,
-    insert_fp8_qdq,
-    linear_module,
-)
+from cinema_trt.export.fp8 import FP8_TYPE, AmaxObserver, emulate_fp8, insert_fp8_qdq, linear_module
 from cinema_trt.export.manifest import MODEL_FILE, Precision, read_manifest
 from cinema_trt.export.ort import OrtRunner
-from cinema_trt.export.stages import sample_inputs, stage_cases, stage_exports
+from cinema_trt.models.stages import CONNECTOR, DIT, FP8_GRAPHS, graph
 
 log = logging.getLogger(__name__)
-FP8_STAGES = ("dit", "connector", "mllm_text")
+
+
+def _recipe(stage: str):
+    return graph(stage).recipes[Precision.FP8]
 
 
 def test_dit_recipe_quantizes_block_linears_only(tiny_models):
-    recipe = RECIPES["dit"]
+    recipe = DIT.recipes[Precision.FP8]
     layers = recipe.layers(tiny_models.dit)
     assert "blocks.0.text.qkv" in layers and "blocks.1.visual.mlp.2" in layers
     assert len(layers) == 2 * 4 * tiny_models.config.dit.depth  # 2 streams x qkv/out/mlp x2
@@ -39,7 +35,7 @@ def test_dit_recipe_quantizes_block_linears_only(tiny_models):
 
 def test_amax_observer_records_max_abs_input(tiny_models):
     aligner = tiny_models.aligner
-    inputs = sample_inputs(tiny_models, "connector", {"batch": 2, "seq": 11})
+    inputs = CONNECTOR.sample_inputs(tiny_models, {"batch": 2, "seq": 11})
     with AmaxObserver(aligner, ["input_proj"]) as observer, torch.inference_mode():
         aligner(**inputs)
         aligner(**{k: v[:1] for k, v in inputs.items()})  # a smaller second call
@@ -56,16 +52,16 @@ def _producers(graph):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", FP8_STAGES)
+@pytest.mark.parametrize("stage", FP8_GRAPHS)
 def test_graph_has_fp8_qdq_around_recipe_layers_only(stage, fp8_export, tiny_models):
-    graph = onnx.load(str(fp8_export[0] / stage / MODEL_FILE)).graph
-    module = stage_exports(tiny_models, (stage,))[stage].module
-    wanted, excluded = set(RECIPES[stage].layers(module)), set(RECIPES[stage].excluded(module))
-    producers = _producers(graph)
-    fp8_weights = {t.name: t for t in graph.initializer if t.data_type == FP8_TYPE}
-    zero_points = {t.name for t in graph.initializer if t.data_type == FP8_TYPE and not t.dims}
+    proto = onnx.load(str(fp8_export[0] / stage / MODEL_FILE)).graph
+    module = graph(stage).module(tiny_models)
+    wanted, excluded = set(_recipe(stage).layers(module)), set(_recipe(stage).excluded(module))
+    producers = _producers(proto)
+    fp8_weights = {t.name: t for t in proto.initializer if t.data_type == FP8_TYPE}
+    zero_points = {t.name for t in proto.initializer if t.data_type == FP8_TYPE and not t.dims}
     seen_fp8, seen_plain = set(), set()
-    for node in graph.node:
+    for node in proto.node:
         layer = linear_module(node)
         if layer is None:
             continue
@@ -89,27 +85,28 @@ def test_graph_has_fp8_qdq_around_recipe_layers_only(stage, fp8_export, tiny_mod
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", FP8_STAGES)
+@pytest.mark.parametrize("stage", FP8_GRAPHS)
 def test_fp8_graph_runs_on_ort_close_to_fp32(stage, fp8_export, tiny_models):
-    """Gate: cosine to torch fp32 >= the recipe's min_cosine (see RECIPES; measured dit
+    """Gate: cosine to torch fp32 >= the recipe's min_cosine (models/stage.py; measured dit
     0.99996, connector 0.9966, mllm_text 0.99999) and rel L2 < 0.15 (measured 0.005-0.009,
     0.08, 0.0006). The error must also be clearly non-zero (rel L2 > 1e-4), or the graph is
     not really computing in FP8."""
-    export = stage_exports(tiny_models, (stage,))[stage]
+    g = graph(stage)
+    module, output = g.module(tiny_models).eval(), g.spec(tiny_models.config).output_names[0]
     runner = OrtRunner(fp8_export[0] / stage)
-    for seed, case in enumerate(stage_cases(tiny_models.config, stage)[1]):
-        inputs = sample_inputs(tiny_models, stage, case, seed=seed)
+    for seed, case in enumerate(g.cases(tiny_models.config)[1]):
+        inputs = g.sample_inputs(tiny_models, case, seed=seed)
         with torch.inference_mode():
-            ref = export.module(**inputs)
-        stats = error_stats(runner.run(inputs)[export.spec.output_names[0]], ref)
+            ref = module(**inputs)
+        stats = error_stats(runner.run(inputs)[output], ref)
         log.info("%s FP8 vs fp32 at %s: cosine %.6f, rel L2 %.4f", stage, case, stats.cosine,
                  stats.rel_l2)
-        assert stats.cosine >= RECIPES[stage].min_cosine, stats
+        assert stats.cosine >= _recipe(stage).min_cosine, stats
         assert 1e-4 < stats.rel_l2 < 0.15, stats
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", FP8_STAGES)
+@pytest.mark.parametrize("stage", FP8_GRAPHS)
 def test_fp8_graph_matches_torch_emulation(stage, fp8_export, tiny_models):
     """ORT on the Q/DQ graph vs the recipe emulated in torch with the manifest's amax:
     rel L2 <= 1e-5 (measured ~5e-7: fp32 GEMM rounding only), 100x below the FP8 error."""
@@ -117,12 +114,13 @@ def test_fp8_graph_matches_torch_emulation(stage, fp8_export, tiny_models):
     assert manifest.precision is Precision.FP8
     amax = manifest.quantization["layers"]
     assert amax and all(v > 0 for v in amax.values())
-    export = stage_exports(tiny_models, (stage,))[stage]
+    g = graph(stage)
+    module, output = g.module(tiny_models).eval(), g.spec(tiny_models.config).output_names[0]
     runner = OrtRunner(fp8_export[0] / stage)
-    inputs = sample_inputs(tiny_models, stage, stage_cases(tiny_models.config, stage)[1][1])
-    with torch.inference_mode(), emulate_fp8(export.module, amax):
-        emulated = export.module(**inputs)
-    got = runner.run(inputs)[export.spec.output_names[0]]
+    inputs = g.sample_inputs(tiny_models, g.cases(tiny_models.config)[1][1])
+    with torch.inference_mode(), emulate_fp8(module, amax):
+        emulated = module(**inputs)
+    got = runner.run(inputs)[output]
     assert error_stats(got, emulated).rel_l2 <= 1e-5
 
 

@@ -19,11 +19,12 @@ from cinema_trt.export.calibration import (
     modelopt_input_amax,
 )
 from cinema_trt.export.driver import export_stage, export_stages
-from cinema_trt.export.fp8 import FP8_E4M3_BITS, RECIPES
+from cinema_trt.export.fp8 import FP8_E4M3_BITS
 from cinema_trt.export.manifest import Precision, read_manifest
-from cinema_trt.export.stages import sample_inputs, stage_exports
+from cinema_trt.models.stages import DIT, FP8_GRAPHS, graph
 
-STAGES = ("dit", "connector", "mllm_text")
+STAGES = FP8_GRAPHS
+RECIPE = DIT.recipes[Precision.FP8]
 
 
 @pytest.fixture(scope="module")
@@ -32,39 +33,34 @@ def mtq(require):
 
 
 @pytest.fixture(scope="module")
-def exports(tiny_models):
-    return stage_exports(tiny_models, STAGES)
-
-
-@pytest.fixture(scope="module")
-def amax(mtq, tiny_models, exports):
+def amax(mtq, tiny_models):
     """{calibrator: {stage: {layer: amax}}} over the same pipeline runs (~25 s: two tiny
     calibration runs each, plus ModelOpt's import)."""
-    modules = {s: exports[s].module for s in STAGES}
+    modules = {s: graph(s).module(tiny_models) for s in STAGES}
     return {c: calibrate(tiny_models, modules, calibrator=c) for c in CALIBRATORS}
 
 
-def test_modelopt_config_is_the_recipe(mtq, tiny_models, exports):
+def test_modelopt_config_is_the_recipe(mtq, tiny_models):
     """One DiT forward through ModelOpt's quantizers: FP8 E4M3 inputs on exactly the
     recipe's layers, per-output-channel weight amax equal to max |W| per row (what
     `insert_fp8_qdq` computes), exclusions off, and the exported modules untouched."""
-    dit = exports["dit"].module
-    _, copies = calibration_copy(tiny_models, {"dit": dit})
-    inputs = sample_inputs(tiny_models, "dit", exports["dit"].checks[0])
+    dit = DIT.module(tiny_models)
+    _, copies = calibration_copy(tiny_models, {DIT.name: dit})
+    inputs = DIT.sample_inputs(tiny_models, DIT.cases(tiny_models.config)[1][0])
     with torch.inference_mode():
         mtq.quantize(nn.ModuleDict(copies), modelopt_config(copies),
-                     lambda root: root["dit"](**inputs))
-    layers = RECIPES["dit"].layers(dit)
-    modelopt_input_amax(copies["dit"], layers)  # raises unless exactly `layers` are on
+                     lambda root: root[DIT.name](**inputs))
+    layers = RECIPE.layers(dit)
+    modelopt_input_amax(copies[DIT.name], layers)  # raises unless exactly `layers` are on
     for name in layers:
-        quantized = copies["dit"].get_submodule(name)
+        quantized = copies[DIT.name].get_submodule(name)
         assert quantized.input_quantizer.num_bits == FP8_E4M3_BITS
         assert quantized.weight_quantizer.num_bits == FP8_E4M3_BITS
         # max of |W| is exact in fp32 on both sides: equal, not close
         assert torch.equal(quantized.weight_quantizer.amax.flatten(),
                            dit.get_submodule(name).weight.abs().amax(1))
-    for name in RECIPES["dit"].excluded(dit):
-        quantized = copies["dit"].get_submodule(name)
+    for name in RECIPE.excluded(dit):
+        quantized = copies[DIT.name].get_submodule(name)
         assert not quantized.input_quantizer.is_enabled
         assert not quantized.weight_quantizer.is_enabled
     assert all(type(m) is nn.Linear for n, m in dit.named_modules() if n in layers)
@@ -84,16 +80,16 @@ def test_modelopt_amax_matches_the_builtin_observer(amax, stage):
 
 
 @pytest.mark.slow
-def test_fp8_dit_calibrated_with_modelopt_passes_the_gate(amax, tiny_models, exports, tmp_path):
+def test_fp8_dit_calibrated_with_modelopt_passes_the_gate(amax, tiny_models, tmp_path):
     """export_stage validates the FP8 graph on ONNX Runtime against torch fp32 and raises
     below the recipe's cosine gate; the manifest records the calibrator and its amax."""
-    result = export_stage("dit", exports["dit"], tiny_models, tmp_path,
-                          amax["modelopt"]["dit"], calibrator="modelopt")
+    result = export_stage(DIT, tiny_models, tmp_path, amax["modelopt"][DIT.name],
+                          calibrator="modelopt")
     assert result.precision is Precision.FP8
-    assert result.error.cosine >= RECIPES["dit"].min_cosine
-    quantization = read_manifest(tmp_path / "dit").quantization
+    assert result.error.cosine >= RECIPE.min_cosine
+    quantization = read_manifest(tmp_path / DIT.name).quantization
     assert quantization["calibrator"].startswith("modelopt 0.")
-    assert quantization["layers"] == {n: amax["modelopt"]["dit"][n]
+    assert quantization["layers"] == {n: amax["modelopt"][DIT.name][n]
                                       for n in quantization["layers"]}
 
 

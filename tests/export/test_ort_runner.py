@@ -8,12 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
+from cinema_trt.export.check import FP32_TOLERANCE
 from cinema_trt.export.compare import error_stats
 from cinema_trt.export.ort import OrtRunner, ort_runners
-from cinema_trt.export.stages import FP32_TOLERANCE, sample_inputs
 from cinema_trt.models.mllm import prepare_inputs
 from cinema_trt.models.runner import Runner
-from cinema_trt.models.specs import STAGES
+from cinema_trt.models.stages import DIT, MLLM, STAGES
 
 pytestmark = pytest.mark.slow  # needs the session export
 
@@ -26,7 +26,7 @@ def dit_runner(fp32_export):
 @pytest.fixture()
 def dit_inputs(tiny_models):
     case = {"batch": 2, "refs": 2, "lframes": 2, "lheight": 4, "lwidth": 4}
-    return sample_inputs(tiny_models, "dit", case)
+    return DIT.sample_inputs(tiny_models, case)
 
 
 def test_runner_is_a_runner_with_torch_tensors_out(dit_runner, dit_inputs):
@@ -65,8 +65,8 @@ def test_folder_without_manifest_is_refused(tmp_path):
 
 def test_ort_runners_cover_the_pipeline_stages(fp32_export):
     runners = ort_runners(fp32_export[0])
-    assert sorted(runners) == sorted(STAGES)  # mllm composed from vision + text
-    assert all(runners[s].name == s for s in STAGES)
+    assert sorted(runners) == sorted(s.name for s in STAGES)  # mllm composed from its graphs
+    assert all(runners[s.name].name == s.name for s in STAGES)
 
 
 @pytest.mark.parametrize("num_images", [0, 1, 3])
@@ -90,24 +90,26 @@ def test_mllm_glue_is_checked_against_the_export_manifest(fp32_export, tmp_path)
     embeddings); a swapped file is refused with the stage named, before any run."""
     import shutil
 
-    from cinema_trt.export.manifest import read_manifest
-    from cinema_trt.export.mllm_split import EMBEDDINGS_FILE, GLUE_FILES, load_glue
+    from cinema_trt.export.manifest import check_sidecars, read_manifest
     from cinema_trt.models.fileio import sha256_file
+    from cinema_trt.models.mllm_split import EMBEDDINGS_FILE, GLUE_FILES, load_glue
 
-    source = fp32_export[0] / "mllm_text"
-    sidecars = read_manifest(source).sidecars
+    folder = tmp_path / "export"
+    for g in MLLM.graphs:
+        shutil.copytree(fp32_export[0] / g.name, folder / g.name)
+    text_dir = folder / MLLM.glue
+    sidecars = read_manifest(text_dir).sidecars
     assert set(sidecars) == set(GLUE_FILES)
-    assert all(sidecars[name] == sha256_file(source / name) for name in GLUE_FILES)
-    text_dir = tmp_path / "mllm_text"
-    shutil.copytree(source, text_dir)
-    load_glue(text_dir)  # an intact copy loads
+    assert all(sidecars[name] == sha256_file(text_dir / name) for name in GLUE_FILES)
+    check_sidecars(text_dir)  # an intact copy passes
     embeddings = text_dir / EMBEDDINGS_FILE
     data = bytearray(embeddings.read_bytes())
     data[-1] ^= 0x01  # one bit of one weight
     embeddings.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="does not match the sha256 .* recorded at export"):
-        load_glue(text_dir)
+    with pytest.raises(ValueError, match=f"does not match the sha256 .* recorded at export.*"
+                                         f"--stages {MLLM.glue}"):
+        ort_runners(folder)
     # a copy named explicitly is the caller's choice: it must exist, it is not hash-checked
-    load_glue(text_dir, embeddings=source / EMBEDDINGS_FILE)
+    load_glue(text_dir, embeddings=fp32_export[0] / MLLM.glue / EMBEDDINGS_FILE)
     with pytest.raises(FileNotFoundError, match="missing"):
         load_glue(text_dir, embeddings=tmp_path / "nowhere.safetensors")

@@ -7,11 +7,12 @@ import logging
 import numpy as np
 import pytest
 
-from cinema_trt.export.mllm_split import composed_mllm_runner
 from cinema_trt.export.ort import OrtRunner, ort_runners
+from cinema_trt.export.stage_runners import stage_runners
 from cinema_trt.models.factory import torch_runners
 from cinema_trt.models.media import sample_references
 from cinema_trt.models.pipeline import CinemaPipeline
+from cinema_trt.models.stages import FP8_GRAPHS, MLLM
 
 log = logging.getLogger(__name__)
 pytestmark = pytest.mark.slow
@@ -51,11 +52,12 @@ def test_fp8_stages_in_the_pipeline(fp8_export, fp32_export, tiny_models,
     FP8_MIN_PSNR (FP8 rounding compounds over the sampler steps)."""
     request, reference = request_and_reference
     fp8 = ort_runners(fp8_export[0])
-    assert set(fp8) == {"dit", "connector"}  # a lone mllm_text is not a whole "mllm"
-    mllm = composed_mllm_runner(OrtRunner(fp32_export[0] / "mllm_vision"),
-                                OrtRunner(fp8_export[0] / "mllm_text"),
-                                fp8_export[0] / "mllm_text")
-    runners = {**torch_runners(tiny_models), **fp8, "mllm": mllm}
+    assert MLLM.name not in fp8  # a lone text graph is not a whole MLLM
+    # the MLLM's graphs without an FP8 recipe (vision) in fp32, the glue FP8's
+    found = {g.name: (fp8_export if g.name in FP8_GRAPHS else fp32_export)[0] / g.name
+             for g in MLLM.graphs}
+    mllm = stage_runners(found, lambda name: OrtRunner(found[name]), glue=fp8_export[0])
+    runners = {**torch_runners(tiny_models), **fp8, **mllm}
     video = CinemaPipeline(tiny_models.config, runners, tiny_models.processor).generate(request)
     value = psnr(video, reference)
     log.info("FP8 pipeline PSNR vs torch fp32: %.1f dB", value)

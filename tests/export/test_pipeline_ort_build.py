@@ -16,11 +16,11 @@ import pytest
 
 from cinema_trt.cli.main import main
 from cinema_trt.export.manifest import MANIFEST_FILE, check_export, read_manifest
-from cinema_trt.export.mllm_split import EMBEDDINGS_FILE, HF_CONFIG_FILE
 from cinema_trt.export.ort import OrtRunner, ort_runners
-from cinema_trt.export.stages import EXPORT_STAGES
 from cinema_trt.models.media import sample_references
+from cinema_trt.models.mllm_split import GLUE_FILES
 from cinema_trt.models.pipeline import CinemaPipeline
+from cinema_trt.models.stages import GRAPH_NAMES, MLLM, STAGES
 
 log = logging.getLogger(__name__)
 pytestmark = pytest.mark.slow  # needs the session export
@@ -46,7 +46,7 @@ def built(fp32_export, tmp_path_factory):
 def test_build_manifests_are_the_export_records_and_the_mllm_glue_is_copied(built,
                                                                           fp32_export):
     export = fp32_export[0]
-    for stage in EXPORT_STAGES:
+    for stage in GRAPH_NAMES:
         manifest = read_manifest(built / stage)
         # the exporter's record, with how it was built filled in
         assert dataclasses.replace(manifest, build=None) == read_manifest(export / stage)
@@ -54,9 +54,8 @@ def test_build_manifests_are_the_export_records_and_the_mllm_glue_is_copied(buil
         # the optimized graph, not a copy of the exported one
         model = built / stage / manifest.model_file
         assert model.read_bytes() != (export / stage / "model.onnx").read_bytes()
-    for name in (HF_CONFIG_FILE, EMBEDDINGS_FILE):
-        assert (built / "mllm_text" / name).read_bytes() == \
-            (export / "mllm_text" / name).read_bytes()
+    for name in GLUE_FILES:
+        assert (built / MLLM.glue / name).read_bytes() == (export / MLLM.glue / name).read_bytes()
 
 
 def test_pipeline_on_the_built_models_matches_torch(built, tiny_models, request_and_reference,
@@ -65,7 +64,7 @@ def test_pipeline_on_the_built_models_matches_torch(built, tiny_models, request_
     fp32 sums (~1e-6 relative), at most one uint8 level on a few pixels."""
     request, reference = request_and_reference
     runners = ort_runners(built)
-    assert set(runners) == {"mllm", "connector", "vae_encoder", "dit", "vae_decoder"}
+    assert set(runners) == {s.name for s in STAGES}
     for name, runner in runners.items():
         if isinstance(runner, OrtRunner):  # "mllm" composes the two built MLLM graphs
             assert runner.model_path == built / name / "model.onnx"

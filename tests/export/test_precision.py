@@ -7,14 +7,14 @@ import pytest
 from cinema_trt.export.manifest import Manifest
 from cinema_trt.models.precision import Precision
 from cinema_trt.models.presets import get_preset
-from cinema_trt.models.specs import stage_specs
+from cinema_trt.models.stages import CONNECTOR
 
 
 def _manifest_dict(precision: str) -> dict:
     config = get_preset("tiny")
     manifest = Manifest(stage="connector", preset="tiny", opset=19,
                         precision=Precision.FP32,
-                        **Manifest.io_from_spec(stage_specs(config)["connector"]),
+                        **Manifest.io_from_spec(CONNECTOR.spec(config)),
                         source_sha256="0" * 64, onnx_sha256="0" * 64, versions={},
                         config=config.to_dict())
     return {**manifest.to_dict(), "precision": precision}

@@ -9,10 +9,10 @@ import shutil
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow  # needs the session exports (~2-3 min on 2 cores, once)
+from cinema_trt.models.stages import FP8_GRAPHS as FP8_STAGES
+from cinema_trt.models.stages import GRAPH_NAMES as ALL_STAGES
 
-ALL_STAGES = ("mllm_vision", "mllm_text", "connector", "vae_encoder", "dit", "vae_decoder")
-FP8_STAGES = ("dit", "connector", "mllm_text")
+pytestmark = pytest.mark.slow  # needs the session exports (~2-3 min on 2 cores, once)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -31,12 +31,12 @@ def test_fp16_export_matches_fp32_within_the_manifests_gates(stage, fp32_export,
     from cinema_trt.engines.accuracy import compare_stage
 
     result = compare_stage(fp32_export[0] / stage, fp16_export[0] / stage)
-    gate32 = _manifest(fp32_export[0], stage).validation["tolerance"]
-    gate16 = _manifest(fp16_export[0], stage).validation["tolerance"]
+    gate32 = _manifest(fp32_export[0], stage).validation.tolerance
+    gate16 = _manifest(fp16_export[0], stage).validation.tolerance
     # the triangle inequality through torch fp32, which both gates were measured against
     assert result.tolerance.metric == "rel_max"
     assert result.tolerance.limit == pytest.approx((gate32 + gate16) / (1 - gate32))
-    assert result.cases == len(_manifest(fp32_export[0], stage).validation["cases"])
+    assert result.cases == len(_manifest(fp32_export[0], stage).validation.cases)
     # fp16 rounding is visible (a comparison that ran nothing would measure 0) ...
     assert 0 < result.measured <= result.tolerance.limit
     assert result.passed
@@ -50,7 +50,7 @@ def test_fp8_export_matches_fp32_within_the_fp8_gate(stage, fp32_export, fp8_exp
     fp8 = _manifest(fp8_export[0], stage).validation
     assert result.tolerance.metric == "cosine"
     # the fp32 export is within 1e-4 of torch, so its angle barely loosens the FP8 gate
-    assert fp8["min_cosine"] - 1e-3 < result.tolerance.limit <= fp8["min_cosine"]
+    assert fp8.min_cosine - 1e-3 < result.tolerance.limit <= fp8.min_cosine
     assert result.tolerance.limit <= result.measured < 1.0
     assert result.passed
 
@@ -69,7 +69,7 @@ def test_the_same_inputs_as_the_export_validation(fp32_export):
                     .abs().max()) for feed in validation_inputs(manifest)]
     # validation.scale is max |torch fp32| (the worst case: the smallest); ORT fp32 is within
     # the 1e-4 gate of it
-    assert min(scales) == pytest.approx(manifest.validation["scale"], rel=2e-4)
+    assert min(scales) == pytest.approx(manifest.validation.error.scale, rel=2e-4)
 
 
 def test_a_graph_that_left_its_validation_fails(fp32_export, fp16_export, tmp_path):

@@ -22,10 +22,10 @@ def _by_stage(reports):
 
 def test_graph_io_matches_the_stage_specs_with_dynamic_dims_named(fp32_export, tiny_config):
     from cinema_trt.engines.inspect import inspect_path
-    from cinema_trt.export.stages import export_specs
+    from cinema_trt.models.stages import GRAPHS
 
     reports = _by_stage(inspect_path(fp32_export[0]))
-    specs = export_specs(tiny_config)
+    specs = {g.name: g.spec(tiny_config) for g in GRAPHS}
     assert sorted(reports) == sorted(specs)
     for stage, report in reports.items():
         spec = specs[stage]

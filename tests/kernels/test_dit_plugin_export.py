@@ -1,7 +1,7 @@
 """The DiT exported with its attention as TensorRT plugin nodes, and the engine build's view.
 
 CPU tier: the tiny DiT is traced once (about 30 s on 2 loaded cores, hence `slow`) with
-`stage_exports(..., attention_plugin=True)` and `trace_to_onnx(..., attention_plugin=True)`,
+`DIT.module(..., plugin=True)` and `trace_to_onnx(..., attention_plugin=True)`,
 saved, and put through the exporter's strict shape inference and full checker. ONNX
 Runtime cannot run the graph (it has no `trt.plugins` kernels); only TensorRT with
 `register_plugins()` can, which needs a GPU and is not verified here.
@@ -31,12 +31,12 @@ from cinema_trt.engines.shapes import shapes_from_dict
 from cinema_trt.engines.stages import ExportedStage
 from cinema_trt.engines.trt_build import key_plugin_kernels, register_graph_plugins
 from cinema_trt.export.onnx_graph import check_onnx, plugin_nodes, save_onnx, trace_to_onnx
-from cinema_trt.export.stages import sample_inputs, stage_exports
 from cinema_trt.kernels import trt_plugin
 from cinema_trt.models.attention import attention
 from cinema_trt.models.factory import build_models
 from cinema_trt.models.presets import get_preset
 from cinema_trt.models.specs import StageSpec, TensorSpec
+from cinema_trt.models.stages import DIT
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 H100 = RuntimeInfo("tensorrt", "10.8.0", "NVIDIA H100 80GB HBM3", "9.0")
@@ -44,16 +44,16 @@ H100 = RuntimeInfo("tensorrt", "10.8.0", "NVIDIA H100 80GB HBM3", "9.0")
 
 @pytest.fixture(scope="module")
 def plugin_dit(tmp_path_factory):
-    """(models, StageExport, path of the saved and checked plugin graph)."""
+    """(models, the plugin DiT module, path of the saved and checked plugin graph)."""
     models = build_models(get_preset("tiny"))
-    export = stage_exports(models, ("dit",), attention_plugin=True)["dit"]
-    model = trace_to_onnx(export.module, export.spec, sample_inputs(models, "dit", export.example),
-                          attention_plugin=True)
+    module = DIT.module(models, plugin=True).eval()
+    example = DIT.sample_inputs(models, DIT.cases(models.config)[0])
+    model = trace_to_onnx(module, DIT.spec(models.config), example, attention_plugin=True)
     path = tmp_path_factory.mktemp("plugin") / "dit" / "model.onnx"
     path.parent.mkdir()
     (saved,) = save_onnx(model, path)
     check_onnx(saved)  # strict shape inference + full checker, as the exporter runs them
-    return models, export, saved
+    return models, module, saved
 
 
 def _attrs(node) -> dict:
@@ -62,7 +62,7 @@ def _attrs(node) -> dict:
 
 @pytest.mark.slow
 def test_dit_graph_has_one_plugin_node_per_block_in_place_of_attention(plugin_dit):
-    models, export, path = plugin_dit
+    models, module, path = plugin_dit
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
     dit = models.config.dit
@@ -79,17 +79,17 @@ def test_dit_graph_has_one_plugin_node_per_block_in_place_of_attention(plugin_di
     # ReduceMean each; LayerNorm is its own op) and the visual q, k rotations (one Neg each)
     assert ops["ReduceMean"] == 4 * dit.depth and ops["Neg"] == 2 * dit.depth
     assert {o.domain: o.version for o in model.opset_import}[TRT_PLUGIN_DOMAIN] == 1
-    assert [i.name for i in model.graph.input] == list(export.spec.input_names)
-    assert [o.name for o in model.graph.output] == list(export.spec.output_names)
+    assert [i.name for i in model.graph.input] == list(DIT.spec(models.config).input_names)
+    assert [o.name for o in model.graph.output] == list(DIT.spec(models.config).output_names)
 
 
 @pytest.mark.slow
 def test_plugin_export_leaves_the_models_dit_alone(plugin_dit):
-    models, export, _ = plugin_dit
-    assert export.attention_plugin
-    assert export.module.cfg.attention_backend == "triton_unfused"
+    models, module, _ = plugin_dit
+    assert DIT.attention_plugin
+    assert module.cfg.attention_backend == "triton_unfused"
     assert models.dit.cfg.attention_backend == "sdpa"
-    assert export.module.proj_out.weight.data_ptr() == models.dit.proj_out.weight.data_ptr()
+    assert module.proj_out.weight.data_ptr() == models.dit.proj_out.weight.data_ptr()
 
 
 @pytest.mark.slow
@@ -101,7 +101,7 @@ def test_onnx_runtime_cannot_run_the_plugin_graph(plugin_dit):
 @pytest.mark.slow
 def test_engine_build_marks_the_graph_as_needing_the_plugins(plugin_dit, tmp_path,
                                                              stage_manifest):
-    models, export, path = plugin_dit
+    models, _, path = plugin_dit
     config = models.config
     # the exporter's record of this hand-traced graph (fp32, like the graph)
     stage = ExportedStage(path.parent, stage_manifest(path.parent, config))

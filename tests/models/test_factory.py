@@ -9,16 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from cinema_trt.models.factory import (
-    CONFIG_FILE,
-    STAGE_PARTS,
-    load_models,
-    load_stage_module,
-    read_weights_config,
-    stage_weight_entries,
-    torch_runners,
-)
-from cinema_trt.models.specs import STAGES
+from cinema_trt.models.factory import CONFIG_FILE, load_models, read_weights_config, torch_runners
+from cinema_trt.models.stages import CONNECTOR, DIT, STAGES, VAE_DECODER, VAE_ENCODER, stage
 from cinema_trt.models.weights import CheckpointError
 
 
@@ -34,25 +26,21 @@ def _assert_same_state(a: nn.Module, b: nn.Module) -> None:
         assert torch.equal(sa[name], sb[name]), name  # bit-identical: both read the same file
 
 
-def _partial_folder(weights, stage: str, out):
-    """cinema_config.json plus only the entries `stage` needs, as serving/repo.py lays out."""
+def _partial_folder(weights, name: str, out):
+    """cinema_config.json plus only the entry stage `name` needs, as serving/repo.py lays
+    it out."""
     out.mkdir()
     shutil.copy(weights / CONFIG_FILE, out / CONFIG_FILE)
-    for entry in stage_weight_entries(stage):
-        source = weights / entry
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, out / entry)
+    source = weights / stage(name).weights_entry
+    (shutil.copytree if source.is_dir() else shutil.copy)(source, out / source.name)
     return out
 
 
-def test_every_pipeline_stage_has_a_module():
-    assert set(STAGE_PARTS) == set(STAGES)
-
-
-@pytest.mark.parametrize("stage", STAGES)
-def test_a_stage_loads_the_module_load_models_runs(tiny_weights, loaded, stage, tmp_path):
-    folder = _partial_folder(tiny_weights, stage, tmp_path / stage)
-    module = load_stage_module(folder, stage, read_weights_config(folder))
-    expected = torch_runners(loaded)[stage].module
+@pytest.mark.parametrize("name", [s.name for s in STAGES])
+def test_a_stage_loads_the_module_load_models_runs(tiny_weights, loaded, name, tmp_path):
+    folder = _partial_folder(tiny_weights, name, tmp_path / name)
+    module = stage(name).load(folder, read_weights_config(folder))
+    expected = torch_runners(loaded)[name].module
     assert type(module) is type(expected)
     _assert_same_state(module, expected)
 
@@ -60,35 +48,36 @@ def test_a_stage_loads_the_module_load_models_runs(tiny_weights, loaded, stage, 
 def test_the_loaded_weights_are_the_saved_ones_not_a_fresh_init(tiny_weights, loaded):
     # a fresh AlignerNet under another seed differs; the loaded one equals load_models'
     torch.manual_seed(123)
-    module = load_stage_module(tiny_weights, "connector", loaded.config)
+    module = CONNECTOR.load(tiny_weights, loaded.config)
     fresh = type(module)(loaded.config.aligner)
     assert any(not torch.equal(a, b) for a, b in zip(module.state_dict().values(),
                                                       fresh.state_dict().values(), strict=True))
 
 
 def test_the_vae_stages_are_the_halves_of_one_vae(tiny_weights, loaded):
-    encoder = load_stage_module(tiny_weights, "vae_encoder", loaded.config)
-    decoder = load_stage_module(tiny_weights, "vae_decoder", loaded.config)
+    encoder = VAE_ENCODER.load(tiny_weights, loaded.config)
+    decoder = VAE_DECODER.load(tiny_weights, loaded.config)
     _assert_same_state(encoder, loaded.vae.encoder)
     _assert_same_state(decoder, loaded.vae.decoder)
 
 
 def test_loading_is_strict(tiny_weights, loaded, tmp_path):
     # the DiT's tensors in the connector's file: every key is wrong, so the load must fail
-    folder = _partial_folder(tiny_weights, "connector", tmp_path / "swapped")
-    shutil.copy(tiny_weights / "dit.safetensors", folder / "connector.safetensors")
-    with pytest.raises(CheckpointError, match="connector.safetensors"):
-        load_stage_module(folder, "connector", loaded.config)
+    folder = _partial_folder(tiny_weights, CONNECTOR.name, tmp_path / "swapped")
+    shutil.copy(tiny_weights / DIT.weights_entry, folder / CONNECTOR.weights_entry)
+    with pytest.raises(CheckpointError, match=CONNECTOR.weights_entry):
+        CONNECTOR.load(folder, loaded.config)
 
 
 def test_a_missing_stage_file_names_the_path(tiny_weights, loaded, tmp_path):
-    folder = _partial_folder(tiny_weights, "connector", tmp_path / "connector-only")
-    with pytest.raises(FileNotFoundError, match="dit.safetensors"):
-        load_stage_module(folder, "dit", loaded.config)
+    folder = _partial_folder(tiny_weights, CONNECTOR.name, tmp_path / "connector-only")
+    with pytest.raises(FileNotFoundError, match=DIT.weights_entry):
+        DIT.load(folder, loaded.config)
 
 
-def test_an_unknown_stage_lists_the_stages(tiny_weights, loaded):
-    with pytest.raises(ValueError, match=r"stage='mllm_text'.*'vae_decoder'"):
-        load_stage_module(tiny_weights, "mllm_text", loaded.config)
-    with pytest.raises(ValueError, match="stage='unet'"):
-        stage_weight_entries("unet")
+def test_an_unknown_stage_lists_the_stages():
+    # a graph of a split stage is no pipeline stage
+    with pytest.raises(ValueError, match=r"unknown stage 'mllm_text'.*'vae_decoder'"):
+        stage("mllm_text")
+    with pytest.raises(ValueError, match="unknown stage 'unet'"):
+        stage("unet")

@@ -21,7 +21,7 @@ from cinema_trt.models.mllm import (
     prepare_inputs,
     save_mllm,
 )
-from cinema_trt.models.specs import stage_specs
+from cinema_trt.models.stages import MLLM
 from cinema_trt.models.weights import CheckpointError
 
 # Same weights, same ops, same shapes: outputs that should agree come out bit-identical on
@@ -137,7 +137,7 @@ def test_grey_and_rgba_images_are_converted_to_rgb(mllm, cfg):
 def test_inputs_follow_the_stage_spec(mllm, cfg, tiny_config, num_refs):
     _, processor = mllm
     inputs = prepare_inputs(processor, cfg, "a cat", _refs(num_refs))
-    spec = stage_specs(tiny_config)["mllm"]
+    spec = MLLM.spec(tiny_config)
     assert tuple(inputs) == spec.input_names
     for tensor_spec in spec.inputs:
         tensor = inputs[tensor_spec.name]

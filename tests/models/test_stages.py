@@ -1,5 +1,6 @@
-"""The stage registry (models/stages.py) is the one list of stages, graphs and FP8 recipes:
-what the exporter, the specs and the pipeline use must be what it says."""
+"""The stage registry (models/stages.py) and its stage objects: every graph states a spec,
+cases and symbols that fit each other, and names resolve the way the CLI promises. That no
+other module names a stage is checked by tests/packaging/test_consistency.py."""
 
 from __future__ import annotations
 
@@ -9,37 +10,68 @@ from pathlib import Path
 
 import pytest
 
+from cinema_trt.models.precision import Precision
+from cinema_trt.models.stage import Request
 from cinema_trt.models.stages import (
     FP8_GRAPHS,
     GRAPHS,
-    MLLM_TEXT,
-    PIPELINE_STAGES,
-    STAGE_ALIASES,
-    Stage,
-    graphs_of,
+    MLLM,
+    STAGES,
+    aliases,
+    graph,
+    resolve_graphs,
+    stage_of,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_graphs_are_the_specs_the_exporter_writes(tiny_config):
-    from cinema_trt.export.fp8 import RECIPES
-    from cinema_trt.export.stages import export_specs
-    from cinema_trt.models.specs import stage_specs
+def _symbols(spec) -> set[str]:
+    return {d for t in spec.inputs + spec.outputs for d in t.dims if isinstance(d, str)}
 
-    assert tuple(stage_specs(tiny_config)) == PIPELINE_STAGES
-    assert set(export_specs(tiny_config)) == set(GRAPHS)
-    assert set(RECIPES) == set(FP8_GRAPHS)
+
+@pytest.mark.parametrize("g", GRAPHS, ids=lambda g: g.name)
+def test_each_graph_names_its_spec_and_its_cases_fill_every_symbol(g, tiny_config):
+    spec = g.spec(tiny_config)
+    assert spec.name == g.name
+    example, checks = g.cases(tiny_config)
+    assert len(checks) >= 2 and all(c != example for c in checks)
+    for case in (example, *checks):
+        inputs = g.sample_inputs(_Source(tiny_config), case)
+        assert list(inputs) == list(spec.input_names)
+
+
+@pytest.mark.parametrize("s", STAGES, ids=lambda s: s.name)
+def test_each_stage_and_graph_sizes_every_symbol_of_a_request(s, tiny_config):
+    request = Request(batch=1, frames=5, height=64, width=64, refs=2, seq=40, images=2,
+                      image_pixels=tiny_config.mllm.max_pixels, cfg=True)
+    for g in {s, *s.graphs}:
+        values = g.symbols(request, tiny_config)
+        inputs = g.spec(tiny_config).inputs
+        assert {d for t in inputs for d in t.dims if isinstance(d, str)} <= set(values), g
+
+
+def test_the_cfg_pair_doubles_only_the_stage_called_per_step(tiny_config):
+    request = Request(1, 5, 64, 64, 3, 40, 3, tiny_config.mllm.max_pixels, cfg=True)
+    batches = {s.name: s.symbols(request, tiny_config)["batch"] for s in STAGES}
+    assert {n for n, b in batches.items() if b == 2} == {s.name for s in STAGES if s.per_step}
 
 
 def test_a_split_stage_stands_for_its_graphs_in_order():
-    assert STAGE_ALIASES == {"mllm": ("mllm_vision", MLLM_TEXT)}
-    assert graphs_of(("dit", "mllm")) == ("mllm_vision", MLLM_TEXT, "dit")
+    assert aliases() == {MLLM.name: tuple(g.name for g in MLLM.graphs)}
+    per_step = next(s for s in STAGES if s.per_step).name
+    assert resolve_graphs([per_step, MLLM.name, per_step]) == (
+        *(g.name for g in MLLM.graphs), per_step)
+    assert all(stage_of(g.name) is MLLM for g in MLLM.graphs)
+    with pytest.raises(ValueError, match="unknown stage 'unet'"):
+        resolve_graphs(["unet"])
+    with pytest.raises(ValueError, match="unknown graph"):
+        graph(MLLM.name)  # a split stage is no graph
 
 
-def test_a_split_stage_without_its_glue_graph_is_refused():
-    with pytest.raises(ValueError, match="needs glue= one of"):
-        Stage("mllm", ("a", "b"))
+def test_fp8_graphs_are_the_graphs_with_an_fp8_recipe():
+    assert FP8_GRAPHS == tuple(g.name for g in GRAPHS if Precision.FP8 in g.recipes)
+    assert FP8_GRAPHS  # the recipes exist
 
 
 def test_the_registry_loads_without_torch():
@@ -49,8 +81,13 @@ def test_the_registry_loads_without_torch():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
-def test_no_module_but_the_registry_and_the_split_names_the_text_graph():
-    found = subprocess.run(["grep", "-rln", "--include=*.py", "mllm_text", "."], cwd=ROOT,
-                           capture_output=True, text=True).stdout.split()
-    found = {p for p in found if not p.startswith(("./tests/", "./.venv/", "./build/"))}
-    assert found == {"./models/stages.py", "./export/mllm_split.py"}
+class _Source:
+    """What sample_inputs reads: the config and the HF config (MLLM vision)."""
+
+    def __init__(self, config):
+        from types import SimpleNamespace
+
+        from cinema_trt.models.mllm import build_hf_config
+
+        self.config = config
+        self.mllm = SimpleNamespace(config=build_hf_config(config.mllm))

@@ -20,7 +20,7 @@ from cinema_trt.models.factory import pipeline_processor
 from cinema_trt.models.media import load_image, sample_references
 from cinema_trt.models.pipeline import CinemaPipeline, GenerationRequest
 from cinema_trt.models.presets import get_preset
-from cinema_trt.models.specs import STAGES
+from cinema_trt.models.stages import STAGE_NAMES as STAGES
 from cinema_trt.serving.client import CinemaClient
 from cinema_trt.serving.demo import DemoOptions, run_demo, tensorrt_unusable
 from cinema_trt.serving.latency import format_latency_table

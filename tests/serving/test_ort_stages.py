@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from cinema_trt.models.specs import STAGES
+from cinema_trt.models.stages import STAGE_NAMES as STAGES
 from cinema_trt.serving.repo import RepositoryOptions, build_repository
 from cinema_trt.serving.stage_model import load_stage_runner
 from cinema_trt.serving.triton_config import parse_config

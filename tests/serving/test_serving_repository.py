@@ -6,7 +6,8 @@ import torch
 
 from cinema_trt.models.factory import load_models, torch_runners
 from cinema_trt.models.presets import get_preset
-from cinema_trt.models.specs import resolve, stage_specs, video_dims
+from cinema_trt.models.specs import resolve, video_dims
+from cinema_trt.models.stages import STAGES
 from cinema_trt.serving import protocol
 from cinema_trt.serving.repo import RepositoryOptions, build_repository
 from cinema_trt.serving.stage_model import load_stage_runner
@@ -16,7 +17,7 @@ from cinema_trt.serving.triton_config import Placement, parse_config
 pytestmark = pytest.mark.usefixtures("serve_extra")
 
 TINY = get_preset("tiny")
-SPECS = stage_specs(TINY)
+SPECS = {s.name: s.spec(TINY) for s in STAGES}
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import torch
 from cinema_trt.models.factory import torch_pipeline
 from cinema_trt.models.media import load_image, sample_references
 from cinema_trt.models.pipeline import MAX_PROMPT_CHARS, GenerationRequest
-from cinema_trt.models.specs import stage_specs
+from cinema_trt.models.stages import CONNECTOR, MLLM, VAE_ENCODER, stage
 from cinema_trt.serving.stage_checks import (
     InvalidInput,
     check_declared,
@@ -52,9 +52,9 @@ def limits(config):
 
 def test_the_limits_accept_every_call_of_a_maximal_request(config, limits):
     pipeline = torch_pipeline(config, seed=0)
-    specs = stage_specs(config)
-    pipeline.runners = {stage: Checked(runner, specs[stage], limits, config.mllm.vocab_size)
-                        for stage, runner in pipeline.runners.items()}
+    pipeline.runners = {name: Checked(runner, stage(name).spec(config), limits,
+                                      config.mllm.vocab_size)
+                        for name, runner in pipeline.runners.items()}
     refs = tuple(load_image(p) for p in sample_references()[:4])
     # the longest prompt, of 4-byte characters: the most tokens a prompt can become
     prompt = "\U0001F600" * MAX_PROMPT_CHARS
@@ -70,7 +70,7 @@ HIDDEN = 64  # the tiny preset's connector input width
 
 @pytest.mark.parametrize("seq", [100_000_000, 2 ** 62, 0, 20_000])
 def test_hostile_declared_shapes_are_refused_naming_the_limit(config, limits, seq):
-    spec = stage_specs(config)["connector"]
+    spec = CONNECTOR.spec(config)
     with pytest.raises(InvalidInput, match=rf"'hidden_states' declares shape \[1, {seq}, 64\]; "
                                            rf"dim 1 \(seq\) must be in 1\.\.{limits['seq']}"):
         check_declared(spec, {"hidden_states": [1, seq, HIDDEN], "attention_mask": [1, 5]},
@@ -86,7 +86,7 @@ def test_hostile_declared_shapes_are_refused_naming_the_limit(config, limits, se
     ({"hidden_states": [5, 5, 64], "attention_mask": [5, 5]}, r"dim 0 \(batch\) must be"),
 ])
 def test_ranks_fixed_dims_and_shared_symbols_are_checked(config, limits, shapes, message):
-    spec = stage_specs(config)["connector"]
+    spec = CONNECTOR.spec(config)
     if message is None:
         check_declared(spec, shapes, limits)
         return
@@ -95,7 +95,7 @@ def test_ranks_fixed_dims_and_shared_symbols_are_checked(config, limits, shapes,
 
 
 def test_a_video_over_the_pixel_cap_is_refused(config, limits):
-    spec = stage_specs(config)["vae_encoder"]
+    spec = VAE_ENCODER.spec(config)
     with pytest.raises(InvalidInput, match=r"frames\*height\*width=257\*2048\*2048 exceeds"):
         check_declared(spec, {"video": [1, 3, 257, 2048, 2048]}, limits)
 
@@ -118,11 +118,11 @@ def _connector_inputs(hidden=None, mask=None):
 ])
 def test_values_without_meaning_are_refused_naming_the_input(config, inputs, message):
     with pytest.raises(InvalidInput, match=message):
-        check_values(stage_specs(config)["connector"], inputs)
+        check_values(CONNECTOR.spec(config), inputs)
 
 
 def test_token_ids_outside_the_vocabulary_are_refused(config):
-    spec = stage_specs(config)["mllm"]
+    spec = MLLM.spec(config)
     vocab = config.mllm.vocab_size
     ids = torch.tensor([[1, vocab, 3]])
     with pytest.raises(InvalidInput, match=rf"'input_ids' holds token ids in \[1, {vocab}\]"):

@@ -10,10 +10,9 @@ import subprocess
 import sys
 
 from cinema_trt.models.factory import CONFIG_FILE
-from cinema_trt.models.specs import STAGES
-from cinema_trt.serving.stage_model import export_folders
+from cinema_trt.models.stages import MLLM, STAGES
 
-NON_MLLM = [stage for stage in STAGES if stage != "mllm"]
+NON_MLLM = [s.name for s in STAGES if s is not MLLM]
 
 # loads the given stages, then prints whether transformers was imported
 PROBE = """
@@ -31,14 +30,6 @@ def _imports_transformers(cwd, folder, runtime: str, stages: list[str]) -> bool:
                           cwd=cwd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip() == "True"
-
-
-def test_only_the_mllm_is_served_from_more_than_one_export_folder():
-    from cinema_trt.export.stages import STAGE_ALIASES
-
-    # export_folders answers non-MLLM stages without importing export.stages
-    assert {s: export_folders(s) for s in STAGES} == {
-        s: STAGE_ALIASES.get(s, (s,)) for s in STAGES}
 
 
 def test_torch_stage_models_import_transformers_for_the_mllm_only(tiny_weights, tmp_path):

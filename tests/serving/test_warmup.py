@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cinema_trt.models.factory import load_models, torch_runners
-from cinema_trt.models.specs import stage_specs
+from cinema_trt.models.stages import STAGE_NAMES, stage
 from cinema_trt.serving.repo import build_repository
 from cinema_trt.serving.stage_checks import check_declared, check_values, symbol_limits
 from cinema_trt.serving.triton_config import parse_config
@@ -39,15 +39,15 @@ def _warmup_inputs(repo, stage: str, spec) -> dict[str, torch.Tensor]:
     return inputs
 
 
-@pytest.mark.parametrize("stage", ["mllm", "connector", "vae_encoder", "dit", "vae_decoder"])
+@pytest.mark.parametrize("name", STAGE_NAMES)
 def test_each_stage_warms_up_with_inputs_its_checks_accept(repo, tiny_weights, tiny_config,
-                                                           stage):
-    spec = stage_specs(tiny_config)[stage]
-    inputs = _warmup_inputs(repo, stage, spec)
+                                                           name):
+    spec = stage(name).spec(tiny_config)
+    inputs = _warmup_inputs(repo, name, spec)
     check_declared(spec, {n: list(t.shape) for n, t in inputs.items()},
                    symbol_limits(tiny_config))
     check_values(spec, inputs, tiny_config.mllm.vocab_size)
-    outputs = torch_runners(load_models(tiny_weights))[stage].run(inputs)
+    outputs = torch_runners(load_models(tiny_weights))[name].run(inputs)
     assert set(outputs) == set(spec.output_names)
     assert all(torch.isfinite(t).all() for t in outputs.values())
 

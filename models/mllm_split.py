@@ -14,7 +14,7 @@ dynamic shapes, so the bookkeeping moves out of the graphs:
 - `SplitMLLM` (torch, outside any graph): token-embedding lookup from the saved embedding
   table, vision side inputs, M-RoPE position ids (transformers' own `get_rope_index`), and
   the scatter of image embeddings into the `<|image_pad|>` slots. Composed with two runners
-  it honours the "mllm" stage contract of models/specs.py.
+  it honours the MLLM stage's contract (models/stage_mllm.py, which composes them).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import (
 )
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids
 
-from cinema_trt.models.fileio import atomic_path, atomic_write, sha256_file
-from cinema_trt.models.mllm import MLLMEncoder
-from cinema_trt.models.runner import FunctionRunner, Runner, Tensors
+from .fileio import atomic_path, atomic_write, sha256_file
+from .mllm import MLLMEncoder
+from .runner import Runner, Tensors
 
 HF_CONFIG_FILE = "qwen2vl_config.json"
 EMBEDDINGS_FILE = "embeddings.safetensors"
@@ -152,12 +152,6 @@ class SplitMLLM:
         return text.run(self.text_inputs(inputs, image_embeds))
 
 
-def split_modules(encoder: MLLMEncoder) -> dict[str, nn.Module]:
-    """The exportable halves of `encoder`, sharing its weights."""
-    return {"mllm_vision": VisionTower(encoder.model.visual).eval(),
-            "mllm_text": TextPrefill(encoder.model.language_model).eval()}
-
-
 def save_glue(encoder: MLLMEncoder, text_dir: str | os.PathLike) -> dict[str, str]:
     """Write what `SplitMLLM` needs next to the mllm_text graph: HF config + embeddings.
     Returns {file name: sha256} for the stage manifest's `sidecars`."""
@@ -171,46 +165,18 @@ def save_glue(encoder: MLLMEncoder, text_dir: str | os.PathLike) -> dict[str, st
     return {name: sha256_file(text_dir / name) for name in GLUE_FILES}
 
 
-def check_glue(text_dir: Path, paths: dict[str, Path]) -> None:
-    """Each glue file in `paths` must exist and, where the folder's manifest records its
-    sha256 (exports from this version on), match it: the graph and its embeddings are one
-    model, and a swapped file would give fluent wrong answers."""
-    from .manifest import MANIFEST_FILE, read_manifest
+def load_glue(text_dir: str | os.PathLike,
+              embeddings: str | os.PathLike | None = None) -> SplitMLLM:
+    """The glue beside an mllm_text export (its manifest's sidecars, whose hashes the
+    runners check: export/stage_runners.py). `embeddings` names another copy of the token
+    embeddings."""
+    from safetensors.torch import load_file
 
-    for path in paths.values():
+    config_path = Path(text_dir) / HF_CONFIG_FILE
+    embeddings = Path(embeddings or Path(text_dir) / EMBEDDINGS_FILE)
+    for path in (config_path, embeddings):
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: the mllm_text export writes it; "
                                     f"re-export with --stages mllm_text")
-    if not (text_dir / MANIFEST_FILE).is_file():
-        return
-    recorded = read_manifest(text_dir).sidecars
-    for name, path in paths.items():
-        if name in recorded and sha256_file(path) != recorded[name]:
-            raise ValueError(f"{path} does not match the sha256 that {text_dir} recorded at "
-                             f"export; it belongs to another model. Re-export with "
-                             f"--stages mllm_text")
-
-
-def load_glue(text_dir: str | os.PathLike,
-              embeddings: str | os.PathLike | None = None) -> SplitMLLM:
-    """The glue beside an mllm_text graph. `embeddings` names another copy of the token
-    embeddings (not hash-checked: a copy may be saved differently)."""
-    from safetensors.torch import load_file
-
-    text_dir = Path(text_dir)
-    config_path = text_dir / HF_CONFIG_FILE
-    if embeddings is None:
-        embeddings = text_dir / EMBEDDINGS_FILE
-        check_glue(text_dir, {HF_CONFIG_FILE: config_path, EMBEDDINGS_FILE: embeddings})
-    else:  # another copy: it must exist, but is not the recorded file
-        embeddings = Path(embeddings)
-        check_glue(text_dir, {HF_CONFIG_FILE: config_path, "--embeddings": embeddings})
     hf_config = Qwen2VLConfig.from_dict(json.loads(config_path.read_text()))
     return SplitMLLM(hf_config, load_file(str(embeddings))[EMBEDDINGS_KEY])
-
-
-def composed_mllm_runner(vision: Runner, text: Runner, text_dir: str | os.PathLike,
-                         embeddings: str | os.PathLike | None = None) -> FunctionRunner:
-    """An "mllm" runner made of a vision runner, a text runner and the saved glue."""
-    glue = load_glue(text_dir, embeddings)
-    return FunctionRunner("mllm", lambda inputs: glue.run(vision, text, inputs))

@@ -1,0 +1,129 @@
+"""An export's accuracy check: the graph on ONNX Runtime against PyTorch on the graph's check
+cases, gated, giving the manifest's `Validation` record (export/validation.py).
+
+Gates: FP8 graphs, the recipe's cosine to torch fp32; fp32 graphs, FP32_TOLERANCE; fp16
+and bf16 graphs, the tolerances derived below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .compare import error_stats, worst
+from .validation import CHECK_SEED, TORCH_FP32, Validation
+
+if TYPE_CHECKING:
+    from cinema_trt.models.stage import Case, Graph
+
+    from .manifest import Manifest
+
+# max |ORT - torch| / max |torch| allowed for fp32 graphs: fp32 rounding differs only in op
+# order and fusions (~1e-6 relative at these depths), so 1e-4 leaves 100x headroom and
+# still catches any real mismatch (a wrong mask or rope costs > 1e-2)
+FP32_TOLERANCE = 1e-4
+# fp16 graphs: their error to torch fp32 may be at most twice the error PyTorch itself
+# makes in fp16 on the same inputs (the rule tests/kernels/test_triton_attention.py applies
+# to the kernels; ORT's CPU provider runs fp16 graphs with fp32 casts around ops it has no
+# fp16 kernel for; measured 0.2-1.05x on the tiny and small presets).
+FP16_ERROR_FACTOR = 2.0
+# bf16 graphs run upcast to fp32 on ORT (see the precision policy) against the module with
+# its parameters rounded to bf16: they compute the same function, except for the scalar
+# constants the trace wrote in bf16 (each off by up to 2^-9). So the graph may differ from
+# the rounded module by at most half of what the rounding itself changes (measured up to
+# 0.18x: the VAEs and the small preset's connector; 1e-2x or less elsewhere), or the fp32
+# tolerance. A wrong graph (mask, RoPE, a dropped input) differs by far more than the
+# rounding.
+BF16_ROUNDING_FRACTION = 0.5
+
+
+class ExportError(RuntimeError):
+    """An exported graph failed its check against PyTorch; no manifest was written."""
+
+
+def validate(graph: Graph, models: Any, stage_dir: Path, manifest: Manifest,
+             modules: tuple[torch.nn.Module, torch.nn.Module], cases: tuple[Case, ...],
+             min_cosine: float | None) -> Validation:
+    """The graph in `stage_dir` vs PyTorch on every check case; ExportError past the gate.
+
+    `modules`: (`graph.module`, the module the graph was traced from: it cast to the
+    export's dtype); `min_cosine`: the FP8 recipe's gate, for an FP8 graph.
+    """
+    from .dtype import round_parameters
+
+    compute, (module, traced) = manifest.compute_dtype, modules
+    bf16 = compute == "bfloat16" and min_cosine is None
+    # (reference, companion): the graph must match `reference`; how far `companion` is
+    # from it scales the tolerance (None: the fixed fp32 tolerance)
+    reference, companion = module, traced if compute == "float16" else None
+    if bf16:
+        reference, companion = round_parameters(module, torch.bfloat16), module
+    output = graph.spec(models.config).output_names[0]
+    with _graph_runner(stage_dir, manifest) as run:
+        stats, spread = [], []
+        for i, case in enumerate(cases):
+            inputs = graph.sample_inputs(models, case, seed=CHECK_SEED + i)
+            with torch.inference_mode():
+                ref = reference(**inputs)
+                if companion is not None:
+                    spread.append(error_stats(companion(**inputs), ref))
+            stats.append(error_stats(run(inputs)[output], ref))
+    checked = Validation(
+        TORCH_FP32 + (" with parameters rounded to bf16" if bf16 else ""),
+        "onnxruntime" + (", the graph upcast to float32" if compute == "bfloat16" else ""),
+        tuple(dict(c) for c in cases), worst(stats), worst(spread) if spread else None)
+    if min_cosine is not None:
+        return _gate_cosine(graph.name, min_cosine, checked)
+    return _gate_error(graph.name, compute, checked)
+
+
+def _gate_cosine(name: str, min_cosine: float, checked: Validation) -> Validation:
+    """FP8's loss comes on top of fp16's own: their (1 - cosine) add up."""
+    assert checked.error is not None
+    spread = checked.spread
+    gate = min_cosine - (FP16_ERROR_FACTOR * (1 - spread.cosine) if spread else 0.0)
+    if not checked.error.cosine >= gate:
+        raise ExportError(f"{name}: FP8 graph has cosine {checked.error.cosine:.5f} to torch "
+                          f"fp32, below the gate {gate:.5f} (the recipe's {min_cosine}); "
+                          f"check calibration")
+    return dataclasses.replace(checked, min_cosine=gate)
+
+
+def _gate_error(name: str, compute: str, checked: Validation) -> Validation:
+    assert checked.error is not None
+    tolerance = FP32_TOLERANCE
+    if checked.spread is not None:
+        factor = FP16_ERROR_FACTOR if compute == "float16" else BF16_ROUNDING_FRACTION
+        tolerance = max(tolerance, factor * checked.spread.rel_max)
+    error = checked.error
+    if not error.rel_max <= tolerance:
+        raise ExportError(f"{name}: the {compute} graph differs from {checked.reference} by "
+                          f"{error.max_abs:.3g} ({error.rel_max:.3g} of the output scale > "
+                          f"{tolerance:.3g}); the graph is wrong, not imprecise")
+    return dataclasses.replace(checked, tolerance=tolerance)
+
+
+@contextmanager
+def _graph_runner(stage_dir: Path, manifest: Manifest):
+    """run(inputs) -> outputs of the graph being exported, on ONNX Runtime's CPU provider;
+    a bf16 graph is upcast to float32 first, in a temporary folder beside the export."""
+    from .ort import CPU_PROVIDER, OrtRunner
+
+    if manifest.compute_dtype != "bfloat16":
+        yield OrtRunner(stage_dir, providers=(CPU_PROVIDER,), manifest=manifest).run
+        return
+    import onnx
+
+    from .dtype import upcast_bfloat16
+    from .onnx_graph import save_onnx
+
+    with tempfile.TemporaryDirectory(dir=stage_dir, prefix=".upcast-") as folder:
+        save_onnx(upcast_bfloat16(onnx.load(str(stage_dir / manifest.model_file))),
+                  Path(folder) / manifest.model_file)
+        upcast = dataclasses.replace(manifest, compute_dtype="float32")
+        yield OrtRunner(folder, providers=(CPU_PROVIDER,), manifest=upcast).run
