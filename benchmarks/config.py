@@ -7,11 +7,11 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cinema_trt.models.backends import RUNTIMES
 from cinema_trt.models.precision import Precision
 from cinema_trt.models.presets import CinemaConfig
 
 BENCH_PRESET = "small"  # without --preset and --weights
-RUNTIMES = ("torch", "ort", "tensorrt")
 PRECISIONS = tuple(p.value for p in Precision)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"  # benchmarks/results/ of a checkout
 DEFAULT_PROMPT = "A red circle and a blue square dance around each other on a wooden table."

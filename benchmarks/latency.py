@@ -26,9 +26,9 @@ from .capture import describe_shapes
 from .config import BenchConfig
 from .machine import Provenance
 from .measurements import Inputs, capture, measure_variants
+from .plan import plan_variants
 from .result import BenchResult
 from .timing import clock_name
-from .variants import plan_variants
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from cinema_trt.models.backends import ORT
 from cinema_trt.models.pipeline import CinemaPipeline, GenerationRequest
 
 from .capture import StageInputs, capture_stage_inputs
@@ -30,8 +31,9 @@ from .stats import summarize
 
 if TYPE_CHECKING:
     from cinema_trt.models.factory import CinemaModels
+from .plan import Skip
 from .timing import measure, measure_interleaved
-from .variants import Skip, Variant, build_variant
+from .variants import Variant, build_variant
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ def capture(models: CinemaModels, request: GenerationRequest, device: str) -> St
 def _placed(inputs: dict, variant: Variant, device: str) -> dict:
     """Inputs where the runtime reads them, so a stage sample times compute, not a host
     copy the pipeline would not make (ORT copies to the host itself)."""
-    if variant.runtime == "ort" or device == "cpu":
+    if variant.runtime == ORT.name or device == "cpu":
         return inputs
     return {k: v.to(device) for k, v in inputs.items()}
 

@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from cinema_trt.models.backends import TENSORRT_RTX
 from cinema_trt.models.fileio import atomic_write
 from cinema_trt.models.stages import DIT, VAE_DECODER
 
@@ -70,7 +71,7 @@ def make_record(settings: MemoryPlanConfig, plans: dict[str, list[StagePlan]],
         "schema": SCHEMA, **provenance,
         "settings": {**asdict(settings), "cache_dir": str(settings.cache_dir)},
         "shapes": request_shapes(config, settings.refs), "full_depths": full_depths(config),
-        "backend": {"name": "tensorrt-rtx", "version": versions.get("tensorrt-rtx-cu12"),
+        "backend": {"name": TENSORRT_RTX.name, "version": versions.get("tensorrt-rtx-cu12"),
                     "targets": list(settings.targets)},
         "cards_gib": list(CARDS_GIB),
         "plans": {p: [s.to_dict() for s in stages] for p, stages in plans.items()},

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cinema_trt.models.precision import Precision
+from cinema_trt.models.backends import TENSORRT_RTX, parse_targets, resolve_targets, sm
+from cinema_trt.models.precision import Precision, policy
 from cinema_trt.models.presets import CinemaConfig, SamplerConfig, get_preset
 from cinema_trt.models.stages import FP8_GRAPHS, GRAPH_NAMES, GRAPHS
 
@@ -42,7 +43,8 @@ class MemoryPlanConfig:
     preset: str = "cinema"
     depths: tuple[int, int] = (1, 2)  # the two depths the depth-scaled stages are built at
     plans: tuple[str, ...] = PLANS
-    targets: tuple[str, ...] = ("sm89",)  # FP8 needs SM89+; one target keeps builds short
+    # the oldest architecture with FP8 (the precision policy's); one target keeps builds short
+    targets: tuple[str, ...] = (sm(policy(Precision.FP8).min_sm),)
     refs: int = 4  # references per request (the profile's opt and max)
     # the builder's workspace limit. Its activation figure is the stage's need, not a choice
     # under the limit (cinema DiT, VAE encoder and MLLM text: identical at 8 and 80 GiB); a
@@ -68,10 +70,8 @@ class MemoryPlanConfig:
         max_refs = min(config.mllm.max_refs, config.dit.max_refs)
         if not 1 <= self.refs <= max_refs:
             raise ValueError(f"refs={self.refs} must be in 1..{max_refs}")
-        from cinema_trt.engines.backends import TENSORRT_RTX, parse_targets, resolve_targets
-
         targets = parse_targets(",".join(self.targets))
-        for plan in self.plans:  # fp8 needs SM89+: refuse before exporting anything
+        for plan in self.plans:  # fp8's minimum target: refused before exporting anything
             resolve_targets(TENSORRT_RTX, Precision.parse(plan), targets)
         object.__setattr__(self, "targets", targets)
         if not 0 < self.workspace_gib <= 1024:
@@ -137,9 +137,9 @@ def build_memory(onnx_dir: Path, out_dir: Path, stages: tuple[str, ...], precisi
     """Build `stages` with TensorRT-RTX for `shapes`; the builder's figures per stage."""
     import yaml
 
+    from cinema_trt.engines.build import BuildRequest, build_stages
     from cinema_trt.engines.config import BuildConfig
     from cinema_trt.engines.manifest import built
-    from cinema_trt.engines.stages import BuildRequest, build_stages
     from cinema_trt.export.manifest import read_manifest
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +147,7 @@ def build_memory(onnx_dir: Path, out_dir: Path, stages: tuple[str, ...], precisi
     profile.write_text(yaml.safe_dump(shapes, sort_keys=True))
     build = BuildConfig(precision=Precision.parse(precision), targets=settings.targets,
                         workspace_gib=settings.workspace_gib)
-    build_stages(BuildRequest(onnx_dir, out_dir, build, profile=profile, runtime="tensorrt-rtx",
+    build_stages(BuildRequest(onnx_dir, out_dir, build, profile=profile, runtime=TENSORRT_RTX.name,
                               stages=stages))
     figures = {}
     for stage in stages:

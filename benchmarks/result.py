@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from cinema_trt.models.stages import STAGE_NAMES
 
 from .config import BenchConfig
+from .plan import Skip
 from .stats import Stats
-from .variants import Skip
 
 TARGETS = (*STAGE_NAMES, "pipeline", "served")
 SCHEMA = "cinema-trt/bench-latency/1"

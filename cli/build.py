@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from cinema_trt.engines.stages import BuildRequest
+    from cinema_trt.engines.build import BuildRequest
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ TIMING_CACHE_FILE = "timing.cache"
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from cinema_trt.engines.config import BuildConfig, Precision
-    from cinema_trt.engines.stages import RUNTIMES
+    from cinema_trt.models.backends import BACKENDS, TENSORRT, TENSORRT_RTX, minimum_targets
 
     default = BuildConfig()
     p = subparsers.add_parser(
@@ -33,15 +33,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--profile", type=Path,
                    help="profiles.yaml with deployment shapes (default: the preset's "
                         "sampler shapes; schema in engines/shapes.py)")
-    p.add_argument("--runtime", default="tensorrt", choices=RUNTIMES,
+    p.add_argument("--runtime", default=TENSORRT.name, choices=list(BACKENDS),
                    help="tensorrt (data-center GPUs; builds on the GPU it targets), "
                         "tensorrt-rtx (RTX / workstation GPUs; builds on any machine, CPU "
                         "included, for --targets) or ort (ONNX Runtime CPU models; run them "
                         "with `cinema-trt generate --runtime ort --onnx <out>`)")
     p.add_argument("--targets", metavar="SM,...",
-                   help="tensorrt-rtx: GPU architectures to compile for, e.g. sm89,sm120 "
-                        "(from sm75,sm80,sm86,sm89,sm120,sm121; default: every one the "
-                        "precision allows: fp8 needs sm89+, bf16 sm80+)")
+                   help=f"tensorrt-rtx: GPU architectures to compile for (from "
+                        f"{','.join(TENSORRT_RTX.targets)}; default: every one the "
+                        f"precision allows: {minimum_targets()})")
     p.add_argument("--stages", nargs="+", default=(), metavar="STAGE",
                    help="stages to build (default: every exported stage)")
     p.add_argument("--workspace-gib", type=float, default=default.workspace_gib,
@@ -60,13 +60,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def build_request(args: argparse.Namespace) -> BuildRequest:
-    from cinema_trt.engines.backends import BACKENDS, parse_targets
+    from cinema_trt.engines.build import BuildRequest
     from cinema_trt.engines.config import BuildConfig
-    from cinema_trt.engines.stages import BuildRequest
+    from cinema_trt.models.backends import get_backend, parse_targets
 
-    backend = BACKENDS.get(args.runtime)
     timing_cache = args.timing_cache
-    if timing_cache is None and backend is not None and backend.timing_cache:
+    if timing_cache is None and get_backend(args.runtime).timing_cache:
         timing_cache = args.out / TIMING_CACHE_FILE
     config = BuildConfig(precision=args.precision, workspace_gib=args.workspace_gib,
                          optimization_level=args.optimization_level, timing_cache=timing_cache,
@@ -77,9 +76,9 @@ def build_request(args: argparse.Namespace) -> BuildRequest:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cinema_trt.engines.build import build_stages
     from cinema_trt.engines.deps import MissingDependencyError
     from cinema_trt.engines.report import format_summary
-    from cinema_trt.engines.stages import build_stages
     from cinema_trt.export.manifest import read_manifest
 
     try:

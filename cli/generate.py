@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from cinema_trt.models.backends import ORT, TORCH
+
 from .options import defaults, from_args
 
 if TYPE_CHECKING:
@@ -36,8 +38,8 @@ class GenerateOptions:
     fps: int | None = None
     device: str = "cpu"
     attention: str = "sdpa"
-    runtime: str = "torch"  # torch | ort
-    onnx: Path | None = None  # export folder for runtime "ort"
+    runtime: str = TORCH  # torch | ort (models/backends.py)
+    onnx: Path | None = None  # export folder for runtime ort
     progress: bool = True
     url: str | None = None  # HOST:PORT of a Triton server's gRPC endpoint; None: in process
     # --url: seconds without a message from the server before giving up (None: derived
@@ -50,10 +52,10 @@ def build_pipeline(options: GenerateOptions, config: CinemaConfig) -> CinemaPipe
     from cinema_trt.models.factory import pipeline_processor, torch_pipeline
     from cinema_trt.models.pipeline import CinemaPipeline
 
-    if options.runtime == "torch":
+    if options.runtime == TORCH:
         return torch_pipeline(config, options.weights, device=options.device)
-    if options.runtime != "ort":
-        raise ValueError(f"runtime={options.runtime!r}: choose torch or ort")
+    if options.runtime != ORT.name:
+        raise ValueError(f"runtime={options.runtime!r}: choose {TORCH} or {ORT.name}")
     if options.onnx is None:
         raise ValueError("runtime ort needs --onnx DIR (written by `cinema-trt export`)")
     from cinema_trt.export.ort import ort_runners
@@ -65,7 +67,7 @@ def build_pipeline(options: GenerateOptions, config: CinemaConfig) -> CinemaPipe
 def _check_remote_options(options: GenerateOptions) -> None:
     """Flags that choose the local model mean nothing to a server: refuse, don't ignore."""
     local_only = {"--weights": options.weights is not None, "--onnx": options.onnx is not None,
-                  "--runtime": options.runtime != "torch", "--device": options.device != "cpu",
+                  "--runtime": options.runtime != TORCH, "--device": options.device != "cpu",
                   "--attention": options.attention != "sdpa"}
     given = [flag for flag, set_ in local_only.items() if set_]
     if given:
@@ -170,7 +172,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--device")
     p.add_argument("--attention",
                    help="sdpa | triton | triton_unfused | triton_int8")
-    p.add_argument("--runtime", choices=("torch", "ort"))
+    p.add_argument("--runtime", choices=(TORCH, ORT.name))
     p.add_argument("--onnx", type=Path,
                    help="for --runtime ort: an export folder or a `build --runtime ort` folder")
     p.add_argument("--url", help="HOST:PORT of a running server's gRPC endpoint (cinema-trt "

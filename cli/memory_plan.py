@@ -13,6 +13,7 @@ def _names(text: str) -> tuple[str, ...]:
 def register(subparsers) -> None:
     from cinema_trt.benchmarks.config import RESULTS_DIR
     from cinema_trt.benchmarks.memory_run import PLANS, MemoryPlanConfig
+    from cinema_trt.models.backends import minimum_targets
 
     default = MemoryPlanConfig()
     p = subparsers.add_parser(
@@ -32,7 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("--plans", type=_names, default=default.plans,
                    help=f"comma-separated, from {','.join(PLANS)} (default: all)")
     p.add_argument("--targets", type=_names, default=default.targets,
-                   help="TensorRT-RTX targets (default sm89: FP8 needs SM89 or newer)")
+                   help=f"TensorRT-RTX targets (default {','.join(default.targets)}: "
+                        f"{minimum_targets()})")
     p.add_argument("--refs", type=int, default=default.refs,
                    help="reference images per request, the profile's max (default %(default)s)")
     p.add_argument("--workspace-gib", type=float, default=default.workspace_gib,

@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from cinema_trt.models.backends import RUNTIMES
+
 from .options import defaults, from_args
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     p.add_argument("--backend", choices=("python", "onnxruntime", "tensorrt"),
                    help="stage models: python (PyTorch), onnxruntime (ONNX), tensorrt (plans)")
-    p.add_argument("--runtime", choices=("torch", "ort", "tensorrt"),
+    p.add_argument("--runtime", choices=RUNTIMES,
                    help="what runs each python-backend stage: torch (weights), ort (the "
                         "exported graphs in --artifacts, on ONNX Runtime), tensorrt (the "
                         "engines in --artifacts; needs --gpus and --onnx)")

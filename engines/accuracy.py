@@ -186,7 +186,9 @@ def _side(path: Path) -> _Side:
 def _engine_side(path: Path, manifest) -> _Side:
     import polygraphy.config
 
-    from .deps import tensorrt_runtime_info
+    from cinema_trt.models.backends import TENSORRT_RTX
+
+    from .deps import runtime_info
     from .manifest import validate_manifest, verify_plan
 
     engine = manifest.build
@@ -196,9 +198,9 @@ def _engine_side(path: Path, manifest) -> _Side:
         raise ValueError(f"{path} is a {engine.runtime} engine: comparing it runs it, which "
                          f"needs a CUDA GPU; on a CPU compare the exports it was built from")
     # another backend version or a GPU outside the targets: refused with the rebuild command
-    validate_manifest(manifest, tensorrt_runtime_info(engine.runtime))
+    validate_manifest(manifest, runtime_info(engine.runtime))
     # polygraphy imports tensorrt or tensorrt_rtx on first use, by this switch
-    polygraphy.config.USE_TENSORRT_RTX = engine.runtime == "tensorrt-rtx"
+    polygraphy.config.USE_TENSORRT_RTX = engine.runtime == TENSORRT_RTX.name
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 

@@ -14,17 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cinema_trt.export.manifest import BuildRecord, Manifest, Precision, write_manifest
+from cinema_trt.models.backends import Backend, get_backend, resolve_targets, sm_name
 from cinema_trt.models.precision import precision_for
 from cinema_trt.models.specs import StageSpec
 
-from .backends import BACKENDS, resolve_targets, sm_name
-from .config import (
-    BuildConfig,
-    OnnxGraphInfo,
-    inspect_onnx,
-    resolve_build_config,
-    weak_typing_available,
-)
+from .config import BuildConfig, OnnxGraphInfo, inspect_onnx, resolve_build_config
+from .exported import ExportedStage
 from .manifest import (
     RuntimeInfo,
     artifact_sha256,
@@ -35,7 +30,6 @@ from .manifest import (
     rebuild_command,
 )
 from .shapes import DeploymentShapes, Profile, profiles_for
-from .stages import ExportedStage
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +61,14 @@ def prepare_build(stage: ExportedStage, out_dir: str | os.PathLike,
     onnx_path, out_dir, export = stage.onnx_path, Path(out_dir), stage.manifest
     if not onnx_path.is_file():
         raise FileNotFoundError(f"{onnx_path} not found: run `cinema-trt export` first")
-    graph = inspect_onnx(onnx_path)
+    graph, backend = inspect_onnx(onnx_path), get_backend(runtime.runtime)
     check_graph_io(stage.spec, graph, onnx_path)
-    build_config = _with_targets(build_config, runtime)
-    check_backend_graph(stage, graph, runtime.runtime)
+    check_backend_graph(stage, graph, backend)
+    build_gpu = sm_name(runtime.compute_capability) if runtime.compute_capability else None
+    build_config = dataclasses.replace(build_config, targets=resolve_targets(
+        backend, build_config.precision, build_config.targets, build_gpu))
     resolved = resolve_build_config(build_config, graph, export.compute_dtype,
-                                    weak_typing_available(runtime.runtime, runtime.version))
+                                    backend.weak_typing(runtime.version))
     profiles = {name: value
                 for name, value in profiles_for(stage.spec, shapes, stage.config).items()
                 if name in graph.inputs}
@@ -85,27 +81,17 @@ def prepare_build(stage: ExportedStage, out_dir: str | os.PathLike,
                       key, command)
 
 
-def _with_targets(build_config: BuildConfig, runtime: RuntimeInfo) -> BuildConfig:
-    """The config with its GPU targets resolved for a TensorRT backend (backends.py)."""
-    backend = BACKENDS.get(runtime.runtime)
-    if backend is None:  # ONNX Runtime: CPU models, no GPU targets
-        return build_config
-    build_gpu = sm_name(runtime.compute_capability) if runtime.compute_capability else None
-    targets = resolve_targets(backend, build_config.precision, build_config.targets, build_gpu)
-    return dataclasses.replace(build_config, targets=targets)
-
-
-def check_backend_graph(stage: ExportedStage, graph: OnnxGraphInfo, runtime: str) -> None:
-    """Refuse plugin nodes where the backend has no plugins (TensorRT-RTX), naming the
-    export command that avoids them."""
-    backend = BACKENDS.get(runtime)
-    if backend is None or backend.plugins or not graph.trt_plugins:
+def check_backend_graph(stage: ExportedStage, graph: OnnxGraphInfo, backend: Backend) -> None:
+    """Refuse plugin nodes where the backend has no plugins (TensorRT-RTX, ONNX Runtime),
+    naming the export command that avoids them."""
+    if backend.plugins or not graph.trt_plugins:
         return
     export = stage.manifest
+    fused = "; its own fused attention replaces them" if backend.plans else ""
     raise ValueError(
         f"{stage.onnx_path} has TensorRT plugin nodes {sorted(graph.trt_plugins)} (exported "
         f"with --attention-plugin), and {backend.display} has no Python plugins, so it cannot "
-        f"parse them; its own fused attention replaces them. Re-export without the flag: "
+        f"run them{fused}. Re-export without the flag: "
         f"cinema-trt export --preset {export.preset} --out {stage.folder.parent} "
         f"--dtype {precision_for(export.compute_dtype).value}"
         f"{' --fp8' if export.precision is Precision.FP8 else ''} --stages {stage.name}")

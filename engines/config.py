@@ -18,15 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cinema_trt.kernels.plugin_onnx import ONNX_DOMAIN as TRT_PLUGIN_DOMAIN
 from cinema_trt.models.dtypes import find, lookup
 from cinema_trt.models.precision import Precision, policy, precision_for, strong_typing_reasons
 
 log = logging.getLogger(__name__)
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-# ONNX domain of TensorRT plugin nodes (kernels.trt_plugin.ONNX_DOMAIN, spelled out so the
-# engines package does not import torch to inspect a graph; a test checks they agree)
-TRT_PLUGIN_DOMAIN = "trt.plugins"
 
 
 @dataclass(frozen=True)
@@ -138,7 +136,7 @@ class BuildConfig:
     strongly_typed: bool = False
     # compute capabilities the engine is compiled for ("sm89", ...); empty: the backend's
     # default (TensorRT-RTX: every target the precision allows; TensorRT: the build GPU).
-    # prepare_build resolves it (engines/backends.py)
+    # prepare_build resolves it (models/backends.py)
     targets: tuple[str, ...] = ()
 
     def __post_init__(self):
@@ -171,23 +169,15 @@ class BuildConfig:
         return data
 
 
-def weak_typing_available(runtime: str, version: str) -> bool:
-    """Whether the runtime still has weakly typed builds: TensorRT < 11, TensorRT-RTX never
-    (backends.py). ORT never needs them, and says yes so the check stays TensorRT's."""
-    from .backends import BACKENDS
-
-    backend = BACKENDS.get(runtime)
-    return True if backend is None else backend.weak_typing(version)
-
-
 def resolve_build_config(config: BuildConfig, graph: OnnxGraphInfo, compute: str,
                          weak_typing: bool = True) -> BuildConfig:
     """`config` with `strongly_typed` derived from the export, checked against it.
 
     compute: the export manifest's compute dtype ("float32" | "float16" | "bfloat16"), the
     float type of the graph's arithmetic outside Q/DQ pairs, as the exporter recorded it.
-    weak_typing: whether the TensorRT at hand still has weakly typed builds (see
-    `weak_typing_available`); without them every network is strongly typed.
+    weak_typing: whether the backend at hand still has weakly typed builds
+    (models/backends.py `Backend.weak_typing`); without them every network is strongly
+    typed.
     """
     strongly_typed = bool(strong_typing_reasons(compute, graph.has_qdq,
                                                 config.weight_streaming, weak_typing))

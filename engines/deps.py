@@ -1,40 +1,28 @@
-"""Lazy imports of the optional runtimes, with install hints, and what they report about
-themselves (version, GPU) for manifests."""
+"""Lazy imports of the backends' modules, with their install hints, and what a backend
+reports about itself (version, GPU) for manifests."""
 
 from __future__ import annotations
 
 import importlib
 
-from .manifest import RuntimeInfo
+from cinema_trt.models.backends import get_backend
 
-TENSORRT_HINT = (
-    "TensorRT is not installed. Install the GPU extra in its own environment "
-    "(`pip install 'cinema-trt[gpu]'`, which pulls the `tensorrt` wheels from PyPI; needs an "
-    "NVIDIA driver and CUDA 12), or run inside an NGC container that ships it "
-    "(nvcr.io/nvidia/pytorch:<yy.mm>-py3 or nvcr.io/nvidia/tensorrt:<yy.mm>-py3). "
-    "To run on CPU instead, use `cinema-trt build --runtime ort`.")
-ONNXRUNTIME_HINT = ("ONNX Runtime is not installed: `pip install 'cinema-trt[onnx]'` "
-                    "(CPU) or `pip install 'cinema-trt[gpu]'` (CUDA).")
+from .manifest import RuntimeInfo
 
 
 class MissingDependencyError(ImportError):
     """An optional dependency is missing; the message says how to install it."""
 
 
-def _require(module: str, hint: str):
+def require_backend(backend: str):
+    """The Python module of a backend (models/backends.py), or MissingDependencyError with
+    its install command."""
+    described = get_backend(backend)
     try:
-        return importlib.import_module(module)
+        return importlib.import_module(described.module)
     except ImportError as error:
-        raise MissingDependencyError(f"{hint} (import error: {error})") from error
-
-
-def require_tensorrt():
-    """The `tensorrt` module, or MissingDependencyError with the install hint."""
-    return _require("tensorrt", TENSORRT_HINT)
-
-
-def require_onnxruntime():
-    return _require("onnxruntime", ONNXRUNTIME_HINT)
+        raise MissingDependencyError(f"{described.display} is not installed: "
+                                     f"{described.install} (import error: {error})") from error
 
 
 def cuda_device_info(device: int | None = None) -> tuple[str, str]:
@@ -51,27 +39,11 @@ def cuda_device_info(device: int | None = None) -> tuple[str, str]:
     return torch.cuda.get_device_name(index), f"{major}.{minor}"
 
 
-def require_backend(backend: str):
-    """The Python module of a TensorRT backend ("tensorrt", "tensorrt-rtx"; backends.py),
-    or MissingDependencyError with its install command."""
-    from .backends import get_backend
-
-    described = get_backend(backend)
-    hint = TENSORRT_HINT if described.module == "tensorrt" else (
-        f"{described.display} is not installed: {described.install}")
-    return _require(described.module, hint)
-
-
-def tensorrt_runtime_info(backend: str = "tensorrt", gpu: bool = True) -> RuntimeInfo:
-    """The backend's version and this process's GPU. `gpu=False` (building for a backend
-    that compiles ahead of time, TensorRT-RTX) asks for no GPU."""
-    trt = require_backend(backend)
-    if not gpu:
-        return RuntimeInfo(backend, trt.__version__)
+def runtime_info(backend: str, gpu: bool = True) -> RuntimeInfo:
+    """The backend's version and, for a backend of GPU plans asked with `gpu`, this
+    process's GPU (`gpu=False`: building for one that compiles ahead of time)."""
+    module = require_backend(backend)
+    if not (gpu and get_backend(backend).plans):
+        return RuntimeInfo(backend, module.__version__)
     name, capability = cuda_device_info()
-    return RuntimeInfo(backend, trt.__version__, name, capability)
-
-
-def onnxruntime_runtime_info() -> RuntimeInfo:
-    ort = require_onnxruntime()
-    return RuntimeInfo("onnxruntime", ort.__version__)
+    return RuntimeInfo(backend, module.__version__, name, capability)

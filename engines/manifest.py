@@ -24,6 +24,7 @@ from packaging.version import InvalidVersion, Version
 
 from cinema_trt.export.manifest import MANIFEST_VERSION, BuildRecord, Manifest, read_manifest
 from cinema_trt.models import cache as artifact_cache
+from cinema_trt.models.backends import TENSORRT, get_backend, sm_name
 from cinema_trt.models.fileio import atomic_write, onnx_sha256, sha256_file
 
 from .config import BuildConfig
@@ -39,7 +40,7 @@ class EngineMismatchError(ValueError):
 class RuntimeInfo:
     """The runtime that builds or loads an engine, and the GPU it runs on."""
 
-    runtime: str  # "tensorrt" | "tensorrt-rtx" | "onnxruntime" (the backend)
+    runtime: str  # the backend's name (models/backends.py)
     version: str
     gpu_name: str | None = None
     compute_capability: str | None = None  # "9.0"; None for CPU runtimes
@@ -89,7 +90,7 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
 
 def rebuild_command(onnx_dir: str | os.PathLike, out_dir: str | os.PathLike,
                     config: BuildConfig, stages: tuple[str, ...] = (),
-                    profile: str | os.PathLike | None = None, runtime: str = "tensorrt") -> str:
+                    profile: str | os.PathLike | None = None, runtime: str = TENSORRT.name) -> str:
     """The `cinema-trt build` command line that builds these engines again."""
     q = lambda value: shlex.quote(str(value))  # noqa: E731
     default = BuildConfig()
@@ -97,9 +98,9 @@ def rebuild_command(onnx_dir: str | os.PathLike, out_dir: str | os.PathLike,
              "--precision", config.precision.value]
     if profile:
         parts += ["--profile", q(profile)]
-    if runtime != "tensorrt":
-        parts += ["--runtime", "ort" if runtime == "onnxruntime" else runtime]
-    if config.targets and runtime == "tensorrt-rtx":  # TensorRT's is the GPU it builds on
+    if runtime != TENSORRT.name:
+        parts += ["--runtime", runtime]
+    if config.targets and get_backend(runtime).builds_without_gpu:  # else: the build GPU
         parts += ["--targets", ",".join(config.targets)]
     if stages:
         parts += ["--stages", *stages]
@@ -133,13 +134,10 @@ def built(manifest: Manifest, folder: str | os.PathLike = "") -> BuildRecord:
 
 def validate_manifest(manifest: Manifest, runtime: RuntimeInfo) -> None:
     """Refuse an engine built by another backend or version, or for other GPUs."""
-    from .backends import BACKENDS, sm_name
-
     build, stage = built(manifest), manifest.stage
     fix = f"Rebuild it with:\n  {build.rebuild_command}"
-    backend = BACKENDS.get(runtime.runtime)
-    name = backend.display if backend else {"onnxruntime": "ONNX Runtime"}.get(
-        runtime.runtime, runtime.runtime)
+    backend = get_backend(runtime.runtime)
+    name = backend.display
     if build.runtime != runtime.runtime:
         raise EngineMismatchError(f"{stage}: engine was built for {build.runtime}, "
                                   f"not {runtime.runtime}. {fix}")
@@ -158,8 +156,8 @@ def validate_manifest(manifest: Manifest, runtime: RuntimeInfo) -> None:
             f"{stage}: engine was built{built_on} for GPU architectures "
             f"{', '.join(build.targets) or 'none'}, but this GPU, {runtime.gpu_name}, is "
             f"{here} (sm {runtime.compute_capability}); {name} kernels are compiled per "
-            f"architecture. {fix}" + (f"\nwith {here} added to --targets" if backend
-                                      and here in backend.targets else ""))
+            f"architecture. {fix}" + (f"\nwith {here} added to --targets"
+                                      if here in backend.targets else ""))
     if build.gpu_name is not None and build.gpu_name != runtime.gpu_name:
         log.warning("%s: engine was tuned on %s and runs on %s (same architecture); "
                     "rebuild for best speed: %s", stage, build.gpu_name,

@@ -21,15 +21,16 @@ import uuid
 from pathlib import Path
 
 from cinema_trt.export.manifest import EXTERNAL_DATA_FILE, MANIFEST_FILE, MODEL_FILE
+from cinema_trt.models.backends import ORT
 from cinema_trt.models.fileio import atomic_path
-from cinema_trt.models.precision import ORT_PRECISIONS
+from cinema_trt.models.precision import ORT_NO_BF16, ORT_PRECISIONS
 
 from .artifacts import StageBuild, finish_build, prepare_build, reuse_cached
 from .config import BuildConfig, Precision, ort_optimization_level
-from .deps import onnxruntime_runtime_info, require_onnxruntime
+from .deps import require_backend, runtime_info
+from .exported import ExportedStage
 from .manifest import RuntimeInfo
 from .shapes import DeploymentShapes
-from .stages import ExportedStage
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +43,16 @@ def build_ort_model(stage: ExportedStage, out_dir: str | os.PathLike,
                     runtime: RuntimeInfo | None = None) -> Path:
     """Write (or reuse) `out_dir/model.onnx` optimized for CPU + `out_dir/manifest.json`."""
     if build_config.precision not in ORT_PRECISIONS:
+        runs = " or ".join(p.value for p in ORT_PRECISIONS)
         raise ValueError(f"precision={build_config.precision.value} is not available with "
-                         f"--runtime ort, which builds CPU models of fp32 or fp16 exports "
-                         f"(ONNX Runtime's CPU provider has no bf16 kernels); use --precision "
-                         f"fp32 or fp16 (or --runtime tensorrt for bf16/fp8)")
+                         f"--runtime ort, which builds CPU models of {runs} exports "
+                         f"({ORT_NO_BF16}); use --precision {runs} (or --runtime tensorrt "
+                         f"for the others)")
     if build_config.weight_streaming or build_config.refittable:
         raise ValueError("--weight-streaming and --refittable are TensorRT options; "
                          "drop them with --runtime ort")
-    ort = require_onnxruntime()
-    build = prepare_build(stage, out_dir, shapes, build_config,
-                          runtime or onnxruntime_runtime_info())
-    if build.graph.trt_plugins:
-        raise ValueError(f"{build.onnx_path} holds TensorRT plugin nodes "
-                         f"{sorted(build.graph.trt_plugins)} that ONNX Runtime cannot run; "
-                         "export without --attention-plugin for --runtime ort")
+    ort = require_backend(ORT.name)
+    build = prepare_build(stage, out_dir, shapes, build_config, runtime or runtime_info(ORT.name))
     if not build.build_config.strongly_typed and build_config.precision is not Precision.FP32:
         # ORT has no weak typing: it runs the graph's own types
         raise ValueError(f"precision={build_config.precision.value} on {build.onnx_path}, "

@@ -1,5 +1,5 @@
 """Build one stage's TensorRT engine from its ONNX export, on either TensorRT backend
-(engines/backends.py: `tensorrt` on the target GPU, `tensorrt-rtx` on any machine).
+(models/backends.py: `tensorrt` on the target GPU, `tensorrt-rtx` on any machine).
 
 Flow: decide everything as data (artifacts.prepare_build, `builder_settings`), reuse the
 cached plan when its key matches, else parse the ONNX (external weights are read beside it),
@@ -17,12 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cinema_trt.models.backends import TENSORRT, Backend, get_backend
 from cinema_trt.models.fileio import atomic_write
 
 from .artifacts import StageBuild, finish_build, prepare_build, reuse_cached
-from .backends import Backend, get_backend
 from .config import BuildConfig, OnnxGraphInfo, network_flags, trt_flags
-from .deps import require_backend, tensorrt_runtime_info
+from .deps import require_backend, runtime_info
+from .exported import ExportedStage
 from .manifest import RuntimeInfo
 from .progress import TENSORRT_LOG, BuildProgress
 from .report import (
@@ -34,7 +35,6 @@ from .report import (
     write_layers,
 )
 from .shapes import DeploymentShapes
-from .stages import ExportedStage
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +64,13 @@ def builder_settings(build: StageBuild) -> dict[str, Any]:
 def build_engine(stage: ExportedStage, out_dir: str | os.PathLike,
                  shapes: DeploymentShapes, build_config: BuildConfig,
                  should_stop: Callable[[], bool] | None = None,
-                 runtime: RuntimeInfo | None = None, backend: str = "tensorrt") -> Path:
+                 runtime: RuntimeInfo | None = None, backend: str = TENSORRT.name) -> Path:
     """Build (or reuse) `out_dir/model.plan` + `layers.json` + `manifest.json`; returns the
     plan. `backend`: "tensorrt" (needs the target GPU) or "tensorrt-rtx" (any machine);
     `runtime`, when given, names the backend itself."""
     described = get_backend(runtime.runtime if runtime else backend)
     trt = require_backend(described.name)
-    runtime = runtime or tensorrt_runtime_info(described.name,
-                                               gpu=not described.builds_without_gpu)
+    runtime = runtime or runtime_info(described.name, gpu=not described.builds_without_gpu)
     build = key_plugin_kernels(prepare_build(stage, out_dir, shapes, build_config, runtime))
     cached = reuse_cached(build)
     if cached is not None:
@@ -127,7 +126,7 @@ def key_plugin_kernels(build: StageBuild) -> StageBuild:
     return dataclasses.replace(build, cache_key=key)
 
 
-def register_graph_plugins(graph: OnnxGraphInfo, module: str = "tensorrt") -> bool:
+def register_graph_plugins(graph: OnnxGraphInfo, module: str = TENSORRT.module) -> bool:
     """Register the Triton attention plugins if the graph has TensorRT plugin nodes (the
     ONNX parser looks each node up in the plugin registry); returns whether it did.
     Raises `TensorRTUnavailableError` (an ImportError) without TensorRT >= 10.8."""

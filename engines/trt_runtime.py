@@ -1,5 +1,5 @@
 """`TensorRTRunner`: a built engine behind the `Runner` protocol (models/runner.py), for
-either TensorRT backend (engines/backends.py; the manifest names it).
+either TensorRT backend (models/backends.py; the manifest names it).
 
 Lifecycle: load (the runner's GPU selected, manifest validated against the backend, its
 version and the GPU's architecture, plan hash checked) -> allocate (one buffer per I/O
@@ -24,13 +24,13 @@ import torch
 
 from cinema_trt.export.manifest import MANIFEST_FILE, Manifest, read_manifest
 from cinema_trt.export.stage_runners import stage_runners
+from cinema_trt.models.backends import BACKENDS, get_backend
 from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.fileio import atomic_write
 from cinema_trt.models.runner import Runner, Tensors
 from cinema_trt.models.stages import STAGES, stage_of
 
-from .backends import BACKENDS, get_backend
-from .deps import require_backend, tensorrt_runtime_info
+from .deps import require_backend, runtime_info
 from .manifest import EngineMismatchError, built, validate_manifest, verify_plan
 from .shape_check import check_input_shapes
 from .trt_build import trt_logger
@@ -93,12 +93,12 @@ class TensorRTRunner:
         self.manifest: Manifest = read_manifest(folder)
         self.name = self.manifest.stage
         self.build = built(self.manifest, folder)
-        if self.build.runtime not in BACKENDS:
-            raise EngineMismatchError(
-                f"{folder} holds a {self.build.runtime} model, not a TensorRT engine; "
-                f"open it with its own runner, or build an engine with --runtime "
-                f"{' / '.join(BACKENDS)}")
         self.backend = get_backend(self.build.runtime)
+        if not self.backend.plans:
+            raise EngineMismatchError(
+                f"{folder} holds an {self.backend.display} model, not a TensorRT engine; "
+                f"open it with its own runner, or build an engine with --runtime "
+                f"{' / '.join(b.name for b in BACKENDS.values() if b.plans)}")
         trt = require_backend(self.backend.name)
         self.device = torch.device(device)
         self.cuda_graph = cuda_graph
@@ -115,7 +115,7 @@ class TensorRTRunner:
 
     def _load(self, folder: Path, weight_streaming_budget: int | None) -> None:
         trt = self._trt
-        validate_manifest(self.manifest, tensorrt_runtime_info(self.backend.name))
+        validate_manifest(self.manifest, runtime_info(self.backend.name))
         plan = verify_plan(folder, self.manifest)
         self._runtime = trt.Runtime(trt_logger(trt))
         if self.build.extra.get("trt_plugins"):

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from cinema_trt.models.backends import ORT
 from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.fileio import atomic_write
 from cinema_trt.models.precision import Precision, precision_for  # Precision: re-exported
@@ -68,7 +69,7 @@ class TensorEntry:
 class BuildRecord:
     """How a build folder was made from its export (engines/artifacts.py writes it)."""
 
-    runtime: str  # "tensorrt" | "tensorrt-rtx" | "onnxruntime" (the backend)
+    runtime: str  # the backend's name (models/backends.py)
     runtime_version: str
     precision: str  # the build's --precision
     build_config: dict[str, Any]
@@ -117,7 +118,7 @@ class Manifest:
     def onnxruntime_runs(self) -> bool:
         """Whether ONNX Runtime runs this folder's model: an export's graph or an ORT
         build's; not a TensorRT plan."""
-        return self.build is None or self.build.runtime == "onnxruntime"
+        return self.build is None or self.build.runtime == ORT.name
 
     @property
     def model_file(self) -> str:

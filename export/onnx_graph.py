@@ -61,16 +61,16 @@ def trace_to_onnx(module: torch.nn.Module, spec: StageSpec, example: dict[str, t
     run the onnxscript optimizer (constant folding, dead code, redundant casts/reshapes).
 
     attention_plugin: map each `torch.ops.cinema.attention*` call to a TensorRT plugin node
-    (`kernels.trt_plugin`): the module must attend through those ops without a fused
+    (`kernels.plugin_onnx`): the module must attend through those ops without a fused
     prologue, e.g. a DiT with attention backend "triton_unfused". Only TensorRT (with
     `register_plugins()`) can run such a graph; ONNX Runtime cannot.
     """
     args = tuple(example[name] for name in spec.input_names)
     options: dict[str, Any] = {}
     if attention_plugin:
-        from cinema_trt.kernels import trt_plugin
+        from cinema_trt.kernels.plugin_onnx import onnx_translation_table
 
-        options["custom_translation_table"] = trt_plugin.onnx_translation_table()
+        options["custom_translation_table"] = onnx_translation_table()
     with warnings.catch_warnings(), _quiet("onnx_ir", "onnxscript", "torch.onnx"):
         # the exporter warns when two inputs share a symbol (batch); that is intended
         warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*")
@@ -96,7 +96,7 @@ def trace_to_onnx(module: torch.nn.Module, spec: StageSpec, example: dict[str, t
 
 def plugin_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """The graph's TensorRT plugin nodes (domain `trt.plugins`), in graph order."""
-    from cinema_trt.kernels.trt_plugin import ONNX_DOMAIN
+    from cinema_trt.kernels.plugin_onnx import ONNX_DOMAIN
 
     return [node for node in model.graph.node if node.domain == ONNX_DOMAIN]
 

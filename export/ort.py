@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from cinema_trt.models.dtypes import lookup
+from cinema_trt.models.precision import ORT_NO_BF16
 from cinema_trt.models.runner import Runner, Tensors
 
 from .manifest import MANIFEST_FILE, MODEL_FILE, Manifest, read_manifest
@@ -119,10 +120,10 @@ class OrtRunner:
         options.log_severity_level = 3  # errors only: ORT warns about every unused initializer
         self.providers = available_providers(providers)
         if self.manifest.compute_dtype == "bfloat16" and self.providers[0] == CPU_PROVIDER:
-            raise ValueError(f"{self.stage_dir}: a bf16 export, and ONNX Runtime's CPU "
-                             f"provider has no bfloat16 kernels (MatMul, Mul, Where); run it "
-                             f"with TensorRT (`cinema-trt build --precision bf16`), or export "
-                             f"with --dtype fp16 or fp32 for ONNX Runtime")
+            raise ValueError(f"{self.stage_dir}: a bf16 export, and {ORT_NO_BF16} (MatMul, "
+                             f"Mul, Where); run it with TensorRT (`cinema-trt build "
+                             f"--precision bf16`), or export with --dtype fp16 or fp32 for "
+                             f"ONNX Runtime")
         self.session = ort.InferenceSession(str(self.model_path), options,
                                             providers=self.providers)
         self._check_session_io()

@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from cinema_trt.models.backends import TMA_SM, sm_of
+
 from ._common import program_coords
 from .reference import LOG2E, QKPrologue
 from .tuning import interpreting, prune_triton_configs, triton_configs
@@ -223,10 +225,10 @@ TMA_BY_DEFAULT = False
 
 
 def tma_supported(device: torch.device) -> bool:
-    """TMA (tensor memory accelerator) loads exist on sm_90 (Hopper) and later GPUs."""
+    """TMA (tensor memory accelerator) loads exist on Hopper and later GPUs."""
     if interpreting() or device.type != "cuda":
         return False
-    return torch.cuda.get_device_capability(device) >= (9, 0)
+    return sm_of(torch.cuda.get_device_capability(device)) >= TMA_SM
 
 
 def tma_compatible(*tensors: torch.Tensor) -> bool:

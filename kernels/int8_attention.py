@@ -21,6 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
+from cinema_trt.models.backends import supports
+from cinema_trt.models.precision import Precision
+
 from ._common import program_coords
 from .reference import LOG2E, key_mask
 from .tuning import interpreting, prune_triton_configs, triton_configs
@@ -155,10 +158,11 @@ def quantize_per_block(x: torch.Tensor, block: int, multiplier: float = 1.0,
 
 
 def fp8_supported(device: torch.device) -> bool:
-    """FP8 e4m3 MMA exists on sm_89 (Ada) and sm_90 (Hopper) and later; never in the interpreter."""
+    """FP8 e4m3 MMA exists from Ada on (the precision policy's FP8 minimum); never in the
+    interpreter."""
     if interpreting() or device.type != "cuda":
         return False
-    return torch.cuda.get_device_capability(device) >= (8, 9)
+    return supports(torch.cuda.get_device_capability(device), Precision.FP8)
 
 
 def _quantize_v_fp8(v: torch.Tensor, kv_lens: torch.Tensor | None

@@ -4,7 +4,7 @@
 `torch.ops.cinema.attention` / `torch.ops.cinema.attention_int8`. The ops have fake
 (meta) implementations, so `torch.export` records each call as one node instead of tracing
 into Triton, and the ONNX exporter can map that node to the TensorRT plugin
-(`trt_plugin.onnx_translation_table`). Triton itself is imported only when a kernel runs.
+(`plugin_onnx.onnx_translation_table`). Triton itself is imported only when a kernel runs.
 """
 
 import math

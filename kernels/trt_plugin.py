@@ -1,46 +1,19 @@
-"""TensorRT plugins for the Triton attention kernels, and the ONNX nodes that select them.
-
-Two pieces, usable separately:
-- `onnx_translation_table()`: for `torch.onnx.export(..., custom_translation_table=...)`.
-  It turns each `torch.ops.cinema.attention*` node into a custom ONNX node whose op type is
-  the plugin name, with a `plugin_namespace` attribute — how TensorRT's ONNX parser finds
-  a plugin in its registry — and `aot=1` where an ahead-of-time kernel exists. Needs
-  onnxscript only, no TensorRT.
-- `register_plugins()`: TensorRT quickly deployable plugins (`tensorrt.plugin`, TRT >= 10.8)
-  with a JIT `impl` (Python callback running the PyTorch launcher) and, for the fp16/bf16
-  kernel, an `aot_impl` that compiles the Triton kernel to PTX, so the engine runs without
-  Python. TensorRT is imported only here; without it this raises `TensorRTUnavailableError`.
-
-The INT8 path has no AOT kernel: it is three launches (quantize Q, quantize K, attend) and
-an AOT plugin returns one kernel, so its plugin runs through the Python `impl`.
+"""TensorRT plugins for the Triton attention kernels: `register_plugins()` registers them
+as TensorRT quickly deployable plugins (`tensorrt.plugin`, TRT >= 10.8) with a JIT `impl`
+(Python callback running the PyTorch launcher) and, for the fp16/bf16 kernel, an
+`aot_impl` (kernels/plugin_aot.py) so the engine runs without Python. The ONNX nodes that
+select them come from kernels/plugin_onnx.py. TensorRT is imported only here; without it
+this raises `TensorRTUnavailableError`.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from typing import Any
-
+from cinema_trt.models.backends import TENSORRT, backend_of_module, sm_of
 from cinema_trt.models.dtypes import lookup
 
-from .reference import LOG2E
-from .tuning import PLUGIN_TACTICS, KernelConfig, interpreting
-
-PLUGIN_NAMESPACE = "cinema"
-ATTENTION_PLUGIN = "triton_attention"
-ATTENTION_INT8_PLUGIN = "triton_attention_int8"
-PLUGIN_VERSION = "1"
-# TensorRT matches plugins by op type + plugin_namespace; the domain only keeps the node out
-# of the default ONNX namespace (which has its own "Attention" since opset 23). "trt.plugins"
-# is the domain ONNX Runtime's TensorRT provider uses for TensorRT plugins.
-ONNX_DOMAIN = "trt.plugins"
-# first version of each TensorRT flavour whose `<module>.plugin` has aot_impl. TensorRT-RTX
-# (`tensorrt_rtx`, versions 1.x) ships no plugin module at all: its versions are never
-# compared with TensorRT's (1.7 < 10.8 would misreport it as an old TensorRT)
-MIN_VERSIONS = {"tensorrt": "10.8"}
-MIN_TENSORRT = MIN_VERSIONS["tensorrt"]
-
-AOT_DTYPES = ("float16", "bfloat16")  # what the plugin's q, k, v and output may be
+from .plugin_aot import AotAttentionSpec, compile_attention, int_arg_values
+from .plugin_onnx import ATTENTION_INT8_PLUGIN, ATTENTION_PLUGIN, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from .tuning import PLUGIN_TACTICS
 
 
 class TensorRTUnavailableError(ImportError):
@@ -49,11 +22,12 @@ class TensorRTUnavailableError(ImportError):
 
 def check_plugin_support(module: str, version: str) -> None:
     """Raise TensorRTUnavailableError unless `module` (a TensorRT flavour) at `version`
-    has the ahead-of-time Python plugins these kernels register through."""
+    has the ahead-of-time Python plugins these kernels register through
+    (models/backends.py `Backend.plugins_since`)."""
     from packaging.version import Version
 
-    minimum = MIN_VERSIONS.get(module)
-    if minimum is None:
+    minimum = backend_of_module(module).plugins_since
+    if not minimum:
         raise TensorRTUnavailableError(
             f"{module} {version} has no Python plugins (no {module}.plugin), so the Triton "
             f"attention plugins cannot be registered; export the DiT without "
@@ -63,14 +37,14 @@ def check_plugin_support(module: str, version: str) -> None:
                                        f"Python plugins; need >= {minimum}")
 
 
-def _import_tensorrt(module: str = "tensorrt"):
+def _import_tensorrt(module: str = TENSORRT.module):
     import importlib
 
     try:
         trt = importlib.import_module(module)
     except ImportError as exc:
         raise TensorRTUnavailableError(
-            f"the Triton attention plugins need TensorRT >= {MIN_TENSORRT} with its "
+            f"the Triton attention plugins need TensorRT >= {TENSORRT.plugins_since} with its "
             f"`tensorrt.plugin` module; install it with `pip install 'cinema-trt[gpu]'` on a "
             f"CUDA machine ({exc})") from exc
     check_plugin_support(module, trt.__version__)
@@ -81,66 +55,6 @@ def _import_tensorrt(module: str = "tensorrt"):
                                        f"({exc}); reinstall `pip install 'cinema-trt[gpu]'`"
                                        ) from exc
     return trt, trtp
-
-
-# --- ONNX emission -------------------------------------------------------------------------
-
-
-def _plugin_op(name: str, attributes: dict[str, str]):
-    """An onnxscript op for plugin `name`: q, k, v (type T), kv_lens int32 -> out (T)."""
-    import onnxscript
-    from onnx.defs import OpSchema
-
-    kinds = {"string": OpSchema.AttrType.STRING, "int": OpSchema.AttrType.INT,
-             "float": OpSchema.AttrType.FLOAT}
-    schema = OpSchema(
-        name, ONNX_DOMAIN, 1,
-        inputs=[OpSchema.FormalParameter(n, "T") for n in ("q", "k", "v")]
-        + [OpSchema.FormalParameter("kv_lens", "tensor(int32)")],
-        outputs=[OpSchema.FormalParameter("out", "T")],
-        type_constraints=[("T", ["tensor(float16)", "tensor(bfloat16)", "tensor(float)"], "")],
-        attributes=[OpSchema.Attribute(a, kinds[kind], "") for a, kind in attributes.items()])
-    return onnxscript.values.Op(onnxscript.values.Opset(ONNX_DOMAIN, 1), name, schema)
-
-
-def _full_lengths(k):
-    """(B,) int32 of S_kv, built in-graph so it follows dynamic batch and sequence sizes."""
-    from onnxscript import opset18 as op
-
-    seq = op.Shape(k, start=2, end=3)
-    batch = op.Shape(k, start=0, end=1)
-    return op.Cast(op.Expand(seq, batch), to=6)  # 6: INT32
-
-
-def onnx_translation_table() -> dict:
-    """{custom op overload: onnxscript translation} for `torch.onnx.export`."""
-    import torch
-
-    from . import ops  # noqa: F401  registers torch.ops.cinema.*
-
-    common = {"plugin_namespace": "string", "plugin_version": "string", "aot": "int",
-              "scale": "float"}
-    fp_op = _plugin_op(ATTENTION_PLUGIN, common)
-    int8_op = _plugin_op(ATTENTION_INT8_PLUGIN, {**common, "q_block": "int", "k_block": "int",
-                                                 "smooth_k": "int"})
-
-    def attention(q, k, v, kv_lens, q_norm_weight, k_norm_weight, rope_cos, rope_sin,
-                  scale, eps):
-        if any(t is not None for t in (q_norm_weight, k_norm_weight, rope_cos, rope_sin)):
-            raise ValueError("the TensorRT attention plugin has no fused RMS-norm/RoPE prologue; "
-                             "apply them in the graph before exporting (QKPrologue=None)")
-        lens = _full_lengths(k) if kv_lens is None else kv_lens
-        return fp_op(q, k, v, lens, plugin_namespace=PLUGIN_NAMESPACE,
-                     plugin_version=PLUGIN_VERSION, aot=1, scale=scale)
-
-    def attention_int8(q, k, v, kv_lens, scale, q_block, k_block, smooth_k):
-        lens = _full_lengths(k) if kv_lens is None else kv_lens
-        return int8_op(q, k, v, lens, plugin_namespace=PLUGIN_NAMESPACE,
-                       plugin_version=PLUGIN_VERSION, aot=0, scale=scale, q_block=q_block,
-                       k_block=k_block, smooth_k=int(smooth_k))
-
-    return {torch.ops.cinema.attention.default: attention,
-            torch.ops.cinema.attention_int8.default: attention_int8}
 
 
 def plugin_fingerprint() -> str:
@@ -154,132 +68,15 @@ def plugin_fingerprint() -> str:
     digest = hashlib.sha256(f"{PLUGIN_VERSION}|triton {metadata.version('triton')}".encode())
     here = Path(__file__).parent
     for name in ("_common.py", "fused_attention.py", "int8_attention.py", "tuning.py",
-                 "trt_plugin.py"):
+                 "plugin_aot.py", "plugin_onnx.py", "trt_plugin.py"):
         digest.update((here / name).read_bytes())
     return digest.hexdigest()
 
 
-# --- ahead-of-time compilation ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AotAttentionSpec:
-    """What the AOT kernel is specialised on (everything else is a runtime argument)."""
-
-    dtype: str  # "float16" or "bfloat16"
-    head_dim: int
-    scale: float
-    config: KernelConfig
-    arch: int = 90  # sm_90: Hopper
-
-
-@dataclass(frozen=True)
-class CompiledAttention:
-    name: str  # kernel symbol in the PTX
-    ptx: str
-    num_warps: int
-    shared_bytes: int
-    int_args: tuple[str, ...]  # names of the runtime int32 arguments, in launch order
-
-
-def _signature(arg_names: list[str], spec: AotAttentionSpec) -> tuple[dict, dict]:
-    """Triton signature + constexprs: contiguous (B, H, S, D) I/O, kv_lens on, no prologue."""
-    ty = lookup(spec.dtype).triton_lang
-    constexprs = {
-        "Q_NORM_W": None, "K_NORM_W": None, "COS": None, "SIN": None,
-        "stride_qd": 1, "stride_kd": 1, "stride_vd": 1, "stride_od": 1,
-        "stride_qwm": 0, "stride_kwm": 0, "stride_cb": 0, "stride_cm": 0,
-        # TensorRT passes int32 scalars only, so floats become compile-time constants
-        "qk_scale": spec.scale * LOG2E, "eps": 1e-6,
-        "HEAD_DIM": spec.head_dim, "BLOCK_M": spec.config.block_m,
-        "BLOCK_N": spec.config.block_n, "HAS_KV_LENS": True, "HAS_NORM": False,
-        "HAS_ROPE": False, "INPUT_PRECISION": "tf32",
-        # device-side TMA descriptors live in Triton's global scratch, which TensorRT does
-        # not allocate: the plugin kernel keeps pointer loads
-        "USE_TMA": False,
-    }
-    pointers = {"Q": f"*{ty}", "K": f"*{ty}", "V": f"*{ty}", "KV_LENS": "*i32", "Out": f"*{ty}"}
-    signature = {name: "constexpr" if name in constexprs else pointers.get(name, "i32")
-                 for name in arg_names}
-    return signature, constexprs
-
-
-def compile_attention(spec: AotAttentionSpec) -> CompiledAttention:
-    """Compile `_attn_fwd` for `spec` to PTX. Needs no GPU (target given explicitly)."""
-    if interpreting():
-        raise RuntimeError("AOT compilation needs the real Triton compiler; unset "
-                           "TRITON_INTERPRET (it replaces kernels with the CPU interpreter)")
-    if spec.dtype not in AOT_DTYPES:
-        raise ValueError(f"dtype={spec.dtype!r}: the AOT kernel supports {list(AOT_DTYPES)}")
-    import triton
-    from triton.backends.compiler import GPUTarget
-
-    from .fused_attention import _attn_fwd
-
-    kernel = _attn_fwd.fn  # the JITFunction beneath the autotuner
-    signature, constexprs = _signature(kernel.arg_names, spec)
-    # pointers and every non-unit stride of a (B, H, S, D) tensor with D >= 16 are multiples
-    # of 16 elements: telling Triton lets it emit vectorised 128-bit loads
-    aligned = [i for i, n in enumerate(kernel.arg_names)
-               if signature[n].startswith("*")
-               or (n.startswith("stride_") and signature[n] == "i32")]
-    attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
-    src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs,
-                                    attrs=attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", spec.arch, 32),
-                              options={"num_warps": spec.config.num_warps,
-                                       "num_stages": spec.config.num_stages})
-    if getattr(compiled.metadata, "global_scratch_size", 0) > 0:
-        raise RuntimeError("the attention kernel needs Triton global scratch memory, which "
-                           "TensorRT AOT plugins do not provide")
-    int_args = tuple(n for n in kernel.arg_names if signature[n] == "i32")
-    n_launch_args = sum(signature[n] != "constexpr" for n in kernel.arg_names)
-    ptx = drop_unused_params(compiled.asm["ptx"], compiled.metadata.name, n_launch_args)
-    return CompiledAttention(compiled.metadata.name, ptx, compiled.metadata.num_warps,
-                             compiled.metadata.shared, int_args)
-
-
-def drop_unused_params(ptx: str, kernel_name: str, n_params: int) -> str:
-    """Remove kernel parameters past the first `n_params` from the PTX entry.
-
-    Triton >= 3.3 appends global/profile scratch pointers to every kernel. TensorRT passes
-    exactly inputs + extra args + outputs, so a launch would read two pointers past its
-    argument array. The kernel never reads them when it needs no scratch (checked above),
-    so their declarations are dropped; any use of a dropped parameter raises instead.
-    """
-    kept = []
-    for line in ptx.split("\n"):
-        match = re.search(rf"\b{re.escape(kernel_name)}_param_(\d+)\b", line)
-        if match and line.lstrip().startswith(".param") and int(match.group(1)) >= n_params:
-            if len(re.findall(rf"\b{match.group(0)}\b", ptx)) > 1:
-                raise RuntimeError(f"{match.group(0)} is used by the kernel; cannot drop it")
-            continue
-        kept.append(line)
-    last = re.escape(f"{kernel_name}_param_{n_params - 1}")
-    return re.sub(rf"({last}),(\s*\))", r"\1\2", "\n".join(kept))
-
-
-def int_arg_values(batch: Any, heads: Any, n_q: Any, n_kv: Any, head_dim: Any) -> dict[str, Any]:
-    """Runtime int32 arguments for contiguous (B, H, S, D) tensors.
-
-    Plain arithmetic, so it works on ints (tests) and on TensorRT shape expressions (hence
-    `Any`: the two share no type).
-    """
-    values = {"H": heads, "N_CTX_Q": n_q, "N_CTX_KV": n_kv}
-    for prefix, seq in (("q", n_q), ("k", n_kv), ("v", n_kv), ("o", n_q)):
-        row = "m" if prefix in ("q", "o") else "n"
-        values[f"stride_{prefix}{row}"] = head_dim
-        values[f"stride_{prefix}h"] = seq * head_dim
-        values[f"stride_{prefix}b"] = heads * seq * head_dim
-    return values
-
-
-# --- TensorRT registration -------------------------------------------------------------------
-
 _registered: set[str] = set()  # TensorRT modules the plugins are registered with
 
 
-def register_plugins(module: str = "tensorrt") -> None:
+def register_plugins(module: str = TENSORRT.module) -> None:
     """Register `cinema::triton_attention` and `cinema::triton_attention_int8` (idempotent)
     with TensorRT module `module`.
 
@@ -304,8 +101,7 @@ def _torch_views(*tensors):
 def _current_arch() -> int:
     import torch
 
-    major, minor = torch.cuda.get_device_capability()
-    return major * 10 + minor
+    return sm_of(torch.cuda.get_device_capability())
 
 
 def _register_attention(trtp) -> None:

@@ -39,22 +39,20 @@ class Policy:
     quantized: str = ""  # the Q/DQ element type of the recipe's Linear layers (export/fp8.py)
 
 
+# why ONNX Runtime does not run bf16 graphs (every refusal of one says it this way)
+ORT_NO_BF16 = "ONNX Runtime's CPU provider has no bfloat16 kernels"
 POLICIES = (
     Policy(Precision.FP32, "float32", 0, True, "", "the reference"),
     Policy(Precision.FP16, "float16", 0, True, "FP16", "tensor-core speed at half the "
            "memory; ORT's CPU provider runs it through casts around ops without fp16 kernels"),
     Policy(Precision.BF16, "bfloat16", 80, False, "BF16", "fp32's range at fp16's cost; bf16 "
-           "tensor cores from Ampere; ORT's CPU provider has no bf16 kernels", min_opset=22),
+           f"tensor cores from Ampere; {ORT_NO_BF16}", min_opset=22),
     Policy(Precision.FP8, "", 89, False, "", "FP8 tensor cores from Ada; TensorRT runs FP8 "
            "only through explicit Q/DQ, which a strongly typed build keeps",
            quantized="float8e4m3fn"),
 )
 EXPORT_PRECISIONS = tuple(p.precision for p in POLICIES if p.compute)  # export --dtype
 ORT_PRECISIONS = tuple(p.precision for p in POLICIES if p.ort)
-# the export a runtime runs fastest, and the base of its fp8 graphs (demo, benchmarks):
-# ONNX Runtime's CPU provider runs fp16 through casts, no faster than fp32
-RUNTIME_BASE = {"tensorrt": Precision.FP16, "tensorrt-rtx": Precision.FP16,
-                "ort": Precision.FP32}
 
 
 def policy(precision: str | Precision) -> Policy:

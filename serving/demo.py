@@ -18,6 +18,7 @@ included; every plan against its manifest); otherwise it is made again, beside t
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import signal
 import threading
@@ -27,9 +28,9 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from cinema_trt.models.backends import ORT, TENSORRT, get_backend
 from cinema_trt.models.cache import ArtifactCache, Entry
 from cinema_trt.models.fileio import atomic_write
-from cinema_trt.models.precision import RUNTIME_BASE
 from cinema_trt.serving.latency import StageLatency, settled_snapshot, stage_latency
 from cinema_trt.serving.server import ServerConfig
 
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_SEED = 0
 DEFAULT_PROMPT = "A blue square and a green triangle dance together in a sunny park."
-RUNTIME_CHOICES = ("auto", "ort", "tensorrt")
+RUNTIME_CHOICES = ("auto", ORT.name, TENSORRT.name)
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class DemoOptions:
 
 @dataclass(frozen=True)
 class DemoArtifacts:
-    runtime: str  # "ort" | "tensorrt"
+    runtime: str  # ORT's or TensorRT's name (models/backends.py)
     weights: Path
     onnx: Path
     engines: Path | None  # runtime tensorrt only
@@ -98,9 +99,9 @@ def tensorrt_unusable() -> str | None:
     import torch
 
     try:
-        import tensorrt  # noqa: F401
+        importlib.import_module(TENSORRT.module)
     except ImportError:
-        return "the tensorrt package is not installed"
+        return f"the {TENSORRT.module} package is not installed"
     if not torch.cuda.is_available():
         return "no CUDA device"
     return None
@@ -108,16 +109,16 @@ def tensorrt_unusable() -> str | None:
 
 def pick_runtime(requested: str) -> str:
     reason = tensorrt_unusable()
-    if requested == "tensorrt" and reason is not None:
-        raise ValueError(f"runtime tensorrt is not usable here: {reason}; use runtime ort "
-                         "(or auto), or install 'cinema-trt[gpu]' on a CUDA machine")
+    if requested == TENSORRT.name and reason is not None:
+        raise ValueError(f"runtime {TENSORRT.name} is not usable here: {reason}; use runtime "
+                         f"{ORT.name} (or auto), or install 'cinema-trt[gpu]' on a CUDA machine")
     if requested != "auto":
         return requested
     if reason is None:
-        return "tensorrt"
+        return TENSORRT.name
     log.info("TensorRT not used (%s): the stages run their ONNX graphs on ONNX Runtime, CPU",
              reason)
-    return "ort"
+    return ORT.name
 
 
 def _weights(cache: ArtifactCache, config) -> Entry:
@@ -135,15 +136,14 @@ def _weights(cache: ArtifactCache, config) -> Entry:
 
 def _engines(cache: ArtifactCache, config, onnx: Entry, request) -> Entry:
     """TensorRT plans for exactly the demo's video size (1..max references)."""
+    from cinema_trt.engines.build import cached_build
     from cinema_trt.engines.config import BuildConfig
-    from cinema_trt.engines.stages import cached_build
 
     max_refs = min(config.mllm.max_refs, config.dit.max_refs)
     profile = {"preset": config.name, "batch": 1, "frames": request.frames,
                "height": request.height, "width": request.width, "cfg": True,
                "refs": {"min": 1, "opt": len(request.refs), "max": max_refs}}
-    # BuildConfig() is fp16, the precision of the RUNTIME_BASE["tensorrt"] graphs
-    return cached_build(cache, onnx, BuildConfig(), profile=profile)
+    return cached_build(cache, onnx, BuildConfig(TENSORRT.base), profile=profile)
 
 
 def _repository(cache: ArtifactCache, runtime: str, weights: Path, onnx: Entry,
@@ -151,7 +151,7 @@ def _repository(cache: ArtifactCache, runtime: str, weights: Path, onnx: Entry,
     from cinema_trt.serving.repo import RepositoryOptions, build_repository
     from cinema_trt.serving.triton_config import Placement
 
-    placement = Placement("gpu", 1, (0,)) if runtime == "tensorrt" else Placement()
+    placement = Placement("gpu", 1, (0,)) if get_backend(runtime).plans else Placement()
     repo_options = RepositoryOptions(runtime=runtime, stage_placement=placement)
     # the repository links to the other entries by absolute path: key on the paths too (the
     # export's key holds the weights' hash)
@@ -248,10 +248,10 @@ def build_artifacts(options: DemoOptions, config, request) -> DemoArtifacts:
     if weights is None:
         made = _weights(cache, config)
         weights, reused["weights"] = made.path, made.reused
-    onnx = cached_export(cache, config, weights, dtype=RUNTIME_BASE[runtime].value,
+    onnx = cached_export(cache, config, weights, dtype=get_backend(runtime).base.value,
                          progress=options.progress)
     reused["onnx"] = onnx.reused
-    engines = _engines(cache, config, onnx, request) if runtime == "tensorrt" else None
+    engines = _engines(cache, config, onnx, request) if get_backend(runtime).plans else None
     if engines is not None:
         reused["engines"] = engines.reused
     repo = _repository(cache, runtime, Path(weights), onnx, engines or onnx)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cinema_trt.export.manifest import MANIFEST_FILE, ExportExpectation, check_export
+from cinema_trt.models.backends import ORT, TENSORRT, TORCH, get_backend
 from cinema_trt.models.factory import CONFIG_FILE, MLLM_FOLDER, resolve_weights_config
 from cinema_trt.models.fileio import atomic_write
 from cinema_trt.models.presets import CinemaConfig
@@ -55,10 +56,10 @@ ORCHESTRATOR_MODULE = "cinema_trt.serving.orchestrator"
 
 @dataclass(frozen=True)
 class RepositoryOptions:
-    backend: str = "python"  # stage models: "python", "onnxruntime", "tensorrt"
-    # what runs a python-backend stage: "torch" (weights), "ort" (export folders),
-    # "tensorrt" (engine folders); the onnxruntime/tensorrt backends imply their own
-    runtime: str = "torch"
+    backend: str = "python"  # Triton's backend of the stage models (triton_config.BACKENDS)
+    # what runs a python-backend stage (models/backends.py RUNTIMES): torch (weights), ort
+    # (export folders), tensorrt (engine folders); the other Triton backends imply theirs
+    runtime: str = TORCH
     stage_placement: Placement = Placement()
     orchestrator_placement: Placement = Placement()
     version: int = 1
@@ -72,7 +73,7 @@ class RepositoryOptions:
             raise ValueError(f"backend={self.backend!r} must be one of {sorted(BACKENDS)}")
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime={self.runtime!r} must be one of {list(RUNTIMES)}")
-        if self.backend != "python" and self.runtime != "torch":
+        if self.backend != "python" and self.runtime != TORCH:
             raise ValueError(f"runtime={self.runtime!r} is for the python backend; the "
                              f"{self.backend} backend runs its own artifacts (leave runtime "
                              "at torch, or use backend python)")
@@ -128,11 +129,11 @@ def _need(path: Path | None, what: str, runtime: str) -> Path:
 
 def _python_stage_files(version: Path, stage: Stage, config: CinemaConfig, sources: _Sources,
                         runtime: str, copy: bool) -> None:
-    if runtime == "torch":
+    if runtime == TORCH:
         _place(sources.weights / stage.weights_entry, version / stage.weights_entry, copy)
         return
     graphs = [g.name for g in stage.graphs]
-    if runtime == "ort":
+    if runtime == ORT.name:
         export = _need(sources.artifacts, "artifacts (the export folder)", runtime)
         for graph in graphs:  # a missing, foreign or changed export fails now, not at start
             check_export(export / graph, ExportExpectation(config=config))
@@ -160,16 +161,17 @@ def _stage_backend(stage: Stage, sources: _Sources, options: RepositoryOptions
     stage runs them in the python backend on the same runtime instead."""
     graphs = [g.name for g in stage.graphs]
     artifacts = sources.artifacts
-    if options.backend == "tensorrt" and _plans_need_python(artifacts, (stage.name, *graphs)):
+    if options.backend == TENSORRT.triton_backend \
+            and _plans_need_python(artifacts, (stage.name, *graphs)):
         log.warning("%s: the plans in %s were built with TensorRT-RTX, which Triton's "
                     "tensorrt_plan backend cannot load; serving the stage with the python "
                     "backend (runtime tensorrt, TensorRTRunner)", stage.name, artifacts)
-        return "python", "tensorrt"
+        return "python", TENSORRT.name
     if options.backend == "python" or not stage.split or artifacts is None \
             or (artifacts / stage.name).is_dir() \
             or not all((artifacts / graph).is_dir() for graph in graphs):
         return options.backend, options.runtime
-    runtime = "ort" if options.backend == "onnxruntime" else "tensorrt"
+    runtime = ORT.name if options.backend == ORT.triton_backend else TENSORRT.name
     log.info("%s: %s is split into %s; serving it with the python backend (runtime %s)",
              stage.name, artifacts, graphs, runtime)
     return "python", runtime
@@ -177,16 +179,14 @@ def _stage_backend(stage: Stage, sources: _Sources, options: RepositoryOptions
 
 def _plans_need_python(artifacts: Path | None, folders: tuple[str, ...]) -> bool:
     """Whether the stage's engines were built by a TensorRT backend that Triton has no
-    native backend for (engines/backends.py `triton_backend`: TensorRT-RTX)."""
-    from cinema_trt.engines.backends import BACKENDS
+    native backend for (models/backends.py `triton_backend`: TensorRT-RTX)."""
     from cinema_trt.export.manifest import read_manifest
 
     for folder in folders:
         if artifacts is not None and (artifacts / folder / MANIFEST_FILE).is_file():
             # only the backend's name: the runner validates the build at load
             build = read_manifest(artifacts / folder).build
-            backend = BACKENDS.get(build.runtime) if build else None
-            return backend is not None and backend.triton_backend == "python"
+            return build is not None and get_backend(build.runtime).triton_backend == "python"
     return False
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from cinema_trt.models.backends import ORT, RUNTIMES, TENSORRT, TORCH
 from cinema_trt.models.factory import read_weights_config, torch_stage_runner
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.runner import Runner
@@ -38,7 +39,6 @@ from cinema_trt.serving.stage_checks import (
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("torch", "ort", "tensorrt")
 ONNX_FOLDER = "onnx"  # <v>/onnx/<export stage>/
 ENGINE_FOLDER = "engines"  # <v>/engines/<export stage>/
 
@@ -67,15 +67,15 @@ def _tensorrt_runner(folder: Path, stage: str, device: str) -> Runner:
 
 
 def load_stage_runner(folder: str | Path, stage: str, device: str | torch.device = "cpu",
-                      runtime: str = "torch") -> Runner:
+                      runtime: str = TORCH) -> Runner:
     """The runner of `stage` from a stage model's version folder (layouts: module doc)."""
     folder = Path(folder)
     config = read_weights_config(folder)
-    if runtime == "ort":
+    if runtime == ORT.name:
         return _ort_runner(folder, stage, config, str(device))
-    if runtime == "tensorrt":
+    if runtime == TENSORRT.name:
         return _tensorrt_runner(folder, stage, str(device))
-    if runtime != "torch":
+    if runtime != TORCH:
         raise ValueError(f"runtime={runtime!r} must be one of {list(RUNTIMES)}")
     return torch_stage_runner(folder, stage, config, device)
 
@@ -95,7 +95,7 @@ class TritonPythonModel:
         model_config = json.loads(args["model_config"])
         parameters = model_config.get("parameters", {})
         self.stage = parameters["stage"]["string_value"]
-        runtime = parameters.get("runtime", {}).get("string_value", "torch")
+        runtime = parameters.get("runtime", {}).get("string_value", TORCH)
         threads = int(parameters.get("torch_threads", {}).get("string_value", "0"))
         if threads > 0:
             torch.set_num_threads(threads)

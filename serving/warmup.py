@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cinema_trt.models.backends import ORT, TORCH
 from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.stage import Request, Stage
@@ -21,7 +22,7 @@ from cinema_trt.models.stage import Request, Stage
 WARMUP_FOLDER = "warmup"  # Triton looks for input_data_file here, under the model folder
 # runtimes whose stages accept any size: engines (TensorRT plans, or the onnxruntime and
 # tensorrt backends) are built for a profile that may not hold the preset's default size
-WARMUP_RUNTIMES = ("torch", "ort")
+WARMUP_RUNTIMES = (TORCH, ORT.name)
 WARMUP_TOKENS = 16
 
 

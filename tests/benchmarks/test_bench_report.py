@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from cinema_trt.benchmarks.config import BenchConfig
+from cinema_trt.benchmarks.plan import Skip
 from cinema_trt.benchmarks.report import to_markdown
 from cinema_trt.benchmarks.result import BenchResult, Measurement
 from cinema_trt.benchmarks.stats import summarize
-from cinema_trt.benchmarks.variants import Skip
 
 
 def _m(runtime, precision, target, samples):

@@ -8,23 +8,24 @@ import dataclasses
 import pytest
 
 from cinema_trt.engines.artifacts import check_backend_graph
-from cinema_trt.engines.backends import (
-    BACKENDS,
-    TENSORRT,
-    TENSORRT_RTX,
-    parse_targets,
-    resolve_targets,
-    sm_name,
-)
-from cinema_trt.engines.config import BuildConfig, OnnxGraphInfo, weak_typing_available
+from cinema_trt.engines.config import BuildConfig, OnnxGraphInfo
+from cinema_trt.engines.exported import ExportedStage
 from cinema_trt.engines.manifest import (
     EngineMismatchError,
     RuntimeInfo,
     rebuild_command,
     validate_manifest,
 )
-from cinema_trt.engines.stages import ExportedStage
 from cinema_trt.export.manifest import BuildRecord
+from cinema_trt.models.backends import (
+    BACKENDS,
+    ORT,
+    TENSORRT,
+    TENSORRT_RTX,
+    parse_targets,
+    resolve_targets,
+    sm_name,
+)
 from cinema_trt.models.presets import get_preset
 
 RTX_VERSION = "1.7.1.116"
@@ -35,9 +36,9 @@ RTX_COMMAND = rebuild_command("onnx16", "eng", BuildConfig(precision="fp16",
 
 def test_tensorrt_rtx_is_always_strongly_typed():
     # TensorRT-RTX 1.7 is not "TensorRT < 11": it never had BuilderFlag.FP16
-    assert not weak_typing_available("tensorrt-rtx", RTX_VERSION)
-    assert weak_typing_available("tensorrt", "10.13.3.9")
-    assert not weak_typing_available("tensorrt", "11.0.0")
+    assert not TENSORRT_RTX.weak_typing(RTX_VERSION)
+    assert TENSORRT.weak_typing("10.13.3.9")
+    assert not TENSORRT.weak_typing("11.0.0")
 
 
 def test_backends_describe_their_caches_plugins_and_serving():
@@ -46,7 +47,8 @@ def test_backends_describe_their_caches_plugins_and_serving():
         (False, True, False)
     assert TENSORRT.triton_backend == "tensorrt_plan" and TENSORRT_RTX.triton_backend == "python"
     assert TENSORRT_RTX.builds_without_gpu and not TENSORRT.builds_without_gpu
-    assert set(BACKENDS) == {"tensorrt", "tensorrt-rtx"}
+    assert ORT.builds_without_gpu and not ORT.plans and ORT.triton_backend == "onnxruntime"
+    assert set(BACKENDS) == {"tensorrt", "tensorrt-rtx", "ort"}  # one name each, everywhere
 
 
 def test_default_targets_are_every_one_the_precision_allows():
@@ -139,8 +141,10 @@ def test_plugin_graph_is_refused_for_tensorrt_rtx_with_the_export_command(tmp_pa
                                                  compute_dtype="float16"))
     with pytest.raises(ValueError, match=rf"no Python plugins.*cinema-trt export --preset tiny "
                                          rf"--out {tmp_path / 'onnx'} --dtype fp16 --stages dit"):
-        check_backend_graph(stage, graph, "tensorrt-rtx")
-    check_backend_graph(stage, graph, "tensorrt")  # TensorRT has them
+        check_backend_graph(stage, graph, TENSORRT_RTX)
+    with pytest.raises(ValueError, match="ONNX Runtime has no Python plugins"):
+        check_backend_graph(stage, graph, ORT)
+    check_backend_graph(stage, graph, TENSORRT)  # TensorRT has them
 
 
 def test_plugin_version_check_knows_tensorrt_rtx_has_no_plugins():
@@ -155,7 +159,7 @@ def test_plugin_version_check_knows_tensorrt_rtx_has_no_plugins():
 
 
 def test_timing_cache_is_refused_for_tensorrt_rtx(tmp_path):
-    from cinema_trt.engines.stages import BuildRequest
+    from cinema_trt.engines.build import BuildRequest
 
     with pytest.raises(ValueError, match="TensorRT-RTX has no timing cache"):
         BuildRequest(tmp_path, tmp_path, BuildConfig(timing_cache=tmp_path / "t.cache"),

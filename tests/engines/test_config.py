@@ -17,8 +17,8 @@ from cinema_trt.engines.config import (
     ort_optimization_level,
     resolve_build_config,
     trt_flags,
-    weak_typing_available,
 )
+from cinema_trt.models.backends import ORT, TENSORRT
 
 
 def _matmul_graph(path, qdq: str | None = None, weight_dtype=np.float32) -> str:
@@ -122,9 +122,9 @@ def test_without_weak_typing_an_fp32_graph_builds_only_fp32(tmp_path):
 
 
 def test_weak_typing_is_tensorrt_10_only():
-    assert weak_typing_available("tensorrt", "10.13.3.9")
-    assert not weak_typing_available("tensorrt", "11.4.0.106")
-    assert weak_typing_available("onnxruntime", "1.32.0")
+    assert TENSORRT.weak_typing("10.13.3.9")
+    assert not TENSORRT.weak_typing("11.4.0.106")
+    assert ORT.weak_typing("1.32.0")  # no typing mode: the TensorRT rule does not apply
 
 
 def test_fp8_graph_in_half_precision_is_fp8(tmp_path):

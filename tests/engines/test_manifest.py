@@ -117,8 +117,8 @@ def test_same_architecture_other_gpu_model_only_warns(tmp_path, caplog):
 
 
 def test_engine_for_another_runtime_is_refused(tmp_path):
-    with pytest.raises(EngineMismatchError, match="built for tensorrt, not onnxruntime"):
-        validate_manifest(_manifest(tmp_path), RuntimeInfo("onnxruntime", "1.20.0"))
+    with pytest.raises(EngineMismatchError, match="built for tensorrt, not ort"):
+        validate_manifest(_manifest(tmp_path), RuntimeInfo("ort", "1.20.0"))
 
 
 def test_changed_plan_bytes_are_refused(tmp_path):
@@ -187,5 +187,5 @@ def test_rebuild_command_is_accepted_by_the_cli():
     assert request.stages == ("dit", "vae_decoder")
     assert str(request.profile) == "p.yaml" and request.runtime == "tensorrt"
     ort = rebuild_command("exp", "out", BuildConfig(precision=Precision.FP32), (), None,
-                          "onnxruntime")
+                          "ort")
     assert cli_build.build_request(parser.parse_args(shlex.split(ort)[1:])).runtime == "ort"

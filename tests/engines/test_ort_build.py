@@ -14,13 +14,14 @@ import pytest
 import torch
 
 from cinema_trt.engines.config import BuildConfig, Precision
-from cinema_trt.engines.deps import onnxruntime_runtime_info
+from cinema_trt.engines.deps import runtime_info
+from cinema_trt.engines.exported import ExportedStage
 from cinema_trt.engines.manifest import validate_manifest, verify_plan
 from cinema_trt.engines.ort_build import build_ort_model
 from cinema_trt.engines.shape_check import check_input_shapes
 from cinema_trt.engines.shapes import shapes_from_dict
-from cinema_trt.engines.stages import ExportedStage
 from cinema_trt.export.manifest import TensorEntry, read_manifest
+from cinema_trt.models.backends import ORT
 from cinema_trt.models.fileio import sha256_file
 
 FP32 = BuildConfig(precision=Precision.FP32)
@@ -55,7 +56,7 @@ def test_manifest_describes_the_ort_model(built):
     model, _, _ = built
     manifest = read_manifest(model.parent)
     build = manifest.build
-    assert build.runtime == "onnxruntime" and build.runtime_version == ort.__version__
+    assert build.runtime == ORT.name and build.runtime_version == ort.__version__
     assert manifest.stage == "connector" and build.precision == "fp32"
     assert build.compute_capability is None
     assert build.profiles["hidden_states"] == {"min": [1, 2, 64], "opt": [1, 16, 64],
@@ -66,7 +67,7 @@ def test_manifest_describes_the_ort_model(built):
         read_manifest(Path(build.onnx_path).parent)
     assert "--runtime ort" in build.rebuild_command
     assert "--stages connector" in build.rebuild_command
-    validate_manifest(manifest, onnxruntime_runtime_info())
+    validate_manifest(manifest, runtime_info(ORT.name))
     assert verify_plan(model.parent, manifest) == model
 
 
@@ -79,7 +80,7 @@ def test_the_build_folder_describes_its_stage_without_the_export(connector_expor
     shutil.rmtree(tmp_path / "onnx")
     manifest = read_manifest(tmp_path / "built")
     assert (manifest.stage, manifest.compute_dtype, manifest.build.runtime) == \
-        ("connector", "float32", "onnxruntime")
+        ("connector", "float32", ORT.name)
     assert manifest.inputs == (TensorEntry("hidden_states", "float32", ("batch", "seq", 64)),
                                TensorEntry("attention_mask", "int64", ("batch", "seq")))
     assert manifest.outputs == (TensorEntry("text_states", "float32", ("batch", 16, 48)),)
@@ -186,7 +187,7 @@ def test_the_artifact_cache_reuses_a_build_and_remakes_a_changed_one(connector_e
     """`cached_build`, what demo and bench build through (runtime ort here, the only one a
     CPU builds): reused under the same key; a model whose bytes changed is remade, not
     reused; another profile is another entry."""
-    from cinema_trt.engines.stages import cached_build
+    from cinema_trt.engines.build import cached_build
     from cinema_trt.models.cache import ArtifactCache, Entry
 
     cache = ArtifactCache(tmp_path)

@@ -19,9 +19,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from cinema_trt.cli import main as cli_main
+from cinema_trt.engines.build import BuildRequest, build_stages
 from cinema_trt.engines.config import BuildConfig, inspect_onnx
 from cinema_trt.engines.report import LAYERS_FILE, read_layers
-from cinema_trt.engines.stages import BuildRequest, build_stages
 from cinema_trt.export.manifest import read_manifest
 from cinema_trt.models.stages import FP8_GRAPHS, GRAPH_NAMES
 

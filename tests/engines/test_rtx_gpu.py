@@ -16,9 +16,9 @@ import time
 import pytest
 import torch
 
-from cinema_trt.engines.backends import TENSORRT_RTX, sm_name
+from cinema_trt.engines.build import BuildRequest, build_stages
 from cinema_trt.engines.config import BuildConfig
-from cinema_trt.engines.stages import BuildRequest, build_stages
+from cinema_trt.models.backends import TENSORRT_RTX, sm_name
 
 log = logging.getLogger(__name__)
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from cinema_trt.engines.build import BuildRequest, build_stages
 from cinema_trt.engines.config import BuildConfig, inspect_onnx
-from cinema_trt.engines.stages import BuildRequest, build_stages
 from cinema_trt.export.manifest import read_manifest
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from cinema_trt.engines.config import BuildConfig, Precision
+from cinema_trt.engines.exported import ExportedStage
 from cinema_trt.engines.shapes import shapes_from_dict
-from cinema_trt.engines.stages import ExportedStage
 from cinema_trt.export.manifest import read_manifest
 
 pytestmark = [pytest.mark.gpu,

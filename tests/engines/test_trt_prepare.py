@@ -15,10 +15,10 @@ import torch
 from cinema_trt.engines.artifacts import prepare_build
 from cinema_trt.engines.config import BuildConfig, Precision
 from cinema_trt.engines.deps import MissingDependencyError
+from cinema_trt.engines.exported import ExportedStage
 from cinema_trt.engines.manifest import EngineMismatchError, RuntimeInfo
 from cinema_trt.engines.progress import BuildProgress, log_level
 from cinema_trt.engines.shapes import shapes_from_dict
-from cinema_trt.engines.stages import ExportedStage
 from cinema_trt.engines.trt_build import builder_settings
 from cinema_trt.export.manifest import read_manifest, write_manifest
 
@@ -155,7 +155,7 @@ def test_build_and_run_without_tensorrt_explain_how_to_install_it(connector_expo
     assert not (tmp_path / "trt").exists()
     built = build_ort_model(stage, tmp_path / "ort", shapes,
                             BuildConfig(precision=Precision.FP32))
-    with pytest.raises(EngineMismatchError, match="holds a onnxruntime model, not a TensorRT"):
+    with pytest.raises(EngineMismatchError, match="holds an ONNX Runtime model, not a TensorRT"):
         TensorRTRunner(built.parent)
     # the same folder described as a TensorRT engine: loading it needs TensorRT
     manifest = read_manifest(built.parent)

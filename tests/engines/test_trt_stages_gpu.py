@@ -75,7 +75,7 @@ def test_profile_covers_the_checks(tiny):
 def _build_all(onnx_dir, out, precision: Precision):
     import yaml
 
-    from cinema_trt.engines.stages import BuildRequest, build_stages
+    from cinema_trt.engines.build import BuildRequest, build_stages
 
     profile = out / "profiles.yaml"
     profile.write_text(yaml.safe_dump({"preset": "tiny", **PROFILE}))

@@ -14,9 +14,9 @@ import pytest
 
 from cinema_trt.engines.artifacts import prepare_build
 from cinema_trt.engines.config import BuildConfig
+from cinema_trt.engines.exported import ExportedStage
 from cinema_trt.engines.manifest import RuntimeInfo
 from cinema_trt.engines.shapes import shapes_from_dict
-from cinema_trt.engines.stages import ExportedStage
 from cinema_trt.export import driver
 from cinema_trt.export.manifest import (
     EXTERNAL_DATA_FILE,

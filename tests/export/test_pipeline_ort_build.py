@@ -50,7 +50,7 @@ def test_build_manifests_are_the_export_records_and_the_mllm_glue_is_copied(buil
         manifest = read_manifest(built / stage)
         # the exporter's record, with how it was built filled in
         assert dataclasses.replace(manifest, build=None) == read_manifest(export / stage)
-        assert manifest.build.runtime == "onnxruntime"
+        assert manifest.build.runtime == "ort"  # models/backends.py ORT.name
         # the optimized graph, not a copy of the exported one
         model = built / stage / manifest.model_file
         assert model.read_bytes() != (export / stage / "model.onnx").read_bytes()

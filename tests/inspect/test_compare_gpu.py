@@ -22,7 +22,7 @@ def _backend_for_this_gpu() -> str:
 
     if importlib.util.find_spec("tensorrt") is not None:
         return "tensorrt"
-    from cinema_trt.engines.backends import TENSORRT_RTX, sm_name
+    from cinema_trt.models.backends import TENSORRT_RTX, sm_name
 
     major, minor = torch.cuda.get_device_capability()
     if sm_name(f"{major}.{minor}") not in TENSORRT_RTX.targets:

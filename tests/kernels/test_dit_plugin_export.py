@@ -19,19 +19,18 @@ import torch
 
 from cinema_trt.engines.artifacts import prepare_build
 from cinema_trt.engines.config import (
-    TRT_PLUGIN_DOMAIN,
     BuildConfig,
     OnnxGraphInfo,
     Precision,
     inspect_onnx,
     resolve_build_config,
 )
+from cinema_trt.engines.exported import ExportedStage
 from cinema_trt.engines.manifest import RuntimeInfo
 from cinema_trt.engines.shapes import shapes_from_dict
-from cinema_trt.engines.stages import ExportedStage
 from cinema_trt.engines.trt_build import key_plugin_kernels, register_graph_plugins
 from cinema_trt.export.onnx_graph import check_onnx, plugin_nodes, save_onnx, trace_to_onnx
-from cinema_trt.kernels import trt_plugin
+from cinema_trt.kernels import plugin_onnx, trt_plugin
 from cinema_trt.models.attention import attention
 from cinema_trt.models.factory import build_models
 from cinema_trt.models.presets import get_preset
@@ -69,7 +68,7 @@ def test_dit_graph_has_one_plugin_node_per_block_in_place_of_attention(plugin_di
     nodes = plugin_nodes(model)
     assert len(nodes) == dit.depth
     for node in nodes:
-        assert node.op_type == trt_plugin.ATTENTION_PLUGIN
+        assert node.op_type == plugin_onnx.ATTENTION_PLUGIN
         assert _attrs(node) == {"plugin_namespace": b"cinema", "plugin_version": b"1", "aot": 1,
                                 "scale": pytest.approx(dit.head_dim ** -0.5)}
         assert len(node.input) == 4 and len(node.output) == 1  # q, k, v, kv_lens -> out
@@ -78,7 +77,7 @@ def test_dit_graph_has_one_plugin_node_per_block_in_place_of_attention(plugin_di
     # the prologue stays in the graph: per block, RMS-norms of q and k in both streams (one
     # ReduceMean each; LayerNorm is its own op) and the visual q, k rotations (one Neg each)
     assert ops["ReduceMean"] == 4 * dit.depth and ops["Neg"] == 2 * dit.depth
-    assert {o.domain: o.version for o in model.opset_import}[TRT_PLUGIN_DOMAIN] == 1
+    assert {o.domain: o.version for o in model.opset_import}[plugin_onnx.ONNX_DOMAIN] == 1
     assert [i.name for i in model.graph.input] == list(DIT.spec(models.config).input_names)
     assert [o.name for o in model.graph.output] == list(DIT.spec(models.config).output_names)
 
@@ -94,7 +93,7 @@ def test_plugin_export_leaves_the_models_dit_alone(plugin_dit):
 
 @pytest.mark.slow
 def test_onnx_runtime_cannot_run_the_plugin_graph(plugin_dit):
-    with pytest.raises(Exception, match=trt_plugin.ATTENTION_PLUGIN):
+    with pytest.raises(Exception, match=plugin_onnx.ATTENTION_PLUGIN):
         ort.InferenceSession(str(plugin_dit[2]), providers=["CPUExecutionProvider"])
 
 
@@ -107,7 +106,7 @@ def test_engine_build_marks_the_graph_as_needing_the_plugins(plugin_dit, tmp_pat
     stage = ExportedStage(path.parent, stage_manifest(path.parent, config))
     build = prepare_build(stage, tmp_path / "dit", shapes_from_dict({}, config),
                           BuildConfig(), H100)
-    assert build.graph.trt_plugins == {trt_plugin.ATTENTION_PLUGIN}
+    assert build.graph.trt_plugins == {plugin_onnx.ATTENTION_PLUGIN}
     # the engine embeds the compiled kernels, so their fingerprint joins the cache key
     assert key_plugin_kernels(build).cache_key != build.cache_key
     if not HAS_TENSORRT:
@@ -125,7 +124,6 @@ def test_a_plain_graph_needs_no_plugins(tmp_path):
     info = inspect_onnx(path)
     assert info.trt_plugins == frozenset()
     assert register_graph_plugins(info) is False  # returns before touching TensorRT
-    assert TRT_PLUGIN_DOMAIN == trt_plugin.ONNX_DOMAIN  # engines spells the domain out
 
 
 def _graph(plugins=("triton_attention",), qdq=False) -> OnnxGraphInfo:

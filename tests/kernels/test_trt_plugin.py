@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import cinema_trt.kernels.ops as kernels
-from cinema_trt.kernels import trt_plugin
+from cinema_trt.kernels import plugin_aot, plugin_onnx, trt_plugin
 from cinema_trt.kernels.ops import Int8Quantization
 from cinema_trt.kernels.reference import QKPrologue
 
@@ -40,7 +40,7 @@ class _TwoAttentions(torch.nn.Module):
 
 def _export(module, args, dynamic_shapes=None) -> onnx.ModelProto:
     program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dynamic_shapes,
-                                custom_translation_table=trt_plugin.onnx_translation_table(),
+                                custom_translation_table=plugin_onnx.onnx_translation_table(),
                                 verbose=False)
     return program.model_proto
 
@@ -54,9 +54,9 @@ def test_onnx_export_emits_plugin_nodes_tensorrt_can_match():
     seq = torch.export.Dim("seq")
     model = _export(_TwoAttentions(), (q, q, q, torch.tensor([17, 5], dtype=torch.int32)),
                     dynamic_shapes=({2: seq}, {2: seq}, {2: seq}, None))
-    plugins = {n.op_type: n for n in model.graph.node if n.domain == trt_plugin.ONNX_DOMAIN}
-    assert set(plugins) == {trt_plugin.ATTENTION_PLUGIN, trt_plugin.ATTENTION_INT8_PLUGIN}
-    fused, int8 = plugins[trt_plugin.ATTENTION_PLUGIN], plugins[trt_plugin.ATTENTION_INT8_PLUGIN]
+    plugins = {n.op_type: n for n in model.graph.node if n.domain == plugin_onnx.ONNX_DOMAIN}
+    assert set(plugins) == {plugin_onnx.ATTENTION_PLUGIN, plugin_onnx.ATTENTION_INT8_PLUGIN}
+    fused, int8 = plugins[plugin_onnx.ATTENTION_PLUGIN], plugins[plugin_onnx.ATTENTION_INT8_PLUGIN]
     assert _attrs(fused) == {"plugin_namespace": b"cinema", "plugin_version": b"1", "aot": 1,
                              "scale": pytest.approx(32 ** -0.5)}
     assert _attrs(int8)["aot"] == 0 and _attrs(int8)["q_block"] == 64
@@ -64,7 +64,7 @@ def test_onnx_export_emits_plugin_nodes_tensorrt_can_match():
     # without kv_lens the graph builds full lengths from K's (dynamic) shape
     assert len(fused.input) == 4 and fused.input[3] not in {i.name for i in model.graph.input}
     assert int8.input[3] == model.graph.input[3].name
-    assert any(o.domain == trt_plugin.ONNX_DOMAIN for o in model.opset_import)
+    assert any(o.domain == plugin_onnx.ONNX_DOMAIN for o in model.opset_import)
 
 
 class _WithPrologue(torch.nn.Module):
@@ -84,7 +84,7 @@ def test_onnx_export_refuses_the_prologue_the_plugin_lacks():
 
 
 def test_int_arguments_are_the_strides_of_contiguous_tensors():
-    values = trt_plugin.int_arg_values(2, 48, 300, 500, 64)
+    values = plugin_aot.int_arg_values(2, 48, 300, 500, 64)
     for prefix, seq in (("q", 300), ("k", 500), ("v", 500), ("o", 300)):
         row = "m" if prefix in "qo" else "n"
         strides = torch.empty(2, 48, seq, 64).stride()
@@ -98,7 +98,7 @@ import json, os, subprocess, sys, tempfile
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import get_ptxas
-from cinema_trt.kernels.trt_plugin import AotAttentionSpec, compile_attention
+from cinema_trt.kernels.plugin_aot import AotAttentionSpec, compile_attention
 from cinema_trt.kernels.tuning import PLUGIN_TACTICS
 from cinema_trt.kernels.fused_attention import _attn_fwd
 from cinema_trt.kernels.int8_attention import _attn_fwd_int8

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from cinema_trt.models.backends import BACKENDS
 from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.precision import (
     EXPORT_PRECISIONS,
     ORT_PRECISIONS,
     POLICIES,
-    RUNTIME_BASE,
     Precision,
     compute_dtype,
     parse_dtype,
@@ -28,8 +28,8 @@ HEADER = ("| precision | export | graph computes in | `build --runtime ort` "
 def render_table() -> list[str]:
     lines = [HEADER, "|---|---|---|---|---|---|---|"]
     bases: dict[Precision, list[str]] = {}
-    for runtime, base in RUNTIME_BASE.items():
-        bases.setdefault(base, []).append(runtime)
+    for backend in BACKENDS.values():
+        bases.setdefault(backend.base, []).append(backend.name)
     for p in POLICIES:
         if p.compute:
             export, compute = f"`--dtype {p.precision.value}`", f"`{p.compute}`"
