@@ -17,17 +17,18 @@ TIMING_CACHE_FILE = "timing.cache"
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from cinema_trt.engines.config import BuildConfig, Precision
+    from cinema_trt.export.manifest import MANIFEST_FILE, MODEL_FILE
     from cinema_trt.models.backends import BACKENDS, TENSORRT, TENSORRT_RTX, minimum_targets
 
     default = BuildConfig()
     p = subparsers.add_parser(
         "build", help="build TensorRT engines (or ONNX Runtime CPU models) from an export",
-        description="Builds <out>/<stage>/model.plan + layers.json + manifest.json for every "
-                    "stage exported under --onnx and prints each engine's report. An engine "
+        description=f"Builds <out>/<stage>/model.plan + layers.json + {MANIFEST_FILE} for "
+                    "every stage exported under --onnx and prints each engine's report. An engine "
                     "is reused when its cache key (ONNX bytes, build options and targets, "
                     "profiles, backend and version, build GPU) is unchanged.")
     p.add_argument("--onnx", type=Path, required=True,
-                   help="export folder: <stage>/model.onnx + <stage>/manifest.json")
+                   help=f"export folder: <stage>/{MODEL_FILE} + <stage>/{MANIFEST_FILE}")
     p.add_argument("--out", type=Path, required=True, help="engine folder to write")
     p.add_argument("--precision", required=True, choices=[x.value for x in Precision])
     p.add_argument("--profile", type=Path,

@@ -53,9 +53,11 @@ def _aliases() -> str:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from cinema_trt.export.manifest import MANIFEST_FILE, MODEL_FILE
+
     p = subparsers.add_parser(
-        "export", help="export stages to ONNX (+ manifest.json), checked against PyTorch",
-        description="Writes <out>/<stage>/model.onnx and manifest.json for each graph: "
+        "export", help=f"export stages to ONNX (+ {MANIFEST_FILE}), checked against PyTorch",
+        description=f"Writes <out>/<stage>/{MODEL_FILE} and {MANIFEST_FILE} for each graph: "
                     f"{', '.join(GRAPH_NAMES)} (a split stage's name stands for its graphs: "
                     f"{_aliases()}).")
     p.add_argument("--preset", help="tiny | small | cinema (default: the --weights folder's "

@@ -104,23 +104,6 @@ def derive_tolerance(reference, other) -> Tolerance:
 # --- inputs -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _ConfigOnly:
-    """What a graph's `sample_inputs` reads of a `CinemaModels`: the config, and the HF
-    vision config for the MLLM vision graph's rotary tables. No weights are built."""
-
-    config: Any
-    mllm: Any
-
-
-def _input_source(config) -> _ConfigOnly:
-    from types import SimpleNamespace
-
-    from cinema_trt.models.mllm import build_hf_config
-
-    return _ConfigOnly(config, SimpleNamespace(config=build_hf_config(config.mllm)))
-
-
 def validation_inputs(manifest) -> list[dict[str, np.ndarray]]:
     """The feeds the export's validation ran, one per recorded case."""
     from cinema_trt.models.presets import CinemaConfig
@@ -130,9 +113,9 @@ def validation_inputs(manifest) -> list[dict[str, np.ndarray]]:
     if not cases:
         raise ValueError(f"{manifest.stage}: the manifest records no validation cases; "
                          f"re-export the stage")
-    source = _input_source(CinemaConfig.from_dict(manifest.config))
+    config = CinemaConfig.from_dict(manifest.config)
     return [{k: v.numpy() for k, v in graph(manifest.stage).sample_inputs(
-        source, case, seed=CHECK_SEED + i).items()} for i, case in enumerate(cases)]
+        config, case, seed=CHECK_SEED + i).items()} for i, case in enumerate(cases)]
 
 
 def profile_inputs(manifest, profiles: dict[str, dict[str, list[int]]]
@@ -144,9 +127,9 @@ def profile_inputs(manifest, profiles: dict[str, dict[str, list[int]]]
     case = {dim: size for t in manifest.stage_spec().inputs
             for dim, size in zip(t.dims, profiles[t.name]["opt"], strict=True)
             if isinstance(dim, str)}
-    source = _ConfigOnly(CinemaConfig.from_dict(manifest.config), None)
+    config = CinemaConfig.from_dict(manifest.config)
     try:
-        feed = graph(manifest.stage).sample_inputs(source, case, seed=CHECK_SEED)
+        feed = graph(manifest.stage).sample_inputs(config, case, seed=CHECK_SEED)
     except KeyError as missing:
         raise ValueError(f"{manifest.stage} engines are compared on their export only: its "
                          f"inputs are drawn from {missing}, which a profile does not "
@@ -276,7 +259,9 @@ def compare_folders(reference: str | os.PathLike, other: str | os.PathLike,
     """`compare_stage` for every stage both folders hold (or `stages`), by stage name; a
     folder may also be one stage's folder."""
     ref_stages, other_stages = _stage_dirs(Path(reference)), _stage_dirs(Path(other))
-    if (Path(reference) / "manifest.json").is_file():  # one stage folder against another
+    from cinema_trt.export.manifest import stage_folders
+
+    if stage_folders(reference) == [Path(reference)]:  # one stage folder against another
         return [compare_stage(reference, other, quiet=quiet)]
     common = [s for s in ref_stages if s in other_stages]
     wanted = list(stages) or common
@@ -289,16 +274,15 @@ def compare_folders(reference: str | os.PathLike, other: str | os.PathLike,
 
 def _stage_dirs(folder: Path) -> dict[str, Path]:
     """{stage: folder} of a stage folder or a folder of stage folders (by manifest)."""
-    from cinema_trt.export.manifest import read_manifest
+    from cinema_trt.export.manifest import MANIFEST_FILE, read_manifest, stage_folders
 
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} does not exist; pass an export or engine folder")
-    manifests = ([folder / "manifest.json"] if (folder / "manifest.json").is_file()
-                 else sorted(folder.glob("*/manifest.json")))
-    if not manifests:
-        raise FileNotFoundError(f"no manifest.json in {folder} or its stage folders; run "
+    found = {read_manifest(p).stage: p for p in stage_folders(folder)}
+    if not found:
+        raise FileNotFoundError(f"no {MANIFEST_FILE} in {folder} or its stage folders; run "
                                 f"`cinema-trt export` or `cinema-trt build` first")
-    return {read_manifest(m.parent).stage: m.parent for m in manifests}
+    return found
 
 
 def format_comparisons(results: list[StageComparison]) -> str:

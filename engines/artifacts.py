@@ -23,8 +23,8 @@ from .exported import ExportedStage
 from .manifest import (
     RuntimeInfo,
     artifact_sha256,
-    cache_key,
     cached_engine,
+    engine_key,
     onnx_sha256,
     profiles_to_json,
     rebuild_command,
@@ -73,7 +73,7 @@ def prepare_build(stage: ExportedStage, out_dir: str | os.PathLike,
                 for name, value in profiles_for(stage.spec, shapes, stage.config).items()
                 if name in graph.inputs}
     digest = onnx_sha256(onnx_path)
-    key = cache_key(export, digest, resolved, profiles, runtime)
+    key = engine_key(export, digest, resolved, profiles, runtime)
     # the exporter's layout is <onnx dir>/<stage>/model.onnx -> rebuild from <onnx dir>
     command = rebuild_command(stage.folder.parent, out_dir.parent, resolved, (stage.name,),
                               shapes.source or None, runtime.runtime)

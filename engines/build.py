@@ -47,7 +47,7 @@ class BuildRequest:
                     if backend.runtime_cache else "")
             raise ValueError(f"--timing-cache: {backend.display} has no timing cache{kept}; "
                              f"drop --timing-cache with --runtime {self.runtime}")
-        if backend.builds_without_gpu:  # refused before anything is read (fp8 for sm80)
+        if backend.builds_without_gpu:  # refused before anything is read (fp8, too old)
             resolve_targets(backend, self.build_config.precision, self.build_config.targets)
 
 

@@ -134,9 +134,9 @@ class BuildConfig:
     weight_streaming: bool = False
     refittable: bool = False
     strongly_typed: bool = False
-    # compute capabilities the engine is compiled for ("sm89", ...); empty: the backend's
-    # default (TensorRT-RTX: every target the precision allows; TensorRT: the build GPU).
-    # prepare_build resolves it (models/backends.py)
+    # compute capabilities the engine is compiled for (models/backends.py names them);
+    # empty: the backend's default (TensorRT-RTX: every target the precision allows;
+    # TensorRT: the build GPU). prepare_build resolves it
     targets: tuple[str, ...] = ()
 
     def __post_init__(self):

@@ -7,7 +7,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cinema_trt.export.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, check_export
+from cinema_trt.export.manifest import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    Manifest,
+    check_export,
+    stage_folders,
+)
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import StageSpec
 
@@ -48,8 +54,7 @@ def exported_stages(onnx_dir: str | os.PathLike) -> dict[str, ExportedStage]:
     if not onnx_dir.is_dir():
         raise FileNotFoundError(f"ONNX folder {onnx_dir} does not exist; run "
                                 f"`cinema-trt export --out {onnx_dir}` first")
-    stages = {stage.name: stage for stage in
-              (ExportedStage.read(p.parent) for p in sorted(onnx_dir.glob(f"*/{MANIFEST_FILE}")))}
+    stages = {stage.name: stage for stage in map(ExportedStage.read, stage_folders(onnx_dir))}
     if not stages:
         raise FileNotFoundError(f"no exported stages (<stage>/{MODEL_FILE} + {MANIFEST_FILE}) "
                                 f"under {onnx_dir}")

@@ -117,11 +117,11 @@ def inspect_path(path: str | os.PathLike) -> list[Any]:
         return [inspect_graph(path)]
     if not path.is_dir():
         raise FileNotFoundError(f"{path} does not exist")
-    if (path / "manifest.json").is_file():
-        return [inspect_stage(path)]
-    stages = sorted(p.parent for p in path.glob("*/manifest.json"))
+    from cinema_trt.export.manifest import MANIFEST_FILE, stage_folders
+
+    stages = stage_folders(path)
     if not stages:
-        raise FileNotFoundError(f"no manifest.json in {path} or its stage folders; pass an "
+        raise FileNotFoundError(f"no {MANIFEST_FILE} in {path} or its stage folders; pass an "
                                 f"export (`cinema-trt export`) or engine (`cinema-trt build`) "
                                 f"folder, or a model.onnx")
     return [inspect_stage(s) for s in stages]

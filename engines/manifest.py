@@ -55,7 +55,7 @@ def artifact_sha256(path: str | os.PathLike) -> str:
     return onnx_sha256(path) if path.suffix == ".onnx" else sha256_file(path)
 
 
-def cache_key(export: Manifest, onnx_digest: str, config: BuildConfig,
+def engine_key(export: Manifest, onnx_digest: str, config: BuildConfig,
               profiles: dict[str, Any], runtime: RuntimeInfo) -> str:
     """The key an engine is reused under; any change to what decides the engine, or to the
     export record its manifest repeats, changes it."""
@@ -63,7 +63,7 @@ def cache_key(export: Manifest, onnx_digest: str, config: BuildConfig,
                "build": config.cache_fields(), "profiles": profiles_to_json(profiles),
                "runtime": runtime.runtime, "version": runtime.version,
                "compute_capability": runtime.compute_capability}
-    return artifact_cache.cache_key(payload)  # the artifact cache's key (models/cache.py)
+    return artifact_cache.cache_key(payload)  # the one key function (models/cache.py)
 
 
 def profiles_to_json(profiles: dict[str, Any]) -> dict[str, dict[str, list[int]]]:

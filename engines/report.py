@@ -30,9 +30,6 @@ from .manifest import write_json_atomic
 
 LAYERS_FILE = "layers.json"
 
-# lower rank = narrower arithmetic; a layer computes in the narrowest type it reads
-_RANK = {"float4e2m1": 0, "int4": 0, "float8e4m3fn": 1, "int8": 1, "float16": 2,
-         "bfloat16": 2, "float32": 3}
 # a fused attention kernel: Myelin's `_gemm_mha_v2`, TensorRT's fMHA / flash kernels
 _FUSED_ATTENTION = re.compile(r"mha|flash", re.IGNORECASE)
 _LAYER_LINE = re.compile(
@@ -66,8 +63,8 @@ class LayerRow:
     def compute_dtype(self) -> str:
         """The narrowest type it reads: an FP8 GEMM reads FP8 activations and weights and
         writes fp16; a quantize layer reads fp16 and counts as fp16."""
-        ranked = [t for t in self.inputs + self.weights if t in _RANK]
-        return min(ranked, key=_RANK.__getitem__) if ranked else "none"
+        ranked = [t for t in self.inputs + self.weights if _bits(t)]
+        return min(ranked, key=_bits) if ranked else "none"
 
     @property
     def fused_attention(self) -> bool:
@@ -75,6 +72,13 @@ class LayerRow:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "compute_dtype": self.compute_dtype}
+
+
+def _bits(dtype: str) -> int:
+    """The width of the arithmetic on `dtype` (models/dtypes.py); 0: no arithmetic type.
+    A layer computes in the narrowest type it reads."""
+    row = find(dtype)
+    return row.bits if row else 0
 
 
 def datatype_name(text: str) -> str:
@@ -190,7 +194,7 @@ def summarize(layers: list[LayerRow], memory: dict[str, int],
         "quantized_linears": {"onnx": len(quantized),
                               "by_precision": dict(sorted(Counter(quantized.values()).items())),
                               "not_low_precision": sorted(
-                                  n for n, t in quantized.items() if _RANK.get(t, 9) > 1)},
+                                  n for n, t in quantized.items() if not 0 < _bits(t) <= 8)},
         "memory": memory,
     }
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from cinema_trt.export.manifest import MANIFEST_FILE, Manifest, read_manifest
+from cinema_trt.export.manifest import MANIFEST_FILE, Manifest, read_manifest, stage_folders
 from cinema_trt.export.stage_runners import stage_runners
 from cinema_trt.models.backends import BACKENDS, get_backend
 from cinema_trt.models.dtypes import lookup
@@ -305,7 +305,7 @@ def tensorrt_runners(engine_dir: str | os.PathLike, export_dir: str | os.PathLik
     exporter saved in `<export_dir>/<stage.glue>` (embeddings, HF config).
     """
     engine_dir = Path(engine_dir)
-    found = {p.parent.name: p.parent for p in sorted(engine_dir.glob(f"*/{MANIFEST_FILE}"))}
+    found = {p.name: p for p in stage_folders(engine_dir)}
     if not found:
         raise FileNotFoundError(f"no engines (<stage>/{MANIFEST_FILE}) under {engine_dir}; "
                                 "run `cinema-trt build` first")

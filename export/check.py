@@ -67,7 +67,7 @@ def validate(graph: Graph, models: Any, stage_dir: Path, manifest: Manifest,
     with _graph_runner(stage_dir, manifest) as run:
         stats, spread = [], []
         for i, case in enumerate(cases):
-            inputs = graph.sample_inputs(models, case, seed=CHECK_SEED + i)
+            inputs = graph.sample_inputs(models.config, case, seed=CHECK_SEED + i)
             with torch.inference_mode():
                 ref = reference(**inputs)
                 if companion is not None:

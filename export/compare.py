@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,8 @@ class ErrorStats:
 
 def error_stats(out: torch.Tensor, ref: torch.Tensor) -> ErrorStats:
     """Compare `out` with `ref` (same shape) in float64."""
+    import torch
+
     if out.shape != ref.shape:
         raise ValueError(f"shape mismatch: output {tuple(out.shape)} vs reference "
                          f"{tuple(ref.shape)}")

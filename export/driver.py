@@ -120,7 +120,7 @@ def export_stage(graph: Graph, models: CinemaModels, out_dir: Path,
     source = graph.module(models, plugin).eval()
     module = cast_module(source, dtype)
     opset = max(opset, policy(dtype).min_opset)
-    model = trace_to_onnx(module, spec, graph.sample_inputs(models, example), opset,
+    model = trace_to_onnx(module, spec, graph.sample_inputs(models.config, example), opset,
                           attention_plugin=plugin)
     if module is not source:
         unwrap_scopes(model)

@@ -107,8 +107,8 @@ def round_parameters(module: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 def upcast_bfloat16(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of an ONNX model with every bfloat16 (initializers, constants, casts, value
-    types) made float32: the same graph, run in float32 arithmetic. ONNX Runtime's CPU
-    provider has no bf16 kernels, so this is how a bf16 export's graph is checked there."""
+    types) made float32: the same graph, run in float32 arithmetic. ONNX Runtime runs no
+    bf16 graph (models/precision.py), so this is how a bf16 export's graph is checked there."""
     import numpy as np
     from onnx import AttributeProto, TensorProto, numpy_helper
 

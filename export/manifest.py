@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from cinema_trt.models.backends import ORT
+from cinema_trt.models.backends import ORT, get_backend
 from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.fileio import atomic_write
 from cinema_trt.models.precision import Precision, precision_for  # Precision: re-exported
@@ -77,17 +77,20 @@ class BuildRecord:
     onnx_path: str  # the graph it was built from
     plan_file: str  # the built file, relative to the manifest's folder
     plan_sha256: str
-    cache_key: str  # engines/manifest.py `cache_key`: covers the export record
+    cache_key: str  # engines/manifest.py `engine_key`: covers the export record
     rebuild_command: str
     gpu_name: str | None = None  # the GPU that built it (none for TensorRT-RTX)
     compute_capability: str | None = None
-    # the GPU architectures the plan runs on ("sm89", ...): TensorRT, the build GPU's;
-    # TensorRT-RTX, the targets it was compiled for. Empty for CPU runtimes
+    # the GPU architectures the plan runs on (models/backends.py names them): TensorRT, the
+    # build GPU's; TensorRT-RTX, the targets it was compiled for. Empty for CPU runtimes
     targets: list[str] = field(default_factory=list)
     # the engine report (engines/report.py `summarize`): layers by kind and precision,
     # attention fusion, quantized linears, the builder's memory figures
     report: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # runtime-specific facts
+
+    def __post_init__(self) -> None:
+        get_backend(self.runtime)  # ValueError for a backend this cinema-trt does not have
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,15 @@ def write_manifest(manifest: Manifest, stage_dir: str | os.PathLike) -> Path:
     return atomic_write(Path(stage_dir) / MANIFEST_FILE, text)
 
 
+def stage_folders(folder: str | os.PathLike) -> list[Path]:
+    """`folder` itself when it holds a manifest, else its subfolders that do (one per
+    stage; a folder without one is incomplete), in name order."""
+    folder = Path(folder)
+    if (folder / MANIFEST_FILE).is_file():
+        return [folder]
+    return [p.parent for p in sorted(folder.glob(f"*/{MANIFEST_FILE}"))]
+
+
 def read_manifest(stage_dir: str | os.PathLike) -> Manifest:
     """The manifest of an export or build folder (`stage_dir/manifest.json`); a manifest of
     an older cinema-trt is refused with the command that remakes its folder."""
@@ -184,7 +196,7 @@ def read_manifest(stage_dir: str | os.PathLike) -> Manifest:
                          f"  {_remake_command(data, Path(stage_dir))}")
     try:
         return Manifest.from_dict(data)
-    except (KeyError, TypeError) as error:
+    except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path}: not a manifest of this cinema-trt ({error}); remake it "
                          f"with:\n  {_remake_command(data, Path(stage_dir))}") from None
 

@@ -23,7 +23,7 @@ from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.precision import ORT_NO_BF16
 from cinema_trt.models.runner import Runner, Tensors
 
-from .manifest import MANIFEST_FILE, MODEL_FILE, Manifest, read_manifest
+from .manifest import MANIFEST_FILE, MODEL_FILE, Manifest, read_manifest, stage_folders
 
 logger = logging.getLogger(__name__)
 
@@ -189,8 +189,7 @@ def ort_runners(export_dir: str | os.PathLike, providers: Sequence[str] | None =
     if not export_dir.is_dir():
         raise FileNotFoundError(f"folder {export_dir} does not exist; run `cinema-trt export "
                                 f"--out {export_dir}` (or `cinema-trt build --runtime ort`)")
-    manifests = {p.parent: read_manifest(p.parent)
-                 for p in sorted(export_dir.glob(f"*/{MANIFEST_FILE}"))}
+    manifests = {p: read_manifest(p) for p in stage_folders(export_dir)}
     found = {manifest.stage: folder for folder, manifest in manifests.items()}
 
     def runner(name: str) -> OrtRunner:  # each manifest read once

@@ -8,7 +8,7 @@ It is made in a staging folder and renamed into place once `check` accepts it: a
 exception in `make`) leaves no entry, and of two processes making one entry the first rename
 wins. A present entry is reused only while `check` accepts it; a damaged one is remade.
 `cinema-trt build` writes where the user says, so it shares the key function only
-(engines/manifest.py `cache_key`), with its own reuse check beside the plan.
+(engines/manifest.py `engine_key`), with its own reuse check beside the plan.
 """
 
 from __future__ import annotations

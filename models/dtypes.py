@@ -19,6 +19,9 @@ class DType:
     safetensors: str = ""  # the safetensors header's dtype
     torch_name: str = ""  # torch's (and ml_dtypes') attribute, where not `name`
     triton_lang: str = ""  # Triton-language scalar type of a kernel pointer (kernels/)
+    # width of the arithmetic a layer reading it does (engine reports rank layers by it);
+    # 0: not a compute type (indices, masks, shapes)
+    bits: int = 0
 
     @property
     def triton_type(self) -> str:
@@ -50,18 +53,18 @@ class DType:
 
 
 DTYPES = (
-    DType("float32", 1, "FLOAT", "FP32", "F32", triton_lang="fp32"),
-    DType("float16", 10, "HALF", "FP16", "F16", triton_lang="fp16"),
-    DType("bfloat16", 16, "BF16", "BF16", "BF16", triton_lang="bf16"),
+    DType("float32", 1, "FLOAT", "FP32", "F32", triton_lang="fp32", bits=32),
+    DType("float16", 10, "HALF", "FP16", "F16", triton_lang="fp16", bits=16),
+    DType("bfloat16", 16, "BF16", "BF16", "BF16", triton_lang="bf16", bits=16),
     DType("float64", 11, "", "FP64", "F64"),
-    DType("float8e4m3fn", 17, "FP8", "", "F8_E4M3", "float8_e4m3fn"),
+    DType("float8e4m3fn", 17, "FP8", "", "F8_E4M3", "float8_e4m3fn", bits=8),
     DType("float8e4m3fnuz", 18, "", "", "F8_E4M3FNUZ", "float8_e4m3fnuz"),
     DType("float8e5m2", 19, "", "", "F8_E5M2", "float8_e5m2"),
     DType("float8e5m2fnuz", 20, "", "", "F8_E5M2FNUZ", "float8_e5m2fnuz"),
     DType("float8e8m0", 24, "E8M0"),
-    DType("float4e2m1", 23, "FP4"),
-    DType("int4", 22, "INT4"),
-    DType("int8", 3, "INT8", "INT8", "I8"),
+    DType("float4e2m1", 23, "FP4", bits=4),
+    DType("int4", 22, "INT4", bits=4),
+    DType("int8", 3, "INT8", "INT8", "I8", bits=8),
     DType("int16", 5, "", "INT16", "I16"),
     DType("int32", 6, "INT32", "INT32", "I32"),
     DType("int64", 7, "INT64", "INT64", "I64"),

@@ -123,16 +123,16 @@ class Graph:
         values = self.symbols(request, config)
         return {t.name: resolve(t, values) for t in self.spec(config).inputs}
 
-    def sample_inputs(self, source: Any, case: Case, seed: int = 0) -> dict[str, torch.Tensor]:
-        """Deterministic, realistic inputs at the shape `case`. `source` is a CinemaModels
-        or anything with its `config` (and, for the MLLM vision graph, `mllm.config`)."""
+    def sample_inputs(self, config: CinemaConfig, case: Case, seed: int = 0
+                      ) -> dict[str, torch.Tensor]:
+        """Deterministic, realistic inputs at the shape `case` (no weights needed)."""
         import torch
 
         from .samples import draw
 
         generator = torch.Generator().manual_seed(seed)
         return {t.name: draw(t.name, resolve(t, case), generator)
-                for t in self.spec(source.config).inputs}
+                for t in self.spec(config).inputs}
 
     def save_glue(self, models: CinemaModels, folder: Path) -> dict[str, str]:
         """Write the files beside the graph that `Stage.compose` reads; {name: sha256}."""

@@ -67,18 +67,19 @@ class MLLMVisionGraph(Graph):
         return {"patches": patches,
                 "image_tokens": patches // config.mllm.spatial_merge_size ** 2}
 
-    def sample_inputs(self, source: Any, case: Case, seed: int = 0) -> dict[str, torch.Tensor]:
+    def sample_inputs(self, config: CinemaConfig, case: Case, seed: int = 0
+                      ) -> dict[str, torch.Tensor]:
         """Random pixels of `case["images"]` images of grid_h x grid_w patches, and the side
         inputs transformers derives from them (rotary tables, segment ids)."""
         import torch
 
+        from .mllm import build_hf_config
         from .mllm_split import vision_inputs
 
         generator = torch.Generator().manual_seed(seed)
         grid = torch.tensor([[1, case["grid_h"], case["grid_w"]]] * case["images"])  # (K, 3)
-        pixels = torch.randn(int(grid.prod(-1).sum()), _patch_dim(source.config),
-                             generator=generator)
-        return vision_inputs(source.mllm.config.vision_config, pixels, grid)
+        pixels = torch.randn(int(grid.prod(-1).sum()), _patch_dim(config), generator=generator)
+        return vision_inputs(build_hf_config(config.mllm).vision_config, pixels, grid)
 
 
 class MLLMTextGraph(Graph):

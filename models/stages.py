@@ -21,8 +21,7 @@ from .stage import Graph, Stage
 from .stage_connector import CONNECTOR
 from .stage_dit import DIT
 from .stage_mllm import MLLM
-from .stage_vae_decoder import VAE_DECODER
-from .stage_vae_encoder import VAE_ENCODER
+from .stage_vae import VAE_DECODER, VAE_ENCODER
 
 STAGES: tuple[Stage, ...] = (MLLM, CONNECTOR, VAE_ENCODER, DIT, VAE_DECODER)
 STAGE_NAMES = tuple(stage.name for stage in STAGES)

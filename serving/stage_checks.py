@@ -19,12 +19,11 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from cinema_trt.engines.shapes import SUBJECT_TOKENS, TEMPLATE_TOKENS, VISION_MARKERS
-from cinema_trt.models.presets import VAE_SPATIAL, CinemaConfig, latent_frames
-from cinema_trt.models.specs import StageSpec, image_patches, image_tokens
+from cinema_trt.models.presets import CinemaConfig
+from cinema_trt.models.specs import StageSpec, image_tokens
+from cinema_trt.models.stage import Request
+from cinema_trt.models.stages import STAGES
 
-# classifier-free guidance runs the conditional and unconditional halves as one batch of 2
-# (the VAE encoder takes the K references as a batch)
-MAX_BATCH = 2
 # frames*height*width of the largest video (models/pipeline.py MAX_VIDEO_PIXELS; that module
 # imports transformers, which a non-MLLM stub must not pay for: test_stage_imports.py)
 MAX_VIDEO_PIXELS = 2 ** 27
@@ -40,27 +39,24 @@ class InvalidInput(ValueError):
 
 def symbol_limits(config: CinemaConfig) -> dict[str, int]:
     """The largest value each symbolic dim of the stages' specs takes for a request
-    the `cinema` model accepts (models/pipeline.py caps; engines/shapes.py token counts).
-    Computed when the repository is built (it imports models/pipeline.py, and so
-    transformers); stage models read the result from their config.pbtxt."""
+    the `cinema` model accepts (models/pipeline.py caps; engines/shapes.py token counts):
+    every stage's symbols for the largest request (Graph.symbols: the DiT's CFG batch, the
+    references the VAE encoder takes as a batch, ...). Computed when the repository is
+    built (it imports models/pipeline.py, and so transformers); stage models read the
+    result from their config.pbtxt."""
     from cinema_trt.models.pipeline import MAX_FRAMES, MAX_PROMPT_CHARS, MAX_SIDE
 
     refs = min(config.mllm.max_refs, config.dit.max_refs)
     per_image = image_tokens(config, config.mllm.max_pixels) + VISION_MARKERS + SUBJECT_TOKENS
-    latent_side = MAX_SIDE // VAE_SPATIAL
-    return {
-        "batch": max(MAX_BATCH, refs),
-        "seq": TEMPLATE_TOKENS + MAX_TOKENS_PER_CHAR * MAX_PROMPT_CHARS + refs * per_image,
-        "patches": refs * image_patches(config, config.mllm.max_pixels),
-        "images": refs,
-        "refs": refs,
-        "frames": MAX_FRAMES,
-        "lframes": latent_frames(MAX_FRAMES),
-        "height": MAX_SIDE,
-        "width": MAX_SIDE,
-        "lheight": latent_side,
-        "lwidth": latent_side,
-    }
+    largest = Request(batch=1, frames=MAX_FRAMES, height=MAX_SIDE, width=MAX_SIDE, refs=refs,
+                      seq=TEMPLATE_TOKENS + MAX_TOKENS_PER_CHAR * MAX_PROMPT_CHARS
+                      + refs * per_image, images=refs, image_pixels=config.mllm.max_pixels,
+                      cfg=True)
+    limits: dict[str, int] = {}
+    for stage in STAGES:
+        for symbol, value in stage.symbols(largest, config).items():
+            limits[symbol] = max(limits.get(symbol, 0), value)
+    return limits
 
 
 def limits_parameter(config: CinemaConfig) -> str:

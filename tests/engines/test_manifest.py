@@ -14,8 +14,8 @@ from cinema_trt.engines.config import BuildConfig, Precision
 from cinema_trt.engines.manifest import (
     EngineMismatchError,
     RuntimeInfo,
-    cache_key,
     cached_engine,
+    engine_key,
     rebuild_command,
     sha256_file,
     validate_manifest,
@@ -150,7 +150,7 @@ def test_cache_key_changes_when_any_input_changes(tmp_path):
     export = dataclasses.replace(_manifest(tmp_path), build=None)
     base = dict(export=export, onnx_digest="a" * 64, config=BuildConfig(), profiles=PROFILES,
                 runtime=H100)
-    key = cache_key(**base)
+    key = engine_key(**base)
     wider = {"latents": (PROFILES["latents"][0], PROFILES["latents"][1], (2, 16, 5, 8, 8))}
     variants = {
         # the export record the build's manifest repeats: another stage, or a re-export
@@ -166,10 +166,10 @@ def test_cache_key_changes_when_any_input_changes(tmp_path):
     }
     for field, values in variants.items():
         for value in values if isinstance(values, list) else [values]:
-            assert cache_key(**{**base, field: value}) != key, (field, value)
+            assert engine_key(**{**base, field: value}) != key, (field, value)
     # the timing cache only speeds builds up: it does not change the key
-    assert cache_key(**{**base, "config": BuildConfig(timing_cache="t.cache")}) == key
-    assert cache_key(**base) == key
+    assert engine_key(**{**base, "config": BuildConfig(timing_cache="t.cache")}) == key
+    assert engine_key(**base) == key
 
 
 def test_rebuild_command_is_accepted_by_the_cli():

@@ -49,7 +49,7 @@ def _check_cases(models, stage):
     profiles = profiles_for(g.spec(config), shapes_from_dict(PROFILE, config), config)
     cases = []
     for i, case in enumerate(g.cases(config)[1]):
-        inputs = g.sample_inputs(models, case, seed=50 + i)
+        inputs = g.sample_inputs(models.config, case, seed=50 + i)
         if all(_fits(profiles[name], tensor.shape) for name, tensor in inputs.items()
                if name in profiles):
             cases.append((i, inputs))

@@ -91,8 +91,8 @@ def blinded(stage: str, variant: str, inputs: Inputs, other: Inputs) -> Inputs:
 def _check_inputs(models, stage: str, case: int, case_dims) -> tuple[Inputs, Inputs]:
     """The exporter's inputs for check `case` (its seeds: CHECK_SEED + case) and another
     sample of the same shapes."""
-    return (graph(stage).sample_inputs(models, case_dims, seed=CHECK_SEED + case),
-            graph(stage).sample_inputs(models, case_dims, seed=200 + case))
+    return (graph(stage).sample_inputs(models.config, case_dims, seed=CHECK_SEED + case),
+            graph(stage).sample_inputs(models.config, case_dims, seed=200 + case))
 
 
 def test_every_input_but_the_rope_tables_has_a_blind_variant(tiny_config):

@@ -45,7 +45,7 @@ def test_cast_module_keeps_the_interface_and_computes_in_half(tiny_models):
     assert {p.dtype for p in half.parameters()} == {torch.float16}
     assert dit.patch_embed.weight.dtype == torch.float32  # the original is untouched
     assert cast_module(dit, Precision.FP32) is dit
-    inputs = DIT.sample_inputs(tiny_models, DIT.cases(tiny_models.config)[1][0])
+    inputs = DIT.sample_inputs(tiny_models.config, DIT.cases(tiny_models.config)[1][0])
     with torch.inference_mode():
         out, ref = half(**inputs), dit(**inputs)
     assert out.dtype == torch.float32
@@ -79,7 +79,7 @@ def test_fp16_graphs_match_torch_within_twice_torchs_fp16_error(fp16_export, tin
     out, _ = fp16_export
     for g in (CONNECTOR, DIT, VAE_DECODER):
         stage, module = g.name, g.module(tiny_models)
-        inputs = g.sample_inputs(tiny_models, g.cases(tiny_models.config)[1][1], seed=7)
+        inputs = g.sample_inputs(tiny_models.config, g.cases(tiny_models.config)[1][1], seed=7)
         with torch.inference_mode():
             ref = module(**inputs)
             same = cast_module(module, Precision.FP16)(**inputs)

@@ -64,7 +64,7 @@ def test_ort_matches_torch_at_two_dynamic_shapes(stage, fp32_export, tiny_models
     shapes = set()
     runner = OrtRunner(out / stage)
     for seed, case in enumerate(checks):
-        inputs = g.sample_inputs(tiny_models, case, seed=seed)  # not the export's seeds
+        inputs = g.sample_inputs(tiny_models.config, case, seed=seed)  # not the export's seeds
         shapes.add(tuple(tuple(t.shape) for t in inputs.values()))
         with torch.inference_mode():
             ref = module(**inputs)
@@ -95,7 +95,7 @@ def test_external_data_layout_round_trips(fp32_export, tmp_path, tiny_models):
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(files[0]), providers=["CPUExecutionProvider"])
-    inputs = CONNECTOR.sample_inputs(tiny_models, {"batch": 2, "seq": 9})
+    inputs = CONNECTOR.sample_inputs(tiny_models.config, {"batch": 2, "seq": 9})
     got = session.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
     with torch.inference_mode():
         ref = tiny_models.aligner(**inputs)

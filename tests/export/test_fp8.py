@@ -35,7 +35,7 @@ def test_dit_recipe_quantizes_block_linears_only(tiny_models):
 
 def test_amax_observer_records_max_abs_input(tiny_models):
     aligner = tiny_models.aligner
-    inputs = CONNECTOR.sample_inputs(tiny_models, {"batch": 2, "seq": 11})
+    inputs = CONNECTOR.sample_inputs(tiny_models.config, {"batch": 2, "seq": 11})
     with AmaxObserver(aligner, ["input_proj"]) as observer, torch.inference_mode():
         aligner(**inputs)
         aligner(**{k: v[:1] for k, v in inputs.items()})  # a smaller second call
@@ -95,7 +95,7 @@ def test_fp8_graph_runs_on_ort_close_to_fp32(stage, fp8_export, tiny_models):
     module, output = g.module(tiny_models).eval(), g.spec(tiny_models.config).output_names[0]
     runner = OrtRunner(fp8_export[0] / stage)
     for seed, case in enumerate(g.cases(tiny_models.config)[1]):
-        inputs = g.sample_inputs(tiny_models, case, seed=seed)
+        inputs = g.sample_inputs(tiny_models.config, case, seed=seed)
         with torch.inference_mode():
             ref = module(**inputs)
         stats = error_stats(runner.run(inputs)[output], ref)
@@ -117,7 +117,7 @@ def test_fp8_graph_matches_torch_emulation(stage, fp8_export, tiny_models):
     g = graph(stage)
     module, output = g.module(tiny_models).eval(), g.spec(tiny_models.config).output_names[0]
     runner = OrtRunner(fp8_export[0] / stage)
-    inputs = g.sample_inputs(tiny_models, g.cases(tiny_models.config)[1][1])
+    inputs = g.sample_inputs(tiny_models.config, g.cases(tiny_models.config)[1][1])
     with torch.inference_mode(), emulate_fp8(module, amax):
         emulated = module(**inputs)
     got = runner.run(inputs)[output]

@@ -46,7 +46,7 @@ def test_modelopt_config_is_the_recipe(mtq, tiny_models):
     `insert_fp8_qdq` computes), exclusions off, and the exported modules untouched."""
     dit = DIT.module(tiny_models)
     _, copies = calibration_copy(tiny_models, {DIT.name: dit})
-    inputs = DIT.sample_inputs(tiny_models, DIT.cases(tiny_models.config)[1][0])
+    inputs = DIT.sample_inputs(tiny_models.config, DIT.cases(tiny_models.config)[1][0])
     with torch.inference_mode():
         mtq.quantize(nn.ModuleDict(copies), modelopt_config(copies),
                      lambda root: root[DIT.name](**inputs))

@@ -26,7 +26,7 @@ def dit_runner(fp32_export):
 @pytest.fixture()
 def dit_inputs(tiny_models):
     case = {"batch": 2, "refs": 2, "lframes": 2, "lheight": 4, "lwidth": 4}
-    return DIT.sample_inputs(tiny_models, case)
+    return DIT.sample_inputs(tiny_models.config, case)
 
 
 def test_runner_is_a_runner_with_torch_tensors_out(dit_runner, dit_inputs):

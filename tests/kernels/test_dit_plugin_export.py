@@ -46,7 +46,7 @@ def plugin_dit(tmp_path_factory):
     """(models, the plugin DiT module, path of the saved and checked plugin graph)."""
     models = build_models(get_preset("tiny"))
     module = DIT.module(models, plugin=True).eval()
-    example = DIT.sample_inputs(models, DIT.cases(models.config)[0])
+    example = DIT.sample_inputs(models.config, DIT.cases(models.config)[0])
     model = trace_to_onnx(module, DIT.spec(models.config), example, attention_plugin=True)
     path = tmp_path_factory.mktemp("plugin") / "dit" / "model.onnx"
     path.parent.mkdir()

@@ -37,7 +37,7 @@ def test_each_graph_names_its_spec_and_its_cases_fill_every_symbol(g, tiny_confi
     example, checks = g.cases(tiny_config)
     assert len(checks) >= 2 and all(c != example for c in checks)
     for case in (example, *checks):
-        inputs = g.sample_inputs(_Source(tiny_config), case)
+        inputs = g.sample_inputs(tiny_config, case)
         assert list(inputs) == list(spec.input_names)
 
 
@@ -80,14 +80,3 @@ def test_the_registry_loads_without_torch():
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
-
-class _Source:
-    """What sample_inputs reads: the config and the HF config (MLLM vision)."""
-
-    def __init__(self, config):
-        from types import SimpleNamespace
-
-        from cinema_trt.models.mllm import build_hf_config
-
-        self.config = config
-        self.mllm = SimpleNamespace(config=build_hf_config(config.mllm))
