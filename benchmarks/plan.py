@@ -30,11 +30,11 @@ class Skip:
 
 
 def _tensorrt_missing(device: str) -> str | None:
+    from cinema_trt.engines.deps import unusable
+
     if not device.startswith("cuda"):
         return "TensorRT needs a CUDA GPU; this run is on the CPU"
-    if importlib.util.find_spec(TENSORRT.module) is None:
-        return f"the {TENSORRT.module} module is not installed ({TENSORRT.install})"
-    return None
+    return unusable(TENSORRT.name)
 
 
 def _onnx_missing() -> str | None:

@@ -25,6 +25,21 @@ def require_backend(backend: str):
                                      f"{described.install} (import error: {error})") from error
 
 
+def unusable(backend: str) -> str | None:
+    """Why a backend's artifacts cannot run in this process (its module is not installed,
+    or its plans need a CUDA GPU and torch sees none), or None when they can."""
+    import importlib.util
+
+    import torch
+
+    described = get_backend(backend)
+    if importlib.util.find_spec(described.module) is None:
+        return f"the {described.module} module is not installed ({described.install})"
+    if described.plans and not torch.cuda.is_available():
+        return "no CUDA device"
+    return None
+
+
 def cuda_device_info(device: int | None = None) -> tuple[str, str]:
     """(name, "major.minor") of the current CUDA device."""
     import torch

@@ -3,7 +3,8 @@ either TensorRT backend (models/backends.py; the manifest names it).
 
 Lifecycle: load (the runner's GPU selected, manifest validated against the backend, its
 version and the GPU's architecture, plan hash checked) -> allocate (one buffer per I/O
-tensor at its largest shape, optional shared scratch memory) -> run (shapes checked
+tensor at its largest shape, optional scratch memory shared with the other stages'
+engines: engines/trt_memory.py) -> run (shapes checked
 against the profile, inputs copied once into the buffers, `execute_async_v3` on the
 runner's stream) -> optionally replay a CUDA graph captured once per input-shape bucket.
 
@@ -34,44 +35,11 @@ from .deps import require_backend, runtime_info
 from .manifest import EngineMismatchError, built, validate_manifest, verify_plan
 from .shape_check import check_input_shapes
 from .trt_build import trt_logger
+from .trt_memory import SharedDeviceMemory
 
 log = logging.getLogger(__name__)
 
 RUNTIME_CACHE_FILE = "runtime.cache"  # TensorRT-RTX's JIT-compiled kernels, beside the plan
-
-
-class SharedDeviceMemory:
-    """One scratch buffer for every engine that runs back to back on one stream.
-
-    Stages of the pipeline never run concurrently, so their TensorRT activations can share
-    memory sized to the largest engine instead of one allocation per engine. All sharing
-    runners use this object's stream; growing the buffer bumps `generation` so runners
-    re-point their contexts (and drop CUDA graphs that captured the old address).
-    """
-
-    def __init__(self, device: str | torch.device = "cuda"):
-        self.device = torch.device(device)
-        self.stream = torch.cuda.Stream(self.device)
-        self.generation = 0
-        self._buffer: torch.Tensor | None = None
-
-    @property
-    def nbytes(self) -> int:
-        return 0 if self._buffer is None else self._buffer.numel()
-
-    def reserve(self, nbytes: int) -> None:
-        if nbytes > self.nbytes:
-            self.stream.synchronize()  # the old buffer may still be in use
-            self._buffer = None
-            with torch.cuda.stream(self.stream):
-                self._buffer = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
-            self.generation += 1
-            log.info("shared TensorRT scratch memory: %.1f MiB", nbytes / 2 ** 20)
-
-    @property
-    def pointer(self) -> int:
-        # no buffer: every sharing engine reported 0 bytes of scratch (null is valid then)
-        return 0 if self._buffer is None else self._buffer.data_ptr()
 
 
 class _Bucket:

@@ -301,16 +301,3 @@ def fp8_gemm_layers(model: onnx.ModelProto) -> dict[str, int]:
             layers[layer] = layers.get(layer, 0) + 1
     return layers
 
-
-def fp32_gemm_layers(model: onnx.ModelProto) -> set[str]:
-    """Linear layers with at least one GEMM that has no Q/DQ on either input."""
-    producers = _producers(model.graph)
-    plain = set()
-    for node in model.graph.node:
-        layer = linear_module(node)
-        if layer is None:
-            continue
-        feeders = [producers.get(name) for name in node.input[:2]]
-        if not any(f is not None and f.op_type == "DequantizeLinear" for f in feeders):
-            plain.add(layer)
-    return plain

@@ -1,13 +1,11 @@
-"""What a pipeline stage is, as objects: everything the exporter, the engine builds, the
-runners, the Triton repository generator, the pipeline and the benchmarks ask of a stage.
+"""What a stage is: everything the exporter, engine builds, runners, repository generator,
+pipeline and benchmarks ask of one, as objects (models/stages.py lists them).
 
-A `Graph` is one exported (built, served) ONNX graph: its I/O spec, the torch module it is
-traced from, its check cases, the values of its shape symbols for a request, sample inputs
-and quantization recipes. A `Stage` is what the pipeline calls through one runner. By
-default it is exported as one graph, itself; a stage whose graphs differ from its contract
-(the MLLM's two halves, export-friendly) lists them in `graphs` and composes their runners
-back into one in `compose`. Each stage lives in its own file (models/stage_<name>.py) and
-models/stages.py lists them. Torch-free at import: the methods import what they need.
+A `Graph` is one exported (built, served) ONNX graph: its I/O spec, the module it is traced
+from, check cases, symbol values for a request, sample inputs, quantization recipes. A
+`Stage` is what the pipeline calls through one runner: by default exported as one graph,
+itself; a stage whose graphs differ from its contract (the MLLM's two halves) lists them in
+`graphs` and joins their runners in `compose`. Torch-free at import.
 """
 
 from __future__ import annotations
@@ -30,21 +28,19 @@ if TYPE_CHECKING:
     from .presets import CinemaConfig
     from .runner import Runner
 
-Case = dict[str, int]  # values of a graph's symbolic dims (+ whatever its inputs are drawn from)
+Case = dict[str, int]  # a graph's symbol values (+ what its inputs are drawn from)
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """A quantization recipe of one graph (export/fp8.py applies the FP8 one): every
-    nn.Linear whose module path matches no `exclude` regex; `why` goes into the manifest.
+    """A graph's quantization recipe (export/fp8.py applies the FP8 one): every nn.Linear
+    whose module path matches no `exclude` regex; `why` goes into the manifest.
 
-    `min_cosine` gates the export (its cosine to torch fp32 on the check cases). FP8 E4M3
-    keeps 3 mantissa bits (~3% rounding per value); measured on the tiny preset: dit
-    0.99996, connector 0.9966 (its width-32 GEMMs average few products), MLLM text 0.99999,
-    and the gates leave 3-10x headroom in (1 - cosine). They judge accuracy, not
-    correctness: on random weights even reversed scales keep the DiT's cosine near 0.999
-    (FP8 is floating point and the excluded layers dominate), so tests also compare with
-    `export.fp8.emulate_fp8`.
+    `min_cosine` gates the export (cosine to torch fp32 on the check cases). FP8 E4M3 keeps
+    3 mantissa bits (~3% per value); measured on tiny: dit 0.99996, connector 0.9966 (its
+    width-32 GEMMs average few products), MLLM text 0.99999; the gates leave 3-10x headroom
+    in (1 - cosine). They judge accuracy, not correctness (on random weights even reversed
+    scales keep the DiT near 0.999), so tests also compare with `export.fp8.emulate_fp8`.
     """
 
     exclude: tuple[str, ...]
@@ -69,9 +65,8 @@ class Recipe:
 
 @dataclass(frozen=True)
 class Request:
-    """The sizes of one stage call pattern: a request's video, references and tokens at
-    one level of a deployment profile (engines/shapes.py) or of the warm-up request
-    (serving/warmup.py). `Graph.symbols` turns it into the graph's symbol values."""
+    """A request's sizes at one level of a deployment profile (engines/shapes.py), of the
+    warm-up (serving/warmup.py) or of the served limits; `Graph.symbols` reads it."""
 
     batch: int  # videos
     frames: int
@@ -85,8 +80,7 @@ class Request:
 
 
 class Graph:
-    """One exported graph. Subclasses set `name` and implement `spec`, `module`, `cases`
-    and `symbols`."""
+    """One exported graph: subclasses set `name`, `spec`, `module`, `cases`, `symbols`."""
 
     name: ClassVar[str]
     # quantization recipes by the precision they export (Precision.FP8: export/fp8.py)
@@ -103,23 +97,21 @@ class Graph:
         raise NotImplementedError
 
     def module(self, models: CinemaModels, plugin: bool = False) -> nn.Module:
-        """The module the graph is traced from (forward's parameters are the spec's inputs,
-        in order); `plugin`: its attention as TensorRT plugin nodes (attention_plugin)."""
+        """What the graph is traced from (forward takes the spec's inputs, in order);
+        `plugin`: its attention as TensorRT plugin nodes (attention_plugin)."""
         raise NotImplementedError
 
     def cases(self, config: CinemaConfig) -> tuple[Case, tuple[Case, ...]]:
-        """(the traced example, the check cases): every shape derived from `config`; the
-        checks cover two different dynamic shapes. Examples take distinct values that are
-        not 0 or 1: torch.export specialises a dim whose example is 0 or 1 and may tie
-        together dims whose examples are equal."""
+        """(traced example, check cases of two different shapes), from `config`. Examples
+        take distinct values, not 0 or 1: torch.export specialises a dim whose example is 0
+        or 1 and may tie together dims whose examples are equal."""
         raise NotImplementedError
 
     def symbols(self, request: Request, config: CinemaConfig) -> dict[str, int]:
-        """The value of every symbolic dim of the spec for calls of `request`."""
+        """The value of every symbol of the spec in the calls of `request`."""
         raise NotImplementedError
 
     def shapes(self, request: Request, config: CinemaConfig) -> dict[str, tuple[int, ...]]:
-        """Input shapes of the calls of `request`, by input name."""
         values = self.symbols(request, config)
         return {t.name: resolve(t, values) for t in self.spec(config).inputs}
 
@@ -142,24 +134,20 @@ class Graph:
 class Stage(Graph):
     """A pipeline stage: the runner the pipeline calls, exported as `graphs`."""
 
-    # the CinemaModels field holding its weights, and the submodule of it that runs the
-    # stage ("" for the whole part): both VAE stages are halves of one VideoVAE
+    # the CinemaModels field with its weights and the submodule that runs it ("": all)
     part: ClassVar[str]
     submodule: ClassVar[str] = ""
     # called once per denoising step (the DiT): CUDA graphs pay off, and the benchmarks'
     # fp8 variant swaps in its FP8 graph (its cost is `steps` times any other's)
     per_step: ClassVar[bool] = False
-    # before the denoising loop (text, references) or from it on; the memory plan's phases
-    encodes: ClassVar[bool] = False
-    # the memory plan may free its engines once the request is encoded (the MLLM: the
-    # largest encode-phase stage; the small ones stay)
+    encodes: ClassVar[bool] = False  # runs before the denoising loop (memory plan phases)
+    # the memory plan frees its engines once a request is encoded (the MLLM, the largest)
     released_after_encoding: ClassVar[bool] = False
-    # the graph whose folder holds the files `compose` reads (a split stage's glue)
-    glue: ClassVar[str] = ""
+    glue: ClassVar[str] = ""  # the graph whose folder holds the files `compose` reads
+    weights_entry: ClassVar[str]  # its entry in a weights folder (models/factory.py)
 
     @property
-    def graphs(self) -> tuple[Graph, ...]:
-        """What is exported, built and served for this stage, in order."""
+    def graphs(self) -> tuple[Graph, ...]:  # exported, built and served, in order
         return (self,)
 
     @property
@@ -167,8 +155,7 @@ class Stage(Graph):
         return self.graphs != (self,)
 
     @property
-    def cuda_graph(self) -> bool:
-        """Whether its TensorRT runner replays CUDA graphs (captured per input shape)."""
+    def cuda_graph(self) -> bool:  # its TensorRT runner replays CUDA graphs
         return self.per_step
 
     def module(self, models: CinemaModels, plugin: bool = False) -> nn.Module:
@@ -176,9 +163,6 @@ class Stage(Graph):
 
     def _of(self, part: nn.Module) -> nn.Module:
         return getattr(part, self.submodule) if self.submodule else part
-
-    # its entry in a weights folder (models/factory.py save_models)
-    weights_entry: ClassVar[str]
 
     def new_part(self, config: CinemaConfig) -> nn.Module:
         """A module of its part with fresh weights (what a weights file loads into)."""
@@ -191,12 +175,10 @@ class Stage(Graph):
         return load_stage(self.new_part(config), Path(folder) / self.weights_entry)
 
     def load(self, folder: str | os.PathLike, config: CinemaConfig) -> nn.Module:
-        """The module `module` names, from a weights folder: only `weights_entry` is read,
-        so a served stage model's partial folder is enough."""
+        """`module` from a weights folder; reads `weights_entry` only (a served stage)."""
         return self._of(self.load_part(folder, config))
 
     def save(self, models: CinemaModels, folder: Path) -> None:
-        """Write its part to `folder / weights_entry`."""
         from .weights import save_stage
 
         save_stage(getattr(models, self.part), folder / self.weights_entry,
@@ -204,8 +186,7 @@ class Stage(Graph):
 
     def compose(self, runners: Mapping[str, Runner], glue: str | os.PathLike | None = None,
                 embeddings: str | os.PathLike | None = None) -> Runner:
-        """The stage's runner from runners of its graphs (by graph name). `glue`: the folder
-        of the `glue` graph's export, with the files `save_glue` wrote there."""
+        """Its runner from its graphs' (by name); `glue`: the `glue` graph's export folder."""
         return runners[self.name]
 
 
@@ -218,8 +199,8 @@ def video_symbols(config: CinemaConfig, request: Request, frames: int | None = N
 
 def video_cases(config: CinemaConfig) -> tuple[Case, Case, Case]:
     """(example, check 1, check 2) of the video graphs: latent dims valid for the DiT's
-    patch size, with their pixel sizes (causal VAE: frames = 1 + 4 (T - 1)). K=1 with 5
-    frames, then K=3 (or max) with 9 frames and a transposed aspect ratio."""
+    patch, with pixel sizes (frames = 1 + 4 (T - 1)); K=1 and 5 frames, then K=3 (or max),
+    9 frames and a transposed aspect ratio."""
     from .presets import VAE_SPATIAL, VAE_TEMPORAL
 
     pt, ph, pw = config.dit.patch_size

@@ -18,7 +18,6 @@ included; every plan against its manifest); otherwise it is made again, beside t
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import signal
 import threading
@@ -96,15 +95,9 @@ class DemoResult:
 
 def tensorrt_unusable() -> str | None:
     """Why the TensorRT path cannot run here, or None when it can."""
-    import torch
+    from cinema_trt.engines.deps import unusable
 
-    try:
-        importlib.import_module(TENSORRT.module)
-    except ImportError:
-        return f"the {TENSORRT.module} package is not installed"
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    return None
+    return unusable(TENSORRT.name)
 
 
 def pick_runtime(requested: str) -> str:

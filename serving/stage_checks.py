@@ -98,15 +98,6 @@ def check_declared(spec: StageSpec, shapes: Mapping[str, Sequence[int]],
                            f"exceeds the maximum of {MAX_VIDEO_PIXELS} pixels")
 
 
-def max_input_bytes(spec: StageSpec, limits: Mapping[str, int]) -> int:
-    """The most bytes all inputs of `spec` can hold within `limits` (for the README)."""
-    total = 0
-    for tensor in spec.inputs:
-        dims = [d if isinstance(d, int) else limits[d] for d in tensor.dims]
-        total += math.prod(dims) * torch.empty((), dtype=tensor.dtype).element_size()
-    return total
-
-
 def check_values(spec: StageSpec, inputs: Mapping[str, torch.Tensor],
                  vocab_size: int | None = None) -> None:
     """Meaning: floats finite, masks 0/1 with a token attended per row, ids in the vocab."""

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 ONNX_FOLDER = "onnx"  # <v>/onnx/<export stage>/
 ENGINE_FOLDER = "engines"  # <v>/engines/<export stage>/
 
+
 def _ort_runner(folder: Path, stage: str, config: CinemaConfig, device: str) -> Runner:
     from cinema_trt.export.manifest import ExportExpectation, check_export
     from cinema_trt.export.ort import ort_runners

@@ -89,7 +89,8 @@ def test_out_of_profile_input_names_the_dim(fp16_engine):
 
 
 def test_cuda_graphs_and_shared_memory_give_the_plain_results(fp16_engine):
-    from cinema_trt.engines.trt_runtime import SharedDeviceMemory, TensorRTRunner
+    from cinema_trt.engines.trt_memory import SharedDeviceMemory
+    from cinema_trt.engines.trt_runtime import TensorRTRunner
 
     plain = TensorRTRunner(fp16_engine[0].parent)
     shared = SharedDeviceMemory()
