@@ -16,6 +16,9 @@ compute dtype) itself; a build never re-derives what the exporter recorded, and
 A folder without a manifest is incomplete: the exporter (and a build) deletes the old
 manifest before it touches the model files and writes the new one last, so a crash never
 leaves a manifest describing half a model.
+
+Over 300 lines on purpose: the schema, its one reader and writer and the one validity
+check of an export are the record every folder shares, and read best together.
 """
 
 from __future__ import annotations

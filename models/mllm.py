@@ -9,6 +9,8 @@ Everything is the real transformers code: `Qwen2VLConfig` built from an `MLLMCon
 Qwen2-VL image processor (resize to whole patches within [min_pixels, max_pixels],
 `image_grid_thw`, `<|image_pad|>` expansion), `Qwen2VLModel` and its M-RoPE position ids.
 Only the tokenizer is local (tokenizer.py), because model hubs are unreachable.
+Over 300 lines on purpose: one model a file, as diffusers keeps them (its config, processor,
+module, create/save/load), the transformers 4.x/5.x differences included.
 """
 
 from __future__ import annotations
