@@ -49,7 +49,8 @@ class Backend:
     # "": none (TensorRT-RTX ships no plugin module; its versions are never compared with
     # TensorRT's, where 1.7 < 10.8 would misreport it as an old TensorRT)
     plugins_since: str
-    triton_backend: str  # the Triton Inference Server backend that can load its artifacts
+    # the Triton Inference Server backend that loads its artifacts (serving/triton_config.py)
+    triton_backend: str
     # the export it runs fastest, and the base of its fp8 graphs (demo, benchmarks): ONNX
     # Runtime's CPU provider runs fp16 through casts, no faster than fp32
     base: Precision
@@ -81,7 +82,7 @@ TENSORRT = Backend(
             "<yy.mm>-py3 or nvcr.io/nvidia/tensorrt:<yy.mm>-py3). To run on CPU instead, "
             "use `cinema-trt build --runtime ort`",
     plans=True, targets=(), weak_typing_until=11, timing_cache=True, runtime_cache=False,
-    plugins_since="10.8", triton_backend="tensorrt_plan", base=Precision.FP16)
+    plugins_since="10.8", triton_backend="tensorrt", base=Precision.FP16)
 TENSORRT_RTX = Backend(
     name="tensorrt-rtx", module="tensorrt_rtx", display="TensorRT-RTX",
     install="pip install tensorrt-rtx-cu12 (builds on any machine; running needs an RTX / "

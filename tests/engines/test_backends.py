@@ -45,7 +45,7 @@ def test_backends_describe_their_caches_plugins_and_serving():
     assert (TENSORRT.timing_cache, TENSORRT.runtime_cache, TENSORRT.plugins) == (True, False, True)
     assert (TENSORRT_RTX.timing_cache, TENSORRT_RTX.runtime_cache, TENSORRT_RTX.plugins) == \
         (False, True, False)
-    assert TENSORRT.triton_backend == "tensorrt_plan" and TENSORRT_RTX.triton_backend == "python"
+    assert TENSORRT.triton_backend == "tensorrt" and TENSORRT_RTX.triton_backend == "python"
     assert TENSORRT_RTX.builds_without_gpu and not TENSORRT.builds_without_gpu
     assert ORT.builds_without_gpu and not ORT.plans and ORT.triton_backend == "onnxruntime"
     assert set(BACKENDS) == {"tensorrt", "tensorrt-rtx", "ort"}  # one name each, everywhere

@@ -146,6 +146,6 @@ def test_a_build_of_an_older_cinema_trt_is_refused_with_its_rebuild_command(buil
 
 def test_the_export_check_takes_export_folders_only(built):
     """Export hashes do not describe an optimized graph: build folders are named as such."""
-    with pytest.raises(ValueError, match=r"is a `cinema-trt build` folder \(onnxruntime\), "
+    with pytest.raises(ValueError, match=r"is a `cinema-trt build` folder \(ort\), "
                                          "not an export; pass the export folder"):
         check_export(built / "dit")
