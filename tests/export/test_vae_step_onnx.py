@@ -3,8 +3,9 @@ batch, frames, height and width, and ONNX Runtime running it chunk by chunk, fee
 chunk's next_state.* back as state.*, gives the one-shot PyTorch decode.
 
 A test of the module only: the exporter does not export it yet (the stage registry does
-not name it). Tolerance: the exporter's fp32 gate (export/stages.py FP32_TOLERANCE, 1e-4
-of the output scale); measured 2.0e-6 here.
+not name it); `export_step` (benchmarks/vae_chunks.py) exports it as trace_to_onnx would,
+with the dynamic shapes by position. Tolerance: the exporter's fp32 gate (export/stages.py
+FP32_TOLERANCE, 1e-4 of the output scale); measured 2.0e-6 here.
 """
 
 from __future__ import annotations
@@ -14,29 +15,12 @@ import onnx
 import pytest
 import torch
 
-from cinema_trt.export.onnx_graph import DEFAULT_OPSET, name_io_dims, strip_debug_metadata
+from cinema_trt.benchmarks.vae_chunks import export_step
 from cinema_trt.export.stages import FP32_TOLERANCE
 from cinema_trt.models.vae import create_vae
 from cinema_trt.models.vae_chunks import FIRST_CHUNK_EXTRA_FRAMES, DecoderStep, step_spec
 
 pytestmark = pytest.mark.slow  # the dynamo export takes ~25 s on 2 cores
-
-
-def export_step(step: DecoderStep, spec, example: tuple[torch.Tensor, ...]) -> onnx.ModelProto:
-    """As export/onnx_graph.trace_to_onnx does, with the dynamic shapes given by position:
-    forward(latents, first, *states) binds the states as one tuple."""
-    dims = [{axis: d for axis, d in enumerate(t.dims) if isinstance(d, str)}
-            for t in spec.inputs]
-    program = torch.onnx.export(
-        step, example, input_names=list(spec.input_names), output_names=list(spec.output_names),
-        dynamic_shapes=(dims[0], dims[1], tuple(dims[2:])), dynamo=True,
-        opset_version=DEFAULT_OPSET, optimize=False, verify=False, report=False, verbose=False)
-    assert program is not None
-    program.optimize()
-    model = program.model_proto
-    strip_debug_metadata(model)
-    name_io_dims(model, spec)  # raises if a dim the spec calls dynamic was fixed
-    return model
 
 
 def run_chunks(session, spec, z: np.ndarray, chunk: int, states: list[np.ndarray]):
