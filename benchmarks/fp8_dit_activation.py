@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -101,7 +100,7 @@ def build_variant(name: str, root: Path) -> dict[str, Any]:
 
 
 def run(out: Path, work: Path) -> tuple[Path, Path]:
-    from cinema_trt.benchmarks.machine import Provenance, machine_tag
+    from cinema_trt.benchmarks.machine import Provenance, write_record
 
     provenance = Provenance.start()
     builds = {name: build_variant(name, work) for name in VARIANTS}
@@ -111,12 +110,7 @@ def run(out: Path, work: Path) -> tuple[Path, Path]:
               "mlp_hidden": hidden, "builds": builds,
               "surplus_vs_fp16_bytes": {n: b["activation_bytes"] - base
                                         for n, b in builds.items()}}
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{machine_tag('cpu', provenance.machine)}-fp8-dit-activation-{provenance.date}"
-    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
-    json_path.write_text(json.dumps(record, indent=2) + "\n")
-    md_path.write_text(markdown(record))
-    return json_path, md_path
+    return write_record(out, "fp8-dit-activation", provenance, record, markdown(record))
 
 
 def markdown(record: dict[str, Any]) -> str:

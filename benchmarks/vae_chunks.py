@@ -19,7 +19,6 @@ Writes `<machine>-vae-chunks-<date>.json` + `.md` through benchmarks.machine.Pro
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -178,7 +177,7 @@ def builds(cfg: VAEConfig, folder: Path) -> dict[str, Any]:
 
 
 def run(out: Path, with_builds: bool = True) -> tuple[Path, Path]:
-    from cinema_trt.benchmarks.machine import Provenance, machine_tag
+    from cinema_trt.benchmarks.machine import Provenance, write_record
 
     provenance = Provenance.start()
     tiny, wide = get_preset("tiny").vae, get_preset("cinema").vae
@@ -197,12 +196,7 @@ def run(out: Path, with_builds: bool = True) -> tuple[Path, Path]:
         record["onnx_step"] = onnx_step_error(tiny, Path(tmp))
         record["rtx_builds"] = builds(wide, Path(tmp)) if with_builds else {}
     record = {"schema": record.pop("schema"), "provenance": provenance.block(), **record}
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{machine_tag('cpu', provenance.machine)}-vae-chunks-{provenance.date}"
-    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
-    json_path.write_text(json.dumps(record, indent=2) + "\n")
-    md_path.write_text(markdown(record))
-    return json_path, md_path
+    return write_record(out, "vae-chunks", provenance, record, markdown(record))
 
 
 def markdown(record: dict[str, Any]) -> str:

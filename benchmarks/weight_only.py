@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -152,7 +151,7 @@ def text_profiles(batch: int, seq: tuple[int, int, int], hidden: int) -> dict[st
 
 
 def run(out: Path, paper: bool = True) -> tuple[Path, Path]:
-    from cinema_trt.benchmarks.machine import Provenance, machine_tag
+    from cinema_trt.benchmarks.machine import Provenance, write_record
     from cinema_trt.engines.shapes import default_shapes
     from cinema_trt.models.factory import build_models
 
@@ -182,13 +181,7 @@ def run(out: Path, paper: bool = True) -> tuple[Path, Path]:
                 log.info("paper width %s build: %s", kind, builds[kind])
     record = {"schema": "cinema-trt/weight-only/1", "provenance": provenance.block(),
               "rows": rows, "rtx_builds_paper_width_1_layer": builds, "notes": notes}
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{machine_tag('cpu', provenance.machine)}-weight-only-{provenance.date}"
-    json_path = stem.with_suffix(".json")
-    json_path.write_text(json.dumps(record, indent=2) + "\n")
-    md_path = stem.with_suffix(".md")
-    md_path.write_text(markdown(record))
-    return json_path, md_path
+    return write_record(out, "weight-only", provenance, record, markdown(record))
 
 
 def markdown(record: dict[str, Any]) -> str:
