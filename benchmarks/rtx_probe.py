@@ -1,5 +1,5 @@
 """The TensorRT-RTX builder's figures for an ONNX file that is no export folder (a graph
-made by a benchmark: the chunked VAE decoder's step, an INT4 mllm_text), on a CPU.
+made by a benchmark: the chunked VAE decoder's step, the INT4 MLLM text graph), on a CPU.
 
 `cinema-trt build` (engines/) builds exports, reading what they are from their manifests;
 these graphs have none until the stage registry names them, so this builds the file as it

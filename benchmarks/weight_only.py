@@ -1,12 +1,13 @@
-"""Weight-only INT4 mllm_text (export/weight_only.py): accuracy against torch fp32 and the
-TensorRT-RTX builder's memory, on a CPU.
+"""Weight-only INT4 for the MLLM's text graph (export/weight_only.py): accuracy against
+torch fp32 and the TensorRT-RTX builder's memory, on a CPU.
 
     python -m cinema_trt.benchmarks.weight_only [--out benchmarks/results] [--skip-paper]
 
-Per model: export mllm_text in fp16 (the real exporter, checked against torch), quantize
-its weights to INT4 (RTN and AWQ-clip), run the fp16 and INT4 graphs in ONNX Runtime on
-held-out prompts (embeddings of random in-vocabulary ids) and compare the final hidden
-states with the torch fp32 module: cosine and max |error| / max |torch|. Models:
+Per model: export the text graph (models/stages.MLLM_TEXT) in fp16 (the real exporter,
+checked against torch), quantize its weights to INT4 (RTN and AWQ-clip), run the fp16 and
+INT4 graphs in ONNX Runtime on held-out prompts (embeddings of random in-vocabulary ids)
+and compare the final hidden states with the torch fp32 module: cosine and max |error| /
+max |torch|. Models:
 - tiny (hidden 64, 2 layers; block 32, as 128 exceeds the width);
 - trained: hidden 256, 2 layers, vocab 512, trained briefly on a synthetic language
   (`train_text_model`), block 128: what INT4 does to weights that learned something;
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 
 from cinema_trt.models.presets import CinemaConfig, get_preset
+from cinema_trt.models.stages import MLLM_TEXT
 
 from .rtx_probe import rtx_build_memory
 
@@ -89,14 +91,14 @@ def train_text_model(models: Any, steps: int = TRAIN_STEPS, seed: int = 0) -> li
 
 
 def export_text(models: Any, out_dir: Path) -> Path:
-    """models' mllm_text as an fp16 graph (export/driver.py, checked against torch)."""
+    """models' MLLM text graph in fp16 (export/driver.py, checked against torch)."""
     from cinema_trt.export.driver import export_stage
     from cinema_trt.export.manifest import Precision
     from cinema_trt.export.stages import stage_exports
 
-    exports = stage_exports(models, ("mllm_text",))
-    export_stage("mllm_text", exports["mllm_text"], models, out_dir, dtype=Precision.FP16)
-    return out_dir / "mllm_text" / "model.onnx"
+    exports = stage_exports(models, (MLLM_TEXT,))
+    export_stage(MLLM_TEXT, exports[MLLM_TEXT], models, out_dir, dtype=Precision.FP16)
+    return out_dir / MLLM_TEXT / "model.onnx"
 
 
 def agreement(out: np.ndarray, reference: np.ndarray) -> dict[str, float]:
@@ -113,7 +115,7 @@ def text_agreement(models: Any, graph: Path, inputs: dict[str, np.ndarray]
     from cinema_trt.export.mllm_split import split_modules
 
     with torch.no_grad():
-        reference = split_modules(models.mllm)["mllm_text"](
+        reference = split_modules(models.mllm)[MLLM_TEXT](
             **{k: torch.from_numpy(v) for k, v in inputs.items()}).numpy()
     session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     return agreement(session.run(None, inputs)[0], reference)
@@ -121,7 +123,7 @@ def text_agreement(models: Any, graph: Path, inputs: dict[str, np.ndarray]
 
 def measure_model(name: str, models: Any, block: int, folder: Path,
                   methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
-    """fp16 and INT4 mllm_text of `models` against torch fp32."""
+    """fp16 and INT4 text graphs of `models` against torch fp32."""
     from cinema_trt.export.weight_only import (
         WeightOnlyConfig,
         quantize_weight_only,
@@ -175,7 +177,7 @@ def run(out: Path, paper: bool = True) -> tuple[Path, Path]:
                                       folder / "p", methods=("rtn_dq",)))
             seq = default_shapes(config).seq
             profiles = text_profiles(1, (seq.min, seq.opt, seq.max), config.mllm.hidden_size)
-            for kind, graph in (("fp16", folder / "p" / "fp16" / "mllm_text" / "model.onnx"),
+            for kind, graph in (("fp16", folder / "p" / "fp16" / MLLM_TEXT / "model.onnx"),
                                 ("int4 rtn_dq", folder / "p" / "rtn_dq" / "model.onnx")):
                 builds[kind] = rtx_build_memory(graph, profiles)
                 log.info("paper width %s build: %s", kind, builds[kind])
@@ -188,7 +190,7 @@ def markdown(record: dict[str, Any]) -> str:
     from cinema_trt.benchmarks.machine import describe_source
 
     p = record["provenance"]
-    lines = ["# Weight-only INT4 mllm_text: accuracy vs torch fp32, TensorRT-RTX memory", "",
+    lines = [f"# Weight-only INT4 {MLLM_TEXT}: accuracy vs torch fp32, TensorRT-RTX memory", "",
              f"- machine: {p['machine']['cpu']}, {p['machine']['cores']} cores; "
              f"{describe_source(p['source'])}; started {p['started']}, took "
              f"{p['duration_s']} s",

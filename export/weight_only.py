@@ -1,6 +1,7 @@
 """Weight-only INT4 quantization of an exported graph, through NVIDIA ModelOpt's ONNX
-quantizer: for `mllm_text`, whose 12.2 GiB of fp16 weights (cinema) are read once per
-prefill and whose FP8 recipe fails its gate at paper width.
+quantizer: for the MLLM's text graph (models/stages.MLLM_TEXT), whose 12.2 GiB of fp16
+weights (cinema) are read once per prefill and whose FP8 recipe fails its gate at paper
+width.
 
 What comes out is standard ONNX at opset 21: each quantized GEMM reads its weight through
 `DequantizeLinear(int4 weight, scale, axis=0, block_size)`, signed INT4 in blocks of
@@ -91,7 +92,7 @@ def int4_gemms(model: onnx.ModelProto) -> dict[str, int]:
 
 def text_calibration(embed_weight: torch.Tensor, batch: int, seq: int,
                      seed: int = 0) -> dict[str, np.ndarray]:
-    """mllm_text inputs of `batch` prompts of `seq` random in-vocabulary tokens: their rows
+    """Text-graph inputs of `batch` prompts of `seq` random in-vocabulary tokens: their rows
     of the token-embedding table (what the glue feeds the graph), a full mask and text
     positions on all three M-RoPE rows."""
     generator = torch.Generator().manual_seed(seed)
@@ -103,8 +104,8 @@ def text_calibration(embed_weight: torch.Tensor, batch: int, seq: int,
 
 def _reader(batches: Sequence[Mapping[str, np.ndarray]]):
     """The batches as an ONNX Runtime CalibrationDataReader, each fed to the graph as it
-    is: ModelOpt's own provider would split every input along axis 0 (mllm_text's
-    position_ids are (3, B, S))."""
+    is: ModelOpt's own provider would split every input along axis 0 (the text
+    graph's position_ids are (3, B, S))."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class Batches(CalibrationDataReader):
@@ -133,7 +134,7 @@ def quantize_weight_only(onnx_path: str | os.PathLike, out_path: str | os.PathLi
 
     calibration: batches of the graph's inputs ({input name: array} each), the activations
     AWQ weighs the weight error by (realistic ones: the token embeddings of in-vocabulary
-    ids for mllm_text, `text_calibration`). RTN does not read them.
+    ids for the text graph, `text_calibration`). RTN does not read them.
     """
     quantize = _modelopt()
     onnx_path, out_path = Path(onnx_path), Path(out_path)
