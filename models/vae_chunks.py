@@ -17,7 +17,8 @@ model) with a `first` flag input:
   behind FIRST_CHUNK_EXTRA_FRAMES copies of frame 0 (models/vae.py temporal_upsample says
   why), which `decode_chunks` drops. Every later chunk of k latent frames gives 4k frames.
 
-The step graph: `DecoderStep.forward(latents, first, *states) -> (video, *next_states)`,
+The loop is `iter_chunks(step, ...)` for any step runner (torch here, an engine later);
+the step graph: `DecoderStep.forward(latents, first, *states) -> (video, *next_states)`,
 states in `state_names` order, named `state.<conv path>` / `next_state.<conv path>` in
 `step_spec` (the declarative I/O spec phase 2 derives ONNX axes, TensorRT profiles and
 Triton configs from). State shapes follow the batch, height and width: `state_spec`.
@@ -26,7 +27,7 @@ Triton configs from). State shapes follow the batch, height and width: `state_sp
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -101,20 +102,39 @@ class DecoderStep(nn.Module):
                                  device=latents.device) for s in specs)
 
 
+# one chunk through a step graph, wherever it runs: (latents, first, states) -> (video,
+# next states); a torch DecoderStep (`iter_decode`) or an engine's runner
+StepFn = Callable[[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]],
+                  tuple[torch.Tensor, tuple[torch.Tensor, ...]]]
+
+
+def iter_chunks(step: StepFn, latents: torch.Tensor, chunk: int,
+                states: tuple[torch.Tensor, ...]) -> Iterator[torch.Tensor]:
+    """The chunked decode's loop: feed `chunk` latent frames at a time with the previous
+    chunk's states, drop the first chunk's copies of frame 0, yield each chunk's video:
+    (B, 3, 1 + 4(k - 1), 8h, 8w) first, then (B, 3, 4k, 8h, 8w). `states`: the zero
+    states the first chunk ignores (`DecoderStep.initial_states`)."""
+    if chunk < 1:
+        raise ValueError(f"chunk={chunk} must be a positive number of latent frames")
+    first = torch.ones(1, dtype=torch.bool, device=latents.device)
+    for start in range(0, latents.shape[2], chunk):
+        video, states = step(latents[:, :, start:start + chunk], first, states)
+        yield video[:, :, FIRST_CHUNK_EXTRA_FRAMES:] if start == 0 else video
+        first = torch.zeros_like(first)
+
+
 def iter_decode(decoder: VAEDecoder, latents: torch.Tensor,
                 chunk: int) -> Iterator[torch.Tensor]:
     """Yield the video of `latents` (B, C, T, h, w) chunk by chunk, `chunk` latent frames
-    at a time: (B, 3, 1 + 4(k - 1), 8h, 8w) first, then (B, 3, 4k, 8h, 8w) per chunk."""
+    at a time, through the torch step module."""
     decoder.check_latents(latents)
-    if chunk < 1:
-        raise ValueError(f"chunk={chunk} must be a positive number of latent frames")
-    step = DecoderStep(decoder)
-    states = step.initial_states(latents)
-    first = torch.ones(1, dtype=torch.bool, device=latents.device)
-    for start in range(0, latents.shape[2], chunk):
-        video, *next_states = step(latents[:, :, start:start + chunk], first, *states)
-        yield video[:, :, FIRST_CHUNK_EXTRA_FRAMES:] if start == 0 else video
-        states, first = tuple(next_states), torch.zeros_like(first)
+    module = DecoderStep(decoder)
+
+    def step(part: torch.Tensor, first: torch.Tensor, states: tuple[torch.Tensor, ...]):
+        video, *next_states = module(part, first, *states)
+        return video, tuple(next_states)
+
+    return iter_chunks(step, latents, chunk, module.initial_states(latents))
 
 
 def decode_chunks(decoder: VAEDecoder, latents: torch.Tensor, chunk: int) -> torch.Tensor:
