@@ -1,20 +1,20 @@
-"""Weight-only INT4 for the MLLM's text graph (export/weight_only.py): accuracy against
+"""Weight-only INT4 and INT8 for the MLLM's text graph (export/weight_only.py): accuracy against
 torch fp32 and the TensorRT-RTX builder's memory, on a CPU.
 
     python -m cinema_trt.benchmarks.weight_only [--out benchmarks/results] [--skip-paper]
 
 Per model: export the text graph (models/stages.MLLM_TEXT) in fp16 (the real exporter,
-checked against torch), quantize its weights to INT4 (RTN and AWQ-clip), run the fp16 and
-INT4 graphs in ONNX Runtime on held-out prompts (embeddings of random in-vocabulary ids)
-and compare the final hidden states with the torch fp32 module: cosine and max |error| /
-max |torch|. Models:
+checked against torch), quantize its weights (INT4 RTN and AWQ-clip, INT8 per channel),
+run the fp16 and quantized graphs in ONNX Runtime on held-out prompts (embeddings of
+random in-vocabulary ids) and compare the final hidden states with the torch fp32 module:
+cosine and max |error| / max |torch|. Models:
 - tiny (hidden 64, 2 layers; block 32, as 128 exceeds the width);
 - trained: hidden 256, 2 layers, vocab 512, trained briefly on a synthetic language
   (`train_text_model`), block 128: what INT4 does to weights that learned something;
 - paper width: the cinema preset's Qwen2-VL-7B text width (hidden 3584, MLP 18944) at
-  1 layer, as the memory plan builds it, block 128.
+  1 layer, as the memory plan builds it, block 128 (INT4 RTN and INT8).
 The paper-width graphs are then built with TensorRT-RTX (sm89) at the memory plan's
-profile, fp16 and INT4, and the builder's weights and activation memory recorded.
+profile, fp16, INT4 and INT8, and the builder's weights and activation memory recorded.
 Writes `<machine>-weight-only-<date>.json` + `.md` through benchmarks.machine.Provenance.
 """
 
@@ -37,7 +37,8 @@ from .rtx_probe import rtx_build_memory
 
 log = logging.getLogger(__name__)
 
-METHODS = ("rtn_dq", "awq_clip")
+# a row's label -> (method, bits): INT4 block-wise RTN and AWQ-clip, INT8 per channel
+METHODS = {"rtn_dq": ("rtn_dq", 4), "awq_clip": ("awq_clip", 4), "int8": ("rtn_dq", 8)}
 # the synthetic language: each token is followed by one of FANOUT successors
 FANOUT, TRAIN_STEPS, TRAIN_SEQ, TRAIN_BATCH = 4, 300, 64, 16
 
@@ -122,8 +123,8 @@ def text_agreement(models: Any, graph: Path, inputs: dict[str, np.ndarray]
 
 
 def measure_model(name: str, models: Any, block: int, folder: Path,
-                  methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
-    """fp16 and INT4 text graphs of `models` against torch fp32."""
+                  methods: tuple[str, ...] = tuple(METHODS)) -> dict[str, Any]:
+    """fp16, INT4 and INT8 text graphs of `models` against torch fp32."""
     from cinema_trt.export.weight_only import (
         WeightOnlyConfig,
         quantize_weight_only,
@@ -136,13 +137,15 @@ def measure_model(name: str, models: Any, block: int, folder: Path,
     fp16 = export_text(models, folder / "fp16")
     row: dict[str, Any] = {"model": name, "block_size": block,
                            "fp16": text_agreement(models, fp16, held_out)}
-    for method in methods:
-        result = quantize_weight_only(fp16, folder / method / "model.onnx", calibration,
-                                      WeightOnlyConfig(method=method, block_size=block))
-        row[method] = {**text_agreement(models, result.path, held_out),
-                       "seconds": round(result.seconds, 1), "layers": len(result.quantized),
-                       "weight_bytes": list(result.weight_bytes)}
-        log.info("%s %s: %s", name, method, row[method])
+    for label in methods:
+        method, bits = METHODS[label]
+        result = quantize_weight_only(fp16, folder / label / "model.onnx", calibration,
+                                      WeightOnlyConfig(method=method, block_size=block,
+                                                       bits=bits))
+        row[label] = {**text_agreement(models, result.path, held_out),
+                      "seconds": round(result.seconds, 1), "layers": len(result.quantized),
+                      "weight_bytes": list(result.weight_bytes)}
+        log.info("%s %s: %s", name, label, row[label])
     return row
 
 
@@ -174,11 +177,12 @@ def run(out: Path, paper: bool = True) -> tuple[Path, Path]:
             config = paper_config()
             models = build_models(config)
             rows.append(measure_model("paper width (hidden 3584, 1 layer)", models, 128,
-                                      folder / "p", methods=("rtn_dq",)))
+                                      folder / "p", methods=("rtn_dq", "int8")))
             seq = default_shapes(config).seq
             profiles = text_profiles(1, (seq.min, seq.opt, seq.max), config.mllm.hidden_size)
             for kind, graph in (("fp16", folder / "p" / "fp16" / MLLM_TEXT / "model.onnx"),
-                                ("int4 rtn_dq", folder / "p" / "rtn_dq" / "model.onnx")):
+                                ("int4 rtn_dq", folder / "p" / "rtn_dq" / "model.onnx"),
+                                ("int8", folder / "p" / "int8" / "model.onnx")):
                 builds[kind] = rtx_build_memory(graph, profiles)
                 log.info("paper width %s build: %s", kind, builds[kind])
     record = {"schema": "cinema-trt/weight-only/1", "provenance": provenance.block(),
@@ -190,14 +194,14 @@ def markdown(record: dict[str, Any]) -> str:
     from cinema_trt.benchmarks.machine import describe_source
 
     p = record["provenance"]
-    lines = [f"# Weight-only INT4 {MLLM_TEXT}: accuracy vs torch fp32, TensorRT-RTX memory", "",
+    lines = [f"# Weight-only {MLLM_TEXT}: accuracy vs torch fp32, TensorRT-RTX memory", "",
              f"- machine: {p['machine']['cpu']}, {p['machine']['cores']} cores; "
              f"{describe_source(p['source'])}; started {p['started']}, took "
              f"{p['duration_s']} s",
              "- inputs: 2 held-out prompts of 97 random in-vocabulary tokens (their "
              "embedding rows); calibration: 4 other prompts of 128", "",
-             "| model | block | fp16 graph cosine | method | INT4 cosine | INT4 max error "
-             "| quantize s | weights fp16 -> INT4 |", "|---|---:|---:|---|---:|---:|---:|---:|"]
+             "| model | block | fp16 graph cosine | method | cosine | max error "
+             "| quantize s | weights vs fp16 |", "|---|---:|---:|---|---:|---:|---:|---:|"]
     for row in record["rows"]:
         for method in METHODS:
             if method in row:

@@ -1,4 +1,4 @@
-"""Weight-only INT4 quantization of an exported graph, through NVIDIA ModelOpt's ONNX
+"""Weight-only INT4 (or INT8) quantization of an exported graph, through NVIDIA ModelOpt's ONNX
 quantizer: for the MLLM's text graph (models/stages.MLLM_TEXT), whose 12.2 GiB of fp16
 weights (cinema) are read once per prefill and whose FP8 recipe fails its gate at paper
 width.
@@ -46,12 +46,16 @@ QUANT_INSTALL = 'pip install -e ".[quant]"'
 METHODS = ("rtn_dq", "awq_clip", "awq_lite")
 INT4 = onnx.TensorProto.INT4
 INT4_OPSET = 21  # the first opset with INT4 and blocked DequantizeLinear
+BITS = {onnx.TensorProto.INT4: 4, onnx.TensorProto.INT8: 8}  # weight element type -> bits
 
 
 @dataclass(frozen=True)
 class WeightOnlyConfig:
     method: str = "awq_clip"
     block_size: int = 128  # input rows per scale; must divide each GEMM's input width
+    # 8: INT8 weights, one scale per output column (ModelOpt's mixed mode with every layer
+    # INT8; block_size is then unused): twice INT4's bytes, far less rounding
+    bits: int = 4
     exclude: tuple[str, ...] = (r"(.*\.)?lm_head",)  # module-path regexes kept in float
 
     def __post_init__(self):
@@ -59,6 +63,8 @@ class WeightOnlyConfig:
             raise ValueError(f"method={self.method!r}; choose one of {list(METHODS)}")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size={self.block_size} must be a power of two >= 16")
+        if self.bits not in (4, 8):
+            raise ValueError(f"bits={self.bits}; choose 4 (block-wise) or 8 (per channel)")
 
 
 @dataclass(frozen=True)
@@ -77,15 +83,16 @@ def linear_gemms(model: onnx.ModelProto) -> dict[str, str]:
             if (layer := linear_module(node)) is not None and node.input[1] in constants}
 
 
-def int4_gemms(model: onnx.ModelProto) -> dict[str, int]:
-    """{GEMM node name: block size} of GEMMs that read an INT4 weight through a blocked
-    DequantizeLinear. By node name: the quantizer keeps names but drops node metadata."""
-    int4 = {t.name for t in model.graph.initializer if t.data_type == INT4}
+def quantized_gemms(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
+    """{GEMM node name: (bits, block size; 0 per channel)} of GEMMs that read an INT4 or
+    INT8 weight through DequantizeLinear. By node name: the quantizer keeps names but drops
+    node metadata."""
+    bits = {t.name: BITS[t.data_type] for t in model.graph.initializer if t.data_type in BITS}
     dequantized = {}
     for node in model.graph.node:
-        if node.op_type == "DequantizeLinear" and node.input[0] in int4:
+        if node.op_type == "DequantizeLinear" and node.input[0] in bits:
             block = next((a.i for a in node.attribute if a.name == "block_size"), 0)
-            dequantized[node.output[0]] = block
+            dequantized[node.output[0]] = (bits[node.input[0]], block)
     return {node.name: dequantized[node.input[1]] for node in model.graph.node
             if node.op_type in ("MatMul", "Gemm") and node.input[1] in dequantized}
 
@@ -156,21 +163,28 @@ def quantize_weight_only(onnx_path: str | os.PathLike, out_path: str | os.PathLi
         raise ValueError("calibration needs at least one batch of the graph's inputs")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    # node names are matched as regexes (re.match): anchor and escape them
+    wanted = [n for n in gemms if n not in excluded]
+    # node names are matched as regexes (re.match): anchor and escape them; layers_8bit
+    # matches whole dot-separated tokens, which our node names are
+    eight = ({"enable_mixed_quant": True, "layers_8bit": ",".join(wanted)}
+             if config.bits == 8 else {})
     quantize(str(onnx_path), quantize_mode="int4", calibration_method=config.method,
              calibration_data_reader=_reader(calibration), calibration_eps=["cpu"],
              block_size=config.block_size, output_path=str(out_path),
              nodes_to_exclude=[f"^{re.escape(n)}$" for n in excluded] or None,
              use_external_data_format=source_bytes > EXTERNAL_DATA_THRESHOLD,
-             log_level="WARNING")
+             log_level="WARNING", **eight)
     seconds = time.perf_counter() - start
     result = onnx.load(str(out_path))
-    layers = [gemms[name] for name in int4_gemms(result) if name in gemms]
-    missing = sorted(set(gemms.values()) - set(excluded.values()) - set(layers))
+    done = quantized_gemms(result)
+    layers = [gemms[n] for n in wanted if n in done and done[n][0] == config.bits]
+    missing = sorted(set(gemms[n] for n in wanted) - set(layers))
     if missing:
-        raise RuntimeError(f"{out_path}: the quantizer left {missing} in float (block_size "
-                           f"{config.block_size} must divide each GEMM's input width)")
-    log.info("%s: %d GEMMs INT4 (%s, block %d), %d kept in float, %.1f s", out_path,
-             len(layers), config.method, config.block_size, len(excluded), seconds)
+        raise RuntimeError(f"{out_path}: the quantizer left {missing} outside INT"
+                           f"{config.bits} (block_size {config.block_size} must divide each "
+                           f"GEMM's input width)")
+    log.info("%s: %d GEMMs INT%d (%s, block %d), %d kept in float, %.1f s", out_path,
+             len(layers), config.bits, config.method, config.block_size, len(excluded),
+             seconds)
     return WeightOnlyResult(out_path, tuple(sorted(layers)), tuple(sorted(excluded.values())),
                             (source_bytes, initializer_bytes(result)), seconds)

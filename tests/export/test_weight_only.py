@@ -9,7 +9,8 @@ cpu-2core-weight-only-*.md):
 - tiny, random weights, block 32: 0.99664 (fp16 graph alone: 0.99999995). Gate 0.993: twice
   the measured 1 - cosine. Catches a graph that dequantizes a layer wrongly: one layer's
   scales off by 2x gives 0.962-0.988 (test_a_wrong_scale_fails_the_gate).
-- trained weights and paper width: slow tests below, their numbers in their docstrings.
+- INT8 per channel, tiny: 0.999982; gate 0.99996 (twice the measured 1 - cosine).
+- trained weights and paper width: test_weight_only_models.py.
 """
 
 from __future__ import annotations
@@ -22,15 +23,16 @@ from cinema_trt.export.weight_only import (
     INT4,
     INT4_OPSET,
     WeightOnlyConfig,
-    int4_gemms,
     linear_gemms,
     quantize_weight_only,
+    quantized_gemms,
     text_calibration,
 )
 
 pytestmark = pytest.mark.slow  # the fp16 mllm_text export (~45 s), shared with the engine suites
 
 TINY_GATE = 0.993
+INT8_GATE = 0.99996  # INT8 per channel, tiny: measured 0.999982
 TINY_BLOCK = 32  # tiny's hidden width is 64: ModelOpt's default of 128 would not fit
 
 
@@ -89,7 +91,7 @@ def test_every_linear_reads_signed_int4_blocks(int4_text, fp16_text):
     model = onnx.load(str(int4_text.path))
     assert set(int4_text.quantized) == set(linear_gemms(source).values())
     assert len(int4_text.quantized) == 14  # q, k, v, o, gate, up, down x 2 layers
-    assert set(int4_gemms(model).values()) == {TINY_BLOCK}
+    assert set(quantized_gemms(model).values()) == {(4, TINY_BLOCK)}
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= INT4_OPSET
     for node in model.graph.node:
         assert node.domain in ("", "ai.onnx"), f"non-standard op {node.domain}.{node.op_type}"
@@ -137,11 +139,24 @@ def test_excluded_layers_stay_in_float(modelopt, fp16_text, embeddings, tmp_path
     assert not set(result.excluded) & set(result.quantized) and len(result.quantized) == 12
 
 
+def test_int8_weights_are_per_channel_and_close(modelopt, fp16_text, embeddings, agreement,
+                                                tmp_path):
+    """bits=8: every Linear INT8 with one scale per output column (0.53x of fp16)."""
+    result = quantize_weight_only(fp16_text, tmp_path / "model.onnx",
+                                  [text_calibration(embeddings, 1, 32)],
+                                  WeightOnlyConfig(method="rtn_dq", bits=8))
+    assert len(result.quantized) == 14
+    assert set(quantized_gemms(onnx.load(str(result.path))).values()) == {(8, 0)}
+    assert agreement(result.path) >= INT8_GATE
+
+
 def test_bad_settings_raise(fp16_text, embeddings, tmp_path):
     with pytest.raises(ValueError, match="method='int3'"):
         WeightOnlyConfig(method="int3")
     with pytest.raises(ValueError, match="block_size=100"):
         WeightOnlyConfig(block_size=100)
+    with pytest.raises(ValueError, match="bits=3"):
+        WeightOnlyConfig(bits=3)
     with pytest.raises(ValueError, match="the graph takes"):
         quantize_weight_only(fp16_text, tmp_path / "m.onnx", [{"input_ids": np.zeros(1)}])
 
