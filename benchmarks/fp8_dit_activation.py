@@ -106,7 +106,7 @@ def run(out: Path, work: Path) -> tuple[Path, Path]:
     builds = {name: build_variant(name, work) for name in VARIANTS}
     hidden = mlp_hidden_bytes(refs=4)
     base = builds["fp16"]["activation_bytes"]
-    record = {"schema": "cinema-trt/fp8-dit-activation/1", "provenance": provenance.block(),
+    record = {"schema": "cinema-trt/fp8-dit-activation/1", **provenance.block(),
               "mlp_hidden": hidden, "builds": builds,
               "surplus_vs_fp16_bytes": {n: b["activation_bytes"] - base
                                         for n, b in builds.items()}}
@@ -116,7 +116,7 @@ def run(out: Path, work: Path) -> tuple[Path, Path]:
 def markdown(record: dict[str, Any]) -> str:
     from cinema_trt.benchmarks.machine import describe_source
 
-    p, hidden = record["provenance"], record["mlp_hidden"]
+    p, hidden = record, record["mlp_hidden"]  # provenance at the top
     lines = ["# FP8 DiT activation memory, one block, from the builder's layer reports", "",
              f"- machine: {p['machine']['cpu']}, {p['machine']['cores']} cores; "
              f"{describe_source(p['source'])}; started {p['started']}, took "

@@ -195,14 +195,14 @@ def run(out: Path, with_builds: bool = True) -> tuple[Path, Path]:
     with tempfile.TemporaryDirectory(prefix="vae-chunks-") as tmp:
         record["onnx_step"] = onnx_step_error(tiny, Path(tmp))
         record["rtx_builds"] = builds(wide, Path(tmp)) if with_builds else {}
-    record = {"schema": record.pop("schema"), "provenance": provenance.block(), **record}
+    record = {"schema": record.pop("schema"), **provenance.block(), **record}
     return write_record(out, "vae-chunks", provenance, record, markdown(record))
 
 
 def markdown(record: dict[str, Any]) -> str:
     from cinema_trt.benchmarks.machine import describe_source
 
-    p = record["provenance"]
+    p = record  # the provenance block is at the top (benchmarks/machine.py)
     lines = ["# Chunked and tiled VAE decoding", "",
              f"- machine: {p['machine']['cpu']}, {p['machine']['cores']} cores; "
              f"{describe_source(p['source'])}; started {p['started']}, took "

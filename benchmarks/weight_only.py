@@ -185,7 +185,7 @@ def run(out: Path, paper: bool = True) -> tuple[Path, Path]:
                                 ("int8", folder / "p" / "int8" / "model.onnx")):
                 builds[kind] = rtx_build_memory(graph, profiles)
                 log.info("paper width %s build: %s", kind, builds[kind])
-    record = {"schema": "cinema-trt/weight-only/1", "provenance": provenance.block(),
+    record = {"schema": "cinema-trt/weight-only/1", **provenance.block(),
               "rows": rows, "rtx_builds_paper_width_1_layer": builds, "notes": notes}
     return write_record(out, "weight-only", provenance, record, markdown(record))
 
@@ -193,7 +193,7 @@ def run(out: Path, paper: bool = True) -> tuple[Path, Path]:
 def markdown(record: dict[str, Any]) -> str:
     from cinema_trt.benchmarks.machine import describe_source
 
-    p = record["provenance"]
+    p = record  # the provenance block is at the top (benchmarks/machine.py)
     lines = [f"# Weight-only {MLLM_TEXT}: accuracy vs torch fp32, TensorRT-RTX memory", "",
              f"- machine: {p['machine']['cpu']}, {p['machine']['cores']} cores; "
              f"{describe_source(p['source'])}; started {p['started']}, took "
