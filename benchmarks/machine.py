@@ -174,3 +174,18 @@ class Provenance:
                 "source": self.source,
                 "machine": {**self.machine, "load_average_end": machine_load()},
                 "versions": library_versions()}
+
+
+def write_record(out: str | os.PathLike, kind: str, provenance: Provenance, record: dict,
+                 markdown: str) -> tuple[Path, Path]:
+    """`<out>/<machine>-<kind>-<date>.json` (the record, its provenance block included) and
+    `.md` (its tables): the files of a benchmark that has no chart."""
+    import json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{machine_tag('cpu', provenance.machine)}-{kind}-{provenance.date}"
+    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    json_path.write_text(json.dumps(record, indent=2) + "\n")
+    md_path.write_text(markdown)
+    return json_path, md_path

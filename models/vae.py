@@ -7,17 +7,26 @@ image (F=1) encodes to exactly the first latent frame of any video that starts w
 
 Export notes: loops run over config values only (levels, layers), never over frames, and
 resampling is written as reshape/expand so the frame count may stay a dynamic dimension.
+
+Chunked decoding (models/vae_chunks.py) runs the same modules over a few latent frames at a
+time: every causal conv and temporal upsample takes an optional `cache` that carries the
+conv's last input frames from one chunk to the next.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .presets import VAE_SPATIAL, VAE_TEMPORAL, VAEConfig, latent_frames
+
+if TYPE_CHECKING:
+    from .vae_chunks import ConvCache
+    from .vae_tiles import Tiling
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +56,14 @@ class FrameGroupNorm(nn.Module):
         return out * self.weight.view(1, -1, 1, 1, 1) + self.bias.view(1, -1, 1, 1, 1)
 
 
-class CausalConv3d(nn.Module):
-    """3x3x3 conv that pads time only at the front with copies of frame 0 (spatial: zeros)."""
+class Causal(nn.Module):
+    """A layer whose output at frame t depends on earlier frames: its forward takes the
+    chunked decode's `cache` (None: the whole video in one call)."""
+
+
+class CausalConv3d(Causal):
+    """3x3x3 conv that pads time only at the front with copies of frame 0 (spatial: zeros).
+    In a chunked decode the pad is the previous chunk's last input frames instead."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int = 3):
         super().__init__()
@@ -56,14 +71,30 @@ class CausalConv3d(nn.Module):
         pad = kernel // 2
         self.conv = nn.Conv3d(in_channels, out_channels, kernel, padding=(0, pad, pad))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W) -> (B, C', T, H, W)
+    def forward(self, x: torch.Tensor, cache: ConvCache | None = None
+                ) -> torch.Tensor:  # (B, C, T, H, W) -> (B, C', T, H, W)
         if self.time_pad:
-            first = x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1)
-            x = torch.cat([first, x], dim=2)
+            history = (first_frame_pad(x, self.time_pad) if cache is None
+                       else cache.history(self, x))
+            x = torch.cat([history, x], dim=2)
         return self.conv(x)
 
 
-class ResBlock3d(nn.Module):
+def first_frame_pad(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """The causal pad of a video's start: `frames` copies of frame 0, (B, C, frames, H, W)."""
+    return x[:, :, :1].expand(-1, -1, frames, -1, -1)
+
+
+class CausalSequential(nn.Sequential):
+    """nn.Sequential that hands the chunk cache to its causal layers (same state_dict keys)."""
+
+    def forward(self, x: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
+        for layer in self:
+            x = layer(x, cache) if isinstance(layer, (Causal, CausalSequential)) else layer(x)
+        return x
+
+
+class ResBlock3d(Causal):
     """norm -> SiLU -> causal conv, twice, plus a (1x1x1-projected) skip."""
 
     def __init__(self, in_channels: int, out_channels: int, groups: int):
@@ -75,9 +106,9 @@ class ResBlock3d(nn.Module):
         self.skip = (nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels
                      else nn.Identity())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+    def forward(self, x: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)), cache)
+        h = self.conv2(F.silu(self.norm2(h)), cache)
         return self.skip(x) + h
 
 
@@ -88,10 +119,17 @@ def temporal_downsample(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x[:, :, :1], rest], dim=2)
 
 
-def temporal_upsample(x: torch.Tensor) -> torch.Tensor:
-    """Keep frame 0 single, repeat the rest twice: 1 + k -> 1 + 2k frames."""
-    rest = x[:, :, 1:].unsqueeze(3).expand(-1, -1, -1, 2, -1, -1).flatten(2, 3)  # (B, C, 2k, H, W)
-    return torch.cat([x[:, :, :1], rest], dim=2)
+def temporal_upsample(x: torch.Tensor, keep_first: bool = True) -> torch.Tensor:
+    """Keep frame 0 single, repeat the rest twice: 1 + k -> 1 + 2k frames.
+
+    keep_first=False repeats every frame (k -> 2k), as a chunk after the first needs. The
+    first chunk then carries one extra copy of frame 0, and every later layer maps copies
+    of frame 0 to copies of its own frame 0 (per-frame ops, and a causal conv whose pad is
+    frame 0 itself): the chunk's output is the one-shot output behind copies of frame 0,
+    which the chunked decode drops (vae_chunks.FIRST_CHUNK_EXTRA_FRAMES)."""
+    start = 1 if keep_first else 0
+    rest = x[:, :, start:].unsqueeze(3).expand(-1, -1, -1, 2, -1, -1).flatten(2, 3)
+    return torch.cat([x[:, :, :1], rest], dim=2) if keep_first else rest  # (B, C, T', H, W)
 
 
 class Downsample(nn.Module):
@@ -108,7 +146,7 @@ class Downsample(nn.Module):
         return temporal_downsample(x) if self.temporal else x
 
 
-class Upsample(nn.Module):
+class Upsample(Causal):
     """Optional causal temporal 2x upsample, then nearest 2x in H, W and a per-frame conv."""
 
     def __init__(self, channels: int, temporal: bool):
@@ -116,9 +154,9 @@ class Upsample(nn.Module):
         self.temporal = temporal
         self.conv = nn.Conv3d(channels, channels, (1, 3, 3), padding=(0, 1, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
         if self.temporal:
-            x = temporal_upsample(x)
+            x = temporal_upsample(x, keep_first=cache is None)
         x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
         return self.conv(x)
 
@@ -140,9 +178,9 @@ def _blocks(in_channels: int, out_channels: int, count: int, groups: int) -> lis
             for i in range(count)]
 
 
-def _head(channels: int, out_channels: int, groups: int) -> nn.Sequential:
-    return nn.Sequential(FrameGroupNorm(groups, channels), nn.SiLU(),
-                         CausalConv3d(channels, out_channels))
+def _head(channels: int, out_channels: int, groups: int) -> CausalSequential:
+    return CausalSequential(FrameGroupNorm(groups, channels), nn.SiLU(),
+                            CausalConv3d(channels, out_channels))
 
 
 class VAEEncoder(nn.Module):
@@ -202,7 +240,7 @@ class VAEDecoder(nn.Module):
         chans, groups = tuple(reversed(cfg.block_channels)), cfg.norm_groups
         n = len(chans)
         self.conv_in = CausalConv3d(cfg.latent_channels, chans[0])
-        self.mid = nn.Sequential(*_blocks(chans[0], chans[0], 2, groups))
+        self.mid = CausalSequential(*_blocks(chans[0], chans[0], 2, groups))
         levels = []
         for i, out_ch in enumerate(chans):
             in_ch = chans[max(i - 1, 0)]
@@ -210,18 +248,22 @@ class VAEDecoder(nn.Module):
             if i < n - 1:
                 # undoes the encoder's downsample after its level n - 2 - i
                 blocks.append(Upsample(out_ch, temporal=(n - 2 - i) in cfg.temporal_down_levels))
-            levels.append(nn.Sequential(*blocks))
+            levels.append(CausalSequential(*blocks))
         self.levels = nn.ModuleList(levels)
         self.head = _head(chans[-1], cfg.in_channels, groups)
 
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+    def check_latents(self, latents: torch.Tensor) -> None:
         if latents.dim() != 5 or latents.shape[1] != self.cfg.latent_channels:
             raise ValueError(f"latents shape {tuple(latents.shape)} must be "
                              f"(batch, {self.cfg.latent_channels}, lframes, lheight, lwidth)")
-        x = self.mid(self.conv_in(latents / self.cfg.scaling_factor))
+
+    def forward(self, latents: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
+        """The whole video (cache None), or one chunk of a chunked decode (vae_chunks.py)."""
+        self.check_latents(latents)
+        x = self.mid(self.conv_in(latents / self.cfg.scaling_factor, cache), cache)
         for level in self.levels:
-            x = level(x)
-        return self.head(x)  # (B, 3, 1 + 4k, 8h, 8w)
+            x = level(x, cache)
+        return self.head(x, cache)  # (B, 3, 1 + 4k, 8h, 8w); a chunk: (B, 3, 4k, 8h, 8w)
 
 
 class VideoVAE(nn.Module):
@@ -236,8 +278,23 @@ class VideoVAE(nn.Module):
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         return self.encoder(video)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.decoder(latents)
+    def decode(self, latents: torch.Tensor, chunk: int | None = None,
+               tiling: Tiling | None = None) -> torch.Tensor:
+        """latents (B, C, 1 + k, h, w) -> video (B, 3, 1 + 4k, 8h, 8w).
+
+        chunk: decode `chunk` latent frames at a time, carrying each causal conv's state
+        (equal to the one-shot decode; activations bounded by the chunk). tiling: decode
+        overlapping spatial tiles and blend the seams (approximate; see vae_tiles.py).
+        """
+        # both build on this module, so they are imported where used
+        from .vae_chunks import decode_chunks
+        from .vae_tiles import decode_tiles
+
+        if tiling is not None:
+            return decode_tiles(self.decoder, latents, tiling, chunk)
+        if chunk is None:
+            return self.decoder(latents)
+        return decode_chunks(self.decoder, latents, chunk)
 
 
 def create_vae(cfg: VAEConfig, seed: int = 0) -> VideoVAE:
