@@ -28,7 +28,6 @@ import onnx
 import torch
 
 from cinema_trt.models.presets import VAE_SPATIAL, VAEConfig, get_preset
-from cinema_trt.models.vae import create_vae
 from cinema_trt.models.vae_chunks import (
     FIRST_CHUNK_EXTRA_FRAMES,
     DecoderStep,
@@ -37,6 +36,7 @@ from cinema_trt.models.vae_chunks import (
     step_spec,
 )
 from cinema_trt.models.vae_tiles import Tiling
+from cinema_trt.models.video_vae import create_vae
 
 from .rtx_probe import rtx_build_memory
 

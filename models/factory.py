@@ -24,7 +24,7 @@ from .fileio import atomic_write
 from .presets import DEFAULT_PRESET, CinemaConfig, get_preset
 from .runner import Runner, TorchRunner
 from .stages import MLLM, STAGES, stage
-from .vae import VideoVAE, create_vae
+from .video_vae import VideoVAE, create_vae
 
 # .mllm and .pipeline import transformers (~2-3 s): they are imported inside the functions
 # that need them, so a served non-MLLM stage (serving/stage_model.py) never loads it

@@ -20,7 +20,7 @@ class _VAEStage(Stage):
     weights_entry = "vae.safetensors"
 
     def new_part(self, config: CinemaConfig) -> nn.Module:
-        from .vae import VideoVAE
+        from .video_vae import VideoVAE
 
         return VideoVAE(config.vae)
 

@@ -10,12 +10,12 @@ resampling is written as reshape/expand so the frame count may stay a dynamic di
 
 Chunked decoding (models/vae_chunks.py) runs the same modules over a few latent frames at a
 time: every causal conv and temporal upsample takes an optional `cache` that carries the
-conv's last input frames from one chunk to the next.
+conv's last input frames from one chunk to the next. `VideoVAE` (models/video_vae.py) puts
+the halves together and chooses one-shot, chunked or tiled decoding.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,9 +26,6 @@ from .presets import VAE_SPATIAL, VAE_TEMPORAL, VAEConfig, latent_frames
 
 if TYPE_CHECKING:
     from .vae_chunks import ConvCache
-    from .vae_tiles import Tiling
-
-logger = logging.getLogger(__name__)
 
 NORM_EPS = 1e-6
 
@@ -264,47 +261,3 @@ class VAEDecoder(nn.Module):
         for level in self.levels:
             x = level(x, cache)
         return self.head(x, cache)  # (B, 3, 1 + 4k, 8h, 8w); a chunk: (B, 3, 4k, 8h, 8w)
-
-
-class VideoVAE(nn.Module):
-    """Encoder and decoder together; `encode`/`decode` are the pipeline's entry points."""
-
-    def __init__(self, cfg: VAEConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = VAEEncoder(cfg)
-        self.decoder = VAEDecoder(cfg)
-
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
-        return self.encoder(video)
-
-    def decode(self, latents: torch.Tensor, chunk: int | None = None,
-               tiling: Tiling | None = None) -> torch.Tensor:
-        """latents (B, C, 1 + k, h, w) -> video (B, 3, 1 + 4k, 8h, 8w).
-
-        chunk: decode `chunk` latent frames at a time, carrying each causal conv's state
-        (equal to the one-shot decode; activations bounded by the chunk). tiling: decode
-        overlapping spatial tiles and blend the seams (approximate; see vae_tiles.py).
-        """
-        # both build on this module, so they are imported where used
-        from .vae_chunks import decode_chunks
-        from .vae_tiles import decode_tiles
-
-        if tiling is not None:
-            return decode_tiles(self.decoder, latents, tiling, chunk)
-        if chunk is None:
-            return self.decoder(latents)
-        return decode_chunks(self.decoder, latents, chunk)
-
-
-def create_vae(cfg: VAEConfig, seed: int = 0) -> VideoVAE:
-    """A randomly initialised VAE, identical for identical (cfg, seed); the global RNG is
-    left untouched. Default PyTorch conv init shrinks each conv's output variance (~1/3),
-    which, with per-frame norms before every conv, keeps activations O(1) through the
-    random network; nothing is zero-initialised, so outputs depend on every input."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        vae = VideoVAE(cfg)
-    logger.debug("created VAE with %d parameters (seed %d)",
-                 sum(p.numel() for p in vae.parameters()), seed)
-    return vae.eval()

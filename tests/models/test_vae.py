@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from cinema_trt.models.presets import VAEConfig
-from cinema_trt.models.vae import VAEDecoder, VAEEncoder, VideoVAE, create_vae
+from cinema_trt.models.vae import VAEDecoder, VAEEncoder
+from cinema_trt.models.video_vae import VideoVAE, create_vae
 
 ATOL = 1e-5
 CHANGED = 1e-3  # smallest max-abs difference accepted as "this input matters"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cinema_trt.models.vae import VideoVAE, create_vae
 from cinema_trt.models.vae_chunks import (
     FIRST_CHUNK_EXTRA_FRAMES,
     STATE_INPUT,
@@ -25,6 +24,7 @@ from cinema_trt.models.vae_chunks import (
     state_spec,
     step_spec,
 )
+from cinema_trt.models.video_vae import VideoVAE, create_vae
 
 GATE = 1e-5  # of the output scale (max |one-shot|)
 DROPPED = 0.1  # a decode without its state is off by more (measured 0.95, 1.03)

@@ -24,8 +24,8 @@ import torch
 
 from cinema_trt.models import vae as vae_module
 from cinema_trt.models import vae_tiles
-from cinema_trt.models.vae import VideoVAE, create_vae
 from cinema_trt.models.vae_tiles import Tiling
+from cinema_trt.models.video_vae import VideoVAE, create_vae
 
 ERROR_GATE, SEAM_GATE = 0.3, 0.25
 BORDER_GATE = 2e-3  # statistics-free decoder, overlap 8: measured 7e-4 / 8e-4

@@ -176,8 +176,10 @@ def owned_literals(path: str, tree: ast.Module) -> list[str]:
             found.append(f"{where}: GPU architecture {SM.search(node.value)[0]!r} "
                          f"(models/backends.py)")
     for node in ast.walk(tree):
+        # an ordering of two-int tuples (`>= (8, 9)`); membership (`bits in (4, 8)`) is not one
         if isinstance(node, ast.Compare) and path != "models/backends.py" and any(
-                _is_capability(side) for side in (node.left, *node.comparators)):
+                _is_capability(side) for side in (node.left, *node.comparators)) and not all(
+                isinstance(op, (ast.In, ast.NotIn)) for op in node.ops):
             found.append(f"{path}:{node.lineno}: compute-capability comparison "
                          f"(models/backends.py supports / sm_of)")
         if isinstance(node, ast.Dict) and path != "models/dtypes.py" \
