@@ -313,11 +313,25 @@ class TritonServer:
         self._log_thread = threading.Thread(target=self._forward_logs, daemon=True,
                                             name="tritonserver-log")
         self._log_thread.start()
-        self._wait_ready()
         if self.config.watchdog:
+            # watching from the start: a stub that dies while the server loads, or in the
+            # first second after it answers, is caught by the first check (watchdog.py)
             control = ModelControl(self.endpoints.grpc, self.admin_headers,
                                    self.config.model_load_timeout)
-            self.watchdog = StubWatchdog(self._process.pid, control).start()
+            self.watchdog = StubWatchdog(self._process.pid, control,
+                                         on_unrecoverable=self._end_broken_server).start()
+        self._wait_ready()
+
+    def _end_broken_server(self, model: str, reason: str) -> None:
+        """The watchdog cannot bring `model` back: end the server (its process group, stubs
+        included) so that `serve_forever`, or a container's restart policy, starts it anew;
+        a server that stays up with a stage that never returns would stay not ready forever."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        LOG.error("model %r cannot be restored (%s); ending tritonserver so that it is "
+                  "restarted", model, reason)
+        os.killpg(process.pid, signal.SIGKILL)
 
     @property
     def admin_headers(self) -> dict[str, str]:
@@ -393,7 +407,9 @@ class TritonServer:
                 log_thread.join(timeout=5)
                 raise ServerError(f"tritonserver exited with code {process.returncode} "
                                   f"during startup; last log lines:\n{self.log_tail}")
-            if self.is_ready():
+            # ready, and (with the watchdog) one check of every model's stubs passed since
+            # the server answered, so `start` never returns a server with a dead stage
+            if self.is_ready() and (self.watchdog is None or self.watchdog.checked.is_set()):
                 return
             time.sleep(0.25)
         raise ServerError(f"tritonserver not ready after {self.config.startup_timeout:.0f} s "

@@ -332,3 +332,59 @@ def test_triton_http_json_aborts_on_a_huge_declared_shape_and_serve_restarts_it(
         stop.set()
         thread.join(timeout=60)
     assert codes == [0]
+
+
+def test_the_wrapping_shape_right_after_a_supervised_restart_is_red_at_once_and_serves_in_10_s(
+        server, png):
+    """Issue 21: sent in the first second after `serve_forever` restarted a crashed server,
+    the wrapping request killed the connector's stub before the watchdog looked, and the
+    stub was never restored while /v2/health/ready said 200. Now: readiness is red within
+    the watchdog's interval (0.5 s, plus one check) and the connector serves within 10 s."""
+    import queue
+
+    import tritonclient.grpc as grpcclient
+
+    from cinema_trt.serving.server import ServerConfig
+    from cinema_trt.serving.supervisor import RestartPolicy, serve_forever
+
+    config = ServerConfig(server.config.repository, startup_timeout=240, stop_timeout=10)
+    started: queue.Queue = queue.Queue()
+    stop, codes = threading.Event(), []
+    thread = threading.Thread(target=lambda: codes.append(serve_forever(
+        config, stop, started.put, RestartPolicy(backoff=0.5))))
+    thread.start()
+    try:
+        supervised = started.get(timeout=300)
+        crashed = supervised.pid
+        os.kill(crashed, signal.SIGKILL)  # a crash: the supervisor restarts the server
+        assert _wait(lambda: supervised.pid not in (None, crashed) and supervised.is_ready(),
+                     240) is not None, "the supervisor did not restart the server"
+        grpc = grpcclient.InferenceServerClient(supervised.endpoints.grpc)
+        sent = time.monotonic()
+        status, message = refused(lambda: grpc_connector(grpc, [1, WRAPS, 64], b"",
+                                                         np.ones((1, 5), np.int64)))
+        died = time.monotonic() - sent  # the stub aborted before this answer
+        assert "Stub process 'connector_0_0' is not healthy" in message, (status, message)
+        red = _not_ready_after(supervised, grpc, "connector", sent)
+        # the watchdog's interval (0.5 s) plus one check (0.05-0.1 s measured) and margin
+        assert red is not None and red <= died + 0.5 + 0.5, f"red only after {red} s"
+        back = _wait(lambda: _ready(grpc, "connector") and _connector_serves(grpc), 10.0)
+        assert back is not None, "the connector did not serve within 10 s"
+        log.info("after a supervised restart: connector red %.2f s after the request, "
+                 "serving %.1f s after its answer", red, back)
+        grpc.close()
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert codes == [0]
+
+
+def _connector_serves(grpc) -> bool:
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        hidden = np.zeros((1, 5, 64), np.float32)
+        result = grpc_connector(grpc, [1, 5, 64], hidden.tobytes(), np.ones((1, 5), np.int64))
+        return result.as_numpy("text_states").shape == (1, 16, 48)
+    except InferenceServerException:
+        return False
