@@ -90,8 +90,11 @@ class TritonPythonModel:
             return
 
         def progress(step: int, total: int) -> None:
-            tensor = pb.Tensor("progress", np.array([step, total], dtype=np.int32))
-            sender.send(pb.InferenceResponse([tensor]))
+            tensors = [pb.Tensor("progress", np.array([step, total], dtype=np.int32))]
+            if step == 1:  # who runs it: a client names this replica if it fails
+                name = protocol.replica_name().encode()
+                tensors.append(pb.Tensor("replica", np.array([name], dtype=np.object_)))
+            sender.send(pb.InferenceResponse(tensors))
 
         pipeline = self.pipelines.get()
         try:
