@@ -194,14 +194,13 @@ class Balancer:
                 chunks.append(chunk)
         return b"".join(chunks).decode()
 
+    def stats(self) -> dict[str, dict[str, str]]:
+        """Replica name (and "BACKEND", the sum) -> HAProxy's statistics of it (`show stat`):
+        status, scur (streams now), stot (streams so far), wretr (retries), wredis
+        (requests redispatched to another replica), ..."""
+        rows = csv.DictReader(io.StringIO(self._command("show stat").lstrip("# ")))
+        return {row["svname"]: row for row in rows if row["pxname"] == "replicas"}
+
     def states(self) -> dict[str, str]:
         """Replica name -> HAProxy's state of it: "UP", "DOWN", "UP 1/2" (going down) ..."""
-        rows = csv.DictReader(io.StringIO(self._command("show stat").lstrip("# ")))
-        return {row["svname"]: row["status"] for row in rows
-                if row["pxname"] == "replicas" and row["svname"] not in ("BACKEND",)}
-
-    def routed(self) -> dict[str, int]:
-        """Replica name -> requests (streams) HAProxy has sent it so far."""
-        rows = csv.DictReader(io.StringIO(self._command("show stat").lstrip("# ")))
-        return {row["svname"]: int(row["stot"] or 0) for row in rows
-                if row["pxname"] == "replicas" and row["svname"] != "BACKEND"}
+        return {name: row["status"] for name, row in self.stats().items() if name != "BACKEND"}

@@ -9,8 +9,8 @@ derived from the video's size) the call fails with `ServerStalled` and the reque
 cancelled. Cancelling closes the stream with `cancel_requests`, which the server sees
 between denoising steps.
 
-Behind a balancer, the replica running a request names itself in the first progress
-response. When that replica fails mid-generation (killed, cut off, a stage's stub died),
+Behind a balancer, the replica that accepts a request names itself in a first response.
+When that replica fails mid-generation (killed, cut off, a stage's stub died),
 the call fails with `ReplicaFailed` naming it, or `ServerStalled`; with
 `ClientOptions(resubmit=n)` it is sent again up to n times (to a healthy replica: the
 balancer routes by readiness), and the same request, seed included, gives the same video.
@@ -136,7 +136,7 @@ def _started(state: GenerationResult) -> bool:
 
 
 def _where(state: GenerationResult) -> str:
-    """`replica r1, after step 3 of 8`: where a started request was when it failed."""
+    """`replica r1, after step 3 of 8`: where a request was when it failed."""
     step = f"after step {state.progress[-1][0]} of {state.progress[-1][1]}" \
         if state.progress else "before its first step"
     return f"replica {state.replica or '(unnamed)'}, {step}"
@@ -185,7 +185,7 @@ def _check_complete(state: GenerationResult, outputs: tuple[str, ...]) -> Genera
 
 
 def _stalled(url: str, bound: float, state: GenerationResult) -> str:
-    where = f" ({_where(state)})" if _started(state) else ""
+    where = f" ({_where(state)})" if _started(state) or state.replica else ""
     return (f"no message from the server at {url}{where} for {bound:.0f} s: it died or "
             "hangs; the request was cancelled (the bound grows with the video's size; set "
             "ClientOptions(progress_timeout=...) or --progress-timeout to change it)")

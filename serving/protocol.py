@@ -64,8 +64,8 @@ OUTPUTS = (
     Field("progress", "INT32", (2,), True, "[step, total] after each denoising step"),
     Field("video", "UINT8", (-1, -1, -1, 3), True, "frames (T, H, W, 3) RGB"),
     Field("mp4", "BYTES", (1,), True, "H.264 MP4 of the video (when return_mp4)"),
-    Field("replica", "BYTES", (1,), True, "the server replica running the request, with the "
-          "first progress response (clients name it when that replica fails)"),
+    Field("replica", "BYTES", (1,), True, "the server replica that accepted the request, in "
+          "a response of its own before any progress (clients name it when it fails)"),
 )
 INPUT_FIELDS = {f.name: f for f in INPUTS}
 PARAMETERS = tuple(f.name for f in INPUTS if f.optional and f.name != "return_mp4")

@@ -53,3 +53,11 @@ def gpu_repository(serve_extra, tiny_weights, tmp_path_factory):
 
     return build_repository(None, tmp_path_factory.mktemp("gpu") / "models", tiny_weights,
                             options=RepositoryOptions(stage_placement=Placement.on((0,))))
+
+
+@pytest.fixture(scope="session")
+def png() -> str:
+    """A bundled sample reference image."""
+    from cinema_trt.models.media import sample_references
+
+    return str(sample_references()[0])
