@@ -90,8 +90,10 @@ class FaultRunResult:
             if error:
                 self.errors[error] += 1
             for attempt in attempts:
-                self.failed_attempts[" ".join(attempt.split()[:9])] += 1
-                self.unnamed_attempts += NAMED.search(attempt) is None
+                named = NAMED.search(attempt)
+                kind = attempt.split(":", 1)[0]
+                self.failed_attempts[f"{kind} naming {named.group(0) if named else 'none'}"] += 1
+                self.unnamed_attempts += named is None
 
 
 def _client(url: str, config: FaultRunConfig):

@@ -26,7 +26,7 @@ def test_a_short_fault_run_loses_nothing_and_names_every_failed_replica(
     if os.geteuid() != 0:
         missing("root (test hosts are network namespaces)", "run the tests as root")
     # one fault of each kind: kill (restart ~30-60 s here), stop and link (10 s outages)
-    config = FaultRunConfig(duration=75.0, replicas=2, clients=2, fault_every=4.0,
+    config = FaultRunConfig(duration=60.0, replicas=2, clients=2, fault_every=4.0,
                             outage_s=10.0, progress_timeout=8.0, seeds=2, seed=3)
     run = Provenance.start()
     result = run_faults(config)
