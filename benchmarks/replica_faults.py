@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import json
 import logging
 import random
 import re
@@ -38,8 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from .machine import Provenance, describe_source, machine_tag
-from .replicas import tiny_repository
+from cinema_trt.serving.faults import wait_for
+
+from .machine import Provenance, describe_source
+from .replicas import tiny_repository, write_record
 
 LOG = logging.getLogger(__name__)
 # seconds of denoising per call, so a fault mostly lands on running generations
@@ -127,15 +128,6 @@ def _call(client, config: FaultRunConfig, result: FaultRunResult, seed: int,
                       attempts=got.failures)
 
 
-def _wait(predicate, timeout: float) -> float | None:
-    begin = time.monotonic()
-    while time.monotonic() - begin < timeout:
-        if predicate():
-            return time.monotonic() - begin
-        time.sleep(0.1)
-    return None
-
-
 def inject(replicas, kind: str, replica, outage_s: float) -> dict:
     """One fault on `replica` and its repair; the balancer's reaction, timed."""
     balancer = replicas.balancer
@@ -147,14 +139,14 @@ def inject(replicas, kind: str, replica, outage_s: float) -> dict:
         replica.signal(signal.SIGSTOP)
     else:
         replica.set_link(False)
-    down = _wait(lambda: balancer.states()[replica.name].startswith("DOWN"), 30)
+    down = wait_for(lambda: balancer.states()[replica.name].startswith("DOWN"), 30)
     if kind != "kill":
         time.sleep(max(0.0, outage_s - (time.monotonic() - begin)))
         if kind == "stop":
             replica.signal(signal.SIGCONT)
         else:
             replica.set_link(True)
-    up = _wait(lambda: balancer.states()[replica.name] == "UP", 180)
+    up = wait_for(lambda: balancer.states()[replica.name] == "UP", 180)
     ok = down is not None and up is not None
     LOG.info("fault %s on %s (%d streams): down after %s s, up again after %s s", kind,
              replica.name, streams, down, up)
@@ -178,7 +170,7 @@ def _faults(replicas, config: FaultRunConfig, stop: threading.Event,
 
 def _healthy(replicas, config: FaultRunConfig, references: dict[int, np.ndarray]) -> bool:
     """Every replica UP in the balancer, and each seed's video once more, unchanged."""
-    if _wait(lambda: set(replicas.balancer.states().values()) == {"UP"}, 120) is None:
+    if wait_for(lambda: set(replicas.balancer.states().values()) == {"UP"}, 120) is None:
         return False
     client = _client(replicas.url, config)
     return all(np.array_equal(client.generate("a toy", [_reference_image()], seed=seed,
@@ -297,10 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     run = Provenance.start()
     result = run_faults(config)
     record = fault_record(config, result, run.block())
-    stem = args.out / f"replica-faults-{machine_tag('cpu')}-{run.date}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(record))
+    stem = write_record(record, args.out, "replica-faults", markdown(record), run)
     print(markdown(record))
     print(f"wrote {stem}.json and {stem}.md")
     good = not (record["counts"]["hung"] or record["counts"]["lost"]

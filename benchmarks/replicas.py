@@ -163,11 +163,12 @@ def markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_record(record: dict, out: Path, run: Provenance) -> Path:
-    stem = out / f"replicas-{machine_tag('cpu')}-{run.date}"
+def write_record(record: dict, out: Path, name: str, text: str, run: Provenance) -> Path:
+    """`<out>/<name>-<machine>-<date>.json` and `.md` (`text`); returns the path stem."""
+    stem = out / f"{name}-{machine_tag('cpu')}-{run.date}"
     out.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(record))
+    stem.with_suffix(".md").write_text(text)
     return stem
 
 
@@ -176,4 +177,4 @@ def sweep(config: SweepConfig, out: Path) -> tuple[dict, Path]:
     run = Provenance.start()
     settings = run_sweep(config)
     record = sweep_record(config, settings, run.block())
-    return record, write_record(record, out, run)
+    return record, write_record(record, out, "replicas", markdown(record), run)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from cinema_trt.serving.client import CinemaClient, ClientOptions
+from cinema_trt.serving.faults import wait_for
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 SMALL = dict(frames=5, height=32, width=32, steps=2, guidance=4.0)
@@ -45,15 +46,6 @@ def _client(replicas, resubmit: int = 0) -> CinemaClient:
                                                     connect_retries=6, resubmit=resubmit))
 
 
-def _wait(predicate, timeout: float) -> float | None:
-    begin = time.monotonic()
-    while time.monotonic() - begin < timeout:
-        if predicate():
-            return time.monotonic() - begin
-        time.sleep(0.1)
-    return None
-
-
 def test_requests_spread_over_the_replicas_with_streamed_progress(replicas, png):
     client = _client(replicas)
     results, threads = [], []
@@ -79,7 +71,7 @@ def _restore(replicas, kind: str, replica) -> None:
     elif kind == "link":
         replica.set_link(True)
     # killed: its supervisor (cinema-trt serve) restarts it
-    assert _wait(lambda: replicas.balancer.states()[replica.name] == "UP", 180) is not None, \
+    assert wait_for(lambda: replicas.balancer.states()[replica.name] == "UP", 180) is not None, \
         f"{replica.name} did not come back:\n{replica.log_tail()}"
 
 
@@ -99,7 +91,7 @@ def test_a_replica_failing_mid_generation_is_resubmitted_elsewhere_with_the_same
 
     thread = threading.Thread(target=generate)
     thread.start()
-    assert _wait(lambda: len(steps) >= 3, 60) is not None
+    assert wait_for(lambda: len(steps) >= 3, 60) is not None
     victim = next(r for r in replicas.replicas
                   if int(replicas.balancer.stats()[r.name]["scur"] or 0) > 0)
     begin = time.monotonic()
@@ -110,7 +102,7 @@ def test_a_replica_failing_mid_generation_is_resubmitted_elsewhere_with_the_same
     else:
         victim.set_link(False)
     try:
-        down = _wait(lambda: replicas.balancer.states()[victim.name].startswith("DOWN"),
+        down = wait_for(lambda: replicas.balancer.states()[victim.name].startswith("DOWN"),
                      DOWN_S)
         assert down is not None, f"the balancer still routes to {victim.name}"
         # a request started now never reaches the failed replica: served by the other
@@ -128,3 +120,38 @@ def test_a_replica_failing_mid_generation_is_resubmitted_elsewhere_with_the_same
         assert time.monotonic() - begin < BOUND + 60
     finally:
         _restore(replicas, kind, victim)
+
+
+def test_deploy_local_serves_until_sigterm_and_removes_its_hosts(replicas, png):
+    import subprocess
+    import sys
+
+    from cinema_trt.serving import netns
+
+    repository = replicas.config.repository
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cinema_trt.cli", "deploy", "local", "--repository",
+         str(repository), "--replicas", "1"], stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = process.stdout.readline()  # printed once every replica is ready
+        assert line.startswith("grpc: "), line
+        url = line.split()[1]
+        result = CinemaClient(url, ClientOptions(timeout=120)).stream("a toy", [png], **SMALL)
+        assert result.replica == "r0" and result.video.shape == (5, 32, 32, 3)
+        namespaces = [n for n in _namespaces() if n.startswith(f"{netns.PREFIX}{process.pid}-")]
+        assert len(namespaces) == 1
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 0
+        assert not [n for n in _namespaces() if n in namespaces], "a test host was left"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _namespaces() -> list[str]:
+    import subprocess
+
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in listed.splitlines() if line.strip()]

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from cinema_trt.serving import watchdog
+from cinema_trt.serving.faults import wait_for
 from cinema_trt.serving.watchdog import StubWatchdog, expected_stubs, live_stubs
 
 INTERVAL = 0.5  # the watchdog's default check interval
@@ -141,15 +142,6 @@ def _serves(server, model: str) -> bool:
         client.close()
 
 
-def _wait(predicate, timeout: float) -> float | None:
-    begin = time.monotonic()
-    while time.monotonic() - begin < timeout:
-        if predicate():
-            return time.monotonic() - begin
-        time.sleep(0.05)
-    return None
-
-
 def _kill(server, instance: str) -> float:
     os.kill(live_stubs(server.pid)[instance], signal.SIGKILL)
     return time.monotonic()
@@ -162,11 +154,11 @@ def _detected_after(server, model: str, since: float) -> float | None:
 
 def assert_restored(server, model: str, killed: float) -> None:
     """Red within the interval (the watchdog unloaded it), serving within SERVING_S."""
-    assert _wait(lambda: _detected_after(server, model, killed) is not None, SERVING_S), \
+    assert wait_for(lambda: _detected_after(server, model, killed) is not None, SERVING_S), \
         f"{model}: the watchdog never noticed its dead stub"
     red = _detected_after(server, model, killed)
     assert red is not None and red <= NOT_READY_S, f"{model}: not ready only after {red:.2f} s"
-    assert _wait(lambda: _serves(server, model), SERVING_S) is not None, \
+    assert wait_for(lambda: _serves(server, model), SERVING_S) is not None, \
         f"{model} did not serve again within {SERVING_S} s"
 
 
@@ -202,7 +194,7 @@ def test_a_stub_killed_while_the_server_still_loads_is_restored_before_start_ret
 
     def kill_when_fast_is_loaded(server):
         # `fast` is READY while `slow` still sleeps in initialize: the server is not ready
-        _wait(lambda: "successfully loaded 'fast'" in server.log_tail, 60)
+        wait_for(lambda: "successfully loaded 'fast'" in server.log_tail, 60)
         killed.append(_kill(server, "fast_0_0"))
 
     server = start_server({"fast": 0, "slow": 4},
@@ -217,7 +209,7 @@ def test_a_stub_killed_the_moment_the_server_answers_is_red_within_the_interval(
     killed = []
 
     def kill_when_ready(server):
-        _wait(lambda: server.pid is not None and server.is_ready(), 60)
+        wait_for(lambda: server.pid is not None and server.is_ready(), 60)
         killed.append(_kill(server, "fast_0_0"))
 
     server = start_server({"fast": 0}, before_start=lambda s: _in_background(kill_when_ready, s))
@@ -236,17 +228,17 @@ def test_stubs_killed_during_a_reload_are_restored(start_server):
     server = start_server({"slow": 2, "other": 0}, count=2)
     before = _stubs_of(server, "slow")
     first = _kill(server, "slow_0_1")  # one instance of two: the model is dead
-    assert _wait(lambda: _detected_after(server, "slow", first) is not None, NOT_READY_S)
+    assert wait_for(lambda: _detected_after(server, "slow", first) is not None, NOT_READY_S)
     # while the watchdog reloads `slow`: another model's stub dies (noticed at once, not
     # after the reload), then a new stub of `slow` in its initialize (the load fails with
     # "not healthy" and is tried again)
     other = _kill(server, "other_0_0")
     assert_restored(server, "other", other)
-    assert _wait(lambda: _stubs_of(server, "slow") - before, SERVING_S) is not None
+    assert wait_for(lambda: _stubs_of(server, "slow") - before, SERVING_S) is not None
     time.sleep(0.5)  # in initialize (which sleeps 2 s), past the stub's first message
     for pid in _stubs_of(server, "slow") - before:
         os.kill(pid, signal.SIGKILL)
-    assert _wait(lambda: _serves(server, "slow") and len(_stubs_of(server, "slow")) == 2,
+    assert wait_for(lambda: _serves(server, "slow") and len(_stubs_of(server, "slow")) == 2,
                  2 * SERVING_S) is not None, "a stub killed during its own reload"
 
 
@@ -266,7 +258,7 @@ def test_a_stub_killed_at_birth_during_a_reload_ends_in_a_restart_that_serves(
         config, stop, started.append, RestartPolicy(backoff=0.5))), daemon=True)
     thread.start()
     try:
-        assert _wait(lambda: started, 120) is not None
+        assert wait_for(lambda: started, 120) is not None
         server = started[0]
         first_pid, before = server.pid, _stubs_of(server, "slow")
         killed = _kill(server, "slow_0_0")
@@ -280,7 +272,7 @@ def test_a_stub_killed_at_birth_during_a_reload_ends_in_a_restart_that_serves(
         assert not _serves(server, "slow")
         # restored by a retried load, or by the restart after the load timeout (8 s)
         bound = config.model_load_timeout + 30
-        assert _wait(lambda: server.pid is not None and server.is_ready()
+        assert wait_for(lambda: server.pid is not None and server.is_ready()
                      and _serves(server, "slow"), bound) is not None, "never restored"
         restarted = server.pid != first_pid
         print(f"restored {'by a restart' if restarted else 'by a retried load'} after "
