@@ -24,8 +24,11 @@ def print_endpoints(server: TritonServer) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from cinema_trt.serving.server import ServerConfig, repository_location
+    from cinema_trt.serving.supervisor import RestartPolicy
+
     p = subparsers.add_parser("serve", help="serve a model repository with Triton")
-    p.add_argument("--repository", required=True,
+    p.add_argument("--repository", required=True, type=repository_location,
                    help="model repository folder (cinema-trt repo), or an s3:// gs:// as:// "
                         "URL that tritonserver reads itself (built with --copy-weights)")
     p.add_argument("--host", help="address to listen on (default %(default)s)")
@@ -51,18 +54,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "killed (default %(default)s)")
     p.add_argument("--max-restarts", type=int,
                    help="restarts after crashes within 10 minutes before giving up")
-    from cinema_trt.serving.server import ServerConfig
-    from cinema_trt.serving.supervisor import RestartPolicy
-
     p.set_defaults(func=run, **defaults(ServerConfig), **defaults(RestartPolicy))
 
 
 def run(args: argparse.Namespace) -> int:
-    from cinema_trt.serving.server import ServerConfig, ServerError, repository_location
+    from cinema_trt.serving.server import ServerConfig, ServerError
     from cinema_trt.serving.supervisor import RestartPolicy, serve_forever
 
     config = from_args(ServerConfig, args, log_level=logging.INFO, executable=args.tritonserver,
-                       repository=repository_location(args.repository),
                        admin_token=args.admin_token or os.environ.get("CINEMA_ADMIN_TOKEN"))
     try:
         return serve_forever(config, on_ready=print_endpoints,
