@@ -140,6 +140,12 @@ class Balancer:
         assert self._workdir is not None, "start() first"
         return Path(self._workdir.name) / "stats.sock"
 
+    @property
+    def log(self) -> Path:
+        """HAProxy's messages: replicas going DOWN and UP, with the reason."""
+        assert self._workdir is not None, "start() first"
+        return Path(self._workdir.name) / "haproxy.log"
+
     def start(self) -> Balancer:
         binary = find_haproxy()
         self._workdir = tempfile.TemporaryDirectory(prefix="cinema-haproxy-")
@@ -150,16 +156,16 @@ class Balancer:
                                  text=True, timeout=30)
         if checked.returncode != 0:
             raise BalancerError(f"haproxy refused {path}: {checked.stderr.strip()}")
-        # -db: foreground, so the process is ours to stop; -W: master-worker
-        self._process = subprocess.Popen([binary, "-db", "-f", str(path)],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                         stdin=subprocess.DEVNULL, text=True,
-                                         start_new_session=True)
+        # -db: foreground, so the process is ours to stop. Its messages (each replica going
+        # DOWN and UP) go to a file: an unread pipe would fill and block the balancer
+        with open(self.log, "w") as log:
+            self._process = subprocess.Popen([binary, "-db", "-f", str(path)],
+                                             stdout=log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 10
         while not self.stats_socket.exists() and time.monotonic() < deadline:
             if self._process.poll() is not None:
-                _, errors = self._process.communicate()
-                raise BalancerError(f"haproxy exited: {errors}")
+                raise BalancerError(f"haproxy exited: {self.log.read_text()}")
             time.sleep(0.05)
         LOG.info("balancer (HAProxy) on %s over %s", self.url,
                  ", ".join(f"{b.name} {b.address}" for b in self.backends))

@@ -71,6 +71,7 @@ _NOT_STARTED = ("is not ready", "unknown model", "is not found", "not healthy")
 # reloading, the server stopping
 _REPLICA_FAULTS = ("not healthy", "not ready", "Socket closed", "RST_STREAM", "Stream removed",
                    "Connection reset", "GOAWAY", "Broken pipe", "Server exiting")
+# the stream's status when the server or the balancer cut it (our own cancel never raises)
 _REPLICA_STATUSES = ("UNAVAILABLE", "CANCELLED")
 
 
@@ -145,9 +146,9 @@ def _where(state: GenerationResult) -> str:
 def _raise_for(message: str, status: str, state: GenerationResult) -> None:
     if "DEADLINE_EXCEEDED" in status:
         raise TimeoutError(f"generation did not finish in time: {message}")
-    if not _started(state) and ("UNAVAILABLE" in status
+    if not _started(state) and (any(s in status for s in _REPLICA_STATUSES)
                                 or any(s in message for s in _NOT_STARTED)):
-        raise _NotStarted(message)
+        raise _NotStarted(message)  # cut before any step: safe to send again
     if _started(state) and (any(s in status for s in _REPLICA_STATUSES)
                             or any(s in message for s in _REPLICA_FAULTS)):
         raise ReplicaFailed(f"{_where(state)}: the replica failed: {message}")

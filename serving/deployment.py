@@ -92,7 +92,7 @@ def read_repository(repository: str | Path) -> RepositoryNeeds:
     for path in configs:
         config = parse_config(path.read_text())
         for group in config.instance_group:
-            if group.kind == gpu_kind:
+            if group.kind == gpu_kind:  # no list: every GPU Triton sees, at least one
                 gpus.update(group.gpus or [0])
         if config.backend == "python" and "runtime" in config.parameters:
             runtimes.add(config.parameters["runtime"].string_value)

@@ -25,6 +25,7 @@ running generations finish (`drain_s`) before the server stops, within the grace
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from cinema_trt.serving import protocol
 from cinema_trt.serving.deployment import RepositoryNeeds, ServingImage
 from cinema_trt.serving.server import REMOTE_REPOSITORY_SCHEMES, ServerConfig
 
+LOG = logging.getLogger(__name__)
 PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # Triton's, named as probes use them
 MOUNT = "/models"
 GPU = "nvidia.com/gpu"  # the NVIDIA device plugin's resource
@@ -323,6 +325,11 @@ def write_kubernetes(repository: str | Path, out: str | Path, options: Kubernete
     from cinema_trt.serving.deployment import read_repository, serving_image
 
     needs = read_repository(repository)
+    if needs.links:
+        LOG.warning("%s links %d files from outside it (built without --copy-weights): copy "
+                    "it to %s with the links followed (rsync -L; aws s3 sync follows them), "
+                    "or rebuild it with --copy-weights", repository, needs.links,
+                    options.model_store)
     image = serving_image(needs, options.image_repository, options.triton_release)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

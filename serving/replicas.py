@@ -196,9 +196,9 @@ class ReplicaSet:
         """Drain and stop every replica, then the balancer, then remove the hosts."""
         for replica in self.replicas:  # SIGTERM: each drains (quick when idle), then stops
             if replica.process.poll() is None:
-                for pid in (replica.server_pid(),):  # a stopped replica cannot drain
-                    if pid is not None:
-                        os.killpg(pid, signal.SIGCONT)
+                pid = replica.server_pid()
+                if pid is not None:  # a stopped replica cannot drain
+                    os.killpg(pid, signal.SIGCONT)
                 replica.process.send_signal(signal.SIGTERM)
         for replica in self.replicas:
             try:

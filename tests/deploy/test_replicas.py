@@ -65,6 +65,12 @@ def test_requests_spread_over_the_replicas_with_streamed_progress(replicas, png)
     assert all(np.array_equal(v[0], w) for v in by_seed.values() for w in v)
 
 
+def _diagnosis(replicas) -> str:
+    balancer = replicas.balancer
+    return "\n".join([f"balancer: {balancer.states()}", balancer.log.read_text()[-2000:],
+                      *(f"{r.name}:\n{r.log_tail(15)}" for r in replicas.replicas)])
+
+
 def _restore(replicas, kind: str, replica) -> None:
     if kind == "stop":
         replica.signal(signal.SIGCONT)
@@ -106,8 +112,11 @@ def test_a_replica_failing_mid_generation_is_resubmitted_elsewhere_with_the_same
                      DOWN_S)
         assert down is not None, f"the balancer still routes to {victim.name}"
         # a request started now never reaches the failed replica: served by the other
-        fresh = _client(replicas).stream("a toy", [png], seed=1, **SMALL)
-        assert fresh.replica != victim.name and fresh.failures == []
+        try:
+            fresh = _client(replicas).stream("a toy", [png], seed=1, **SMALL)
+        except Exception as error:  # what the balancer and the replicas saw, for the record
+            raise AssertionError(f"{error}\n{_diagnosis(replicas)}") from error
+        assert fresh.replica != victim.name and fresh.failures == [], (victim.name, fresh)
         thread.join(timeout=3 * BOUND + 120)
         assert not thread.is_alive(), "the call hung"
         assert "error" not in outcome, outcome

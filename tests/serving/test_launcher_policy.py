@@ -61,6 +61,9 @@ def test_the_no_progress_bound_grows_with_the_video():
     ("Stub process 'cinema_0_0' is not healthy.", "StatusCode.INTERNAL", False, True),
     ("Request for unknown model: 'cinema' is not found", "", False, True),
     ("invalid request: steps=0 must be in 1..1000", "", False, False),
+    # the balancer or the server cut the stream before any step
+    ("Stream removed (RST_STREAM (Received RST_STREAM with error code 8))",
+     "StatusCode.CANCELLED", False, True),
     # after progress the request ran: not retried (ReplicaFailed: resubmitted only when
     # ClientOptions.resubmit allows)
     ("stage model 'dit' failed: ... Model 'dit' is not ready.", "", True, False),
