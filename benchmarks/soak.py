@@ -155,11 +155,11 @@ def _healthy(server, timeout: float = 60.0) -> bool:
 
     from cinema_trt.models.media import sample_references
     from cinema_trt.serving.client import CinemaClient, ClientOptions
-    from cinema_trt.serving.faults import MODELS, _wait
+    from cinema_trt.serving.faults import MODELS, wait_for
 
     grpc = grpcclient.InferenceServerClient(server.endpoints.grpc)
     try:
-        if _wait(lambda: all(grpc.is_model_ready(m) for m in MODELS), timeout) is None:
+        if wait_for(lambda: all(grpc.is_model_ready(m) for m in MODELS), timeout) is None:
             return False
     finally:
         grpc.close()

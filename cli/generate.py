@@ -45,6 +45,9 @@ class GenerateOptions:
     # --url: seconds without a message from the server before giving up (None: derived
     # from the video's size, serving/client.py no_progress_timeout)
     progress_timeout: float | None = None
+    # --url: times a generation whose replica failed mid-way is sent again (behind a
+    # balancer another replica runs it; the seed makes it the same video)
+    resubmit: int = 0
 
 
 def build_pipeline(options: GenerateOptions, config: CinemaConfig) -> CinemaPipeline:
@@ -97,7 +100,7 @@ def generate_remote(options: GenerateOptions) -> Path:
     # server is noticed by the no-progress bound
     if options.url is None:
         raise ValueError("a served generate needs --url HOST:PORT")
-    client = CinemaClient(options.url, ClientOptions(timeout=None,
+    client = CinemaClient(options.url, ClientOptions(timeout=None, resubmit=options.resubmit,
                                                      progress_timeout=options.progress_timeout))
     with tqdm(total=options.steps, desc="denoising", unit="step",
               disable=not options.progress) as bar:
@@ -180,6 +183,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--progress-timeout", type=float,
                    help="with --url: seconds without progress from the server before giving "
                         "up (default: derived from the video's size)")
+    p.add_argument("--resubmit", type=int,
+                   help="with --url: times a generation whose replica failed mid-way is sent "
+                        "again, to another replica behind a balancer (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run, **defaults(GenerateOptions))
 
@@ -189,10 +195,13 @@ def run(args: argparse.Namespace) -> int:
     if options.url is None:
         print(generate_video(options))
         return 0
-    from cinema_trt.serving.client import CinemaRequestError, ServerStalled
+    from cinema_trt.serving.client import CinemaRequestError, ReplicaFailed, ServerStalled
 
     try:
         print(generate_video(options))
+    except ReplicaFailed as error:  # the server failed, not the request
+        log.error("%s", error)
+        return 1
     except CinemaRequestError as error:  # the server's message names the bad input
         log.error("the server rejected the request: %s", error)
         return 2

@@ -13,7 +13,7 @@ import sys
 
 # module names under cinema_trt.cli, in the order `--help` lists them
 SUBCOMMANDS = ("demo", "generate", "export", "build", "inspect", "compare", "repo", "serve",
-               "bench", "memory_plan")
+               "deploy", "bench", "bench_replicas", "memory_plan")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .options import defaults, from_args
@@ -25,9 +24,13 @@ def print_endpoints(server: TritonServer) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from cinema_trt.serving.server import ServerConfig, repository_location
+    from cinema_trt.serving.supervisor import RestartPolicy
+
     p = subparsers.add_parser("serve", help="serve a model repository with Triton")
-    p.add_argument("--repository", type=Path, required=True,
-                   help="model repository folder (cinema-trt repo)")
+    p.add_argument("--repository", required=True, type=repository_location,
+                   help="model repository folder (cinema-trt repo), or an s3:// gs:// as:// "
+                        "URL that tritonserver reads itself (built with --copy-weights)")
     p.add_argument("--host", help="address to listen on (default %(default)s)")
     p.add_argument("--grpc-port", type=int, help="0: a free port")
     p.add_argument("--http-port", type=int, help="0: a free port")
@@ -40,11 +43,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--admin-token", help="value of the `cinema-admin` header that unlocks "
                    "model control and HTTP inference (default: $CINEMA_ADMIN_TOKEN, else a "
                    "random token nobody outside knows)")
+    p.add_argument("--replica", help="the name responses give this server, which clients "
+                                      "name when it fails (default: $CINEMA_REPLICA, else "
+                                      "the host name)")
+    p.add_argument("--drain-timeout", type=float,
+                   help="seconds SIGTERM lets running generations finish, refusing new ones "
+                        "(default %(default)s)")
+    p.add_argument("--stop-timeout", type=float,
+                   help="seconds tritonserver gets to exit after the drain before it is "
+                        "killed (default %(default)s)")
     p.add_argument("--max-restarts", type=int,
                    help="restarts after crashes within 10 minutes before giving up")
-    from cinema_trt.serving.server import ServerConfig
-    from cinema_trt.serving.supervisor import RestartPolicy
-
     p.set_defaults(func=run, **defaults(ServerConfig), **defaults(RestartPolicy))
 
 

@@ -54,6 +54,7 @@ class Backend:
     # the export it runs fastest, and the base of its fp8 graphs (demo, benchmarks): ONNX
     # Runtime's CPU provider runs fp16 through casts, no faster than fp32
     base: Precision
+    wheel: str = ""  # the PyPI distribution of `module` (a serving image installs it)
 
     @property
     def builds_without_gpu(self) -> bool:
@@ -82,14 +83,15 @@ TENSORRT = Backend(
             "<yy.mm>-py3 or nvcr.io/nvidia/tensorrt:<yy.mm>-py3). To run on CPU instead, "
             "use `cinema-trt build --runtime ort`",
     plans=True, targets=(), weak_typing_until=11, timing_cache=True, runtime_cache=False,
-    plugins_since="10.8", triton_backend="tensorrt", base=Precision.FP16)
+    plugins_since="10.8", triton_backend="tensorrt", base=Precision.FP16,
+    wheel="tensorrt-cu12")
 TENSORRT_RTX = Backend(
     name="tensorrt-rtx", module="tensorrt_rtx", display="TensorRT-RTX",
     install="pip install tensorrt-rtx-cu12 (builds on any machine; running needs an RTX / "
             "workstation GPU of a target architecture)",
     plans=True, targets=("sm75", "sm80", "sm86", "sm89", "sm120", "sm121"),
     weak_typing_until=0, timing_cache=False, runtime_cache=True, plugins_since="",
-    triton_backend="python", base=Precision.FP16)
+    triton_backend="python", base=Precision.FP16, wheel="tensorrt-rtx-cu12")
 ORT = Backend(
     name="ort", module="onnxruntime", display="ONNX Runtime",
     install="`pip install 'cinema-trt[onnx]'` (CPU) or `pip install 'cinema-trt[gpu]'` (CUDA)",

@@ -3,12 +3,18 @@
 Decoupled models answer only over gRPC bi-directional streams, so every call opens a
 stream, sends one request and reads `progress` responses until the final flag. A request
 that never started (server unreachable, the model not ready or being reloaded after a
-stub died, the stub gone before the first response) is retried with back-off; once a
-response arrived nothing is retried (a generation is not idempotent in cost). No client
+stub died, the stub gone before the first response) is retried with back-off. No client
 waits on a dead server: when no message arrives for `progress_timeout` seconds (default
 derived from the video's size) the call fails with `ServerStalled` and the request is
 cancelled. Cancelling closes the stream with `cancel_requests`, which the server sees
 between denoising steps.
+
+Behind a balancer, the replica that accepts a request names itself in a first response.
+When that replica fails mid-generation (killed, cut off, a stage's stub died),
+the call fails with `ReplicaFailed` naming it, or `ServerStalled`; with
+`ClientOptions(resubmit=n)` it is sent again up to n times (to a healthy replica: the
+balancer routes by readiness), and the same request, seed included, gives the same video.
+By default nothing that started is sent twice: a generation is not idempotent in cost.
 """
 
 from __future__ import annotations
@@ -42,6 +48,10 @@ class ServerStalled(TimeoutError):
     """No message from the server for the no-progress bound: it died or hangs."""
 
 
+class ReplicaFailed(CinemaRequestError):
+    """The replica running the request failed after it started; the message names it."""
+
+
 class _NotStarted(ConnectionError):
     """The request failed before the server started it: safe to send again."""
 
@@ -56,6 +66,13 @@ DEFAULT_VIDEO = {"frames": 45, "height": 480, "width": 720}
 # errors of a request the server never started: the model is missing or not ready (a
 # reload after a stub died), or its stub is gone
 _NOT_STARTED = ("is not ready", "unknown model", "is not found", "not healthy")
+# errors of a started request that are its replica's, not the request's: the stream cut
+# (the replica or its link died: gRPC or the balancer reset it), a stage's stub dead or
+# reloading, the server stopping
+_REPLICA_FAULTS = ("not healthy", "not ready", "Socket closed", "RST_STREAM", "Stream removed",
+                   "Connection reset", "GOAWAY", "Broken pipe", "Server exiting")
+# the stream's status when the server or the balancer cut it (our own cancel never raises)
+_REPLICA_STATUSES = ("UNAVAILABLE", "CANCELLED")
 
 
 def no_progress_timeout(params: dict) -> float:
@@ -66,12 +83,16 @@ def no_progress_timeout(params: dict) -> float:
 
 @dataclass(frozen=True)
 class ClientOptions:
-    timeout: float | None = 600.0  # seconds for a whole generation (None: no deadline)
+    # seconds for a whole generation (None: no deadline)
+    timeout: float | None = protocol.GENERATION_TIMEOUT_S
     connect_retries: int = 3  # attempts to reach a server, or to start a request
     retry_backoff: float = 0.5  # seconds, doubled after each failed attempt
     model_name: str = protocol.ORCHESTRATOR
     # seconds without any message before the call fails (None: no_progress_timeout)
     progress_timeout: float | None = None
+    # times a request whose replica failed after it started (ReplicaFailed, ServerStalled)
+    # is sent again; the video is the same (seeded). 0: never (a generation costs minutes)
+    resubmit: int = 0
 
     def stall_bound(self, params: dict) -> float:
         return self.progress_timeout or no_progress_timeout(params)
@@ -82,6 +103,8 @@ class GenerationResult:
     video: np.ndarray | None = None  # uint8 (T, H, W, 3)
     mp4: bytes | None = None
     progress: list[tuple[int, int]] = field(default_factory=list)
+    replica: str | None = None  # the replica that ran it (servers that name themselves)
+    failures: list[str] = field(default_factory=list)  # resubmitted attempts, each's error
 
 
 def _grpc():
@@ -113,12 +136,22 @@ def _started(state: GenerationResult) -> bool:
     return bool(state.progress) or state.video is not None or state.mp4 is not None
 
 
+def _where(state: GenerationResult) -> str:
+    """`replica r1, after step 3 of 8`: where a request was when it failed."""
+    step = f"after step {state.progress[-1][0]} of {state.progress[-1][1]}" \
+        if state.progress else "before its first step"
+    return f"replica {state.replica or '(unnamed)'}, {step}"
+
+
 def _raise_for(message: str, status: str, state: GenerationResult) -> None:
     if "DEADLINE_EXCEEDED" in status:
         raise TimeoutError(f"generation did not finish in time: {message}")
-    if not _started(state) and ("UNAVAILABLE" in status
+    if not _started(state) and (any(s in status for s in _REPLICA_STATUSES)
                                 or any(s in message for s in _NOT_STARTED)):
-        raise _NotStarted(message)
+        raise _NotStarted(message)  # cut before any step: safe to send again
+    if _started(state) and (any(s in status for s in _REPLICA_STATUSES)
+                            or any(s in message for s in _REPLICA_FAULTS)):
+        raise ReplicaFailed(f"{_where(state)}: the replica failed: {message}")
     raise CinemaRequestError(message)
 
 
@@ -138,6 +171,9 @@ def _consume(result, error, state: GenerationResult, progress: ProgressFn | None
     mp4 = result.as_numpy("mp4")
     if mp4 is not None:
         state.mp4 = bytes(mp4.reshape(-1)[0])
+    replica = result.as_numpy("replica")
+    if replica is not None:
+        state.replica = bytes(replica.reshape(-1)[0]).decode(errors="replace")
     final = result.get_response().parameters.get("triton_final_response")
     return bool(final is not None and final.bool_param)
 
@@ -149,9 +185,10 @@ def _check_complete(state: GenerationResult, outputs: tuple[str, ...]) -> Genera
     return state
 
 
-def _stalled(url: str, bound: float) -> str:
-    return (f"no message from the server at {url} for {bound:.0f} s: it died or hangs; the "
-            "request was cancelled (the bound grows with the video's size; set "
+def _stalled(url: str, bound: float, state: GenerationResult) -> str:
+    where = f" ({_where(state)})" if _started(state) or state.replica else ""
+    return (f"no message from the server at {url}{where} for {bound:.0f} s: it died or "
+            "hangs; the request was cancelled (the bound grows with the video's size; set "
             "ClientOptions(progress_timeout=...) or --progress-timeout to change it)")
 
 
@@ -165,9 +202,46 @@ def _mp4(state: GenerationResult) -> bytes:
     return state.mp4
 
 
-def _requested(outputs: tuple[str, ...]) -> list:
+def _requested(outputs: tuple[str, ...], replica: bool) -> list:
     grpcclient = _grpc()
-    return [grpcclient.InferRequestedOutput(name) for name in ("progress", *outputs)]
+    names = ("progress", *outputs, *(("replica",) if replica else ()))
+    return [grpcclient.InferRequestedOutput(name) for name in names]
+
+
+def _declares_replica(metadata) -> bool:
+    """Whether the model names its replica (repositories built before it do not, and a
+    request for an output the model lacks would fail)."""
+    outputs = metadata["outputs"] if isinstance(metadata, dict) else metadata.outputs
+    return any((o["name"] if isinstance(o, dict) else o.name) == "replica" for o in outputs)
+
+
+class _Attempts:
+    """One call's retry policy. A request the server never started is sent again after
+    back-off, `connect_retries` attempts in all; one whose replica failed after it started
+    is resubmitted `resubmit` times, each failure kept in `failures`."""
+
+    def __init__(self, options: ClientOptions, url: str):
+        self.options, self.url = options, url
+        self.tries, self.delay = 1, options.retry_backoff
+        self.failures: list[str] = []
+
+    def wait_before_next(self, error: Exception) -> float:
+        """Seconds to wait before sending again; re-raises when the policy says stop."""
+        if isinstance(error, _NotStarted):
+            if self.tries >= self.options.connect_retries:
+                raise ConnectionError(f"the server at {self.url} did not start the request "
+                                      f"in {self.tries} attempts: {error}") from None
+            log.info("request not started (attempt %d/%d): %s; retrying in %.1f s",
+                     self.tries, self.options.connect_retries, error, self.delay)
+            self.tries += 1
+            wait, self.delay = self.delay, self.delay * 2
+            return wait
+        if len(self.failures) >= self.options.resubmit:
+            raise error
+        self.failures.append(f"{type(error).__name__}: {error}")
+        log.warning("%s; resubmitting the request (%d of %d)", error, len(self.failures),
+                    self.options.resubmit)
+        return self.options.retry_backoff
 
 
 class CinemaClient:
@@ -176,6 +250,7 @@ class CinemaClient:
     def __init__(self, url: str, options: ClientOptions = ClientOptions()):
         self.url = url
         self.options = options
+        self._replica_output: bool | None = None  # the model names its replica
 
     def _connect(self):
         grpcclient = _grpc()
@@ -219,19 +294,15 @@ class CinemaClient:
         """
         arrays = protocol.encode_request(prompt, references, "mp4" in outputs, **params)
         bound = self.options.stall_bound(params)
-        delay = self.options.retry_backoff
-        for attempt in range(1, self.options.connect_retries + 1):
+        attempts = _Attempts(self.options, self.url)
+        while True:
             try:
-                return self._stream_once(arrays, outputs, progress, cancel, bound)
-            except _NotStarted as error:
-                if attempt == self.options.connect_retries:
-                    raise ConnectionError(f"the server at {self.url} did not start the request "
-                                          f"in {attempt} attempts: {error}") from None
-                log.info("request not started (attempt %d/%d): %s; retrying in %.1f s",
-                         attempt, self.options.connect_retries, error, delay)
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+                result = self._stream_once(arrays, outputs, progress, cancel, bound)
+            except (_NotStarted, ReplicaFailed, ServerStalled) as error:
+                time.sleep(attempts.wait_before_next(error))
+                continue
+            result.failures = attempts.failures
+            return result
 
     def _stream_once(self, arrays: dict[str, np.ndarray], outputs: tuple[str, ...],
                      progress: ProgressFn | None, cancel: threading.Event | None,
@@ -241,10 +312,13 @@ class CinemaClient:
         state = GenerationResult()
         finished = False
         try:
+            if self._replica_output is None:
+                self._replica_output = _declares_replica(client.get_model_metadata(
+                    self.options.model_name, as_json=True, client_timeout=10))
             client.start_stream(lambda result, error: messages.put((result, error)),
                                 stream_timeout=self.options.timeout)
             client.async_stream_infer(self.options.model_name, _infer_inputs(arrays),
-                                      outputs=_requested(outputs),
+                                      outputs=_requested(outputs, self._replica_output),
                                       enable_empty_final_response=True)
             last = time.monotonic()
             while not finished:
@@ -254,7 +328,7 @@ class CinemaClient:
                     result, error = messages.get(timeout=_POLL)
                 except queue.Empty:
                     if time.monotonic() - last > bound:
-                        raise ServerStalled(_stalled(self.url, bound)) from None
+                        raise ServerStalled(_stalled(self.url, bound, state)) from None
                     continue
                 last = time.monotonic()
                 # error responses carry the final flag: mark that before _consume raises
@@ -285,6 +359,7 @@ class AsyncCinemaClient:
     def __init__(self, url: str, options: ClientOptions = ClientOptions()):
         self.url = url
         self.options = options
+        self._replica_output: bool | None = None
 
     async def _connect(self):
         import asyncio
@@ -316,17 +391,15 @@ class AsyncCinemaClient:
 
         arrays = protocol.encode_request(prompt, references, "mp4" in outputs, **params)
         bound = self.options.stall_bound(params)
-        delay = self.options.retry_backoff
-        for attempt in range(1, self.options.connect_retries + 1):
+        attempts = _Attempts(self.options, self.url)
+        while True:
             try:
-                return await self._stream_once(arrays, outputs, progress, bound)
-            except _NotStarted as error:
-                if attempt == self.options.connect_retries:
-                    raise ConnectionError(f"the server at {self.url} did not start the request "
-                                          f"in {attempt} attempts: {error}") from None
-                await asyncio.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+                result = await self._stream_once(arrays, outputs, progress, bound)
+            except (_NotStarted, ReplicaFailed, ServerStalled) as error:
+                await asyncio.sleep(attempts.wait_before_next(error))
+                continue
+            result.failures = attempts.failures
+            return result
 
     async def _stream_once(self, arrays: dict[str, np.ndarray], outputs: tuple[str, ...],
                            progress: ProgressFn | None, bound: float) -> GenerationResult:
@@ -334,18 +407,19 @@ class AsyncCinemaClient:
 
         import grpc
 
-        # the aio API rejects the `triton_` parameter that asks for an empty final
-        # response; the server closing the stream after our half-close marks the end
-        request = {"model_name": self.options.model_name, "inputs": _infer_inputs(arrays),
-                   "outputs": _requested(outputs)}
-
         async def one_request():
-            yield request
+            # the aio API rejects the `triton_` parameter that asks for an empty final
+            # response; the server closing the stream after our half-close marks the end
+            yield {"model_name": self.options.model_name, "inputs": _infer_inputs(arrays),
+                   "outputs": _requested(outputs, bool(self._replica_output))}
 
         client = await self._connect()
         responses = None
         state = GenerationResult()
         try:
+            if self._replica_output is None:
+                self._replica_output = _declares_replica(await client.get_model_metadata(
+                    self.options.model_name, as_json=True, client_timeout=10))
             responses = client.stream_infer(one_request(), stream_timeout=self.options.timeout)
             iterator = responses.__aiter__()
             while True:
@@ -354,7 +428,7 @@ class AsyncCinemaClient:
                 except StopAsyncIteration:
                     break
                 except asyncio.TimeoutError:
-                    raise ServerStalled(_stalled(self.url, bound)) from None
+                    raise ServerStalled(_stalled(self.url, bound, state)) from None
                 _consume(result, error, state, progress)
             return _check_complete(state, outputs)
         except grpc.RpcError as error:  # aio raises raw gRPC errors (deadline, reset)

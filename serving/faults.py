@@ -39,7 +39,9 @@ class FaultOutcome:
     serving_s: float | None = None
 
 
-def _wait(predicate, timeout: float) -> float | None:
+def wait_for(predicate, timeout: float) -> float | None:
+    """Seconds until `predicate()` held (asked every 0.1 s; an exception counts as not
+    yet), or None after `timeout`."""
     begin = time.monotonic()
     while time.monotonic() - begin < timeout:
         try:
@@ -71,13 +73,13 @@ def kill_stub(server, grpc, model: str) -> FaultOutcome:
     reloads = _reloads(server, model)
     begin = time.monotonic()
     os.kill(pid, signal.SIGKILL)
-    gone = _wait(lambda: not grpc.is_model_ready(model) or _detected(server, model, begin),
+    gone = wait_for(lambda: not grpc.is_model_ready(model) or _detected(server, model, begin),
                  NOT_READY_S)
     detected = _detected(server, model, begin)
     if gone is not None and detected is not None:  # the watchdog's own time
         gone = detected - begin
     # serving again: the watchdog's reload of this model finished and it answers ready
-    back = _wait(lambda: _reloads(server, model) > reloads and grpc.is_model_ready(model),
+    back = wait_for(lambda: _reloads(server, model) > reloads and grpc.is_model_ready(model),
                  SERVING_S + NOT_READY_S)
     serving = None if back is None else time.monotonic() - begin
     ok = gone is not None and serving is not None and serving <= SERVING_S

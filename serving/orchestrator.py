@@ -88,6 +88,12 @@ class TritonPythonModel:
             self._finish(sender, None)
             return
 
+        wanted = set(request.requested_output_names())
+        if "replica" in wanted:  # accepted, and by whom: a client names this replica if it fails
+            name = protocol.replica_name().encode()
+            sender.send(pb.InferenceResponse([pb.Tensor("replica", np.array([name],
+                                                                            dtype=np.object_))]))
+
         def progress(step: int, total: int) -> None:
             tensor = pb.Tensor("progress", np.array([step, total], dtype=np.int32))
             sender.send(pb.InferenceResponse([tensor]))
@@ -105,7 +111,6 @@ class TritonPythonModel:
             return
         finally:
             self.pipelines.put(pipeline)
-        wanted = set(request.requested_output_names())
         sender.send(pb.InferenceResponse(self._outputs(video, decoded, wanted)))
         self._finish(sender, None)
 

@@ -9,6 +9,7 @@ when `return_mp4` is true), then an empty final response.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,16 @@ if TYPE_CHECKING:
 ORCHESTRATOR = "cinema"
 # requests one orchestrator instance runs at once (the repository writes it as a parameter)
 MAX_CONCURRENCY = 2
+# seconds a whole generation may take: the client's deadline, and the time a server that is
+# told to stop gives the generations it runs to finish (its drain)
+GENERATION_TIMEOUT_S = 600.0
+# the replica's name in responses: this variable (a pod's name in Kubernetes, set by the
+# launcher for local replicas), else the host name
+REPLICA_VARIABLE = "CINEMA_REPLICA"
+
+
+def replica_name() -> str:
+    return os.environ.get(REPLICA_VARIABLE) or socket.gethostname()
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,8 @@ OUTPUTS = (
     Field("progress", "INT32", (2,), True, "[step, total] after each denoising step"),
     Field("video", "UINT8", (-1, -1, -1, 3), True, "frames (T, H, W, 3) RGB"),
     Field("mp4", "BYTES", (1,), True, "H.264 MP4 of the video (when return_mp4)"),
+    Field("replica", "BYTES", (1,), True, "the server replica that accepted the request, in "
+          "a response of its own before any progress (clients name it when it fails)"),
 )
 INPUT_FIELDS = {f.name: f for f in INPUTS}
 PARAMETERS = tuple(f.name for f in INPUTS if f.optional and f.name != "return_mp4")

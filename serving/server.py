@@ -30,6 +30,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cinema_trt.serving import protocol
 from cinema_trt.serving.watchdog import ModelControl, StubWatchdog
 
 LOG = logging.getLogger(__name__)
@@ -50,7 +51,9 @@ ADMIN_APIS = ("model-repository", "shared-memory", "trace", "logging")
 class ServerConfig:
     """How to start the server. Ports of 0 are replaced by free loopback ports."""
 
-    repository: Path
+    # a folder, or an object-store URL that Triton reads itself (REMOTE_REPOSITORY_SCHEMES;
+    # credentials from Triton's variables: AWS_* for s3, GOOGLE_APPLICATION_CREDENTIALS)
+    repository: Path | str
     host: str = LOOPBACK
     http_port: int = 0
     grpc_port: int = 0
@@ -74,6 +77,11 @@ class ServerConfig:
     http_inference: bool = False  # True: anyone may infer over HTTP (JSON included)
     watchdog: bool = True  # reload models whose stub died (serving/watchdog.py)
     model_load_timeout: float = 120.0  # seconds a watchdog reload may take
+    # seconds a graceful stop (`drain`, SIGTERM to `cinema-trt serve`) lets the running
+    # generations finish; no client waits longer for one
+    drain_timeout: float = protocol.GENERATION_TIMEOUT_S
+    # the name responses carry (protocol.REPLICA_VARIABLE); None: inherited, else the host's
+    replica: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,20 @@ class Endpoints:
 
 class ServerError(RuntimeError):
     """The server did not start, or died."""
+
+
+REMOTE_REPOSITORY_SCHEMES = ("s3://", "gs://", "as://")  # what Triton downloads itself
+
+
+def repository_location(text: str | os.PathLike) -> Path | str:
+    """A repository argument: object-store URLs stay text (Path would fold `s3://` to
+    `s3:/`), anything else is a folder."""
+    return str(text) if str(text).startswith(REMOTE_REPOSITORY_SCHEMES) else Path(text)
+
+
+def _repository_argument(repository: Path | str) -> str:
+    remote = isinstance(repository, str) and repository.startswith(REMOTE_REPOSITORY_SCHEMES)
+    return str(repository) if remote else str(Path(repository).resolve())
 
 
 PORT_RANGE_VARIABLE = "CINEMA_PORT_RANGE"  # "LOW-HIGH": free ports are taken from it
@@ -227,7 +249,7 @@ def server_command(config: ServerConfig, binary: Path, backends: Path,
     shm_prefix = f"cinema_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
     return [
         str(binary),
-        f"--model-repository={Path(config.repository).resolve()}",
+        f"--model-repository={_repository_argument(config.repository)}",
         f"--backend-directory={backends}",
         f"--http-address={ports.host}", f"--http-port={ports.http_port}",
         f"--grpc-address={ports.host}", f"--grpc-port={ports.grpc_port}",
@@ -252,7 +274,8 @@ class TritonServer:
     """A running tritonserver process; a context manager that stops it on exit."""
 
     def __init__(self, config: ServerConfig):
-        if not Path(config.repository).is_dir():
+        remote = str(config.repository).startswith(REMOTE_REPOSITORY_SCHEMES)
+        if not remote and not Path(config.repository).is_dir():
             raise FileNotFoundError(f"model repository {config.repository} is not a folder; "
                                     "build one with `cinema-trt repo`")
         self.config = config
@@ -305,19 +328,36 @@ class TritonServer:
         # the server and its Python stubs run in the server's own folder (the one holding its
         # backends), never the caller's: a caller's folder may hold folders named like
         # packages (this repository's root has `kernels/`, Hugging Face's package name)
+        env = server_environment(binary)
+        if self.config.replica:
+            env[protocol.REPLICA_VARIABLE] = self.config.replica
         self._process = subprocess.Popen(
-            command, env=server_environment(binary), cwd=backends.parent,
+            command, env=env, cwd=backends.parent,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace",
             start_new_session=True)  # Ctrl-C in our terminal reaches us, we stop the server
         self._log_thread = threading.Thread(target=self._forward_logs, daemon=True,
                                             name="tritonserver-log")
         self._log_thread.start()
-        self._wait_ready()
         if self.config.watchdog:
+            # watching from the start: a stub that dies while the server loads, or in the
+            # first second after it answers, is caught by the first check (watchdog.py)
             control = ModelControl(self.endpoints.grpc, self.admin_headers,
                                    self.config.model_load_timeout)
-            self.watchdog = StubWatchdog(self._process.pid, control).start()
+            self.watchdog = StubWatchdog(self._process.pid, control,
+                                         on_unrecoverable=self._end_broken_server).start()
+        self._wait_ready()
+
+    def _end_broken_server(self, model: str, reason: str) -> None:
+        """The watchdog cannot bring `model` back: end the server (its process group, stubs
+        included) so that `serve_forever`, or a container's restart policy, starts it anew;
+        a server that stays up with a stage that never returns would stay not ready forever."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        LOG.error("model %r cannot be restored (%s); ending tritonserver so that it is "
+                  "restarted", model, reason)
+        os.killpg(process.pid, signal.SIGKILL)
 
     @property
     def admin_headers(self) -> dict[str, str]:
@@ -328,6 +368,48 @@ class TritonServer:
     def admin_http_headers(self) -> dict[str, str]:
         """HTTP headers for the admin-only APIs (and HTTP inference, restricted by default)."""
         return {ADMIN_HEADER: self.admin_token}
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Let the running generations finish, accepting no new ones; True when they did
+        within `timeout` (default `drain_timeout`) s. Call `stop` after it.
+
+        Triton's own stop (SIGINT) is no drain: it refuses the orchestrator's BLS calls at
+        once, so every running generation fails ("Server not ready"). Unloading the
+        orchestrator instead turns readiness red at once (balancers stop routing here), new
+        requests get "not ready" (clients retry them elsewhere), and the unload completes
+        when the last running request has sent its video.
+        """
+        import tritonclient.grpc as grpcclient
+
+        timeout = self.config.drain_timeout if timeout is None else timeout
+        if not self.running:
+            return True
+        client = grpcclient.InferenceServerClient(self.endpoints.grpc)
+        begin = time.monotonic()
+        try:
+            index = client.get_model_repository_index(headers=self.admin_headers,
+                                                      client_timeout=10)
+            if protocol.ORCHESTRATOR not in {m.name for m in index.models}:
+                return True
+            LOG.info("draining: no new requests; waiting up to %.0f s for the running ones",
+                     timeout)
+            client.unload_model(protocol.ORCHESTRATOR, headers=self.admin_headers,
+                                client_timeout=30)
+            while time.monotonic() - begin < timeout and self.running:
+                models = client.get_model_repository_index(headers=self.admin_headers,
+                                                           client_timeout=10).models
+                if all(m.state != "UNLOADING" for m in models
+                       if m.name == protocol.ORCHESTRATOR):
+                    LOG.info("drained in %.1f s", time.monotonic() - begin)
+                    return True
+                time.sleep(0.25)
+        except Exception as error:  # the server is going anyway: stop it
+            LOG.warning("drain failed: %s", error)
+            return False
+        finally:
+            client.close()
+        LOG.warning("drain: requests still running after %.0f s; stopping anyway", timeout)
+        return False
 
     def stop(self, keep_workdir: bool = False) -> None:
         """SIGINT (Triton drains in-flight requests), then SIGKILL after `stop_timeout`."""
@@ -393,7 +475,9 @@ class TritonServer:
                 log_thread.join(timeout=5)
                 raise ServerError(f"tritonserver exited with code {process.returncode} "
                                   f"during startup; last log lines:\n{self.log_tail}")
-            if self.is_ready():
+            # ready, and (with the watchdog) one check of every model's stubs passed since
+            # the server answered, so `start` never returns a server with a dead stage
+            if self.is_ready() and (self.watchdog is None or self.watchdog.checked.is_set()):
                 return
             time.sleep(0.25)
         raise ServerError(f"tritonserver not ready after {self.config.startup_timeout:.0f} s "

@@ -43,7 +43,9 @@ def serve_forever(config: ServerConfig, stop: threading.Event | None = None,
                   on_ready: Callable[[TritonServer], None] | None = None,
                   policy: RestartPolicy = RestartPolicy()) -> int:
     """Run the server until `stop` is set, SIGTERM or Ctrl-C (0), or it crashes more often
-    than `policy` allows (1). `on_ready(server)` runs after the first start."""
+    than `policy` allows (1). `on_ready(server)` runs after the first start. A stop by
+    `stop` or SIGTERM (Kubernetes ending a pod) drains first: the running generations
+    finish within `config.drain_timeout`; Ctrl-C stops at once."""
     stop = stop or threading.Event()
     previous = None
     if threading.current_thread() is threading.main_thread():
@@ -54,7 +56,10 @@ def serve_forever(config: ServerConfig, stop: threading.Event | None = None,
         server.start()
         if on_ready is not None:
             on_ready(server)
-        return _supervise(server, stop, policy)
+        code = _supervise(server, stop, policy)
+        if code == 0:
+            server.drain()
+        return code
     except KeyboardInterrupt:
         LOG.info("Ctrl-C: stopping tritonserver")
         return 0

@@ -54,6 +54,28 @@ def require():
     return require_module
 
 
+def require_binary_on_path(name: str, install: str) -> str:
+    """The path of program `name`, or skip (locally) / fail (CI) naming the install command."""
+    import shutil
+
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if found is None:
+        _missing(f"program {name!r}", install)
+    return str(found)
+
+
+@pytest.fixture(scope="session")
+def require_binary():
+    """`require_binary(program, install_command)` for tests that run a program (haproxy,
+    node); `missing(what, install_command)` for anything else a tier needs."""
+    return require_binary_on_path
+
+
+@pytest.fixture(scope="session")
+def missing():
+    return _missing
+
+
 SERVE_EXTRA = 'pip install -e ".[serve]"'
 
 

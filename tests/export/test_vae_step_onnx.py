@@ -18,8 +18,8 @@ import torch
 
 from cinema_trt.benchmarks.vae_chunks import export_step
 from cinema_trt.export.stages import FP32_TOLERANCE
-from cinema_trt.models.video_vae import create_vae
 from cinema_trt.models.vae_chunks import FIRST_CHUNK_EXTRA_FRAMES, DecoderStep, step_spec
+from cinema_trt.models.video_vae import create_vae
 
 pytestmark = pytest.mark.slow  # the dynamo export takes ~25 s on 2 cores
 

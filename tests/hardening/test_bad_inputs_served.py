@@ -37,5 +37,6 @@ def test_a_valid_request_succeeds_after_the_corpus(served, raw_infer, png):
               "references": np.array([png], dtype=np.object_),
               "steps": np.array([2], np.int32), "frames": np.array([5], np.int32),
               "height": np.array([32], np.int32), "width": np.array([32], np.int32)}
-    assert raw_infer(served.endpoints.grpc, arrays) == [("progress",), ("progress",),
-                                                        ("video",), ()]
+    # naming no outputs asks for all: who accepted it, each step, the video, the final flag
+    assert raw_infer(served.endpoints.grpc, arrays) == [("replica",), ("progress",),
+                                                        ("progress",), ("video",), ()]

@@ -8,6 +8,7 @@ are killed and brought back by the watchdog); the last test starts its own under
 `serve_forever` because it crashes tritonserver on purpose.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -300,12 +301,10 @@ def test_a_request_sent_while_a_stage_reloads_is_retried_and_succeeds(server, gr
 # --- a crash inside Triton, and the supervisor ---------------------------------------------
 
 
-def test_triton_http_json_aborts_on_a_huge_declared_shape_and_serve_restarts_it(server, png,
-                                                                                caplog):
-    """A minimal reproduction of a Triton 2.51 bug, kept to notice when it is fixed: the
-    HTTP JSON parser allocates the declared shape (25.6 GB) before checking the values, and
-    std::bad_alloc aborts the server. Only an admin can send it (HTTP inference is admin-
-    only); `serve_forever` restarts the server after the crash."""
+@contextlib.contextmanager
+def supervised_server(server):
+    """`serve_forever` on the module's repository in a thread: yields its server, then
+    stops it (drained) and checks it exited 0."""
     import queue
 
     from cinema_trt.serving.server import ServerConfig
@@ -318,7 +317,20 @@ def test_triton_http_json_aborts_on_a_huge_declared_shape_and_serve_restarts_it(
         config, stop, started.put, RestartPolicy(backoff=0.5))))
     thread.start()
     try:
-        supervised = started.get(timeout=300)
+        yield started.get(timeout=300)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert codes == [0]
+
+
+def test_triton_http_json_aborts_on_a_huge_declared_shape_and_serve_restarts_it(server, png,
+                                                                                caplog):
+    """A minimal reproduction of a Triton 2.51 bug, kept to notice when it is fixed: the
+    HTTP JSON parser allocates the declared shape (25.6 GB) before checking the values, and
+    std::bad_alloc aborts the server. Only an admin can send it (HTTP inference is admin-
+    only); `serve_forever` restarts the server after the crash."""
+    with supervised_server(server) as supervised:
         with caplog.at_level(logging.WARNING, logger="cinema_trt.serving.supervisor"):
             with pytest.raises((urllib.error.URLError, ConnectionError)):
                 http_post(supervised, "connector", connector_json(HUGE),
@@ -328,7 +340,43 @@ def test_triton_http_json_aborts_on_a_huge_declared_shape_and_serve_restarts_it(
             assert _wait(supervised.is_ready, 240) is not None
         client = CinemaClient(supervised.endpoints.grpc, ClientOptions(timeout=120))
         assert client.generate("a toy", [png], **SMALL).shape == (5, 32, 32, 3)
-    finally:
-        stop.set()
-        thread.join(timeout=60)
-    assert codes == [0]
+
+
+def test_the_wrapping_shape_right_after_a_supervised_restart_is_red_at_once_and_serves_in_10_s(
+        server, png):
+    """Issue 21: sent in the first second after `serve_forever` restarted a crashed server,
+    the wrapping request killed the connector's stub before the watchdog looked, and the
+    stub was never restored while /v2/health/ready said 200. Now: readiness is red within
+    the watchdog's interval (0.5 s, plus one check) and the connector serves within 10 s."""
+    import tritonclient.grpc as grpcclient
+
+    with supervised_server(server) as supervised:
+        crashed = supervised.pid
+        os.kill(crashed, signal.SIGKILL)  # a crash: the supervisor restarts the server
+        assert _wait(lambda: supervised.pid not in (None, crashed) and supervised.is_ready(),
+                     240) is not None, "the supervisor did not restart the server"
+        grpc = grpcclient.InferenceServerClient(supervised.endpoints.grpc)
+        sent = time.monotonic()
+        status, message = refused(lambda: grpc_connector(grpc, [1, WRAPS, 64], b"",
+                                                         np.ones((1, 5), np.int64)))
+        died = time.monotonic() - sent  # the stub aborted before this answer
+        assert "Stub process 'connector_0_0' is not healthy" in message, (status, message)
+        red = _not_ready_after(supervised, grpc, "connector", sent)
+        # the watchdog's interval (0.5 s) plus one check (0.05-0.1 s measured) and margin
+        assert red is not None and red <= died + 0.5 + 0.5, f"red only after {red} s"
+        back = _wait(lambda: _ready(grpc, "connector") and _connector_serves(grpc), 10.0)
+        assert back is not None, "the connector did not serve within 10 s"
+        log.info("after a supervised restart: connector red %.2f s after the request, "
+                 "serving %.1f s after its answer", red, back)
+        grpc.close()
+
+
+def _connector_serves(grpc) -> bool:
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        hidden = np.zeros((1, 5, 64), np.float32)
+        result = grpc_connector(grpc, [1, 5, 64], hidden.tobytes(), np.ones((1, 5), np.int64))
+        return result.as_numpy("text_states").shape == (1, 16, 48)
+    except InferenceServerException:
+        return False
