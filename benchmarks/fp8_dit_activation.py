@@ -27,24 +27,28 @@ from cinema_trt.models.presets import get_preset, latent_frames, latent_size
 
 log = logging.getLogger(__name__)
 GIB = 2**30
-VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {  # name -> (precision, extra exclusions)
-    "fp16": ("fp16", ()),
-    "fp8": ("fp8", ()),
-    "fp8, mlp.0 in fp16": ("fp8", (r".*mlp\.0",)),
-    "fp8, mlp.2 in fp16": ("fp8", (r".*mlp\.2",)),
-}
+# (name, precision, extra exclusions from the FP8 recipe); the names label the record
+VARIANTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("fp16", "fp16", ()),
+    ("fp8", "fp8", ()),
+    ("fp8, mlp.0 in fp16", "fp8", (r".*mlp\.0",)),
+    ("fp8, mlp.2 in fp16", "fp8", (r".*mlp\.2",)),
+)
 
 
 @contextmanager
 def dit_recipe_excluding(patterns: tuple[str, ...]) -> Iterator[None]:
-    from cinema_trt.export import fp8
+    from cinema_trt.models.precision import Precision
+    from cinema_trt.models.stage_dit import DIT
 
-    original = fp8.RECIPES["dit"]
-    fp8.RECIPES["dit"] = dataclasses.replace(original, exclude=original.exclude + patterns)
+    original = DIT.recipes  # a class attribute: the exporter reads it through the graph
+    recipe = original[Precision.FP8]
+    type(DIT).recipes = {**original, Precision.FP8: dataclasses.replace(
+        recipe, exclude=recipe.exclude + patterns)}
     try:
         yield
     finally:
-        fp8.RECIPES["dit"] = original
+        type(DIT).recipes = original
 
 
 def mlp_hidden_bytes(refs: int, cfg_batch: int = 2) -> dict[str, int]:
@@ -70,7 +74,8 @@ def mlp_layers(layers: list[dict]) -> list[dict]:
             for i in sorted(keep)]
 
 
-def build_variant(name: str, root: Path) -> dict[str, Any]:
+def build_variant(name: str, precision: str, exclude: tuple[str, ...], root: Path
+                  ) -> dict[str, Any]:
     from cinema_trt.benchmarks.memory_run import (
         MemoryPlanConfig,
         at_depth,
@@ -78,32 +83,33 @@ def build_variant(name: str, root: Path) -> dict[str, Any]:
         request_shapes,
     )
     from cinema_trt.engines.report import read_layers
-    from cinema_trt.export.driver import cached_export
+    from cinema_trt.export.cached import cached_export
     from cinema_trt.models.cache import ArtifactCache
+    from cinema_trt.models.stage_dit import DIT
 
-    precision, exclude = VARIANTS[name]
     folder = root / name.replace(", ", "-").replace(" ", "-").replace(".", "")
     settings = MemoryPlanConfig(cache_dir=folder)
     base = get_preset("cinema")
     with dit_recipe_excluding(exclude):
         entry = cached_export(ArtifactCache(folder / "cache"), at_depth(base, 1),
-                              dtype="fp16", fp8=precision == "fp8", stages=("dit",),
+                              dtype="fp16", fp8=precision == "fp8", stages=(DIT.name,),
                               progress=False)
     onnx_dir = folder / "onnx"
     onnx_dir.mkdir(parents=True, exist_ok=True)
-    (onnx_dir / "dit").unlink(missing_ok=True)
-    (onnx_dir / "dit").symlink_to(entry.path / "dit", target_is_directory=True)
-    memory = build_memory(onnx_dir, folder / "engines", ("dit",), precision,
-                          request_shapes(base, settings.refs), settings)["dit"]
+    (onnx_dir / DIT.name).unlink(missing_ok=True)
+    (onnx_dir / DIT.name).symlink_to(entry.path / DIT.name, target_is_directory=True)
+    memory = build_memory(onnx_dir, folder / "engines", (DIT.name,), precision,
+                          request_shapes(base, settings.refs), settings)[DIT.name]
     return {"weights_bytes": memory.weights, "activation_bytes": memory.activation,
-            "mlp_layers": mlp_layers(read_layers(folder / "engines" / "dit"))}
+            "mlp_layers": mlp_layers(read_layers(folder / "engines" / DIT.name))}
 
 
 def run(out: Path, work: Path) -> tuple[Path, Path]:
     from cinema_trt.benchmarks.machine import Provenance, write_record
 
     provenance = Provenance.start()
-    builds = {name: build_variant(name, work) for name in VARIANTS}
+    builds = {name: build_variant(name, precision, exclude, work)
+              for name, precision, exclude in VARIANTS}
     hidden = mlp_hidden_bytes(refs=4)
     base = builds["fp16"]["activation_bytes"]
     record = {"schema": "cinema-trt/fp8-dit-activation/1", **provenance.block(),

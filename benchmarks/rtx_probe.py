@@ -13,12 +13,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from cinema_trt.models.backends import TENSORRT_RTX
+from cinema_trt.models.precision import Precision
+
 # the memory plan's workspace limit (benchmarks/memory_run.py says why: the activation
 # figure is the graph's need, and a graph needing more than the limit does not build)
 WORKSPACE_BYTES = 80 * 2**30
+# the oldest RTX architecture with FP8 (the cards the compressed plans are for)
+TARGET = TENSORRT_RTX.targets_for(Precision.FP8)[0]
 
 
-def rtx_build_memory(graph: Path, profiles: dict[str, tuple], target: str = "SM89"
+def rtx_build_memory(graph: Path, profiles: dict[str, tuple], target: str = TARGET
                      ) -> dict[str, Any]:
     """Build `graph` with TensorRT-RTX for `target` (no GPU needed), strongly typed, one
     profile {input: (min, opt, max)}; the builder's memory figures and layer precisions."""
@@ -38,7 +43,7 @@ def rtx_build_memory(graph: Path, profiles: dict[str, tuple], target: str = "SM8
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     config.num_compute_capabilities = 1
-    config.set_compute_capability(getattr(trt.ComputeCapability, target), 0)
+    config.set_compute_capability(getattr(trt.ComputeCapability, target.upper()), 0)
     profile = builder.create_optimization_profile()
     for name, shapes in profiles.items():
         profile.set_shape(name, *shapes)

@@ -38,7 +38,7 @@ from cinema_trt.models.vae_chunks import (
 from cinema_trt.models.vae_tiles import Tiling
 from cinema_trt.models.video_vae import create_vae
 
-from .rtx_probe import rtx_build_memory
+from .rtx_probe import TARGET, rtx_build_memory
 
 log = logging.getLogger(__name__)
 GIB = 2**30
@@ -147,7 +147,7 @@ def builds(cfg: VAEConfig, folder: Path) -> dict[str, Any]:
     from cinema_trt.export.dtype import cast_module, unwrap_scopes
     from cinema_trt.export.onnx_graph import save_onnx, trace_to_onnx
     from cinema_trt.models.precision import Precision
-    from cinema_trt.models.specs import stage_specs
+    from cinema_trt.models.stage_vae import VAE_ENCODER
 
     vae = create_vae(cfg)
     step = DecoderStep(vae.decoder.half()).eval()
@@ -163,7 +163,7 @@ def builds(cfg: VAEConfig, folder: Path) -> dict[str, Any]:
         shapes.update({s.name: s.dims for s in state_spec(cfg, 1, h * 8, w * 8)})
         figures[label] = rtx_build_memory(graph, {k: (v, v, v) for k, v in shapes.items()})
         log.info("%s: %s", label, figures[label])
-    spec = stage_specs(get_preset("cinema"))["vae_encoder"]
+    spec = VAE_ENCODER.spec(get_preset("cinema"))
     model = trace_to_onnx(cast_module(create_vae(cfg).encoder.eval(), Precision.FP16), spec,
                           {"video": torch.rand(2, 3, 5, 24, 32)})
     unwrap_scopes(model)
@@ -228,7 +228,7 @@ def markdown(record: dict[str, Any]) -> str:
     lines += [f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}"
               for k, v in state.items()]
     if record["rtx_builds"]:
-        lines += ["", "## TensorRT-RTX builds (sm89, fp16, builder figures, no GPU)", "",
+        lines += ["", f"## TensorRT-RTX builds ({TARGET}, fp16, builder figures, no GPU)", "",
                   "| graph | weights (GiB) | activations (GiB) |", "|---|---:|---:|"]
         for label, b in record["rtx_builds"].items():
             lines.append(f"| {label} | {b.get('weights_bytes', 0) / GIB:.3f} | "

@@ -3,7 +3,7 @@ torch fp32 and the TensorRT-RTX builder's memory, on a CPU.
 
     python -m cinema_trt.benchmarks.weight_only [--out benchmarks/results] [--skip-paper]
 
-Per model: export the text graph (models/stages.MLLM_TEXT) in fp16 (the real exporter,
+Per model: export the text graph (models/stage_mllm.MLLM_TEXT) in fp16 (the real exporter,
 checked against torch), quantize its weights (INT4 RTN and AWQ-clip, INT8 per channel),
 run the fp16 and quantized graphs in ONNX Runtime on held-out prompts (embeddings of
 random in-vocabulary ids) and compare the final hidden states with the torch fp32 module:
@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from cinema_trt.models.presets import CinemaConfig, get_preset
-from cinema_trt.models.stages import MLLM_TEXT
+from cinema_trt.models.stage_mllm import MLLM_TEXT
 
-from .rtx_probe import rtx_build_memory
+from .rtx_probe import TARGET, rtx_build_memory
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +94,11 @@ def train_text_model(models: Any, steps: int = TRAIN_STEPS, seed: int = 0) -> li
 def export_text(models: Any, out_dir: Path) -> Path:
     """models' MLLM text graph in fp16 (export/driver.py, checked against torch)."""
     from cinema_trt.export.driver import export_stage
-    from cinema_trt.export.manifest import Precision
-    from cinema_trt.export.stages import stage_exports
+    from cinema_trt.export.manifest import MODEL_FILE
+    from cinema_trt.models.precision import Precision
 
-    exports = stage_exports(models, (MLLM_TEXT,))
-    export_stage(MLLM_TEXT, exports[MLLM_TEXT], models, out_dir, dtype=Precision.FP16)
-    return out_dir / MLLM_TEXT / "model.onnx"
+    export_stage(MLLM_TEXT, models, out_dir, dtype=Precision.FP16)
+    return out_dir / MLLM_TEXT.name / MODEL_FILE
 
 
 def agreement(out: np.ndarray, reference: np.ndarray) -> dict[str, float]:
@@ -113,10 +112,8 @@ def text_agreement(models: Any, graph: Path, inputs: dict[str, np.ndarray]
     """ONNX Runtime on `graph` vs the torch fp32 text module, on `inputs`."""
     import onnxruntime as ort
 
-    from cinema_trt.export.mllm_split import split_modules
-
     with torch.no_grad():
-        reference = split_modules(models.mllm)[MLLM_TEXT](
+        reference = MLLM_TEXT.module(models)(
             **{k: torch.from_numpy(v) for k, v in inputs.items()}).numpy()
     session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     return agreement(session.run(None, inputs)[0], reference)
@@ -180,7 +177,7 @@ def run(out: Path, paper: bool = True) -> tuple[Path, Path]:
                                       folder / "p", methods=("rtn_dq", "int8")))
             seq = default_shapes(config).seq
             profiles = text_profiles(1, (seq.min, seq.opt, seq.max), config.mllm.hidden_size)
-            for kind, graph in (("fp16", folder / "p" / "fp16" / MLLM_TEXT / "model.onnx"),
+            for kind, graph in (("fp16", folder / "p" / "fp16" / MLLM_TEXT.name / "model.onnx"),
                                 ("int4 rtn_dq", folder / "p" / "rtn_dq" / "model.onnx"),
                                 ("int8", folder / "p" / "int8" / "model.onnx")):
                 builds[kind] = rtx_build_memory(graph, profiles)
@@ -194,7 +191,7 @@ def markdown(record: dict[str, Any]) -> str:
     from cinema_trt.benchmarks.machine import describe_source
 
     p = record  # the provenance block is at the top (benchmarks/machine.py)
-    lines = [f"# Weight-only {MLLM_TEXT}: accuracy vs torch fp32, TensorRT-RTX memory", "",
+    lines = [f"# Weight-only {MLLM_TEXT.name}: accuracy vs torch fp32, TensorRT-RTX memory", "",
              f"- machine: {p['machine']['cpu']}, {p['machine']['cores']} cores; "
              f"{describe_source(p['source'])}; started {p['started']}, took "
              f"{p['duration_s']} s",
@@ -211,7 +208,7 @@ def markdown(record: dict[str, Any]) -> str:
                              f"{row['fp16']['cosine']:.7f} | {method} | {m['cosine']:.5f} | "
                              f"{m['max_error']:.4f} | {m['seconds']} | {after / before:.3f}x |")
     if record["rtx_builds_paper_width_1_layer"]:
-        lines += ["", "## TensorRT-RTX (sm89) builds, paper width, 1 layer", "",
+        lines += ["", f"## TensorRT-RTX ({TARGET}) builds, paper width, 1 layer", "",
                   "| graph | weights (MiB) | activations (MiB) | layers by precision |",
                   "|---|---:|---:|---|"]
         for kind, b in record["rtx_builds_paper_width_1_layer"].items():

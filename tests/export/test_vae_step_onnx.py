@@ -4,7 +4,7 @@ chunk's next_state.* back as state.*, gives the one-shot PyTorch decode.
 
 A test of the module only: the exporter does not export it yet (the stage registry does
 not name it); `export_step` (benchmarks/vae_chunks.py) exports it as trace_to_onnx would,
-with the dynamic shapes by position. Tolerance: the exporter's fp32 gate (export/stages.py
+with the dynamic shapes by position. Tolerance: the exporter's fp32 gate (export/check.py
 FP32_TOLERANCE, 1e-4 of the output scale); benchmarks/results/cpu-2core-vae-chunks-*
 measured 1.4e-6 on latents (1, 16, 5, 5, 6) in chunks of 2, this test's first case.
 """
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from cinema_trt.benchmarks.vae_chunks import export_step
-from cinema_trt.export.stages import FP32_TOLERANCE
+from cinema_trt.export.check import FP32_TOLERANCE
 from cinema_trt.models.vae_chunks import FIRST_CHUNK_EXTRA_FRAMES, DecoderStep, step_spec
 from cinema_trt.models.video_vae import create_vae
 

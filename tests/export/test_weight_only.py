@@ -71,11 +71,11 @@ def agreement(tiny_models, embeddings):
     import onnxruntime as ort
     import torch
 
-    from cinema_trt.export.mllm_split import split_modules
+    from cinema_trt.models.stage_mllm import MLLM_TEXT
 
     inputs = text_calibration(embeddings, 2, 97, seed=100)
     with torch.no_grad():
-        reference = split_modules(tiny_models.mllm)["mllm_text"](
+        reference = MLLM_TEXT.module(tiny_models)(
             **{k: torch.from_numpy(v) for k, v in inputs.items()}).numpy()
 
     def measure(graph) -> float:
