@@ -21,6 +21,9 @@ without a restart (readiness red, liveness green); tritonserver itself crashing 
 container (`--max-restarts 0`) and the kubelet restarts it, the startup probe covering the
 load. Termination drains: SIGTERM turns readiness red, refuses new requests and lets the
 running generations finish (`drain_s`) before the server stops, within the grace period.
+
+Over 300 lines on purpose: one short builder per resource kind above, and they share the
+labels, ports and options, so the deployment reads as one document set, as it is applied.
 """
 
 from __future__ import annotations

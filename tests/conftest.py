@@ -124,7 +124,7 @@ def tiny_weights(tmp_path_factory):
 def tritonserver_binary():
     """The server binary; skips (fails in CI) unless the serve extra provides it."""
     require_module("tritonclient.grpc", SERVE_EXTRA)
-    from cinema_trt.serving.server import find_tritonserver
+    from cinema_trt.serving.tritonserver_install import find_tritonserver
 
     try:
         return find_tritonserver()

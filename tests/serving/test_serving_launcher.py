@@ -19,9 +19,9 @@ from cinema_trt.serving.server import (
     ServerConfig,
     ServerError,
     TritonServer,
-    find_tritonserver,
     free_port,
 )
+from cinema_trt.serving.tritonserver_install import find_tritonserver
 from cinema_trt.serving.triton_config import stage_config, to_text
 
 PROBE = '''
