@@ -13,7 +13,7 @@ cosine and max |error| / max |torch|. Models:
   (`train_text_model`), block 128: what INT4 does to weights that learned something;
 - paper width: the cinema preset's Qwen2-VL-7B text width (hidden 3584, MLP 18944) at
   1 layer, as the memory plan builds it, block 128 (INT4 RTN and INT8).
-The paper-width graphs are then built with TensorRT-RTX (sm89) at the memory plan's
+The paper-width graphs are then built with TensorRT-RTX (the oldest FP8 target) at the memory plan's
 profile, fp16, INT4 and INT8, and the builder's weights and activation memory recorded.
 Writes `<machine>-weight-only-<date>.json` + `.md` through benchmarks.machine.Provenance.
 """
