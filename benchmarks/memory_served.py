@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,13 @@ def _read(path: str | Path, schema: str) -> dict[str, Any]:
 
 
 def latest(results: Path, kind: str) -> Path:
-    """The newest `<machine>-<kind>-<YYYYMMDD>.json` in `results` (by its date)."""
-    found = sorted(results.glob(f"*-{kind}-*.json"), key=lambda p: p.stem.rsplit("-", 1)[-1])
+    """The newest `<machine>-<kind>-<YYYYMMDD>[-<n>].json` in `results` (by date, then n:
+    benchmarks/report.py `numbered_stem`)."""
+    def when(path: Path) -> tuple[str, int]:
+        match = re.search(r"-(\d{8})(?:-(\d+))?$", path.stem)
+        return (match[1], int(match[2] or 1)) if match else ("", 0)
+
+    found = sorted(Path(results).glob(f"*-{kind}-*.json"), key=when)
     if not found:
         raise FileNotFoundError(f"no *-{kind}-*.json record in {results}")
     return found[-1]
