@@ -53,6 +53,16 @@ ESTIMATES = (
     "Not included: the runtime's JIT kernel cache, the MLLM's token-embedding table outside "
     "the graphs (host or device, see the memory record's notes), the orchestrator (no GPU).",
 )
+# what the plans assume that a repository cannot write yet (say so beside every table)
+NOT_SERVED_YET = (
+    "The served decoder stage is still the one-shot graph: the chunk and tile plans need the "
+    "decoder's step graph served with its state (issue 20, items 1-3); until then "
+    "`cinema-trt repo --memory-budget` prices the one-shot decoder the engines hold.",
+    "`cinema-trt repo` writes the per-stage layout only; the shared layout is the "
+    "in-process pipeline's (`tensorrt_runners`), planned here for comparison.",
+    "A streamed DiT needs an engine built with `cinema-trt build --weight-streaming`; the "
+    "repository then sets its budget (`--memory-budget` / `--weight-streaming-budget`).",
+)
 
 
 def _peaks(records: Records, assumptions: Assumptions) -> list[Peak]:
@@ -87,6 +97,7 @@ def make_record(records: Records, provenance: dict[str, Any],
         "choices": choices,
         "estimates": [line.format(context=assumptions.cuda_context / GIB, blocks=STREAM_BLOCKS)
                       for line in ESTIMATES],
+        "not_served_yet": list(NOT_SERVED_YET),
     }
 
 
@@ -163,7 +174,7 @@ def to_markdown(record: dict) -> str:
               f"{PER_STAGE} layout is what `cinema-trt repo` writes: one Triton model per "
               "stage, each its own process; shared: the TensorRT stages in one process, one "
               "activation region.", ""]
-    lines += choice_rows(record) + [""]
+    lines += choice_rows(record) + [""] + [f"- {n}" for n in record["not_served_yet"]] + [""]
     peaks = _peak_objects(record)
     for layout in LAYOUTS:
         lines += [f"## Every plan, {layout} layout (GiB)", ""]
