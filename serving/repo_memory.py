@@ -155,7 +155,7 @@ def plan_memory(engines: Path, config: CinemaConfig, request: MemoryRequest) -> 
     rest = peak.peak - peak.min_resident
     if fitted is None or (explicit is not None
                           and rest + min(explicit, peak.streamable) > request.memory_budget):
-        raise MemoryBudgetError(refusal(peak, request.memory_budget))
+        raise MemoryBudgetError(refusal(peak, request.memory_budget, engines))
     if explicit is not None:
         return {str(peak.streamed): explicit}
     if peak.streamed is None or fitted >= peak.streamable:
@@ -168,17 +168,27 @@ def plan_memory(engines: Path, config: CinemaConfig, request: MemoryRequest) -> 
     return {peak.streamed: fitted}
 
 
-def refusal(peak: Peak, memory_budget: int) -> str:
-    """Why the engines do not fit, with their table against the cards."""
+def refusal(peak: Peak, memory_budget: int, engines: Path) -> str:
+    """Why the engines do not fit, with their table against the cards and the builds that
+    would change it (a repository cannot change an engine)."""
+    folder = engines / DIT.name
+    dit = built(read_manifest(folder), folder)
     lines = [f"the repository's engines need {peak.peak / GIB:.2f} GiB per GPU as served "
              f"(one process per stage model, {peak.processes} processes: "
              + ", ".join(f"{k} {v / GIB:.2f}" for k, v in peak.parts.items())
              + f" GiB), over the memory budget of {memory_budget / GIB:.2f} GiB.", "",
              *fits_table([peak]), "",
-             "A repository cannot change an engine; build ones that fit (cinema-trt build: "
-             "--precision fp8 for the DiT, a weight-only MLLM export, --weight-streaming "
-             "for the DiT so the repository can set its budget), or serve on a larger card."]
-    if peak.streamed is not None:
-        lines.append(f"({peak.streamed} streams: the table counts "
-                     f"{peak.min_resident / GIB:.2f} GiB of its weights resident at least.)")
+             "A repository cannot change an engine. Engines that would fit are built, not "
+             "configured:"]
+    if peak.streamed is None:
+        lines.append(f"- a {DIT.name} whose weights stream, so the repository sets its "
+                     f"budget:\n    {dit.rebuild_command} --weight-streaming")
+    else:
+        lines.append(f"- ({peak.streamed} streams already: the table counts "
+                     f"{peak.min_resident / GIB:.2f} GiB of its weights resident at least)")
+    if dit.precision != "fp8":
+        lines.append(f"- the {DIT.name} in FP8: cinema-trt export --fp8 --stages {DIT.name}, "
+                     f"then cinema-trt build --precision fp8 --stages {DIT.name}")
+    lines.append("- the MLLM's text weights in INT8/INT4: export/weight_only.py (no CLI flag "
+                 "yet); a chunked or tiled VAE decoder: not served yet (issue 20)")
     return "\n".join(lines)
