@@ -5,7 +5,10 @@ re-plans from recorded builder figures without building."""
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -70,15 +73,22 @@ def register(subparsers) -> None:
 def served_plan(args: argparse.Namespace, memory_record: Path) -> dict[str, Path]:
     """Re-plan the deployment as served from `memory_record` and the chunk and weight-only
     records; write its record to --out."""
+    from cinema_trt.benchmarks.config import RESULTS_DIR
     from cinema_trt.benchmarks.machine import Provenance
     from cinema_trt.benchmarks.memory_served import latest, read_records
     from cinema_trt.benchmarks.memory_served_report import make_record, write_outputs
     from cinema_trt.serving.served_memory import GIB, Assumptions
 
     start = Provenance.start()
-    folder = Path(memory_record).parent  # the records are written side by side
-    records = read_records(memory_record, args.chunks_record or latest(folder, "vae-chunks"),
-                           args.weight_only_record or latest(folder, "weight-only"))
+    def beside(kind: str) -> Path:
+        """The newest record of `kind` beside the memory record, else in the checkout's."""
+        try:
+            return latest(Path(memory_record).parent, kind)
+        except FileNotFoundError:
+            return latest(RESULTS_DIR, kind)
+
+    records = read_records(memory_record, args.chunks_record or beside("vae-chunks"),
+                           args.weight_only_record or beside("weight-only"))
     assumptions = Assumptions(cuda_context=int(args.cuda_context_gib * GIB),
                               instances=args.instances)
     record = make_record(records, start.block(), assumptions)
@@ -99,8 +109,14 @@ def run(args: argparse.Namespace) -> int:
         record = run_memory_plan(settings)
         written = write_outputs(record, args.out)
         print(to_markdown(record))
-        source = written["json"]
-    served = served_plan(args, source)
+        try:  # the served plan needs chunk and weight-only records of the same model
+            served = served_plan(args, written["json"])
+        except (FileNotFoundError, ValueError) as error:
+            log.warning("no served plan from this record: %s", error)
+            print("wrote " + "\n      ".join(str(f) for f in written.values()))
+            return 0
+    else:
+        served = served_plan(args, source)
     print(served["markdown"].read_text())
     print("wrote " + "\n      ".join(str(f) for f in [*written.values(), *served.values()]))
     return 0
