@@ -50,8 +50,9 @@ ESTIMATES = (
     "the fp16 builds' per-layer activation growth: an estimate.",
     "I/O buffers: every input and output at the request's max level, at the spec's dtype "
     "(float32 video tensors: an upper bound).",
-    "Not included: the runtime's JIT kernel cache, the MLLM's token-embedding table outside "
-    "the graphs (host or device, see the memory record's notes), the orchestrator (no GPU).",
+    "Not included: the runtime's JIT kernel cache; the MLLM's token-embedding table, which "
+    "the served mllm stage gathers from in host memory (models/mllm_split.py load_glue: "
+    "float32 on the CPU); the orchestrator (no GPU).",
 )
 # what the plans assume that a repository cannot write yet (say so beside every table)
 NOT_SERVED_YET = (
