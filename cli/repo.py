@@ -135,5 +135,6 @@ def recorded_plan() -> str:
         return "(no served memory plan recorded; cinema-trt memory-plan --from-record ...)"
     import json
 
-    lines = choice_rows(json.loads(path.read_text()))
-    return "\n".join([f"At paper scale ({path.name}), the plan each card runs:", "", *lines])
+    record = json.loads(path.read_text())
+    return "\n".join([f"At paper scale ({path.name}), the plan each card runs:", "",
+                      *choice_rows(record), "", *(f"- {n}" for n in record["not_served_yet"])])
