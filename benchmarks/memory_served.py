@@ -111,7 +111,8 @@ def _stage(record: dict, plan: str, graph: str) -> dict:
 def _check_agree(records: Records) -> None:
     """The records must describe the same graphs: the weight-only record's fp16 build is
     the memory record's one-layer mllm_text build, byte for byte."""
-    fp16 = _stage(records.memory, "fp16", MLLM_TEXT.name)["measured"]["1"]["weights"]
+    stage = _stage(records.memory, "fp16", MLLM_TEXT.name)
+    fp16 = round(_base(stage) + _per_block(stage, "weights"))  # at one layer
     theirs = records.weight_only["rtx_builds_paper_width_1_layer"]["fp16"]["weights_bytes"]
     if fp16 != theirs:
         raise ValueError(f"{records.paths['weight_only']} built a one-layer mllm_text of "
@@ -128,6 +129,12 @@ def _per_block(stage: dict, key: str) -> float:
     return (measured[str(d2)][key] - measured[str(d1)][key]) / (d2 - d1)
 
 
+def _base(stage: dict) -> float:
+    """A depth-built stage's weights outside its blocks: W(d) - d * per block."""
+    depth, figures = min((int(d), m) for d, m in stage["measured"].items())
+    return figures["weights"] - depth * _per_block(stage, "weights")
+
+
 def _figures(stage: dict, io: int) -> EngineFigures:
     full = stage["full"]
     return EngineFigures(full["weights"], full["activation"], full["persistent"], io=io,
@@ -138,8 +145,7 @@ def _weight_only(records: Records, precision: str, io: int) -> EngineFigures:
     stage = _stage(records.memory, "fp16", MLLM_TEXT.name)
     build = records.weight_only["rtx_builds_paper_width_1_layer"][_WEIGHT_ONLY_BUILDS[precision]]
     depth = stage["full_depth"]
-    per_layer = _per_block(stage, "weights")
-    base = stage["measured"]["1"]["weights"] - per_layer  # norms etc., not quantized
+    base = _base(stage)  # norms etc., not quantized
     growth = max(0.0, _per_block(stage, "activation"))
     return EngineFigures(round(base + depth * (build["weights_bytes"] - base)),
                          round(build["activation_bytes"] + (depth - 1) * growth),
