@@ -1,9 +1,14 @@
-"""`cinema-trt memory-plan`: the paper-scale memory plan (TensorRT-RTX builds, no GPU)."""
+"""`cinema-trt memory-plan`: the paper-scale memory plan (TensorRT-RTX builds, no GPU), and
+the plan of the deployment as served (benchmarks/memory_served*.py), which `--from-record`
+re-plans from recorded builder figures without building."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -14,6 +19,7 @@ def register(subparsers) -> None:
     from cinema_trt.benchmarks.config import RESULTS_DIR
     from cinema_trt.benchmarks.memory_run import PLANS, MemoryPlanConfig
     from cinema_trt.models.backends import minimum_targets
+    from cinema_trt.serving.served_memory import CUDA_CONTEXT_GIB
 
     default = MemoryPlanConfig()
     p = subparsers.add_parser(
@@ -44,19 +50,73 @@ def register(subparsers) -> None:
                    help="exports and engines, reused by later runs (default %(default)s)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR,
                    help="results folder (default: benchmarks/results of this checkout)")
+    served = p.add_argument_group(
+        "the plan as served", "per Triton model process (and the shared layout) against "
+                              "16/24/32/48/80 GiB cards, from the builder's figures")
+    served.add_argument("--from-record", type=Path, metavar="JSON",
+                        help="re-plan from this memory record (*-memory-<preset>-*.json) "
+                             "instead of building: no export, no build")
+    served.add_argument("--chunks-record", type=Path, metavar="JSON",
+                        help="the VAE chunks record (default: the newest *-vae-chunks-*.json "
+                             "beside the memory record)")
+    served.add_argument("--weight-only-record", type=Path, metavar="JSON",
+                        help="the weight-only MLLM record (default: the newest "
+                             "*-weight-only-*.json beside the memory record)")
+    served.add_argument("--cuda-context-gib", type=float, default=CUDA_CONTEXT_GIB,
+                        help="device memory each process's CUDA context takes (an "
+                             "assumption; default %(default)s)")
+    served.add_argument("--instances", type=int, default=1,
+                        help="instances of each Triton model (default %(default)s)")
     p.set_defaults(func=run)
+
+
+def served_plan(args: argparse.Namespace, memory_record: Path) -> dict[str, Path]:
+    """Re-plan the deployment as served from `memory_record` and the chunk and weight-only
+    records; write its record to --out."""
+    from cinema_trt.benchmarks.config import RESULTS_DIR
+    from cinema_trt.benchmarks.machine import Provenance
+    from cinema_trt.benchmarks.memory_served import latest, read_records
+    from cinema_trt.benchmarks.memory_served_report import make_record, write_outputs
+    from cinema_trt.serving.served_memory import GIB, Assumptions
+
+    start = Provenance.start()
+    def beside(kind: str) -> Path:
+        """The newest record of `kind` beside the memory record, else in the checkout's."""
+        try:
+            return latest(Path(memory_record).parent, kind)
+        except FileNotFoundError:
+            return latest(RESULTS_DIR, kind)
+
+    records = read_records(memory_record, args.chunks_record or beside("vae-chunks"),
+                           args.weight_only_record or beside("weight-only"))
+    assumptions = Assumptions(cuda_context=int(args.cuda_context_gib * GIB),
+                              instances=args.instances)
+    record = make_record(records, start.block(), assumptions)
+    return write_outputs(record, args.out)
 
 
 def run(args: argparse.Namespace) -> int:
     from cinema_trt.benchmarks.memory_report import run_memory_plan, to_markdown, write_outputs
     from cinema_trt.benchmarks.memory_run import MemoryPlanConfig
 
-    settings = MemoryPlanConfig(preset=args.preset, depths=args.depths, plans=args.plans,
-                                targets=args.targets,
-                                refs=args.refs, cache_dir=args.cache_dir,
-                                workspace_gib=args.workspace_gib)
-    record = run_memory_plan(settings)
-    files = write_outputs(record, args.out)
-    print(to_markdown(record))
-    print("wrote " + "\n      ".join(str(f) for f in files.values()))
+    written: dict[str, Path] = {}
+    source = args.from_record
+    if source is None:
+        settings = MemoryPlanConfig(preset=args.preset, depths=args.depths, plans=args.plans,
+                                    targets=args.targets,
+                                    refs=args.refs, cache_dir=args.cache_dir,
+                                    workspace_gib=args.workspace_gib)
+        record = run_memory_plan(settings)
+        written = write_outputs(record, args.out)
+        print(to_markdown(record))
+        try:  # the served plan needs chunk and weight-only records of the same model
+            served = served_plan(args, written["json"])
+        except (FileNotFoundError, ValueError) as error:
+            log.warning("no served plan from this record: %s", error)
+            print("wrote " + "\n      ".join(str(f) for f in written.values()))
+            return 0
+    else:
+        served = served_plan(args, source)
+    print(served["markdown"].read_text())
+    print("wrote " + "\n      ".join(str(f) for f in [*written.values(), *served.values()]))
     return 0

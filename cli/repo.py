@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from cinema_trt.models.backends import RUNTIMES
+from cinema_trt.serving.served_memory import CUDA_CONTEXT_GIB
 
 from .options import defaults, from_args
 
@@ -26,10 +27,14 @@ def write_repository(args: argparse.Namespace) -> Path:
     from cinema_trt.models.factory import command_config
     from cinema_trt.models.presets import DEFAULT_PRESET
     from cinema_trt.serving.repo import RepositoryOptions, build_repository
+    from cinema_trt.serving.repo_memory import MemoryRequest
+    from cinema_trt.serving.served_memory import GIB, Assumptions
     from cinema_trt.serving.triton_config import Placement
 
-    options = from_args(RepositoryOptions, args,
-                        stage_placement=Placement.on(args.gpus, args.instances))
+    placement = Placement.on(args.gpus, args.instances)
+    memory = MemoryRequest(args.memory_budget, args.weight_streaming_budget,
+                           Assumptions(int(args.cuda_context_gib * GIB), placement.count))
+    options = from_args(RepositoryOptions, args, stage_placement=placement, memory=memory)
     weights = args.weights or random_weights(args.preset or DEFAULT_PRESET, args.seed,
                                              args.output.with_name(args.output.name + "-weights"))
     return build_repository(command_config(args.preset, weights), args.output, weights,
@@ -82,9 +87,54 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--copy-weights", action="store_true",
                    help="copy weights and artifacts instead of symlinking them")
     p.add_argument("--overwrite", action="store_true", help="replace an existing repository")
+    memory = p.add_argument_group(
+        "memory", "runtime tensorrt: price the engines in --artifacts as served (one "
+                  "process per stage model instance, builder figures from their manifests)")
+    memory.add_argument("--memory-budget", type=_size, metavar="SIZE",
+                        help="device memory per GPU, e.g. 24GiB: refuse engines that do not "
+                             "fit, or set the budget of a DiT built with --weight-streaming "
+                             "so they do")
+    memory.add_argument("--weight-streaming-budget", type=_size, metavar="SIZE",
+                        help="weights the DiT keeps on the GPU, e.g. 6GiB (an engine built "
+                             "with --weight-streaming; TensorRT streams the rest per call)")
+    memory.add_argument("--cuda-context-gib", type=float, default=CUDA_CONTEXT_GIB,
+                        help="device memory a process's CUDA context takes (an assumption; "
+                             "default %(default)s)")
     p.set_defaults(func=run, **defaults(RepositoryOptions))
 
 
+def _size(text: str) -> int:
+    from cinema_trt.serving.served_memory import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def run(args: argparse.Namespace) -> int:
-    print(write_repository(args))
+    from cinema_trt.serving.repo_memory import MemoryBudgetError
+
+    try:
+        print(write_repository(args))
+    except MemoryBudgetError as error:
+        log.error("%s\n\n%s", error, recorded_plan())
+        return 2
     return 0
+
+
+def recorded_plan() -> str:
+    """What would fit on which card at paper scale: the newest served-plan record."""
+    from cinema_trt.benchmarks.config import RESULTS_DIR
+    from cinema_trt.benchmarks.memory_served import latest
+    from cinema_trt.benchmarks.memory_served_report import choice_rows
+
+    try:
+        path = latest(RESULTS_DIR, "memory-served-cinema")
+    except FileNotFoundError:
+        return "(no served memory plan recorded; cinema-trt memory-plan --from-record ...)"
+    import json
+
+    record = json.loads(path.read_text())
+    return "\n".join([f"At paper scale ({path.name}), the plan each card runs:", "",
+                      *choice_rows(record), "", *(f"- {n}" for n in record["not_served_yet"])])

@@ -132,6 +132,19 @@ def built(manifest: Manifest, folder: str | os.PathLike = "") -> BuildRecord:
     return manifest.build
 
 
+def check_streaming_budget(build: BuildRecord, graph: str, budget: int) -> None:
+    """A weight-streaming budget needs an engine built for it (`cinema-trt build
+    --weight-streaming`); ValueError with the command that builds one otherwise."""
+    if budget < 0:
+        raise ValueError(f"{graph}: weight_streaming_budget={budget} must be >= 0 bytes")
+    if not build.build_config.get("weight_streaming"):
+        command = build.rebuild_command
+        if "--weight-streaming" not in command:
+            command += " --weight-streaming"
+        raise ValueError(f"{graph}: a weight-streaming budget needs an engine built with "
+                         f"weight streaming; this one was not. Rebuild it with:\n  {command}")
+
+
 def validate_manifest(manifest: Manifest, runtime: RuntimeInfo) -> None:
     """Refuse an engine built by another backend or version, or for other GPUs."""
     build, stage = built(manifest), manifest.stage

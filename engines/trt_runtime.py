@@ -32,7 +32,13 @@ from cinema_trt.models.runner import Runner, Tensors
 from cinema_trt.models.stages import STAGES, stage_of
 
 from .deps import require_backend, runtime_info
-from .manifest import EngineMismatchError, built, validate_manifest, verify_plan
+from .manifest import (
+    EngineMismatchError,
+    built,
+    check_streaming_budget,
+    validate_manifest,
+    verify_plan,
+)
 from .shape_check import check_input_shapes
 from .trt_build import trt_logger
 from .trt_memory import SharedDeviceMemory
@@ -96,6 +102,9 @@ class TensorRTRunner:
             raise RuntimeError(f"{plan}: TensorRT could not deserialize the plan (see the "
                                f"log); rebuild with:\n  {self.build.rebuild_command}")
         if weight_streaming_budget is not None:
+            check_streaming_budget(self.build, self.name, weight_streaming_budget)
+            # bytes of weights kept on the GPU; TensorRT streams the rest from host memory
+            # on every call. Set before the context: its scratch memory depends on it
             self.engine.weight_streaming_budget_v2 = weight_streaming_budget
         self._runtime_config = self._make_runtime_config()
         self._create_context()
@@ -264,23 +273,32 @@ class TensorRTRunner:
 
 
 def tensorrt_runners(engine_dir: str | os.PathLike, export_dir: str | os.PathLike | None = None,
-                     share_memory: bool = True, device: str | torch.device = "cuda"
+                     share_memory: bool = True, device: str | torch.device = "cuda",
+                     weight_streaming_budgets: Mapping[str, int] | None = None
                      ) -> dict[str, Runner]:
     """A runner per built stage under `engine_dir`, keyed by pipeline stage name, with the
     CUDA graphs its stage asks for (models/stage.py `Stage.cuda_graph`).
 
     A split stage built as its graphs is composed into one runner with the glue the
     exporter saved in `<export_dir>/<stage.glue>` (embeddings, HF config).
+    `weight_streaming_budgets`: {graph: bytes of its weights kept on the GPU} for engines
+    built with --weight-streaming.
     """
     engine_dir = Path(engine_dir)
     found = {p.name: p for p in stage_folders(engine_dir)}
     if not found:
         raise FileNotFoundError(f"no engines (<stage>/{MANIFEST_FILE}) under {engine_dir}; "
                                 "run `cinema-trt build` first")
+    budgets = dict(weight_streaming_budgets or {})
+    unknown = sorted(set(budgets) - set(found))
+    if unknown:
+        raise ValueError(f"weight-streaming budgets for {unknown}, which have no engine under "
+                         f"{engine_dir} (engines: {sorted(found)})")
     shared = SharedDeviceMemory(device) if share_memory else None
 
     def load(graph: str) -> TensorRTRunner:
-        return TensorRTRunner(found[graph], device, stage_of(graph).cuda_graph, shared)
+        return TensorRTRunner(found[graph], device, stage_of(graph).cuda_graph, shared,
+                              weight_streaming_budget=budgets.get(graph))
 
     split = [s.name for s in STAGES if s.split and {g.name for g in s.graphs} <= set(found)]
     if split and export_dir is None:

@@ -18,6 +18,7 @@ The repository is assembled in a sibling folder and renamed into place when comp
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -33,8 +34,14 @@ from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.stage import Stage
 from cinema_trt.models.stages import STAGES
 from cinema_trt.serving import protocol
+from cinema_trt.serving.repo_memory import MemoryBudgetError, MemoryRequest, plan_memory
 from cinema_trt.serving.stage_checks import limits_parameter
-from cinema_trt.serving.stage_model import ENGINE_FOLDER, ONNX_FOLDER, RUNTIMES
+from cinema_trt.serving.stage_model import (
+    ENGINE_FOLDER,
+    ONNX_FOLDER,
+    RUNTIMES,
+    STREAMING_PARAMETER,
+)
 from cinema_trt.serving.triton_config import (
     BACKENDS,
     Placement,
@@ -67,6 +74,8 @@ class RepositoryOptions:
     torch_threads: int = 0  # per python stage model; 0 keeps torch's default
     copy_weights: bool = False  # copy instead of symlinking weights and artifacts
     overwrite: bool = False  # replace an existing repository built by this function
+    # a memory budget per GPU and/or a DiT weight-streaming budget (serving/repo_memory.py)
+    memory: MemoryRequest = MemoryRequest()
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -190,8 +199,27 @@ def _plans_need_python(artifacts: Path | None, folders: tuple[str, ...]) -> bool
     return False
 
 
+def _streaming_budgets(config: CinemaConfig, sources: _Sources, options: RepositoryOptions
+                       ) -> dict[str, int]:
+    """{graph: weight-streaming budget} the memory request sets (serving/repo_memory.py):
+    for engines served by the python backend's runtime tensorrt (TensorRTRunner)."""
+    if not options.memory.asked:
+        return {}
+    for stage in STAGES:
+        backend, runtime = _stage_backend(stage, sources, options)
+        if (backend, runtime) != ("python", TENSORRT.name):
+            raise MemoryBudgetError(
+                f"a memory or weight-streaming budget plans TensorRT engines served by the "
+                f"python backend's runtime {TENSORRT.name} (--runtime {TENSORRT.name} "
+                f"--artifacts <engines>); {stage.name} would be served by backend {backend}, "
+                f"runtime {runtime}")
+    engines = _need(sources.artifacts, "artifacts (the engine folder of cinema-trt build)",
+                    TENSORRT.name)
+    return plan_memory(engines, config, options.memory)
+
+
 def _stage_model(repo: Path, stage: Stage, config: CinemaConfig, sources: _Sources,
-                 options: RepositoryOptions) -> None:
+                 options: RepositoryOptions, budgets: dict[str, int]) -> None:
     spec, name = stage.spec(config), stage.name
     backend, runtime = _stage_backend(stage, sources, options)
     parameters = {}
@@ -200,6 +228,9 @@ def _stage_model(repo: Path, stage: Stage, config: CinemaConfig, sources: _Sourc
         parameters["input_limits"] = limits_parameter(config)
         if options.torch_threads:
             parameters["torch_threads"] = str(options.torch_threads)
+        streamed = {g.name: budgets[g.name] for g in stage.graphs if g.name in budgets}
+        if streamed:
+            parameters[STREAMING_PARAMETER] = json.dumps(streamed, sort_keys=True)
     pbtxt = stage_config(spec, backend, options.stage_placement, options.version, parameters)
     if backend == "python" and runtime in WARMUP_RUNTIMES:
         add_warmup(pbtxt, repo / name, config, stage)
@@ -262,13 +293,14 @@ def build_repository(config: CinemaConfig | None, out_dir: str | os.PathLike,
             raise ValueError(f"{out_dir} is not a cinema model repository; refusing to "
                              "replace it")
     config = resolve_weights_config(weights_dir, config)
-    staging = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
     sources = _Sources(weights_dir, Path(artifacts) if artifacts else None,
                        Path(export_dir) if export_dir else None)
+    budgets = _streaming_budgets(config, sources, options)  # refused before writing
+    staging = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
     try:
         for stage in STAGES:
-            _stage_model(staging, stage, config, sources, options)
+            _stage_model(staging, stage, config, sources, options, budgets)
         _orchestrator(staging, config, weights_dir, options)
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -12,6 +12,10 @@ The generated `model.py` of every stage imports `TritonPythonModel` from here; t
                plans of either TensorRT backend (TensorRT-RTX plans are served only here:
                Triton's tensorrt_plan backend cannot load them)
 
+A tensorrt stage's `weight_streaming_budget` parameter ({graph: bytes}, written by
+`cinema-trt repo --memory-budget / --weight-streaming-budget`, serving/repo_memory.py) is the
+weights an engine built with --weight-streaming keeps on the GPU; TensorRT streams the rest.
+
 The bundled server (nvidia-pytriton wheel) has only the Python backend, so `ort` and
 `tensorrt` here are how it serves exported graphs and built engines.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -41,6 +46,8 @@ log = logging.getLogger(__name__)
 
 ONNX_FOLDER = "onnx"  # <v>/onnx/<export stage>/
 ENGINE_FOLDER = "engines"  # <v>/engines/<export stage>/
+# config.pbtxt parameter: {graph: bytes of its weights kept on the GPU} (weight streaming)
+STREAMING_PARAMETER = "weight_streaming_budget"
 
 
 def _ort_runner(folder: Path, stage: str, config: CinemaConfig, device: str) -> Runner:
@@ -56,7 +63,8 @@ def _ort_runner(folder: Path, stage: str, config: CinemaConfig, device: str) -> 
     return ort_runners(onnx, providers)[stage]
 
 
-def _tensorrt_runner(folder: Path, stage: str, device: str) -> Runner:
+def _tensorrt_runner(folder: Path, stage: str, device: str,
+                     budgets: Mapping[str, int] | None) -> Runner:
     from cinema_trt.engines.trt_runtime import tensorrt_runners
 
     if device == "cpu":
@@ -64,21 +72,31 @@ def _tensorrt_runner(folder: Path, stage: str, device: str) -> Runner:
                          "repository with a GPU placement (cinema-trt repo --gpus 0)")
     # TensorRTRunner checks each plan's sha256 and TensorRT version against its manifest
     return tensorrt_runners(folder / ENGINE_FOLDER, export_dir=folder / ONNX_FOLDER,
-                            device=device)[stage]
+                            device=device, weight_streaming_budgets=budgets)[stage]
 
 
 def load_stage_runner(folder: str | Path, stage: str, device: str | torch.device = "cpu",
-                      runtime: str = TORCH) -> Runner:
-    """The runner of `stage` from a stage model's version folder (layouts: module doc)."""
+                      runtime: str = TORCH,
+                      weight_streaming_budgets: Mapping[str, int] | None = None) -> Runner:
+    """The runner of `stage` from a stage model's version folder (layouts: module doc).
+    `weight_streaming_budgets` ({graph: bytes resident}) is for runtime tensorrt only."""
     folder = Path(folder)
     config = read_weights_config(folder)
+    if weight_streaming_budgets and runtime != TENSORRT.name:
+        raise ValueError(f"stage {stage!r}: weight-streaming budgets are for runtime "
+                         f"{TENSORRT.name}, not {runtime}")
     if runtime == ORT.name:
         return _ort_runner(folder, stage, config, str(device))
     if runtime == TENSORRT.name:
-        return _tensorrt_runner(folder, stage, str(device))
+        return _tensorrt_runner(folder, stage, str(device), weight_streaming_budgets)
     if runtime != TORCH:
         raise ValueError(f"runtime={runtime!r} must be one of {list(RUNTIMES)}")
     return torch_stage_runner(folder, stage, config, device)
+
+
+def parse_budgets(text: str) -> dict[str, int]:
+    """The `weight_streaming_budget` parameter (serving/repo.py writes it): {graph: bytes}."""
+    return {str(graph): int(budget) for graph, budget in json.loads(text).items()}
 
 
 def _instance_device(args: dict) -> str:
@@ -107,7 +125,9 @@ class TritonPythonModel:
         self.limits = parse_limits(parameters["input_limits"]["string_value"])
         folder = Path(args["model_repository"]) / args["model_version"]
         device = _instance_device(args)
-        self.runner = load_stage_runner(folder, self.stage, device, runtime)
+        budgets = parse_budgets(parameters.get(STREAMING_PARAMETER, {}).get("string_value",
+                                                                             "{}"))
+        self.runner = load_stage_runner(folder, self.stage, device, runtime, budgets)
         config = read_weights_config(folder)
         self.spec = get_stage(self.stage).spec(config)
         self.vocab_size = config.mllm.vocab_size

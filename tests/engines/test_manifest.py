@@ -189,3 +189,27 @@ def test_rebuild_command_is_accepted_by_the_cli():
     ort = rebuild_command("exp", "out", BuildConfig(precision=Precision.FP32), (), None,
                           "ort")
     assert cli_build.build_request(parser.parse_args(shlex.split(ort)[1:])).runtime == "ort"
+
+
+def test_a_streaming_budget_needs_an_engine_built_to_stream(tmp_path):
+    """The bug it catches: a budget set on an engine built without weight streaming
+    (TensorRT refuses it only at load, on a GPU); refused here with the rebuild command."""
+    from cinema_trt.engines.manifest import check_streaming_budget
+
+    build = _manifest(tmp_path).build
+    with pytest.raises(ValueError, match=f"(?s)weight streaming.*{COMMAND} --weight-streaming"):
+        check_streaming_budget(build, "dit", 2**30)
+    streaming = dataclasses.replace(
+        build, build_config=BuildConfig(weight_streaming=True).to_dict())
+    check_streaming_budget(streaming, "dit", 2**30)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        check_streaming_budget(streaming, "dit", -1)
+
+
+def test_budgets_for_graphs_without_engines_are_refused_before_loading(tmp_path):
+    from cinema_trt.engines.trt_runtime import tensorrt_runners
+
+    (tmp_path / "dit").mkdir()
+    _manifest(tmp_path / "dit")
+    with pytest.raises(ValueError, match=r"budgets for \['vae_decoder'\].*engines: \['dit'\]"):
+        tensorrt_runners(tmp_path, weight_streaming_budgets={"vae_decoder": 1})

@@ -152,3 +152,55 @@ def test_python_backend_stage_model_runs_rtx_plans(rtx_fp16, tiny_weights, tmp_p
     served = load_stage_runner(repo / "dit" / "1", "dit", "cuda:0", "tensorrt").run(inputs)
     direct = _runner(out / "dit").run(inputs)
     assert torch.equal(served["velocity"], direct["velocity"])
+
+
+@pytest.fixture(scope="module")
+def rtx_streaming(this_gpu, fp16_export, tmp_path_factory):
+    """(export folder, engine folder): every tiny stage, the DiT built with weight
+    streaming (`cinema-trt build --weight-streaming`: strongly typed)."""
+    out = tmp_path_factory.mktemp("rtx_gpu_streaming")
+    build_stages(BuildRequest(fp16_export[0], out,
+                              BuildConfig(precision="fp16", targets=(this_gpu,),
+                                          weight_streaming=True),
+                              runtime="tensorrt-rtx"))
+    return fp16_export[0], out
+
+
+def test_a_streamed_dit_keeps_its_budget_resident_and_computes_the_same(rtx_streaming):
+    """Weight streaming moves bytes, not arithmetic: the same kernels on the same weights,
+    so the streamed engine's output equals the resident one's (the bug it catches: a budget
+    the runner sets after the context exists, or on the wrong engine)."""
+    _, out = rtx_streaming
+    resident = _runner(out / "dit")
+    streamable = int(resident.engine.streamable_weights_size)
+    assert streamable > 0
+    streamed = _runner(out / "dit", weight_streaming_budget=streamable // 2)
+    assert int(streamed.engine.weight_streaming_budget_v2) == streamable // 2
+    inputs = _dit_inputs(out / "dit", seed=3)
+    assert torch.equal(streamed.run(inputs)["velocity"], resident.run(inputs)["velocity"])
+
+
+def test_the_repository_carries_the_budget_to_the_served_dit(rtx_streaming, tiny_weights,
+                                                             tmp_path):
+    """`cinema-trt repo --weight-streaming-budget` -> the dit model's config.pbtxt ->
+    stage_model -> TensorRTRunner."""
+    from cinema_trt.serving.repo import RepositoryOptions, build_repository
+    from cinema_trt.serving.repo_memory import MemoryRequest
+    from cinema_trt.serving.stage_model import STREAMING_PARAMETER, parse_budgets
+    from cinema_trt.serving.triton_config import Placement, parse_config
+
+    onnx_dir, out = rtx_streaming
+    budget = int(_runner(out / "dit").engine.streamable_weights_size) // 3
+    options = RepositoryOptions(runtime="tensorrt", stage_placement=Placement.on((0,), 1),
+                                memory=MemoryRequest(weight_streaming_budget=budget))
+    repo = build_repository(None, tmp_path / "repo", tiny_weights, artifacts=out,
+                            options=options, export_dir=onnx_dir)
+    config = parse_config((repo / "dit" / "config.pbtxt").read_text())
+    budgets = parse_budgets(config.parameters[STREAMING_PARAMETER].string_value)
+    assert budgets == {"dit": budget}
+    from cinema_trt.serving.stage_model import load_stage_runner
+
+    served = load_stage_runner(repo / "dit" / "1", "dit", "cuda:0", "tensorrt", budgets)
+    inputs = _dit_inputs(out / "dit", seed=4)
+    assert torch.equal(served.run(inputs)["velocity"], _runner(out / "dit").run(inputs)[
+        "velocity"])
