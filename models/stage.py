@@ -184,8 +184,8 @@ class Stage(Graph):
         save_stage(getattr(models, self.part), folder / self.weights_entry,
                    metadata={"preset": models.config.name})
 
-    def compose(self, runners: Mapping[str, Runner], glue: str | os.PathLike | None = None,
-                embeddings: str | os.PathLike | None = None) -> Runner:
+    def compose(self, runners: Mapping[str, Runner], glue: str | os.PathLike | None = None
+                ) -> Runner:
         """Its runner from its graphs' (by name); `glue`: the `glue` graph's export folder."""
         return runners[self.name]
 

@@ -159,8 +159,8 @@ class MLLMStage(Stage):
 
         save_mllm(models.mllm, models.processor, folder / self.weights_entry)
 
-    def compose(self, runners: Mapping[str, Runner], glue: str | os.PathLike | None = None,
-                embeddings: str | os.PathLike | None = None) -> Runner:
+    def compose(self, runners: Mapping[str, Runner], glue: str | os.PathLike | None = None
+                ) -> Runner:
         from .mllm_split import load_glue
         from .runner import FunctionRunner
 
@@ -168,7 +168,7 @@ class MLLMStage(Stage):
             raise ValueError(f"{self.name} is {' + '.join(g.name for g in self.graphs)}: "
                              f"their runners are joined by the glue in the {self.glue} export "
                              f"folder; pass it (the ONNX folder)")
-        split = load_glue(glue, embeddings)
+        split = load_glue(glue)
         vision, text = runners[MLLM_VISION.name], runners[MLLM_TEXT.name]
         return FunctionRunner(self.name, lambda inputs: split.run(vision, text, inputs))
 
