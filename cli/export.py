@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from cinema_trt.models.precision import EXPORT_PRECISIONS
 from cinema_trt.models.stages import FP8_GRAPHS, GRAPH_NAMES, aliases
+from cinema_trt.models.text_table import text_table
 
 from .options import defaults, from_args
 
@@ -108,6 +109,4 @@ def format_summary(results: list[ExportResult]) -> str:
                   if r.error is not None else ("-", "-", "-"))
         rows.append((r.stage, r.precision.value, f"{r.file_bytes / 2**20:.2f} MiB",
                      f"{r.params / 1e6:.3f} M", *errors, f"{r.seconds:.1f} s"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
-                     for row in rows)
+    return text_table(rows)
