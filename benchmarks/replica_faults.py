@@ -39,7 +39,7 @@ from cinema_trt.serving.faults import wait_for
 
 from .machine import Provenance, describe_machine, describe_source, settings_json
 from .replicas import tiny_repository
-from .soak import harness_config, publish
+from .soak import harness_config, publish, run_threads
 
 LOG = logging.getLogger(__name__)
 # seconds of denoising per call, so a fault mostly lands on running generations
@@ -205,15 +205,8 @@ def run_faults(config: FaultRunConfig) -> FaultRunResult:
                        for i in range(config.clients)]
             threads.append(threading.Thread(target=_faults, name="faults-injector",
                                             args=(replicas, config, stop, result)))
-            for thread in threads:
-                thread.start()
-            try:
-                stop.wait(config.duration)
-            finally:
-                stop.set()
-            for thread in threads:
-                thread.join(timeout=config.hang_s + config.outage_s + 180)
-            result.counts["hung"] += sum(thread.is_alive() for thread in threads[:-1])
+            result.counts["hung"] += run_threads(threads, stop, config.duration,
+                                                 config.hang_s + config.outage_s + 180)
             assert replicas.balancer is not None, "a started set has its balancer"
             backend = replicas.balancer.stats()["BACKEND"]
             result.balancer = {"retries": int(backend["wretr"] or 0),

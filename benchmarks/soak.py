@@ -170,6 +170,22 @@ def _healthy(server, timeout: float = 60.0) -> bool:
     return server.running and video.shape[0] == REQUEST["frames"]
 
 
+def run_threads(threads: list[threading.Thread], stop: threading.Event, duration: float,
+                join_timeout: float) -> int:
+    """Run the client threads and, last, the fault injector for `duration` s, then set
+    `stop` (Ctrl-C too: the clients loop until stopped) and join each for `join_timeout` s;
+    returns how many clients are still running."""
+    for thread in threads:
+        thread.start()
+    try:
+        stop.wait(duration)
+    finally:
+        stop.set()
+    for thread in threads:
+        thread.join(timeout=join_timeout)
+    return sum(thread.is_alive() for thread in threads[:-1])
+
+
 def run_soak(config: SoakConfig) -> SoakResult:
     """Start a server, load it and inject faults for `config.duration`, then check it."""
     from cinema_trt.serving.server import ServerConfig, TritonServer
@@ -184,16 +200,8 @@ def run_soak(config: SoakConfig) -> SoakResult:
                 for i in range(config.clients)]
             threads.append(threading.Thread(target=_faults, name="soak-faults",
                                             args=(server, config, stop, result)))
-            for thread in threads:
-                thread.start()
-            try:
-                stop.wait(config.duration)
-            finally:  # Ctrl-C too: the clients loop until stopped
-                stop.set()
-            for thread in threads:
-                thread.join(timeout=config.hang_s)
-            stuck = sum(thread.is_alive() for thread in threads[:-1])
-            result.counts["hung"] += stuck  # calls still running past their bound
+            # calls still running past their bound
+            result.counts["hung"] += run_threads(threads, stop, config.duration, config.hang_s)
             result.healthy_at_end = _healthy(server)
             if server.watchdog is not None:
                 result.recoveries = list(server.watchdog.events)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,11 +43,9 @@ def export_from_options(options: ExportOptions) -> list[ExportResult]:
     from cinema_trt.export.driver import export_stages
     from cinema_trt.models.factory import command_config
 
-    config = command_config(options.preset, options.weights)
-    return export_stages(config, options.out, stages=options.stages, weights=options.weights,
-                         fp8=options.fp8, progress=options.progress,
-                         calibrator=options.calibrator,
-                         attention_plugin=options.attention_plugin, dtype=options.dtype)
+    given = dataclasses.asdict(options)  # export_stages takes the other fields by name
+    return export_stages(command_config(given.pop("preset"), options.weights), given.pop("out"),
+                         **given)
 
 
 def _aliases() -> str:
