@@ -26,11 +26,11 @@ import torch
 from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.presets import get_preset, token_counts
 
+from .config import RESULTS_DIR
 from .machine import Provenance, machine_tag
 
 log = logging.getLogger(__name__)
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SCHEMA = "cinema-trt/attention/1"
 SDPA_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")
 # triton_tma: the fused kernel forced onto its TMA load path (kernels/fused_attention.py

@@ -120,13 +120,11 @@ def run(out: Path, work: Path) -> tuple[Path, Path]:
 
 
 def markdown(record: dict[str, Any]) -> str:
-    from cinema_trt.benchmarks.machine import describe_source
+    from cinema_trt.benchmarks.machine import provenance_line
 
-    p, hidden = record, record["mlp_hidden"]  # provenance at the top
+    hidden = record["mlp_hidden"]
     lines = ["# FP8 DiT activation memory, one block, from the builder's layer reports", "",
-             f"- machine: {p['machine']['cpu']}, {p['machine']['cores']} cores; "
-             f"{describe_source(p['source'])}; started {p['started']}, took "
-             f"{p['duration_s']} s",
+             provenance_line(record),
              f"- one MLP hidden tensor: {hidden['visual_tokens']} visual tokens x 12288 = "
              f"{hidden['elements']} elements: {hidden['fp16_bytes'] / GIB:.3f} GiB in fp16, "
              f"{hidden['elements'] / GIB:.3f} GiB in FP8", "",

@@ -8,6 +8,7 @@ its file names carry `machine_tag()`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import platform
@@ -18,6 +19,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -130,6 +132,25 @@ def describe_source(source: dict) -> str:
         return "not a git checkout"
     return f"commit {source['commit'][:12]}" + (", uncommitted changes" if source["dirty"]
                                                 else "")
+
+
+def describe_machine(machine: dict) -> str:
+    """`<cpu> (<n> cores, GPU: <name or none>)`, for a record's prose."""
+    gpu = machine["gpu"]["name"] if machine["gpu"] else "none"
+    return f"{machine['cpu']} ({machine['cores']} cores, GPU: {gpu})"
+
+
+def provenance_line(record: dict) -> str:
+    """The Markdown bullet of a record's provenance block (its machine, source, start)."""
+    return (f"- machine: {record['machine']['cpu']}, {record['machine']['cores']} cores; "
+            f"{describe_source(record['source'])}; started {record['started']}, took "
+            f"{record['duration_s']} s")
+
+
+def settings_json(config: Any) -> dict:
+    """A config dataclass's fields as JSON values (paths as strings), for a record."""
+    return {k: str(v) if isinstance(v, Path) else v
+            for k, v in dataclasses.asdict(config).items()}
 
 
 def _slug(text: str) -> str:

@@ -20,9 +20,7 @@ after the replica was restored, routed to it again (UP).
 
 from __future__ import annotations
 
-import argparse
 import collections
-import dataclasses
 import logging
 import random
 import re
@@ -39,8 +37,9 @@ import numpy as np
 
 from cinema_trt.serving.faults import wait_for
 
-from .machine import Provenance, describe_source
-from .replicas import tiny_repository, write_record
+from .machine import Provenance, describe_machine, describe_source, settings_json
+from .replicas import tiny_repository
+from .soak import harness_config, publish, run_threads
 
 LOG = logging.getLogger(__name__)
 # seconds of denoising per call, so a fault mostly lands on running generations
@@ -206,15 +205,8 @@ def run_faults(config: FaultRunConfig) -> FaultRunResult:
                        for i in range(config.clients)]
             threads.append(threading.Thread(target=_faults, name="faults-injector",
                                             args=(replicas, config, stop, result)))
-            for thread in threads:
-                thread.start()
-            try:
-                stop.wait(config.duration)
-            finally:
-                stop.set()
-            for thread in threads:
-                thread.join(timeout=config.hang_s + config.outage_s + 180)
-            result.counts["hung"] += sum(thread.is_alive() for thread in threads[:-1])
+            result.counts["hung"] += run_threads(threads, stop, config.duration,
+                                                 config.hang_s + config.outage_s + 180)
             assert replicas.balancer is not None, "a started set has its balancer"
             backend = replicas.balancer.stats()["BACKEND"]
             result.balancer = {"retries": int(backend["wretr"] or 0),
@@ -227,10 +219,8 @@ def run_faults(config: FaultRunConfig) -> FaultRunResult:
 
 
 def fault_record(config: FaultRunConfig, result: FaultRunResult, provenance: dict) -> dict:
-    settings = {k: str(v) if isinstance(v, Path) else v
-                for k, v in dataclasses.asdict(config).items()}
     return {"schema": "cinema-trt/replica-faults/1", **provenance,
-            "settings": {**settings, "request": REQUEST, "hang_s": config.hang_s,
+            "settings": {**settings_json(config), "request": REQUEST, "hang_s": config.hang_s,
                          "balancer": "haproxy"},
             "counts": result.counts, "longest_call_s": round(result.longest_call_s, 2),
             "errors": dict(result.errors.most_common()),
@@ -240,12 +230,11 @@ def fault_record(config: FaultRunConfig, result: FaultRunResult, provenance: dic
 
 
 def markdown(record: dict) -> str:
-    m, s = record["machine"], record["settings"]
-    lines = [f"Replica faults for {record['duration_s']:.0f} s on {m['cpu']} ({m['cores']} "
-             f"cores, GPU: {m['gpu']['name'] if m['gpu'] else 'none'}), "
-             f"{describe_source(record['source'])}, {record['started']}: {s['replicas']} "
-             f"replicas behind HAProxy, {s['clients']} clients (tiny preset, "
-             f"{s['request']['frames']} frames {s['request']['height']}x"
+    s = record["settings"]
+    lines = [f"Replica faults for {record['duration_s']:.0f} s on "
+             f"{describe_machine(record['machine'])}, {describe_source(record['source'])}, "
+             f"{record['started']}: {s['replicas']} replicas behind HAProxy, {s['clients']} "
+             f"clients (tiny preset, {s['request']['frames']} frames {s['request']['height']}x"
              f"{s['request']['width']}, {s['request']['steps']} steps, {s['seeds']} seeds), a "
              f"fault ~{s['fault_every']:.0f} s after the last recovery, outages of "
              f"{s['outage_s']:.0f} s, no-progress bound {s['progress_timeout']:.0f} s, "
@@ -270,28 +259,11 @@ def markdown(record: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    defaults = FaultRunConfig()
-    for name in ("duration", "fault_every", "outage_s", "progress_timeout"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float,
-                            default=getattr(defaults, name))
-    for name in ("replicas", "clients", "resubmit", "seeds", "seed"):
-        parser.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
-    parser.add_argument("--repository", type=Path, help="default: tiny, random weights")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                                                   "%(message)s")
+    config, out = harness_config(FaultRunConfig, __doc__, argv, hidden=("torch_threads",))
     logging.getLogger("cinema_trt.serving.tritonserver").setLevel(logging.WARNING)
-    config = FaultRunConfig(**{f.name: getattr(args, f.name)
-                               for f in dataclasses.fields(FaultRunConfig)
-                               if hasattr(args, f.name)})
     run = Provenance.start()
-    result = run_faults(config)
-    record = fault_record(config, result, run.block())
-    stem = write_record(record, args.out, "replica-faults", markdown(record), run)
-    print(markdown(record))
-    print(f"wrote {stem}.json and {stem}.md")
+    record = fault_record(config, run_faults(config), run.block())
+    publish(record, out, "replica-faults", markdown(record), run)
     good = not (record["counts"]["hung"] or record["counts"]["lost"]
                 or record["unnamed_attempts"])
     return 0 if good and record["healthy_at_end"] else 1

@@ -12,7 +12,6 @@ one replica per GPU is what scales.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import tempfile
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .machine import Provenance, describe_source, machine_tag
+from .machine import Provenance, describe_machine, describe_source, machine_tag, settings_json
 from .stats import percentile
 
 LOG = logging.getLogger(__name__)
@@ -138,19 +137,17 @@ def sweep_record(config: SweepConfig, settings: list[Setting], provenance: dict)
     for row in rows:  # the ratio this machine shows, not an absolute speed claim
         one = base.get(row["concurrency"])
         row["throughput_vs_1_replica"] = round(row["throughput_rps"] / one, 3) if one else None
-    settings_json = {k: str(v) if isinstance(v, Path) else v
-                     for k, v in dataclasses.asdict(config).items()}
     return {"schema": "cinema-trt/replica-sweep/1", **provenance,
-            "settings": {**settings_json, "request": REQUEST, "balancer": "haproxy"},
+            "settings": {**settings_json(config), "request": REQUEST, "balancer": "haproxy"},
             "results": rows}
 
 
 def markdown(record: dict) -> str:
-    m, s = record["machine"], record["settings"]
-    lines = [f"Replica sweep on {m['cpu']} ({m['cores']} cores, GPU: "
-             f"{m['gpu']['name'] if m['gpu'] else 'none'}), {describe_source(record['source'])}"
-             f", {record['started']}: tiny preset ({s['request']['frames']} frames "
-             f"{s['request']['height']}x{s['request']['width']}, {s['request']['steps']} steps), "
+    s = record["settings"]
+    lines = [f"Replica sweep on {describe_machine(record['machine'])}, "
+             f"{describe_source(record['source'])}, {record['started']}: tiny preset "
+             f"({s['request']['frames']} frames {s['request']['height']}x"
+             f"{s['request']['width']}, {s['request']['steps']} steps), "
              f"{s['requests']} requests per setting through HAProxy, each replica "
              "`cinema-trt serve` on its own network-namespace host.", "",
              "| replicas | clients | requests/s | vs 1 replica | p50 s | p95 s | requests per "

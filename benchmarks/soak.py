@@ -22,7 +22,6 @@ import asyncio
 import collections
 import dataclasses
 import functools
-import json
 import logging
 import random
 import tempfile
@@ -30,9 +29,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from .machine import Provenance, describe_source, machine_tag
+from .machine import Provenance, describe_machine, describe_source, settings_json
+from .replicas import tiny_repository, write_record
+
+T = TypeVar("T")
 
 LOG = logging.getLogger(__name__)
 REQUEST: dict[str, Any] = dict(frames=5, height=32, width=32, steps=4, guidance=4.0)
@@ -168,15 +170,20 @@ def _healthy(server, timeout: float = 60.0) -> bool:
     return server.running and video.shape[0] == REQUEST["frames"]
 
 
-def _repository(config: SoakConfig, workdir: Path) -> Path:
-    if config.repository is not None:
-        return config.repository
-    from cinema_trt.models.factory import build_models, save_models
-    from cinema_trt.models.presets import get_preset
-    from cinema_trt.serving.repo import build_repository
-
-    weights = save_models(build_models(get_preset("tiny"), seed=0), workdir / "weights")
-    return build_repository(None, workdir / "models", weights)
+def run_threads(threads: list[threading.Thread], stop: threading.Event, duration: float,
+                join_timeout: float) -> int:
+    """Run the client threads and, last, the fault injector for `duration` s, then set
+    `stop` (Ctrl-C too: the clients loop until stopped) and join each for `join_timeout` s;
+    returns how many clients are still running."""
+    for thread in threads:
+        thread.start()
+    try:
+        stop.wait(duration)
+    finally:
+        stop.set()
+    for thread in threads:
+        thread.join(timeout=join_timeout)
+    return sum(thread.is_alive() for thread in threads[:-1])
 
 
 def run_soak(config: SoakConfig) -> SoakResult:
@@ -185,7 +192,7 @@ def run_soak(config: SoakConfig) -> SoakResult:
 
     result = SoakResult()
     with tempfile.TemporaryDirectory(prefix="cinema-soak-") as workdir:
-        repo = _repository(config, Path(workdir))
+        repo = config.repository or tiny_repository(Path(workdir), torch_threads=0)
         with TritonServer(ServerConfig(repo, startup_timeout=300, stop_timeout=10)) as server:
             stop = threading.Event()
             threads = [threading.Thread(target=_sync_client, name=f"soak-client-{i}", args=(
@@ -193,16 +200,8 @@ def run_soak(config: SoakConfig) -> SoakResult:
                 for i in range(config.clients)]
             threads.append(threading.Thread(target=_faults, name="soak-faults",
                                             args=(server, config, stop, result)))
-            for thread in threads:
-                thread.start()
-            try:
-                stop.wait(config.duration)
-            finally:  # Ctrl-C too: the clients loop until stopped
-                stop.set()
-            for thread in threads:
-                thread.join(timeout=config.hang_s)
-            stuck = sum(thread.is_alive() for thread in threads[:-1])
-            result.counts["hung"] += stuck  # calls still running past their bound
+            # calls still running past their bound
+            result.counts["hung"] += run_threads(threads, stop, config.duration, config.hang_s)
             result.healthy_at_end = _healthy(server)
             if server.watchdog is not None:
                 result.recoveries = list(server.watchdog.events)
@@ -228,10 +227,8 @@ def _fault_table(faults: list[dict]) -> list[dict]:
 
 def soak_record(config: SoakConfig, result: SoakResult, provenance: dict) -> dict:
     """The JSON record; `provenance`: the run's `Provenance.block()`."""
-    settings = {k: str(v) if isinstance(v, Path) else v
-                for k, v in dataclasses.asdict(config).items()}
     return {"schema": "cinema-trt/soak/1", **provenance,
-            "settings": {**settings, "request": REQUEST, "hang_s": config.hang_s},
+            "settings": {**settings_json(config), "request": REQUEST, "hang_s": config.hang_s},
             "counts": result.counts, "longest_call_s": round(result.longest_call_s, 2),
             "errors": dict(result.errors.most_common()),
             "faults": _fault_table(result.faults),
@@ -245,10 +242,9 @@ def _cell(value) -> str:
 
 
 def markdown(record: dict) -> str:
-    m, s = record["machine"], record["settings"]
-    lines = [f"Soak of {record['duration_s']:.0f} s on {m['cpu']} ({m['cores']} cores, "
-             f"GPU: {m['gpu']['name'] if m['gpu'] else 'none'}), tritonserver from "
-             f"nvidia-pytriton {record['versions']['nvidia-pytriton']}, "
+    s = record["settings"]
+    lines = [f"Soak of {record['duration_s']:.0f} s on {describe_machine(record['machine'])}, "
+             f"tritonserver from nvidia-pytriton {record['versions']['nvidia-pytriton']}, "
              f"{describe_source(record['source'])}, {record['started']}: {s['clients']} clients "
              f"(tiny preset, {s['request']['frames']} frames {s['request']['height']}x"
              f"{s['request']['width']}, {s['request']['steps']} steps), a fault every "
@@ -268,30 +264,38 @@ def markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    defaults = SoakConfig()
-    parser.add_argument("--duration", type=float, default=defaults.duration)
-    parser.add_argument("--clients", type=int, default=defaults.clients)
-    parser.add_argument("--fault-every", type=float, default=defaults.fault_every)
-    parser.add_argument("--progress-timeout", type=float, default=defaults.progress_timeout)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+def harness_config(cls: type[T], doc: str, argv: list[str] | None,
+                   hidden: tuple[str, ...] = ()) -> tuple[T, Path]:
+    """A fault harness's command line, parsed with logging set up: a --flag per number
+    field of the config dataclass `cls` (default: the field's; `hidden` ones keep theirs),
+    --repository and --out. Returns (config, out)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    for f in fields:
+        if f.name not in hidden and type(f.default) in (int, float):
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default),
+                                default=f.default)
     parser.add_argument("--repository", type=Path, help="default: tiny, random weights")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                                                    "%(message)s")
-    config = SoakConfig(args.duration, args.clients, args.fault_every, args.progress_timeout,
-                        args.seed, args.repository)
-    run = Provenance.start()
-    result = run_soak(config)
-    record = soak_record(config, result, run.block())
-    stem = args.out / f"soak-{machine_tag('cpu')}-{run.date}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(record))
-    print(markdown(record))
+    given = {f.name: getattr(args, f.name) for f in fields if hasattr(args, f.name)}
+    return cls(**given), args.out
+
+
+def publish(record: dict, out: Path, name: str, text: str, run: Provenance) -> None:
+    """Write a harness's record and its Markdown (`text`) to `out`, and print them."""
+    stem = write_record(record, out, name, text, run)
+    print(text)
     print(f"wrote {stem}.json and {stem}.md")
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, out = harness_config(SoakConfig, __doc__, argv)
+    run = Provenance.start()
+    record = soak_record(config, run_soak(config), run.block())
+    publish(record, out, "soak", markdown(record), run)
     good = record["counts"]["hung"] == 0 and record["counts"]["lost"] == 0
     return 0 if good and record["healthy_at_end"] else 1
 

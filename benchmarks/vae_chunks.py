@@ -200,13 +200,10 @@ def run(out: Path, with_builds: bool = True) -> tuple[Path, Path]:
 
 
 def markdown(record: dict[str, Any]) -> str:
-    from cinema_trt.benchmarks.machine import describe_source
+    from cinema_trt.benchmarks.machine import provenance_line
 
-    p = record  # the provenance block is at the top (benchmarks/machine.py)
     lines = ["# Chunked and tiled VAE decoding", "",
-             f"- machine: {p['machine']['cpu']}, {p['machine']['cores']} cores; "
-             f"{describe_source(p['source'])}; started {p['started']}, took "
-             f"{p['duration_s']} s", "",
+             provenance_line(record), "",
              "## Chunked vs one-shot (fp32, max |diff| / max |one-shot|; gate 1e-5)", "",
              "| VAE | latents (B, C, T, h, w) | error by chunk size |", "|---|---|---|"]
     for name, rows in record["exactness"].items():

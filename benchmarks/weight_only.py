@@ -188,13 +188,10 @@ def run(out: Path, paper: bool = True) -> tuple[Path, Path]:
 
 
 def markdown(record: dict[str, Any]) -> str:
-    from cinema_trt.benchmarks.machine import describe_source
+    from cinema_trt.benchmarks.machine import provenance_line
 
-    p = record  # the provenance block is at the top (benchmarks/machine.py)
     lines = [f"# Weight-only {MLLM_TEXT.name}: accuracy vs torch fp32, TensorRT-RTX memory", "",
-             f"- machine: {p['machine']['cpu']}, {p['machine']['cores']} cores; "
-             f"{describe_source(p['source'])}; started {p['started']}, took "
-             f"{p['duration_s']} s",
+             provenance_line(record),
              "- inputs: 2 held-out prompts of 97 random in-vocabulary tokens (their "
              "embedding rows); calibration: 4 other prompts of 128", "",
              "| model | block | fp16 graph cosine | method | cosine | max error "

@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .options import from_args
+
 if TYPE_CHECKING:
     from cinema_trt.engines.build import BuildRequest
 
@@ -68,10 +70,8 @@ def build_request(args: argparse.Namespace) -> BuildRequest:
     timing_cache = args.timing_cache
     if timing_cache is None and get_backend(args.runtime).timing_cache:
         timing_cache = args.out / TIMING_CACHE_FILE
-    config = BuildConfig(precision=args.precision, workspace_gib=args.workspace_gib,
-                         optimization_level=args.optimization_level, timing_cache=timing_cache,
-                         weight_streaming=args.weight_streaming, refittable=args.refittable,
-                         targets=parse_targets(args.targets))
+    config = from_args(BuildConfig, args, timing_cache=timing_cache,
+                       targets=parse_targets(args.targets))
     return BuildRequest(onnx_dir=args.onnx, out_dir=args.out, build_config=config,
                         profile=args.profile, runtime=args.runtime, stages=tuple(args.stages))
 

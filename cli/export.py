@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from cinema_trt.models.precision import EXPORT_PRECISIONS
 from cinema_trt.models.stages import FP8_GRAPHS, GRAPH_NAMES, aliases
+from cinema_trt.models.text_table import text_table
 
 from .options import defaults, from_args
 
@@ -41,11 +43,9 @@ def export_from_options(options: ExportOptions) -> list[ExportResult]:
     from cinema_trt.export.driver import export_stages
     from cinema_trt.models.factory import command_config
 
-    config = command_config(options.preset, options.weights)
-    return export_stages(config, options.out, stages=options.stages, weights=options.weights,
-                         fp8=options.fp8, progress=options.progress,
-                         calibrator=options.calibrator,
-                         attention_plugin=options.attention_plugin, dtype=options.dtype)
+    given = dataclasses.asdict(options)  # export_stages takes the other fields by name
+    return export_stages(command_config(given.pop("preset"), options.weights), given.pop("out"),
+                         **given)
 
 
 def _aliases() -> str:
@@ -108,6 +108,4 @@ def format_summary(results: list[ExportResult]) -> str:
                   if r.error is not None else ("-", "-", "-"))
         rows.append((r.stage, r.precision.value, f"{r.file_bytes / 2**20:.2f} MiB",
                      f"{r.params / 1e6:.3f} M", *errors, f"{r.seconds:.1f} s"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
-                     for row in rows)
+    return text_table(rows)

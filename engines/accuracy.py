@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from cinema_trt.export.validation import CHECK_SEED, TORCH_FP32, Validation
+from cinema_trt.models.text_table import text_table
 
 
 @dataclass(frozen=True)
@@ -291,6 +292,4 @@ def format_comparisons(results: list[StageComparison]) -> str:
     for r in results:
         rows.append((r.stage, r.tolerance.metric, f"{r.measured:.6g}",
                      f"{r.tolerance.limit:.6g}", str(r.cases), "ok" if r.passed else "FAIL"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
-                     for row in rows)
+    return text_table(rows)

@@ -67,7 +67,7 @@ def inspect_onnx(onnx_path: str | os.PathLike) -> OnnxGraphInfo:
     qdq_types: set[str] = set()
     quantized: dict[str, str] = {}  # QuantizeLinear output -> its type, for the DQ reading it
     has_qdq = False
-    for node in _all_nodes(graph):
+    for node in all_nodes(graph):
         if node.op_type not in QDQ_OPS:
             continue
         has_qdq = True
@@ -82,14 +82,14 @@ def inspect_onnx(onnx_path: str | os.PathLike) -> OnnxGraphInfo:
               if v.name not in initializers}
     outputs = {v.name: lookup(v.type.tensor_type.elem_type).name for v in graph.output}
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)
-    plugins = frozenset(n.op_type for n in _all_nodes(graph) if n.domain == TRT_PLUGIN_DOMAIN)
+    plugins = frozenset(n.op_type for n in all_nodes(graph) if n.domain == TRT_PLUGIN_DOMAIN)
     return OnnxGraphInfo(has_qdq, frozenset(qdq_types), frozenset(weights), inputs, outputs,
                          external, plugins, *_report_nodes(graph))
 
 
 def _report_nodes(graph) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(attention nodes, quantized linear nodes) by name, as engine reports match them."""
-    nodes = list(_all_nodes(graph))
+    nodes = list(all_nodes(graph))
     attention = tuple(n.name for n in nodes if n.op_type in ("Softmax", "Attention")
                       and n.domain in ("", "ai.onnx"))
     dequantized = {out for n in nodes if n.op_type == "DequantizeLinear"
@@ -99,13 +99,13 @@ def _report_nodes(graph) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return attention, linears
 
 
-def _all_nodes(graph):
+def all_nodes(graph):
     # Q/DQ may sit inside If/Loop subgraphs
     for node in graph.node:
         yield node
         for attr in node.attribute:
             if attr.g and attr.g.node:
-                yield from _all_nodes(attr.g)
+                yield from all_nodes(attr.g)
 
 
 def _qdq_type(node, elem_types: dict[str, int]) -> str:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import QDQ_OPS, inspect_onnx
+from .config import QDQ_OPS, all_nodes, inspect_onnx
 
 if TYPE_CHECKING:
     from cinema_trt.export.manifest import Manifest, TensorEntry
@@ -62,16 +62,6 @@ def _tensors(metadata) -> tuple[TensorEntry, ...]:
                  for name, meta in metadata.items())
 
 
-def _op_counts(graph) -> Counter:
-    counts: Counter = Counter()
-    for node in graph.node:
-        counts[node.op_type] += 1
-        for attr in node.attribute:
-            if attr.g and attr.g.node:
-                counts.update(_op_counts(attr.g))
-    return counts
-
-
 def inspect_graph(onnx_path: str | os.PathLike,
                   manifest: Manifest | None = None) -> GraphReport:
     """Report on one ONNX graph; `manifest` is its folder's Manifest when it has one."""
@@ -88,7 +78,7 @@ def inspect_graph(onnx_path: str | os.PathLike,
                                 f"or a model.onnx")
     model = onnx.load(str(path), load_external_data=False)
     info = inspect_onnx(path)
-    ops = _op_counts(model.graph)
+    ops = Counter(node.op_type for node in all_nodes(model.graph))
     return GraphReport(
         path=str(path), stage=manifest.stage if manifest else None,
         precision=manifest.precision.value if manifest else None,

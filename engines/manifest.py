@@ -68,13 +68,8 @@ def engine_key(export: Manifest, onnx_digest: str, config: BuildConfig,
 
 def profiles_to_json(profiles: dict[str, Any]) -> dict[str, dict[str, list[int]]]:
     """{name: (min, opt, max)} -> {name: {"min": [...], "opt": [...], "max": [...]}}."""
-    out = {}
-    for name, value in profiles.items():
-        if isinstance(value, dict):
-            out[name] = {k: list(value[k]) for k in ("min", "opt", "max")}
-        else:
-            out[name] = {k: list(v) for k, v in zip(("min", "opt", "max"), value, strict=True)}
-    return out
+    return {name: {k: list(v) for k, v in zip(("min", "opt", "max"), value, strict=True)}
+            for name, value in profiles.items()}
 
 
 # --- files ------------------------------------------------------------------------------

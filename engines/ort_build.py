@@ -34,9 +34,6 @@ from .shapes import DeploymentShapes
 
 log = logging.getLogger(__name__)
 
-ORT_MODEL_FILE = MODEL_FILE
-ORT_DATA_FILE = EXTERNAL_DATA_FILE
-
 
 def build_ort_model(stage: ExportedStage, out_dir: str | os.PathLike,
                     shapes: DeploymentShapes, build_config: BuildConfig,
@@ -67,7 +64,7 @@ def build_ort_model(stage: ExportedStage, out_dir: str | os.PathLike,
     staging = build.out_dir / f".staging-{uuid.uuid4().hex}"
     staging.mkdir()
     try:
-        _optimize(ort, build, staging / ORT_MODEL_FILE)
+        _optimize(ort, build, staging / MODEL_FILE)
         # from here until finish_build the folder has no manifest: never reused half-replaced
         (build.out_dir / MANIFEST_FILE).unlink(missing_ok=True)
         for produced in staging.iterdir():  # the model, and its weights file when large
@@ -76,7 +73,7 @@ def build_ort_model(stage: ExportedStage, out_dir: str | os.PathLike,
         shutil.rmtree(staging, ignore_errors=True)
     copy_sidecars(build)
     level = ort_optimization_level(build.build_config)
-    return finish_build(build, build.out_dir / ORT_MODEL_FILE,
+    return finish_build(build, build.out_dir / MODEL_FILE,
                         extra={"graph_optimization_level": level})
 
 
@@ -99,7 +96,7 @@ def _optimize(ort, build: StageBuild, target: Path) -> None:
     if build.graph.external_data:
         # models over 2 GiB cannot be one protobuf: keep weights in a file beside the model
         options.add_session_config_entry(
-            "session.optimized_model_external_initializers_file_name", ORT_DATA_FILE)
+            "session.optimized_model_external_initializers_file_name", EXTERNAL_DATA_FILE)
     log.info("%s: optimizing %s with ONNX Runtime %s (%s)", build.stage, build.onnx_path,
              ort.__version__, level)
     # creating the session runs the optimizer and writes `optimized_model_filepath`

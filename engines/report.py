@@ -39,12 +39,11 @@ _LAYER_LINE = re.compile(
 # RTX prints "Datatype: Half"; TensorRT 10 "Format/Datatype: Row major linear FP16 format"
 _TENSOR = re.compile(r"Dimensions: \[(?P<dims>[-\d,]*)\].*?Datatype: (?P<dtype>[^,}]*)")
 _ONNX_NODE = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
-_MEMORY = re.compile(r"(Total Weights|Total Activation|Total Device Persistent|"
-                     r"Total Host Persistent|Max Scratch) Memory: (\d+) bytes")
 _MEMORY_KEYS = {"Total Weights": "weights_bytes", "Total Activation": "activation_bytes",
                 "Total Device Persistent": "device_persistent_bytes",
                 "Total Host Persistent": "host_persistent_bytes",
                 "Max Scratch": "max_scratch_bytes"}
+_MEMORY = re.compile(f"({'|'.join(_MEMORY_KEYS)}) Memory: (\\d+) bytes")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 # the attribute CastedModule keeps the wrapped module under (`self.module`): traced layer
 # paths gain it as a prefix ("module.blocks.0.attn.qkv") until `unwrap_scopes` removes it
 CASTED_SCOPE = "module"
-_SCOPES_KEY, _CLASSES_KEY = "pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy"
 
 
 class CastedModule(nn.Module):
@@ -78,20 +77,17 @@ def unwrap_scopes(model: onnx.ModelProto) -> None:
     """Remove CastedModule's level from every node's module metadata (in place), so a
     half-precision graph names its layers as the fp32 graph does: the FP8 pass, profilers
     and tests see "blocks.0.attn.qkv", not "module.blocks.0.attn.qkv"."""
-    import ast
+    from .onnx_graph import CLASSES_KEY, SCOPES_KEY, node_scopes
 
     prefix = f"{CASTED_SCOPE}."
     for node in model.graph.node:
-        meta = {p.key: p for p in node.metadata_props}
-        if _SCOPES_KEY not in meta or _CLASSES_KEY not in meta:
-            continue
-        scopes = ast.literal_eval(meta[_SCOPES_KEY].value)
-        classes = ast.literal_eval(meta[_CLASSES_KEY].value)
         # scopes: ['', 'module', 'module.blocks', ...]; classes: [Casted*, CinemaDiT, ...]
+        scopes, classes = node_scopes(node) or ([], [])
         if len(scopes) < 2 or scopes[1] != CASTED_SCOPE:
             continue
-        meta[_SCOPES_KEY].value = repr(["", *(s.removeprefix(prefix) for s in scopes[2:])])
-        meta[_CLASSES_KEY].value = repr(classes[1:])
+        meta = {p.key: p for p in node.metadata_props}
+        meta[SCOPES_KEY].value = repr(["", *(s.removeprefix(prefix) for s in scopes[2:])])
+        meta[CLASSES_KEY].value = repr(classes[1:])
 
 
 def round_parameters(module: nn.Module, dtype: torch.dtype) -> nn.Module:

@@ -23,7 +23,6 @@ which TensorRT fuses into FP8 GEMMs and ONNX Runtime's CPU provider runs as writ
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -35,6 +34,8 @@ from torch import nn
 
 from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.precision import Precision, policy, precision_for
+
+from .onnx_graph import node_scopes
 
 FP8_MAX = 448.0  # largest finite float8 E4M3FN value
 FP8_E4M3_BITS = (4, 3)  # (exponent, mantissa) bits: ModelOpt's `num_bits` for E4M3
@@ -133,14 +134,10 @@ def linear_module(node: onnx.NodeProto) -> str | None:
     paths) and classes (`class_hierarchy`) it was traced in; a Linear's GEMM is the node
     whose innermost op is aten.linear inside a Linear module.
     """
-    if node.op_type not in ("MatMul", "Gemm"):
+    recorded = node_scopes(node)
+    if node.op_type not in ("MatMul", "Gemm") or recorded is None:
         return None
-    meta = {p.key: p.value for p in node.metadata_props}
-    try:
-        scopes = ast.literal_eval(meta["pkg.torch.onnx.name_scopes"])
-        classes = ast.literal_eval(meta["pkg.torch.onnx.class_hierarchy"])
-    except KeyError:
-        return None
+    scopes, classes = recorded
     if len(classes) >= 2 and classes[-1].startswith("aten.linear") \
             and classes[-2].endswith(".Linear"):
         return scopes[-2]

@@ -12,7 +12,9 @@ named dynamic dims, and dead-code-eliminates (e.g. the last DiT block's unused t
 
 from __future__ import annotations
 
+import ast
 import logging
+import math
 import os
 import warnings
 from contextlib import contextmanager
@@ -105,18 +107,23 @@ def plugin_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 # them; profilers show them). Stack traces and FX dumps are dropped: they hold this
 # checkout's file paths, so identical models would hash differently on two machines, and
 # they are half the graph's bytes.
-_KEPT_METADATA = ("pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy")
+SCOPES_KEY, CLASSES_KEY = "pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy"
 
 
 def strip_debug_metadata(model: onnx.ModelProto) -> None:
     for node in model.graph.node:
-        kept = [p for p in node.metadata_props if p.key in _KEPT_METADATA]
+        kept = [p for p in node.metadata_props if p.key in (SCOPES_KEY, CLASSES_KEY)]
         del node.metadata_props[:]
         node.metadata_props.extend(kept)
 
 
-def _dims_of(value: onnx.ValueInfoProto) -> list[onnx.TensorShapeProto.Dimension]:
-    return list(value.type.tensor_type.shape.dim)
+def node_scopes(node: onnx.NodeProto) -> tuple[list[str], list[str]] | None:
+    """(module paths, module classes) the exporter recorded for `node`, outermost first
+    (`["", "blocks", "blocks.0", ...]`); None when it recorded none."""
+    meta = {p.key: p.value for p in node.metadata_props}
+    if SCOPES_KEY not in meta or CLASSES_KEY not in meta:
+        return None
+    return ast.literal_eval(meta[SCOPES_KEY]), ast.literal_eval(meta[CLASSES_KEY])
 
 
 def name_io_dims(model: onnx.ModelProto, spec: StageSpec) -> None:
@@ -128,7 +135,7 @@ def name_io_dims(model: onnx.ModelProto, spec: StageSpec) -> None:
         if value is None:
             raise RuntimeError(f"{spec.name}: exported graph has no tensor {tensor.name!r}; "
                                f"graph I/O is {sorted(graph_io)}")
-        dims = _dims_of(value)
+        dims = value.type.tensor_type.shape.dim
         if len(dims) != len(tensor.dims):
             raise RuntimeError(f"{spec.name}.{tensor.name}: graph rank {len(dims)} != spec "
                                f"rank {len(tensor.dims)} ({tensor.dims})")
@@ -175,10 +182,4 @@ def check_onnx(path: str | os.PathLike) -> None:
 def weight_count(model_path: str | os.PathLike) -> int:
     """Elements in the graph's initializers (read from the graph, not the external data)."""
     model = onnx.load(str(model_path), load_external_data=False)
-    total = 0
-    for tensor in model.graph.initializer:
-        count = 1
-        for d in tensor.dims:
-            count *= d
-        total += count
-    return total
+    return sum(math.prod(tensor.dims) for tensor in model.graph.initializer)

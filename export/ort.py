@@ -174,15 +174,13 @@ class OrtRunner:
 
 
 def ort_runners(export_dir: str | os.PathLike, providers: Sequence[str] | None = None,
-                embeddings: str | os.PathLike | None = None,
                 threads: int = 0) -> dict[str, Runner]:
     """Runners for every stage under `export_dir`, keyed by pipeline stage name.
 
     `export_dir` is an export folder or a `cinema-trt build --runtime ort` folder (one
     `<stage>/` with manifest.json per graph; folders without a manifest are incomplete and
     skipped). A split stage exported as its graphs gets one runner that composes them
-    (models/stage.py `Stage.compose`); the MLLM's token-embedding table is read from its
-    glue folder's embeddings.safetensors unless `embeddings` names another file.
+    (models/stage.py `Stage.compose`), reading its glue from the glue graph's folder.
     Every session gets `threads` intra-op threads (0: ORT's default, see OrtRunner).
     """
     export_dir = Path(export_dir)
@@ -197,7 +195,7 @@ def ort_runners(export_dir: str | os.PathLike, providers: Sequence[str] | None =
 
     from .stage_runners import stage_runners
 
-    runners = stage_runners(found, runner, embeddings=embeddings)
+    runners = stage_runners(found, runner)
     if not runners:
         raise FileNotFoundError(f"no exported stages (<stage>/{MODEL_FILE} + {MANIFEST_FILE}) "
                                 f"under {export_dir}; run `cinema-trt export` (optionally "

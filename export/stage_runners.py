@@ -14,16 +14,14 @@ from .manifest import check_sidecars
 
 
 def stage_runners(found: Mapping[str, Path], load: Callable[[str], Runner],
-                  glue: str | os.PathLike | None = None,
-                  embeddings: str | os.PathLike | None = None) -> dict[str, Runner]:
+                  glue: str | os.PathLike | None = None) -> dict[str, Runner]:
     """{stage: runner} for every stage whose graphs are all in `found` (graph -> its
     folder; `load(graph)` opens one, and only graphs of complete stages are opened).
 
     A stage's glue files (a split stage's, models/stage.py `Stage.glue`) are read from the
     export folder of its glue graph: `<glue>/<graph>` when `glue` (an export folder) is
     given, else the graph's own folder in `found` (an export, or an ORT build, which keeps
-    them). They must hash as that folder's manifest records. `embeddings`: another copy
-    of the MLLM's token embeddings (Stage.compose).
+    them). They must hash as that folder's manifest records.
     """
     runners: dict[str, Runner] = {}
     for stage in STAGES:
@@ -34,5 +32,5 @@ def stage_runners(found: Mapping[str, Path], load: Callable[[str], Runner],
         if stage.glue:
             folder = Path(glue) / stage.glue if glue is not None else found[stage.glue]
             check_sidecars(folder)
-        runners[stage.name] = stage.compose({n: load(n) for n in names}, folder, embeddings)
+        runners[stage.name] = stage.compose({n: load(n) for n in names}, folder)
     return runners

@@ -165,15 +165,12 @@ def save_glue(encoder: MLLMEncoder, text_dir: str | os.PathLike) -> dict[str, st
     return {name: sha256_file(text_dir / name) for name in GLUE_FILES}
 
 
-def load_glue(text_dir: str | os.PathLike,
-              embeddings: str | os.PathLike | None = None) -> SplitMLLM:
+def load_glue(text_dir: str | os.PathLike) -> SplitMLLM:
     """The glue beside an mllm_text export (its manifest's sidecars, whose hashes the
-    runners check: export/stage_runners.py). `embeddings` names another copy of the token
-    embeddings."""
+    runners check: export/stage_runners.py)."""
     from safetensors.torch import load_file
 
-    config_path = Path(text_dir) / HF_CONFIG_FILE
-    embeddings = Path(embeddings or Path(text_dir) / EMBEDDINGS_FILE)
+    config_path, embeddings = (Path(text_dir) / name for name in GLUE_FILES)
     for path in (config_path, embeddings):
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: the mllm_text export writes it; "

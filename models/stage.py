@@ -184,8 +184,8 @@ class Stage(Graph):
         save_stage(getattr(models, self.part), folder / self.weights_entry,
                    metadata={"preset": models.config.name})
 
-    def compose(self, runners: Mapping[str, Runner], glue: str | os.PathLike | None = None,
-                embeddings: str | os.PathLike | None = None) -> Runner:
+    def compose(self, runners: Mapping[str, Runner], glue: str | os.PathLike | None = None
+                ) -> Runner:
         """Its runner from its graphs' (by name); `glue`: the `glue` graph's export folder."""
         return runners[self.name]
 
@@ -216,9 +216,16 @@ def video_cases(config: CinemaConfig) -> tuple[Case, Case, Case]:
     return example, one, two
 
 
-def text_cases() -> tuple[Case, tuple[Case, ...]]:
-    """Token sequences of the MLLM text graph and the connector: odd lengths, batches 1-3."""
-    return {"batch": 2, "seq": 37}, ({"batch": 1, "seq": 23}, {"batch": 3, "seq": 61})
+class TextGraph(Graph):
+    """A graph on the MLLM's token sequences (its text graph, the connector): their check
+    cases and symbols."""
+
+    def cases(self, config: CinemaConfig) -> tuple[Case, tuple[Case, ...]]:
+        """Odd lengths, batches 1-3."""
+        return {"batch": 2, "seq": 37}, ({"batch": 1, "seq": 23}, {"batch": 3, "seq": 61})
+
+    def symbols(self, request: Request, config: CinemaConfig) -> dict[str, int]:
+        return text_symbols(request, config)
 
 
 def text_symbols(request: Request, config: CinemaConfig) -> dict[str, int]:

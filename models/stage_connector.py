@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from .precision import Precision
 from .specs import StageSpec, f32, i64
-from .stage import Case, Recipe, Request, Stage, text_cases, text_symbols
+from .stage import Recipe, Stage, TextGraph
 
 if TYPE_CHECKING:
     from torch import nn
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .presets import CinemaConfig
 
 
-class ConnectorStage(Stage):
+class ConnectorStage(TextGraph, Stage):
     name = "connector"
     part = "aligner"
     weights_entry = "connector.safetensors"
@@ -38,12 +38,6 @@ class ConnectorStage(Stage):
         from .aligner import AlignerNet
 
         return AlignerNet(config.aligner)
-
-    def cases(self, config: CinemaConfig) -> tuple[Case, tuple[Case, ...]]:
-        return text_cases()
-
-    def symbols(self, request: Request, config: CinemaConfig) -> dict[str, int]:
-        return text_symbols(request, config)
 
 
 CONNECTOR = ConnectorStage()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .precision import Precision
 from .specs import StageSpec, TensorSpec, f32, i64, image_patches
-from .stage import Case, Graph, Recipe, Request, Stage, text_cases, text_symbols
+from .stage import Case, Graph, Recipe, Request, Stage, TextGraph, text_symbols
 
 if TYPE_CHECKING:
     import torch
@@ -82,7 +82,7 @@ class MLLMVisionGraph(Graph):
         return vision_inputs(build_hf_config(config.mllm).vision_config, pixels, grid)
 
 
-class MLLMTextGraph(Graph):
+class MLLMTextGraph(TextGraph):
     """The LLM prefill from inputs_embeds (mllm_split.TextPrefill); holds the glue."""
 
     name = "mllm_text"
@@ -106,12 +106,6 @@ class MLLMTextGraph(Graph):
         from .mllm_split import TextPrefill
 
         return TextPrefill(models.mllm.model.language_model)
-
-    def cases(self, config: CinemaConfig) -> tuple[Case, tuple[Case, ...]]:
-        return text_cases()
-
-    def symbols(self, request: Request, config: CinemaConfig) -> dict[str, int]:
-        return text_symbols(request, config)
 
     def save_glue(self, models: CinemaModels, folder: Path) -> dict[str, str]:
         from .mllm_split import save_glue
@@ -159,8 +153,8 @@ class MLLMStage(Stage):
 
         save_mllm(models.mllm, models.processor, folder / self.weights_entry)
 
-    def compose(self, runners: Mapping[str, Runner], glue: str | os.PathLike | None = None,
-                embeddings: str | os.PathLike | None = None) -> Runner:
+    def compose(self, runners: Mapping[str, Runner], glue: str | os.PathLike | None = None
+                ) -> Runner:
         from .mllm_split import load_glue
         from .runner import FunctionRunner
 
@@ -168,7 +162,7 @@ class MLLMStage(Stage):
             raise ValueError(f"{self.name} is {' + '.join(g.name for g in self.graphs)}: "
                              f"their runners are joined by the glue in the {self.glue} export "
                              f"folder; pass it (the ONNX folder)")
-        split = load_glue(glue, embeddings)
+        split = load_glue(glue)
         vision, text = runners[MLLM_VISION.name], runners[MLLM_TEXT.name]
         return FunctionRunner(self.name, lambda inputs: split.run(vision, text, inputs))
 

@@ -16,6 +16,8 @@ Torch-free: the CLI reads it at start-up.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .precision import Precision
 from .stage import Graph, Stage
 from .stage_connector import CONNECTOR
@@ -33,18 +35,20 @@ _GRAPHS = {g.name: g for g in GRAPHS}
 _OWNERS = {g.name: stage for stage in STAGES for g in stage.graphs}
 
 
+def _named(kind: str, table: dict[str, Stage] | dict[str, Graph], name: str) -> Any:
+    if name not in table:
+        raise ValueError(f"unknown {kind} {name!r}; the {kind}s are {list(table)}")
+    return table[name]
+
+
 def stage(name: str) -> Stage:
     """The pipeline stage `name`; ValueError naming the stages otherwise."""
-    if name not in _STAGES:
-        raise ValueError(f"unknown stage {name!r}; the stages are {list(_STAGES)}")
-    return _STAGES[name]
+    return _named("stage", _STAGES, name)
 
 
 def graph(name: str) -> Graph:
     """The graph `name` (a stage exported as itself is its own graph)."""
-    if name not in _GRAPHS:
-        raise ValueError(f"unknown graph {name!r}; the graphs are {list(_GRAPHS)}")
-    return _GRAPHS[name]
+    return _named("graph", _GRAPHS, name)
 
 
 def lookup(name: str) -> Graph:
@@ -54,8 +58,7 @@ def lookup(name: str) -> Graph:
 
 def stage_of(graph_name: str) -> Stage:
     """The stage a graph belongs to."""
-    graph(graph_name)  # ValueError for an unknown name
-    return _OWNERS[graph_name]
+    return _OWNERS[graph(graph_name).name]
 
 
 def aliases() -> dict[str, tuple[str, ...]]:

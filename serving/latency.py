@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from cinema_trt.models.stages import STAGE_NAMES
+from cinema_trt.models.text_table import text_table
 
 T = TypeVar("T")
 
@@ -110,7 +111,4 @@ def format_latency_table(latency: tuple[StageLatency, ...], request_seconds: flo
         rows.append((r.model, str(r.calls), f"{r.compute_ms:.2f}", f"{r.queue_ms:.2f}",
                      f"{r.total_ms:.1f}"))
     rows.append(("request (client wall time)", "1", "", "", f"{request_seconds * 1e3:.1f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.rjust(w) if i else cell.ljust(w)
-                               for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
-                     for row in rows)
+    return text_table(rows, right=True)

@@ -23,13 +23,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cinema_trt.serving import netns, protocol
 from cinema_trt.serving.balancer import Backend, Balancer, BalancerConfig
+from cinema_trt.serving.server import http_ready
 
 LOG = logging.getLogger(__name__)
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002  # Triton's own, as in a pod
@@ -98,12 +97,7 @@ class Replica:
         netns.set_link(self.host, up)
 
     def is_ready(self, timeout: float = 2.0) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.http}/v2/health/ready",
-                                        timeout=timeout) as response:
-                return response.status == 200
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            return False
+        return http_ready(self.http, timeout)
 
     def log_tail(self, lines: int = 30) -> str:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""

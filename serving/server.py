@@ -19,7 +19,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -115,6 +114,15 @@ def repository_location(text: str | os.PathLike) -> Path | str:
     """A repository argument: object-store URLs stay text (Path would fold `s3://` to
     `s3:/`), anything else is a folder."""
     return str(text) if str(text).startswith(REMOTE_REPOSITORY_SCHEMES) else Path(text)
+
+
+def http_ready(http: str, timeout: float = 2.0) -> bool:
+    """Whether the Triton server at `http` (`http://host:port`) answers ready now."""
+    try:
+        with urllib.request.urlopen(f"{http}/v2/health/ready", timeout=timeout) as response:
+            return response.status == 200
+    except OSError:  # refused, reset, timed out (urllib's URLError included)
+        return False
 
 
 def _repository_argument(repository: Path | str) -> str:
@@ -371,12 +379,7 @@ class TritonServer:
         return "\n".join(self._log_tail)
 
     def is_ready(self) -> bool:
-        url = f"{self.endpoints.http}/v2/health/ready"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
+        return http_ready(self.endpoints.http)
 
     @property
     def returncode(self) -> int | None:

@@ -109,7 +109,7 @@ def test_mllm_glue_is_checked_against_the_export_manifest(fp32_export, tmp_path)
     with pytest.raises(ValueError, match=f"does not match the sha256 .* recorded at export.*"
                                          f"--stages {MLLM.glue}"):
         ort_runners(folder)
-    # a copy named explicitly is the caller's choice: it must exist, it is not hash-checked
-    load_glue(text_dir, embeddings=fp32_export[0] / MLLM.glue / EMBEDDINGS_FILE)
-    with pytest.raises(FileNotFoundError, match="missing"):
-        load_glue(text_dir, embeddings=tmp_path / "nowhere.safetensors")
+    # a missing glue file is named, with the export that writes it
+    embeddings.unlink()
+    with pytest.raises(FileNotFoundError, match=f"missing.*--stages {MLLM.glue}"):
+        load_glue(text_dir)
