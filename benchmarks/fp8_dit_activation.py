@@ -4,13 +4,13 @@
     python -m cinema_trt.benchmarks.fp8_dit_activation [--out benchmarks/results]
 
 Builds the cinema DiT at one block, as the memory plan does (benchmarks/memory_run.py:
-TensorRT-RTX, the oldest FP8 target, the paper's request), four ways: fp16; the FP8 recipe; the FP8 recipe
-with the MLP's first linear (`mlp.0`, followed by the tanh GELU) kept in fp16; and with its
-second (`mlp.2`) kept in fp16. Records each build's weights and activation memory and the
-layers around the MLP (the GELU's kernel and the GEMMs), and sets the activation
-differences against the size of one MLP hidden tensor (visual tokens x 4 x width).
-Each FP8 variant is exported in its own artifact cache (the cache key does not cover a
-recipe edited in process). ~10-15 minutes on 2 cores.
+TensorRT-RTX, the oldest FP8 target, the paper's request), four ways: fp16; the FP8 recipe;
+the FP8 recipe with the MLP's first linear (`mlp.0`, followed by the tanh GELU) kept in
+fp16; and with its second (`mlp.2`) kept in fp16. Records each build's weights and
+activation memory and the layers around the MLP (the GELU's kernel and the GEMMs), and sets
+the activation differences against the size of one MLP hidden tensor (visual tokens x 4 x
+width). Each FP8 variant is exported in its own artifact cache (the cache key does not cover
+a recipe edited in process). ~10-15 minutes on 2 cores.
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ the paper's shapes, on a CPU.
 2. the step graph (torch.onnx dynamo, ONNX Runtime chunk by chunk) vs torch one-shot;
 3. tiled vs untiled decode, tiny and cinema widths;
 4. the state a decode carries at 45 x 480 x 720 (fp16 and fp32);
-5. TensorRT-RTX (the oldest FP8 target, fp16, no GPU) builds of the cinema step graph for one video at
-   60 x 90 latents, 1 and 2 latent frames per chunk and a 32 x 32 tile, and of the VAE
-   encoder for 1 and 4 one-frame references: the builder's activation memory, to set
+5. TensorRT-RTX (the oldest FP8 target, fp16, no GPU) builds of the cinema step graph
+   for one video at 60 x 90 latents, 1 and 2 latent frames per chunk and a 32 x 32 tile,
+   and of the VAE encoder for 1 and 4 one-frame references: the builder's activation memory, to set
    against the one-shot decoder's 33.5 GiB (benchmarks/results/cpu-2core-memory-*).
 Writes `<machine>-vae-chunks-<date>.json` + `.md` through benchmarks.machine.Provenance.
 """

@@ -21,8 +21,8 @@ from cinema_trt.serving.server import (
     TritonServer,
     free_port,
 )
-from cinema_trt.serving.tritonserver_install import find_tritonserver
 from cinema_trt.serving.triton_config import stage_config, to_text
+from cinema_trt.serving.tritonserver_install import find_tritonserver
 
 PROBE = '''
 import triton_python_backend_utils as pb_utils
