@@ -11,7 +11,7 @@ import numbers
 import re
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -203,7 +203,8 @@ class CinemaPipeline:
         return self._uncond_text
 
     def generate(self, request: GenerationRequest, progress: ProgressFn | None = None,
-                 should_stop: StopFn | None = None) -> np.ndarray:
+                 should_stop: StopFn | None = None,
+                 frames: Callable[[np.ndarray, int], None] | None = None) -> np.ndarray:
         request.validate(self.config)
         self.last_timings = defaultdict(float)
         # 1. MLLM + connector: conditional and unconditional text features, (2, L, D)
@@ -226,7 +227,11 @@ class CinemaPipeline:
         # 4. decode to frames
         video = self._run(VAE_DECODER.name, {"latents": latents})["video"]
         self.last_timings = dict(self.last_timings)
-        return video_to_uint8(video)
+        # placeholder until the chunk-by-chunk decode (branch issue-20b) replaces it
+        result = video_to_uint8(video)
+        if frames is not None:
+            frames(result, 0)
+        return result
 
     def __call__(self, prompt: str, refs: Sequence[np.ndarray], frames: int | None = None,
                  height: int | None = None,
