@@ -17,9 +17,9 @@ balancer routes by readiness), and the same request, seed included, gives the sa
 By default nothing that started is sent twice: a generation is not idempotent in cost.
 
 With `on_frames`, the server streams the frames as the VAE decodes them (`stream_frames`,
-serving/protocol.py) and each arrives at `on_frames(chunk)` (a `FrameChunk`) once, in order, while
-later ones are decoded (serving/frames.py assembles them); the result's `video` is the
-assembled video, the same frames a non-streamed request returns.
+serving/protocol.py) and each arrives at `on_frames(chunk)` (a `FrameChunk`) once, in
+order, while later ones are decoded (serving/frames.py assembles them); the result's
+`video` is the assembled video, the same frames a non-streamed request returns.
 """
 
 from __future__ import annotations
