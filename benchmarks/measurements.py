@@ -4,7 +4,8 @@ the same runtime; variants one after another, or round-robin (`interleave`).
 
 Stages are timed one call at a time: mllm and connector on the conditional prompt, the
 vae_encoder on all references, the dit for ONE denoising step with the CFG batch of 2,
-the vae_decoder on the final latents.
+the vae_decoder on the first chunk of the final latents (one call of its step graph: a
+decode makes one per `sampler.decode_chunk` latent frames).
 """
 
 from __future__ import annotations
