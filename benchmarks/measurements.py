@@ -4,8 +4,10 @@ the same runtime; variants one after another, or round-robin (`interleave`).
 
 Stages are timed one call at a time: mllm and connector on the conditional prompt, the
 vae_encoder on all references, the dit for ONE denoising step with the CFG batch of 2,
-the vae_decoder on the final latents. A served request's time to first frame is recorded
-by its own calls (benchmarks/served.py) and becomes the `first_frame` measurement beside it.
+the vae_decoder on the first chunk of the final latents (one call of its step graph: a
+decode makes one per `sampler.decode_chunk` latent frames). A served request's time to
+first frame is recorded by its own calls (benchmarks/served.py) and becomes the
+`first_frame` measurement beside it.
 """
 
 from __future__ import annotations

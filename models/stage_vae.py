@@ -80,10 +80,14 @@ class VAEDecoderStage(_VAEStage):
         return DecoderStep(part.decoder)
 
     def cases(self, config: CinemaConfig) -> tuple[Case, tuple[Case, ...]]:
-        """A first chunk and a later one; every state is drawn random (never zero), so a
-        graph that drops a state, or reads `first` wrongly, fails the later chunk."""
+        """A later chunk of one latent frame (every call but the first of a decode at the
+        default decode_chunk: each conv's history outlasts the chunk, so the states reach
+        the next states as well as the video) and a first chunk of several. States are
+        drawn random (never zero): a graph that drops a state, or reads `first` wrongly,
+        fails one of them."""
         example, one, two = video_cases(config)
-        return _step_case(example, False), (_step_case(one, True), _step_case(two, False))
+        return _step_case(example, False), (_step_case({**one, "lframes": 1}, False),
+                                             _step_case(two, True))
 
     def symbols(self, request: Request, config: CinemaConfig) -> dict[str, int]:
         from .vae_chunks import chunk_size, state_values
