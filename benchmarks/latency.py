@@ -63,10 +63,15 @@ def _notes(bench: BenchConfig, planned: list[tuple[str, str]]) -> list[str]:
         notes.append("warmup=0: the first pipeline sample includes the unconditional text "
                      "branch, which later requests take from the cache")
     if bench.served:
-        notes.append("served = one CinemaClient.generate call (readiness check, gRPC "
-                     "stream, server, PNG-encoded references) to a local Triton server "
-                     "whose python-backend stage models run the variant's runtime; host "
-                     "clock; overhead = served p50 / in-process pipeline p50")
+        notes.append("served = one CinemaClient.stream call with streamed frames "
+                     "(readiness check, gRPC stream, server, PNG-encoded references, the "
+                     "video in one chunk per decoder call, assembled by the client) to a "
+                     "local Triton server whose python-backend stage models run the "
+                     "variant's runtime; host clock; overhead = served p50 / in-process "
+                     "pipeline p50")
+        notes.append("first_frame = from the start of each timed served call until its "
+                     "first decoded frames reached the client; ratio = first_frame / "
+                     "served, at p50 and at the minima")
     return notes
 
 

@@ -4,7 +4,10 @@ the same runtime; variants one after another, or round-robin (`interleave`).
 
 Stages are timed one call at a time: mllm and connector on the conditional prompt, the
 vae_encoder on all references, the dit for ONE denoising step with the CFG batch of 2,
-the vae_decoder on the final latents.
+the vae_decoder on the first chunk of the final latents (one call of its step graph: a
+decode makes one per `sampler.decode_chunk` latent frames). A served request's time to
+first frame is recorded by its own calls (benchmarks/served.py) and becomes the
+`first_frame` measurement beside it.
 """
 
 from __future__ import annotations
@@ -47,10 +50,22 @@ class Job:
     target: str
     fn: Callable[[], object]
     clock: str = ""  # device whose clock times it; "" = the benchmark's device
+    # a served job's calls append their time to first frame here (ms, warm-ups included)
+    first_frame_ms: list[float] | None = None
 
     def measurement(self, samples: list[float]) -> Measurement:
         return Measurement(self.runtime, self.precision, self.target, tuple(samples),
                            summarize(samples))
+
+    def first_frame(self, runs: int) -> list[Measurement]:
+        """The `first_frame` measurement of the last `runs` (the timed) calls, if any."""
+        if not self.first_frame_ms:
+            return []
+        if len(self.first_frame_ms) < runs:
+            raise ValueError(f"{len(self.first_frame_ms)} first-frame times for {runs} runs")
+        samples = self.first_frame_ms[-runs:]
+        return [Measurement(self.runtime, self.precision, "first_frame", tuple(samples),
+                            summarize(samples))]
 
 
 @dataclass
@@ -108,7 +123,8 @@ def _serve(stack: contextlib.ExitStack, variant: Variant, bench: BenchConfig,
     session = stack.enter_context(served_session(shared.models, shared.request, bench,
                                                  variant.served))
     record["served"] = session.info()
-    return Job(variant.runtime, variant.precision, "served", session.call, clock="cpu")
+    return Job(variant.runtime, variant.precision, "served", session.call, clock="cpu",
+               first_frame_ms=session.first_frame_ms)
 
 
 def _release(device: str) -> None:
@@ -117,10 +133,10 @@ def _release(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def _time(job: Job, bench: BenchConfig) -> Measurement:
+def _time(job: Job, bench: BenchConfig) -> list[Measurement]:
     samples = measure(job.fn, bench.runs, bench.warmup, job.clock or bench.device,
                       label=f"{job.runtime} {job.precision} {job.target}")
-    return job.measurement(samples)
+    return [job.measurement(samples), *job.first_frame(bench.runs)]
 
 
 def _served_skips(bench: BenchConfig, variants: list[Variant]) -> list[Skip]:
@@ -139,15 +155,14 @@ def _sequential(bench: BenchConfig, planned, shared: Inputs) -> tuple[list, list
         record = variant_record(variant)
         skips += _served_skips(bench, [variant])
         with torch.inference_mode():
-            measurements += [_time(job, bench)
-                             for job in variant_jobs(variant, shared, bench.device)]
+            measurements += [m for job in variant_jobs(variant, shared, bench.device)
+                             for m in _time(job, bench)]
         served = bench.served and variant.served is not None
         variant.runners.clear()
         _release(bench.device)
         if served:
             with contextlib.ExitStack() as stack:
-                measurements.append(_time(_serve(stack, variant, bench, shared, record),
-                                          bench))
+                measurements += _time(_serve(stack, variant, bench, shared, record), bench)
         records.append(record)
     return measurements, records, skips
 
@@ -165,7 +180,8 @@ def _interleaved(bench: BenchConfig, planned, shared: Inputs) -> tuple[list, lis
             jobs += [_serve(stack, v, bench, shared, record)
                      for v, record in zip(variants, records, strict=True) if v.served is not None]
         with torch.inference_mode():
-            for target in TARGETS[:-1]:  # all but "served", which joins "pipeline"
+            for target in TARGETS[:-2]:  # "served" joins "pipeline"; "first_frame" is
+                # recorded by the served calls themselves
                 group = [job for job in jobs if job.target == target
                          or (target == "pipeline" and job.target == "served")]
                 if not group:
@@ -173,7 +189,8 @@ def _interleaved(bench: BenchConfig, planned, shared: Inputs) -> tuple[list, lis
                 samples = measure_interleaved([job.fn for job in group], bench.runs,
                                               bench.warmup,
                                               [job.clock or bench.device for job in group])
-                measurements += [job.measurement(s) for job, s in zip(group, samples, strict=True)]
+                measurements += [m for job, s in zip(group, samples, strict=True)
+                                 for m in (job.measurement(s), *job.first_frame(bench.runs))]
     del variants, jobs
     _release(bench.device)
     return measurements, records, skips

@@ -23,7 +23,8 @@ from .result import TARGETS, BenchResult
 log = logging.getLogger(__name__)
 
 TARGET_LABELS = {**{s.name: f"{s.name} (1 step, CFG x2)" for s in STAGES if s.per_step},
-                 "pipeline": "pipeline (whole request)", "served": "served (Triton, gRPC)"}
+                 "pipeline": "pipeline (whole request)", "served": "served (Triton, gRPC)",
+                 "first_frame": "served, to first frame"}
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,14 @@ def to_markdown(result: BenchResult) -> str:
         lines += [f"| {o['runtime']} {o['precision']} | {o['in_process_p50_ms']:.1f} ms | "
                   f"{o['served_p50_ms']:.1f} ms | {o['overhead_ms']:+.1f} ms | "
                   f"{o['ratio']:.3f}x | {o['ratio_min']:.3f}x |" for o in overhead]
+    first = result.first_frame()
+    if first:
+        lines += ["", "## Time to first frame (served, frames streamed as decoded)", "",
+                  "| variant | first frame p50 | whole request p50 | ratio p50 | "
+                  "ratio of minima |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {f['runtime']} {f['precision']} | {f['first_frame_p50_ms']:.1f} ms | "
+                  f"{f['served_p50_ms']:.1f} ms | {f['ratio']:.3f} | {f['ratio_min']:.3f} |"
+                  for f in first]
     lines += ["", "## All statistics (ms)", ""] + _full_table(result)
     if result.skipped:
         lines += ["", "## Not measured", ""]

@@ -10,15 +10,17 @@ from .config import BenchConfig
 from .plan import Skip
 from .stats import Stats
 
-TARGETS = (*STAGE_NAMES, "pipeline", "served")
-SCHEMA = "cinema-trt/bench-latency/1"
+# "first_frame": a served request's time until its first decoded frames reached the client
+TARGETS = (*STAGE_NAMES, "pipeline", "served", "first_frame")
+# 2: served requests stream their frames; `first_frame` measurements and `first_frame` rows
+SCHEMA = "cinema-trt/bench-latency/2"
 
 
 @dataclass(frozen=True)
 class Measurement:
     runtime: str
     precision: str
-    target: str  # a stage name, "pipeline" or "served"
+    target: str  # a stage name, "pipeline", "served" or "first_frame"
     samples_ms: tuple[float, ...]
     stats: Stats
 
@@ -64,6 +66,22 @@ class BenchResult:
                              "ratio_min": served.stats.min / local.stats.min})
         return rows
 
+    def first_frame(self) -> list[dict]:
+        """Time to first frame next to the served request's whole latency, per variant
+        served: at p50 and at the minimum (the least disturbed calls)."""
+        rows = []
+        for first in (m for m in self.measurements if m.target == "first_frame"):
+            served = self.find(first.runtime, first.precision, "served")
+            if served is not None:
+                rows.append({"runtime": first.runtime, "precision": first.precision,
+                             "first_frame_p50_ms": first.stats.p50,
+                             "served_p50_ms": served.stats.p50,
+                             "ratio": first.stats.p50 / served.stats.p50,
+                             "first_frame_min_ms": first.stats.min,
+                             "served_min_ms": served.stats.min,
+                             "ratio_min": first.stats.min / served.stats.min})
+        return rows
+
     def to_dict(self) -> dict:
         return {"schema": SCHEMA, **self.provenance,
                 "preset": self.config["name"], "settings": self.settings.to_dict(),
@@ -71,4 +89,5 @@ class BenchResult:
                 "shapes": self.shapes, "variants": list(self.variants),
                 "measurements": [m.to_dict() for m in self.measurements],
                 "serving_overhead": self.serving_overhead(),
+                "first_frame": self.first_frame(),
                 "skipped": [vars(s) for s in self.skipped], "notes": list(self.notes)}

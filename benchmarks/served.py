@@ -4,6 +4,10 @@ Serving overhead = served latency / in-process latency of the same variant: the 
 stage models run what the in-process pipeline ran (python backend with runtime torch, ort
 or tensorrt, from the variant's `ServedSpec`), so the ratio isolates the serving path:
 the client, gRPC, request decoding, BLS calls between processes and tensor hand-offs.
+
+The served request streams its frames (`stream_frames`), as `cinema-trt generate --url`
+does, and each call also records its time to first frame: the wait until the first decoded
+chunk reaches the client, against the whole request's latency.
 """
 
 from __future__ import annotations
@@ -13,17 +17,19 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cinema_trt.models.pipeline import GenerationRequest
 
 from .config import BenchConfig
+from .timing import NS_PER_MS
 from .variants import ServedSpec
 
 if TYPE_CHECKING:
     from cinema_trt.models.factory import CinemaModels
+    from cinema_trt.serving.client import CinemaClient
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +42,33 @@ class ServedSession:
     startup_s: float  # save weights + build repository + start the server until ready
     backend: str
     placement: str
+    # ms from each call's start until its first frames arrived, in call order (warm-up
+    # calls included: the timed ones are the last `runs`)
+    first_frame_ms: list[float] = field(default_factory=list)
 
     def info(self) -> dict:
         return {"startup_s": round(self.startup_s, 1), "backend": self.backend,
                 "placement": self.placement}
+
+
+def _streaming_call(client: CinemaClient, request: GenerationRequest,
+                    first_frame_ms: list[float]) -> Callable[[], object]:
+    """One streamed request; appends its time to first frame to `first_frame_ms`."""
+    params = _request_params(request)
+
+    def call() -> object:
+        start = time.perf_counter_ns()
+        first: list[float] = []
+
+        def on_frames(chunk) -> None:
+            if not first:
+                first.append((time.perf_counter_ns() - start) / NS_PER_MS)
+
+        result = client.stream(request.prompt, request.refs, on_frames=on_frames, **params)
+        first_frame_ms.append(first[0])
+        return result
+
+    return call
 
 
 def _request_params(request: GenerationRequest) -> dict:
@@ -78,8 +107,8 @@ def served_session(models: CinemaModels, request: GenerationRequest, bench: Benc
                                 spec.artifacts, options, spec.export_dir)
         with TritonServer(ServerConfig(repo, startup_timeout=600)) as server:
             client = CinemaClient(server.endpoints.grpc, ClientOptions(timeout=3600))
-            params = _request_params(request)
+            first_frame_ms: list[float] = []
             yield ServedSession(
-                lambda: client.generate(request.prompt, request.refs, **params),
+                _streaming_call(client, request, first_frame_ms),
                 time.perf_counter() - start, f"python/{spec.runtime}",
-                placement.kind + (f":{index}" if gpu else ""))
+                placement.kind + (f":{index}" if gpu else ""), first_frame_ms)

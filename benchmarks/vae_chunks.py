@@ -73,24 +73,11 @@ def tiling_error(cfg: VAEConfig, shape: tuple[int, ...], tiling: Tiling) -> dict
 
 def export_step(step: torch.nn.Module, spec, example: tuple[torch.Tensor, ...]
                 ) -> onnx.ModelProto:
-    """The step module as export/onnx_graph.trace_to_onnx exports a stage, but with the
-    dynamic shapes given by position: forward(latents, first, *states) binds the states as
-    one tuple, which trace_to_onnx's by-name shapes cannot address."""
-    from cinema_trt.export.onnx_graph import DEFAULT_OPSET, name_io_dims, strip_debug_metadata
+    """The step module traced as the exporter traces a stage (forward(latents, first,
+    *states): export/onnx_graph.bind_inputs binds the states to its *args)."""
+    from cinema_trt.export.onnx_graph import trace_to_onnx
 
-    dims = [{axis: d for axis, d in enumerate(t.dims) if isinstance(d, str)}
-            for t in spec.inputs]
-    program = torch.onnx.export(
-        step, example, input_names=list(spec.input_names), output_names=list(spec.output_names),
-        dynamic_shapes=(dims[0], dims[1], tuple(dims[2:])), dynamo=True,
-        opset_version=DEFAULT_OPSET, optimize=False, verify=False, report=False, verbose=False)
-    if program is None:
-        raise RuntimeError("torch.onnx.export returned no program")
-    program.optimize()
-    model = program.model_proto
-    strip_debug_metadata(model)
-    name_io_dims(model, spec)  # raises if a dim the spec calls dynamic was fixed
-    return model
+    return trace_to_onnx(step, spec, dict(zip(spec.input_names, example, strict=True)))
 
 
 def step_example(step: DecoderStep) -> tuple[torch.Tensor, ...]:

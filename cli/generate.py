@@ -79,49 +79,56 @@ def _check_remote_options(options: GenerateOptions) -> None:
 
 
 def generate_remote(options: GenerateOptions) -> Path:
-    """Send the request to the server at `options.url` and write the video it returns.
+    """Send the request to the server at `options.url` and write the video as it comes.
 
-    An .mp4 output is the server's own encoding (only the MP4 bytes cross the network);
-    .gif or a PNG-frame folder is written here from the raw frames. The server validates
-    the request against its preset; Ctrl-C cancels the request on the server.
+    The server streams the frames as its VAE decodes them (`stream_frames`), and each chunk
+    is written at once: an .mp4 is encoded here chunk by chunk (the same encoder as the
+    server's one-shot MP4), a PNG folder gains files, a .gif is written at the end. The
+    server validates the request against its preset; Ctrl-C cancels the request on the
+    server; a failed request leaves no partial .mp4.
     """
-    from cinema_trt.models.media import write_video
-    from cinema_trt.models.presets import DEFAULT_PRESET, get_preset
+    from cinema_trt.models.media import VideoWriter, check_video_path
     from cinema_trt.serving.client import CinemaClient, ClientOptions
+    from cinema_trt.serving.protocol import FrameChunk
 
     _check_remote_options(options)
+    check_video_path(options.output)
     if not options.output.parent.exists():
         raise FileNotFoundError(f"output folder {options.output.parent} does not exist")
     for ref in options.refs:
         if not ref.is_file():
             raise FileNotFoundError(f"reference image not found: {ref}")
-    mp4 = options.output.suffix.lower() == ".mp4"
     # no deadline: a large preset may denoise for many minutes; Ctrl-C cancels, and a dead
     # server is noticed by the no-progress bound
     if options.url is None:
         raise ValueError("a served generate needs --url HOST:PORT")
     client = CinemaClient(options.url, ClientOptions(timeout=None, resubmit=options.resubmit,
                                                      progress_timeout=options.progress_timeout))
-    with tqdm(total=options.steps, desc="denoising", unit="step",
-              disable=not options.progress) as bar:
-        def progress(step: int, total: int) -> None:
-            bar.total = total
-            bar.update(step - bar.n)
+    writer: list[VideoWriter] = []  # opened by the first chunk: it names the server's fps
 
-        result = client.stream(
-            options.prompt, options.refs, progress, outputs=("mp4",) if mp4 else ("video",),
-            frames=options.frames, height=options.height, width=options.width,
-            steps=options.steps, guidance=options.guidance, seed=options.seed, fps=options.fps)
-    if mp4:
-        if result.mp4 is None:
-            raise RuntimeError("the server sent no MP4 bytes although they were requested")
-        options.output.write_bytes(result.mp4)
-        return options.output
-    # the server's preset is unknown here: without --fps, use the local preset's default
-    fps = options.fps or get_preset(options.preset or DEFAULT_PRESET).sampler.fps
-    if result.video is None:
-        raise RuntimeError("the server sent no video frames although they were requested")
-    return write_video(options.output, result.video, fps)
+    def write(chunk: FrameChunk) -> None:
+        if not writer:
+            writer.append(VideoWriter(options.output, chunk.fps))
+        writer[0].write(chunk.frames)
+
+    done = False
+    try:
+        with tqdm(total=options.steps, desc="denoising", unit="step",
+                  disable=not options.progress) as bar:
+            def progress(step: int, total: int) -> None:
+                bar.total = total
+                bar.update(step - bar.n)
+
+            client.stream(options.prompt, options.refs, progress, outputs=(), on_frames=write,
+                          frames=options.frames, height=options.height, width=options.width,
+                          steps=options.steps, guidance=options.guidance, seed=options.seed,
+                          fps=options.fps)
+        path = writer[0].close()  # the client checked that every frame arrived
+        done = True
+        return path
+    finally:  # an error or Ctrl-C: no half-written .mp4 under the output name
+        if writer and not done:
+            writer[0].abort()
 
 
 def generate_video(options: GenerateOptions) -> Path:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .compare import error_stats, worst
+from .compare import ErrorStats, error_stats, worst
 from .validation import CHECK_SEED, TORCH_FP32, Validation
 
 if TYPE_CHECKING:
@@ -63,16 +63,21 @@ def validate(graph: Graph, models: Any, stage_dir: Path, manifest: Manifest,
     reference, companion = module, traced if compute == "float16" else None
     if bf16:
         reference, companion = round_parameters(module, torch.bfloat16), module
-    output = graph.spec(models.config).output_names[0]
+    outputs = graph.spec(models.config).output_names
     with _graph_runner(stage_dir, manifest) as run:
-        stats, spread = [], []
+        stats: list[ErrorStats] = []
+        spread: list[ErrorStats] = []
         for i, case in enumerate(cases):
             inputs = graph.sample_inputs(models.config, case, seed=CHECK_SEED + i)
             with torch.inference_mode():
-                ref = reference(**inputs)
+                ref = _named(outputs, reference(**inputs))
                 if companion is not None:
-                    spread.append(error_stats(companion(**inputs), ref))
-            stats.append(error_stats(run(inputs)[output], ref))
+                    other = _named(outputs, companion(**inputs))
+                    spread.extend(error_stats(other[n], ref[n]) for n in outputs)
+            got = run(inputs)
+            # every output, each against its own scale: a graph's later outputs (the VAE
+            # decoder's next states) are as much its result as the first
+            stats.extend(error_stats(got[n], ref[n]) for n in outputs)
     checked = Validation(
         TORCH_FP32 + (" with parameters rounded to bf16" if bf16 else ""),
         "onnxruntime" + (", the graph upcast to float32" if compute == "bfloat16" else ""),
@@ -80,6 +85,15 @@ def validate(graph: Graph, models: Any, stage_dir: Path, manifest: Manifest,
     if min_cosine is not None:
         return _gate_cosine(graph.name, min_cosine, checked)
     return _gate_error(graph.name, compute, checked)
+
+
+def _named(names: tuple[str, ...], outputs: Any) -> dict[str, torch.Tensor]:
+    """A module's return value (a tensor or a tuple, in spec order) by output name."""
+    outputs = (outputs,) if isinstance(outputs, torch.Tensor) else tuple(outputs)
+    if len(outputs) != len(names):
+        raise ExportError(f"the module returned {len(outputs)} outputs, the spec names "
+                          f"{len(names)}: {list(names)}")
+    return dict(zip(names, outputs, strict=True))
 
 
 def _gate_cosine(name: str, min_cosine: float, checked: Validation) -> Validation:

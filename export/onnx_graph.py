@@ -13,6 +13,7 @@ named dynamic dims, and dead-code-eliminates (e.g. the last DiT block's unused t
 from __future__ import annotations
 
 import ast
+import inspect
 import logging
 import math
 import os
@@ -43,6 +44,37 @@ def dynamic_shapes(spec: StageSpec) -> dict[str, dict[int, str]]:
             for t in spec.inputs}
 
 
+def bind_inputs(module: torch.nn.Module, spec: StageSpec, example: dict[str, torch.Tensor]
+                ) -> tuple[tuple[torch.Tensor, ...], dict[str, Any]]:
+    """(args, dynamic shapes) of a trace of `module` on `example`, bound to forward's
+    signature: the spec's inputs in order, the first named as forward's parameters, the
+    rest (whose spec names need not be identifiers: the VAE decoder's `state.<conv>`)
+    taken by its `*args`, whose shapes torch.export wants as one tuple under that
+    parameter's name. (Not `**kwargs`: torch 2.9's export files keyword arguments outside
+    forward's parameters twice and fails to match their shapes.)"""
+    parameters = inspect.signature(module.forward).parameters.values()
+    positional = [p.name for p in parameters if p.kind in (
+        inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    var_positional = next((p.name for p in parameters
+                           if p.kind is inspect.Parameter.VAR_POSITIONAL), None)
+    names = spec.input_names
+    if list(names[:len(positional)]) != positional[:len(names)]:
+        raise ValueError(f"{spec.name}: forward's parameters {positional} are not the spec's "
+                         f"first inputs {list(names)}, in order")
+    rest = names[len(positional):]
+    if rest and var_positional is None:
+        raise ValueError(f"{spec.name}: inputs {list(rest)} match no parameter of "
+                         f"{type(module).__name__}.forward and it takes no *args")
+    # a tensor without dynamic dims is None: an empty dict would read as an empty
+    # container, not a tensor, where torch.export matches the shapes to the inputs
+    dims = {name: axes or None for name, axes in dynamic_shapes(spec).items()}
+    shapes: dict[str, Any] = {n: dims[n] for n in names[:len(positional)]}
+    if rest:
+        assert var_positional is not None
+        shapes[var_positional] = tuple(dims[n] for n in rest)
+    return tuple(example[n] for n in names), shapes
+
+
 @contextmanager
 def _quiet(*names: str):
     """Silence chatty INFO logs (onnx_ir logs every deduplicated initializer)."""
@@ -59,7 +91,7 @@ def _quiet(*names: str):
 
 def trace_to_onnx(module: torch.nn.Module, spec: StageSpec, example: dict[str, torch.Tensor],
                   opset: int = DEFAULT_OPSET, attention_plugin: bool = False) -> onnx.ModelProto:
-    """Export `module` (forward takes spec.inputs, in order) with the spec's dynamic dims and
+    """Export `module` (forward takes spec.inputs: `bind_inputs`) with the spec's dynamic dims and
     run the onnxscript optimizer (constant folding, dead code, redundant casts/reshapes).
 
     attention_plugin: map each `torch.ops.cinema.attention*` call to a TensorRT plugin node
@@ -67,7 +99,7 @@ def trace_to_onnx(module: torch.nn.Module, spec: StageSpec, example: dict[str, t
     prologue, e.g. a DiT with attention backend "triton_unfused". Only TensorRT (with
     `register_plugins()`) can run such a graph; ONNX Runtime cannot.
     """
-    args = tuple(example[name] for name in spec.input_names)
+    args, shapes = bind_inputs(module, spec, example)
     options: dict[str, Any] = {}
     if attention_plugin:
         from cinema_trt.kernels.plugin_onnx import onnx_translation_table
@@ -80,7 +112,7 @@ def trace_to_onnx(module: torch.nn.Module, spec: StageSpec, example: dict[str, t
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
         program = torch.onnx.export(
             module, args, input_names=list(spec.input_names),
-            output_names=list(spec.output_names), dynamic_shapes=dynamic_shapes(spec),
+            output_names=list(spec.output_names), dynamic_shapes=shapes,
             dynamo=True, opset_version=opset, optimize=False, verify=False, report=False,
             verbose=False, **options)
         if program is None:  # only the legacy exporter returns None (dynamo=True here)

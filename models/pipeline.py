@@ -11,7 +11,7 @@ import numbers
 import re
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 
 from .mllm import prepare_inputs
-from .presets import CinemaConfig, check_num_refs, latent_frames, latent_size
-from .runner import Runner, Tensors
-from .sampler import ProgressFn, StopFn, denoise, initial_noise
+from .presets import VAE_TEMPORAL, CinemaConfig, check_num_refs, latent_frames, latent_size
+from .runner import FunctionRunner, Runner, Tensors
+from .sampler import GenerationCancelled, ProgressFn, StopFn, denoise, initial_noise
 from .stages import CONNECTOR, DIT, MLLM, STAGES, VAE_DECODER, VAE_ENCODER
 
 if TYPE_CHECKING:
@@ -47,6 +47,8 @@ MAX_VIDEO_PIXELS = 2 ** 27
 # parsed as markup (wrong image-token counts, chat-template injection), so they are refused
 RESERVED_TOKEN = re.compile(r"<\|[^<>|\s]+\|>")
 INT_FIELDS = ("frames", "height", "width", "steps", "seed", "fps")
+# frames(chunk uint8 (f, H, W, 3), start): a decoded chunk's frames, its first frame's index
+FramesFn = Callable[[np.ndarray, int], None]
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,10 @@ def video_to_uint8(video: torch.Tensor) -> np.ndarray:
     return frames.permute(1, 2, 3, 0).cpu().numpy()
 
 
+def _frame_count(latents: torch.Tensor) -> int:
+    return 1 + VAE_TEMPORAL * (latents.shape[2] - 1)
+
+
 class CinemaPipeline:
     """Runs the five stages; `last_timings` holds seconds per stage of the last call."""
 
@@ -203,7 +209,12 @@ class CinemaPipeline:
         return self._uncond_text
 
     def generate(self, request: GenerationRequest, progress: ProgressFn | None = None,
-                 should_stop: StopFn | None = None) -> np.ndarray:
+                 should_stop: StopFn | None = None, frames: FramesFn | None = None
+                 ) -> np.ndarray:
+        """The video, uint8 (F, H, W, 3). progress(step, total) after each denoising step;
+        should_stop() is asked before each step and each decoded chunk (True: raise
+        GenerationCancelled); frames(chunk, start) gets each decoded chunk's frames, uint8
+        (f, H, W, 3), as soon as they exist, `start` the index of its first frame."""
         request.validate(self.config)
         self.last_timings = defaultdict(float)
         # 1. MLLM + connector: conditional and unconditional text features, (2, L, D)
@@ -223,10 +234,25 @@ class CinemaPipeline:
                           ref_latents, request.steps, request.guidance,
                           self.config.sampler.shift, progress, should_stop)
         self.last_timings[DIT.name] += time.perf_counter() - start
-        # 4. decode to frames
-        video = self._run(VAE_DECODER.name, {"latents": latents})["video"]
+        # 4. decode to frames, a chunk of latent frames per decoder call
+        video = self._decode(latents, should_stop, frames)
         self.last_timings = dict(self.last_timings)
-        return video_to_uint8(video)
+        return video
+
+    def _decode(self, latents: torch.Tensor, should_stop: StopFn | None,
+                frames: FramesFn | None) -> np.ndarray:
+        decoder = FunctionRunner(VAE_DECODER.name,
+                                 lambda inputs: self._run(VAE_DECODER.name, inputs))
+        chunks, start = [], 0
+        for video in VAE_DECODER.decode(decoder, latents, self.config):
+            chunk = video_to_uint8(video)
+            if frames is not None:
+                frames(chunk, start)
+            chunks.append(chunk)
+            start += len(chunk)
+            if should_stop is not None and should_stop() and start < _frame_count(latents):
+                raise GenerationCancelled(f"cancelled after {start} decoded frames")
+        return np.concatenate(chunks)
 
     def __call__(self, prompt: str, refs: Sequence[np.ndarray], frames: int | None = None,
                  height: int | None = None,

@@ -109,6 +109,15 @@ class SamplerConfig:
     guidance: float = 6.0
     shift: float = 3.0
     fps: int = 8
+    # latent frames the VAE decoder takes per call (models/vae_chunks.py): its activation
+    # memory is bounded by the chunk, and frames reach the client one chunk at a time
+    decode_chunk: int = 1
+
+    def __post_init__(self):
+        chunk = self.decode_chunk
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"decode_chunk={chunk!r} must be a positive number of latent "
+                             f"frames (1 decodes one latent frame, 4 video frames, per call)")
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,23 @@
 """The VAE (models/vae.py) as two stages, the halves of one VideoVAE in vae.safetensors: the
 encoder takes each reference image as a one-frame video to latents; the decoder turns the
-denoised latents into the video's frames."""
+denoised latents into the video's frames, a chunk of latent frames per call."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from .presets import VAE_SPATIAL, VAE_TEMPORAL
 from .specs import StageSpec, TensorSpec, f32
 from .stage import Case, Request, Stage, video_cases, video_symbols
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from .presets import CinemaConfig
+    from .runner import Runner
 
 
 class _VAEStage(Stage):
@@ -53,19 +58,80 @@ class VAEEncoderStage(_VAEStage):
 
 
 class VAEDecoderStage(_VAEStage):
+    """The decoder as its chunk step (models/vae_chunks.py): one graph the pipeline calls
+    once per `config.sampler.decode_chunk` latent frames, passing the causal convs' states
+    the previous call returned (`state.*` in, `next_state.*` out) and `first` (the first
+    chunk pads with its own frame 0, which no state tensor can hold). Chunked equals the
+    one-shot decode; activations are bounded by the chunk."""
+
     name = "vae_decoder"
     submodule = "decoder"
 
     def spec(self, config: CinemaConfig) -> StageSpec:
-        video, latents = self._tensors(config)
-        return StageSpec(self.name, (latents,), (video,))
+        from .vae_chunks import step_spec
+
+        return dataclasses.replace(step_spec(config.vae), name=self.name)
+
+    def _of(self, part: nn.Module) -> nn.Module:
+        from .vae_chunks import DecoderStep
+        from .video_vae import VideoVAE
+
+        assert isinstance(part, VideoVAE), part
+        return DecoderStep(part.decoder)
 
     def cases(self, config: CinemaConfig) -> tuple[Case, tuple[Case, ...]]:
+        """A later chunk of one latent frame (every call but the first of a decode at the
+        default decode_chunk: each conv's history outlasts the chunk, so the states reach
+        the next states as well as the video) and a first chunk of several. States are
+        drawn random (never zero): a graph that drops a state, or reads `first` wrongly,
+        fails one of them."""
         example, one, two = video_cases(config)
-        return example, (one, two)
+        return _step_case(example, False), (_step_case({**one, "lframes": 1}, False),
+                                             _step_case(two, True))
 
     def symbols(self, request: Request, config: CinemaConfig) -> dict[str, int]:
-        return {**video_symbols(config, request), "batch": request.batch}
+        from .vae_chunks import chunk_size, state_values
+
+        video = video_symbols(config, request)
+        lframes = chunk_size(config.sampler.decode_chunk, video["lframes"])
+        return {**video, **state_values(request.batch, video["lheight"], video["lwidth"]),
+                "lframes": lframes, "chunk_frames": VAE_TEMPORAL * lframes}
+
+    def sample_inputs(self, config: CinemaConfig, case: Case, seed: int = 0
+                      ) -> dict[str, torch.Tensor]:
+        import torch
+
+        inputs = super().sample_inputs(config, case, seed)
+        inputs["first"] = torch.tensor([bool(case["first"])])
+        return inputs
+
+    def decode(self, runner: Runner, latents: torch.Tensor, config: CinemaConfig
+               ) -> Iterator[torch.Tensor]:
+        """The video of `latents` (B, C, T, h, w), chunk by chunk through `runner` (this
+        stage's, on any runtime): models/vae_chunks.py `iter_chunks` says what each is."""
+        import torch
+
+        from .vae_chunks import iter_chunks, state_spec
+
+        spec = self.spec(config)
+        states_in, states_out = spec.input_names[2:], spec.output_names[1:]
+
+        def step(part: torch.Tensor, first: torch.Tensor, states: tuple[torch.Tensor, ...]):
+            out = runner.run({"latents": part, "first": first,
+                              **dict(zip(states_in, states, strict=True))})
+            return out["video"], tuple(out[name] for name in states_out)
+
+        batch, _, _, lh, lw = latents.shape
+        zeros = tuple(torch.zeros([int(d) for d in s.dims], dtype=s.dtype) for s in
+                      state_spec(config.vae, batch, lh * VAE_SPATIAL, lw * VAE_SPATIAL))
+        return iter_chunks(step, latents, config.sampler.decode_chunk, zeros)
+
+
+def _step_case(case: Case, first: bool) -> Case:
+    from .vae_chunks import state_values
+
+    return {**case, **state_values(case["batch"], case["lheight"], case["lwidth"]),
+            "chunk_frames": VAE_TEMPORAL * case["lframes"], "first": int(first)}
 
 
 VAE_ENCODER, VAE_DECODER = VAEEncoderStage(), VAEDecoderStage()

@@ -75,7 +75,9 @@ class DecoderStep(nn.Module):
     """One chunk of a chunked decode, as an exportable module.
 
     forward(latents (B, C, k, h, w), first (1,) bool, *states) -> (video (B, 3, 4k, 8h, 8w),
-    *next_states), states in `state_names` order. The decoder's weights are shared.
+    *next_states), states in `state_names` order, or by keyword with their spec names
+    (`state.<conv>`): how runners and the exporter pass a graph's named inputs. The
+    decoder's weights are shared.
     """
 
     def __init__(self, decoder: VAEDecoder):
@@ -84,14 +86,27 @@ class DecoderStep(nn.Module):
         self._convs = causal_convs(decoder)
         self.state_names = tuple(self._convs.values())
 
-    def forward(self, latents: torch.Tensor, first: torch.Tensor,
-                *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, latents: torch.Tensor, first: torch.Tensor, *states: torch.Tensor,
+                **named_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if named_states:
+            states = states + self._by_name(named_states, len(states))
         if len(states) != len(self.state_names):
             raise ValueError(f"got {len(states)} state tensors, the decoder carries "
                              f"{len(self.state_names)} ({STATE_INPUT}* in step_spec order)")
         cache = ConvCache(self._convs, dict(zip(self.state_names, states, strict=True)), first)
         video = self.decoder(latents, cache)
         return (video, *(cache.next_states[name] for name in self.state_names))
+
+    def _by_name(self, named: dict[str, torch.Tensor], positional: int
+                 ) -> tuple[torch.Tensor, ...]:
+        names = [STATE_INPUT + n for n in self.state_names]
+        unknown = sorted(set(named) - set(names))
+        missing = [n for n in names if n not in named]
+        if positional or unknown or missing:
+            raise ValueError(f"pass the states by position or all by name, not both: got "
+                             f"{positional} by position, unknown names {unknown}, missing "
+                             f"{missing[:3]}{'...' if len(missing) > 3 else ''}")
+        return tuple(named[n] for n in names)
 
     def initial_states(self, latents: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Zero states for a decode of `latents` (B, C, T, h, w): the first chunk ignores
@@ -112,15 +127,32 @@ def iter_chunks(step: StepFn, latents: torch.Tensor, chunk: int,
                 states: tuple[torch.Tensor, ...]) -> Iterator[torch.Tensor]:
     """The chunked decode's loop: feed `chunk` latent frames at a time with the previous
     chunk's states, drop the first chunk's copies of frame 0, yield each chunk's video:
-    (B, 3, 1 + 4(k - 1), 8h, 8w) first, then (B, 3, 4k, 8h, 8w). `states`: the zero
-    states the first chunk ignores (`DecoderStep.initial_states`)."""
+    (B, 3, 1 + 4(k - 1), 8h, 8w) first, then (B, 3, 4k, 8h, 8w) (the tail: fewer).
+    `states`: the zero states the first chunk ignores (`DecoderStep.initial_states`)."""
     if chunk < 1:
         raise ValueError(f"chunk={chunk} must be a positive number of latent frames")
+    size = min(chunk, latents.shape[2])  # `chunk_size`: every call takes this many frames
     first = torch.ones(1, dtype=torch.bool, device=latents.device)
-    for start in range(0, latents.shape[2], chunk):
-        video, states = step(latents[:, :, start:start + chunk], first, states)
+    for start in range(0, latents.shape[2], size):
+        part = latents[:, :, start:start + size]
+        # a short tail is padded with copies of its last frame, so that every call of one
+        # decode has one shape (one engine profile, one CUDA graph, one Triton shape); the
+        # decoder is causal (no frame reads a later one), so the padding's frames are
+        # dropped and the rest is exact. The states it leaves are never read.
+        short = size - part.shape[2]
+        if short:
+            part = torch.cat([part, part[:, :, -1:].expand(-1, -1, short, -1, -1)], dim=2)
+        video, states = step(part, first, states)
+        if short:
+            video = video[:, :, :video.shape[2] - VAE_TEMPORAL * short]
         yield video[:, :, FIRST_CHUNK_EXTRA_FRAMES:] if start == 0 else video
         first = torch.zeros_like(first)
+
+
+def chunk_size(chunk: int, latent_frames: int) -> int:
+    """Latent frames of every step call of a decode of `latent_frames` in chunks of
+    `chunk` (the tail is padded to it: `iter_chunks`)."""
+    return min(chunk, latent_frames)
 
 
 def iter_decode(decoder: VAEDecoder, latents: torch.Tensor,

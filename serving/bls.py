@@ -2,7 +2,9 @@
 
 Only usable inside a Triton Python-backend stub, where `triton_python_backend_utils`
 exists. Tensors cross in both directions through DLPack, so the orchestrator hands torch
-tensors to Triton and gets torch tensors back without a numpy copy.
+tensors to Triton and gets torch tensors back without a numpy copy; bool tensors (the VAE
+decoder's `first` flag) too, as DLPack's kDLBool (the served video is bit-identical to the
+in-process one: tests/serving/test_serving_e2e.py).
 """
 
 from __future__ import annotations

@@ -15,6 +15,11 @@ the call fails with `ReplicaFailed` naming it, or `ServerStalled`; with
 `ClientOptions(resubmit=n)` it is sent again up to n times (to a healthy replica: the
 balancer routes by readiness), and the same request, seed included, gives the same video.
 By default nothing that started is sent twice: a generation is not idempotent in cost.
+
+With `on_frames`, the server streams the frames as the VAE decodes them (`stream_frames`,
+serving/protocol.py) and each arrives at `on_frames(chunk)` (a `FrameChunk`) once, in
+order, while later ones are decoded (serving/frames.py assembles them); the result's
+`video` is the assembled video, the same frames a non-streamed request returns.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cinema_trt.serving import protocol
+from cinema_trt.serving.frames import FrameAssembler, FramesFn
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +110,7 @@ class GenerationResult:
     mp4: bytes | None = None
     progress: list[tuple[int, int]] = field(default_factory=list)
     replica: str | None = None  # the replica that ran it (servers that name themselves)
+    streamed: int = 0  # frames received in `chunk` responses (stream_frames)
     failures: list[str] = field(default_factory=list)  # resubmitted attempts, each's error
 
 
@@ -133,7 +140,8 @@ def _infer_inputs(arrays: dict[str, np.ndarray]) -> list:
 
 
 def _started(state: GenerationResult) -> bool:
-    return bool(state.progress) or state.video is not None or state.mp4 is not None
+    return bool(state.progress) or state.streamed > 0 or state.video is not None \
+        or state.mp4 is not None
 
 
 def _where(state: GenerationResult) -> str:
@@ -155,8 +163,23 @@ def _raise_for(message: str, status: str, state: GenerationResult) -> None:
     raise CinemaRequestError(message)
 
 
-def _consume(result, error, state: GenerationResult, progress: ProgressFn | None) -> bool:
-    """Fold one stream message into `state`; True when it was the final response."""
+def _add_chunk(result, state: GenerationResult, frames: FrameAssembler | None) -> None:
+    try:
+        chunk = protocol.read_chunk(result.as_numpy)
+        if chunk is None:
+            return
+        if frames is None:
+            raise ValueError("frames came in `chunk` responses, but none were asked for")
+        frames.add(chunk)
+    except ValueError as error:
+        raise CinemaRequestError(f"bad frames from the server: {error}") from None
+    state.streamed += len(chunk.frames)
+
+
+def _consume(result, error, state: GenerationResult, progress: ProgressFn | None,
+             frames: FrameAssembler | None = None) -> bool:
+    """Fold one stream message into `state` (streamed frames into `frames`); True when it
+    was the final response."""
     if error is not None:
         message = error.message() if hasattr(error, "message") else str(error)
         _raise_for(message, str(getattr(error, "status", lambda: "")() or ""), state)
@@ -168,6 +191,7 @@ def _consume(result, error, state: GenerationResult, progress: ProgressFn | None
     video = result.as_numpy("video")
     if video is not None:
         state.video = video
+    _add_chunk(result, state, frames)
     mp4 = result.as_numpy("mp4")
     if mp4 is not None:
         state.mp4 = bytes(mp4.reshape(-1)[0])
@@ -178,7 +202,14 @@ def _consume(result, error, state: GenerationResult, progress: ProgressFn | None
     return bool(final is not None and final.bool_param)
 
 
-def _check_complete(state: GenerationResult, outputs: tuple[str, ...]) -> GenerationResult:
+def _check_complete(state: GenerationResult, outputs: tuple[str, ...],
+                    frames: FrameAssembler | None = None) -> GenerationResult:
+    if frames is not None:  # the video came in chunks: all of them, or an error
+        if not frames.complete:
+            raise CinemaRequestError(f"the server finished the request after streaming "
+                                     f"{frames.delivered} of {frames.total or '?'} frames")
+        if "video" in outputs:
+            state.video = frames.video()
     missing = [name for name in outputs if getattr(state, name) is None]
     if missing:
         raise CinemaRequestError(f"the server finished the request without {missing}")
@@ -202,17 +233,29 @@ def _mp4(state: GenerationResult) -> bytes:
     return state.mp4
 
 
-def _requested(outputs: tuple[str, ...], replica: bool) -> list:
+def _requested(outputs: tuple[str, ...], declared: set[str], stream: bool) -> list:
+    """The outputs to ask for: a streamed video comes as chunks, not as `video`."""
     grpcclient = _grpc()
-    names = ("progress", *outputs, *(("replica",) if replica else ()))
+    if stream:
+        if "chunk" not in declared:
+            raise CinemaRequestError("the server's model does not stream frames (its "
+                                     "repository predates `stream_frames`): rebuild it with "
+                                     "`cinema-trt repo`, or ask without on_frames")
+        outputs = (*(o for o in outputs if o != "video"), "chunk", "chunk_info")
+    # repositories built before `replica` do not declare it, and asking for an output the
+    # model lacks would fail the request
+    names = ("progress", *outputs, *(("replica",) if "replica" in declared else ()))
     return [grpcclient.InferRequestedOutput(name) for name in names]
 
 
-def _declares_replica(metadata) -> bool:
-    """Whether the model names its replica (repositories built before it do not, and a
-    request for an output the model lacks would fail)."""
+def _declared_outputs(metadata) -> set[str]:
+    """The names of the outputs the model declares."""
     outputs = metadata["outputs"] if isinstance(metadata, dict) else metadata.outputs
-    return any((o["name"] if isinstance(o, dict) else o.name) == "replica" for o in outputs)
+    return {o["name"] if isinstance(o, dict) else o.name for o in outputs}
+
+
+def _assembler(outputs: tuple[str, ...], on_frames: FramesFn | None) -> FrameAssembler | None:
+    return None if on_frames is None else FrameAssembler(on_frames, keep="video" in outputs)
 
 
 class _Attempts:
@@ -250,7 +293,7 @@ class CinemaClient:
     def __init__(self, url: str, options: ClientOptions = ClientOptions()):
         self.url = url
         self.options = options
-        self._replica_output: bool | None = None  # the model names its replica
+        self._declared: set[str] | None = None  # the model's outputs
 
     def _connect(self):
         grpcclient = _grpc()
@@ -286,18 +329,23 @@ class CinemaClient:
 
     def stream(self, prompt: str | bytes, references: Sequence[protocol.ImageLike],
                progress: ProgressFn | None = None, cancel: threading.Event | None = None,
-               outputs: tuple[str, ...] = ("video",), **params) -> GenerationResult:
+               outputs: tuple[str, ...] = ("video",), on_frames: FramesFn | None = None,
+               **params) -> GenerationResult:
         """Send one request and collect its responses; `cancel.set()` aborts it.
 
-        `outputs`: "video" (uint8 frames) and/or "mp4" (encoded on the server). Raises
+        `outputs`: "video" (uint8 frames) and/or "mp4" (encoded on the server). With
+        `on_frames`, frames are streamed as they are decoded and each reaches
+        `on_frames(chunk)` (frames, start, total, fps) once, in order. Raises
         `ServerStalled` when no message arrives for `ClientOptions.stall_bound(params)` s.
         """
-        arrays = protocol.encode_request(prompt, references, "mp4" in outputs, **params)
+        arrays = protocol.encode_request(prompt, references, "mp4" in outputs,
+                                         on_frames is not None, **params)
         bound = self.options.stall_bound(params)
         attempts = _Attempts(self.options, self.url)
+        frames = _assembler(outputs, on_frames)
         while True:
             try:
-                result = self._stream_once(arrays, outputs, progress, cancel, bound)
+                result = self._stream_once(arrays, outputs, progress, cancel, bound, frames)
             except (_NotStarted, ReplicaFailed, ServerStalled) as error:
                 time.sleep(attempts.wait_before_next(error))
                 continue
@@ -306,20 +354,22 @@ class CinemaClient:
 
     def _stream_once(self, arrays: dict[str, np.ndarray], outputs: tuple[str, ...],
                      progress: ProgressFn | None, cancel: threading.Event | None,
-                     bound: float) -> GenerationResult:
+                     bound: float, frames: FrameAssembler | None) -> GenerationResult:
         messages: queue.Queue = queue.Queue()
         client = self._connect()
         state = GenerationResult()
         finished = False
+        if frames is not None:
+            frames.begin_attempt()
         try:
-            if self._replica_output is None:
-                self._replica_output = _declares_replica(client.get_model_metadata(
+            if self._declared is None:
+                self._declared = _declared_outputs(client.get_model_metadata(
                     self.options.model_name, as_json=True, client_timeout=10))
+            requested = _requested(outputs, self._declared, frames is not None)
             client.start_stream(lambda result, error: messages.put((result, error)),
                                 stream_timeout=self.options.timeout)
             client.async_stream_infer(self.options.model_name, _infer_inputs(arrays),
-                                      outputs=_requested(outputs, self._replica_output),
-                                      enable_empty_final_response=True)
+                                      outputs=requested, enable_empty_final_response=True)
             last = time.monotonic()
             while not finished:
                 if cancel is not None and cancel.is_set():
@@ -333,8 +383,8 @@ class CinemaClient:
                 last = time.monotonic()
                 # error responses carry the final flag: mark that before _consume raises
                 finished = error is not None
-                finished = _consume(result, error, state, progress)
-            return _check_complete(state, outputs)
+                finished = _consume(result, error, state, progress, frames)
+            return _check_complete(state, outputs, frames)
         finally:
             # cancel only unfinished requests: cancelling a stream whose request already
             # completed can leave Triton (2.51) waiting for it forever at shutdown
@@ -359,7 +409,7 @@ class AsyncCinemaClient:
     def __init__(self, url: str, options: ClientOptions = ClientOptions()):
         self.url = url
         self.options = options
-        self._replica_output: bool | None = None
+        self._declared: set[str] | None = None
 
     async def _connect(self):
         import asyncio
@@ -386,15 +436,18 @@ class AsyncCinemaClient:
                               f"{self.options.connect_retries} attempts: {error}")
 
     async def stream(self, prompt, references, progress: ProgressFn | None = None,
-                     outputs: tuple[str, ...] = ("video",), **params) -> GenerationResult:
+                     outputs: tuple[str, ...] = ("video",), on_frames: FramesFn | None = None,
+                     **params) -> GenerationResult:
         import asyncio
 
-        arrays = protocol.encode_request(prompt, references, "mp4" in outputs, **params)
+        arrays = protocol.encode_request(prompt, references, "mp4" in outputs,
+                                         on_frames is not None, **params)
         bound = self.options.stall_bound(params)
         attempts = _Attempts(self.options, self.url)
+        frames = _assembler(outputs, on_frames)
         while True:
             try:
-                result = await self._stream_once(arrays, outputs, progress, bound)
+                result = await self._stream_once(arrays, outputs, progress, bound, frames)
             except (_NotStarted, ReplicaFailed, ServerStalled) as error:
                 await asyncio.sleep(attempts.wait_before_next(error))
                 continue
@@ -402,25 +455,30 @@ class AsyncCinemaClient:
             return result
 
     async def _stream_once(self, arrays: dict[str, np.ndarray], outputs: tuple[str, ...],
-                           progress: ProgressFn | None, bound: float) -> GenerationResult:
+                           progress: ProgressFn | None, bound: float,
+                           frames: FrameAssembler | None) -> GenerationResult:
         import asyncio
 
         import grpc
 
-        async def one_request():
+        async def one_request(requested: list):
             # the aio API rejects the `triton_` parameter that asks for an empty final
             # response; the server closing the stream after our half-close marks the end
             yield {"model_name": self.options.model_name, "inputs": _infer_inputs(arrays),
-                   "outputs": _requested(outputs, bool(self._replica_output))}
+                   "outputs": requested}
 
         client = await self._connect()
         responses = None
         state = GenerationResult()
+        if frames is not None:
+            frames.begin_attempt()
         try:
-            if self._replica_output is None:
-                self._replica_output = _declares_replica(await client.get_model_metadata(
+            if self._declared is None:
+                self._declared = _declared_outputs(await client.get_model_metadata(
                     self.options.model_name, as_json=True, client_timeout=10))
-            responses = client.stream_infer(one_request(), stream_timeout=self.options.timeout)
+            requested = _requested(outputs, self._declared, frames is not None)
+            responses = client.stream_infer(one_request(requested),
+                                            stream_timeout=self.options.timeout)
             iterator = responses.__aiter__()
             while True:
                 try:
@@ -429,8 +487,8 @@ class AsyncCinemaClient:
                     break
                 except asyncio.TimeoutError:
                     raise ServerStalled(_stalled(self.url, bound, state)) from None
-                _consume(result, error, state, progress)
-            return _check_complete(state, outputs)
+                _consume(result, error, state, progress, frames)
+            return _check_complete(state, outputs, frames)
         except grpc.RpcError as error:  # aio raises raw gRPC errors (deadline, reset)
             _raise_for(str(error.details()), str(error.code()), state)
             raise AssertionError("unreachable") from None

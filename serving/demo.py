@@ -29,7 +29,6 @@ from pathlib import Path
 
 from cinema_trt.models.backends import ORT, TENSORRT, get_backend
 from cinema_trt.models.cache import ArtifactCache, Entry
-from cinema_trt.models.fileio import atomic_write
 from cinema_trt.serving.latency import StageLatency, settled_snapshot, stage_latency
 from cinema_trt.serving.server import ServerConfig
 
@@ -88,6 +87,8 @@ class DemoResult:
     request_seconds: float  # wall time of the gRPC request, seen by the client
     latency: tuple[StageLatency, ...]  # per stage model, from Triton's statistics
     grpc: str = ""  # the server's endpoint while it ran
+    # from sending the request until its first decoded frames arrived (streamed frames)
+    first_frame_seconds: float = 0.0
 
 
 # --- the steps ----------------------------------------------------------------------------
@@ -178,28 +179,36 @@ def _sigterm_as_interrupt():
 
 
 def _generate(url: str, options: DemoOptions, request, ref_paths):
-    """Send the request with streamed progress and write the MP4; returns (wall seconds,
-    the statistics snapshot taken just before)."""
+    """Send the request with streamed progress and streamed frames, writing the MP4 chunk
+    by chunk as the frames arrive; returns (wall seconds, seconds to the first frames, the
+    statistics snapshot taken just before)."""
     from tqdm import tqdm
 
+    from cinema_trt.models.media import VideoWriter
     from cinema_trt.serving.client import CinemaClient, ClientOptions
 
     client = CinemaClient(url, ClientOptions(timeout=None))  # Ctrl-C cancels instead
     before = settled_snapshot(url)
-    with tqdm(total=request.steps, desc="denoising (server)", unit="step",
-              disable=not options.progress) as bar:
-        start = time.perf_counter()
-        result = client.stream(request.prompt, ref_paths, lambda i, n: bar.update(i - bar.n),
-                               outputs=("mp4",), frames=request.frames, height=request.height,
-                               width=request.width, steps=request.steps,
-                               guidance=request.guidance, seed=request.seed, fps=request.fps)
-        seconds = time.perf_counter() - start
     output = options.output_path
-    assert result.mp4 is not None, "the client checks the requested outputs arrived"
-    atomic_write(output, result.mp4)
-    log.info("wrote %s (%d frames, %dx%d) in %.2f s", output, request.frames, request.width,
-             request.height, seconds)
-    return seconds, before
+    first: list[float] = []
+    with VideoWriter(output, request.fps) as writer, \
+            tqdm(total=request.steps, desc="denoising (server)", unit="step",
+                 disable=not options.progress) as bar:
+        def on_frames(chunk) -> None:
+            if not first:
+                first.append(time.perf_counter() - start)
+            writer.write(chunk.frames)
+
+        start = time.perf_counter()
+        client.stream(request.prompt, ref_paths, lambda i, n: bar.update(i - bar.n),
+                      outputs=(), on_frames=on_frames, frames=request.frames,
+                      height=request.height, width=request.width, steps=request.steps,
+                      guidance=request.guidance, seed=request.seed, fps=request.fps)
+        seconds = time.perf_counter() - start
+        writer.close()  # the client checked that every frame arrived
+    log.info("wrote %s (%d frames, %dx%d) in %.2f s, the first frames after %.2f s", output,
+             request.frames, request.width, request.height, seconds, first[0])
+    return seconds, first[0], before
 
 
 def _serve_until_interrupted(server) -> None:
@@ -271,9 +280,9 @@ def run_demo(options: DemoOptions = DemoOptions(),
     server_config = ServerConfig(artifacts.repository, startup_timeout=options.startup_timeout)
     with _sigterm_as_interrupt(), TritonServer(server_config) as server:
         url = server.endpoints.grpc
-        seconds, before = _generate(url, options, request, ref_paths)
+        seconds, first_frame, before = _generate(url, options, request, ref_paths)
         result = DemoResult(options.output_path, artifacts, seconds,
-                            stage_latency(before, settled_snapshot(url)), url)
+                            stage_latency(before, settled_snapshot(url)), url, first_frame)
         if report is not None:
             report(result)
         if options.keep_server:

@@ -2,10 +2,12 @@
 
 It decodes the request (serving/protocol.py), then runs the SAME `CinemaPipeline` as local
 generation, with `BlsRunner`s in place of torch runners: every stage call is a BLS request
-to a stage model. Each denoising step streams a `progress` response; the video follows,
-then the final flag. `execute` hands each request to a worker thread and returns at once,
-so up to `max_concurrency` requests are in flight in one instance (stage models serialize
-their own calls); a cancelled request stops between denoising steps.
+to a stage model. Each denoising step streams a `progress` response; with `stream_frames`,
+each chunk of frames the pipeline decodes streams a `chunk` response as soon as it exists;
+the video (or, when streamed, only the MP4 if asked for) follows, then the final flag.
+`execute` hands each request to a worker thread and returns at once, so up to
+`max_concurrency` requests are in flight in one instance (stage models serialize their own
+calls); a cancelled request stops between denoising steps.
 """
 
 from __future__ import annotations
@@ -98,10 +100,23 @@ class TritonPythonModel:
             tensor = pb.Tensor("progress", np.array([step, total], dtype=np.int32))
             sender.send(pb.InferenceResponse([tensor]))
 
+        streamed = [0]  # frames sent so far
+
+        def frames(chunk: np.ndarray, start: int) -> None:
+            # the pipeline decodes in order; a gap or overlap would corrupt the client's video
+            if start != streamed[0]:
+                raise RuntimeError(f"the pipeline produced frames from {start} after "
+                                   f"{streamed[0]} frames; chunks must come in order")
+            tensors = protocol.chunk_outputs(chunk, start, decoded.request)
+            sender.send(pb.InferenceResponse([pb.Tensor(k, v) for k, v in tensors.items()]))
+            streamed[0] += len(chunk)
+
+        stream = decoded.stream_frames and "chunk" in wanted
         pipeline = self.pipelines.get()
         try:
             video = pipeline.generate(decoded.request, progress=progress,
-                                      should_stop=sender.is_cancelled)
+                                      should_stop=sender.is_cancelled,
+                                      frames=frames if stream else None)
         except GenerationCancelled:
             log.info("cinema request cancelled by the client")
             self._finish(sender, None)
@@ -111,7 +126,12 @@ class TritonPythonModel:
             return
         finally:
             self.pipelines.put(pipeline)
-        sender.send(pb.InferenceResponse(self._outputs(video, decoded, wanted)))
+        if stream and streamed[0] != len(video):
+            raise RuntimeError(f"the pipeline streamed {streamed[0]} of {len(video)} frames")
+        # streamed frames were the video: it is not sent twice (serving/protocol.py)
+        outputs = self._outputs(video, decoded, wanted - {"video"} if stream else wanted)
+        if outputs:
+            sender.send(pb.InferenceResponse(outputs))
         self._finish(sender, None)
 
     @staticmethod
@@ -126,7 +146,8 @@ class TritonPythonModel:
 
     @staticmethod
     def _outputs(video: np.ndarray, decoded: protocol.DecodedRequest, wanted: set[str]) -> list:
-        """The result tensors; a client that asked only for `mp4` is spared the raw frames."""
+        """The result tensors; a client that asked only for `mp4`, or had the frames
+        streamed, is spared the raw frames."""
         pb = pb_utils()
         outputs = []
         if "video" in wanted:

@@ -1,16 +1,24 @@
 """The `cinema` model's request/response schema, written once for server, client and config.
 
-A request carries the prompt, 1..K encoded reference images and optional generation
-parameters (absent ones take the preset's sampler defaults). The decoupled model streams
-one `progress` response per denoising step, then one response with `video` (and `mp4`
-when `return_mp4` is true), then an empty final response.
+A request carries the prompt, 1..K encoded reference images, optional generation
+parameters (absent ones take the preset's sampler defaults) and two flags. The decoupled
+model streams one `progress` response per denoising step, then one response with `video`
+(and `mp4` when `return_mp4` is true), then an empty final response.
+
+With `stream_frames` true, each chunk of frames the VAE decoder produces goes out at once,
+in a response of its own (`chunk` + `chunk_info`, encoded and read by `chunk_outputs` /
+`read_chunk` below), in order, so a client writes frames while later ones are decoded.
+The video response then carries no `video`: the chunks were the video, and sending it
+again would double the bytes on the wire (47 MB more at paper size, 45x480x720; up to
+384 MiB in one message at the pipeline's pixel cap, against gRPC's 2 GiB ceiling, where a
+chunk of one latent frame is 1/64 of that). `mp4`, when asked for, still comes in it.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,22 +67,42 @@ INPUTS = (
     Field("fps", "INT32", (1,), True, "frame rate of the MP4"),
     Field("guidance", "FP32", (1,), True, "classifier-free guidance scale (>= 0)"),
     Field("return_mp4", "BOOL", (1,), True, "also return the video as MP4 bytes"),
+    Field("stream_frames", "BOOL", (1,), True, "send each decoded chunk's frames as it "
+          "exists (`chunk` responses) instead of the whole `video` at the end"),
 )
 OUTPUTS = (
     Field("progress", "INT32", (2,), True, "[step, total] after each denoising step"),
     Field("video", "UINT8", (-1, -1, -1, 3), True, "frames (T, H, W, 3) RGB"),
     Field("mp4", "BYTES", (1,), True, "H.264 MP4 of the video (when return_mp4)"),
+    # not `frames`: that name is the frame-count input, and Triton's names are one namespace
+    Field("chunk", "UINT8", (-1, -1, -1, 3), True, "frames [start, start + t) of the video "
+          "(t, H, W, 3) RGB, one response per decoded chunk (when stream_frames)"),
+    Field("chunk_info", "INT32", (3,), True, "[start, total frames, fps] of the `chunk` in "
+          "the same response"),
     Field("replica", "BYTES", (1,), True, "the server replica that accepted the request, in "
           "a response of its own before any progress (clients name it when it fails)"),
 )
 INPUT_FIELDS = {f.name: f for f in INPUTS}
-PARAMETERS = tuple(f.name for f in INPUTS if f.optional and f.name != "return_mp4")
+# inputs that choose what comes back, not what is generated
+FLAGS = ("return_mp4", "stream_frames")
+PARAMETERS = tuple(f.name for f in INPUTS if f.optional and f.name not in FLAGS)
 
 
 @dataclass(frozen=True)
 class DecodedRequest:
     request: GenerationRequest
     return_mp4: bool
+    stream_frames: bool = False
+
+
+@dataclass(frozen=True)
+class FrameChunk:
+    """One `chunk` response: frames [start, start + len(frames)) of a `total`-frame video."""
+
+    frames: np.ndarray  # uint8 (t, H, W, 3)
+    start: int
+    total: int
+    fps: int
 
 
 # --- server side ---------------------------------------------------------------------------
@@ -149,7 +177,7 @@ def _parameter(name: str, array: np.ndarray) -> int | float | bool:
     value = array[0]
     if name == "guidance":
         return float(value)
-    return bool(value) if name == "return_mp4" else int(value)
+    return bool(value) if name in FLAGS else int(value)
 
 
 def decode_request(arrays: Mapping[str, np.ndarray], config: CinemaConfig) -> DecodedRequest:
@@ -159,13 +187,26 @@ def decode_request(arrays: Mapping[str, np.ndarray], config: CinemaConfig) -> De
 
     _check_inputs(arrays)
     params = {name: _parameter(name, arrays[name]) for name in PARAMETERS if name in arrays}
-    return_mp4 = bool(_parameter("return_mp4", arrays["return_mp4"])) \
-        if "return_mp4" in arrays else False
+    flags = {name: bool(_parameter(name, arrays[name])) if name in arrays else False
+             for name in FLAGS}
     request = GenerationRequest.with_defaults(config, _text(arrays["prompt"]),
                                               _references(arrays["references"], config),
                                               **params)
     request.validate(config)
-    return DecodedRequest(request, return_mp4)
+    return DecodedRequest(request, **flags)
+
+
+def chunk_outputs(frames: np.ndarray, start: int, request: GenerationRequest
+                  ) -> dict[str, np.ndarray]:
+    """The tensors of one `chunk` response: frames [start, start + t) of `request`'s video."""
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
+        raise ValueError(f"a chunk must be uint8 (t, H, W, 3) frames, got {frames.dtype} "
+                         f"{list(frames.shape)}")
+    if not 0 <= start < start + len(frames) <= request.frames:
+        raise ValueError(f"chunk of {len(frames)} frames at {start} does not fit a video of "
+                         f"{request.frames} frames")
+    return {"chunk": np.ascontiguousarray(frames),
+            "chunk_info": np.array([start, request.frames, request.fps], dtype=np.int32)}
 
 
 # --- client side ---------------------------------------------------------------------------
@@ -183,8 +224,10 @@ def encode_reference(image: ImageLike) -> bytes:
 
 
 def encode_request(prompt: str | bytes, references: Sequence[ImageLike],
-                   return_mp4: bool = False, **params) -> dict[str, np.ndarray]:
-    """Named numpy inputs for the `cinema` model; parameters left as None are not sent."""
+                   return_mp4: bool = False, stream_frames: bool = False,
+                   **params) -> dict[str, np.ndarray]:
+    """Named numpy inputs for the `cinema` model; parameters left as None are not sent, nor
+    is `stream_frames` when false (servers built before it would refuse the input)."""
     unknown = sorted(set(params) - set(PARAMETERS))
     if unknown:
         raise ValueError(f"unknown parameters {unknown}; choose from {list(PARAMETERS)}")
@@ -195,7 +238,30 @@ def encode_request(prompt: str | bytes, references: Sequence[ImageLike],
                                dtype=np.object_).reshape(-1),
         "return_mp4": np.array([return_mp4], dtype=np.bool_),
     }
+    if stream_frames:
+        arrays["stream_frames"] = np.array([True], dtype=np.bool_)
     for name, value in params.items():
         if value is not None:
             arrays[name] = np.array([value], dtype=lookup(INPUT_FIELDS[name].datatype).numpy)
     return arrays
+
+
+def read_chunk(output: Callable[[str], np.ndarray | None]) -> FrameChunk | None:
+    """The `chunk` of one response (`output(name)`: its tensor or None), None if it has none.
+
+    A malformed chunk raises ValueError: a client writing frames must not write a wrong one.
+    """
+    frames, info = output("chunk"), output("chunk_info")
+    if frames is None:
+        return None
+    if info is None or info.shape != (3,):
+        raise ValueError(f"a `chunk` response needs `chunk_info` [start, total, fps], got "
+                         f"{None if info is None else list(info.shape)}")
+    start, total, fps = (int(v) for v in info)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
+        raise ValueError(f"`chunk` must be uint8 (t, H, W, 3), got {frames.dtype} "
+                         f"{list(frames.shape)}")
+    if not 0 <= start < start + len(frames) <= total or fps < 1:
+        raise ValueError(f"chunk_info [start={start}, total={total}, fps={fps}] does not fit "
+                         f"a chunk of {len(frames)} frames")
+    return FrameChunk(frames, start, total, fps)

@@ -21,6 +21,7 @@ def result():
         _m("torch", "fp32", "dit", [10.0, 10.0, 12.0]),
         _m("torch", "fp32", "pipeline", [100.0, 100.0, 104.0]),
         _m("torch", "fp32", "served", [110.0, 120.0, 130.0]),
+        _m("torch", "fp32", "first_frame", [88.0, 96.0, 104.0]),
         _m("ort", "fp32", "dit", [5.0, 5.0, 6.0]),
         _m("ort", "fp32", "pipeline", [80.0, 80.0, 81.0]),
     )
@@ -56,6 +57,17 @@ def test_markdown_shows_p50_with_speedup_over_the_first_variant(result):
     assert "- a note" in lines
 
 
+def test_time_to_first_frame_sits_next_to_the_served_latency_as_a_ratio(result):
+    (row,) = result.first_frame()  # only torch was served
+    assert (row["runtime"], row["precision"]) == ("torch", "fp32")
+    assert row["ratio"] == pytest.approx(96.0 / 120.0)  # medians
+    assert row["ratio_min"] == pytest.approx(88.0 / 110.0)  # minima
+    assert result.to_dict()["first_frame"] == [row]
+    lines = to_markdown(result).splitlines()
+    assert "| torch fp32 | 96.0 ms | 120.0 ms | 0.800 | 0.800 |" in lines
+    assert "| served, to first frame | 96.00 | – |" in lines
+
+
 def test_the_record_names_the_commit_it_measured(result):
     assert result.to_dict()["source"] == {"commit": "0123456789ab" + "c" * 28, "dirty": True}
     assert "- source: commit 0123456789ab, uncommitted changes" in \
@@ -64,7 +76,7 @@ def test_the_record_names_the_commit_it_measured(result):
 
 def test_record_lists_every_sample_and_the_schema(result):
     record = result.to_dict()
-    assert record["schema"] == "cinema-trt/bench-latency/1"
+    assert record["schema"] == "cinema-trt/bench-latency/2"
     assert record["measurements"][2]["samples_ms"] == [110.0, 120.0, 130.0]
     assert record["skipped"] == [{"runtime": "ort", "precision": "fp32",
                                   "reason": "no ORT backend here", "target": "served"}]

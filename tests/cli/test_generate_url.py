@@ -44,14 +44,23 @@ def test_served_frames_equal_the_in_process_pipeline_bit_for_bit(server, tmp_pat
     np.testing.assert_array_equal(served, local)
 
 
-def test_an_mp4_output_is_the_servers_encoding_with_a_progress_bar(server, tmp_path, capsys,
-                                                                  read_video):
+def test_an_mp4_output_is_written_from_the_streamed_chunks_with_a_progress_bar(
+        server, tmp_path, capsys, read_video):
     out = tmp_path / "served.mp4"
-    assert main(COMMON + ["--url", server.endpoints.grpc, "-o", str(out)]) == 0
-    assert read_video(out).shape == (5, 32, 48, 3)
+    # 9 frames: 3 latent frames, 3 chunks of frames written as they arrive
+    request = [*COMMON[:COMMON.index("--frames")], "--frames", "9",
+               *COMMON[COMMON.index("--frames") + 2:]]
+    assert main(request + ["--url", server.endpoints.grpc, "-o", str(out)]) == 0
     captured = capsys.readouterr()
     assert str(out) in captured.out
     assert "2/2" in captured.err  # the bar followed the streamed progress to the last step
+    assert not (tmp_path / "served.mp4.partial").exists()
+    # the file written chunk by chunk is the server's own one-shot encoding of the same
+    # video (same frames, same encoder and settings, the server's frame rate), byte for byte
+    mp4 = CinemaClient(server.endpoints.grpc).generate_mp4(
+        "two toys dance", REFS, frames=9, height=32, width=48, steps=2)
+    assert out.read_bytes() == mp4
+    assert read_video(out).shape == (9, 32, 48, 3)
 
 
 def test_a_request_the_server_rejects_exits_2_with_its_message(server, tmp_path, caplog):

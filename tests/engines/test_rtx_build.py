@@ -248,6 +248,32 @@ def test_fp32_graph_builds_fp32_and_half_precision_asks_for_a_half_export(rtx, c
     assert not (tmp_path / "fp16").exists()
 
 
+@pytest.mark.slow  # the fp32 export of the decoder (~60 s)
+def test_the_decoder_step_builds_with_a_profile_for_its_flag_and_every_state(rtx, tiny_exports,
+                                                                           tiny_config,
+                                                                           tmp_path):
+    """The chunked decoder's step graph (a bool `first` input, a state input and output per
+    causal conv) builds; its profile covers every input the spec derives (engines/
+    shapes.py), states spanning the deployment's sizes at their conv's scale."""
+    from cinema_trt.models.stages import VAE_DECODER
+
+    folder, _ = tiny_exports.folder([VAE_DECODER.name])
+    plans = _build(folder, tmp_path, "fp32", [VAE_DECODER.name], targets=("sm89",))
+    plan = plans[VAE_DECODER.name]
+    assert plan.is_file() and plan.stat().st_size > 0
+    build = read_manifest(plan.parent).build
+    spec = VAE_DECODER.spec(tiny_config)
+    assert set(build.profiles) == set(spec.input_names)
+    assert build.profiles["first"] == {"min": [1], "opt": [1], "max": [1]}
+    s = tiny_config.sampler  # the preset's default shapes: one static size
+    for name in spec.input_names[2:]:
+        shape = build.profiles[name]["opt"]
+        assert shape[2] == 2 and shape[3] * s.width == shape[4] * s.height, (name, shape)
+    assert {build.profiles[n]["max"][3] for n in spec.input_names[2:]} == \
+        {s.height // 8 * k for k in (1, 2, 4, 8)}
+    assert build.report["layers"] > 0
+
+
 def test_plugin_graph_is_refused_before_any_stage_is_built(rtx, connector_export, tmp_path):
     """A --attention-plugin graph among the stages stops the TensorRT-RTX build up front."""
     shutil.copytree(connector_export[0], tmp_path / "onnx")

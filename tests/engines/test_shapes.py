@@ -51,8 +51,33 @@ def test_vae_profiles(tiny, shapes):
     encoder = profiles_for(VAE_ENCODER.spec(tiny), shapes, tiny)
     # each reference is a one-frame video: batch = refs, frames = 1
     assert encoder == {"video": ((1, 3, 1, 32, 32), (2, 3, 1, 64, 48), (3, 3, 1, 64, 64))}
-    decoder = profiles_for(VAE_DECODER.spec(tiny), shapes, tiny)
-    assert decoder == {"latents": ((1, C, 2, 4, 4), (1, C, 2, 8, 6), (1, C, 3, 8, 8))}
+    spec = VAE_DECODER.spec(tiny)
+    decoder = profiles_for(spec, shapes, tiny)
+    assert list(decoder) == list(spec.input_names)
+    # the chunk step: one latent frame per call (decode_chunk 1), whatever the video's length
+    assert decoder["latents"] == ((1, C, 1, 4, 4), (1, C, 1, 8, 6), (1, C, 1, 8, 8))
+    assert decoder["first"] == ((1,), (1,), (1,))
+    # each state: 2 frames of its conv's input, at its conv's scale of the latent size
+    scales = set()
+    for name in spec.input_names[2:]:
+        low, opt, high = decoder[name]
+        scale = low[3] // 4
+        scales.add(scale)
+        assert low[0] == 1 and low[2] == opt[2] == high[2] == 2
+        assert (low[3:], opt[3:], high[3:]) == tuple((scale * h, scale * w) for h, w in
+                                                     ((4, 4), (8, 6), (8, 8))), name
+    assert scales == {1, 2, 4, 8}
+
+
+def test_the_decoder_profile_follows_the_decode_chunk(tiny, shapes):
+    """Chunks of 2 latent frames: frames 5..9 are 2..3 latent frames, every call takes 2
+    (a shorter tail is padded: models/vae_chunks.py iter_chunks)."""
+    two = dataclasses.replace(tiny, sampler=dataclasses.replace(tiny.sampler, decode_chunk=2))
+    decoder = profiles_for(VAE_DECODER.spec(two), shapes, two)
+    assert [p[2] for p in decoder["latents"]] == [2, 2, 2]
+    four = dataclasses.replace(tiny, sampler=dataclasses.replace(tiny.sampler, decode_chunk=4))
+    assert [p[2] for p in profiles_for(VAE_DECODER.spec(four), shapes, four)["latents"]] == \
+        [2, 2, 3]  # a chunk longer than the video: the whole video in one call
 
 
 def test_text_stage_profiles(tiny, shapes):

@@ -56,9 +56,9 @@ def test_the_loaded_weights_are_the_saved_ones_not_a_fresh_init(tiny_weights, lo
 
 def test_the_vae_stages_are_the_halves_of_one_vae(tiny_weights, loaded):
     encoder = VAE_ENCODER.load(tiny_weights, loaded.config)
-    decoder = VAE_DECODER.load(tiny_weights, loaded.config)
+    decoder = VAE_DECODER.load(tiny_weights, loaded.config)  # the decoder's chunk step
     _assert_same_state(encoder, loaded.vae.encoder)
-    _assert_same_state(decoder, loaded.vae.decoder)
+    _assert_same_state(decoder.decoder, loaded.vae.decoder)
 
 
 def test_loading_is_strict(tiny_weights, loaded, tmp_path):

@@ -1,5 +1,7 @@
 """The whole tiny pipeline on PyTorch: determinism, shapes, validation, weights round trip."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -13,8 +15,10 @@ from cinema_trt.models.factory import (
     torch_runners,
 )
 from cinema_trt.models.media import load_image, sample_references
-from cinema_trt.models.pipeline import CinemaPipeline, GenerationRequest
+from cinema_trt.models.pipeline import CinemaPipeline, GenerationRequest, video_to_uint8
 from cinema_trt.models.presets import get_preset
+from cinema_trt.models.sampler import GenerationCancelled
+from cinema_trt.models.stages import VAE_DECODER
 
 PROMPT = "two friends play in the park"
 
@@ -99,6 +103,74 @@ def test_stage_timings_are_recorded(pipeline, refs):
     assert set(pipeline.last_timings) == {"mllm", "connector", "vae_encoder", "dit",
                                           "vae_decoder"}
     assert all(t > 0 for t in pipeline.last_timings.values())
+
+
+class Recording:
+    """A runner that records the inputs of each call before passing it on."""
+
+    def __init__(self, runner):
+        self.name, self.runner, self.calls = runner.name, runner, []
+
+    def run(self, inputs):
+        self.calls.append(dict(inputs))
+        return self.runner.run(inputs)
+
+
+def chunked_pipeline(chunk: int) -> tuple[CinemaPipeline, Recording]:
+    config = get_preset("tiny")
+    config = dataclasses.replace(config, sampler=dataclasses.replace(config.sampler,
+                                                                     decode_chunk=chunk))
+    models = build_models(config)
+    runners = torch_runners(models)
+    decoder = Recording(runners[VAE_DECODER.name])
+    runners[VAE_DECODER.name] = decoder
+    return CinemaPipeline(config, runners, models.processor), decoder
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_frames_arrive_chunk_by_chunk_and_make_the_one_shot_video(refs, chunk):
+    """17 frames are 5 latent frames: chunks of 1, 2 (the tail padded) and 3."""
+    pipeline, decoder = chunked_pipeline(chunk)
+    arrived = []
+    video = pipeline.generate(request(refs[:1], frames=17, steps=1),
+                              frames=lambda frames, start: arrived.append((start, frames)))
+    calls = -(-5 // chunk)
+    assert len(arrived) == len(decoder.calls) == calls
+    # every call of one decode has one shape (the engine profile's), and only the first
+    # call is flagged first
+    assert {tuple(c["latents"].shape) for c in decoder.calls} == {(1, 16, chunk, 4, 6)}
+    assert [bool(c["first"]) for c in decoder.calls] == [True] + [False] * (calls - 1)
+    starts = [start for start, _ in arrived]
+    assert starts == [0, *np.cumsum([len(f) for _, f in arrived])[:-1]]
+    assert np.array_equal(np.concatenate([f for _, f in arrived]), video)
+    # the one-shot decode of the latents the decoder was given (their unpadded frames)
+    latents = torch.cat([c["latents"] for c in decoder.calls], dim=2)[:, :, :5]
+    with torch.no_grad():
+        one_shot = video_to_uint8(decoder.runner.module.decoder(latents))
+    # uint8 frames of float outputs 1e-6 apart: a pixel may round the other way
+    difference = np.abs(video.astype(int) - one_shot.astype(int))
+    assert video.shape == one_shot.shape == (17, 32, 48, 3)
+    assert difference.max() <= 1 and np.mean(difference) < 1e-3
+
+
+def test_a_decode_chunk_must_be_a_positive_int():
+    config = get_preset("tiny")
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=f"decode_chunk={bad!r} must be a positive"):
+            dataclasses.replace(config.sampler, decode_chunk=bad)
+
+
+def test_a_stop_during_the_decode_cancels_it(refs):
+    pipeline, decoder = chunked_pipeline(1)
+    arrived = []
+
+    def stop() -> bool:
+        return len(arrived) >= 2  # after the second decoded chunk
+
+    with pytest.raises(GenerationCancelled, match="cancelled after 5 decoded frames"):
+        pipeline.generate(request(refs[:1], frames=17, steps=1), should_stop=stop,
+                          frames=lambda frames, start: arrived.append(start))
+    assert arrived == [0, 1] and len(decoder.calls) == 2
 
 
 @pytest.fixture(scope="module")

@@ -80,3 +80,20 @@ def test_the_registry_loads_without_torch():
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
+
+
+@pytest.mark.parametrize("chunk,lframes", [(1, 1), (3, 3), (8, 5)])
+def test_the_decoder_is_called_with_decode_chunk_latent_frames(tiny_config, chunk, lframes):
+    """17 frames are 5 latent frames: every call of the decode takes `decode_chunk` of them
+    (a short tail is padded), or all 5 when the chunk is longer than the video."""
+    import dataclasses
+
+    from cinema_trt.models.stages import VAE_DECODER
+
+    config = dataclasses.replace(tiny_config, sampler=dataclasses.replace(
+        tiny_config.sampler, decode_chunk=chunk))
+    request = Request(1, 17, 32, 48, 1, 40, 1, tiny_config.mllm.max_pixels, cfg=True)
+    symbols = VAE_DECODER.symbols(request, config)
+    assert (symbols["lframes"], symbols["chunk_frames"]) == (lframes, 4 * lframes)
+    shapes = VAE_DECODER.shapes(request, config)
+    assert shapes["latents"] == (1, 16, lframes, 4, 6) and shapes["first"] == (1,)

@@ -71,6 +71,9 @@ def test_a_fresh_run_builds_every_step_and_writes_the_requested_video(first, opt
     assert result.artifacts.reused == {"weights": False, "onnx": False, "models": False}
     assert result.artifacts.runtime == "ort" and result.output == options.output
     assert read_video(result.output).shape == (5, 32, 48, 3)
+    # the frames were streamed: 5 frames are 2 latent frames, decoded (and sent) one at a
+    # time, so the first frames came before the request ended
+    assert 0 < result.first_frame_seconds < result.request_seconds
     # six graphs: the MLLM is exported as vision + text; fp32 for ONNX Runtime on the CPU
     assert len(mtimes) == 6
     assert {read_manifest(p).compute_dtype for p in result.artifacts.onnx.iterdir()

@@ -8,6 +8,7 @@ import asyncio
 import io
 import queue
 import threading
+import time
 
 import av
 import numpy as np
@@ -24,7 +25,7 @@ from cinema_trt.serving.client import (
     RequestCancelled,
 )
 from cinema_trt.serving.latency import wait_until_stable
-from cinema_trt.serving.protocol import encode_request
+from cinema_trt.serving.protocol import encode_request, read_chunk
 from cinema_trt.serving.repo import build_repository
 from cinema_trt.serving.server import ServerConfig, TritonServer
 
@@ -68,11 +69,9 @@ def test_served_video_is_bit_identical_to_the_in_process_pipeline(client, ref_pa
     np.testing.assert_array_equal(video, local_video)
 
 
-def test_stream_sends_the_replica_one_progress_per_step_the_video_the_final_flag(
-        server, ref_paths):
+def _raw_inputs(arrays):
     import tritonclient.grpc as grpcclient
 
-    arrays = encode_request(PROMPT, ref_paths, **{**PARAMS, "steps": 3})
     inputs = []
     for name, array in arrays.items():
         tensor = grpcclient.InferInput(name, list(array.shape),
@@ -80,6 +79,14 @@ def test_stream_sends_the_replica_one_progress_per_step_the_video_the_final_flag
                                        grpcclient.np_to_triton_dtype(array.dtype))
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)
+    return inputs
+
+
+def test_stream_sends_the_replica_one_progress_per_step_the_video_the_final_flag(
+        server, ref_paths):
+    import tritonclient.grpc as grpcclient
+
+    inputs = _raw_inputs(encode_request(PROMPT, ref_paths, **{**PARAMS, "steps": 3}))
     messages = queue.Queue()
     triton = grpcclient.InferenceServerClient(server.endpoints.grpc)
     triton.start_stream(lambda result, error: messages.put((result, error)))
@@ -99,6 +106,86 @@ def test_stream_sends_the_replica_one_progress_per_step_the_video_the_final_flag
     triton.close()
     # a request naming no outputs asks for all: `replica` (who accepted it) comes first
     assert seen == [["replica"], [(1, 3)], [(2, 3)], [(3, 3)], ["video"], []]
+
+
+# 33 frames = 9 latent frames; the tiny preset decodes one latent frame per decoder call
+# (its sampler's decode_chunk), so the video comes in 9 chunks: frame 0, then 4 at a time
+STREAMED = {**PARAMS, "frames": 33}
+LATENT_FRAMES = 9
+
+
+@pytest.fixture(scope="module")
+def local_streamed(tiny_weights, ref_paths):
+    """The in-process video of the STREAMED request, on the same weights, refs and seed."""
+    models = load_models(tiny_weights)
+    pipeline = CinemaPipeline(models.config, torch_runners(models), models.processor)
+    refs = tuple(load_image(p.read_bytes()) for p in ref_paths)
+    return pipeline.generate(GenerationRequest(prompt=PROMPT, refs=refs, **STREAMED))
+
+
+def test_frames_stream_chunk_by_chunk_and_the_first_arrives_before_the_last_is_decoded(
+        server, ref_paths, local_streamed):
+    import tritonclient.grpc as grpcclient
+
+    inputs = _raw_inputs(encode_request(PROMPT, ref_paths, stream_frames=True, **STREAMED))
+    before = _executions(server, "vae_decoder")
+    messages = queue.Queue()
+    triton = grpcclient.InferenceServerClient(server.endpoints.grpc)
+    triton.start_stream(lambda result, error: messages.put((result, error)))
+    triton.async_stream_infer("cinema", inputs, enable_empty_final_response=True)
+    seen, chunks, decoded_at_first_chunk = [], [], None
+    try:
+        while True:
+            result, error = messages.get(timeout=120)
+            assert error is None, error
+            chunk = read_chunk(result.as_numpy)
+            if chunk is not None and not chunks:
+                # how many decoder calls the server had made when the first frames got here
+                decoded_at_first_chunk = _executions(server, "vae_decoder") - before
+            if chunk is not None:
+                chunks.append(chunk)
+            response = result.get_response()
+            seen.append(sorted(output.name for output in response.outputs))
+            if response.parameters["triton_final_response"].bool_param:
+                break
+    finally:
+        triton.stop_stream()
+        triton.close()
+    assert _settled(server, "vae_decoder", before + LATENT_FRAMES) - before == LATENT_FRAMES
+    # one response per decoded chunk, in order, each carrying its place in the video
+    assert [(c.start, len(c.frames), c.total) for c in chunks] == \
+        [(0, 1, 33)] + [(1 + 4 * i, 4, 33) for i in range(LATENT_FRAMES - 1)]
+    # a server that decoded everything first and then sent it would have made all 9 calls;
+    # measured here: 1 call of 9 when the first frames arrived (3 requests, 2-core machine)
+    assert decoded_at_first_chunk is not None and decoded_at_first_chunk < LATENT_FRAMES, \
+        decoded_at_first_chunk
+    # the replica, each step, the chunks, then only the final flag: `video` is not sent twice
+    assert seen == [["replica"], *[["progress"]] * PARAMS["steps"],
+                    *[["chunk", "chunk_info"]] * LATENT_FRAMES, []]
+    # the chunks are the video: bit-identical to the in-process pipeline's
+    np.testing.assert_array_equal(np.concatenate([c.frames for c in chunks]), local_streamed)
+
+
+def test_the_client_hands_on_streamed_frames_and_assembles_the_same_video(client, ref_paths,
+                                                                          local_streamed):
+    starts = []
+    result = client.stream(PROMPT, ref_paths, on_frames=lambda c: starts.append(c.start),
+                           **STREAMED)
+    assert starts == [0, *range(1, 33, 4)]
+    assert result.streamed == 33
+    np.testing.assert_array_equal(result.video, local_streamed)
+
+
+def test_the_async_client_streams_frames_too(server, ref_paths, local_streamed):
+    starts = []
+
+    async def run():
+        return await AsyncCinemaClient(server.endpoints.grpc).stream(
+            PROMPT, ref_paths, on_frames=lambda c: starts.append(c.start), **STREAMED)
+
+    result = asyncio.run(run())
+    assert starts == [0, *range(1, 33, 4)]
+    np.testing.assert_array_equal(result.video, local_streamed)
 
 
 def _decode_mp4(data: bytes) -> np.ndarray:
@@ -126,15 +213,27 @@ def test_asking_for_mp4_only_spares_the_raw_frames(client, ref_paths):
     assert _decode_mp4(result.mp4).shape == (5, 32, 48, 3)
 
 
-def _dit_executions(server) -> int:
+def _executions(server, model: str) -> int:
     import tritonclient.grpc as grpcclient
 
     triton = grpcclient.InferenceServerClient(server.endpoints.grpc)
     try:
-        stats = triton.get_inference_statistics("dit")
+        stats = triton.get_inference_statistics(model)
         return stats.model_stats[0].execution_count
     finally:
         triton.close()
+
+
+def _settled(server, model: str, expected: int, timeout=20.0) -> int:
+    """The model's execution count once it reaches `expected` (statistics lag a response)."""
+    deadline = time.monotonic() + timeout
+    while (count := _executions(server, model)) < expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return count
+
+
+def _dit_executions(server) -> int:
+    return _executions(server, "dit")
 
 
 def _settled_dit_executions(server, timeout=20.0) -> int:

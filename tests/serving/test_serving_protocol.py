@@ -6,7 +6,12 @@ import pytest
 
 from cinema_trt.models.media import encode_png, load_image, sample_references
 from cinema_trt.models.presets import get_preset
-from cinema_trt.serving.protocol import decode_request, encode_request
+from cinema_trt.serving.protocol import (
+    chunk_outputs,
+    decode_request,
+    encode_request,
+    read_chunk,
+)
 
 TINY = get_preset("tiny")
 
@@ -93,3 +98,56 @@ def test_malformed_requests_are_refused_by_name(refs, case, message):
 def test_unknown_parameters_are_refused_on_the_client(refs):
     with pytest.raises(ValueError, match=r"unknown parameters \['stpes'\]"):
         encode_request("x", refs, stpes=3)
+
+
+# --- streamed frames ---------------------------------------------------------------------
+
+
+def test_stream_frames_is_a_flag_sent_only_when_asked_for(refs):
+    # servers built before the flag refuse unknown inputs: a plain request must not carry it
+    assert "stream_frames" not in encode_request("a toy", refs[:1])
+    assert not decode_request(encode_request("a toy", refs[:1]), TINY).stream_frames
+    decoded = decode_request(encode_request("a toy", refs[:1], stream_frames=True, steps=2),
+                             TINY)
+    assert decoded.stream_frames and not decoded.return_mp4 and decoded.request.steps == 2
+
+
+def _request(frames=9, fps=6):
+    from cinema_trt.models.pipeline import GenerationRequest
+
+    return GenerationRequest.with_defaults(TINY, "a toy", (), frames=frames, fps=fps)
+
+
+def test_a_chunk_reads_back_as_sent():
+    frames = np.random.default_rng(0).integers(0, 256, (4, 16, 32, 3), dtype=np.uint8)
+    tensors = chunk_outputs(frames, 4, _request(frames=9, fps=6))
+    assert sorted(tensors) == ["chunk", "chunk_info"]  # the names the model declares
+    chunk = read_chunk(tensors.get)
+    np.testing.assert_array_equal(chunk.frames, frames)
+    assert (chunk.start, chunk.total, chunk.fps) == (4, 9, 6)
+    assert read_chunk({"progress": np.array([1, 2], np.int32)}.get) is None  # not a chunk
+
+
+@pytest.mark.parametrize("start,count", [(-1, 2), (8, 2), (0, 0), (9, 1)])
+def test_a_chunk_outside_the_video_is_refused_on_both_sides(start, count):
+    frames = np.zeros((count, 16, 16, 3), np.uint8)
+    with pytest.raises(ValueError, match="does not fit"):
+        chunk_outputs(frames, start, _request(frames=9))
+    info = np.array([start, 9, 6], np.int32)
+    with pytest.raises(ValueError, match="does not fit"):
+        read_chunk({"chunk": frames, "chunk_info": info}.get)
+
+
+@pytest.mark.parametrize("frames,info,message", [
+    (np.zeros((1, 16, 16, 3), np.float32), [0, 1, 8], "must be uint8"),
+    (np.zeros((1, 16, 16), np.uint8), [0, 1, 8], "must be uint8"),
+    (np.zeros((1, 16, 16, 3), np.uint8), None, "needs `chunk_info`"),
+    (np.zeros((1, 16, 16, 3), np.uint8), [0, 1], "needs `chunk_info`"),
+    (np.zeros((1, 16, 16, 3), np.uint8), [0, 1, 0], "does not fit"),  # fps 0
+])
+def test_a_malformed_chunk_is_refused_by_the_client(frames, info, message):
+    tensors = {"chunk": frames}
+    if info is not None:
+        tensors["chunk_info"] = np.array(info, np.int32)
+    with pytest.raises(ValueError, match=message):
+        read_chunk(tensors.get)

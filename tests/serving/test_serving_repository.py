@@ -6,8 +6,8 @@ import torch
 
 from cinema_trt.models.factory import load_models, torch_runners
 from cinema_trt.models.presets import get_preset
-from cinema_trt.models.specs import resolve, video_dims
 from cinema_trt.models.stages import STAGES
+from cinema_trt.models.stages import stage as get_stage
 from cinema_trt.serving import protocol
 from cinema_trt.serving.repo import RepositoryOptions, build_repository
 from cinema_trt.serving.stage_model import load_stage_runner
@@ -47,7 +47,8 @@ def test_stage_configs_follow_the_specs_with_symbols_as_minus_one(repo):
             assert [t.name for t in tensors] == [s.name for s in specs]
             for tensor, s in zip(tensors, specs, strict=True):
                 assert list(tensor.dims) == [d if isinstance(d, int) else -1 for d in s.dims]
-                expected = "TYPE_INT64" if s.dtype == torch.int64 else "TYPE_FP32"
+                expected = {torch.int64: "TYPE_INT64", torch.bool: "TYPE_BOOL"}.get(
+                    s.dtype, "TYPE_FP32")  # the decoder's `first` flag is the one bool
                 assert pb.DataType.Name(tensor.data_type) == expected
         assert config.parameters["stage"].string_value == stage
         assert config.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
@@ -78,13 +79,8 @@ def test_version_folders_hold_only_their_stage_weights(repo, tiny_weights):
 def test_stage_runner_from_a_version_folder_equals_the_torch_runner(repo, tiny_weights, stage):
     reference = torch_runners(load_models(tiny_weights))[stage]
     served = load_stage_runner(repo / stage / "1", stage)
-    values = {"batch": 2, "seq": 7, **video_dims(TINY, frames=5, height=32, width=48, refs=2)}
-    generator = torch.Generator().manual_seed(0)
-    inputs = {}
-    for spec in SPECS[stage].inputs:
-        shape = resolve(spec, values)
-        inputs[spec.name] = torch.ones(shape, dtype=spec.dtype) if spec.dtype == torch.int64 \
-            else torch.randn(shape, generator=generator)
+    # the stage's last check case (the decoder's: a later chunk, with random states)
+    inputs = get_stage(stage).sample_inputs(TINY, get_stage(stage).cases(TINY)[1][-1])
     # same weights, same module code, same inputs: identical bits, not just close
     for name, value in reference.run(inputs).items():
         torch.testing.assert_close(served.run(inputs)[name], value, rtol=0, atol=0)
