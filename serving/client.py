@@ -20,6 +20,10 @@ With `on_frames`, the server streams the frames as the VAE decodes them (`stream
 serving/protocol.py) and each arrives at `on_frames(chunk)` (a `FrameChunk`) once, in
 order, while later ones are decoded (serving/frames.py assembles them); the result's
 `video` is the assembled video, the same frames a non-streamed request returns.
+
+Over 300 lines on purpose: the sync and asyncio clients share one reading of the stream
+(`_consume`, `_add_chunk`, `_check_complete`, `_Attempts`); apart, those would become a
+public API between two files.
 """
 
 from __future__ import annotations
