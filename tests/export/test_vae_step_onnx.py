@@ -6,10 +6,10 @@ The export is the exporter's own (`tiny_exports`, export/driver.py), whose check
 every output (video and next states) against torch on a later chunk with random states
 and a first chunk: measured per output at most 2.1e-6 of its own scale (a next state);
 the manifest's worst pairs the largest absolute error of any output (1.3e-5,
-next_state.head.2) with the smallest scale (2.11): 6.3e-6, under FP32_TOLERANCE (1e-4). Here the whole
-decode: measured max |ORT chunked - torch one-shot| / max |one-shot| = 1.4e-6 .. 2.3e-6
-on the cases below; the gate is the issue's 1e-5 of the output scale. A decode whose later
-chunks get zero states is off by 0.98x the scale.
+next_state.head.2) with the smallest scale (2.11): 6.3e-6, under FP32_TOLERANCE (1e-4).
+Here the whole decode: measured max |ORT chunked - torch one-shot| / max |one-shot| =
+1.4e-6 .. 2.3e-6 on the cases below; the gate is the issue's 1e-5 of the output scale. A
+decode whose later chunks get zero states is off by 0.98x the scale.
 """
 
 from __future__ import annotations
