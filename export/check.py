@@ -78,6 +78,9 @@ def validate(graph: Graph, models: Any, stage_dir: Path, manifest: Manifest,
             # every output, each against its own scale: a graph's later outputs (the VAE
             # decoder's next states) are as much its result as the first
             stats.extend(error_stats(got[n], ref[n]) for n in outputs)
+    # worst() pairs the largest error of any output with the smallest scale of any: for a
+    # graph of several outputs (the VAE decoder's video and next states) a conservative
+    # figure, never a lenient one
     checked = Validation(
         TORCH_FP32 + (" with parameters rounded to bf16" if bf16 else ""),
         "onnxruntime" + (", the graph upcast to float32" if compute == "bfloat16" else ""),

@@ -144,3 +144,21 @@ def test_bad_chunk_and_state_count_raise(vae):
         DecoderStep(vae.decoder)(z, torch.tensor([True]), z)
     with pytest.raises(ValueError, match="must be \\(batch, 16, lframes"):
         vae.decode(torch.zeros(1, 8, 2, 4, 4), chunk=1)
+
+
+@torch.no_grad()
+def test_states_by_name_are_the_states_by_position(vae):
+    """Runners pass a graph's inputs by name (`state.<conv>`), the exporter by position."""
+    z = latents(1, 2, 3, 4)
+    step = DecoderStep(vae.decoder)
+    generator = torch.Generator().manual_seed(1)
+    states = tuple(torch.randn(s.shape, generator=generator) for s in step.initial_states(z))
+    first = torch.tensor([False])
+    by_position = step(z, first, *states)
+    names = [STATE_INPUT + n for n in step.state_names]
+    by_name = step(latents=z, first=first, **dict(zip(names, states, strict=True)))
+    assert all(torch.equal(a, b) for a, b in zip(by_position, by_name, strict=True))
+    with pytest.raises(ValueError, match="by position or all by name"):
+        step(z, first, states[0], **dict(zip(names[1:], states[1:], strict=True)))
+    with pytest.raises(ValueError, match=r"missing \['state.conv_in'\]"):
+        step(z, first, **dict(zip(names[1:], states[1:], strict=True)))
