@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import asdict
@@ -15,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from cinema_trt.models.backends import TENSORRT_RTX
-from cinema_trt.models.fileio import atomic_write
 from cinema_trt.models.stages import DIT, VAE_DECODER
 
 from .machine import Provenance, describe_source, machine_tag
 from .memory_plan import CARDS_GIB, GIB, MODEL_NOTE, StagePlan, pipeline_peaks
 from .memory_run import MemoryPlanConfig, full_depths, plan_stages, request_shapes
-from .report import numbered_stem
+from .report import write_charted
 
 log = logging.getLogger(__name__)
 
@@ -209,14 +207,6 @@ def _resident(peak: dict, phase: str, stages: dict) -> set[str]:
 
 
 def write_outputs(record: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    machine = machine_tag("cpu", record["machine"])
-    stem = numbered_stem(out, f"{machine}-memory-{record['settings']['preset']}-"
-                              f"{record['started'][:10].replace('-', '')}")
-    files = {"json": stem.with_suffix(".json"), "markdown": stem.with_suffix(".md"),
-             "chart": stem.with_suffix(".png")}
-    atomic_write(files["json"], json.dumps(record, indent=1, default=str) + "\n")
-    atomic_write(files["markdown"], to_markdown(record))
-    write_chart(record, files["chart"])
-    return files
+    base = (f"{machine_tag('cpu', record['machine'])}-memory-{record['settings']['preset']}-"
+            f"{record['started'][:10].replace('-', '')}")
+    return write_charted(out_dir, base, record, to_markdown(record), write_chart)

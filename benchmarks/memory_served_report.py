@@ -10,13 +10,11 @@ arithmetic; `sources` names the records (and their commits) every builder figure
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from cinema_trt.models.fileio import atomic_write
 from cinema_trt.serving.served_memory import (
     CARDS_GIB,
     GIB,
@@ -34,7 +32,7 @@ from cinema_trt.serving.served_memory import (
 
 from .machine import describe_source, machine_tag
 from .memory_served import Records, engine_variants, fixed_engines, served_plans
-from .report import numbered_stem
+from .report import write_charted
 
 SCHEMA = "cinema-trt/memory-served/1"
 ESTIMATES = (
@@ -227,13 +225,6 @@ def write_chart(record: dict, path: Path) -> Path:
 
 
 def write_outputs(record: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = numbered_stem(out, f"{machine_tag('cpu', record['machine'])}-memory-served-"
-                              f"{record['preset']}-{record['started'][:10].replace('-', '')}")
-    files = {"json": stem.with_suffix(".json"), "markdown": stem.with_suffix(".md"),
-             "chart": stem.with_suffix(".png")}
-    atomic_write(files["json"], json.dumps(record, indent=1, default=str) + "\n")
-    atomic_write(files["markdown"], to_markdown(record))
-    write_chart(record, files["chart"])
-    return files
+    base = (f"{machine_tag('cpu', record['machine'])}-memory-served-{record['preset']}-"
+            f"{record['started'][:10].replace('-', '')}")
+    return write_charted(out_dir, base, record, to_markdown(record), write_chart)

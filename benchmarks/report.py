@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,23 @@ def numbered_stem(out_dir: Path, base: str) -> Path:
         n += 1
         stem = out_dir / f"{base}-{n}"
     return stem
+
+
+def write_charted(out_dir: str | os.PathLike, base: str, record: dict, markdown: str,
+                  chart: Callable[[dict, Path], object]) -> dict[str, Path]:
+    """A record's files under a fresh numbered stem: `.json` (the record), `.md` and the
+    `.png` that `chart(record, path)` draws."""
+    from cinema_trt.models.fileio import atomic_write
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = numbered_stem(out, base)
+    files = {"json": stem.with_suffix(".json"), "markdown": stem.with_suffix(".md"),
+             "chart": stem.with_suffix(".png")}
+    atomic_write(files["json"], json.dumps(record, indent=1, default=str) + "\n")
+    atomic_write(files["markdown"], markdown)
+    chart(record, files["chart"])
+    return files
 
 
 def variant_labels(result: BenchResult) -> list[str]:
