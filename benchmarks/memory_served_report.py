@@ -54,9 +54,9 @@ ESTIMATES = (
 )
 # what the plans assume that a repository cannot write yet (say so beside every table)
 NOT_SERVED_YET = (
-    "The served decoder stage is still the one-shot graph: the chunk and tile plans need the "
-    "decoder's step graph served with its state (issue 20, items 1-3); until then "
-    "`cinema-trt repo --memory-budget` prices the one-shot decoder the engines hold.",
+    "The served decoder is the chunked step graph (1 latent frame a call by default), but "
+    "its state crosses as float32 (3.0 GiB a copy at 45x480x720, the plans count fp16's "
+    "1.5) and tiles are not served yet (issue 20).",
     "`cinema-trt repo` writes the per-stage layout only; the shared layout is the "
     "in-process pipeline's (`tensorrt_runners`), planned here for comparison.",
     "A streamed DiT needs an engine built with `cinema-trt build --weight-streaming`; the "

@@ -12,8 +12,9 @@ their manifests, and
 - fits only with less of a streamable engine's weights resident: sets that budget;
 - else refuses (`MemoryBudgetError`) with the deployment's table against the cards and
   what would change it: other engines (`cinema-trt build`), a streamable DiT.
-A chunked decoder's state is counted once the served decoder is its step graph; today's
-decoder stage is the one-shot graph.
+The decoder stage is its chunked step graph: its carried state is among its inputs and
+outputs, so the I/O buffers count it twice (fp32 today: the step graph's state I/O is not
+yet in the engine's precision).
 """
 
 from __future__ import annotations
@@ -190,5 +191,5 @@ def refusal(peak: Peak, memory_budget: int, engines: Path) -> str:
         lines.append(f"- the {DIT.name} in FP8: cinema-trt export --fp8 --stages {DIT.name}, "
                      f"then cinema-trt build --precision fp8 --stages {DIT.name}")
     lines.append("- the MLLM's text weights in INT8/INT4: export/weight_only.py (no CLI flag "
-                 "yet); a chunked or tiled VAE decoder: not served yet (issue 20)")
+                 "yet); a tiled VAE decoder: not served yet (issue 20)")
     return "\n".join(lines)
