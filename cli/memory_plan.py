@@ -7,6 +7,10 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cinema_trt.serving.served_memory import Assumptions
 
 log = logging.getLogger(__name__)
 
@@ -15,11 +19,27 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def add_cuda_context(group) -> None:
+    """`--cuda-context-gib`: the served plans' one assumption a user may know better (the
+    memory plan and `repo --memory-budget` both take it)."""
+    from cinema_trt.serving.served_memory import CUDA_CONTEXT_GIB
+
+    group.add_argument("--cuda-context-gib", type=float, default=CUDA_CONTEXT_GIB,
+                       help="device memory each process's CUDA context takes (an "
+                            "assumption; default %(default)s)")
+
+
+def assumptions(args: argparse.Namespace, instances: int) -> Assumptions:
+    """The served plan's assumptions from the parsed flags."""
+    from cinema_trt.serving.served_memory import GIB, Assumptions
+
+    return Assumptions(cuda_context=int(args.cuda_context_gib * GIB), instances=instances)
+
+
 def register(subparsers) -> None:
     from cinema_trt.benchmarks.config import RESULTS_DIR
     from cinema_trt.benchmarks.memory_run import PLANS, MemoryPlanConfig
     from cinema_trt.models.backends import minimum_targets
-    from cinema_trt.serving.served_memory import CUDA_CONTEXT_GIB
 
     default = MemoryPlanConfig()
     p = subparsers.add_parser(
@@ -62,9 +82,7 @@ def register(subparsers) -> None:
     served.add_argument("--weight-only-record", type=Path, metavar="JSON",
                         help="the weight-only MLLM record (default: the newest "
                              "*-weight-only-*.json beside the memory record)")
-    served.add_argument("--cuda-context-gib", type=float, default=CUDA_CONTEXT_GIB,
-                        help="device memory each process's CUDA context takes (an "
-                             "assumption; default %(default)s)")
+    add_cuda_context(served)
     served.add_argument("--instances", type=int, default=1,
                         help="instances of each Triton model (default %(default)s)")
     p.set_defaults(func=run)
@@ -77,7 +95,6 @@ def served_plan(args: argparse.Namespace, memory_record: Path) -> dict[str, Path
     from cinema_trt.benchmarks.machine import Provenance
     from cinema_trt.benchmarks.memory_served import latest, read_records
     from cinema_trt.benchmarks.memory_served_report import make_record, write_outputs
-    from cinema_trt.serving.served_memory import GIB, Assumptions
 
     start = Provenance.start()
     def beside(kind: str) -> Path:
@@ -89,9 +106,7 @@ def served_plan(args: argparse.Namespace, memory_record: Path) -> dict[str, Path
 
     records = read_records(memory_record, args.chunks_record or beside("vae-chunks"),
                            args.weight_only_record or beside("weight-only"))
-    assumptions = Assumptions(cuda_context=int(args.cuda_context_gib * GIB),
-                              instances=args.instances)
-    record = make_record(records, start.block(), assumptions)
+    record = make_record(records, start.block(), assumptions(args, args.instances))
     return write_outputs(record, args.out)
 
 

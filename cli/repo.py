@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 
 from cinema_trt.models.backends import RUNTIMES
-from cinema_trt.serving.served_memory import CUDA_CONTEXT_GIB
 
+from .memory_plan import add_cuda_context, assumptions
 from .options import defaults, from_args
 
 log = logging.getLogger(__name__)
@@ -28,12 +28,11 @@ def write_repository(args: argparse.Namespace) -> Path:
     from cinema_trt.models.presets import DEFAULT_PRESET
     from cinema_trt.serving.repo import RepositoryOptions, build_repository
     from cinema_trt.serving.repo_memory import MemoryRequest
-    from cinema_trt.serving.served_memory import GIB, Assumptions
     from cinema_trt.serving.triton_config import Placement
 
     placement = Placement.on(args.gpus, args.instances)
     memory = MemoryRequest(args.memory_budget, args.weight_streaming_budget,
-                           Assumptions(int(args.cuda_context_gib * GIB), placement.count))
+                           assumptions(args, placement.count))
     options = from_args(RepositoryOptions, args, stage_placement=placement, memory=memory)
     weights = args.weights or random_weights(args.preset or DEFAULT_PRESET, args.seed,
                                              args.output.with_name(args.output.name + "-weights"))
@@ -97,9 +96,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     memory.add_argument("--weight-streaming-budget", type=_size, metavar="SIZE",
                         help="weights the DiT keeps on the GPU, e.g. 6GiB (an engine built "
                              "with --weight-streaming; TensorRT streams the rest per call)")
-    memory.add_argument("--cuda-context-gib", type=float, default=CUDA_CONTEXT_GIB,
-                        help="device memory a process's CUDA context takes (an assumption; "
-                             "default %(default)s)")
+    add_cuda_context(memory)
     p.set_defaults(func=run, **defaults(RepositoryOptions))
 
 
