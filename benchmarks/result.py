@@ -48,39 +48,32 @@ class BenchResult:
                 return m
         return None
 
-    def serving_overhead(self) -> list[dict]:
-        """served / in-process pipeline latency, per variant that was served: at p50, and
-        at the minimum (other processes only ever add time, so on a shared machine the
-        minima are the least disturbed pair)."""
+    def _against(self, target: str, base: str, name: str, base_name: str) -> list[dict]:
+        """`target` against `base` of the same variant, per variant that has both: their
+        p50s and minima (other processes only ever add time, so on a shared machine the
+        minima are the least disturbed pair) and the ratios, keyed `<name>_p50_ms` etc."""
         rows = []
-        for served in (m for m in self.measurements if m.target == "served"):
-            local = self.find(served.runtime, served.precision, "pipeline")
-            if local is not None:
-                rows.append({"runtime": served.runtime, "precision": served.precision,
-                             "served_p50_ms": served.stats.p50,
-                             "in_process_p50_ms": local.stats.p50,
-                             "overhead_ms": served.stats.p50 - local.stats.p50,
-                             "ratio": served.stats.p50 / local.stats.p50,
-                             "served_min_ms": served.stats.min,
-                             "in_process_min_ms": local.stats.min,
-                             "ratio_min": served.stats.min / local.stats.min})
+        for m in (m for m in self.measurements if m.target == target):
+            other = self.find(m.runtime, m.precision, base)
+            if other is not None:
+                rows.append({"runtime": m.runtime, "precision": m.precision,
+                             f"{name}_p50_ms": m.stats.p50,
+                             f"{base_name}_p50_ms": other.stats.p50,
+                             "ratio": m.stats.p50 / other.stats.p50,
+                             f"{name}_min_ms": m.stats.min,
+                             f"{base_name}_min_ms": other.stats.min,
+                             "ratio_min": m.stats.min / other.stats.min})
         return rows
+
+    def serving_overhead(self) -> list[dict]:
+        """served / in-process pipeline latency, per variant that was served."""
+        return [{**row, "overhead_ms": row["served_p50_ms"] - row["in_process_p50_ms"]}
+                for row in self._against("served", "pipeline", "served", "in_process")]
 
     def first_frame(self) -> list[dict]:
         """Time to first frame next to the served request's whole latency, per variant
-        served: at p50 and at the minimum (the least disturbed calls)."""
-        rows = []
-        for first in (m for m in self.measurements if m.target == "first_frame"):
-            served = self.find(first.runtime, first.precision, "served")
-            if served is not None:
-                rows.append({"runtime": first.runtime, "precision": first.precision,
-                             "first_frame_p50_ms": first.stats.p50,
-                             "served_p50_ms": served.stats.p50,
-                             "ratio": first.stats.p50 / served.stats.p50,
-                             "first_frame_min_ms": first.stats.min,
-                             "served_min_ms": served.stats.min,
-                             "ratio_min": first.stats.min / served.stats.min})
-        return rows
+        served (the frames streamed as decoded)."""
+        return self._against("first_frame", "served", "first_frame", "served")
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA, **self.provenance,
