@@ -28,12 +28,12 @@ its gate); a tie goes to the smaller peak.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cinema_trt.models.specs import tensor_bytes
 from cinema_trt.models.stage_mllm import MLLM_TEXT
 from cinema_trt.models.stages import DIT, MLLM, STAGES, VAE_DECODER
 from cinema_trt.serving.served_memory import GIB, EngineFigures, ServedPlan
@@ -152,15 +152,6 @@ def _weight_only(records: Records, precision: str, io: int) -> EngineFigures:
                          build["device_persistent_bytes"] * depth, io=io)
 
 
-def _bytes(specs, values: dict[str, int]) -> int:
-    import torch
-
-    from cinema_trt.models.specs import resolve
-
-    return sum(math.prod(resolve(t, values)) * torch.empty((), dtype=t.dtype).element_size()
-               for t in specs)
-
-
 def io_bytes(records: Records) -> dict[str, int]:
     """Each graph's inputs and outputs at the memory record's request, max level."""
     from cinema_trt.engines.shapes import request_at, shapes_from_dict
@@ -172,7 +163,7 @@ def io_bytes(records: Records) -> dict[str, int]:
     for stage in STAGES:
         for graph in stage.graphs:
             spec, values = graph.spec(config), graph.symbols(request, config)
-            out[graph.name] = _bytes((*spec.inputs, *spec.outputs), values)
+            out[graph.name] = tensor_bytes((*spec.inputs, *spec.outputs), values)
     return out
 
 
@@ -188,7 +179,7 @@ def _step_io(records: Records, lframes: int, lheight: int | None, lwidth: int | 
     values = {**state_values(1, lh, lw), "lframes": lframes,
               "chunk_frames": VAE_TEMPORAL * lframes}
     spec = step_spec(config.vae)
-    return _bytes([t for t in (*spec.inputs, *spec.outputs)
+    return tensor_bytes([t for t in (*spec.inputs, *spec.outputs)
                    if not t.name.startswith((STATE_INPUT, STATE_OUTPUT))], values)
 
 

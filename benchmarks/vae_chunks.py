@@ -28,10 +28,10 @@ import onnx
 import torch
 
 from cinema_trt.models.presets import VAE_SPATIAL, VAEConfig, get_preset
+from cinema_trt.models.specs import tensor_bytes
 from cinema_trt.models.vae_chunks import (
     FIRST_CHUNK_EXTRA_FRAMES,
     DecoderStep,
-    state_bytes,
     state_spec,
     step_spec,
 )
@@ -117,9 +117,9 @@ def state_sizes(cfg: VAEConfig) -> dict:
     sizes: dict[str, Any] = {}
     for dtype in (torch.float16, torch.float32):
         name = str(dtype).removeprefix("torch.")
-        sizes[f"video {name} GiB"] = state_bytes(
+        sizes[f"video {name} GiB"] = tensor_bytes(
             state_spec(cfg, 1, PAPER["height"], PAPER["width"], dtype)) / GIB
-        sizes[f"32x32 tile {name} GiB"] = state_bytes(
+        sizes[f"32x32 tile {name} GiB"] = tensor_bytes(
             state_spec(cfg, 1, 32 * VAE_SPATIAL, 32 * VAE_SPATIAL, dtype)) / GIB
     sizes["tensors"] = len(state_spec(cfg, 1, VAE_SPATIAL, VAE_SPATIAL))
     sizes["latents"] = [lh, lw]

@@ -8,6 +8,8 @@ symbol; `Dim` gives a symbol's min/opt/max. Torch-free at import.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -81,9 +83,18 @@ def image_tokens(config: CinemaConfig, pixels: int) -> int:
     return image_patches(config, pixels) // config.mllm.spatial_merge_size ** 2
 
 
-def resolve(spec: TensorSpec, values: dict[str, int]) -> tuple[int, ...]:
+def resolve(spec: TensorSpec, values: Mapping[str, int]) -> tuple[int, ...]:
     """Concrete shape of `spec` given values for its symbols."""
     missing = [d for d in spec.dims if isinstance(d, str) and d not in values]
     if missing:
         raise KeyError(f"{spec.name}: no value for dims {missing}")
     return tuple(d if isinstance(d, int) else values[d] for d in spec.dims)
+
+
+def tensor_bytes(specs: Iterable[TensorSpec], values: Mapping[str, int] | None = None) -> int:
+    """Bytes of the tensors `specs` describe, their symbols at `values` (none needed where
+    every dim is fixed): I/O buffers, a chunked decode's state."""
+    import torch
+
+    return sum(math.prod(resolve(s, values or {})) * torch.empty((), dtype=s.dtype).element_size()
+               for s in specs)

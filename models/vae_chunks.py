@@ -27,7 +27,7 @@ Triton configs from). State shapes follow the batch, height and width: `state_sp
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -248,17 +248,3 @@ def state_spec(cfg: VAEConfig, batch: int, height: int, width: int,
     values = state_values(batch, height // VAE_SPATIAL, width // VAE_SPATIAL)
     return tuple(TensorSpec(s.name, s.dtype, resolve(s, values))
                  for s in step_spec(cfg, dtype).inputs if s.name.startswith(STATE_INPUT))
-
-
-def state_bytes(specs: Sequence[TensorSpec]) -> int:
-    """Bytes of concrete state tensors (`state_spec`): what a decode holds between chunks,
-    once as inputs and once as outputs of a step."""
-    total = 0
-    for spec in specs:
-        count = 1
-        for dim in spec.dims:
-            if not isinstance(dim, int):
-                raise ValueError(f"{spec.name}: dims {spec.dims} are not concrete")
-            count *= dim
-        total += count * torch.empty((), dtype=spec.dtype).element_size()
-    return total

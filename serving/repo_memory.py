@@ -20,14 +20,13 @@ yet in the engine's precision).
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from cinema_trt.engines.manifest import built, check_streaming_budget
 from cinema_trt.export.manifest import MANIFEST_FILE, read_manifest
 from cinema_trt.models.presets import CinemaConfig
-from cinema_trt.models.specs import resolve
+from cinema_trt.models.specs import tensor_bytes
 from cinema_trt.models.stage import Graph, Request
 from cinema_trt.models.stages import DIT, STAGES
 
@@ -75,8 +74,6 @@ def _io_bytes(graph: Graph, config: CinemaConfig, profiles: dict, request: Reque
     sizes those inputs give; a symbol no input carries (the decoder's frames, height and
     width) takes its value at `request`, the default deployment's max (engines/shapes.py,
     what `cinema-trt build` builds for without --profile)."""
-    import torch
-
     spec = graph.spec(config)
     values = graph.symbols(request, config)
     for tensor in spec.inputs:
@@ -84,8 +81,7 @@ def _io_bytes(graph: Graph, config: CinemaConfig, profiles: dict, request: Reque
             for dim, size in zip(tensor.dims, profiles[tensor.name]["max"], strict=True):
                 if isinstance(dim, str):
                     values[dim] = size
-    return sum(math.prod(resolve(t, values)) * torch.empty((), dtype=t.dtype).element_size()
-               for t in (*spec.inputs, *spec.outputs))
+    return tensor_bytes((*spec.inputs, *spec.outputs), values)
 
 
 def _figures(folder: Path, graph: Graph, config: CinemaConfig, request: Request

@@ -14,13 +14,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cinema_trt.models.specs import tensor_bytes
 from cinema_trt.models.vae_chunks import (
     FIRST_CHUNK_EXTRA_FRAMES,
     STATE_INPUT,
     STATE_OUTPUT,
     DecoderStep,
     iter_decode,
-    state_bytes,
     state_spec,
     step_spec,
 )
@@ -119,9 +119,9 @@ def test_state_spec_is_what_the_step_carries(vae, tiny_config, batch, height, wi
     assert [s.name for s in specs] == [STATE_INPUT + n for n in step.state_names]
     assert [s.dims for s in specs] == [tuple(t.shape) for t in next_states]
     assert all(s.dtype == torch.float32 for s in specs)
-    assert state_bytes(specs) == sum(t.numel() * 4 for t in next_states)
+    assert tensor_bytes(specs) == sum(t.numel() * 4 for t in next_states)
     half = state_spec(tiny_config.vae, batch, height, width, torch.float16)
-    assert state_bytes(half) * 2 == state_bytes(specs)
+    assert tensor_bytes(half) * 2 == tensor_bytes(specs)
 
 
 def test_step_spec_names_inputs_and_outputs_in_state_order(vae, tiny_config):
