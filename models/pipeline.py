@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from .mllm import prepare_inputs
-from .presets import VAE_TEMPORAL, CinemaConfig, check_num_refs, latent_frames, latent_size
+from .presets import CinemaConfig, check_num_refs, latent_frames, latent_size
 from .runner import FunctionRunner, Runner, Tensors
 from .sampler import GenerationCancelled, ProgressFn, StopFn, denoise, initial_noise
 from .stages import CONNECTOR, DIT, MLLM, STAGES, VAE_DECODER, VAE_ENCODER
@@ -170,10 +170,6 @@ def video_to_uint8(video: torch.Tensor) -> np.ndarray:
     return frames.permute(1, 2, 3, 0).cpu().numpy()
 
 
-def _frame_count(latents: torch.Tensor) -> int:
-    return 1 + VAE_TEMPORAL * (latents.shape[2] - 1)
-
-
 class CinemaPipeline:
     """Runs the five stages; `last_timings` holds seconds per stage of the last call."""
 
@@ -235,11 +231,11 @@ class CinemaPipeline:
                           self.config.sampler.shift, progress, should_stop)
         self.last_timings[DIT.name] += time.perf_counter() - start
         # 4. decode to frames, a chunk of latent frames per decoder call
-        video = self._decode(latents, should_stop, frames)
+        video = self._decode(latents, request.frames, should_stop, frames)
         self.last_timings = dict(self.last_timings)
         return video
 
-    def _decode(self, latents: torch.Tensor, should_stop: StopFn | None,
+    def _decode(self, latents: torch.Tensor, total: int, should_stop: StopFn | None,
                 frames: FramesFn | None) -> np.ndarray:
         decoder = FunctionRunner(VAE_DECODER.name,
                                  lambda inputs: self._run(VAE_DECODER.name, inputs))
@@ -250,7 +246,7 @@ class CinemaPipeline:
                 frames(chunk, start)
             chunks.append(chunk)
             start += len(chunk)
-            if should_stop is not None and should_stop() and start < _frame_count(latents):
+            if should_stop is not None and should_stop() and start < total:
                 raise GenerationCancelled(f"cancelled after {start} decoded frames")
         return np.concatenate(chunks)
 
