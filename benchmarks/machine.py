@@ -153,15 +153,11 @@ def settings_json(config: Any) -> dict:
             for k, v in dataclasses.asdict(config).items()}
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
 def machine_tag(device: str, machine: dict | None = None) -> str:
     """A file-name-safe machine label: `cpu-2core`, or the GPU's name (`gpu-nvidia-h100-...`)."""
     machine = machine or machine_info()
     if device.startswith("cuda") and machine.get("gpu"):
-        return "gpu-" + _slug(machine["gpu"]["name"])
+        return "gpu-" + re.sub(r"[^a-z0-9]+", "-", machine["gpu"]["name"].lower()).strip("-")
     return f"cpu-{machine['cores']}core"
 
 

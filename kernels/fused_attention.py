@@ -300,5 +300,5 @@ def launch_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: tor
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         stride_qwm, stride_kwm, stride_cb, stride_cm,
         heads, n_q, n_kv, out, scale * LOG2E, prologue.eps,
-        HEAD_DIM=head_dim, HAS_KV_LENS=kv_lens is not None, HAS_NORM=prologue.has_norm,
-        HAS_ROPE=prologue.has_rope, INPUT_PRECISION=precision, USE_TMA=use_tma)
+        HEAD_DIM=head_dim, HAS_KV_LENS=kv_lens is not None, HAS_NORM=qw is not None,
+        HAS_ROPE=cos is not None, INPUT_PRECISION=precision, USE_TMA=use_tma)
