@@ -28,6 +28,7 @@ from pathlib import Path
 
 from cinema_trt.serving import netns, protocol
 from cinema_trt.serving.balancer import Backend, Balancer, BalancerConfig
+from cinema_trt.serving.faults import wait_for
 from cinema_trt.serving.server import http_ready
 
 LOG = logging.getLogger(__name__)
@@ -145,14 +146,12 @@ class ReplicaSet:
         for i, host in enumerate(self._network.hosts):
             self.replicas.append(self._launch(f"r{i}", host, log_dir / f"r{i}.log"))
         self._wait_ready()
-        self.balancer = Balancer([Backend(r.name, r.host.address, GRPC_PORT, HTTP_PORT)
-                                  for r in self.replicas], self.config.balancer).start()
+        balancer = self.balancer = Balancer(
+            [Backend(r.name, r.host.address, GRPC_PORT, HTTP_PORT) for r in self.replicas],
+            self.config.balancer).start()
         # every replica must be UP in the balancer before the set counts as started
-        deadline = time.monotonic() + 30
-        while set(self.balancer.states().values()) != {"UP"}:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the balancer sees {self.balancer.states()}")
-            time.sleep(0.1)
+        if wait_for(lambda: set(balancer.states().values()) == {"UP"}, 30) is None:
+            raise RuntimeError(f"the balancer sees {balancer.states()}")
         LOG.info("%d replicas ready behind %s", len(self.replicas), self.url)
 
     def _launch(self, name: str, host: netns.Host, log: Path) -> Replica:
