@@ -94,15 +94,10 @@ class DemoResult:
 # --- the steps ----------------------------------------------------------------------------
 
 
-def tensorrt_unusable() -> str | None:
-    """Why the TensorRT path cannot run here, or None when it can."""
+def pick_runtime(requested: str) -> str:
     from cinema_trt.engines.deps import unusable
 
-    return unusable(TENSORRT.name)
-
-
-def pick_runtime(requested: str) -> str:
-    reason = tensorrt_unusable()
+    reason = unusable(TENSORRT.name)  # why TensorRT cannot run here, or None
     if requested == TENSORRT.name and reason is not None:
         raise ValueError(f"runtime {TENSORRT.name} is not usable here: {reason}; use runtime "
                          f"{ORT.name} (or auto), or install 'cinema-trt[gpu]' on a CUDA machine")
