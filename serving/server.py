@@ -125,11 +125,6 @@ def http_ready(http: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _repository_argument(repository: Path | str) -> str:
-    remote = isinstance(repository, str) and repository.startswith(REMOTE_REPOSITORY_SCHEMES)
-    return str(repository) if remote else str(Path(repository).resolve())
-
-
 PORT_RANGE_VARIABLE = "CINEMA_PORT_RANGE"  # "LOW-HIGH": free ports are taken from it
 
 
@@ -176,9 +171,10 @@ def restriction_args(token: str, http_inference: bool) -> list[str]:
 def server_command(config: ServerConfig, binary: Path, backends: Path,
                    ports: Endpoints, admin_token: str) -> list[str]:
     shm_prefix = f"cinema_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
+    remote = str(config.repository).startswith(REMOTE_REPOSITORY_SCHEMES)
     return [
         str(binary),
-        f"--model-repository={_repository_argument(config.repository)}",
+        f"--model-repository={config.repository if remote else Path(config.repository).resolve()}",
         f"--backend-directory={backends}",
         f"--http-address={ports.host}", f"--http-port={ports.http_port}",
         f"--grpc-address={ports.host}", f"--grpc-port={ports.grpc_port}",
