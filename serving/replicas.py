@@ -30,6 +30,7 @@ from cinema_trt.serving import netns, protocol
 from cinema_trt.serving.balancer import Backend, Balancer, BalancerConfig
 from cinema_trt.serving.faults import wait_for
 from cinema_trt.serving.server import http_ready
+from cinema_trt.serving.watchdog import children
 
 LOG = logging.getLogger(__name__)
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002  # Triton's own, as in a pod
@@ -50,21 +51,6 @@ class ReplicaSetConfig:
             raise ValueError(f"replicas={self.replicas} must be >= 1")
 
 
-def _children(pid: int) -> list[tuple[int, str]]:
-    """(pid, command name) of the live children of `pid`."""
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                head, rest = f.read().rsplit(")", 1)
-        except OSError:
-            continue
-        fields = rest.split()
-        if int(fields[1]) == pid and fields[0] not in "ZX":
-            found.append((int(entry), head.split("(", 1)[1]))
-    return found
-
-
 @dataclass
 class Replica:
     name: str
@@ -83,7 +69,7 @@ class Replica:
     def server_pid(self) -> int | None:
         """The replica's tritonserver (its process group holds the stubs), or None while
         its supervisor restarts it."""
-        return next((pid for pid, name in _children(self.process.pid)
+        return next((pid for pid, name in children(self.process.pid)
                      if name == "tritonserver"), None)
 
     def signal(self, sig: int) -> int:
