@@ -25,6 +25,7 @@ import csv
 import io
 import logging
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -32,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cinema_trt.serving.server import free_port
+from cinema_trt.serving.server import free_port, stop_process
 
 LOG = logging.getLogger(__name__)
 INSTALL = "apt-get install haproxy (Debian's HAProxy 2.6 or newer)"
@@ -169,13 +170,7 @@ class Balancer:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, signal.SIGTERM, 10, "haproxy")
         if self._workdir is not None:
             self._workdir.cleanup()
             self._workdir = None

@@ -161,6 +161,19 @@ def free_port(host: str = LOOPBACK) -> int:
     raise ServerError(f"no free port in ${PORT_RANGE_VARIABLE}={ports.start}-{ports.stop - 1}")
 
 
+def stop_process(process: subprocess.Popen | None, sig: int, timeout: float, name: str) -> None:
+    """Send `sig` to a running `process` and wait `timeout` s for it to exit, then kill it."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        LOG.warning("%s did not stop in %.0f s; killing it", name, timeout)
+        process.kill()
+        process.wait()
+
+
 def restriction_args(token: str, http_inference: bool) -> list[str]:
     """Admin-only APIs behind the `cinema-admin` header (ADMIN_APIS; see ADMIN_HEADER)."""
     http = ",".join((*ADMIN_APIS, *(() if http_inference else ("inference",))))
@@ -342,15 +355,7 @@ class TritonServer:
             self.watchdog.stop()
             self.watchdog = None
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=self.config.stop_timeout)
-            except subprocess.TimeoutExpired:
-                LOG.warning("tritonserver did not stop in %.0f s; killing it",
-                            self.config.stop_timeout)
-                process.kill()
-                process.wait()
+        stop_process(process, signal.SIGINT, self.config.stop_timeout, "tritonserver")
         if self._log_thread is not None:
             self._log_thread.join(timeout=5)
             self._log_thread = None
