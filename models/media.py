@@ -105,7 +105,7 @@ class Mp4Writer:
 
 def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
     """H.264 MP4 bytes of the whole video (see `Mp4Writer`)."""
-    _check_frames(frames)
+    _check_frames(frames)  # before the encoder opens
     buffer = io.BytesIO()
     writer = Mp4Writer(buffer, fps)
     writer.write(frames)
@@ -188,7 +188,6 @@ class VideoWriter:
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int) -> Path:
     """Write frames by extension: .mp4 (H.264), .gif, or a folder of PNGs (no extension)."""
-    _check_frames(frames)
     with VideoWriter(path, fps) as writer:
         writer.write(frames)
         return writer.close()
