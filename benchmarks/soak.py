@@ -13,6 +13,10 @@ Each call ends as exactly one of:
   and the longest successful call's margin): must be 0;
 - lost: accepted (a progress message arrived) and then ended without a video and
   without an error, or with a video of the wrong shape: must be 0.
+
+Just over 300 lines on purpose: the harness plumbing the replica fault run reuses
+(`harness_config`, `run_threads`, `publish`, `error_kind`) lives with the harness it came
+from rather than in a module of its own.
 """
 
 from __future__ import annotations

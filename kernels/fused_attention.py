@@ -15,6 +15,10 @@ masks. No warp specialization: Triton 3.9 documents `tl.range(..., warp_speciali
 as Blackwell-only ("only supported on Blackwell GPUs and only works on simple matmul
 loops", triton/language/core.py, class range), and compiling this loop with it for sm_90
 leaves the kernel unpartitioned (sm_100 partitions it).
+
+Over 300 lines on purpose: like the tutorial, one file reads top to bottom (tile loads,
+the inner loop, the kernel, then the host side: TMA checks, scratch allocator, launcher);
+the two load paths share every helper, so splitting them would split each helper.
 """
 
 from __future__ import annotations
