@@ -66,11 +66,6 @@ def live_stubs(server_pid: int) -> dict[str, int]:
     return dict(stub_processes(server_pid))
 
 
-def model_of(instance: str) -> str:
-    """`connector_0_0` -> `connector` (Triton names instances <model>_<group>_<index>)."""
-    return instance.rsplit("_", 2)[0]
-
-
 def group_of(instance: str) -> str:
     """`connector_0_1` -> `connector_0`: an instance is `<group name>_<index>`."""
     return instance.rsplit("_", 1)[0]
