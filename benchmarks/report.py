@@ -13,7 +13,6 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from cinema_trt.models.stages import STAGES
@@ -26,13 +25,6 @@ log = logging.getLogger(__name__)
 TARGET_LABELS = {**{s.name: f"{s.name} (1 step, CFG x2)" for s in STAGES if s.per_step},
                  "pipeline": "pipeline (whole request)", "served": "served (Triton, gRPC)",
                  "first_frame": "served, to first frame"}
-
-
-@dataclass(frozen=True)
-class OutputFiles:
-    json: Path
-    markdown: Path
-    chart: Path
 
 
 def numbered_stem(out_dir: Path, base: str) -> Path:
@@ -188,7 +180,7 @@ def write_chart(result: BenchResult, path: Path) -> Path:
     return path
 
 
-def write_outputs(result: BenchResult, out_dir: str | os.PathLike) -> OutputFiles:
+def write_outputs(result: BenchResult, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write the JSON record, the markdown table and the chart under
     `<out>/<machine>-<preset>-<date>` (numbered when taken); returns their paths."""
     p = result.provenance
@@ -197,4 +189,4 @@ def write_outputs(result: BenchResult, out_dir: str | os.PathLike) -> OutputFile
     files = write_charted(out_dir, base, result.to_dict(), to_markdown(result),
                           lambda record, path: write_chart(result, path))
     log.info("wrote %s, %s and %s", files["json"], files["markdown"].name, files["chart"].name)
-    return OutputFiles(files["json"], files["markdown"], files["chart"])
+    return files

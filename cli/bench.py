@@ -62,5 +62,5 @@ def run(args: argparse.Namespace) -> int:
     result = run_benchmark(from_args(BenchConfig, args))
     files = write_outputs(result, args.out)
     print(to_markdown(result))
-    print(f"wrote {files.json}\n      {files.markdown}\n      {files.chart}")
+    print(f"wrote {files['json']}\n      {files['markdown']}\n      {files['chart']}")
     return 0
