@@ -80,13 +80,10 @@ class Mp4Writer:
         self.count = 0
 
     def write(self, frames: np.ndarray) -> None:
-        check_frames(frames)
+        """uint8 (T, H, W, 3) frames of this video's size (its callers check both)."""
         if self.size is None:
             self.size = frames.shape[1], frames.shape[2]
             self.stream.height, self.stream.width = self.size
-        elif frames.shape[1:3] != self.size:
-            raise ValueError(f"frames are {frames.shape[2]}x{frames.shape[1]}; this video is "
-                             f"{self.size[1]}x{self.size[0]}")
         for frame in frames:
             for packet in self.stream.encode(self._av.VideoFrame.from_ndarray(frame,
                                                                               format="rgb24")):
