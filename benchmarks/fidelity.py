@@ -14,6 +14,7 @@ Run it from outside the repository root (see benchmarks/README.md).
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
 import statistics
@@ -96,11 +97,7 @@ def measure(seeds: Sequence[int] = SEEDS, prompts: Sequence[str] = PROMPTS,
         pipelines = {name: CinemaPipeline(config, runners, models.processor)
                      for name, runners in {"torch": torch_runners(models),
                                            **_runtimes(models, folders)}.items()}
-        values: dict[str, list[float]] = {}
-
-        def add(name: str, value: float) -> None:
-            values.setdefault(name, []).append(value)
-
+        values: dict[str, list[float]] = collections.defaultdict(list)
         for seed in seeds:
             for i, prompt in enumerate(prompts):
                 def video(pipe="torch", text=prompt, images=refs[:2], seed=seed, **overrides):
@@ -110,13 +107,13 @@ def measure(seeds: Sequence[int] = SEEDS, prompts: Sequence[str] = PROMPTS,
 
                 reference = video()
                 for name in pipelines.keys() - {"torch"}:
-                    add(name, psnr(video(name), reference))
-                add("other_prompt", psnr(video(text=prompts[1 - i]), reference))
-                add("other_references", psnr(video(images=refs[2:4]), reference))
-                add("one_reference_fewer", psnr(video(images=refs[:1]), reference))
-                add("other_seed", psnr(video(seed=seed + 1), reference))
+                    values[name].append(psnr(video(name), reference))
+                values["other_prompt"].append(psnr(video(text=prompts[1 - i]), reference))
+                values["other_references"].append(psnr(video(images=refs[2:4]), reference))
+                values["one_reference_fewer"].append(psnr(video(images=refs[:1]), reference))
+                values["other_seed"].append(psnr(video(seed=seed + 1), reference))
                 small = video(images=refs[1:2], **SMALL_REQUEST)
-                add("ort_fp32_small_request",
+                values["ort_fp32_small_request"].append(
                     psnr(video("ort_fp32", images=refs[1:2], **SMALL_REQUEST), small))
     return {name: _summary(v) for name, v in sorted(values.items())}
 

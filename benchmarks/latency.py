@@ -88,28 +88,24 @@ def _torch_threads(threads: int):
 
 def run_benchmark(bench: BenchConfig) -> BenchResult:
     """Measure every planned (runtime, precision) on one captured request; see module doc."""
-    with _torch_threads(bench.threads):
-        return _run(bench)
-
-
-def _run(bench: BenchConfig) -> BenchResult:
     from cinema_trt.models.factory import build_models, load_models
 
-    run = Provenance.start()
-    config = bench.model_config()
-    planned, skipped = plan_variants(bench)
-    for skip in skipped:
-        log.info("skipping %s %s: %s", skip.runtime, skip.precision, skip.reason)
-    # seed 0: the exporter builds the same seeded weights, so cached exports can match
-    models = load_models(bench.weights, config) if bench.weights else build_models(config)
-    request, request_record = bench_request(bench, config)
-    captured = capture(models, request, bench.device)
-    measurements, variants, served_skips = measure_variants(
-        bench, planned, Inputs(models, request, captured))
-    skipped += served_skips
-    return BenchResult(
-        settings=bench, provenance=run.block(), config=config.to_dict(),
-        request=request_record,
-        shapes=describe_shapes(captured), clock=clock_name(bench.device),
-        variants=tuple(variants), measurements=tuple(measurements), skipped=tuple(skipped),
-        notes=tuple(_notes(bench, planned)))
+    with _torch_threads(bench.threads):
+        run = Provenance.start()
+        config = bench.model_config()
+        planned, skipped = plan_variants(bench)
+        for skip in skipped:
+            log.info("skipping %s %s: %s", skip.runtime, skip.precision, skip.reason)
+        # seed 0: the exporter builds the same seeded weights, so cached exports can match
+        models = load_models(bench.weights, config) if bench.weights else build_models(config)
+        request, request_record = bench_request(bench, config)
+        captured = capture(models, request, bench.device)
+        measurements, variants, served_skips = measure_variants(
+            bench, planned, Inputs(models, request, captured))
+        skipped += served_skips
+        return BenchResult(
+            settings=bench, provenance=run.block(), config=config.to_dict(),
+            request=request_record,
+            shapes=describe_shapes(captured), clock=clock_name(bench.device),
+            variants=tuple(variants), measurements=tuple(measurements), skipped=tuple(skipped),
+            notes=tuple(_notes(bench, planned)))

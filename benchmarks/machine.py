@@ -29,20 +29,15 @@ LIBRARIES = ("cinema-trt", "torch", "transformers", "numpy", "onnx", "onnxruntim
              "triton", "tritonclient", "nvidia-pytriton", "matplotlib")
 
 
-def _cpuinfo_field(name: str, text: str) -> str | None:
-    match = re.search(rf"^{re.escape(name)}\s*:\s*(.+)$", text, re.MULTILINE)
-    return match.group(1).strip() if match else None
-
-
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` reports."""
     path = Path("/proc/cpuinfo")
     if path.is_file():
         text = path.read_text(errors="replace")
         for key in ("model name", "Hardware", "Processor"):  # x86, then ARM spellings
-            value = _cpuinfo_field(key, text)
-            if value:
-                return value
+            match = re.search(rf"^{re.escape(key)}\s*:\s*(.+)$", text, re.MULTILINE)
+            if match and match.group(1).strip():
+                return match.group(1).strip()
     return platform.processor() or platform.machine()
 
 
@@ -153,15 +148,11 @@ def settings_json(config: Any) -> dict:
             for k, v in dataclasses.asdict(config).items()}
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
 def machine_tag(device: str, machine: dict | None = None) -> str:
     """A file-name-safe machine label: `cpu-2core`, or the GPU's name (`gpu-nvidia-h100-...`)."""
     machine = machine or machine_info()
     if device.startswith("cuda") and machine.get("gpu"):
-        return "gpu-" + _slug(machine["gpu"]["name"])
+        return "gpu-" + re.sub(r"[^a-z0-9]+", "-", machine["gpu"]["name"].lower()).strip("-")
     return f"cpu-{machine['cores']}core"
 
 

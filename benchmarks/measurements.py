@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import gc
 import logging
@@ -63,9 +64,8 @@ class Job:
             return []
         if len(self.first_frame_ms) < runs:
             raise ValueError(f"{len(self.first_frame_ms)} first-frame times for {runs} runs")
-        samples = self.first_frame_ms[-runs:]
-        return [Measurement(self.runtime, self.precision, "first_frame", tuple(samples),
-                            summarize(samples))]
+        return [dataclasses.replace(self, target="first_frame").measurement(
+            self.first_frame_ms[-runs:])]
 
 
 @dataclass

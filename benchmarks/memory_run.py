@@ -29,8 +29,6 @@ log = logging.getLogger(__name__)
 
 # graph -> (config section, field) holding its depth; the other graphs are built whole
 DEPTH_FIELDS = {g.name: g.depth for g in GRAPHS if g.depth is not None}
-FP8_STAGES = FP8_GRAPHS  # the graphs with an FP8 recipe
-ALL_STAGES = GRAPH_NAMES
 PLANS = ("fp16", "fp8")
 # FP8 calibration runs the pipeline on the config's sampler defaults (export/calibration.py);
 # at the paper's 45 x 480 x 720 that is hours per step on a CPU, so the reduced configs
@@ -174,7 +172,7 @@ def fp8_exports(settings: MemoryPlanConfig) -> dict[str, str]:
 
     base = get_preset(settings.preset)
     failed: dict[str, str] = {}
-    for stage in FP8_STAGES:
+    for stage in FP8_GRAPHS:
         for depth in _depths_of(stage, settings):
             folder = settings.cache_dir / f"onnx-depth{depth}-fp8"
             try:
@@ -193,13 +191,13 @@ def plan_stages(settings: MemoryPlanConfig, plan: str) -> tuple[list[StagePlan],
     shapes = request_shapes(base, settings.refs)
     failed = fp8_exports(settings) if plan == "fp8" else {}
     notes = [f"{stage}: planned in fp16 ({why})" for stage, why in failed.items()]
-    precisions = {s: "fp8" if plan == "fp8" and s in FP8_STAGES and s not in failed
-                  else "fp16" for s in ALL_STAGES}
-    measured: dict[str, dict[int, EngineMemory]] = {s: {} for s in ALL_STAGES}
+    precisions = {s: "fp8" if plan == "fp8" and s in FP8_GRAPHS and s not in failed
+                  else "fp16" for s in GRAPH_NAMES}
+    measured: dict[str, dict[int, EngineMemory]] = {s: {} for s in GRAPH_NAMES}
     for depth in settings.depths:
         config = at_depth(base, depth)
         for kind in dict.fromkeys(precisions.values()):
-            stages = tuple(s for s in ALL_STAGES if precisions[s] == kind
+            stages = tuple(s for s in GRAPH_NAMES if precisions[s] == kind
                            and depth in _depths_of(s, settings))
             if not stages:
                 continue
@@ -210,5 +208,5 @@ def plan_stages(settings: MemoryPlanConfig, plan: str) -> tuple[list[StagePlan],
             for stage, memory in figures.items():
                 measured[stage][depth if stage in DEPTH_FIELDS else 0] = memory
     full = full_depths(base)
-    return ([extrapolate(s, precisions[s], measured[s], full.get(s, 0)) for s in ALL_STAGES],
+    return ([extrapolate(s, precisions[s], measured[s], full.get(s, 0)) for s in GRAPH_NAMES],
             notes)

@@ -39,7 +39,7 @@ from cinema_trt.serving.faults import wait_for
 
 from .machine import Provenance, describe_machine, describe_source, settings_json
 from .replicas import tiny_repository
-from .soak import harness_config, publish, run_threads
+from .soak import SoakResult, error_kind, harness_config, publish, run_threads
 
 LOG = logging.getLogger(__name__)
 # seconds of denoising per call, so a fault mostly lands on running generations
@@ -71,24 +71,18 @@ class FaultRunConfig:
 
 
 @dataclass
-class FaultRunResult:
+class FaultRunResult(SoakResult):
+    """The soak's tally of calls (its own outcomes), plus the failed attempts."""
+
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
-    errors: collections.Counter = field(default_factory=collections.Counter)
     failed_attempts: collections.Counter = field(default_factory=collections.Counter)
     unnamed_attempts: int = 0  # failed attempts whose error names no replica: must be 0
-    faults: list[dict] = field(default_factory=list)
-    longest_call_s: float = 0.0
     balancer: dict[str, int] = field(default_factory=dict)
-    healthy_at_end: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, outcome: str, seconds: float, error: str | None = None,
                attempts: Sequence[str] = ()) -> None:
+        super().record(outcome, seconds, error)
         with self.lock:
-            self.counts[outcome] += 1
-            self.longest_call_s = max(self.longest_call_s, seconds)
-            if error:
-                self.errors[error] += 1
             for attempt in attempts:
                 named = NAMED.search(attempt)
                 kind = attempt.split(":", 1)[0]
@@ -106,16 +100,15 @@ def _client(url: str, config: FaultRunConfig):
 
 def _call(client, config: FaultRunConfig, result: FaultRunResult, seed: int,
           references: dict[int, np.ndarray]) -> None:
-    from cinema_trt.models.media import sample_references
     from cinema_trt.serving.client import CinemaRequestError, ServerStalled
 
     begin = time.monotonic()
     try:
-        got = client.stream("a toy", [str(sample_references()[0])], seed=seed, **REQUEST)
+        got = client.stream("a toy", [_reference_image()], seed=seed, **REQUEST)
     except (CinemaRequestError, ServerStalled, ConnectionError, TimeoutError) as error:
         took = time.monotonic() - begin
-        kind = f"{type(error).__name__}: {' '.join(str(error).split()[:9])}"
-        result.record("hung" if took > config.hang_s else "failed_clearly", took, kind)
+        result.record("hung" if took > config.hang_s else "failed_clearly", took,
+                      error_kind(error, words=9))
         return
     took = time.monotonic() - begin
     if took > config.hang_s:

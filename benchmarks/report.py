@@ -13,7 +13,6 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from cinema_trt.models.stages import STAGES
@@ -26,21 +25,6 @@ log = logging.getLogger(__name__)
 TARGET_LABELS = {**{s.name: f"{s.name} (1 step, CFG x2)" for s in STAGES if s.per_step},
                  "pipeline": "pipeline (whole request)", "served": "served (Triton, gRPC)",
                  "first_frame": "served, to first frame"}
-
-
-@dataclass(frozen=True)
-class OutputFiles:
-    json: Path
-    markdown: Path
-    chart: Path
-
-
-def output_stem(result: BenchResult, out_dir: Path) -> Path:
-    """`<out>/<machine>-<preset>-<date>`, numbered when that name is taken."""
-    p = result.provenance
-    date = p["started"][:10].replace("-", "")
-    base = f"{machine_tag(result.settings.device, p['machine'])}-{result.config['name']}-{date}"
-    return numbered_stem(out_dir, base)
 
 
 def numbered_stem(out_dir: Path, base: str) -> Path:
@@ -196,21 +180,13 @@ def write_chart(result: BenchResult, path: Path) -> Path:
     return path
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # a reader never sees half a record
-
-
-def write_outputs(result: BenchResult, out_dir: str | os.PathLike) -> OutputFiles:
-    """Write the JSON record, the markdown table and the chart; returns their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = output_stem(result, out)
-    files = OutputFiles(stem.with_suffix(".json"), stem.with_suffix(".md"),
-                        stem.with_suffix(".png"))
-    _write_text(files.json, json.dumps(result.to_dict(), indent=1) + "\n")
-    _write_text(files.markdown, to_markdown(result))
-    write_chart(result, files.chart)
-    log.info("wrote %s, %s and %s", files.json, files.markdown.name, files.chart.name)
+def write_outputs(result: BenchResult, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write the JSON record, the markdown table and the chart under
+    `<out>/<machine>-<preset>-<date>` (numbered when taken); returns their paths."""
+    p = result.provenance
+    date = p["started"][:10].replace("-", "")
+    base = f"{machine_tag(result.settings.device, p['machine'])}-{result.config['name']}-{date}"
+    files = write_charted(out_dir, base, result.to_dict(), to_markdown(result),
+                          lambda record, path: write_chart(result, path))
+    log.info("wrote %s, %s and %s", files["json"], files["markdown"].name, files["chart"].name)
     return files

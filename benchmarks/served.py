@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cinema_trt.models.pipeline import GenerationRequest
+from cinema_trt.serving.protocol import PARAMETERS
 
 from .config import BenchConfig
 from .timing import NS_PER_MS
@@ -54,7 +55,7 @@ class ServedSession:
 def _streaming_call(client: CinemaClient, request: GenerationRequest,
                     first_frame_ms: list[float]) -> Callable[[], object]:
     """One streamed request; appends its time to first frame to `first_frame_ms`."""
-    params = _request_params(request)
+    params = {name: getattr(request, name) for name in PARAMETERS}  # what a client sends
 
     def call() -> object:
         start = time.perf_counter_ns()
@@ -69,12 +70,6 @@ def _streaming_call(client: CinemaClient, request: GenerationRequest,
         return result
 
     return call
-
-
-def _request_params(request: GenerationRequest) -> dict:
-    return dict(frames=request.frames, height=request.height, width=request.width,
-                steps=request.steps, guidance=request.guidance, seed=request.seed,
-                fps=request.fps)
 
 
 @contextlib.contextmanager

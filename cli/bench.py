@@ -6,12 +6,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from .options import defaults, from_args
+from .options import defaults, from_args, names
 
 log = logging.getLogger(__name__)
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,10 +24,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--weights", type=Path,
                    help="weights folder from save_models, its cinema_config.json the "
                         "architecture (default: the preset's seeded weights)")
-    p.add_argument("--runtimes", type=_names,
+    p.add_argument("--runtimes", type=names,
                    help=f"comma-separated, from {','.join(RUNTIMES)} (default: all; "
                         "unavailable ones are skipped with a note)")
-    p.add_argument("--precisions", type=_names,
+    p.add_argument("--precisions", type=names,
                    help=f"comma-separated, from {','.join(PRECISIONS)} (default: all)")
     p.add_argument("--runs", type=int,
                    help="timed runs per measurement (default %(default)s)")
@@ -65,5 +62,5 @@ def run(args: argparse.Namespace) -> int:
     result = run_benchmark(from_args(BenchConfig, args))
     files = write_outputs(result, args.out)
     print(to_markdown(result))
-    print(f"wrote {files.json}\n      {files.markdown}\n      {files.chart}")
+    print(f"wrote {files['json']}\n      {files['markdown']}\n      {files['chart']}")
     return 0

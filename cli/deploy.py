@@ -86,13 +86,11 @@ def _local(subparsers) -> None:
 
 
 def run_local(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from cinema_trt.serving.balancer import BalancerConfig
     from cinema_trt.serving.replicas import ReplicaSet, ReplicaSetConfig
 
     config = from_args(ReplicaSetConfig, args,
-                       balancer=dataclasses.replace(BalancerConfig(), port=args.port))
+                       balancer=BalancerConfig(port=args.port))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with ReplicaSet(config) as replicas:

@@ -9,14 +9,12 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .options import from_args, names
+
 if TYPE_CHECKING:
     from cinema_trt.serving.served_memory import Assumptions
 
 log = logging.getLogger(__name__)
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def add_cuda_context(group) -> None:
@@ -52,13 +50,13 @@ def register(subparsers) -> None:
                     "<machine>-memory-<preset>-<date>.json/.md/.png. Needs tensorrt-rtx-cu12; "
                     "the cinema preset took ~20 min and 12 GiB of RAM on 2 CPU cores.")
     p.add_argument("--preset", default=default.preset, help="cinema | small | tiny")
-    p.add_argument("--depths", type=lambda t: tuple(int(x) for x in _names(t)),
+    p.add_argument("--depths", type=lambda t: tuple(int(x) for x in names(t)),
                    default=default.depths,
                    help="the two depths the DiT, MLLM text and vision stacks are built at "
                         "(default %(default)s)")
-    p.add_argument("--plans", type=_names, default=default.plans,
+    p.add_argument("--plans", type=names, default=default.plans,
                    help=f"comma-separated, from {','.join(PLANS)} (default: all)")
-    p.add_argument("--targets", type=_names, default=default.targets,
+    p.add_argument("--targets", type=names, default=default.targets,
                    help=f"TensorRT-RTX targets (default {','.join(default.targets)}: "
                         f"{minimum_targets()})")
     p.add_argument("--refs", type=int, default=default.refs,
@@ -117,11 +115,7 @@ def run(args: argparse.Namespace) -> int:
     written: dict[str, Path] = {}
     source = args.from_record
     if source is None:
-        settings = MemoryPlanConfig(preset=args.preset, depths=args.depths, plans=args.plans,
-                                    targets=args.targets,
-                                    refs=args.refs, cache_dir=args.cache_dir,
-                                    workspace_gib=args.workspace_gib)
-        record = run_memory_plan(settings)
+        record = run_memory_plan(from_args(MemoryPlanConfig, args))
         written = write_outputs(record, args.out)
         print(to_markdown(record))
         try:  # the served plan needs chunk and weight-only records of the same model

@@ -17,6 +17,11 @@ def defaults(cls: type) -> dict[str, Any]:
             if f.default is not dataclasses.MISSING}
 
 
+def names(text: str) -> tuple[str, ...]:
+    """A comma-separated flag's values: `a, b,` -> ("a", "b")."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def from_args(cls: type[T], args: argparse.Namespace, **given: Any) -> T:
     """`cls` from the parsed flags named like its fields, plus `given` (derived values)."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]

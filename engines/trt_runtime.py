@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,13 +49,13 @@ log = logging.getLogger(__name__)
 RUNTIME_CACHE_FILE = "runtime.cache"  # TensorRT-RTX's JIT-compiled kernels, beside the plan
 
 
+@dataclass
 class _Bucket:
     """Views of the preallocated buffers at one set of input shapes, and its CUDA graph."""
 
-    def __init__(self, inputs: Tensors, outputs: Tensors):
-        self.inputs = inputs
-        self.outputs = outputs
-        self.graph: torch.cuda.CUDAGraph | None = None
+    inputs: Tensors
+    outputs: Tensors
+    graph: torch.cuda.CUDAGraph | None = None
 
 
 class TensorRTRunner:
@@ -73,10 +74,9 @@ class TensorRTRunner:
                 f"{folder} holds an {self.backend.display} model, not a TensorRT engine; "
                 f"open it with its own runner, or build an engine with --runtime "
                 f"{' / '.join(b.name for b in BACKENDS.values() if b.plans)}")
-        trt = require_backend(self.backend.name)
+        self._trt = require_backend(self.backend.name)
         self.device = torch.device(device)
         self.cuda_graph = cuda_graph
-        self._trt = trt
         self._shared = shared_memory
         self.runtime_cache_path = folder / RUNTIME_CACHE_FILE
         # the engine, its context and every buffer belong to this GPU: TensorRT uses the
@@ -139,9 +139,8 @@ class TensorRTRunner:
         a read-only engine folder only warns)."""
         if self._runtime_config is None:
             return None
-        data = memoryview(self.runtime_cache.serialize())
         try:
-            return atomic_write(self.runtime_cache_path, data)
+            return atomic_write(self.runtime_cache_path, memoryview(self.runtime_cache.serialize()))
         except OSError as error:
             log.warning("%s: could not save the runtime cache: %s", self.name, error)
             return None
@@ -232,44 +231,37 @@ class TensorRTRunner:
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError(f"{self.name}: TensorRT execution failed (see the log)")
 
-    def _capture(self, bucket: _Bucket) -> None:
-        # one plain enqueue first: TensorRT finishes shape-dependent setup lazily, and
-        # that setup must not be recorded into the graph
-        self._enqueue(bucket)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=self.stream):
-            self._enqueue(bucket)
-        bucket.graph = graph
-
     @torch.inference_mode()
     def run(self, inputs: Mapping[str, torch.Tensor]) -> Tensors:
         with torch.cuda.device(self.device):  # the context's GPU, whatever is current
-            return self._run(inputs)
-
-    def _run(self, inputs: Mapping[str, torch.Tensor]) -> Tensors:
-        feeds = self._prepare(inputs)
-        new_shapes = tuple(tuple(t.shape) for t in feeds.values()) not in self._buckets
-        bucket = self._bucket(feeds)
-        caller = torch.cuda.current_stream(self.device)
-        self.stream.wait_stream(caller)  # inputs were produced on the caller's stream
-        with torch.cuda.stream(self.stream):
-            self._point_memory()
-            for name, tensor in feeds.items():
-                bucket.inputs[name].copy_(tensor, non_blocking=True)
-            if not self.captures_graphs:
-                self._enqueue(bucket)
-            elif bucket.graph is None:
-                self._capture(bucket)  # its replay-equivalent enqueue already ran
-            else:
-                bucket.graph.replay()
-        caller.wait_stream(self.stream)
-        if new_shapes and self._runtime_config is not None:
-            # TensorRT-RTX compiled kernels for these shapes: keep them for the next start
-            self.stream.synchronize()
-            self.save_runtime_cache()
-        # copies: the buffers are reused by the next call (the pipeline keeps the MLLM's
-        # conditional output while it runs the unconditional one)
-        return {name: tensor.clone() for name, tensor in bucket.outputs.items()}
+            feeds = self._prepare(inputs)
+            new_shapes = tuple(tuple(t.shape) for t in feeds.values()) not in self._buckets
+            bucket = self._bucket(feeds)
+            caller = torch.cuda.current_stream(self.device)
+            self.stream.wait_stream(caller)  # inputs were produced on the caller's stream
+            with torch.cuda.stream(self.stream):
+                self._point_memory()
+                for name, tensor in feeds.items():
+                    bucket.inputs[name].copy_(tensor, non_blocking=True)
+                if bucket.graph is not None:
+                    bucket.graph.replay()
+                else:
+                    # also the first step of a capture: TensorRT finishes shape-dependent
+                    # setup lazily, and that setup must not be recorded into the graph
+                    self._enqueue(bucket)
+                    if self.captures_graphs:
+                        graph = torch.cuda.CUDAGraph()
+                        with torch.cuda.graph(graph, stream=self.stream):
+                            self._enqueue(bucket)
+                        bucket.graph = graph
+            caller.wait_stream(self.stream)
+            if new_shapes and self._runtime_config is not None:
+                # TensorRT-RTX compiled kernels for these shapes: keep them for the next start
+                self.stream.synchronize()
+                self.save_runtime_cache()
+            # copies: the buffers are reused by the next call (the pipeline keeps the MLLM's
+            # conditional output while it runs the unconditional one)
+            return {name: tensor.clone() for name, tensor in bucket.outputs.items()}
 
 
 def tensorrt_runners(engine_dir: str | os.PathLike, export_dir: str | os.PathLike | None = None,

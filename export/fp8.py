@@ -268,33 +268,3 @@ def insert_fp8_qdq(model: onnx.ModelProto, amax: dict[str, float],
                            f"module metadata in the graph; was it exported with dynamo=True?")
     builder.finish()
     return sorted(found)
-
-
-def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    return {out: node for node in graph.node for out in node.output}
-
-
-def fp8_gemm_layers(model: onnx.ModelProto) -> dict[str, int]:
-    """{layer: GEMM count} of Linear GEMMs whose activation comes through an FP8
-    Quantize->Dequantize pair and whose weight is a dequantized FLOAT8E4M3FN initializer."""
-    producers = _producers(model.graph)
-    fp8_inits = {t.name for t in model.graph.initializer if t.data_type == FP8_TYPE}
-    zero_points = {t.name for t in model.graph.initializer if t.data_type == FP8_TYPE
-                   and not t.dims}
-    layers: dict[str, int] = {}
-    for node in model.graph.node:
-        layer = linear_module(node)
-        if layer is None:
-            continue
-        act, weight = producers.get(node.input[0]), producers.get(node.input[1])
-        quant = None
-        if act is not None and act.op_type == "DequantizeLinear":
-            quant = producers.get(act.input[0])
-        act_fp8 = quant is not None and quant.op_type == "QuantizeLinear" \
-            and len(quant.input) == 3 and quant.input[2] in zero_points
-        weight_fp8 = weight is not None and weight.op_type == "DequantizeLinear" \
-            and weight.input[0] in fp8_inits
-        if act_fp8 and weight_fp8:
-            layers[layer] = layers.get(layer, 0) + 1
-    return layers
-

@@ -15,6 +15,10 @@ masks. No warp specialization: Triton 3.9 documents `tl.range(..., warp_speciali
 as Blackwell-only ("only supported on Blackwell GPUs and only works on simple matmul
 loops", triton/language/core.py, class range), and compiling this loop with it for sm_90
 leaves the kernel unpartitioned (sm_100 partitions it).
+
+Over 300 lines on purpose: like the tutorial, one file reads top to bottom (tile loads,
+the inner loop, the kernel, then the host side: TMA checks, scratch allocator, launcher);
+the two load paths share every helper, so splitting them would split each helper.
 """
 
 from __future__ import annotations
@@ -300,5 +304,5 @@ def launch_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: tor
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         stride_qwm, stride_kwm, stride_cb, stride_cm,
         heads, n_q, n_kv, out, scale * LOG2E, prologue.eps,
-        HEAD_DIM=head_dim, HAS_KV_LENS=kv_lens is not None, HAS_NORM=prologue.has_norm,
-        HAS_ROPE=prologue.has_rope, INPUT_PRECISION=precision, USE_TMA=use_tma)
+        HEAD_DIM=head_dim, HAS_KV_LENS=kv_lens is not None, HAS_NORM=qw is not None,
+        HAS_ROPE=cos is not None, INPUT_PRECISION=precision, USE_TMA=use_tma)

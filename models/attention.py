@@ -38,14 +38,6 @@ class QKPrologue:
     rope_sin: torch.Tensor | None = None
     eps: float = 1e-6
 
-    @property
-    def has_norm(self) -> bool:
-        return self.q_norm_weight is not None
-
-    @property
-    def has_rope(self) -> bool:
-        return self.rope_cos is not None
-
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMS norm over the last dim; weight (D,) or per token (S, D) for x (..., S, D)."""

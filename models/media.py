@@ -56,7 +56,7 @@ def sample_references() -> list[Path]:
     return sorted((Path(__file__).parent / "assets").glob("*.png"))
 
 
-def _check_frames(frames: np.ndarray) -> None:
+def check_frames(frames: np.ndarray) -> None:
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
         raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
 
@@ -80,13 +80,10 @@ class Mp4Writer:
         self.count = 0
 
     def write(self, frames: np.ndarray) -> None:
-        _check_frames(frames)
+        """uint8 (T, H, W, 3) frames of this video's size (its callers check both)."""
         if self.size is None:
             self.size = frames.shape[1], frames.shape[2]
             self.stream.height, self.stream.width = self.size
-        elif frames.shape[1:3] != self.size:
-            raise ValueError(f"frames are {frames.shape[2]}x{frames.shape[1]}; this video is "
-                             f"{self.size[1]}x{self.size[0]}")
         for frame in frames:
             for packet in self.stream.encode(self._av.VideoFrame.from_ndarray(frame,
                                                                               format="rgb24")):
@@ -105,7 +102,7 @@ class Mp4Writer:
 
 def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
     """H.264 MP4 bytes of the whole video (see `Mp4Writer`)."""
-    _check_frames(frames)
+    check_frames(frames)  # before the encoder opens
     buffer = io.BytesIO()
     writer = Mp4Writer(buffer, fps)
     writer.write(frames)
@@ -138,7 +135,7 @@ class VideoWriter:
         self.size: tuple[int, int] | None = None  # (H, W)
 
     def write(self, frames: np.ndarray) -> None:
-        _check_frames(frames)
+        check_frames(frames)
         if self.size is not None and frames.shape[1:3] != self.size:
             raise ValueError(f"frames are {frames.shape[2]}x{frames.shape[1]}; this video is "
                              f"{self.size[1]}x{self.size[0]}")
@@ -188,7 +185,6 @@ class VideoWriter:
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int) -> Path:
     """Write frames by extension: .mp4 (H.264), .gif, or a folder of PNGs (no extension)."""
-    _check_frames(frames)
     with VideoWriter(path, fps) as writer:
         writer.write(frames)
         return writer.close()

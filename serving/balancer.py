@@ -25,12 +25,15 @@ import csv
 import io
 import logging
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from cinema_trt.serving.server import free_port, stop_process
 
 LOG = logging.getLogger(__name__)
 INSTALL = "apt-get install haproxy (Debian's HAProxy 2.6 or newer)"
@@ -115,18 +118,12 @@ def find_haproxy() -> str:
     return found
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 class Balancer:
     """A running HAProxy; a context manager that stops it on exit."""
 
     def __init__(self, backends: list[Backend], config: BalancerConfig = BalancerConfig()):
         self.backends, self.config = list(backends), config
-        self.port = config.port or _free_port(config.host)
+        self.port = config.port or free_port(config.host)
         self._workdir: tempfile.TemporaryDirectory | None = None
         self._process: subprocess.Popen | None = None
 
@@ -173,13 +170,7 @@ class Balancer:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, signal.SIGTERM, 10, "haproxy")
         if self._workdir is not None:
             self._workdir.cleanup()
             self._workdir = None

@@ -291,17 +291,31 @@ class _Attempts:
         return self.options.retry_backoff
 
 
-class CinemaClient:
-    """Synchronous client; safe to share between threads (each call has its own stream)."""
+class _Client:
+    """What the sync and asyncio clients share: the server, the options, the back-off."""
 
     def __init__(self, url: str, options: ClientOptions = ClientOptions()):
         self.url = url
         self.options = options
         self._declared: set[str] | None = None  # the model's outputs
 
+    def _unreachable(self, attempt: int, error: Exception) -> float:
+        """Seconds to wait after failed attempt `attempt` to reach a ready server (doubling
+        back-off); ConnectionError after the last."""
+        retries = self.options.connect_retries
+        log.info("server at %s not reachable (attempt %d/%d): %s", self.url, attempt, retries,
+                 error)
+        if attempt >= retries:
+            raise ConnectionError(f"cannot reach a ready Triton server at {self.url} after "
+                                  f"{retries} attempts: {error}")
+        return self.options.retry_backoff * 2 ** (attempt - 1)
+
+
+class CinemaClient(_Client):
+    """Synchronous client; safe to share between threads (each call has its own stream)."""
+
     def _connect(self):
         grpcclient = _grpc()
-        delay = self.options.retry_backoff
         for attempt in range(1, self.options.connect_retries + 1):
             client = grpcclient.InferenceServerClient(self.url)
             try:
@@ -314,13 +328,7 @@ class CinemaClient:
                     raise
                 error = exc
             client.close()
-            log.info("server at %s not reachable (attempt %d/%d): %s", self.url, attempt,
-                     self.options.connect_retries, error)
-            if attempt < self.options.connect_retries:
-                time.sleep(delay)
-                delay *= 2
-        raise ConnectionError(f"cannot reach a ready Triton server at {self.url} after "
-                              f"{self.options.connect_retries} attempts: {error}")
+            time.sleep(self._unreachable(attempt, error))  # raises after the last
 
     def is_ready(self) -> bool:
         client = _grpc().InferenceServerClient(self.url)
@@ -407,20 +415,14 @@ class CinemaClient:
                                 **params))
 
 
-class AsyncCinemaClient:
+class AsyncCinemaClient(_Client):
     """asyncio client; cancelling the awaiting task cancels the request on the server."""
-
-    def __init__(self, url: str, options: ClientOptions = ClientOptions()):
-        self.url = url
-        self.options = options
-        self._declared: set[str] | None = None
 
     async def _connect(self):
         import asyncio
 
         import tritonclient.grpc.aio as aioclient
 
-        delay = self.options.retry_backoff
         for attempt in range(1, self.options.connect_retries + 1):
             client = aioclient.InferenceServerClient(self.url)
             try:
@@ -433,11 +435,7 @@ class AsyncCinemaClient:
                     raise
                 error = exc
             await client.close()
-            if attempt < self.options.connect_retries:
-                await asyncio.sleep(delay)
-                delay *= 2
-        raise ConnectionError(f"cannot reach a ready Triton server at {self.url} after "
-                              f"{self.options.connect_retries} attempts: {error}")
+            await asyncio.sleep(self._unreachable(attempt, error))  # raises after the last
 
     async def stream(self, prompt, references, progress: ProgressFn | None = None,
                      outputs: tuple[str, ...] = ("video",), on_frames: FramesFn | None = None,

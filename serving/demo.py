@@ -30,6 +30,7 @@ from pathlib import Path
 from cinema_trt.models.backends import ORT, TENSORRT, get_backend
 from cinema_trt.models.cache import ArtifactCache, Entry
 from cinema_trt.serving.latency import StageLatency, settled_snapshot, stage_latency
+from cinema_trt.serving.protocol import PARAMETERS
 from cinema_trt.serving.server import ServerConfig
 
 log = logging.getLogger(__name__)
@@ -94,15 +95,10 @@ class DemoResult:
 # --- the steps ----------------------------------------------------------------------------
 
 
-def tensorrt_unusable() -> str | None:
-    """Why the TensorRT path cannot run here, or None when it can."""
+def pick_runtime(requested: str) -> str:
     from cinema_trt.engines.deps import unusable
 
-    return unusable(TENSORRT.name)
-
-
-def pick_runtime(requested: str) -> str:
-    reason = tensorrt_unusable()
+    reason = unusable(TENSORRT.name)  # why TensorRT cannot run here, or None
     if requested == TENSORRT.name and reason is not None:
         raise ValueError(f"runtime {TENSORRT.name} is not usable here: {reason}; use runtime "
                          f"{ORT.name} (or auto), or install 'cinema-trt[gpu]' on a CUDA machine")
@@ -201,9 +197,8 @@ def _generate(url: str, options: DemoOptions, request, ref_paths):
 
         start = time.perf_counter()
         client.stream(request.prompt, ref_paths, lambda i, n: bar.update(i - bar.n),
-                      outputs=(), on_frames=on_frames, frames=request.frames,
-                      height=request.height, width=request.width, steps=request.steps,
-                      guidance=request.guidance, seed=request.seed, fps=request.fps)
+                      outputs=(), on_frames=on_frames,
+                      **{name: getattr(request, name) for name in PARAMETERS})
         seconds = time.perf_counter() - start
         writer.close()  # the client checked that every frame arrived
     log.info("wrote %s (%d frames, %dx%d) in %.2f s, the first frames after %.2f s", output,

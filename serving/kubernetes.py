@@ -336,15 +336,9 @@ def write_kubernetes(repository: str | Path, out: str | Path, options: Kubernete
     image = serving_image(needs, options.image_repository, options.triton_release)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
     files = manifests(needs, image, options)
-    for name, documents in files.items():
-        path = out / name
-        path.write_text(_dump(documents, HEADERS[name]))
-        if name == "admin-token.yaml":
-            path.chmod(0o600)
-        written.append(path)
-    extra = {
+    texts = {name: _dump(documents, HEADERS[name]) for name, documents in files.items()}
+    texts.update({
         "kustomization.yaml": _dump([{"apiVersion": "kustomize.config.k8s.io/v1beta1",
                                       "kind": "Kustomization", "resources": list(files)}],
                                     "kubectl apply -k <this folder>"),
@@ -354,8 +348,9 @@ def write_kubernetes(repository: str | Path, out: str | Path, options: Kubernete
             f"{QUEUE_METRIC} per pod"),
         "Dockerfile": image.dockerfile(),
         ".gitignore": "admin-token.yaml\n",
-    }
-    for name, text in extra.items():
+    })
+    for name, text in texts.items():
         (out / name).write_text(text)
-        written.append(out / name)
-    return written
+        if name == "admin-token.yaml":
+            (out / name).chmod(0o600)
+    return [out / name for name in texts]

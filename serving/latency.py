@@ -87,17 +87,14 @@ def settled_snapshot(url: str, timeout: float = 5.0) -> Snapshot:
     return wait_until_stable(lambda: snapshot(url), 0.2, timeout)[0]
 
 
-def stage_latency(before: Snapshot, after: Snapshot,
-                  models: tuple[str, ...] | None = None) -> tuple[StageLatency, ...]:
-    """Each model's share between two snapshots; `models` defaults to the pipeline stages."""
-    if models is None:
-        models = STAGE_NAMES
+def stage_latency(before: Snapshot, after: Snapshot) -> tuple[StageLatency, ...]:
+    """Each pipeline stage model's share between two snapshots."""
 
     def mean_ms(ns: int, count: int) -> float:
         return ns / count / 1e6 if count else 0.0
 
     rows = []
-    for model in models:
+    for model in STAGE_NAMES:
         d = after.get(model, ModelCounters()) - before.get(model, ModelCounters())
         rows.append(StageLatency(model, d.calls, mean_ms(d.compute_ns, d.compute_calls),
                                  mean_ms(d.queue_ns, d.queue_calls), d.success_ns / 1e6))

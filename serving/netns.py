@@ -54,13 +54,9 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return done
 
 
-def _used_networks() -> list[ipaddress.IPv4Network]:
-    text = _ip("-o", "-4", "addr", "show").stdout
-    return [ipaddress.IPv4Interface(m).network for m in re.findall(r"inet (\S+)", text)]
-
-
 def _free_block(rng: random.Random) -> ipaddress.IPv4Network:
-    used = _used_networks()
+    text = _ip("-o", "-4", "addr", "show").stdout  # the networks this machine already uses
+    used = [ipaddress.IPv4Interface(m).network for m in re.findall(r"inet (\S+)", text)]
     candidates = [ipaddress.IPv4Network(f"10.{a}.{b}.0/24") for a in range(213, 253)
                   for b in range(256)]
     for network in rng.sample(candidates, 200):

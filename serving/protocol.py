@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cinema_trt.models.dtypes import lookup
-from cinema_trt.models.media import encode_png, load_image
+from cinema_trt.models.media import check_frames, encode_png, load_image
 from cinema_trt.models.presets import CinemaConfig, check_num_refs
 
 if TYPE_CHECKING:
@@ -199,9 +199,7 @@ def decode_request(arrays: Mapping[str, np.ndarray], config: CinemaConfig) -> De
 def chunk_outputs(frames: np.ndarray, start: int, request: GenerationRequest
                   ) -> dict[str, np.ndarray]:
     """The tensors of one `chunk` response: frames [start, start + t) of `request`'s video."""
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
-        raise ValueError(f"a chunk must be uint8 (t, H, W, 3) frames, got {frames.dtype} "
-                         f"{list(frames.shape)}")
+    check_frames(frames)
     if not 0 <= start < start + len(frames) <= request.frames:
         raise ValueError(f"chunk of {len(frames)} frames at {start} does not fit a video of "
                          f"{request.frames} frames")
@@ -258,9 +256,7 @@ def read_chunk(output: Callable[[str], np.ndarray | None]) -> FrameChunk | None:
         raise ValueError(f"a `chunk` response needs `chunk_info` [start, total, fps], got "
                          f"{None if info is None else list(info.shape)}")
     start, total, fps = (int(v) for v in info)
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
-        raise ValueError(f"`chunk` must be uint8 (t, H, W, 3), got {frames.dtype} "
-                         f"{list(frames.shape)}")
+    check_frames(frames)
     if not 0 <= start < start + len(frames) <= total or fps < 1:
         raise ValueError(f"chunk_info [start={start}, total={total}, fps={fps}] does not fit "
                          f"a chunk of {len(frames)} frames")

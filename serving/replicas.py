@@ -28,7 +28,9 @@ from pathlib import Path
 
 from cinema_trt.serving import netns, protocol
 from cinema_trt.serving.balancer import Backend, Balancer, BalancerConfig
+from cinema_trt.serving.faults import wait_for
 from cinema_trt.serving.server import http_ready
+from cinema_trt.serving.watchdog import children
 
 LOG = logging.getLogger(__name__)
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002  # Triton's own, as in a pod
@@ -49,21 +51,6 @@ class ReplicaSetConfig:
             raise ValueError(f"replicas={self.replicas} must be >= 1")
 
 
-def _children(pid: int) -> list[tuple[int, str]]:
-    """(pid, command name) of the live children of `pid`."""
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                head, rest = f.read().rsplit(")", 1)
-        except OSError:
-            continue
-        fields = rest.split()
-        if int(fields[1]) == pid and fields[0] not in "ZX":
-            found.append((int(entry), head.split("(", 1)[1]))
-    return found
-
-
 @dataclass
 class Replica:
     name: str
@@ -82,7 +69,7 @@ class Replica:
     def server_pid(self) -> int | None:
         """The replica's tritonserver (its process group holds the stubs), or None while
         its supervisor restarts it."""
-        return next((pid for pid, name in _children(self.process.pid)
+        return next((pid for pid, name in children(self.process.pid)
                      if name == "tritonserver"), None)
 
     def signal(self, sig: int) -> int:
@@ -145,14 +132,12 @@ class ReplicaSet:
         for i, host in enumerate(self._network.hosts):
             self.replicas.append(self._launch(f"r{i}", host, log_dir / f"r{i}.log"))
         self._wait_ready()
-        self.balancer = Balancer([Backend(r.name, r.host.address, GRPC_PORT, HTTP_PORT)
-                                  for r in self.replicas], self.config.balancer).start()
+        balancer = self.balancer = Balancer(
+            [Backend(r.name, r.host.address, GRPC_PORT, HTTP_PORT) for r in self.replicas],
+            self.config.balancer).start()
         # every replica must be UP in the balancer before the set counts as started
-        deadline = time.monotonic() + 30
-        while set(self.balancer.states().values()) != {"UP"}:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the balancer sees {self.balancer.states()}")
-            time.sleep(0.1)
+        if wait_for(lambda: set(balancer.states().values()) == {"UP"}, 30) is None:
+            raise RuntimeError(f"the balancer sees {balancer.states()}")
         LOG.info("%d replicas ready behind %s", len(self.replicas), self.url)
 
     def _launch(self, name: str, host: netns.Host, log: Path) -> Replica:

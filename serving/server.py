@@ -125,11 +125,6 @@ def http_ready(http: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _repository_argument(repository: Path | str) -> str:
-    remote = isinstance(repository, str) and repository.startswith(REMOTE_REPOSITORY_SCHEMES)
-    return str(repository) if remote else str(Path(repository).resolve())
-
-
 PORT_RANGE_VARIABLE = "CINEMA_PORT_RANGE"  # "LOW-HIGH": free ports are taken from it
 
 
@@ -166,6 +161,19 @@ def free_port(host: str = LOOPBACK) -> int:
     raise ServerError(f"no free port in ${PORT_RANGE_VARIABLE}={ports.start}-{ports.stop - 1}")
 
 
+def stop_process(process: subprocess.Popen | None, sig: int, timeout: float, name: str) -> None:
+    """Send `sig` to a running `process` and wait `timeout` s for it to exit, then kill it."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        LOG.warning("%s did not stop in %.0f s; killing it", name, timeout)
+        process.kill()
+        process.wait()
+
+
 def restriction_args(token: str, http_inference: bool) -> list[str]:
     """Admin-only APIs behind the `cinema-admin` header (ADMIN_APIS; see ADMIN_HEADER)."""
     http = ",".join((*ADMIN_APIS, *(() if http_inference else ("inference",))))
@@ -176,9 +184,10 @@ def restriction_args(token: str, http_inference: bool) -> list[str]:
 def server_command(config: ServerConfig, binary: Path, backends: Path,
                    ports: Endpoints, admin_token: str) -> list[str]:
     shm_prefix = f"cinema_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
+    remote = str(config.repository).startswith(REMOTE_REPOSITORY_SCHEMES)
     return [
         str(binary),
-        f"--model-repository={_repository_argument(config.repository)}",
+        f"--model-repository={config.repository if remote else Path(config.repository).resolve()}",
         f"--backend-directory={backends}",
         f"--http-address={ports.host}", f"--http-port={ports.http_port}",
         f"--grpc-address={ports.host}", f"--grpc-port={ports.grpc_port}",
@@ -346,15 +355,7 @@ class TritonServer:
             self.watchdog.stop()
             self.watchdog = None
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=self.config.stop_timeout)
-            except subprocess.TimeoutExpired:
-                LOG.warning("tritonserver did not stop in %.0f s; killing it",
-                            self.config.stop_timeout)
-                process.kill()
-                process.wait()
+        stop_process(process, signal.SIGINT, self.config.stop_timeout, "tritonserver")
         if self._log_thread is not None:
             self._log_thread.join(timeout=5)
             self._log_thread = None

@@ -31,36 +31,39 @@ STUB_BINARY = "triton_python_backend_stub"
 _INSTANCE_ARG = 8  # argv index of the instance name in the stub's command line
 
 
+def children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command name) of the running (not zombie) children of `pid`."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                head, rest = f.read().rsplit(")", 1)
+        except OSError:  # the process ended while we looked
+            continue
+        fields = rest.split()
+        if int(fields[1]) == pid and fields[0] not in "ZX":
+            found.append((int(entry), head.split("(", 1)[1]))
+    return found
+
+
 def stub_processes(server_pid: int) -> list[tuple[str, int]]:
     """(instance name, pid) of every running (not zombie) stub of `server_pid`. A group on
     several GPUs has one stub per GPU under the same instance name, hence a list."""
     stubs = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid, _ in children(server_pid):
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
         except OSError:  # the process ended while we looked
             continue
-        state, parent = fields[0], int(fields[1])
-        if parent != server_pid or state in "ZX" or not argv[0].endswith(STUB_BINARY.encode()):
-            continue
-        if len(argv) > _INSTANCE_ARG:
-            stubs.append((argv[_INSTANCE_ARG].decode(), int(entry)))
+        if argv[0].endswith(STUB_BINARY.encode()) and len(argv) > _INSTANCE_ARG:
+            stubs.append((argv[_INSTANCE_ARG].decode(), pid))
     return stubs
 
 
 def live_stubs(server_pid: int) -> dict[str, int]:
     """Model instance name -> pid of every running stub of `server_pid`."""
     return dict(stub_processes(server_pid))
-
-
-def model_of(instance: str) -> str:
-    """`connector_0_0` -> `connector` (Triton names instances <model>_<group>_<index>)."""
-    return instance.rsplit("_", 2)[0]
 
 
 def group_of(instance: str) -> str:

@@ -58,7 +58,7 @@ def test_stage_inputs_come_from_the_preset_default_request(result, tiny_config):
 
 def test_json_record_has_machine_versions_settings_and_every_sample(written, result):
     out, files = written
-    record = json.loads(files.json.read_text())
+    record = json.loads(files["json"].read_text())
     for key in ("machine", "versions", "preset", "settings", "shapes", "request", "clock",
                 "measurements", "skipped", "notes", "variants", "started", "duration_s",
                 "source"):
@@ -73,25 +73,25 @@ def test_json_record_has_machine_versions_settings_and_every_sample(written, res
     assert {m["target"] for m in record["measurements"]} == set(STAGES) | {"pipeline"}
     assert all(len(m["samples_ms"]) == RUNS for m in record["measurements"])
     assert {(s["runtime"], s["precision"]) for s in record["skipped"]} == set()
-    assert files.json.name.startswith("cpu-") and "-tiny-" in files.json.name
+    assert files["json"].name.startswith("cpu-") and "-tiny-" in files["json"].name
 
 
 def test_markdown_has_a_row_per_target_and_the_png_is_an_image(written):
     _, files = written
-    text = files.markdown.read_text()
+    text = files["markdown"].read_text()
     for target in STAGES + ("pipeline",):
         assert f"| {target}" in text, target
     assert "| served" not in text  # not requested
-    assert files.chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert files["chart"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_second_write_never_overwrites_the_first(written, result):
     out, first = written
-    before = first.json.read_bytes()
+    before = first["json"].read_bytes()
     second = write_outputs(result, out)
-    assert second.json != first.json and second.json.stem.endswith("-2")
-    assert first.json.read_bytes() == before
-    assert json.loads(second.json.read_text()) == json.loads(before)  # same result
+    assert second["json"] != first["json"] and second["json"].stem.endswith("-2")
+    assert first["json"].read_bytes() == before
+    assert json.loads(second["json"].read_text()) == json.loads(before)  # same result
 
 
 def test_interleaved_run_measures_the_same_targets_in_the_same_order(result, tmp_path):

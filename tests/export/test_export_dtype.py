@@ -21,7 +21,7 @@ from cinema_trt.engines.config import BuildConfig, inspect_onnx, resolve_build_c
 from cinema_trt.export.check import BF16_ROUNDING_FRACTION, ExportError, validate
 from cinema_trt.export.compare import error_stats
 from cinema_trt.export.dtype import cast_module
-from cinema_trt.export.fp8 import fp8_gemm_layers
+from cinema_trt.export.fp8 import FP8_TYPE, linear_module
 from cinema_trt.export.manifest import read_manifest
 from cinema_trt.export.ort import OrtRunner, ort_runners
 from cinema_trt.models.dtypes import lookup
@@ -167,6 +167,35 @@ def test_a_bf16_graph_that_computes_something_else_is_refused(bf16_export, tiny_
 
 
 @slow
+def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in graph.node for out in node.output}
+
+
+def fp8_gemm_layers(model: onnx.ModelProto) -> dict[str, int]:
+    """{layer: GEMM count} of Linear GEMMs whose activation comes through an FP8
+    Quantize->Dequantize pair and whose weight is a dequantized FLOAT8E4M3FN initializer."""
+    producers = _producers(model.graph)
+    fp8_inits = {t.name for t in model.graph.initializer if t.data_type == FP8_TYPE}
+    zero_points = {t.name for t in model.graph.initializer if t.data_type == FP8_TYPE
+                   and not t.dims}
+    layers: dict[str, int] = {}
+    for node in model.graph.node:
+        layer = linear_module(node)
+        if layer is None:
+            continue
+        act, weight = producers.get(node.input[0]), producers.get(node.input[1])
+        quant = None
+        if act is not None and act.op_type == "DequantizeLinear":
+            quant = producers.get(act.input[0])
+        act_fp8 = quant is not None and quant.op_type == "QuantizeLinear" \
+            and len(quant.input) == 3 and quant.input[2] in zero_points
+        weight_fp8 = weight is not None and weight.op_type == "DequantizeLinear" \
+            and weight.input[0] in fp8_inits
+        if act_fp8 and weight_fp8:
+            layers[layer] = layers.get(layer, 0) + 1
+    return layers
+
+
 def test_fp8_on_fp16_quantizes_the_same_layers_with_fp16_scales(fp8_fp16_export, fp8_export):
     """FP8 with --dtype fp16: the recipe's layers as in the fp32 FP8 export, scales in
     float16 (Q/DQ take the activation's type), everything outside Q/DQ in fp16, and the

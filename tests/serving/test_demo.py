@@ -14,15 +14,17 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from cinema_trt.engines.deps import unusable
 from cinema_trt.export.manifest import read_manifest
 from cinema_trt.export.ort import ort_runners
+from cinema_trt.models.backends import TENSORRT
 from cinema_trt.models.factory import pipeline_processor
 from cinema_trt.models.media import load_image, sample_references
 from cinema_trt.models.pipeline import CinemaPipeline, GenerationRequest
 from cinema_trt.models.presets import get_preset
 from cinema_trt.models.stages import STAGE_NAMES as STAGES
 from cinema_trt.serving.client import CinemaClient
-from cinema_trt.serving.demo import DemoOptions, run_demo, tensorrt_unusable
+from cinema_trt.serving.demo import DemoOptions, run_demo
 from cinema_trt.serving.latency import format_latency_table
 
 pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.usefixtures("serve_extra")]
@@ -137,8 +139,8 @@ def test_bad_options_fail_before_any_work(tmp_path):
 
 @pytest.mark.gpu
 def test_the_tensorrt_path_serves_the_demo(tritonserver_binary, tmp_path, read_video):
-    if tensorrt_unusable():
-        pytest.skip(tensorrt_unusable())
+    if unusable(TENSORRT.name):
+        pytest.skip(unusable(TENSORRT.name))
     result = run_demo(DemoOptions(workdir=tmp_path / "work", progress=False, **SIZE))
     assert result.artifacts.runtime == "tensorrt" and result.artifacts.reused["engines"] is False
     assert read_video(result.output).shape == (5, 32, 48, 3)
