@@ -7,10 +7,15 @@ tensor, the dim, the allowed range and the profile key to widen.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from cinema_trt.export.manifest import Manifest
+from cinema_trt.models.presets import CinemaConfig, Decoding
 
-from .manifest import built
+from .manifest import built, decoding_flags
+
+if TYPE_CHECKING:
+    from cinema_trt.models.stage import Graph
 
 # symbolic dim (models/specs.py) -> the profiles.yaml key that sets its range
 PROFILE_KEY = {"batch": "batch", "seq": "seq", "frames": "frames", "lframes": "frames",
@@ -43,3 +48,28 @@ def check_input_shapes(manifest: Manifest, shapes: Mapping[str, tuple[int, ...]]
                    if key else "the model fixes this dim; check how the input was made")
             raise ValueError(f"{stage}: input {name!r} {label} is {value}, outside the "
                              f"engine's profile range [{low[i]}, {high[i]}]; {fix}")
+
+
+def check_serves(manifest: Manifest, graph: Graph, config: CinemaConfig) -> None:
+    """Raise ValueError unless the engine takes `graph`'s calls for `config`'s request (its
+    sampler's frames and size): what a repository checks before it serves an engine. The
+    decoder's calls are one chunk of one tile (sampler.decode_chunk, decode_tiles), so an
+    engine built for other decoding fails here, naming both decodings and the two fixes."""
+    from .shapes import default_shapes, request_at
+
+    request = request_at(default_shapes(config), config, "max")
+    try:
+        check_input_shapes(manifest, graph.shapes(request, config))
+    except ValueError as error:
+        s = config.sampler
+        wanted = Decoding.of(s)
+        engine = Decoding.of(CinemaConfig.from_dict(manifest.config).sampler)
+        if wanted == engine:
+            raise
+        raise ValueError(
+            f"{error}\nThe {graph.name} engine was built for decoding "
+            f"{' '.join(decoding_flags(engine))}; this deployment ({s.frames} frames "
+            f"{s.height}x{s.width}) decodes with {' '.join(decoding_flags(wanted))}. Serve "
+            f"the engine with its own ({' '.join(decoding_flags(engine))}), or rebuild it "
+            f"for this one: {built(manifest).rebuild_command} "
+            f"{' '.join(decoding_flags(wanted))}") from None
