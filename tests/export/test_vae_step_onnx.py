@@ -26,7 +26,9 @@ pytestmark = pytest.mark.slow  # the dynamo export takes ~60 s on 2 cores
 
 GATE = 1e-5  # of the output scale (max |one-shot|)
 DROPPED = 0.1  # a decode without its states is off by more (measured 0.98)
-TILED_GATE = 1e-5  # ORT tiled vs torch tiled, of the output scale: measured below
+# ORT tiled vs torch tiled, of the output scale: measured 1.9e-6 .. 2.4e-6 on the three
+# tiled cases below (the untiled decode's 1.4e-6 .. 2.3e-6): fp32 op order, per tile
+TILED_GATE = 1e-5
 
 
 @pytest.fixture(scope="module")
