@@ -51,21 +51,24 @@ def check_input_shapes(manifest: Manifest, shapes: Mapping[str, tuple[int, ...]]
 
 
 def check_serves(manifest: Manifest, graph: Graph, config: CinemaConfig) -> None:
-    """Raise ValueError unless the engine takes `graph`'s calls for `config`'s request (its
-    sampler's frames and size): what a repository checks before it serves an engine. The
-    decoder's calls are one chunk of one tile (sampler.decode_chunk, decode_tiles), so an
-    engine built for other decoding fails here, naming both decodings and the two fixes."""
+    """Raise ValueError unless the engine takes `graph`'s calls under `config`'s decoding
+    (sampler.decode_chunk, decode_tiles: the decoder's calls are one chunk of one tile),
+    for `config`'s request (its sampler's frames and size), when that decoding is not the
+    one the engine was built for (its manifest's config): what a repository checks before
+    it serves an engine, naming both decodings and the two fixes. An engine called as it
+    was built is left to its profile (the runner checks each call: `check_input_shapes`)."""
     from .shapes import default_shapes, request_at
 
     request = request_at(default_shapes(config), config, "max")
+    engine = Decoding.of(CinemaConfig.from_dict(manifest.config).sampler)
+    wanted = Decoding.of(config.sampler)
+    shapes = graph.shapes(request, config)
+    if wanted == engine or shapes == graph.shapes(request, engine.apply(config)):
+        return  # called as it was built to be called
     try:
-        check_input_shapes(manifest, graph.shapes(request, config))
+        check_input_shapes(manifest, shapes)
     except ValueError as error:
         s = config.sampler
-        wanted = Decoding.of(s)
-        engine = Decoding.of(CinemaConfig.from_dict(manifest.config).sampler)
-        if wanted == engine:
-            raise
         raise ValueError(
             f"{error}\nThe {graph.name} engine was built for decoding "
             f"{' '.join(decoding_flags(engine))}; this deployment ({s.frames} frames "

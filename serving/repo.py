@@ -158,13 +158,13 @@ def _python_stage_files(version: Path, stage: Stage, config: CinemaConfig, sourc
         return
     engines = _need(sources.artifacts, "artifacts (the engine folder of cinema-trt build)",
                     runtime)
-    for graph in stage.graphs:
-        if not (engines / graph.name / MANIFEST_FILE).is_file():
-            raise FileNotFoundError(f"{engines / graph.name / MANIFEST_FILE} not found; build "
+    for built in stage.graphs:
+        if not (engines / built.name / MANIFEST_FILE).is_file():
+            raise FileNotFoundError(f"{engines / built.name / MANIFEST_FILE} not found; build "
                                     "the stage first (cinema-trt build)")
-        # an engine built for other sizes or decoding fails here, not at the first request
-        check_serves(read_manifest(engines / graph.name), graph, config)
-        _place(engines / graph.name, version / ENGINE_FOLDER / graph.name, copy)
+        # an engine built for another decoding fails here, not at the first request
+        check_serves(read_manifest(engines / built.name), built, config)
+        _place(engines / built.name, version / ENGINE_FOLDER / built.name, copy)
     if stage.glue:  # a split stage: its engines are joined by the exporter's glue
         export = _need(sources.export_dir,
                        f"export_dir (the ONNX folder with the {stage.glue} glue)", runtime)
