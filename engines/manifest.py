@@ -114,6 +114,22 @@ def rebuild_command(onnx_dir: str | os.PathLike, out_dir: str | os.PathLike,
     return " ".join(parts + decoding_flags(decoding or Decoding()))
 
 
+def with_decoding(command: str, decoding: Decoding) -> str:
+    """A build command line with `decoding`'s flags in place of any it had (an overlap
+    left behind by a tiled build would make an untiled rebuild invalid)."""
+    words, kept = shlex.split(command), []
+    flags = {"--decode-chunk", "--decode-tile", "--decode-overlap"}
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in flags:
+            skip = True
+        else:
+            kept.append(word)
+    return shlex.join(kept + decoding_flags(decoding))
+
+
 def decoding_flags(decoding: Decoding) -> list[str]:
     """The flags of `cinema-trt build`/`repo`/`generate` that choose `decoding`
     (cli/decoding.py); settings it leaves to the config are left out."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from cinema_trt.export.manifest import Manifest
 from cinema_trt.models.presets import CinemaConfig, Decoding
 
-from .manifest import built, decoding_flags
+from .manifest import built, decoding_flags, with_decoding
 
 if TYPE_CHECKING:
     from cinema_trt.models.stage import Graph
@@ -74,5 +74,5 @@ def check_serves(manifest: Manifest, graph: Graph, config: CinemaConfig) -> None
             f"{' '.join(decoding_flags(engine))}; this deployment ({s.frames} frames "
             f"{s.height}x{s.width}) decodes with {' '.join(decoding_flags(wanted))}. Serve "
             f"the engine with its own ({' '.join(decoding_flags(engine))}), or rebuild it "
-            f"for this one: {built(manifest).rebuild_command} "
-            f"{' '.join(decoding_flags(wanted))}") from None
+            f"for this one: {with_decoding(built(manifest).rebuild_command, wanted)}"
+            ) from None

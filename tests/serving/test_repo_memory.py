@@ -146,6 +146,11 @@ def test_an_engine_built_for_other_decoding_is_refused_naming_both_fixes(
 
     tiled = Decoding(tile=4, overlap=2).apply(TINY)
     engines = _engines(tmp_path / "engines", stage_manifest, config=tiled)
+    decoder = engines / "vae_decoder"  # as `build --decode-tile 4 --decode-overlap 2` writes
+    manifest = read_manifest(decoder)
+    write_manifest(dataclasses.replace(manifest, build=dataclasses.replace(
+        manifest.build, rebuild_command="cinema-trt build --onnx x --out e --precision fp16 "
+                                        "--decode-tile 4 --decode-overlap 2")), decoder)
     export = tmp_path / "onnx"
     for stage in STAGES:  # a split stage's glue, from its export
         if stage.glue:
@@ -156,7 +161,9 @@ def test_an_engine_built_for_other_decoding_is_refused_naming_both_fixes(
     with pytest.raises(ValueError, match=r"(?s)input 'latents' dim 3 \(lheight\) is 8.*"
                                          r"built for decoding --decode-chunk 1 --decode-tile 4 "
                                          r"--decode-overlap 2.*decodes with --decode-chunk 1 "
-                                         r"--decode-tile 0.*rebuild it"):
+                                         r"--decode-tile 0.*rebuild it for this one: "
+                                         r"cinema-trt build --onnx x --out e --precision "
+                                         r"fp16 --decode-chunk 1 --decode-tile 0$"):
         build_repository(TINY, tmp_path / "repo", tiny_weights, engines, options,
                          export_dir=export)
     assert not (tmp_path / "repo").exists()
