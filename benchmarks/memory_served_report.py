@@ -56,7 +56,9 @@ ESTIMATES = (
 NOT_SERVED_YET = (
     "The served decoder is the chunked step graph (1 latent frame a call by default), but "
     "its state crosses as float32 (3.0 GiB a copy at 45x480x720, the plans count fp16's "
-    "1.5) and tiles are not served yet (issue 20).",
+    "1.5). Tiles are served by a decoder engine built at the tile (`cinema-trt build "
+    "--stages vae_decoder --decode-tile 32`) in a repository with the same decoding "
+    "(`cinema-trt repo --decode-tile 32`).",
     "`cinema-trt repo` writes the per-stage layout only; the shared layout is the "
     "in-process pipeline's (`tensorrt_runners`), planned here for comparison.",
     "A streamed DiT needs an engine built with `cinema-trt build --weight-streaming`; the "

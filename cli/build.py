@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .decoding import add_decoding, decoding
 from .options import from_args
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="build so weights can stream from host memory (strongly typed)")
     p.add_argument("--refittable", action="store_true",
                    help="build a refittable engine (weights replaceable without a rebuild)")
+    add_decoding(p)
     p.set_defaults(func=run)
 
 
@@ -73,7 +75,8 @@ def build_request(args: argparse.Namespace) -> BuildRequest:
     config = from_args(BuildConfig, args, timing_cache=timing_cache,
                        targets=parse_targets(args.targets))
     return BuildRequest(onnx_dir=args.onnx, out_dir=args.out, build_config=config,
-                        profile=args.profile, runtime=args.runtime, stages=tuple(args.stages))
+                        profile=args.profile, runtime=args.runtime, stages=tuple(args.stages),
+                        decoding=decoding(args))
 
 
 def run(args: argparse.Namespace) -> int:

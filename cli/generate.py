@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from cinema_trt.models.backends import ORT, TORCH
+from cinema_trt.models.presets import Decoding
 
+from .decoding import add_decoding, decoding
 from .options import defaults, from_args
 
 if TYPE_CHECKING:
@@ -48,6 +50,8 @@ class GenerateOptions:
     # --url: times a generation whose replica failed mid-way is sent again (behind a
     # balancer another replica runs it; the seed makes it the same video)
     resubmit: int = 0
+    # how the VAE decoder runs in process (--decode-chunk, --decode-tile): over the config's
+    decoding: Decoding = Decoding()
 
 
 def build_pipeline(options: GenerateOptions, config: CinemaConfig) -> CinemaPipeline:
@@ -71,7 +75,8 @@ def _check_remote_options(options: GenerateOptions) -> None:
     """Flags that choose the local model mean nothing to a server: refuse, don't ignore."""
     local_only = {"--weights": options.weights is not None, "--onnx": options.onnx is not None,
                   "--runtime": options.runtime != TORCH, "--device": options.device != "cpu",
-                  "--attention": options.attention != "sdpa"}
+                  "--attention": options.attention != "sdpa",
+                  "--decode-chunk/--decode-tile/--decode-overlap": options.decoding.given}
     given = [flag for flag, set_ in local_only.items() if set_]
     if given:
         raise ValueError(f"{given} choose the in-process model; with --url the server's "
@@ -144,8 +149,8 @@ def generate_video(options: GenerateOptions) -> Path:
     refs = tuple(load_image(p) for p in options.refs)
     if not options.output.parent.exists():
         raise FileNotFoundError(f"output folder {options.output.parent} does not exist")
-    config = command_config(options.preset, options.weights).with_attention_backend(
-        options.attention)
+    config = options.decoding.apply(command_config(options.preset, options.weights)
+                                    ).with_attention_backend(options.attention)
     request = GenerationRequest.with_defaults(
         config, options.prompt, refs, frames=options.frames, height=options.height,
         width=options.width, steps=options.steps, guidance=options.guidance,
@@ -194,11 +199,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="with --url: times a generation whose replica failed mid-way is sent "
                         "again, to another replica behind a balancer (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_decoding(p)
     p.set_defaults(func=run, **defaults(GenerateOptions))
 
 
 def run(args: argparse.Namespace) -> int:
-    options = from_args(GenerateOptions, args, refs=tuple(args.refs), progress=not args.quiet)
+    options = from_args(GenerateOptions, args, refs=tuple(args.refs), progress=not args.quiet,
+                        decoding=decoding(args))
     if options.url is None:
         print(generate_video(options))
         return 0

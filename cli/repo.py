@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cinema_trt.models.backends import RUNTIMES
 
+from .decoding import add_decoding, decoding
 from .memory_plan import add_cuda_context, assumptions
 from .options import defaults, from_args
 
@@ -33,7 +34,8 @@ def write_repository(args: argparse.Namespace) -> Path:
     placement = Placement.on(args.gpus, args.instances)
     memory = MemoryRequest(args.memory_budget, args.weight_streaming_budget,
                            assumptions(args, placement.count))
-    options = from_args(RepositoryOptions, args, stage_placement=placement, memory=memory)
+    options = from_args(RepositoryOptions, args, stage_placement=placement, memory=memory,
+                        decoding=decoding(args))
     weights = args.weights or random_weights(args.preset or DEFAULT_PRESET, args.seed,
                                              args.output.with_name(args.output.name + "-weights"))
     return build_repository(command_config(args.preset, weights), args.output, weights,
@@ -97,6 +99,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="weights the DiT keeps on the GPU, e.g. 6GiB (an engine built "
                              "with --weight-streaming; TensorRT streams the rest per call)")
     add_cuda_context(memory)
+    add_decoding(p)
     p.set_defaults(func=run, **defaults(RepositoryOptions))
 
 

@@ -76,7 +76,7 @@ def prepare_build(stage: ExportedStage, out_dir: str | os.PathLike,
     key = engine_key(export, digest, resolved, profiles, runtime)
     # the exporter's layout is <onnx dir>/<stage>/model.onnx -> rebuild from <onnx dir>
     command = rebuild_command(stage.folder.parent, out_dir.parent, resolved, (stage.name,),
-                              shapes.source or None, runtime.runtime)
+                              shapes.source or None, runtime.runtime, stage.decoding)
     return StageBuild(export, onnx_path, out_dir, graph, resolved, profiles, digest, runtime,
                       key, command)
 

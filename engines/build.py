@@ -21,11 +21,12 @@ from cinema_trt.export.manifest import read_manifest, write_manifest
 from cinema_trt.models.backends import TENSORRT, get_backend, resolve_targets
 from cinema_trt.models.cache import ArtifactCache, Entry
 from cinema_trt.models.fileio import atomic_write
+from cinema_trt.models.presets import Decoding
 
 from .artifacts import check_backend_graph
 from .config import BuildConfig, inspect_onnx
 from .deps import require_backend, runtime_info
-from .exported import exported_stages, select_stages
+from .exported import ExportedStage, exported_stages, select_stages
 from .shapes import load_shapes
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ class BuildRequest:
     profile: Path | None = None  # profiles.yaml; None: the preset's defaults
     runtime: str = TENSORRT.name  # a backend of models/backends.py
     stages: tuple[str, ...] = ()  # empty: every exported stage
+    # the decoder's calls (decode_chunk, decode_tiles) over the export's config: its
+    # profile is one call's shape, and the engine's manifest records the config it is for
+    decoding: Decoding = Decoding()
 
     def __post_init__(self):
         backend = get_backend(self.runtime)
@@ -55,7 +59,8 @@ def build_stages(request: BuildRequest) -> dict[str, Path]:
     """Build (or reuse) one engine per selected stage; returns {stage: plan or model path}."""
     backend = get_backend(request.runtime)
     require_backend(backend.name)  # fail before reading gigabytes of ONNX
-    chosen = select_stages(exported_stages(request.onnx_dir), request.stages)
+    chosen = [decoded(stage, request.decoding)
+              for stage in select_stages(exported_stages(request.onnx_dir), request.stages)]
     if not backend.plugins:  # refuse before building any stage
         for stage in chosen:
             check_backend_graph(stage, inspect_onnx(stage.onnx_path), backend)
@@ -76,6 +81,16 @@ def build_stages(request: BuildRequest) -> dict[str, Path]:
         built[stage.name] = build(stage, Path(request.out_dir) / stage.name, shapes,
                                   request.build_config)
     return built
+
+
+def decoded(stage: ExportedStage, decoding: Decoding) -> ExportedStage:
+    """`stage` with its config's decoding as chosen: the profiles follow it, and the built
+    manifest (the export's record plus the build's) says which decoding the engine takes."""
+    if not decoding.given:
+        return stage
+    config = decoding.apply(stage.config)
+    return dataclasses.replace(stage, manifest=dataclasses.replace(
+        stage.manifest, config=config.to_dict()), decoding=decoding)
 
 
 def cached_build(cache: ArtifactCache, export: Entry, build_config: BuildConfig,

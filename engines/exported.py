@@ -14,7 +14,7 @@ from cinema_trt.export.manifest import (
     check_export,
     stage_folders,
 )
-from cinema_trt.models.presets import CinemaConfig
+from cinema_trt.models.presets import CinemaConfig, Decoding
 from cinema_trt.models.specs import StageSpec
 
 
@@ -24,6 +24,9 @@ class ExportedStage:
 
     folder: Path
     manifest: Manifest
+    # a build's choice of decoding, already in `manifest.config` (engines/build.py
+    # `decoded`); kept so the rebuild command repeats it
+    decoding: Decoding = Decoding()
 
     @classmethod
     def read(cls, folder: str | os.PathLike) -> ExportedStage:

@@ -26,6 +26,7 @@ from cinema_trt.export.manifest import MANIFEST_VERSION, BuildRecord, Manifest, 
 from cinema_trt.models import cache as artifact_cache
 from cinema_trt.models.backends import TENSORRT, get_backend, sm_name
 from cinema_trt.models.fileio import atomic_write, onnx_sha256, sha256_file
+from cinema_trt.models.presets import Decoding
 
 from .config import BuildConfig
 
@@ -85,7 +86,8 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
 
 def rebuild_command(onnx_dir: str | os.PathLike, out_dir: str | os.PathLike,
                     config: BuildConfig, stages: tuple[str, ...] = (),
-                    profile: str | os.PathLike | None = None, runtime: str = TENSORRT.name) -> str:
+                    profile: str | os.PathLike | None = None, runtime: str = TENSORRT.name,
+                    decoding: Decoding | None = None) -> str:
     """The `cinema-trt build` command line that builds these engines again."""
     q = lambda value: shlex.quote(str(value))  # noqa: E731
     default = BuildConfig()
@@ -109,7 +111,34 @@ def rebuild_command(onnx_dir: str | os.PathLike, out_dir: str | os.PathLike,
         parts.append("--weight-streaming")
     if config.refittable:
         parts.append("--refittable")
-    return " ".join(parts)
+    return " ".join(parts + decoding_flags(decoding or Decoding()))
+
+
+def with_decoding(command: str, decoding: Decoding) -> str:
+    """A build command line with `decoding`'s flags in place of any it had (an overlap
+    left behind by a tiled build would make an untiled rebuild invalid)."""
+    words, kept = shlex.split(command), []
+    flags = {"--decode-chunk", "--decode-tile", "--decode-overlap"}
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in flags:
+            skip = True
+        else:
+            kept.append(word)
+    return shlex.join(kept + decoding_flags(decoding))
+
+
+def decoding_flags(decoding: Decoding) -> list[str]:
+    """The flags of `cinema-trt build`/`repo`/`generate` that choose `decoding`
+    (cli/decoding.py); settings it leaves to the config are left out."""
+    flags = []
+    for flag, value in (("--decode-chunk", decoding.chunk), ("--decode-tile", decoding.tile),
+                        ("--decode-overlap", decoding.overlap)):
+        if value is not None:
+            flags += [flag, str(value)]
+    return flags
 
 
 def _same_version(a: str, b: str) -> bool:

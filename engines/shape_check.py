@@ -7,10 +7,15 @@ tensor, the dim, the allowed range and the profile key to widen.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from cinema_trt.export.manifest import Manifest
+from cinema_trt.models.presets import CinemaConfig, Decoding
 
-from .manifest import built
+from .manifest import built, decoding_flags, with_decoding
+
+if TYPE_CHECKING:
+    from cinema_trt.models.stage import Graph
 
 # symbolic dim (models/specs.py) -> the profiles.yaml key that sets its range
 PROFILE_KEY = {"batch": "batch", "seq": "seq", "frames": "frames", "lframes": "frames",
@@ -43,3 +48,31 @@ def check_input_shapes(manifest: Manifest, shapes: Mapping[str, tuple[int, ...]]
                    if key else "the model fixes this dim; check how the input was made")
             raise ValueError(f"{stage}: input {name!r} {label} is {value}, outside the "
                              f"engine's profile range [{low[i]}, {high[i]}]; {fix}")
+
+
+def check_serves(manifest: Manifest, graph: Graph, config: CinemaConfig) -> None:
+    """Raise ValueError unless the engine takes `graph`'s calls under `config`'s decoding
+    (sampler.decode_chunk, decode_tiles: the decoder's calls are one chunk of one tile),
+    for `config`'s request (its sampler's frames and size), when that decoding is not the
+    one the engine was built for (its manifest's config): what a repository checks before
+    it serves an engine, naming both decodings and the two fixes. An engine called as it
+    was built is left to its profile (the runner checks each call: `check_input_shapes`)."""
+    from .shapes import default_shapes, request_at
+
+    request = request_at(default_shapes(config), config, "max")
+    engine = Decoding.of(CinemaConfig.from_dict(manifest.config).sampler)
+    wanted = Decoding.of(config.sampler)
+    shapes = graph.shapes(request, config)
+    if wanted == engine or shapes == graph.shapes(request, engine.apply(config)):
+        return  # called as it was built to be called
+    try:
+        check_input_shapes(manifest, shapes)
+    except ValueError as error:
+        s = config.sampler
+        raise ValueError(
+            f"{error}\nThe {graph.name} engine was built for decoding "
+            f"{' '.join(decoding_flags(engine))}; this deployment ({s.frames} frames "
+            f"{s.height}x{s.width}) decodes with {' '.join(decoding_flags(wanted))}. Serve "
+            f"the engine with its own ({' '.join(decoding_flags(engine))}), or rebuild it "
+            f"for this one: {with_decoding(built(manifest).rebuild_command, wanted)}"
+            ) from None

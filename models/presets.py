@@ -99,6 +99,39 @@ class DiTConfig:
 
 
 @dataclass(frozen=True)
+class Tiling:
+    """The VAE decode in tiles of `tile` x `tile` latent pixels, neighbours sharing
+    `overlap` of them (models/vae_tiles.py: where the seams blend, and what it costs in
+    accuracy). For sizes where even one latent frame per decoder call needs too much
+    activation memory: the decoder's engine is built for, and called at, one tile."""
+
+    tile: int = 32  # 256 pixels
+    overlap: int = 8  # 64 pixels blended across each seam
+
+    def __post_init__(self):
+        for label, value in (("tile", self.tile), ("overlap", self.overlap)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"tiling {label}={value!r} must be an integer number of "
+                                 f"latent pixels")
+        if self.tile < 1 or not 0 < self.overlap < self.tile:
+            raise ValueError(f"tiling tile={self.tile}, overlap={self.overlap}: need "
+                             f"0 < overlap < tile (latent pixels)")
+
+    def starts(self, size: int) -> list[int]:
+        """First latent pixel of each tile along an axis of `size`; the last tile ends at
+        the edge (it overlaps its neighbour by `overlap` or more)."""
+        if size <= self.tile:
+            return [0]
+        stride = self.tile - self.overlap
+        return [*range(0, size - self.tile, stride), size - self.tile]
+
+    def size(self, lheight: int, lwidth: int) -> tuple[int, int]:
+        """Latent (h, w) of every tile of a (lheight, lwidth) latent frame: all tiles of
+        one frame have one size (one engine profile, one Triton shape)."""
+        return min(self.tile, lheight), min(self.tile, lwidth)
+
+
+@dataclass(frozen=True)
 class SamplerConfig:
     """Generation defaults: rectified-flow Euler with shifted timesteps and CFG."""
 
@@ -112,12 +145,58 @@ class SamplerConfig:
     # latent frames the VAE decoder takes per call (models/vae_chunks.py): its activation
     # memory is bounded by the chunk, and frames reach the client one chunk at a time
     decode_chunk: int = 1
+    # None: each decoder call takes whole frames; a Tiling: one tile of them, every tile
+    # with its own causal state (models/vae_tiles.py); the engine's profile follows it
+    decode_tiles: Tiling | None = None
 
     def __post_init__(self):
         chunk = self.decode_chunk
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
             raise ValueError(f"decode_chunk={chunk!r} must be a positive number of latent "
                              f"frames (1 decodes one latent frame, 4 video frames, per call)")
+        if self.decode_tiles is not None and not isinstance(self.decode_tiles, Tiling):
+            raise ValueError(f"decode_tiles={self.decode_tiles!r} must be a Tiling(tile, "
+                             f"overlap) in latent pixels, or None for whole frames")
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """A command's choice of how the VAE decoder runs, over the config's (`apply`): None
+    keeps the config's value; `tile` 0 decodes whole frames. The CLI's --decode-chunk,
+    --decode-tile and --decode-overlap (cli/decoding.py)."""
+
+    chunk: int | None = None  # latent frames per decoder call
+    tile: int | None = None  # latent pixels per tile side; 0: untiled
+    overlap: int | None = None  # latent pixels neighbouring tiles share
+
+    def __post_init__(self):
+        if self.overlap is not None and not self.tile:
+            raise ValueError(f"a decode overlap ({self.overlap}) needs a tile size: give "
+                             f"--decode-tile too (0 decodes whole frames, without overlap)")
+
+    @property
+    def given(self) -> bool:
+        return any(v is not None for v in (self.chunk, self.tile, self.overlap))
+
+    @classmethod
+    def of(cls, sampler: SamplerConfig) -> Decoding:
+        """Every decoding setting of `sampler`, spelled out (tile 0: whole frames)."""
+        tiles = sampler.decode_tiles
+        return cls(sampler.decode_chunk, tiles.tile if tiles else 0,
+                   tiles.overlap if tiles else None)
+
+    def apply(self, config: CinemaConfig) -> CinemaConfig:
+        """`config` decoding as chosen (SamplerConfig and Tiling validate the values)."""
+        s = config.sampler
+        tiles = s.decode_tiles
+        if self.tile == 0:
+            tiles = None
+        elif self.tile is not None:
+            tiles = Tiling(self.tile, self.overlap if self.overlap is not None
+                           else Tiling.overlap if tiles is None else tiles.overlap)
+        chunk = s.decode_chunk if self.chunk is None else self.chunk
+        return dataclasses.replace(config, sampler=dataclasses.replace(
+            s, decode_chunk=chunk, decode_tiles=tiles))
 
 
 @dataclass(frozen=True)
@@ -147,8 +226,16 @@ class CinemaConfig:
             unknown = sorted(set(values) - set(names))
             if unknown:
                 raise ValueError(f"{kind.__name__}: unknown fields {unknown}")
-            # JSON turns tuples into lists; frozen configs must stay hashable
-            return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+            hints = typing.get_type_hints(kind)
+
+            def value(name, v):
+                if isinstance(v, list):  # JSON turns tuples into lists; configs stay hashable
+                    return tuple(v)
+                nested = [t for t in (*typing.get_args(hints[name]), hints[name])
+                          if dataclasses.is_dataclass(t)]
+                return build(nested[0], v) if isinstance(v, dict) and nested else v
+
+            return kind(**{k: value(k, v) for k, v in values.items()})
 
         kinds = typing.get_type_hints(cls)
         return cls(name=data["name"], sampler=build(SamplerConfig, data.get("sampler", {})),

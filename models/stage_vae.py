@@ -62,7 +62,9 @@ class VAEDecoderStage(_VAEStage):
     once per `config.sampler.decode_chunk` latent frames, passing the causal convs' states
     the previous call returned (`state.*` in, `next_state.*` out) and `first` (the first
     chunk pads with its own frame 0, which no state tensor can hold). Chunked equals the
-    one-shot decode; activations are bounded by the chunk."""
+    one-shot decode; activations are bounded by the chunk. With `decode_tiles` each call
+    takes one spatial tile of the chunk (models/vae_tiles.py, approximate): the profile,
+    the states and the activations are a tile's."""
 
     name = "vae_decoder"
     submodule = "decoder"
@@ -94,8 +96,17 @@ class VAEDecoderStage(_VAEStage):
 
         video = video_symbols(config, request)
         lframes = chunk_size(config.sampler.decode_chunk, video["lframes"])
-        return {**video, **state_values(request.batch, video["lheight"], video["lwidth"]),
+        # a call's latents, states and video: one tile's (lheight, height, ...) when tiled
+        return {**video, **state_values(request.batch, *self.call_size(
+                    config, video["lheight"], video["lwidth"])),
                 "lframes": lframes, "chunk_frames": VAE_TEMPORAL * lframes}
+
+    @staticmethod
+    def call_size(config: CinemaConfig, lheight: int, lwidth: int) -> tuple[int, int]:
+        """Latent (h, w) of each call's latents in a decode of (lheight, lwidth) latents:
+        a tile's with `decode_tiles`, else the whole frame's."""
+        tiles = config.sampler.decode_tiles
+        return (lheight, lwidth) if tiles is None else tiles.size(lheight, lwidth)
 
     def sample_inputs(self, config: CinemaConfig, case: Case, seed: int = 0
                       ) -> dict[str, torch.Tensor]:
@@ -108,10 +119,13 @@ class VAEDecoderStage(_VAEStage):
     def decode(self, runner: Runner, latents: torch.Tensor, config: CinemaConfig
                ) -> Iterator[torch.Tensor]:
         """The video of `latents` (B, C, T, h, w), chunk by chunk through `runner` (this
-        stage's, on any runtime): models/vae_chunks.py `iter_chunks` says what each is."""
+        stage's, on any runtime): models/vae_chunks.py `iter_chunks` says what each is.
+        With `config.sampler.decode_tiles`, each chunk is every tile's in turn, blended
+        (models/vae_tiles.py `iter_tiles`), each tile's states held here."""
         import torch
 
         from .vae_chunks import iter_chunks, state_spec
+        from .vae_tiles import iter_tiles
 
         spec = self.spec(config)
         states_in, states_out = spec.input_names[2:], spec.output_names[1:]
@@ -122,9 +136,14 @@ class VAEDecoderStage(_VAEStage):
             return out["video"], tuple(out[name] for name in states_out)
 
         batch, _, _, lh, lw = latents.shape
+        lh, lw = self.call_size(config, lh, lw)
+        # the graph's state dtype (the spec's), never assumed
         zeros = tuple(torch.zeros([int(d) for d in s.dims], dtype=s.dtype) for s in
                       state_spec(config.vae, batch, lh * VAE_SPATIAL, lw * VAE_SPATIAL))
-        return iter_chunks(step, latents, config.sampler.decode_chunk, zeros)
+        tiles, chunk = config.sampler.decode_tiles, config.sampler.decode_chunk
+        if tiles is None:
+            return iter_chunks(step, latents, chunk, zeros)
+        return iter_tiles(step, latents, tiles, chunk, zeros)
 
 
 def _step_case(case: Case, first: bool) -> Case:

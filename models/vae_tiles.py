@@ -24,30 +24,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .presets import VAE_SPATIAL
+from .presets import VAE_SPATIAL, Tiling
 from .vae import VAEDecoder
-from .vae_chunks import iter_decode
+from .vae_chunks import DecoderStep, StepFn, iter_chunks
 
-
-@dataclass(frozen=True)
-class Tiling:
-    """Tiles of `tile` x `tile` latent pixels, neighbours sharing `overlap` of them."""
-
-    tile: int = 32  # 256 pixels
-    overlap: int = 8  # 64 pixels blended across each seam
-
-    def __post_init__(self):
-        if self.tile < 1 or not 0 < self.overlap < self.tile:
-            raise ValueError(f"tiling tile={self.tile}, overlap={self.overlap}: need "
-                             f"0 < overlap < tile (latent pixels)")
-
-    def starts(self, size: int) -> list[int]:
-        """First latent pixel of each tile along an axis of `size`; the last tile ends at
-        the edge (it overlaps its neighbour by `overlap` or more)."""
-        if size <= self.tile:
-            return [0]
-        stride = self.tile - self.overlap
-        return [*range(0, size - self.tile, stride), size - self.tile]
+__all__ = ["Tiling", "decode_tiles", "iter_decode_tiles", "iter_tiles"]
 
 
 def _ramp(start: int, length: int, size: int, overlap: int) -> torch.Tensor:
@@ -93,25 +74,44 @@ def _tiles(tiling: Tiling, lheight: int, lwidth: int) -> list[_Tile]:
     return tiles
 
 
-def iter_decode_tiles(decoder: VAEDecoder, latents: torch.Tensor, tiling: Tiling,
-                      chunk: int | None = None) -> Iterator[torch.Tensor]:
-    """Yield the tiled decode of `latents` (B, C, T, h, w) chunk by chunk (`chunk` latent
-    frames at a time; None: all at once), every tile carrying its own causal state."""
-    decoder.check_latents(latents)
-    _, _, frames, lh, lw = latents.shape
+def iter_tiles(step: StepFn, latents: torch.Tensor, tiling: Tiling, chunk: int,
+               states: tuple[torch.Tensor, ...]) -> Iterator[torch.Tensor]:
+    """Yield the tiled decode of `latents` (B, C, T, h, w) chunk by chunk through `step`
+    (any runner's step graph: models/vae_chunks.py StepFn), time-major: for each chunk of
+    `chunk` latent frames, every tile in turn, each tile's causal states carried from its
+    own previous chunk, so a chunk's frames exist as soon as its tiles are decoded.
+    `states`: the zero states of one tile (`Tiling.size`), which the first chunk ignores."""
+    _, _, _, lh, lw = latents.shape
     tiles = _tiles(tiling, lh, lw)
     total = torch.zeros(lh * VAE_SPATIAL, lw * VAE_SPATIAL)
     for tile in tiles:
         total[tile.pixels()] += tile.weight
     if not bool((total > 0).all()):
         raise RuntimeError(f"{tiling} leaves pixels of a {lh}x{lw} latent frame without a tile")
-    streams = [iter_decode(decoder, latents[:, :, :, tile.rows, tile.cols], chunk or frames)
+    # one generator per tile, each holding its tile's states; zip pulls one chunk of each
+    streams = [iter_chunks(step, latents[:, :, :, tile.rows, tile.cols], chunk, states)
                for tile in tiles]
     for pieces in zip(*streams, strict=True):  # one chunk of every tile
         out = pieces[0].new_zeros(*pieces[0].shape[:3], lh * VAE_SPATIAL, lw * VAE_SPATIAL)
         for tile, piece in zip(tiles, pieces, strict=True):
             out[..., tile.pixels()[0], tile.pixels()[1]] += piece * tile.weight.to(piece)
         yield out / total.to(out)
+
+
+def iter_decode_tiles(decoder: VAEDecoder, latents: torch.Tensor, tiling: Tiling,
+                      chunk: int | None = None) -> Iterator[torch.Tensor]:
+    """Yield the tiled decode of `latents` (B, C, T, h, w) chunk by chunk (`chunk` latent
+    frames at a time; None: all at once) through the torch step module."""
+    decoder.check_latents(latents)
+    module = DecoderStep(decoder)
+
+    def step(part: torch.Tensor, first: torch.Tensor, states: tuple[torch.Tensor, ...]):
+        video, *next_states = module(part, first, *states)
+        return video, tuple(next_states)
+
+    lh, lw = tiling.size(*latents.shape[3:])
+    states = module.initial_states(latents[:, :, :, :lh, :lw])
+    return iter_tiles(step, latents, tiling, chunk or latents.shape[2], states)
 
 
 def decode_tiles(decoder: VAEDecoder, latents: torch.Tensor, tiling: Tiling,

@@ -26,11 +26,17 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from cinema_trt.export.manifest import MANIFEST_FILE, ExportExpectation, check_export
+from cinema_trt.engines.shape_check import check_serves
+from cinema_trt.export.manifest import (
+    MANIFEST_FILE,
+    ExportExpectation,
+    check_export,
+    read_manifest,
+)
 from cinema_trt.models.backends import ORT, TENSORRT, TORCH, get_backend
 from cinema_trt.models.factory import CONFIG_FILE, MLLM_FOLDER, resolve_weights_config
 from cinema_trt.models.fileio import atomic_write
-from cinema_trt.models.presets import CinemaConfig
+from cinema_trt.models.presets import CinemaConfig, Decoding
 from cinema_trt.models.stage import Stage
 from cinema_trt.models.stages import STAGES
 from cinema_trt.serving import protocol
@@ -76,6 +82,8 @@ class RepositoryOptions:
     overwrite: bool = False  # replace an existing repository built by this function
     # a memory budget per GPU and/or a DiT weight-streaming budget (serving/repo_memory.py)
     memory: MemoryRequest = MemoryRequest()
+    # how the served decoder runs (the orchestrator's cinema_config.json), over the config's
+    decoding: Decoding = Decoding()
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -150,11 +158,13 @@ def _python_stage_files(version: Path, stage: Stage, config: CinemaConfig, sourc
         return
     engines = _need(sources.artifacts, "artifacts (the engine folder of cinema-trt build)",
                     runtime)
-    for graph in graphs:
-        if not (engines / graph / MANIFEST_FILE).is_file():
-            raise FileNotFoundError(f"{engines / graph / MANIFEST_FILE} not found; build the "
-                                    "stage first (cinema-trt build)")
-        _place(engines / graph, version / ENGINE_FOLDER / graph, copy)
+    for built in stage.graphs:
+        if not (engines / built.name / MANIFEST_FILE).is_file():
+            raise FileNotFoundError(f"{engines / built.name / MANIFEST_FILE} not found; build "
+                                    "the stage first (cinema-trt build)")
+        # an engine built for another decoding fails here, not at the first request
+        check_serves(read_manifest(engines / built.name), built, config)
+        _place(engines / built.name, version / ENGINE_FOLDER / built.name, copy)
     if stage.glue:  # a split stage: its engines are joined by the exporter's glue
         export = _need(sources.export_dir,
                        f"export_dir (the ONNX folder with the {stage.glue} glue)", runtime)
@@ -189,8 +199,6 @@ def _stage_backend(stage: Stage, sources: _Sources, options: RepositoryOptions
 def _plans_need_python(artifacts: Path | None, folders: tuple[str, ...]) -> bool:
     """Whether the stage's engines were built by a TensorRT backend that Triton has no
     native backend for (models/backends.py `triton_backend`: TensorRT-RTX)."""
-    from cinema_trt.export.manifest import read_manifest
-
     for folder in folders:
         if artifacts is not None and (artifacts / folder / MANIFEST_FILE).is_file():
             # only the backend's name: the runner validates the build at load
@@ -292,7 +300,7 @@ def build_repository(config: CinemaConfig | None, out_dir: str | os.PathLike,
         if not _is_our_repository(out_dir):
             raise ValueError(f"{out_dir} is not a cinema model repository; refusing to "
                              "replace it")
-    config = resolve_weights_config(weights_dir, config)
+    config = options.decoding.apply(resolve_weights_config(weights_dir, config))
     sources = _Sources(weights_dir, Path(artifacts) if artifacts else None,
                        Path(export_dir) if export_dir else None)
     budgets = _streaming_budgets(config, sources, options)  # refused before writing

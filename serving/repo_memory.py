@@ -14,7 +14,10 @@ their manifests, and
   what would change it: other engines (`cinema-trt build`), a streamable DiT.
 The decoder stage is its chunked step graph: its carried state is among its inputs and
 outputs, so the I/O buffers count it twice (fp32 today: the step graph's state I/O is not
-yet in the engine's precision).
+yet in the engine's precision). A decoder built for tiles (`cinema-trt build --decode-tile`)
+is priced at one tile: its builder figures are its tile profile's, and its I/O follows the
+repository's decoding (`repo --decode-tile`), which must match the engine's profile
+(engines/shape_check.py `check_serves`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from cinema_trt.export.manifest import MANIFEST_FILE, read_manifest
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import tensor_bytes
 from cinema_trt.models.stage import Graph, Request
-from cinema_trt.models.stages import DIT, STAGES
+from cinema_trt.models.stages import DIT, STAGES, VAE_DECODER
 
 from .served_memory import (
     GIB,
@@ -187,5 +190,8 @@ def refusal(peak: Peak, memory_budget: int, engines: Path) -> str:
         lines.append(f"- the {DIT.name} in FP8: cinema-trt export --fp8 --stages {DIT.name}, "
                      f"then cinema-trt build --precision fp8 --stages {DIT.name}")
     lines.append("- the MLLM's text weights in INT8/INT4: export/weight_only.py (no CLI flag "
-                 "yet); a tiled VAE decoder: not served yet (issue 20)")
+                 "yet)")
+    lines.append(f"- a {VAE_DECODER.name} built for spatial tiles (its activation is one "
+                 f"tile's; approximate: models/vae_tiles.py): cinema-trt build --stages "
+                 f"{VAE_DECODER.name} --decode-tile 32, then cinema-trt repo --decode-tile 32")
     return "\n".join(lines)

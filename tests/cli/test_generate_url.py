@@ -126,6 +126,11 @@ def test_flags_that_choose_the_local_model_are_refused_with_url(tmp_path, caplog
                           "-o", str(tmp_path / "v.mp4")])
     assert code == 2
     assert "['--onnx', '--runtime'] choose the in-process model" in caplog.text
+    # the served decoder's decoding is the repository's (cinema-trt repo --decode-tile)
+    assert main(COMMON + ["--url", "127.0.0.1:1", "--decode-tile", "4",
+                          "-o", str(tmp_path / "v.mp4")]) == 2
+    assert "['--decode-chunk/--decode-tile/--decode-overlap'] choose the in-process" \
+        in caplog.text
 
 
 def test_an_unreachable_server_exits_1_and_names_it(tmp_path, caplog):

@@ -59,3 +59,28 @@ def test_tensorrt_runtime_without_tensorrt_exits_2_with_the_install_hint(main, c
     assert "TensorRT is not installed" in caplog.text
     assert "pip install 'cinema-trt[gpu]'" in caplog.text and "nvcr.io/nvidia" in caplog.text
     assert not any(tmp_path.iterdir())  # nothing half-built
+
+
+def test_decode_flags_reach_the_built_manifest_and_its_rebuild_command(main, connector_export,
+                                                                      tmp_path):
+    """`build --decode-tile/--decode-overlap/--decode-chunk` set the config the profiles
+    come from (the decoder's: engines/shapes.py), recorded in every built manifest; the
+    connector's own profile does not depend on them."""
+    from cinema_trt.models.presets import CinemaConfig, Tiling
+
+    out = tmp_path / "engines"
+    assert main(["build", "--onnx", str(connector_export[0]), "--out", str(out), "--precision",
+                 "fp32", "--runtime", "ort", "--decode-tile", "4", "--decode-overlap", "2",
+                 "--decode-chunk", "2"]) == 0
+    manifest = read_manifest(out / "connector")
+    sampler = CinemaConfig.from_dict(manifest.config).sampler
+    assert (sampler.decode_chunk, sampler.decode_tiles) == (2, Tiling(4, 2))
+    assert manifest.build.rebuild_command.endswith(
+        "--decode-chunk 2 --decode-tile 4 --decode-overlap 2")
+
+
+def test_a_bad_decoding_exits_2_before_building(main, connector_export, tmp_path, caplog):
+    code = main(["build", "--onnx", str(connector_export[0]), "--out", str(tmp_path / "e"),
+                 "--precision", "fp32", "--runtime", "ort", "--decode-overlap", "2"])
+    assert code == 2 and "a decode overlap (2) needs a tile size" in caplog.text
+    assert not (tmp_path / "e").exists()

@@ -274,6 +274,31 @@ def test_the_decoder_step_builds_with_a_profile_for_its_flag_and_every_state(rtx
     assert build.report["layers"] > 0
 
 
+@pytest.mark.slow  # the fp32 export of the decoder (~60 s)
+def test_a_decoder_built_for_tiles_has_the_tile_profile(rtx, tiny_exports, tiny_config,
+                                                         tmp_path):
+    """`cinema-trt build --decode-tile 4 --decode-overlap 2`: the decoder step's profile is
+    one 4x4-latent tile of the preset's 64x64 frame (8x8 latents), its states a tile's; the
+    manifest records the decoding it was built for, and its rebuild command repeats it."""
+    from cinema_trt.models.presets import CinemaConfig, Decoding, Tiling
+    from cinema_trt.models.stages import VAE_DECODER
+
+    folder, _ = tiny_exports.folder([VAE_DECODER.name])
+    plans = build_stages(BuildRequest(
+        folder, tmp_path, BuildConfig(precision="fp32", targets=("sm89",)),
+        runtime="tensorrt-rtx", stages=(VAE_DECODER.name,),
+        decoding=Decoding(tile=4, overlap=2)))
+    manifest = read_manifest(plans[VAE_DECODER.name].parent)
+    assert manifest.build.profiles["latents"]["max"] == [1, 16, 1, 4, 4]
+    assert tiny_config.sampler.height // 8 == 8  # the whole frame would be 8x8
+    spec = VAE_DECODER.spec(tiny_config)
+    assert {manifest.build.profiles[n]["max"][3] for n in spec.input_names[2:]} == \
+        {4 * k for k in (1, 2, 4, 8)}
+    assert CinemaConfig.from_dict(manifest.config).sampler.decode_tiles == Tiling(4, 2)
+    assert manifest.build.rebuild_command.endswith("--decode-tile 4 --decode-overlap 2")
+    assert manifest.build.report["memory"]["activation_bytes"] > 0
+
+
 def test_plugin_graph_is_refused_before_any_stage_is_built(rtx, connector_export, tmp_path):
     """A --attention-plugin graph among the stages stops the TensorRT-RTX build up front."""
     shutil.copytree(connector_export[0], tmp_path / "onnx")

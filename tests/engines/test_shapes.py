@@ -80,6 +80,23 @@ def test_the_decoder_profile_follows_the_decode_chunk(tiny, shapes):
         [2, 2, 3]  # a chunk longer than the video: the whole video in one call
 
 
+def test_a_tiled_decoders_profile_is_one_tile(tiny, shapes):
+    """decode_tiles: every call takes one tile of the chunk, so the profile's latents and
+    states are a tile's (at most `tile` latent pixels a side; a smaller frame is one tile
+    of its own size), whatever the video's size: what bounds the engine's activation."""
+    from cinema_trt.models.presets import Decoding
+
+    tiled = Decoding(tile=6, overlap=2).apply(tiny)
+    spec = VAE_DECODER.spec(tiled)
+    decoder = profiles_for(spec, shapes, tiled)
+    # min 32x32 px (4x4 latents), opt 64x48 (8x6), max 64x64 (8x8), in tiles of 6
+    assert decoder["latents"] == ((1, C, 1, 4, 4), (1, C, 1, 6, 6), (1, C, 1, 6, 6))
+    for name in spec.input_names[2:]:
+        low, _, high = decoder[name]
+        scale = low[3] // 4
+        assert high[3:] == (6 * scale, 6 * scale), name
+
+
 def test_text_stage_profiles(tiny, shapes):
     mllm = profiles_for(MLLM.spec(tiny), shapes, tiny)
     assert mllm["input_ids"] == ((1, 8), (1, 100), (1, 300))

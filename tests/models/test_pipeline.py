@@ -153,6 +153,27 @@ def test_frames_arrive_chunk_by_chunk_and_make_the_one_shot_video(refs, chunk):
     assert difference.max() <= 1 and np.mean(difference) < 1e-3
 
 
+def test_tiled_frames_arrive_after_each_chunks_tiles(refs):
+    """decode_tiles: every decoder call takes one tile (4x4 latents of the 4x6 frame, 2
+    tiles), time-major, and each chunk's frames reach `frames` once its 2 tiles are decoded,
+    before the next chunk's first call."""
+    from cinema_trt.models.presets import Decoding
+
+    config = Decoding(tile=4, overlap=2).apply(get_preset("tiny"))
+    models = build_models(config)
+    runners = torch_runners(models)
+    decoder = Recording(runners[VAE_DECODER.name])
+    runners[VAE_DECODER.name] = decoder
+    pipeline = CinemaPipeline(config, runners, models.processor)
+    calls_at = []
+    video = pipeline.generate(request(refs[:1], frames=9, steps=1),
+                              frames=lambda frames, start: calls_at.append(len(decoder.calls)))
+    assert video.shape == (9, 32, 48, 3)
+    assert {tuple(c["latents"].shape) for c in decoder.calls} == {(1, 16, 1, 4, 4)}
+    assert [bool(c["first"]) for c in decoder.calls] == [True, True] + [False] * 4
+    assert calls_at == [2, 4, 6]
+
+
 def test_a_decode_chunk_must_be_a_positive_int():
     config = get_preset("tiny")
     for bad in (0, -1, 1.5, True):

@@ -78,3 +78,54 @@ def test_unknown_config_fields_are_rejected():
     data["dit"]["depht"] = 3
     with pytest.raises(ValueError, match=r"DiTConfig: unknown fields \['depht'\]"):
         CinemaConfig.from_dict(data)
+
+
+def test_the_decoding_travels_in_the_config_json():
+    """cinema_config.json carries the decoder's tiling (the served orchestrator reads it):
+    a nested {tile, overlap} that reads back as the Tiling, not a dict."""
+    from cinema_trt.models.presets import Decoding, Tiling
+
+    tiled = Decoding(chunk=2, tile=32).apply(get_preset("tiny"))
+    data = json.loads(tiled.to_json())
+    assert data["sampler"]["decode_tiles"] == {"tile": 32, "overlap": 8}
+    back = CinemaConfig.from_dict(data)
+    assert back == tiled and back.sampler.decode_tiles == Tiling(32, 8)
+    data["sampler"]["decode_tiles"]["overlop"] = 2
+    with pytest.raises(ValueError, match=r"Tiling: unknown fields \['overlop'\]"):
+        CinemaConfig.from_dict(data)
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(decode_tiles={"tile": 32}), "must be a Tiling(tile, overlap)"),
+    (dict(decode_tiles=(32, 8)), "must be a Tiling(tile, overlap)"),
+])
+def test_decode_tiles_must_be_a_tiling(fields, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        dataclasses.replace(get_preset("tiny").sampler, **fields)
+
+
+@pytest.mark.parametrize("decoding,message", [
+    (dict(tile=8, overlap=8), "need 0 < overlap < tile"),
+    (dict(tile=-1), "need 0 < overlap < tile"),
+    (dict(tile=16, overlap=2.5), "overlap=2.5 must be an integer"),
+    (dict(overlap=4), "needs a tile size"),
+    (dict(tile=0, overlap=4), "needs a tile size"),
+    (dict(chunk=0), "decode_chunk=0 must be a positive"),
+])
+def test_bad_decodings_name_the_constraint(decoding, message):
+    from cinema_trt.models.presets import Decoding
+
+    with pytest.raises(ValueError, match=message):
+        Decoding(**decoding).apply(get_preset("tiny"))
+
+
+def test_a_decoding_keeps_what_it_does_not_set():
+    from cinema_trt.models.presets import Decoding, Tiling
+
+    tiny = get_preset("tiny")
+    assert Decoding().apply(tiny) == tiny and not Decoding().given
+    tiled = Decoding(tile=16, overlap=4).apply(tiny)
+    assert Decoding(chunk=3).apply(tiled).sampler.decode_tiles == Tiling(16, 4)
+    assert Decoding(tile=12).apply(tiled).sampler.decode_tiles == Tiling(12, 4)
+    assert Decoding(tile=0).apply(tiled).sampler.decode_tiles is None
+    assert Decoding.of(tiled.sampler) == Decoding(1, 16, 4)

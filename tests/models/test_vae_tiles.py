@@ -77,7 +77,7 @@ def test_one_tile_is_the_untiled_decode(vae):
 
 
 _ramp = vae_tiles._ramp
-iter_decode = vae_tiles.iter_decode
+iter_chunks = vae_tiles.iter_chunks
 
 
 def _hard_cut(start, length, size, overlap):
@@ -85,9 +85,9 @@ def _hard_cut(start, length, size, overlap):
     return (_ramp(start, length, size, overlap) >= 0.5).float()
 
 
-def _misplaced(decoder, tile_latents, chunk):
+def _misplaced(step, tile_latents, chunk, states):
     """The bug: each tile decoded from latents one pixel to the right of its place."""
-    return iter_decode(decoder, tile_latents.roll(1, dims=4), chunk)
+    return iter_chunks(step, tile_latents.roll(1, dims=4), chunk, states)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -98,7 +98,7 @@ def test_tiling_bugs_fail_the_gate(vae, seed):
     with mock.patch.object(vae_tiles, "_ramp", _hard_cut):
         _, seam = errors(vae.decode(z, tiling=TILING), reference)
     assert seam > SEAM_GATE
-    with mock.patch.object(vae_tiles, "iter_decode", _misplaced):
+    with mock.patch.object(vae_tiles, "iter_chunks", _misplaced):
         error, _ = errors(vae.decode(z, tiling=TILING), reference)
     assert error > ERROR_GATE
 
@@ -127,3 +127,41 @@ def test_tiling_validates_and_covers_every_pixel():
         starts = tiling.starts(size)
         assert starts[0] == 0 and starts[-1] + min(8, size) == size
         assert all(b - a <= 8 - 3 for a, b in zip(starts, starts[1:], strict=False))
+
+
+def _stage_decode(vae, config, z):
+    """The decoder stage's decode (the pipeline's, any runtime's) through a torch runner."""
+    from cinema_trt.models.runner import TorchRunner
+    from cinema_trt.models.stages import VAE_DECODER
+    from cinema_trt.models.vae_chunks import DecoderStep
+
+    runner = TorchRunner(VAE_DECODER.name, DecoderStep(vae.decoder),
+                         VAE_DECODER.spec(config).output_names)
+    return list(VAE_DECODER.decode(runner, z, config))
+
+
+@torch.no_grad()
+def test_the_runner_path_is_the_torch_tiled_decode_exactly(vae, tiny_config):
+    """One code path (vae_tiles.iter_tiles over a step function): the stage's decode through
+    a runner and VideoVAE.decode(tiling=...) do the same arithmetic, bit for bit, and the
+    runner's decode yields one chunk at a time."""
+    from cinema_trt.models.presets import Decoding
+
+    z = latents(3, 12, 16, 2)
+    config = Decoding(chunk=2, tile=8, overlap=4).apply(tiny_config)
+    pieces = _stage_decode(vae, config, z)
+    assert [p.shape[2] for p in pieces] == [1 + 4 * 1, 4]  # frame 0 + 1 latent, then 1 + pad
+    assert torch.equal(torch.cat(pieces, dim=2), vae.decode(z, chunk=2, tiling=TILING))
+
+
+@torch.no_grad()
+def test_without_tiles_the_stage_decode_is_the_chunked_decode_bit_for_bit(vae, tiny_config):
+    """decode_tiles=None (the default) takes the untiled path of before: whole frames per
+    call, equal to VideoVAE.decode(chunk=...) exactly (no blend arithmetic on the way)."""
+    from cinema_trt.models.presets import Decoding
+
+    z = latents(3, 6, 10, 3)
+    assert tiny_config.sampler.decode_tiles is None
+    config = Decoding(chunk=2).apply(tiny_config)
+    assert torch.equal(torch.cat(_stage_decode(vae, config, z), dim=2),
+                       vae.decode(z, chunk=2))

@@ -34,17 +34,17 @@ FIGURES = {"mllm_vision": (1, 1), "mllm_text": (2, 1), "connector": (0.5, 0.5),
 RESIDENT = ((1 + 2) + 1) + (0.5 + 0.5) + (0.5 + 2) + (10 + 3) + (0.5 + 4) + 5 * 0.5
 
 
-def _engines(root, stage_manifest, streaming=()):
+def _engines(root, stage_manifest, streaming=(), config=TINY):
     """Build folders for every graph of tiny: a manifest with a build record whose report
-    holds the builder's memory figures (FIGURES)."""
-    shapes = default_shapes(TINY)
+    holds the builder's memory figures (FIGURES); profiles for `config`'s decoding."""
+    shapes = default_shapes(config)
     for graph in GRAPHS:
-        manifest = stage_manifest(root / graph.name, TINY, stage=graph.name)
+        manifest = stage_manifest(root / graph.name, config, stage=graph.name)
         weights, activation = FIGURES[graph.name]
         build = BuildRecord(
             runtime="tensorrt-rtx", runtime_version="1.7.1", precision="fp16",
             build_config={"weight_streaming": graph.name in streaming},
-            profiles=profiles_to_json(profiles_for(graph.spec(TINY), shapes, TINY)),
+            profiles=profiles_to_json(profiles_for(graph.spec(config), shapes, config)),
             onnx_path="x/model.onnx", plan_file="model.plan", plan_sha256="0" * 64,
             cache_key="k", rebuild_command=f"cinema-trt build --onnx x --out {root}",
             report={"memory": {"weights_bytes": int(weights * GIB),
@@ -109,6 +109,68 @@ def test_an_explicit_streaming_budget_must_fit_the_memory_budget(tmp_path, stage
     assert plan_memory(engines, DEEP, _request(20, 2)) == {"dit": 2 * GIB}
     with pytest.raises(MemoryBudgetError):
         plan_memory(engines, DEEP, _request(20, 3))
+
+
+def test_a_decoder_built_for_tiles_is_priced_at_its_tile(tmp_path, stage_manifest):
+    """A tile-profile decoder's figures are its manifest's (the builder's, at the tile) and
+    its I/O buffers a tile's: tiny's 64x64 frame is 8x8 latents, a 4x4 tile a quarter of it,
+    so every tensor but the 1-byte `first` is a quarter. The bug it catches: I/O priced at
+    the whole frame (the sampler's size) for an engine that takes one tile."""
+    from cinema_trt.engines.shapes import request_at
+    from cinema_trt.models.presets import Decoding
+    from cinema_trt.models.specs import tensor_bytes
+    from cinema_trt.models.stages import VAE_DECODER
+    from cinema_trt.serving.repo_memory import deployment_plan
+
+    tiled = Decoding(tile=4, overlap=2).apply(TINY)
+    decoder = VAE_DECODER.name
+    tile = deployment_plan(_engines(tmp_path / "tiles", stage_manifest, config=tiled),
+                           tiled).stages[decoder][decoder]
+    whole = deployment_plan(_engines(tmp_path / "whole", stage_manifest),
+                            TINY).stages[decoder][decoder]
+    assert tile.activation == int(FIGURES[decoder][1] * GIB)  # the manifest's
+    spec = VAE_DECODER.spec(tiled)
+    values = VAE_DECODER.symbols(request_at(default_shapes(tiled), tiled, "max"), tiled)
+    assert values["lheight"] == values["lwidth"] == 4
+    first = 1  # the bool flag, the same at any size
+    assert tile.io == tensor_bytes((*spec.inputs, *spec.outputs), values)
+    assert (tile.io - first) * 4 == whole.io - first
+
+
+def test_an_engine_built_for_other_decoding_is_refused_naming_both_fixes(
+        tiny_weights, tmp_path, stage_manifest):
+    """A repository whose decoding the decoder engine's profile does not take (untiled
+    calls to a tile engine, or the reverse) fails before serving it, with the decoding the
+    engine was built for and the rebuild for the asked one."""
+    from cinema_trt.models.presets import Decoding
+
+    tiled = Decoding(tile=4, overlap=2).apply(TINY)
+    engines = _engines(tmp_path / "engines", stage_manifest, config=tiled)
+    decoder = engines / "vae_decoder"  # as `build --decode-tile 4 --decode-overlap 2` writes
+    manifest = read_manifest(decoder)
+    write_manifest(dataclasses.replace(manifest, build=dataclasses.replace(
+        manifest.build, rebuild_command="cinema-trt build --onnx x --out e --precision fp16 "
+                                        "--decode-tile 4 --decode-overlap 2")), decoder)
+    export = tmp_path / "onnx"
+    for stage in STAGES:  # a split stage's glue, from its export
+        if stage.glue:
+            (export / stage.glue).mkdir(parents=True)
+            (export / stage.glue / "model.onnx").write_bytes(b"glue")
+            stage_manifest(export / stage.glue, TINY, stage=stage.glue)
+    options = RepositoryOptions(runtime="tensorrt", stage_placement=Placement.on((0,), 1))
+    with pytest.raises(ValueError, match=r"(?s)input 'latents' dim 3 \(lheight\) is 8.*"
+                                         r"built for decoding --decode-chunk 1 --decode-tile 4 "
+                                         r"--decode-overlap 2.*decodes with --decode-chunk 1 "
+                                         r"--decode-tile 0.*rebuild it for this one: "
+                                         r"cinema-trt build --onnx x --out e --precision "
+                                         r"fp16 --decode-chunk 1 --decode-tile 0$"):
+        build_repository(TINY, tmp_path / "repo", tiny_weights, engines, options,
+                         export_dir=export)
+    assert not (tmp_path / "repo").exists()
+    served = build_repository(TINY, tmp_path / "repo", tiny_weights, engines,
+                              dataclasses.replace(options, decoding=Decoding(tile=4, overlap=2)),
+                              export_dir=export)
+    assert (served / "vae_decoder" / "1" / "engines" / "vae_decoder").is_dir()
 
 
 def test_repository_writes_the_budget_into_the_dit_model_only(tiny_weights, tmp_path,
