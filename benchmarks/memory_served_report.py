@@ -57,8 +57,9 @@ NOT_SERVED_YET = (
     "The served decoder is the chunked step graph (1 latent frame a call by default), but "
     "its state crosses as float32 (3.0 GiB a copy at 45x480x720, the plans count fp16's "
     "1.5) and tiles are not served yet (issue 20).",
-    "`cinema-trt repo` writes the per-stage layout only; the shared layout is the "
-    "in-process pipeline's (`tensorrt_runners`), planned here for comparison.",
+    "`cinema-trt repo` writes either layout (`--layout per-stage|shared`); with "
+    "`--memory-budget` it takes per-stage where the engines fit, else shared (every stage "
+    "in the `cinema` model's process, one activation region, serving/layouts.py).",
     "A streamed DiT needs an engine built with `cinema-trt build --weight-streaming`; the "
     "repository then sets its budget (`--memory-budget` / `--weight-streaming-budget`).",
 )
@@ -170,9 +171,9 @@ def to_markdown(record: dict) -> str:
               f"{s['started'][:10]})" for kind, s in record["sources"].items()]
     lines += ["", "## Which card runs which plan", "",
               f"The preferred plan that fits (benchmarks/memory_served.py ranks them). The "
-              f"{PER_STAGE} layout is what `cinema-trt repo` writes: one Triton model per "
-              "stage, each its own process; shared: the TensorRT stages in one process, one "
-              "activation region.", ""]
+              f"{PER_STAGE} layout (`cinema-trt repo`'s default): one Triton model per "
+              "stage, each its own process; shared (`cinema-trt repo --layout shared`): the "
+              "TensorRT stages in the `cinema` model's process, one activation region.", ""]
     lines += choice_rows(record) + [""] + [f"- {n}" for n in record["not_served_yet"]] + [""]
     peaks = _peak_objects(record)
     for layout in LAYOUTS:

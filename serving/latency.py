@@ -89,9 +89,11 @@ def settled_snapshot(url: str, timeout: float = 5.0) -> Snapshot:
 
 def stage_latency(before: Snapshot, after: Snapshot,
                   models: tuple[str, ...] | None = None) -> tuple[StageLatency, ...]:
-    """Each model's share between two snapshots; `models` defaults to the pipeline stages."""
+    """Each model's share between two snapshots; `models` defaults to the pipeline stages
+    the server serves as models: all of them (per-stage layout), or none (shared layout,
+    serving/layouts.py: the stages run inside `cinema`, which Triton cannot time)."""
     if models is None:
-        models = STAGE_NAMES
+        models = tuple(m for m in STAGE_NAMES if m in after)
 
     def mean_ms(ns: int, count: int) -> float:
         return ns / count / 1e6 if count else 0.0

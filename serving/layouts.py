@@ -77,7 +77,7 @@ def orchestrator_runners(config: CinemaConfig, folder: Path, parameters: Mapping
 def shared_runners(config: CinemaConfig, folder: Path, parameters: Mapping[str, str],
                    device: str = "cpu") -> dict[str, Runner]:
     """Every stage's runner loaded from `folder` and warmed up, behind one lock."""
-    from .stage_model import STREAMING_PARAMETER, load_runners, parse_budgets
+    from .stage_model import STREAMING_PARAMETER, load_failure, load_runners, parse_budgets
     from .warmup import WARMUP_RUNTIMES, warmup_inputs
 
     runtime = parameters.get(RUNTIME_PARAMETER, TORCH)
@@ -86,7 +86,10 @@ def shared_runners(config: CinemaConfig, folder: Path, parameters: Mapping[str, 
         torch.set_num_threads(threads)
     budgets = parse_budgets(parameters.get(STREAMING_PARAMETER, "{}"))
     begin = time.perf_counter()
-    runners = load_runners(folder, tuple(s.name for s in STAGES), device, runtime, budgets)
+    try:
+        runners = load_runners(folder, tuple(s.name for s in STAGES), device, runtime, budgets)
+    except (OSError, ValueError, RuntimeError) as error:  # the model load fails, saying why
+        raise RuntimeError(load_failure(error)) from error
     log.info("shared layout: %d stage runners loaded from %s (%s on %s) in %.1f s",
              len(runners), folder, runtime, device, time.perf_counter() - begin)
     if runtime in WARMUP_RUNTIMES:  # engines' profiles may not hold the default size

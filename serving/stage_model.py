@@ -87,16 +87,19 @@ def _tensorrt_runners(folder: Path, stages: Sequence[str], device: str,
 
 @contextlib.contextmanager
 def _naming(stage: str, path: Path):
-    """A load failure names the stage and the file it was loading (the server's log)."""
+    """A load failure notes the stage and the file it was loading (`load_failure` puts the
+    note in the message); the exception keeps its type, so callers catch what they did."""
     try:
         yield
     except (OSError, ValueError, RuntimeError) as error:
-        message = f"stage {stage!r} failed to load from {path}: {error}"
-        try:  # the same type, so callers catch what they caught before
-            renamed = type(error)(message)
-        except TypeError:  # an exception that takes other arguments
-            raise RuntimeError(message) from error
-        raise renamed from error
+        error.add_note(f"stage {stage!r} failed to load from {path}")
+        raise
+
+
+def load_failure(error: BaseException) -> str:
+    """The message of a `load_runners` failure with its notes first (Triton's model load
+    error shows the message only)."""
+    return "; ".join([*getattr(error, "__notes__", []), f"{type(error).__name__}: {error}"])
 
 
 def load_runners(folder: str | Path, stages: Sequence[str] = STAGE_NAMES,

@@ -103,3 +103,13 @@ def test_the_cli_writes_the_shared_layout(tiny_weights, tmp_path):
     shutil.rmtree(out)
     assert main(["repo", "-o", str(out), "--weights", str(tiny_weights)]) == 0
     assert len(list(out.glob("*/config.pbtxt"))) == len(STAGES) + 1  # per-stage, as before
+
+
+def test_the_serving_image_reads_the_shared_repository(repo):
+    """serving/deployment.py finds what the image must hold from the configs: the runtime
+    is the cinema model's in the shared layout."""
+    from cinema_trt.serving.deployment import read_repository
+
+    needs = read_repository(repo)
+    assert needs.models == (protocol.ORCHESTRATOR,)
+    assert needs.runtimes == frozenset({"torch"}) and needs.gpus == ()
