@@ -85,21 +85,27 @@ def _tensorrt_runners(folder: Path, stages: Sequence[str], device: str,
                             device=device, weight_streaming_budgets=budgets)
 
 
+_WHERE = "cinema_load_context"  # the attribute `_naming` sets on a load failure
+
+
 @contextlib.contextmanager
 def _naming(stage: str, path: Path):
-    """A load failure notes the stage and the file it was loading (`load_failure` puts the
-    note in the message); the exception keeps its type, so callers catch what they did."""
+    """A load failure records the stage and the file it was loading (`load_failure` puts
+    them in the message); the exception keeps its type, so callers catch what they did.
+    (An attribute, not `add_note`: Python 3.10 is supported.)"""
     try:
         yield
     except (OSError, ValueError, RuntimeError) as error:
-        error.add_note(f"stage {stage!r} failed to load from {path}")
+        if not hasattr(error, _WHERE):  # the innermost stage and file
+            setattr(error, _WHERE, f"stage {stage!r} failed to load from {path}")
         raise
 
 
 def load_failure(error: BaseException) -> str:
-    """The message of a `load_runners` failure with its notes first (Triton's model load
-    error shows the message only)."""
-    return "; ".join([*getattr(error, "__notes__", []), f"{type(error).__name__}: {error}"])
+    """The message of a `load_runners` failure, the stage and file first (Triton's model
+    load error shows the message only)."""
+    where = getattr(error, _WHERE, None)
+    return "; ".join([*([where] if where else []), f"{type(error).__name__}: {error}"])
 
 
 def load_runners(folder: str | Path, stages: Sequence[str] = STAGE_NAMES,
