@@ -19,6 +19,8 @@ shared, serving/layouts.py).
 The stages come from the registry (models/stages.py), so new stages appear without edits
 here.
 The repository is assembled in a sibling folder and renamed into place when complete.
+Over 300 lines on purpose: what goes where in either layout (files, backends, the memory
+choice) reads best in one place; the choice's arithmetic is serving/repo_memory.py's.
 """
 
 from __future__ import annotations

@@ -134,3 +134,27 @@ def test_a_stage_that_fails_to_load_fails_the_start_naming_stage_and_file(
         TritonServer(ServerConfig(repo, startup_timeout=120)).start()
     assert "stage 'dit' failed to load from" in str(error.value)
     assert "onnx/dit" in str(error.value)
+
+
+def test_two_concurrent_requests_interleave_and_each_gets_its_own_video(client, export,
+                                                                        tiny_weights,
+                                                                        ref_paths):
+    """One lock serialises the stage calls, not the requests: both finish, each with the
+    video of its own seed (the bug it catches: a request's tensors mixed into the other's
+    through a runner shared without the lock, or a deadlock)."""
+    import threading
+
+    videos = {}
+
+    def generate(seed):
+        videos[seed] = client.generate(PROMPT, ref_paths, **{**PARAMS, "seed": seed})
+
+    threads = [threading.Thread(target=generate, args=(seed,)) for seed in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert sorted(videos) == [1, 2]
+    for seed, video in videos.items():
+        np.testing.assert_array_equal(
+            video, _local(export, tiny_weights, ref_paths, {**PARAMS, "seed": seed}))
