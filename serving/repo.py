@@ -125,8 +125,11 @@ def _place(source: Path, target: Path, copy: bool) -> None:
         raise FileNotFoundError(f"{source} not found")
     if target.is_symlink() or target.exists():
         # the shared layout places every stage in one folder, and stages share files (the
-        # VAE's weights): placed once. The staging folder is fresh, so nothing else is there
-        return
+        # VAE's weights): placed once
+        if copy or target.resolve() == source.resolve():
+            return
+        raise FileExistsError(f"{target} is already placed from {target.resolve()}, not "
+                              f"{source}")
     target.parent.mkdir(parents=True, exist_ok=True)
     if not copy:
         target.symlink_to(source.resolve(), target_is_directory=source.is_dir())
@@ -248,7 +251,10 @@ def _choose(config: CinemaConfig, sources: _Sources, options: RepositoryOptions
                 f"runtime {runtime}")
     engines = _need(sources.artifacts, "artifacts (the engine folder of cinema-trt build)",
                     TENSORRT.name)
-    layouts = (options.layout,) if options.layout else LAYOUTS
+    # the shared layout runs the stages in the python-backend cinema model on the runtime;
+    # a tensorrt backend whose plans fell back to python stage models keeps its layout
+    layouts = (options.layout,) if options.layout \
+        else LAYOUTS if options.backend == "python" else (PER_STAGE,)
     return plan_memory(engines, config, options.memory, layouts)
 
 
