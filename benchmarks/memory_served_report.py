@@ -59,8 +59,9 @@ NOT_SERVED_YET = (
     "1.5). Tiles are served by a decoder engine built at the tile (`cinema-trt build "
     "--stages vae_decoder --decode-tile 32`) in a repository with the same decoding "
     "(`cinema-trt repo --decode-tile 32`).",
-    "`cinema-trt repo` writes the per-stage layout only; the shared layout is the "
-    "in-process pipeline's (`tensorrt_runners`), planned here for comparison.",
+    "`cinema-trt repo` writes either layout (`--layout per-stage|shared`); with "
+    "`--memory-budget` it takes per-stage where the engines fit, else shared (every stage "
+    "in the `cinema` model's process, one activation region, serving/layouts.py).",
     "A streamed DiT needs an engine built with `cinema-trt build --weight-streaming`; the "
     "repository then sets its budget (`--memory-budget` / `--weight-streaming-budget`).",
 )
@@ -172,9 +173,9 @@ def to_markdown(record: dict) -> str:
               f"{s['started'][:10]})" for kind, s in record["sources"].items()]
     lines += ["", "## Which card runs which plan", "",
               f"The preferred plan that fits (benchmarks/memory_served.py ranks them). The "
-              f"{PER_STAGE} layout is what `cinema-trt repo` writes: one Triton model per "
-              "stage, each its own process; shared: the TensorRT stages in one process, one "
-              "activation region.", ""]
+              f"{PER_STAGE} layout (`cinema-trt repo`'s default): one Triton model per "
+              "stage, each its own process; shared (`cinema-trt repo --layout shared`): the "
+              "TensorRT stages in the `cinema` model's process, one activation region.", ""]
     lines += choice_rows(record) + [""] + [f"- {n}" for n in record["not_served_yet"]] + [""]
     peaks = _peak_objects(record)
     for layout in LAYOUTS:

@@ -142,7 +142,7 @@ def _faults(server, config: SoakConfig, stop: threading.Event, result: SoakResul
     from cinema_trt.serving.faults import FaultPlan
 
     rng = random.Random(config.seed)
-    plan = FaultPlan(rng)
+    plan = FaultPlan(rng, server.models())  # the repository's layout decides which
     grpc = grpcclient.InferenceServerClient(server.endpoints.grpc)
     try:
         while not stop.wait(rng.expovariate(1.0 / config.fault_every)):
@@ -160,11 +160,12 @@ def _healthy(server, timeout: float = 60.0) -> bool:
 
     from cinema_trt.models.media import sample_references
     from cinema_trt.serving.client import CinemaClient, ClientOptions
-    from cinema_trt.serving.faults import MODELS, wait_for
+    from cinema_trt.serving.faults import wait_for
 
+    models = server.models()  # every stage model and cinema, or cinema alone (shared)
     grpc = grpcclient.InferenceServerClient(server.endpoints.grpc)
     try:
-        if wait_for(lambda: all(grpc.is_model_ready(m) for m in MODELS), timeout) is None:
+        if wait_for(lambda: all(grpc.is_model_ready(m) for m in models), timeout) is None:
             return False
     finally:
         grpc.close()

@@ -1,4 +1,5 @@
-"""`cinema-trt repo`: write a Triton model repository (stage models + `cinema` orchestrator)."""
+"""`cinema-trt repo`: write a Triton model repository (stage models + `cinema` orchestrator,
+or with --layout shared the `cinema` model alone, running every stage in its process)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 from pathlib import Path
 
 from cinema_trt.models.backends import RUNTIMES
+from cinema_trt.serving.served_memory import LAYOUTS
 
 from .decoding import add_decoding, decoding
 from .memory_plan import add_cuda_context, assumptions
@@ -77,9 +79,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="export/build output with <stage>/model.onnx or <stage>/*.plan")
     p.add_argument("--onnx", type=Path,
                    help="runtime tensorrt: the export folder (glue between the MLLM engines)")
+    p.add_argument("--layout", choices=LAYOUTS,
+                   help="per-stage: one Triton model per stage, called by the cinema model "
+                        "(default); shared: no stage models, the cinema model runs every "
+                        "stage in its process (one CUDA context, one TensorRT activation "
+                        "region: less memory). Default with --memory-budget: per-stage if "
+                        "it fits, else shared")
     p.add_argument("--gpus", type=_gpu_list, default=(),
-                   help="comma-separated GPU indices for the stage models (default: CPU)")
-    p.add_argument("--instances", type=int, default=1, help="instances per stage model")
+                   help="comma-separated GPU indices for the stage models, or the shared "
+                        "layout's cinema model (default: CPU)")
+    p.add_argument("--instances", type=int, default=1,
+                   help="instances per stage model (shared: of the cinema model)")
     p.add_argument("--version", type=int, help="model version folder")
     p.add_argument("--max-concurrency", type=int,
                    help="requests the orchestrator runs at once")
@@ -89,12 +99,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="copy weights and artifacts instead of symlinking them")
     p.add_argument("--overwrite", action="store_true", help="replace an existing repository")
     memory = p.add_argument_group(
-        "memory", "runtime tensorrt: price the engines in --artifacts as served (one "
-                  "process per stage model instance, builder figures from their manifests)")
+        "memory", "runtime tensorrt: price the engines in --artifacts as served in each "
+                  "layout (per-stage: one process per stage model instance; shared: one "
+                  "process), from the builder figures in their manifests")
     memory.add_argument("--memory-budget", type=_size, metavar="SIZE",
-                        help="device memory per GPU, e.g. 24GiB: refuse engines that do not "
-                             "fit, or set the budget of a DiT built with --weight-streaming "
-                             "so they do")
+                        help="device memory per GPU, e.g. 24GiB: the first layout the "
+                             "engines fit (per-stage, then shared; or --layout's), setting "
+                             "the budget of a DiT built with --weight-streaming if that makes "
+                             "them fit; else refuse with both layouts' table")
     memory.add_argument("--weight-streaming-budget", type=_size, metavar="SIZE",
                         help="weights the DiT keeps on the GPU, e.g. 6GiB (an engine built "
                              "with --weight-streaming; TensorRT streams the rest per call)")

@@ -23,7 +23,7 @@ from cinema_trt.models.stages import CONNECTOR, STAGE_NAMES
 from cinema_trt.serving.protocol import ORCHESTRATOR
 from cinema_trt.serving.watchdog import live_stubs
 
-MODELS = (*STAGE_NAMES, ORCHESTRATOR)  # every model of the repository
+MODELS = (*STAGE_NAMES, ORCHESTRATOR)  # every model of a per-stage repository
 NOT_READY_S = 5.0  # issue 13's acceptance: a dead stub is reported within 5 s
 SERVING_S = 30.0  # ... and serves again within 30 s
 HUGE = 100_000_000  # [1, 1e8, 64] FP32: 25.6 GB declared in a 1.3 KB request
@@ -141,16 +141,22 @@ def meaningless_grpc(grpc) -> FaultOutcome:
 
 class FaultPlan:
     """Faults in rounds: each round kills every model's stub once and sends every hostile
-    request once, in a shuffled order, so a soak of a few rounds covers them all."""
+    request once, in a shuffled order, so a soak of a few rounds covers them all.
+    `models`: the served ones (`TritonServer.models`); the hostile requests go to the
+    connector stage model, so a shared-layout repository (no stage models: no stage is
+    reachable over gRPC, serving/layouts.py) gets the stub kills only."""
 
-    def __init__(self, rng: random.Random):
+    def __init__(self, rng: random.Random, models: tuple[str, ...] = MODELS):
         self.rng = rng
+        self.models = models
         self.pending: list[tuple[str, str | int | None]] = []
 
     def _round(self) -> list[tuple[str, str | int | None]]:
-        faults: list[tuple[str, str | int | None]] = [("kill", model) for model in MODELS]
-        faults += [(protocol, seq) for protocol in ("http", "grpc") for seq in (HUGE, WRAPS)]
-        faults.append(("nan", None))
+        faults: list[tuple[str, str | int | None]] = [("kill", m) for m in self.models]
+        if CONNECTOR.name in self.models:
+            faults += [(protocol, seq) for protocol in ("http", "grpc")
+                       for seq in (HUGE, WRAPS)]
+            faults.append(("nan", None))
         self.rng.shuffle(faults)
         return faults
 

@@ -15,7 +15,7 @@ plain YAML in a Kustomize folder (`kubectl apply -k <folder>`), one resource kin
     Dockerfile          the serving image (serving/deployment.py)
 
 Why the probes are the truth: readiness is Triton's /v2/health/ready with the stub watchdog
-unloading any stage whose stub is dead or missing (red within 0.5 s), so the Service and the
+unloading any model whose stub is dead or missing (red within 0.5 s), so the Service and the
 Gateway drop a replica that cannot serve. A pod's Python-backend stubs die and come back
 without a restart (readiness red, liveness green); tritonserver itself crashing ends the
 container (`--max-restarts 0`) and the kubelet restarts it, the startup probe covering the

@@ -88,13 +88,15 @@ def settled_snapshot(url: str, timeout: float = 5.0) -> Snapshot:
 
 
 def stage_latency(before: Snapshot, after: Snapshot) -> tuple[StageLatency, ...]:
-    """Each pipeline stage model's share between two snapshots."""
+    """Each served stage model's share between two snapshots: every pipeline stage
+    (per-stage layout) or none (shared layout, serving/layouts.py: the stages run inside
+    `cinema`, which Triton cannot time)."""
 
     def mean_ms(ns: int, count: int) -> float:
         return ns / count / 1e6 if count else 0.0
 
     rows = []
-    for model in STAGE_NAMES:
+    for model in (m for m in STAGE_NAMES if m in after):
         d = after.get(model, ModelCounters()) - before.get(model, ModelCounters())
         rows.append(StageLatency(model, d.calls, mean_ms(d.compute_ns, d.compute_calls),
                                  mean_ms(d.queue_ns, d.queue_calls), d.success_ns / 1e6))

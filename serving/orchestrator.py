@@ -1,13 +1,15 @@
 """The `cinema` model: a decoupled Python-backend model that runs the CINEMA pipeline.
 
 It decodes the request (serving/protocol.py), then runs the SAME `CinemaPipeline` as local
-generation, with `BlsRunner`s in place of torch runners: every stage call is a BLS request
-to a stage model. Each denoising step streams a `progress` response; with `stream_frames`,
-each chunk of frames the pipeline decodes streams a `chunk` response as soon as it exists;
-the video (or, when streamed, only the MP4 if asked for) follows, then the final flag.
+generation. Its runners follow the repository's layout (serving/layouts.py): per-stage,
+`BlsRunner`s, every stage call a BLS request to a stage model; shared, the stage runners
+themselves, loaded and warmed up in this process before the model reports ready. Each
+denoising step streams a `progress` response; with `stream_frames`, each chunk of frames
+the pipeline decodes streams a `chunk` response as soon as it exists; the video (or, when
+streamed, only the MP4 if asked for) follows, then the final flag.
 `execute` hands each request to a worker thread and returns at once, so up to
-`max_concurrency` requests are in flight in one instance (stage models serialize their own
-calls); a cancelled request stops between denoising steps.
+`max_concurrency` requests are in flight in one instance (stage models, or the shared
+layout's lock, serialize the stage calls); a cancelled request stops between denoising steps.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import numpy as np
 from cinema_trt.models.factory import MLLM_FOLDER, read_weights_config
 from cinema_trt.models.pipeline import CinemaPipeline
 from cinema_trt.models.sampler import GenerationCancelled
-from cinema_trt.models.stages import STAGES
 from cinema_trt.serving import protocol
-from cinema_trt.serving.bls import BlsRunner, StageError, log_to_stderr, pb_utils
+from cinema_trt.serving.bls import StageError, log_to_stderr, pb_utils
+from cinema_trt.serving.layouts import orchestrator_runners
+from cinema_trt.serving.stage_model import instance_device
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +41,9 @@ def load_processor(folder: Path):
     return ImageOnlyQwen2VLProcessor.from_pretrained(folder / MLLM_FOLDER, local_files_only=True)
 
 
-def _parameter(model_config: dict, key: str, default: str) -> str:
-    return model_config.get("parameters", {}).get(key, {}).get("string_value", default)
+def _parameters(model_config: dict) -> dict[str, str]:
+    return {key: value.get("string_value", "")
+            for key, value in model_config.get("parameters", {}).items()}
 
 
 class TritonPythonModel:
@@ -48,9 +52,9 @@ class TritonPythonModel:
         model_config = json.loads(args["model_config"])
         folder = Path(args["model_repository"]) / args["model_version"]
         self.config = read_weights_config(folder)
-        concurrency = int(_parameter(model_config, "max_concurrency",
-                                     str(protocol.MAX_CONCURRENCY)))
-        runners = {s.name: BlsRunner(s.spec(self.config)) for s in STAGES}
+        parameters = _parameters(model_config)
+        concurrency = int(parameters.get("max_concurrency", protocol.MAX_CONCURRENCY))
+        runners = orchestrator_runners(self.config, folder, parameters, instance_device(args))
         processor = load_processor(folder)
         # one pipeline per worker: a pipeline keeps per-call timings and a cache, and a
         # fast tokenizer must not be used from two threads at once

@@ -1,4 +1,6 @@
-"""Build a Triton model repository: one model per stage plus the `cinema` orchestrator.
+"""Build a Triton model repository: one model per stage plus the `cinema` orchestrator
+(layout per-stage), or the `cinema` model alone with every stage in its process (layout
+shared, serving/layouts.py).
 
     <repo>/<stage>/config.pbtxt          from models/specs.py (symbolic dims -> -1)
     <repo>/<stage>/<v>/model.py          python backend: imports serving/stage_model.py
@@ -10,10 +12,15 @@
     <repo>/cinema/config.pbtxt           decoupled, BLS (serving/protocol.py schema)
     <repo>/cinema/<v>/model.py           imports serving/orchestrator.py
     <repo>/cinema/<v>/cinema_config.json + mllm/ processor files (no weights)
+  shared: no <stage>/ models; every stage's files as above in <repo>/cinema/<v>/ (runtime
+  torch: the MLLM's weights folder holds its processor), and the `cinema` model takes the
+  stage placement, since its process runs the stages
 
 The stages come from the registry (models/stages.py), so new stages appear without edits
 here.
 The repository is assembled in a sibling folder and renamed into place when complete.
+Over 300 lines on purpose: what goes where in either layout (files, backends, the memory
+choice) reads best in one place; the choice's arithmetic is serving/repo_memory.py's.
 """
 
 from __future__ import annotations
@@ -40,7 +47,19 @@ from cinema_trt.models.presets import CinemaConfig, Decoding
 from cinema_trt.models.stage import Stage
 from cinema_trt.models.stages import STAGES
 from cinema_trt.serving import protocol
-from cinema_trt.serving.repo_memory import MemoryBudgetError, MemoryRequest, plan_memory
+from cinema_trt.serving.layouts import (
+    LAYOUT_PARAMETER,
+    RUNTIME_PARAMETER,
+    THREADS_PARAMETER,
+    check_layout,
+)
+from cinema_trt.serving.repo_memory import (
+    MemoryBudgetError,
+    MemoryChoice,
+    MemoryRequest,
+    plan_memory,
+)
+from cinema_trt.serving.served_memory import LAYOUTS, PER_STAGE, SHARED
 from cinema_trt.serving.stage_checks import limits_parameter
 from cinema_trt.serving.stage_model import (
     ENGINE_FOLDER,
@@ -84,6 +103,9 @@ class RepositoryOptions:
     memory: MemoryRequest = MemoryRequest()
     # how the served decoder runs (the orchestrator's cinema_config.json), over the config's
     decoding: Decoding = Decoding()
+    # per-stage or shared (serving/layouts.py); None: per-stage, unless a memory budget
+    # finds only shared fits (serving/repo_memory.py)
+    layout: str | None = None
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -98,11 +120,24 @@ class RepositoryOptions:
             raise ValueError(f"version={self.version} must be >= 1 (Triton version folders)")
         if self.max_concurrency < 1:
             raise ValueError(f"max_concurrency={self.max_concurrency} must be >= 1")
+        if self.layout is not None:
+            check_layout(self.layout)
+        if self.layout == SHARED and self.backend != "python":
+            raise ValueError(f"layout {SHARED} loads the stages in the python-backend cinema "
+                             f"model, not in {self.backend} models: leave backend at python "
+                             "and pick what runs them with runtime")
 
 
 def _place(source: Path, target: Path, copy: bool) -> None:
     if not source.exists():
         raise FileNotFoundError(f"{source} not found")
+    if target.is_symlink() or target.exists():
+        # the shared layout places every stage in one folder, and stages share files (the
+        # VAE's weights): placed once
+        if copy or target.resolve() == source.resolve():
+            return
+        raise FileExistsError(f"{target} is already placed from {target.resolve()}, not "
+                              f"{source}")
     target.parent.mkdir(parents=True, exist_ok=True)
     if not copy:
         target.symlink_to(source.resolve(), target_is_directory=source.is_dir())
@@ -207,12 +242,13 @@ def _plans_need_python(artifacts: Path | None, folders: tuple[str, ...]) -> bool
     return False
 
 
-def _streaming_budgets(config: CinemaConfig, sources: _Sources, options: RepositoryOptions
-                       ) -> dict[str, int]:
-    """{graph: weight-streaming budget} the memory request sets (serving/repo_memory.py):
-    for engines served by the python backend's runtime tensorrt (TensorRTRunner)."""
+def _choose(config: CinemaConfig, sources: _Sources, options: RepositoryOptions
+            ) -> MemoryChoice:
+    """The layout and the {graph: weight-streaming budget} the memory request sets
+    (serving/repo_memory.py), for engines served by the python backend's runtime tensorrt
+    (TensorRTRunner); without a request, the asked layout (default per-stage) as it is."""
     if not options.memory.asked:
-        return {}
+        return MemoryChoice(options.layout or PER_STAGE, {})
     for stage in STAGES:
         backend, runtime = _stage_backend(stage, sources, options)
         if (backend, runtime) != ("python", TENSORRT.name):
@@ -223,7 +259,11 @@ def _streaming_budgets(config: CinemaConfig, sources: _Sources, options: Reposit
                 f"runtime {runtime}")
     engines = _need(sources.artifacts, "artifacts (the engine folder of cinema-trt build)",
                     TENSORRT.name)
-    return plan_memory(engines, config, options.memory)
+    # the shared layout runs the stages in the python-backend cinema model on the runtime;
+    # a tensorrt backend whose plans fell back to python stage models keeps its layout
+    layouts = (options.layout,) if options.layout \
+        else LAYOUTS if options.backend == "python" else (PER_STAGE,)
+    return plan_memory(engines, config, options.memory, layouts)
 
 
 def _stage_model(repo: Path, stage: Stage, config: CinemaConfig, sources: _Sources,
@@ -258,19 +298,33 @@ def _stage_model(repo: Path, stage: Stage, config: CinemaConfig, sources: _Sourc
         _place(extra, version / extra.name, options.copy_weights)
 
 
-def _orchestrator(repo: Path, config: CinemaConfig, weights: Path,
-                  options: RepositoryOptions) -> None:
-    pbtxt = orchestrator_config(options.orchestrator_placement, options.version,
-                                {"max_concurrency": str(options.max_concurrency)})
+def _orchestrator(repo: Path, config: CinemaConfig, sources: _Sources,
+                  options: RepositoryOptions, choice: MemoryChoice) -> None:
+    parameters = {"max_concurrency": str(options.max_concurrency)}
+    placement = options.orchestrator_placement
+    if choice.layout == SHARED:  # its process runs the stages: it goes where they would
+        placement = options.stage_placement
+        parameters.update({LAYOUT_PARAMETER: SHARED, RUNTIME_PARAMETER: options.runtime})
+        if options.torch_threads:
+            parameters[THREADS_PARAMETER] = str(options.torch_threads)
+        if choice.budgets:
+            parameters[STREAMING_PARAMETER] = json.dumps(choice.budgets, sort_keys=True)
+    pbtxt = orchestrator_config(placement, options.version, parameters)
     model = repo / protocol.ORCHESTRATOR
     _write(model / "config.pbtxt", to_text(pbtxt))
     version = model / str(options.version)
     _write(version / "model.py", SHIM.format(module=ORCHESTRATOR_MODULE))
     _write(version / CONFIG_FILE, config.to_json())
-    # the processor files only (tokenizer, image processor, chat template): no weights
+    if choice.layout == SHARED:
+        for stage in STAGES:  # the stage models' files, all in this one version folder
+            _python_stage_files(version, stage, config, sources, options.runtime,
+                                options.copy_weights)
     processor = version / MLLM_FOLDER
+    if processor.exists():  # runtime torch, shared: the MLLM's weights folder holds it
+        return
+    # the processor files only (tokenizer, image processor, chat template): no weights
     processor.mkdir()
-    for source in sorted((weights / MLLM_FOLDER).iterdir()):
+    for source in sorted((sources.weights / MLLM_FOLDER).iterdir()):
         if source.is_file() and source.suffix != ".safetensors":
             shutil.copy2(source, processor / source.name)
 
@@ -303,19 +357,21 @@ def build_repository(config: CinemaConfig | None, out_dir: str | os.PathLike,
     config = options.decoding.apply(resolve_weights_config(weights_dir, config))
     sources = _Sources(weights_dir, Path(artifacts) if artifacts else None,
                        Path(export_dir) if export_dir else None)
-    budgets = _streaming_budgets(config, sources, options)  # refused before writing
+    choice = _choose(config, sources, options)  # refused before writing
     staging = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     try:
-        for stage in STAGES:
-            _stage_model(staging, stage, config, sources, options, budgets)
-        _orchestrator(staging, config, weights_dir, options)
+        if choice.layout == PER_STAGE:
+            for stage in STAGES:
+                _stage_model(staging, stage, config, sources, options, choice.budgets)
+        _orchestrator(staging, config, sources, options, choice)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log.info("wrote %s model repository (%s stages, %s backend, runtime %s) to %s",
-             config.name, len(STAGES), options.backend, options.runtime, out_dir)
+    log.info("wrote %s model repository (%s stages, layout %s, %s backend, runtime %s) to %s",
+             config.name, len(STAGES), choice.layout, options.backend, options.runtime,
+             out_dir)
     return out_dir

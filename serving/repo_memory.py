@@ -4,13 +4,15 @@
 A repository cannot change an engine: its precision, its profile and whether it can stream
 its weights were fixed by `cinema-trt build`. What the repository sets is the weight-streaming
 budget of an engine built with --weight-streaming (the `weight_streaming_budget` parameter
-of its stage model, serving/stage_model.py). So `--memory-budget` prices the engines in
-`--artifacts` as served (serving/served_memory.py: one process per stage model instance,
-each with a CUDA context, its activation region, I/O buffers), from the builder's figures in
-their manifests, and
-- fits: writes the repository as it is;
+of the model that loads it, serving/stage_model.py) and the layout. So `--memory-budget` prices
+the engines in `--artifacts` as served in each layout (serving/served_memory.py: per-stage,
+one process per stage model instance, each with a CUDA context, its activation region, I/O
+buffers; shared, every stage in the `cinema` model's process with one activation region),
+from the builder's figures in their manifests, and takes the first layout that fits,
+per-stage then shared (or the one `--layout` names):
+- fits: writes the repository in that layout;
 - fits only with less of a streamable engine's weights resident: sets that budget;
-- else refuses (`MemoryBudgetError`) with the deployment's table against the cards and
+- else refuses (`MemoryBudgetError`) with the table of both layouts against the cards and
   what would change it: other engines (`cinema-trt build`), a streamable DiT.
 The decoder stage is its chunked step graph: its carried state is among its inputs and
 outputs, so the I/O buffers count it twice (fp32 today: the step graph's state I/O is not
@@ -35,6 +37,7 @@ from cinema_trt.models.stages import DIT, STAGES, VAE_DECODER
 
 from .served_memory import (
     GIB,
+    LAYOUTS,
     PER_STAGE,
     Assumptions,
     EngineFigures,
@@ -140,52 +143,92 @@ def _need_streamable(plan: ServedPlan, engines: Path, budget: int) -> str:
     return plan.streamed
 
 
-def plan_memory(engines: Path, config: CinemaConfig, request: MemoryRequest) -> dict[str, int]:
-    """{graph: weight-streaming budget} for the stage models' configs; {} when nothing
-    streams. Raises MemoryBudgetError when the engines cannot fit (module doc)."""
+@dataclass(frozen=True)
+class MemoryChoice:
+    """What the repository writes: its layout and {graph: weight-streaming budget}."""
+
+    layout: str
+    budgets: dict[str, int]
+
+
+def _fit(peak: Peak, request: MemoryRequest) -> dict[str, int] | None:
+    """The streaming budgets that fit `peak` into the memory budget ({} when nothing
+    streams or everything stays resident); None when it does not fit."""
+    assert request.memory_budget is not None, "_fit needs a budget"
+    explicit = request.weight_streaming_budget
+    fitted = budget_on(peak, request.memory_budget)
+    rest = peak.peak - peak.min_resident
+    if fitted is None or (explicit is not None
+                          and rest + min(explicit, peak.streamable) > request.memory_budget):
+        return None
+    if explicit is not None:
+        return {str(peak.streamed): explicit}
+    if peak.streamed is None or fitted >= peak.streamable:
+        log.info("the repository's engines need %.2f GiB per GPU served %s (budget %.2f GiB)",
+                 (rest + peak.streamable if peak.streamed else peak.peak) / GIB, peak.layout,
+                 request.memory_budget / GIB)
+        return {}
+    log.info("%s keeps %.2f GiB of its %.2f GiB of weights resident to fit %.2f GiB (%s)",
+             peak.streamed, fitted / GIB, peak.streamable / GIB, request.memory_budget / GIB,
+             peak.layout)
+    return {peak.streamed: fitted}
+
+
+def plan_memory(engines: Path, config: CinemaConfig, request: MemoryRequest,
+                layouts: tuple[str, ...] = LAYOUTS) -> MemoryChoice:
+    """The first of `layouts` (default: per-stage, then shared) whose engines fit, with the
+    streaming budgets it sets ({} when nothing streams). Raises MemoryBudgetError with both
+    layouts' table when none of `layouts` fits (module doc)."""
+    unknown = [layout for layout in layouts if layout not in LAYOUTS]
+    if unknown or not layouts:
+        raise ValueError(f"layouts={layouts} must be some of {list(LAYOUTS)}")
     plan = deployment_plan(engines, config)
     explicit = request.weight_streaming_budget
     if explicit is not None:
         streamed = _need_streamable(plan, engines, explicit)
         if request.memory_budget is None:
-            return {streamed: explicit}
+            return MemoryChoice(layouts[0], {streamed: explicit})
     assert request.memory_budget is not None, "plan_memory needs a budget (request.asked)"
-    peak = served_peak(plan, PER_STAGE, request.assumptions)
-    fitted = budget_on(peak, request.memory_budget)
-    rest = peak.peak - peak.min_resident
-    if fitted is None or (explicit is not None
-                          and rest + min(explicit, peak.streamable) > request.memory_budget):
-        raise MemoryBudgetError(refusal(peak, request.memory_budget, engines))
-    if explicit is not None:
-        return {str(peak.streamed): explicit}
-    if peak.streamed is None or fitted >= peak.streamable:
-        log.info("the repository's engines need %.2f GiB per GPU as served (budget %.2f GiB)",
-                 (rest + peak.streamable if peak.streamed else peak.peak) / GIB,
-                 request.memory_budget / GIB)
-        return {}
-    log.info("%s keeps %.2f GiB of its %.2f GiB of weights resident to fit %.2f GiB",
-             peak.streamed, fitted / GIB, peak.streamable / GIB, request.memory_budget / GIB)
-    return {peak.streamed: fitted}
+    peaks = [served_peak(plan, layout, request.assumptions) for layout in LAYOUTS]
+    for layout in layouts:
+        budgets = _fit(next(p for p in peaks if p.layout == layout), request)
+        if budgets is not None:
+            return MemoryChoice(layout, budgets)
+    raise MemoryBudgetError(refusal(peaks, request.memory_budget, engines, layouts))
 
 
-def refusal(peak: Peak, memory_budget: int, engines: Path) -> str:
-    """Why the engines do not fit, with their table against the cards and the builds that
-    would change it (a repository cannot change an engine)."""
+def _describe(peak: Peak) -> str:
+    how = ("one process per stage model" if peak.layout == PER_STAGE
+           else "every stage in the cinema model's process, one activation region")
+    count = f"{peak.processes} process" + ("es" if peak.processes != 1 else "")
+    return (f"- {peak.layout} ({how}, {count}): {peak.peak / GIB:.2f} GiB ("
+            + ", ".join(f"{k} {v / GIB:.2f}" for k, v in peak.parts.items()) + " GiB)")
+
+
+def refusal(peaks: list[Peak], memory_budget: int, engines: Path,
+            layouts: tuple[str, ...] = LAYOUTS) -> str:
+    """Why the engines do not fit, with their table in both layouts against the cards and
+    the builds that would change it (a repository cannot change an engine)."""
     folder = engines / DIT.name
     dit = built(read_manifest(folder), folder)
-    lines = [f"the repository's engines need {peak.peak / GIB:.2f} GiB per GPU as served "
-             f"(one process per stage model, {peak.processes} processes: "
-             + ", ".join(f"{k} {v / GIB:.2f}" for k, v in peak.parts.items())
-             + f" GiB), over the memory budget of {memory_budget / GIB:.2f} GiB.", "",
-             *fits_table([peak]), "",
-             "A repository cannot change an engine. Engines that would fit are built, not "
-             "configured:"]
-    if peak.streamed is None:
+    lines = [f"the repository's engines need more than the memory budget of "
+             f"{memory_budget / GIB:.2f} GiB per GPU as served:", *map(_describe, peaks)]
+    others = [p for p in peaks if p.layout not in layouts
+              and budget_on(p, memory_budget) is not None]
+    if others:
+        lines.append(f"--layout {', '.join(layouts)} was asked; "
+                     + " or ".join(f"--layout {p.layout}" for p in others)
+                     + " would fit (or leave --layout out to choose the one that fits)")
+    lines += ["", *fits_table(peaks), "",
+              "A repository cannot change an engine. Engines that would fit are built, not "
+              "configured:"]
+    streamed = peaks[0].streamed
+    if streamed is None:
         lines.append(f"- a {DIT.name} whose weights stream, so the repository sets its "
                      f"budget:\n    {dit.rebuild_command} --weight-streaming")
     else:
-        lines.append(f"- ({peak.streamed} streams already: the table counts "
-                     f"{peak.min_resident / GIB:.2f} GiB of its weights resident at least)")
+        lines.append(f"- ({streamed} streams already: the table counts "
+                     f"{peaks[0].min_resident / GIB:.2f} GiB of its weights resident at least)")
     if dit.precision != "fp8":
         lines.append(f"- the {DIT.name} in FP8: cinema-trt export --fp8 --stages {DIT.name}, "
                      f"then cinema-trt build --precision fp8 --stages {DIT.name}")

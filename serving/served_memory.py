@@ -13,11 +13,12 @@ What an engine holds on the GPU (`EngineFigures`):
   step graph (models/vae_chunks.py), so two copies are live while a step runs.
 
 Layouts:
-- `PER_STAGE` (what `cinema-trt repo` writes): one Triton model per stage, each instance its
+- `PER_STAGE` (`cinema-trt repo`'s default): one Triton model per stage, each instance its
   own process on the Python backend (which serves TensorRT-RTX plans), each with a CUDA
   context and its own activation region;
-- `SHARED`: the TensorRT stages of one GPU in one process with one activation region (an
-  in-process pipeline, `tensorrt_runners`); planned beside it, not written by the repo.
+- `SHARED` (`cinema-trt repo --layout shared`, serving/layouts.py): the TensorRT stages of
+  one GPU in the `cinema` model's process with one activation region (`tensorrt_runners`,
+  as an in-process pipeline); `repo --memory-budget` takes it when per-stage does not fit.
 Per process a CUDA context: an assumption (`Assumptions.cuda_context`), since no builder
 reports it; on current drivers a context with cuBLAS/cuDNN-free TensorRT takes a few hundred
 MiB, so 0.5 GiB, overridable.

@@ -307,6 +307,19 @@ class TritonServer:
         """HTTP headers for the admin-only APIs (and HTTP inference, restricted by default)."""
         return {ADMIN_HEADER: self.admin_token}
 
+    def models(self) -> tuple[str, ...]:
+        """The models of the served repository: every stage and `cinema` (per-stage layout),
+        or `cinema` alone (shared layout, serving/layouts.py)."""
+        import tritonclient.grpc as grpcclient
+
+        client = grpcclient.InferenceServerClient(self.endpoints.grpc)
+        try:
+            index = client.get_model_repository_index(headers=self.admin_headers,
+                                                      client_timeout=10)
+            return tuple(sorted(m.name for m in index.models))
+        finally:
+            client.close()
+
     def drain(self, timeout: float | None = None) -> bool:
         """Let the running generations finish, accepting no new ones; True when they did
         within `timeout` (default `drain_timeout`) s. Call `stop` after it.

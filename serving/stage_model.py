@@ -16,15 +16,19 @@ A tensorrt stage's `weight_streaming_budget` parameter ({graph: bytes}, written 
 `cinema-trt repo --memory-budget / --weight-streaming-budget`, serving/repo_memory.py) is the
 weights an engine built with --weight-streaming keeps on the GPU; TensorRT streams the rest.
 
+The shared layout (serving/layouts.py) lays every stage out the same way in the `cinema`
+model's own version folder, and `load_runners` opens them all in its process.
+
 The bundled server (nvidia-pytriton wheel) has only the Python backend, so `ort` and
 `tensorrt` here are how it serves exported graphs and built engines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -33,6 +37,7 @@ from cinema_trt.models.backends import ORT, RUNTIMES, TENSORRT, TORCH
 from cinema_trt.models.factory import read_weights_config, torch_stage_runner
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.runner import Runner
+from cinema_trt.models.stages import STAGE_NAMES
 from cinema_trt.models.stages import stage as get_stage
 from cinema_trt.serving.bls import from_triton, log_to_stderr, pb_utils, to_triton
 from cinema_trt.serving.stage_checks import (
@@ -50,48 +55,97 @@ ENGINE_FOLDER = "engines"  # <v>/engines/<export stage>/
 STREAMING_PARAMETER = "weight_streaming_budget"
 
 
-def _ort_runner(folder: Path, stage: str, config: CinemaConfig, device: str) -> Runner:
+def _ort_runners(folder: Path, stages: Sequence[str], config: CinemaConfig, device: str
+                 ) -> dict[str, Runner]:
     from cinema_trt.export.manifest import ExportExpectation, check_export
     from cinema_trt.export.ort import ort_runners
 
     onnx = folder / ONNX_FOLDER
-    for graph in get_stage(stage).graphs:
-        check_export(onnx / graph.name, ExportExpectation(config=config))
+    for name in stages:
+        for graph in get_stage(name).graphs:
+            with _naming(name, onnx / graph.name):
+                check_export(onnx / graph.name, ExportExpectation(config=config))
     # a CPU instance stays on the CPU even where onnxruntime-gpu could use CUDA; a GPU
     # instance takes ORT's default order (CUDA first). ORT picks CUDA device 0 by default.
     providers = ("CPUExecutionProvider",) if device == "cpu" else None
-    return ort_runners(onnx, providers)[stage]
+    with _naming(", ".join(stages), onnx):
+        return ort_runners(onnx, providers)
 
 
-def _tensorrt_runner(folder: Path, stage: str, device: str,
-                     budgets: Mapping[str, int] | None) -> Runner:
+def _tensorrt_runners(folder: Path, stages: Sequence[str], device: str,
+                      budgets: Mapping[str, int] | None) -> dict[str, Runner]:
     from cinema_trt.engines.trt_runtime import tensorrt_runners
 
     if device == "cpu":
-        raise ValueError(f"stage {stage!r}: runtime tensorrt needs a GPU instance; build the "
-                         "repository with a GPU placement (cinema-trt repo --gpus 0)")
-    # TensorRTRunner checks each plan's sha256 and TensorRT version against its manifest
+        raise ValueError(f"stages {list(stages)}: runtime tensorrt needs a GPU instance; build "
+                         "the repository with a GPU placement (cinema-trt repo --gpus 0)")
+    # TensorRTRunner checks each plan's sha256 and TensorRT version against its manifest;
+    # the engines of one folder share one activation region (SharedDeviceMemory)
     return tensorrt_runners(folder / ENGINE_FOLDER, export_dir=folder / ONNX_FOLDER,
-                            device=device, weight_streaming_budgets=budgets)[stage]
+                            device=device, weight_streaming_budgets=budgets)
+
+
+_WHERE = "cinema_load_context"  # the attribute `_naming` sets on a load failure
+
+
+@contextlib.contextmanager
+def _naming(stage: str, path: Path):
+    """A load failure records the stage and the file it was loading (`load_failure` puts
+    them in the message); the exception keeps its type, so callers catch what they did.
+    (An attribute, not `add_note`: Python 3.10 is supported.)"""
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError) as error:
+        if not hasattr(error, _WHERE):  # the innermost stage and file
+            setattr(error, _WHERE, f"stage {stage!r} failed to load from {path}")
+        raise
+
+
+def load_failure(error: BaseException) -> str:
+    """The message of a `load_runners` failure, the stage and file first (Triton's model
+    load error shows the message only)."""
+    where = getattr(error, _WHERE, None)
+    return "; ".join([*([where] if where else []), f"{type(error).__name__}: {error}"])
+
+
+def load_runners(folder: str | Path, stages: Sequence[str] = STAGE_NAMES,
+                 device: str | torch.device = "cpu", runtime: str = TORCH,
+                 weight_streaming_budgets: Mapping[str, int] | None = None
+                 ) -> dict[str, Runner]:
+    """{stage: runner} of `stages` from one version folder (layouts: module doc): a stage
+    model's (one stage) or, in the shared layout, the `cinema` model's (every stage, one
+    process; TensorRT engines with one activation region). `weight_streaming_budgets`
+    ({graph: bytes resident}) is for runtime tensorrt only."""
+    folder = Path(folder)
+    config = read_weights_config(folder)
+    if weight_streaming_budgets and runtime != TENSORRT.name:
+        raise ValueError(f"stages {list(stages)}: weight-streaming budgets are for runtime "
+                         f"{TENSORRT.name}, not {runtime}")
+    if runtime == ORT.name:
+        runners = _ort_runners(folder, stages, config, str(device))
+    elif runtime == TENSORRT.name:
+        with _naming(", ".join(stages), folder / ENGINE_FOLDER):
+            runners = _tensorrt_runners(folder, stages, str(device), weight_streaming_budgets)
+    elif runtime == TORCH:
+        runners = {}
+        for name in stages:
+            with _naming(name, folder / get_stage(name).weights_entry):
+                runners[name] = torch_stage_runner(folder, name, config, device)
+    else:
+        raise ValueError(f"runtime={runtime!r} must be one of {list(RUNTIMES)}")
+    missing = [name for name in stages if name not in runners]
+    if missing:
+        raise FileNotFoundError(f"stages {missing}: no complete {runtime} artifacts under "
+                                f"{folder} (found {sorted(runners)}); rebuild the repository "
+                                "(cinema-trt repo)")
+    return {name: runners[name] for name in stages}
 
 
 def load_stage_runner(folder: str | Path, stage: str, device: str | torch.device = "cpu",
                       runtime: str = TORCH,
                       weight_streaming_budgets: Mapping[str, int] | None = None) -> Runner:
-    """The runner of `stage` from a stage model's version folder (layouts: module doc).
-    `weight_streaming_budgets` ({graph: bytes resident}) is for runtime tensorrt only."""
-    folder = Path(folder)
-    config = read_weights_config(folder)
-    if weight_streaming_budgets and runtime != TENSORRT.name:
-        raise ValueError(f"stage {stage!r}: weight-streaming budgets are for runtime "
-                         f"{TENSORRT.name}, not {runtime}")
-    if runtime == ORT.name:
-        return _ort_runner(folder, stage, config, str(device))
-    if runtime == TENSORRT.name:
-        return _tensorrt_runner(folder, stage, str(device), weight_streaming_budgets)
-    if runtime != TORCH:
-        raise ValueError(f"runtime={runtime!r} must be one of {list(RUNTIMES)}")
-    return torch_stage_runner(folder, stage, config, device)
+    """The runner of `stage` from a stage model's version folder (`load_runners`)."""
+    return load_runners(folder, (stage,), device, runtime, weight_streaming_budgets)[stage]
 
 
 def parse_budgets(text: str) -> dict[str, int]:
@@ -99,7 +153,7 @@ def parse_budgets(text: str) -> dict[str, int]:
     return {str(graph): int(budget) for graph, budget in json.loads(text).items()}
 
 
-def _instance_device(args: dict) -> str:
+def instance_device(args: dict) -> str:
     if args.get("model_instance_kind") == "GPU":
         return f"cuda:{args['model_instance_device_id']}"
     return "cpu"
@@ -124,7 +178,7 @@ class TritonPythonModel:
                              "parameter; rebuild the repository (cinema-trt repo)")
         self.limits = parse_limits(parameters["input_limits"]["string_value"])
         folder = Path(args["model_repository"]) / args["model_version"]
-        device = _instance_device(args)
+        device = instance_device(args)
         budgets = parse_budgets(parameters.get(STREAMING_PARAMETER, {}).get("string_value",
                                                                              "{}"))
         self.runner = load_stage_runner(folder, self.stage, device, runtime, budgets)

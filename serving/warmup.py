@@ -1,6 +1,8 @@
 """`model_warmup` for the stage models: the server reports a stage ready only after one real
 execution at the shapes of a request at the preset's defaults, so the first client does
 not pay for lazy initialization (allocator growth, kernel selection, torch's first call).
+In the shared layout the `cinema` model runs the same request through each of its runners
+before its `initialize` returns (`warmup_inputs`, serving/layouts.py).
 
 Warm-up inputs must pass the stage's own boundary checks (serving/stage_checks.py): float
 inputs are zeros, masks are ones, token ids are small ids inside the vocabulary; the
@@ -13,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cinema_trt.models.backends import ORT, TORCH
 from cinema_trt.models.dtypes import lookup
@@ -66,3 +69,11 @@ def add_warmup(pbtxt, model_dir: Path, config: CinemaConfig, stage: Stage) -> No
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data.astype(data.dtype.newbyteorder("<")).tobytes())
         warmup.inputs[tensor.name].CopyFrom(Input(**kind, input_data_file=tensor.name))
+
+
+def warmup_inputs(config: CinemaConfig, stage: Stage) -> dict[str, torch.Tensor]:
+    """The warm-up request as tensors, for a runner called in-process (shared layout)."""
+    shapes = stage.shapes(warmup_request(config), config)
+    arrays = warmup_arrays(config, stage)
+    return {t.name: torch.zeros(shapes[t.name], dtype=t.dtype) if arrays[t.name] is None
+            else torch.from_numpy(arrays[t.name]) for t in stage.spec(config).inputs}

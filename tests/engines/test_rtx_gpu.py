@@ -204,3 +204,38 @@ def test_the_repository_carries_the_budget_to_the_served_dit(rtx_streaming, tiny
     inputs = _dit_inputs(out / "dit", seed=4)
     assert torch.equal(served.run(inputs)["velocity"], _runner(out / "dit").run(inputs)[
         "velocity"])
+
+
+def test_the_shared_layout_loads_every_engine_with_one_activation_region(rtx_fp16, tiny,
+                                                                         tiny_weights, tmp_path):
+    """`cinema-trt repo --layout shared --runtime tensorrt`: the cinema model's loader opens
+    every engine of its version folder in one process with one SharedDeviceMemory (the
+    memory plan's shared layout), and its pipeline makes the in-process engines' video (the
+    same engines and shapes: bit-identical is expected, unmeasured on a GPU)."""
+    import numpy as np
+
+    from cinema_trt.engines.trt_runtime import tensorrt_runners
+    from cinema_trt.models.factory import build_models
+    from cinema_trt.models.media import load_image, sample_references
+    from cinema_trt.models.pipeline import CinemaPipeline, GenerationRequest
+    from cinema_trt.serving.layouts import orchestrator_runners
+    from cinema_trt.serving.repo import RepositoryOptions, build_repository
+    from cinema_trt.serving.triton_config import Placement, parse_config
+
+    onnx_dir, out = rtx_fp16
+    options = RepositoryOptions(runtime="tensorrt", layout="shared",
+                                stage_placement=Placement.on((0,), 1))
+    repo = build_repository(None, tmp_path / "repo", tiny_weights, artifacts=out,
+                            options=options, export_dir=onnx_dir)
+    config = parse_config((repo / "cinema" / "config.pbtxt").read_text())
+    parameters = {k: v.string_value for k, v in config.parameters.items()}
+    runners = orchestrator_runners(tiny, repo / "cinema" / "1", parameters, "cuda:0")
+    engines = [r.runner for r in runners.values() if hasattr(r.runner, "_shared")]
+    assert engines and len({id(e._shared) for e in engines}) == 1  # one activation region
+    models = build_models(tiny)
+    refs = tuple(load_image(p) for p in sample_references()[:2])
+    request = GenerationRequest.with_defaults(tiny, PROMPT, refs)
+    served = CinemaPipeline(tiny, runners, models.processor).generate(request)
+    local = CinemaPipeline(tiny, tensorrt_runners(out, export_dir=onnx_dir),
+                           models.processor).generate(request)
+    np.testing.assert_array_equal(served, local)

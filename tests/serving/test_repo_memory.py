@@ -1,8 +1,10 @@
 """`cinema-trt repo --memory-budget / --weight-streaming-budget` (serving/repo_memory.py,
 serving/repo.py): the repository prices the engines it serves from their manifests' builder
 figures, sets what it can (a streamable DiT's budget, in the stage model's config) and
-refuses what it cannot change, before writing anything. The engine folders here are
-manifests with made-up builder figures (the arithmetic is checked by hand); no plan runs."""
+refuses what it cannot change, before writing anything; it takes the per-stage layout where it
+fits, else the shared one (every stage in one process: one CUDA context, one activation
+region). The engine folders here are manifests with made-up builder figures (the arithmetic
+is checked by hand); no plan runs."""
 
 import dataclasses
 import json
@@ -15,8 +17,13 @@ from cinema_trt.export.manifest import BuildRecord, read_manifest, write_manifes
 from cinema_trt.models.presets import get_preset
 from cinema_trt.models.stages import GRAPHS, STAGES
 from cinema_trt.serving.repo import RepositoryOptions, build_repository
-from cinema_trt.serving.repo_memory import MemoryBudgetError, MemoryRequest, plan_memory
-from cinema_trt.serving.served_memory import GIB, Assumptions
+from cinema_trt.serving.repo_memory import (
+    MemoryBudgetError,
+    MemoryChoice,
+    MemoryRequest,
+    plan_memory,
+)
+from cinema_trt.serving.served_memory import GIB, PER_STAGE, SHARED, Assumptions
 from cinema_trt.serving.stage_model import load_stage_runner, parse_budgets
 from cinema_trt.serving.triton_config import Placement, parse_config
 
@@ -32,6 +39,8 @@ FIGURES = {"mllm_vision": (1, 1), "mllm_text": (2, 1), "connector": (0.5, 0.5),
            "vae_encoder": (0.5, 2), "dit": (10, 3), "vae_decoder": (0.5, 4)}
 # per stage process: weights + largest activation of its graphs + a context
 RESIDENT = ((1 + 2) + 1) + (0.5 + 0.5) + (0.5 + 2) + (10 + 3) + (0.5 + 4) + 5 * 0.5
+# one process: every graph's weights + the largest activation (the decoder's) + one context
+SHARED_RESIDENT = (1 + 2 + 0.5 + 0.5 + 10 + 0.5) + 4 + 0.5
 
 
 def _engines(root, stage_manifest, streaming=(), config=TINY):
@@ -61,14 +70,49 @@ def _request(budget_gib=None, streaming_gib=None):
 
 def test_engines_that_fit_are_served_as_they_are(tmp_path, stage_manifest):
     engines = _engines(tmp_path, stage_manifest, streaming=("dit",))
-    assert plan_memory(engines, TINY, _request(RESIDENT + 0.1)) == {}
+    assert plan_memory(engines, TINY, _request(RESIDENT + 0.1)) == MemoryChoice(PER_STAGE, {})
+
+
+def test_the_shared_layout_is_chosen_when_only_it_fits(tmp_path, stage_manifest):
+    """The bug it catches: a budget that one process fits refused because the per-stage
+    layout pays five contexts and five activation regions."""
+    engines = _engines(tmp_path, stage_manifest)  # nothing streams
+    assert SHARED_RESIDENT == 19 and RESIDENT == 27.5
+    # I/O buffers of the tiny preset are a few MiB on top of the figures
+    assert plan_memory(engines, TINY, _request(19.1)) == MemoryChoice(SHARED, {})
+    assert plan_memory(engines, TINY, _request(27.6)) == MemoryChoice(PER_STAGE, {})
+    with pytest.raises(MemoryBudgetError):
+        plan_memory(engines, TINY, _request(18.9))
+
+
+def test_an_explicit_layout_is_kept_or_refused_naming_the_one_that_fits(tmp_path,
+                                                                        stage_manifest):
+    engines = _engines(tmp_path, stage_manifest)
+    assert plan_memory(engines, TINY, _request(27.6), (SHARED,)) == MemoryChoice(SHARED, {})
+    with pytest.raises(MemoryBudgetError) as error:
+        plan_memory(engines, TINY, _request(20), (PER_STAGE,))
+    text = str(error.value)
+    assert "--layout per-stage was asked; --layout shared would fit" in text
+    # both layouts' rows, whichever was asked
+    assert "| per-stage | 27.5 | no | no | fits | fits | fits |" in text
+    assert "| shared | 19.0 | no | fits | fits | fits | fits |" in text
+
+
+def test_a_streamed_dit_in_the_shared_layout_gets_what_one_process_leaves(tmp_path,
+                                                                          stage_manifest):
+    engines = _engines(tmp_path, stage_manifest, streaming=("dit",))
+    # per-stage needs 17.5 GiB besides the DiT's weights and 2 blocks (19.5) at least;
+    # shared needs SHARED_RESIDENT - 10 = 9 GiB besides them
+    choice = plan_memory(engines, DEEP, _request(16))
+    assert choice.layout == SHARED and list(choice.budgets) == ["dit"]
+    assert 16 - 9 - 0.01 < choice.budgets["dit"] / GIB < 16 - 9
 
 
 def test_a_streamable_dit_gets_the_room_the_other_stages_leave(tmp_path, stage_manifest):
     """The bug it catches: the budget set to the card's size (or the DiT's share of it)
     rather than what every other process leaves it."""
     engines = _engines(tmp_path, stage_manifest, streaming=("dit",))
-    budgets = plan_memory(engines, DEEP, _request(20))
+    budgets = plan_memory(engines, DEEP, _request(20), (PER_STAGE,)).budgets
     # the others and the DiT's activation and context take RESIDENT - 10 GiB; I/O buffers
     # of the tiny preset are a few MiB on top
     assert list(budgets) == ["dit"]
@@ -78,11 +122,14 @@ def test_a_streamable_dit_gets_the_room_the_other_stages_leave(tmp_path, stage_m
 def test_engines_that_cannot_fit_are_refused_with_their_table(tmp_path, stage_manifest):
     engines = _engines(tmp_path, stage_manifest)  # nothing streams
     with pytest.raises(MemoryBudgetError) as error:
-        plan_memory(engines, TINY, _request(20))
+        plan_memory(engines, TINY, _request(18))
     text = str(error.value)
-    assert RESIDENT == 27.5 and "engines need 27.5" in text  # the figure, stated
+    # the figures of both layouts, stated
+    assert "- per-stage (one process per stage model, 5 processes): 27.5" in text
+    assert "- shared (every stage in the cinema model's process, one activation region, " \
+        "1 process): 19.0" in text
     assert "| 16 GiB | 24 GiB | 32 GiB | 48 GiB | 80 GiB |" in text
-    assert "| no | no | fits | fits | fits |" in text
+    assert "| per-stage | 27.5 | no | no | fits | fits | fits |" in text
     assert "cannot change an engine" in text
     # the DiT's own rebuild command, with what would let the repository fit it
     assert f"cinema-trt build --onnx x --out {tmp_path} --weight-streaming" in text
@@ -92,9 +139,9 @@ def test_engines_that_cannot_fit_are_refused_with_their_table(tmp_path, stage_ma
 def test_a_streamed_dit_too_big_even_at_its_minimum_is_refused(tmp_path, stage_manifest):
     engines = _engines(tmp_path, stage_manifest, streaming=("dit",))
     # the rest takes 17.5 GiB, two blocks of 1 GiB at least
-    with pytest.raises(MemoryBudgetError, match="over the memory budget of 19.40 GiB"):
-        plan_memory(engines, DEEP, _request(19.4))
-    assert plan_memory(engines, DEEP, _request(19.6))["dit"] > 2 * GIB
+    with pytest.raises(MemoryBudgetError, match="the memory budget of 19.40 GiB"):
+        plan_memory(engines, DEEP, _request(19.4), (PER_STAGE,))
+    assert plan_memory(engines, DEEP, _request(19.6), (PER_STAGE,)).budgets["dit"] > 2 * GIB
 
 
 def test_an_explicit_streaming_budget_needs_an_engine_built_for_it(tmp_path, stage_manifest):
@@ -105,10 +152,13 @@ def test_an_explicit_streaming_budget_needs_an_engine_built_for_it(tmp_path, sta
 
 def test_an_explicit_streaming_budget_must_fit_the_memory_budget(tmp_path, stage_manifest):
     engines = _engines(tmp_path, stage_manifest, streaming=("dit",))
-    assert plan_memory(engines, DEEP, _request(streaming_gib=4)) == {"dit": 4 * GIB}
-    assert plan_memory(engines, DEEP, _request(20, 2)) == {"dit": 2 * GIB}
+    assert plan_memory(engines, DEEP, _request(streaming_gib=4)) == \
+        MemoryChoice(PER_STAGE, {"dit": 4 * GIB})
+    assert plan_memory(engines, DEEP, _request(20, 2), (PER_STAGE,)).budgets == {"dit": 2 * GIB}
     with pytest.raises(MemoryBudgetError):
-        plan_memory(engines, DEEP, _request(20, 3))
+        plan_memory(engines, DEEP, _request(20, 3), (PER_STAGE,))
+    # one process leaves the DiT more: 20 - 9 GiB
+    assert plan_memory(engines, DEEP, _request(20, 3)) == MemoryChoice(SHARED, {"dit": 3 * GIB})
 
 
 def test_a_decoder_built_for_tiles_is_priced_at_its_tile(tmp_path, stage_manifest):
@@ -224,3 +274,31 @@ def test_cli_refuses_with_the_recorded_cards_table(tiny_weights, tmp_path, caplo
 
 def test_parse_budgets_reads_what_the_repository_writes():
     assert parse_budgets(json.dumps({"dit": 3 * GIB})) == {"dit": 3 * GIB}
+
+
+def test_a_budget_only_one_process_fits_writes_the_shared_layout(tiny_weights, tmp_path,
+                                                                 stage_manifest):
+    engines = _engines(tmp_path / "engines", stage_manifest)
+    export = tmp_path / "onnx"
+    for stage in STAGES:  # a split stage's glue, from its export
+        if stage.glue:
+            (export / stage.glue).mkdir(parents=True)
+            (export / stage.glue / "model.onnx").write_bytes(b"glue")
+            stage_manifest(export / stage.glue, TINY, stage=stage.glue)
+    options = RepositoryOptions(runtime="tensorrt", stage_placement=Placement.on((0,), 1),
+                                memory=_request(20))  # per-stage 27.5 GiB, shared 19
+    out = build_repository(TINY, tmp_path / "repo", tiny_weights, engines, options,
+                           export_dir=export)
+    assert [p.parent.name for p in out.glob("*/config.pbtxt")] == ["cinema"]
+    config = parse_config((out / "cinema/config.pbtxt").read_text())
+    assert config.parameters["layout"].string_value == "shared"
+    assert config.parameters["runtime"].string_value == "tensorrt"
+    assert list(config.instance_group[0].gpus) == [0]
+    for graph in GRAPHS:  # every engine in the one process's folder
+        assert read_manifest(out / "cinema/1/engines" / graph.name).build is not None
+    # an explicit per-stage layout that does not fit is refused, nothing written
+    options = dataclasses.replace(options, layout="per-stage", overwrite=True)
+    with pytest.raises(MemoryBudgetError, match="--layout shared would fit"):
+        build_repository(TINY, tmp_path / "repo", tiny_weights, engines, options,
+                         export_dir=export)
+    assert [p.parent.name for p in out.glob("*/config.pbtxt")] == ["cinema"]
