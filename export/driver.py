@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from cinema_trt.models.fileio import onnx_sha256
-from cinema_trt.models.precision import compute_dtype, parse_dtype, policy
+from cinema_trt.models.precision import compute_dtype, parse_dtype, policy, weight_format
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.stages import WEIGHT_ONLY_GRAPHS, graph, resolve_graphs
 
@@ -281,6 +281,7 @@ def _weight_only_config(graphs: list[Graph], format_name: str | None, method: st
 
     if format_name is None:
         return {}
+    weight_format(format_name)  # ValueError naming the formats
     configs = {g.name: WeightOnlyConfig.of(format_name, method, block,
                                            g.weight_only[format_name].exclude)
                for g in graphs if format_name in g.weight_only}
