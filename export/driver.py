@@ -138,7 +138,7 @@ def export_stage(graph: Graph, models: CinemaModels, out_dir: Path,
     gated, emulated = "FP8", None
     if weight_only is not None:
         gated = weight_only.format.name.upper()
-        min_cosine = graph.weight_only[weight_only.format.name].min_cosine
+        min_cosine = graph.weight_only[weight_only.format].min_cosine
         files, quantization, opset = _weight_only(graph, models, stage_dir, weight_only, dtype)
         emulated = emulate_rtn(source, quantization["layers"], dataclasses.replace(
             weight_only, block_size=quantization["block_size"]))
@@ -186,7 +186,7 @@ def _weight_only(graph: Graph, models: CinemaModels, stage_dir: Path,
     files = save_onnx(model, path)  # our layout: model.onnx (+ model.onnx.data)
     del model
     check_onnx(files[0])
-    recipe, format_ = graph.weight_only[config.format.name], config.format
+    recipe, format_ = graph.weight_only[config.format], config.format
     return files, {
         "format": format_.name, "weights": f"{format_.element} through DequantizeLinear, "
         f"one scale per {format_.scales}", "method": config.method,
@@ -255,7 +255,7 @@ def export_stages(config: CinemaConfig, out_dir: str | os.PathLike,
     models = load_or_build(config, weights)
     amax: dict[str, dict[str, float]] = {}
     quantized = [g for g in graphs if Precision.FP8 in g.recipes
-                 and not (weight_only and weight_only in g.weight_only)]
+                 and g.name not in weight_only_config]
     if fp8 and quantized:
         logger.info("FP8: calibrating %s on pipeline runs (%s)", [g.name for g in quantized],
                     calibrator)
@@ -281,10 +281,10 @@ def _weight_only_config(graphs: list[Graph], format_name: str | None, method: st
 
     if format_name is None:
         return {}
-    weight_format(format_name)  # ValueError naming the formats
+    format_ = weight_format(format_name)  # ValueError naming the formats
     configs = {g.name: WeightOnlyConfig.of(format_name, method, block,
-                                           g.weight_only[format_name].exclude)
-               for g in graphs if format_name in g.weight_only}
+                                           g.weight_only[format_].exclude)
+               for g in graphs if format_ in g.weight_only}
     if not configs:
         raise ValueError(f"weight_only={format_name!r}: none of {[g.name for g in graphs]} "
                          f"has a weight-only recipe; those that do: "

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .precision import Precision
+from .precision import INT4_WEIGHTS, INT8_WEIGHTS, Precision
 from .specs import StageSpec, TensorSpec, f32, i64, image_patches
 from .stage import Case, Graph, Recipe, Request, Stage, TextGraph, text_symbols
 
@@ -106,8 +106,8 @@ class MLLMTextGraph(TextGraph):
     # export/test_weight_only_export.py), not that it is accurate; the INT8 one is a
     # real accuracy gate and fails an INT4 graph (0.997 on tiny).
     weight_only = {
-        "int4": Recipe(exclude=_LM_HEAD, min_cosine=0.838, why=_WEIGHT_ONLY_WHY),
-        "int8": Recipe(exclude=_LM_HEAD, min_cosine=0.9986, why=_WEIGHT_ONLY_WHY)}
+        INT4_WEIGHTS: Recipe(exclude=_LM_HEAD, min_cosine=0.838, why=_WEIGHT_ONLY_WHY),
+        INT8_WEIGHTS: Recipe(exclude=_LM_HEAD, min_cosine=0.9986, why=_WEIGHT_ONLY_WHY)}
 
     def spec(self, config: CinemaConfig) -> StageSpec:
         D = config.mllm.hidden_size

@@ -32,7 +32,7 @@ from cinema_trt.export.weight_only import (
     quantized_gemms,
 )
 from cinema_trt.models.fileio import onnx_sha256
-from cinema_trt.models.precision import Precision
+from cinema_trt.models.precision import INT4_WEIGHTS, Precision
 from cinema_trt.models.stages import MLLM, WEIGHT_ONLY_GRAPHS, graph
 
 pytestmark = pytest.mark.slow  # each export ~25 s
@@ -80,7 +80,7 @@ def test_the_manifest_records_the_recipe_and_the_gate(exported):
     # the gate it passed: tighter than the floor, derived from torch's own rounding
     validation = manifest.validation
     assert validation.emulated is not None and validation.min_cosine is not None
-    floor = TEXT.weight_only["int4"].min_cosine
+    floor = TEXT.weight_only[INT4_WEIGHTS].min_cosine
     assert floor < validation.min_cosine < validation.emulated.cosine
     assert validation.error is not None and validation.error.cosine >= validation.min_cosine
     assert "--weight-only int4 --weight-only-method rtn_dq --weight-only-block 64" in \
@@ -103,7 +103,8 @@ def _gate(folder, tiny_models, format_name="int4", block=64):
     emulated = emulate_rtn(source, manifest.quantization["layers"], config)
     return validate(TEXT, tiny_models, folder, manifest,
                     (source, cast_module(source, Precision.FP16)),
-                    TEXT.cases(tiny_models.config)[1], TEXT.weight_only[format_name].min_cosine,
+                    TEXT.cases(tiny_models.config)[1],
+                    TEXT.weight_only[config.format].min_cosine,
                     format_name.upper(), emulated)
 
 
