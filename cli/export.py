@@ -92,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--weight-only", choices=[f.name for f in WEIGHT_FORMATS],
                    help=f"integer weights for {', '.join(WEIGHT_ONLY_GRAPHS)} through NVIDIA "
                         "ModelOpt's ONNX quantizer (pip install 'cinema-trt[quant]'): "
-                        + "; ".join(f"{f.name}: one scale per {f.scales}"
+                        + "; ".join(f"{f.name}: one scale per {f.scales} ({f.why})"
                                     for f in WEIGHT_FORMATS)
                         + ". The graph keeps --dtype (use fp16) for its arithmetic and is not "
                           "FP8 with --fp8; build it with --precision of that dtype")

@@ -58,22 +58,22 @@ ORT_PRECISIONS = tuple(p.precision for p in POLICIES if p.ort)
 @dataclass(frozen=True)
 class WeightFormat:
     """A weight-only format (`cinema-trt export --weight-only`, export/weight_only.py): the
-    GEMMs of a graph's `weight_only` recipes (models/stage.py, keyed by these) read their weights as
-    integers through DequantizeLinear and compute in the export's dtype, so the graph keeps
-    its precision (fp16, say) and only its weights shrink."""
+    GEMMs of a graph's `weight_only` recipes (models/stage.py, keyed by these) read their
+    weights as integers through DequantizeLinear and compute in the export's dtype, so the
+    graph keeps its precision (fp16, say) and only its weights shrink."""
 
     name: str  # the option's value (`weight_format` looks it up)
     bits: int
     element: str  # ONNX element type of the stored weights (models/dtypes.py spelling)
-    scales: str  # what one scale covers: the manifest says it, the README renders it
+    scales: str  # what one scale covers ("one scale per <scales>": manifest, CLI help)
     why: str
 
 
 INT4_WEIGHTS = WeightFormat(
-    "int4", 4, "int4", "a block of input rows (--weight-only-block) of one output column; "
+    "int4", 4, "int4", "block of input rows (--weight-only-block) of one output column; "
     "signed, no zero point", "a quarter of fp16's weight bytes: what a prefill that reads "
     "every weight once is bounded by")
-INT8_WEIGHTS = WeightFormat("int8", 8, "int8", "one output column", "half of fp16's weight "
+INT8_WEIGHTS = WeightFormat("int8", 8, "int8", "output column", "half of fp16's weight "
                             "bytes, with far less rounding than INT4")
 WEIGHT_FORMATS = (INT4_WEIGHTS, INT8_WEIGHTS)
 

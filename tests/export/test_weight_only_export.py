@@ -201,3 +201,18 @@ def test_tensorrt_rtx_builds_the_int4_export_smaller(require, exported, tiny_exp
     request = request_at(default_shapes(tiny_models.config), tiny_models.config, "max")
     figures, _ = _figures(tmp_path / "int4" / TEXT.name, TEXT, tiny_models.config, request)
     assert figures.weights == weights["int4"]
+
+
+def test_cli_without_modelopt_exits_2_with_the_install_command(tmp_path, caplog, monkeypatch):
+    """A None entry in sys.modules makes the import fail as if ModelOpt were not installed:
+    refused before any export, with the command that installs it."""
+    import sys
+
+    from cinema_trt.cli.main import main
+
+    monkeypatch.setitem(sys.modules, "modelopt.onnx.quantization", None)
+    out = tmp_path / "onnx"
+    assert main(["export", "--out", str(out), "--stages", TEXT.name, "--weight-only", "int4",
+                 "--quiet"]) == 2
+    assert 'pip install -e ".[quant]"' in caplog.text
+    assert not out.exists()
