@@ -125,8 +125,8 @@ def measure_model(name: str, models: Any, block: int, folder: Path,
     from cinema_trt.export.weight_only import (
         WeightOnlyConfig,
         quantize_weight_only,
-        text_calibration,
     )
+    from cinema_trt.models.mllm_split import text_calibration
 
     embed = models.mllm.model.language_model.embed_tokens.weight.detach()
     calibration = [text_calibration(embed, 1, 128, seed=s) for s in range(4)]

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cinema_trt.models.precision import EXPORT_PRECISIONS
-from cinema_trt.models.stages import FP8_GRAPHS, GRAPH_NAMES, aliases
+from cinema_trt.models.precision import EXPORT_PRECISIONS, WEIGHT_FORMATS
+from cinema_trt.models.stages import FP8_GRAPHS, GRAPH_NAMES, WEIGHT_ONLY_GRAPHS, aliases
 from cinema_trt.models.text_table import text_table
 
 from .options import defaults, from_args
@@ -20,9 +20,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# cinema_trt.export.calibration.CALIBRATORS, spelled out: importing it would load torch
-# every time the CLI starts (tests/export/test_export_cli.py checks they agree)
+# cinema_trt.export.calibration.CALIBRATORS and export.weight_only.METHODS, spelled out:
+# importing them would load torch every time the CLI starts (tests/export/test_export_cli.py
+# checks they agree)
 CALIBRATORS = ("builtin", "modelopt")
+WEIGHT_ONLY_METHODS = ("rtn_dq", "awq_clip", "awq_lite")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,11 @@ class ExportOptions:
     calibrator: str = "builtin"  # FP8 calibration: builtin | modelopt
     attention_plugin: bool = False  # DiT attention as TensorRT plugin nodes
     dtype: str = "fp32"  # what the graphs compute in: fp32 | fp16 | bf16
+    weight_only: str | None = None  # int4 | int8 weights for the graphs with that recipe
+    # RTN by default: AWQ-clip took 9-100x RTN's time for at most 0.0005 of cosine in the
+    # weight-only record (benchmarks/results/cpu-2core-weight-only-20261206.md)
+    weight_only_method: str = "rtn_dq"
+    weight_only_block: int = 0  # INT4 input rows per scale; 0: the largest up to 128 that fits
 
 
 def export_from_options(options: ExportOptions) -> list[ExportResult]:
@@ -82,6 +89,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="DiT attention as Triton-kernel TensorRT plugin nodes (TensorRT only; "
                         "the plugin takes fp16/bf16: use --dtype fp16 or bf16, or on "
                         "TensorRT 10 build an fp32 export with --precision fp16)")
+    p.add_argument("--weight-only", choices=[f.name for f in WEIGHT_FORMATS],
+                   help=f"integer weights for {', '.join(WEIGHT_ONLY_GRAPHS)} through NVIDIA "
+                        "ModelOpt's ONNX quantizer (pip install 'cinema-trt[quant]'): "
+                        + "; ".join(f"{f.name}: one scale per {f.scales} ({f.why})"
+                                    for f in WEIGHT_FORMATS)
+                        + ". The graph keeps --dtype (use fp16) for its arithmetic and is not "
+                          "FP8 with --fp8; build it with --precision of that dtype")
+    p.add_argument("--weight-only-method", choices=WEIGHT_ONLY_METHODS,
+                   help="ModelOpt's method: rtn_dq rounds each block (default); awq_clip "
+                        "also searches each block's clipping on calibration prompts (~10x "
+                        "slower); awq_lite, AWQ's per-channel scaling")
+    p.add_argument("--weight-only-block", type=int, metavar="ROWS",
+                   help="int4: input rows per scale, a power of two >= 16 dividing every "
+                        "layer's input width (default: the largest up to 128 that does)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run, **defaults(ExportOptions))
 
@@ -106,6 +127,7 @@ def format_summary(results: list[ExportResult]) -> str:
     for r in results:
         errors = ((f"{r.error.max_abs:.2e}", f"{r.error.rel_max:.2e}", f"{r.error.cosine:.6f}")
                   if r.error is not None else ("-", "-", "-"))
-        rows.append((r.stage, r.precision.value, f"{r.file_bytes / 2**20:.2f} MiB",
+        precision = r.precision.value + (f", {r.weight_only} weights" if r.weight_only else "")
+        rows.append((r.stage, precision, f"{r.file_bytes / 2**20:.2f} MiB",
                      f"{r.params / 1e6:.3f} M", *errors, f"{r.seconds:.1f} s"))
     return text_table(rows)

@@ -13,9 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cinema_trt.export.manifest import BuildRecord, Manifest, Precision, write_manifest
+from cinema_trt.export.manifest import BuildRecord, Manifest, write_manifest
 from cinema_trt.models.backends import Backend, get_backend, resolve_targets, sm_name
-from cinema_trt.models.precision import precision_for
 from cinema_trt.models.specs import StageSpec
 
 from .config import BuildConfig, OnnxGraphInfo, inspect_onnx, resolve_build_config
@@ -93,8 +92,7 @@ def check_backend_graph(stage: ExportedStage, graph: OnnxGraphInfo, backend: Bac
         f"with --attention-plugin), and {backend.display} has no Python plugins, so it cannot "
         f"run them{fused}. Re-export without the flag: "
         f"cinema-trt export --preset {export.preset} --out {stage.folder.parent} "
-        f"--dtype {precision_for(export.compute_dtype).value}"
-        f"{' --fp8' if export.precision is Precision.FP8 else ''} --stages {stage.name}")
+        f"{export.export_flags} --stages {stage.name}")
 
 
 def check_graph_io(stage_spec: StageSpec, graph: OnnxGraphInfo, where: Path) -> None:

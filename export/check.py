@@ -1,8 +1,8 @@
 """An export's accuracy check: the graph on ONNX Runtime against PyTorch on the graph's check
 cases, gated, giving the manifest's `Validation` record (export/validation.py).
 
-Gates: FP8 graphs, the recipe's cosine to torch fp32; fp32 graphs, FP32_TOLERANCE; fp16
-and bf16 graphs, the tolerances derived below.
+Gates: FP8 and weight-only graphs, their recipe's cosine to torch fp32; fp32 graphs,
+FP32_TOLERANCE; fp16 and bf16 graphs, the tolerances derived below.
 """
 
 from __future__ import annotations
@@ -40,6 +40,17 @@ FP16_ERROR_FACTOR = 2.0
 # tolerance. A wrong graph (mask, RoPE, a dropped input) differs by far more than the
 # rounding.
 BF16_ROUNDING_FRACTION = 0.5
+# weight-only graphs (INT4/INT8 weights, export/weight_only.py): 1 - cosine to torch fp32 at
+# most twice that of the torch module with the same layers' weights rounded to nearest in
+# the format (`emulate_rtn`), plus fp16's own loss; never under the recipe's floor. Relative,
+# because mllm_text's check inputs are standard-normal embeddings (~50x real ones), which
+# drown the weights' share of the output: every cosine is near 1. Measured on tiny's check
+# cases, fp16: INT4 block 64 graph 0.9999972 vs rounded in torch 0.9999972 (gate
+# 0.9999942), INT8 0.99999996 vs 0.99999999 (fp16's own loss, 1.2e-7, dominates; gate
+# 0.9999997). It fails a graph whose weights are not dequantized (-0.006), whose scales sit
+# on the wrong output columns (0.999984, which no absolute floor would catch), or an INT4
+# graph recorded as INT8 (0.9999972 against 0.9999997).
+WEIGHT_ONLY_ERROR_FACTOR = 2.0
 
 
 class ExportError(RuntimeError):
@@ -48,11 +59,15 @@ class ExportError(RuntimeError):
 
 def validate(graph: Graph, models: Any, stage_dir: Path, manifest: Manifest,
              modules: tuple[torch.nn.Module, torch.nn.Module], cases: tuple[Case, ...],
-             min_cosine: float | None) -> Validation:
+             min_cosine: float | None, quantized: str = "FP8",
+             emulated: torch.nn.Module | None = None) -> Validation:
     """The graph in `stage_dir` vs PyTorch on every check case; ExportError past the gate.
 
     `modules`: (`graph.module`, the module the graph was traced from: it cast to the
-    export's dtype); `min_cosine`: the FP8 recipe's gate, for an FP8 graph.
+    export's dtype); `min_cosine`: the quantized graph's gate (its FP8 or weight-only
+    recipe's), `quantized` the format the error message names; `emulated`: a weight-only
+    graph's module with its weights rounded in torch (export/weight_only.emulate_rtn),
+    whose cosine to torch fp32 tightens the gate (WEIGHT_ONLY_ERROR_FACTOR).
     """
     from .dtype import round_parameters
 
@@ -67,6 +82,7 @@ def validate(graph: Graph, models: Any, stage_dir: Path, manifest: Manifest,
     with _graph_runner(stage_dir, manifest) as run:
         stats: list[ErrorStats] = []
         spread: list[ErrorStats] = []
+        rounded: list[ErrorStats] = []
         for i, case in enumerate(cases):
             inputs = graph.sample_inputs(models.config, case, seed=CHECK_SEED + i)
             with torch.inference_mode():
@@ -74,6 +90,9 @@ def validate(graph: Graph, models: Any, stage_dir: Path, manifest: Manifest,
                 if companion is not None:
                     other = _named(outputs, companion(**inputs))
                     spread.extend(error_stats(other[n], ref[n]) for n in outputs)
+                if emulated is not None:
+                    other = _named(outputs, emulated(**inputs))
+                    rounded.extend(error_stats(other[n], ref[n]) for n in outputs)
             got = run(inputs)
             # every output, each against its own scale: a graph's later outputs (the VAE
             # decoder's next states) are as much its result as the first
@@ -84,9 +103,10 @@ def validate(graph: Graph, models: Any, stage_dir: Path, manifest: Manifest,
     checked = Validation(
         TORCH_FP32 + (" with parameters rounded to bf16" if bf16 else ""),
         "onnxruntime" + (", the graph upcast to float32" if compute == "bfloat16" else ""),
-        tuple(dict(c) for c in cases), worst(stats), worst(spread) if spread else None)
+        tuple(dict(c) for c in cases), worst(stats), worst(spread) if spread else None,
+        emulated=worst(rounded) if rounded else None)
     if min_cosine is not None:
-        return _gate_cosine(graph.name, min_cosine, checked)
+        return _gate_cosine(graph.name, min_cosine, checked, quantized)
     return _gate_error(graph.name, compute, checked)
 
 
@@ -99,15 +119,22 @@ def _named(names: tuple[str, ...], outputs: Any) -> dict[str, torch.Tensor]:
     return dict(zip(names, outputs, strict=True))
 
 
-def _gate_cosine(name: str, min_cosine: float, checked: Validation) -> Validation:
-    """FP8's loss comes on top of fp16's own: their (1 - cosine) add up."""
+def _gate_cosine(name: str, min_cosine: float, checked: Validation, quantized: str
+                 ) -> Validation:
+    """A quantized graph's loss (FP8, INT4/INT8 weights) comes on top of fp16's own: their
+    (1 - cosine) add up."""
     assert checked.error is not None
-    spread = checked.spread
+    spread, rounded = checked.spread, checked.emulated
+    floor = min_cosine
+    if rounded is not None:  # no more than WEIGHT_ONLY_ERROR_FACTOR x torch's own rounding
+        min_cosine = max(min_cosine, 1 - WEIGHT_ONLY_ERROR_FACTOR * (1 - rounded.cosine))
     gate = min_cosine - (FP16_ERROR_FACTOR * (1 - spread.cosine) if spread else 0.0)
     if not checked.error.cosine >= gate:
-        raise ExportError(f"{name}: FP8 graph has cosine {checked.error.cosine:.5f} to torch "
-                          f"fp32, below the gate {gate:.5f} (the recipe's {min_cosine}); "
-                          f"check calibration")
+        emulation = ("" if rounded is None else f"; its weights rounded in torch score "
+                     f"{rounded.cosine:.5f}")
+        raise ExportError(f"{name}: {quantized} graph has cosine {checked.error.cosine:.5f} "
+                          f"to torch fp32, below the gate {gate:.5f} (the recipe's floor "
+                          f"{floor}{emulation}); check its calibration or quantizer")
     return dataclasses.replace(checked, min_cosine=gate)
 
 

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from cinema_trt.models.fileio import onnx_sha256
-from cinema_trt.models.precision import compute_dtype, parse_dtype, policy
+from cinema_trt.models.precision import compute_dtype, parse_dtype, policy, weight_format
 from cinema_trt.models.presets import CinemaConfig
-from cinema_trt.models.stages import graph, resolve_graphs
+from cinema_trt.models.stages import WEIGHT_ONLY_GRAPHS, graph, resolve_graphs
 
 from .check import validate
 from .compare import ErrorStats
@@ -41,6 +41,7 @@ from .manifest import (
 )
 from .onnx_graph import DEFAULT_OPSET, check_onnx, save_onnx, trace_to_onnx, weight_count
 from .validation import Validation
+from .weight_only import WeightOnlyConfig, emulate_rtn
 
 if TYPE_CHECKING:
     from cinema_trt.models.factory import CinemaModels
@@ -59,6 +60,7 @@ class ExportResult:
     error: ErrorStats | None  # worst over the check cases, ORT vs torch fp32; None when
     # ORT cannot run the graph (TensorRT plugin nodes)
     seconds: float
+    weight_only: str = ""  # its weights' format (int4 | int8) when exported --weight-only
 
 
 def check_out_dir(out_dir: str | os.PathLike) -> Path:
@@ -108,11 +110,13 @@ def _manifest(graph: Graph, models: CinemaModels, source: torch.nn.Module,
 def export_stage(graph: Graph, models: CinemaModels, out_dir: Path,
                  amax: dict[str, float] | None = None, opset: int = DEFAULT_OPSET,
                  calibrator: str = "builtin", dtype: Precision = Precision.FP32,
-                 plugin: bool = False) -> ExportResult:
+                 plugin: bool = False, weight_only: WeightOnlyConfig | None = None
+                 ) -> ExportResult:
     """Export one graph computing in `dtype` (fp32 | fp16 | bf16; the graph's I/O stays
     float32); `amax` (layer -> calibrated input amax, from `calibrator`) makes it FP8;
-    `plugin`: its attention as TensorRT plugin nodes (only TensorRT runs it, so the check
-    against PyTorch is skipped)."""
+    `weight_only` quantizes its weights (export/weight_only.py, the graph's `weight_only`
+    recipe) and keeps `dtype` for its arithmetic; `plugin`: its attention as TensorRT
+    plugin nodes (only TensorRT runs it, so the check against PyTorch is skipped)."""
     start = time.perf_counter()
     stage_dir = out_dir / graph.name
     _clear_stage(stage_dir)
@@ -131,16 +135,25 @@ def export_stage(graph: Graph, models: CinemaModels, out_dir: Path,
     files = save_onnx(model, stage_dir / MODEL_FILE)
     del model
     check_onnx(files[0])
+    gated, emulated = "FP8", None
+    if weight_only is not None:
+        gated = weight_only.format.name.upper()
+        min_cosine = graph.weight_only[weight_only.format].min_cosine
+        files, quantization, opset = _weight_only(graph, models, stage_dir, weight_only, dtype)
+        emulated = emulate_rtn(source, quantization["layers"], dataclasses.replace(
+            weight_only, block_size=quantization["block_size"]))
     manifest = dataclasses.replace(
         _manifest(graph, models, source, manifest_precision, opset, files, dtype),
         quantization=quantization, sidecars=graph.save_glue(models, stage_dir))
     validation = Validation(skipped="TensorRT plugin nodes: ONNX Runtime cannot run this "
                                     "graph") if plugin else \
-        validate(graph, models, stage_dir, manifest, (source, module), checks, min_cosine)
+        validate(graph, models, stage_dir, manifest, (source, module), checks, min_cosine,
+                 gated, emulated)
     write_manifest(dataclasses.replace(manifest, validation=validation), stage_dir)  # last
     return ExportResult(graph.name, manifest_precision, stage_dir,
                         sum(f.stat().st_size for f in files), weight_count(files[0]),
-                        validation.error, time.perf_counter() - start)
+                        validation.error, time.perf_counter() - start,
+                        weight_only.format.name if weight_only else "")
 
 
 def _quantize(model, graph: Graph, amax: dict[str, float], calibrator: str,
@@ -154,21 +167,56 @@ def _quantize(model, graph: Graph, amax: dict[str, float], calibrator: str,
             "compute_dtype": compute_dtype(dtype), "layers": {n: amax[n] for n in layers}}
 
 
+def _weight_only(graph: Graph, models: CinemaModels, stage_dir: Path,
+                 config: WeightOnlyConfig, dtype: Precision) -> tuple[list[Path], dict, int]:
+    """Quantize the saved graph's weights in place; (its files, the manifest's
+    `quantization` record, its opset)."""
+    import onnx
+
+    from .weight_only import quantize_weight_only
+
+    path = stage_dir / MODEL_FILE
+    with tempfile.TemporaryDirectory(dir=stage_dir, prefix=".weight-only-") as folder:
+        result = quantize_weight_only(path, Path(folder) / MODEL_FILE,
+                                      graph.calibration_batches(models), config)
+        model = onnx.load(str(result.path))  # with its external data, before the folder goes
+    for name in (EXTERNAL_DATA_FILE, MODEL_FILE):
+        (stage_dir / name).unlink(missing_ok=True)
+    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    files = save_onnx(model, path)  # our layout: model.onnx (+ model.onnx.data)
+    del model
+    check_onnx(files[0])
+    recipe, format_ = graph.weight_only[config.format], config.format
+    return files, {
+        "format": format_.name, "weights": f"{format_.element} through DequantizeLinear, "
+        f"one scale per {format_.scales}", "method": config.method,
+        "block_size": result.block_size,
+        "exclude": list(recipe.exclude), "excluded": list(result.excluded), "why": recipe.why,
+        "quantizer": f"modelopt {_version('nvidia-modelopt')}",
+        "compute_dtype": compute_dtype(dtype), "layers": list(result.quantized),
+        "weight_bytes": list(result.weight_bytes)}, opset
+
+
+def _version(package: str) -> str:
+    from importlib import metadata
+
+    return metadata.version(package)
+
+
 def calibrator_version(calibrator: str) -> str:
     """'builtin', or 'modelopt <version>' (the manifest records what calibrated it)."""
     if calibrator != "modelopt":
         return calibrator
-    from importlib import metadata
-
-    return f"modelopt {metadata.version('nvidia-modelopt')}"
+    return f"modelopt {_version('nvidia-modelopt')}"
 
 
 def export_stages(config: CinemaConfig, out_dir: str | os.PathLike,
                   stages: list[str] | tuple[str, ...] | None = None,
                   weights: str | os.PathLike | None = None, fp8: bool = False,
                   progress: bool = True, calibrator: str = "builtin",
-                  attention_plugin: bool = False, dtype: str | Precision = "fp32"
-                  ) -> list[ExportResult]:
+                  attention_plugin: bool = False, dtype: str | Precision = "fp32",
+                  weight_only: str | None = None, weight_only_method: str = "rtn_dq",
+                  weight_only_block: int = 0) -> list[ExportResult]:
     """Export the graphs of `stages` (default: all; a split stage names its graphs).
 
     weights: a folder from models.factory.save_models (its config must match `config`),
@@ -179,6 +227,10 @@ def export_stages(config: CinemaConfig, out_dir: str | os.PathLike,
     kernel); such a graph runs only in TensorRT, so its ORT check is skipped.
     dtype: what the graphs compute in, fp32 | fp16 | bf16 (export/dtype.py); with fp8, what
     runs outside the Q/DQ pairs. TensorRT 11 builds only the types a graph states.
+    weight_only: int4 | int8 (models/precision.WEIGHT_FORMATS): the graphs with a
+    `weight_only` recipe (the MLLM's text graph) get integer weights through ModelOpt's ONNX
+    quantizer, `weight_only_method` (rtn_dq | awq_clip | awq_lite), INT4 blocks of
+    `weight_only_block` input rows (0: the largest up to 128 that fits); they are not FP8.
     """
     from tqdm import tqdm
 
@@ -197,10 +249,13 @@ def export_stages(config: CinemaConfig, out_dir: str | os.PathLike,
     if calibrator == "modelopt":
         import_modelopt()  # fail on a missing package before any expensive work
     graphs = [graph(name) for name in resolve_graphs(stages)]
+    weight_only_config = _weight_only_config(graphs, weight_only, weight_only_method,
+                                             weight_only_block)
     out = check_out_dir(out_dir)
     models = load_or_build(config, weights)
     amax: dict[str, dict[str, float]] = {}
-    quantized = [g for g in graphs if Precision.FP8 in g.recipes]
+    quantized = [g for g in graphs if Precision.FP8 in g.recipes
+                 and g.name not in weight_only_config]
     if fp8 and quantized:
         logger.info("FP8: calibrating %s on pipeline runs (%s)", [g.name for g in quantized],
                     calibrator)
@@ -211,8 +266,30 @@ def export_stages(config: CinemaConfig, out_dir: str | os.PathLike,
     results = []
     for g in tqdm(graphs, desc="export", unit="stage", disable=not progress):
         logger.info("exporting %s", g.name)
-        results.append(export_stage(g, models, out, amax.get(g.name), calibrator=calibrator,
-                                    dtype=dtype, plugin=attention_plugin and g.attention_plugin))
+        results.append(export_stage(
+            g, models, out, amax.get(g.name), calibrator=calibrator, dtype=dtype,
+            plugin=attention_plugin and g.attention_plugin,
+            weight_only=weight_only_config.get(g.name)))
     return results
+
+
+def _weight_only_config(graphs: list[Graph], format_name: str | None, method: str,
+                        block: int) -> dict[str, WeightOnlyConfig]:
+    """{graph name: its weight-only config} for the graphs of `graphs` with a recipe for
+    `format_name`; checked (options, recipes, the quantizer installed) before any work."""
+    from .weight_only import import_quantizer
+
+    if format_name is None:
+        return {}
+    format_ = weight_format(format_name)  # ValueError naming the formats
+    configs = {g.name: WeightOnlyConfig.of(format_name, method, block,
+                                           g.weight_only[format_].exclude)
+               for g in graphs if format_ in g.weight_only}
+    if not configs:
+        raise ValueError(f"weight_only={format_name!r}: none of {[g.name for g in graphs]} "
+                         f"has a weight-only recipe; those that do: "
+                         f"{list(WEIGHT_ONLY_GRAPHS)}")
+    import_quantizer()  # a missing package fails here, not after the other exports
+    return configs
 
 

@@ -35,7 +35,12 @@ import torch
 from cinema_trt.models.backends import ORT, get_backend
 from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.fileio import atomic_write
-from cinema_trt.models.precision import Precision, precision_for  # Precision: re-exported
+from cinema_trt.models.precision import (  # Precision: re-exported
+    WEIGHT_FORMATS,
+    Precision,
+    WeightFormat,
+    precision_for,
+)
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import StageSpec, TensorSpec
 
@@ -110,7 +115,9 @@ class Manifest:
     config: dict[str, Any]  # the resolved CinemaConfig, so the folder explains itself
     external_data: bool = False
     validation: Validation = Validation()  # the check against PyTorch (export/validation.py)
-    quantization: dict[str, Any] = field(default_factory=dict)  # fp8: recipe and layers
+    # fp8: recipe and layers; weight-only (`weight_format`): format, method, block, layers,
+    # excluded layers, initializer bytes before and after
+    quantization: dict[str, Any] = field(default_factory=dict)
     version: int = MANIFEST_VERSION
     # the float type of the graph's arithmetic (outside Q/DQ pairs): "float32", "float16"
     # or "bfloat16"; its inputs and outputs are the spec's dtypes whatever this is
@@ -125,6 +132,19 @@ class Manifest:
         """Whether ONNX Runtime runs this folder's model: an export's graph or an ORT
         build's; not a TensorRT plan."""
         return self.build is None or self.build.runtime == ORT.name
+
+    @property
+    def weight_format(self) -> WeightFormat | None:
+        """The weight-only format of its integer weights (`quantization`, written by
+        export/driver.py from `export --weight-only`); None for float or FP8 weights."""
+        name = self.quantization.get("format")
+        return next((f for f in WEIGHT_FORMATS if f.name == name), None)
+
+    @property
+    def export_flags(self) -> str:
+        """The `cinema-trt export` flags that made its graph's types: --dtype, --fp8,
+        --weight-only (with its method and INT4 block)."""
+        return export_flags(self.to_dict())
 
     @property
     def model_file(self) -> str:
@@ -210,14 +230,25 @@ def _remake_command(data: dict[str, Any], stage_dir: Path) -> str:
     for record in (data.get("build") or {}, data):  # nested now; top-level in old engines
         if "rebuild_command" in record:
             return record["rebuild_command"]
+    return (f"cinema-trt export --preset {data.get('preset', 'PRESET')} --out "
+            f"{stage_dir.parent} {export_flags(data)} --stages "
+            f"{data.get('stage', stage_dir.name)}")
+
+
+def export_flags(data: dict[str, Any]) -> str:
+    """The export flags of a manifest's record (a dict: an older one may not parse)."""
     try:
         dtype = precision_for(data.get("compute_dtype", "float32")).value
     except ValueError:  # a damaged record: the default export
         dtype = "fp32"
-    fp8 = " --fp8" if data.get("precision") == "fp8" else ""
-    return (f"cinema-trt export --preset {data.get('preset', 'PRESET')} --out "
-            f"{stage_dir.parent} --dtype {dtype}{fp8} --stages "
-            f"{data.get('stage', stage_dir.name)}")
+    flags = f"--dtype {dtype}" + (" --fp8" if data.get("precision") == "fp8" else "")
+    quantization = data.get("quantization") or {}
+    if quantization.get("format") in {f.name for f in WEIGHT_FORMATS}:
+        flags += (f" --weight-only {quantization['format']} --weight-only-method "
+                  f"{quantization.get('method', 'rtn_dq')}")
+        if quantization.get("block_size"):
+            flags += f" --weight-only-block {quantization['block_size']}"
+    return flags
 
 
 @dataclass(frozen=True)

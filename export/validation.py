@@ -28,6 +28,9 @@ class Validation:
     tolerance: float | None = None  # the rel_max gate it passed (not FP8)
     min_cosine: float | None = None  # the cosine gate it passed (FP8)
     skipped: str = ""  # why no check ran (TensorRT plugin nodes)
+    # weight-only: the torch module with its weights rounded in the format, vs torch fp32
+    # (export/weight_only.emulate_rtn): what the graph's gate is derived from
+    emulated: ErrorStats | None = None
 
     @property
     def against_torch_fp32(self) -> bool:
@@ -42,8 +45,9 @@ class Validation:
             return {}
         data: dict[str, Any] = {"reference": self.reference, "graph": self.graph,
                                 "cases": [dict(c) for c in self.cases], **self.error.to_dict()}
-        if self.spread is not None:
-            data["spread"] = self.spread.to_dict()
+        for name in ("spread", "emulated"):
+            if getattr(self, name) is not None:
+                data[name] = getattr(self, name).to_dict()
         for name in ("tolerance", "min_cosine"):
             if getattr(self, name) is not None:
                 data[name] = getattr(self, name)
@@ -58,4 +62,5 @@ class Validation:
         if "max_abs" not in data:
             return cls(skipped=data.get("skipped", ""))
         return cls(data["reference"], data["graph"], tuple(data["cases"]), stats(data),
-                   stats(data.get("spread")), data.get("tolerance"), data.get("min_cosine"))
+                   stats(data.get("spread")), data.get("tolerance"), data.get("min_cosine"),
+                   emulated=stats(data.get("emulated")))

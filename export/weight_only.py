@@ -25,6 +25,7 @@ to 1.21 and replaces onnxruntime with onnxruntime-gpu.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -32,13 +33,20 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import torch
 
+from cinema_trt.models.dtypes import lookup
+from cinema_trt.models.precision import WEIGHT_FORMATS, WeightFormat, weight_format
+
+from .calibration import ModelOptMissingError
 from .fp8 import linear_module
 from .onnx_graph import EXTERNAL_DATA_THRESHOLD, initializer_bytes
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +54,16 @@ QUANT_INSTALL = 'pip install -e ".[quant]"'
 METHODS = ("rtn_dq", "awq_clip", "awq_lite")
 INT4 = onnx.TensorProto.INT4
 INT4_OPSET = 21  # the first opset with INT4 and blocked DequantizeLinear
-BITS = {onnx.TensorProto.INT4: 4, onnx.TensorProto.INT8: 8}  # weight element type -> bits
+# weight element type (ONNX) -> bits, from the weight-only formats
+BITS = {lookup(f.element).onnx: f.bits for f in WEIGHT_FORMATS}
+PREFERRED_BLOCK = 128  # ModelOpt's default and the record's paper-width measurement
 
 
 @dataclass(frozen=True)
 class WeightOnlyConfig:
     method: str = "awq_clip"
-    block_size: int = 128  # input rows per scale; must divide each GEMM's input width
+    # input rows per scale; must divide each GEMM's input width (0: `fitting_block`)
+    block_size: int = PREFERRED_BLOCK
     # 8: INT8 weights, one scale per output column (ModelOpt's mixed mode with every layer
     # INT8; block_size is then unused): twice INT4's bytes, far less rounding
     bits: int = 4
@@ -61,10 +72,40 @@ class WeightOnlyConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r}; choose one of {list(METHODS)}")
-        if self.block_size < 16 or self.block_size & (self.block_size - 1):
-            raise ValueError(f"block_size={self.block_size} must be a power of two >= 16")
+        if self.block_size and (self.block_size < 16 or self.block_size & (self.block_size - 1)):
+            raise ValueError(f"block_size={self.block_size} must be a power of two >= 16 "
+                             f"(or 0: the largest up to {PREFERRED_BLOCK} that fits)")
         if self.bits not in (4, 8):
             raise ValueError(f"bits={self.bits}; choose 4 (block-wise) or 8 (per channel)")
+
+
+    @property
+    def format(self) -> WeightFormat:
+        return next(f for f in WEIGHT_FORMATS if f.bits == self.bits)
+
+    @classmethod
+    def of(cls, format_name: str, method: str, block_size: int,
+           exclude: tuple[str, ...]) -> WeightOnlyConfig:
+        """The config of a weight-only format by name (int4 | int8)."""
+        return cls(method=method, block_size=block_size, bits=weight_format(format_name).bits,
+                   exclude=exclude)
+
+
+def fitting_block(onnx_path: str | os.PathLike, preferred: int = PREFERRED_BLOCK) -> int:
+    """The largest power-of-two block size up to `preferred` (and at least 16) that
+    divides the input width of every Linear GEMM of the graph: 128 at paper width, 32 for
+    tiny's 64-wide text model. ValueError when none does."""
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    rows = {t.name: t.dims[0] for t in model.graph.initializer if t.dims}
+    gemms = linear_gemms(model)  # their weights are (input width, output width)
+    widths = {rows[node.input[1]] for node in model.graph.node if node.name in gemms}
+    block = preferred
+    while block >= 16 and any(w % block for w in widths):
+        block //= 2
+    if block < 16:
+        raise ValueError(f"{onnx_path}: no block size of 16 or more divides the GEMM input "
+                         f"widths {sorted(widths)}; use --weight-only int8 (per channel)")
+    return block
 
 
 @dataclass(frozen=True)
@@ -74,6 +115,33 @@ class WeightOnlyResult:
     excluded: tuple[str, ...]  # module paths kept in float by `exclude`
     weight_bytes: tuple[int, int]  # initializer bytes before and after
     seconds: float
+    block_size: int = 0  # input rows per INT4 scale (0: INT8, per channel)
+
+
+def emulate_rtn(module: torch.nn.Module, layers: Sequence[str], config: WeightOnlyConfig
+                ) -> torch.nn.Module:
+    """A copy of `module` whose Linear `layers` (module paths) have their weights rounded to
+    nearest in `config`'s format, symmetric: blocks of `block_size` input rows with scale
+    amax / 7 (INT4), or whole input rows with amax / 127 (INT8). What a quantized graph's
+    error is held to (export/check.py): the rounding it cannot avoid, in torch fp32."""
+    import copy
+
+    import torch
+
+    top = 2 ** (config.bits - 1) - 1
+    emulated = copy.deepcopy(module)
+    with torch.no_grad():
+        for name in layers:
+            linear = emulated.get_submodule(name)
+            assert isinstance(linear, torch.nn.Linear), f"{name} is not a Linear layer"
+            weight = linear.weight  # (out, in)
+            out, width = weight.shape
+            block = config.block_size if config.bits == 4 else width
+            blocks = weight.reshape(out, width // block, block)
+            scale = blocks.abs().amax(-1, keepdim=True).clamp(min=1e-12) / top
+            weight.copy_((torch.round(blocks / scale).clamp(-top - 1, top) * scale
+                          ).reshape(out, width))
+    return emulated
 
 
 def linear_gemms(model: onnx.ModelProto) -> dict[str, str]:
@@ -97,18 +165,6 @@ def quantized_gemms(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
             if node.op_type in ("MatMul", "Gemm") and node.input[1] in dequantized}
 
 
-def text_calibration(embed_weight: torch.Tensor, batch: int, seq: int,
-                     seed: int = 0) -> dict[str, np.ndarray]:
-    """Text-graph inputs of `batch` prompts of `seq` random in-vocabulary tokens: their rows
-    of the token-embedding table (what the glue feeds the graph), a full mask and text
-    positions on all three M-RoPE rows."""
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, embed_weight.shape[0], (batch, seq), generator=generator)
-    return {"inputs_embeds": embed_weight[ids].float().numpy(),
-            "attention_mask": np.ones((batch, seq), dtype=np.int64),
-            "position_ids": np.broadcast_to(np.arange(seq), (3, batch, seq)).copy()}
-
-
 def _reader(batches: Sequence[Mapping[str, np.ndarray]]):
     """The batches as an ONNX Runtime CalibrationDataReader, each fed to the graph as it
     is: ModelOpt's own provider would split every input along axis 0 (the text
@@ -125,12 +181,14 @@ def _reader(batches: Sequence[Mapping[str, np.ndarray]]):
     return Batches()
 
 
-def _modelopt():
+def import_quantizer():
+    """ModelOpt's ONNX `quantize`, or ModelOptMissingError with the install command."""
     try:
         from modelopt.onnx.quantization import quantize
     except ImportError as error:
-        raise ImportError(f"weight-only quantization needs NVIDIA ModelOpt's ONNX quantizer "
-                          f"({error}); install it with: {QUANT_INSTALL}") from None
+        raise ModelOptMissingError(f"weight-only quantization needs NVIDIA ModelOpt's ONNX "
+                                   f"quantizer ({error}); install it with: "
+                                   f"{QUANT_INSTALL}") from None
     return quantize
 
 
@@ -141,10 +199,12 @@ def quantize_weight_only(onnx_path: str | os.PathLike, out_path: str | os.PathLi
 
     calibration: batches of the graph's inputs ({input name: array} each), the activations
     AWQ weighs the weight error by (realistic ones: the token embeddings of in-vocabulary
-    ids for the text graph, `text_calibration`). RTN does not read them.
+    ids for the text graph, models/mllm_split.text_calibration). RTN does not read them.
     """
-    quantize = _modelopt()
+    quantize = import_quantizer()
     onnx_path, out_path = Path(onnx_path), Path(out_path)
+    if not config.block_size:
+        config = dataclasses.replace(config, block_size=fitting_block(onnx_path))
     source = onnx.load(str(onnx_path))
     source_bytes = initializer_bytes(source)
     gemms = linear_gemms(source)
@@ -187,4 +247,5 @@ def quantize_weight_only(onnx_path: str | os.PathLike, out_path: str | os.PathLi
              len(layers), config.bits, config.method, config.block_size, len(excluded),
              seconds)
     return WeightOnlyResult(out_path, tuple(sorted(layers)), tuple(sorted(excluded.values())),
-                            (source_bytes, initializer_bytes(result)), seconds)
+                            (source_bytes, initializer_bytes(result)), seconds,
+                            config.block_size if config.bits == 4 else 0)

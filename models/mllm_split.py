@@ -177,3 +177,15 @@ def load_glue(text_dir: str | os.PathLike) -> SplitMLLM:
                                     f"re-export with --stages mllm_text")
     hf_config = Qwen2VLConfig.from_dict(json.loads(config_path.read_text()))
     return SplitMLLM(hf_config, load_file(str(embeddings))[EMBEDDINGS_KEY])
+
+
+def text_calibration(embed_weight: torch.Tensor, batch: int, seq: int,
+                     seed: int = 0) -> dict[str, Any]:
+    """Text-graph inputs of `batch` prompts of `seq` random in-vocabulary tokens: their rows
+    of the token-embedding table (what the glue feeds the graph), a full mask and text
+    positions on all three M-RoPE rows."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, embed_weight.shape[0], (batch, seq), generator=generator)
+    return {"inputs_embeds": embed_weight[ids].float().numpy(),
+            "attention_mask": torch.ones((batch, seq), dtype=torch.int64).numpy(),
+            "position_ids": torch.arange(seq).expand(3, batch, seq).contiguous().numpy()}

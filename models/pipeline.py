@@ -190,6 +190,13 @@ class CinemaPipeline:
         self.last_timings[stage] += time.perf_counter() - start
         return outputs
 
+    def _encode_references(self, request: GenerationRequest) -> torch.Tensor:
+        """(K, C, 1, h, w) latents of the references, one encoder call each: the encoder's
+        profile (models/stage_vae.py) has batch 1, so its activations are one reference's."""
+        refs = refs_to_video_tensor(request.refs, request.height, request.width)
+        return torch.cat([self._run(VAE_ENCODER.name, {"video": ref})["latents"].float().cpu()
+                          for ref in refs.split(1)])
+
     def _text_states(self, prompt: str, refs: tuple[np.ndarray, ...]) -> torch.Tensor:
         images = [Image.fromarray(r) for r in refs]
         inputs = prepare_inputs(self.processor, self.config.mllm, prompt, images)
@@ -217,9 +224,7 @@ class CinemaPipeline:
         text = torch.cat([self._text_states(request.prompt, request.refs),
                           self._uncond_text_states()])
         # 2. VAE-encode each reference as a one-frame video, (1, K, C, h, w)
-        refs = refs_to_video_tensor(request.refs, request.height, request.width)
-        ref_latents = self._run(VAE_ENCODER.name, {"video": refs})["latents"].float().cpu()
-        ref_latents = ref_latents[:, :, 0].unsqueeze(0)
+        ref_latents = self._encode_references(request)[:, :, 0].unsqueeze(0)
         # the unconditional branch drops the references (zeros) as well as the text
         ref_latents = torch.cat([ref_latents, torch.zeros_like(ref_latents)])
         # 3. denoise from seeded noise

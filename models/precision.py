@@ -55,6 +55,38 @@ EXPORT_PRECISIONS = tuple(p.precision for p in POLICIES if p.compute)  # export 
 ORT_PRECISIONS = tuple(p.precision for p in POLICIES if p.ort)
 
 
+@dataclass(frozen=True)
+class WeightFormat:
+    """A weight-only format (`cinema-trt export --weight-only`, export/weight_only.py): the
+    GEMMs of a graph's `weight_only` recipes (models/stage.py, keyed by these) read their
+    weights as integers through DequantizeLinear and compute in the export's dtype, so the
+    graph keeps its precision (fp16, say) and only its weights shrink."""
+
+    name: str  # the option's value (`weight_format` looks it up)
+    bits: int
+    element: str  # ONNX element type of the stored weights (models/dtypes.py spelling)
+    scales: str  # what one scale covers ("one scale per <scales>": manifest, CLI help)
+    why: str
+
+
+INT4_WEIGHTS = WeightFormat(
+    "int4", 4, "int4", "block of input rows (--weight-only-block) of one output column; "
+    "signed, no zero point", "a quarter of fp16's weight bytes: what a prefill that reads "
+    "every weight once is bounded by")
+INT8_WEIGHTS = WeightFormat("int8", 8, "int8", "output column", "half of fp16's weight "
+                            "bytes, with far less rounding than INT4")
+WEIGHT_FORMATS = (INT4_WEIGHTS, INT8_WEIGHTS)
+
+
+def weight_format(name: str) -> WeightFormat:
+    """The weight-only format `name` (int4 | int8); ValueError naming them otherwise."""
+    for format_ in WEIGHT_FORMATS:
+        if format_.name == name:
+            return format_
+    raise ValueError(f"weight-only format {name!r} is not supported; choose one of "
+                     f"{[f.name for f in WEIGHT_FORMATS]}")
+
+
 def policy(precision: str | Precision) -> Policy:
     return POLICIES[list(Precision).index(Precision.parse(precision))]
 

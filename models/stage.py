@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .precision import Precision
+from .precision import Precision, WeightFormat
 from .specs import StageSpec, resolve, video_dims
 
 if TYPE_CHECKING:
@@ -85,6 +85,9 @@ class Graph:
     name: ClassVar[str]
     # quantization recipes by the precision they export (Precision.FP8: export/fp8.py)
     recipes: ClassVar[Mapping[Precision, Recipe]] = {}
+    # weight-only recipes by format (models/precision.WEIGHT_FORMATS; `cinema-trt export
+    # --weight-only`, export/weight_only.py): the graphs whose weights are worth it
+    weight_only: ClassVar[Mapping[WeightFormat, Recipe]] = {}
     # (config section, field) its size follows: the memory plan scales it by depth
     depth: ClassVar[tuple[str, str] | None] = None
     # its attention can be exported as TensorRT plugin nodes (`module(plugin=True)`)
@@ -129,6 +132,15 @@ class Graph:
     def save_glue(self, models: CinemaModels, folder: Path) -> dict[str, str]:
         """Write the files beside the graph that `Stage.compose` reads; {name: sha256}."""
         return {}
+
+    def calibration_batches(self, models: CinemaModels, count: int = 4
+                            ) -> list[dict[str, Any]]:
+        """`count` batches of the graph's inputs (numpy) that weight-only AWQ weighs the
+        weight error by (export/weight_only.py): sample inputs at the traced example."""
+        example, _ = self.cases(models.config)
+        return [{k: v.numpy() for k, v in self.sample_inputs(models.config, example,
+                                                             seed=seed).items()}
+                for seed in range(count)]
 
 
 class Stage(Graph):

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .precision import Precision
+from .precision import INT4_WEIGHTS, INT8_WEIGHTS, Precision
 from .specs import StageSpec, TensorSpec, f32, i64, image_patches
 from .stage import Case, Graph, Recipe, Request, Stage, TextGraph, text_symbols
 
@@ -82,6 +82,13 @@ class MLLMVisionGraph(Graph):
         return vision_inputs(build_hf_config(config.mllm).vision_config, pixels, grid)
 
 
+# an LM head's errors land directly on the logits; this graph ends at the final norm, so
+# the pattern only matters to a graph that has one
+_LM_HEAD = (r"(.*\.)?lm_head",)
+_WEIGHT_ONLY_WHY = ("the text half is the pipeline's largest weights (12.2 GiB fp16 at "
+                    "paper scale), read once per prefill; FP8 fails its gate at paper width")
+
+
 class MLLMTextGraph(TextGraph):
     """The LLM prefill from inputs_embeds (mllm_split.TextPrefill); holds the glue."""
 
@@ -91,6 +98,15 @@ class MLLMTextGraph(TextGraph):
         exclude=(), min_cosine=0.999,
         why="all attention and MLP projections; the token embedding is a gather outside the "
             "graph and the norms are not Linear")}
+    # Floors of the weight-only gates (the gate itself is relative to torch's own rounding,
+    # export/check.py WEIGHT_ONLY_ERROR_FACTOR): cosine of the hidden states to torch fp32,
+    # twice the worst measured 1 - cosine (benchmarks/results/cpu-2core-weight-only-
+    # 20261206.md: paper width, random weights, INT4 RTN block 128 0.91923, INT8 0.99933;
+    # random Gaussian weights are INT4's worst case, the tiny and trained models score
+    # 0.997). A floor only says the graph is not broken.
+    weight_only = {
+        INT4_WEIGHTS: Recipe(exclude=_LM_HEAD, min_cosine=0.838, why=_WEIGHT_ONLY_WHY),
+        INT8_WEIGHTS: Recipe(exclude=_LM_HEAD, min_cosine=0.9986, why=_WEIGHT_ONLY_WHY)}
 
     def spec(self, config: CinemaConfig) -> StageSpec:
         D = config.mllm.hidden_size
@@ -111,6 +127,15 @@ class MLLMTextGraph(TextGraph):
         from .mllm_split import save_glue
 
         return save_glue(models.mllm, folder)
+
+    def calibration_batches(self, models: CinemaModels, count: int = 4
+                            ) -> list[dict[str, Any]]:
+        """Prompts of 128 random in-vocabulary tokens: their embedding rows are what the
+        glue feeds the graph (sample inputs are Gaussian, unlike any embedding)."""
+        from .mllm_split import text_calibration
+
+        embed = models.mllm.model.language_model.embed_tokens.weight.detach()
+        return [text_calibration(embed, 1, 128, seed=seed) for seed in range(count)]
 
 
 MLLM_VISION, MLLM_TEXT = MLLMVisionGraph(), MLLMTextGraph()

@@ -52,9 +52,13 @@ class VAEEncoderStage(_VAEStage):
         return example, ({**one, "batch": 3, "lframes": 1, "frames": 1}, two)
 
     def symbols(self, request: Request, config: CinemaConfig) -> dict[str, int]:
-        # every reference of every video is one single-frame video of the batch
-        return {**video_symbols(config, request, frames=1),
-                "batch": request.batch * request.refs}
+        # every reference is its own call, a single-frame video of batch 1 (the pipeline's
+        # `_encode_references`): the builder's activation is one reference's whatever the
+        # count (paper scale: 0.58 GiB, against 2.31 for 4 in one batch; benchmarks/
+        # results/cpu-2core-vae-chunks-20261206.md), and the encoder computes each sample
+        # on its own, so one call per reference gives the batched encode's latents (to
+        # fp32's last bits: tests/models/test_reference_encoding.py)
+        return {**video_symbols(config, request, frames=1), "batch": 1}
 
 
 class VAEDecoderStage(_VAEStage):

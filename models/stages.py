@@ -5,7 +5,7 @@ that needs a stage asks it; adding a stage is its own file (models/stage_<name>.
 line here.
 
     stage        graphs                      FP8 recipe (export/fp8.py)   glue
-    mllm         mllm_vision + mllm_text     mllm_text                    mllm_text/ folder
+    mllm         mllm_vision + mllm_text     mllm_text (+ weight-only)    mllm_text/ folder
     connector    connector                   connector
     vae_encoder  vae_encoder                 -
     dit          dit                         dit
@@ -30,6 +30,7 @@ STAGE_NAMES = tuple(stage.name for stage in STAGES)
 GRAPHS: tuple[Graph, ...] = tuple(g for stage in STAGES for g in stage.graphs)
 GRAPH_NAMES = tuple(g.name for g in GRAPHS)
 FP8_GRAPHS = tuple(g.name for g in GRAPHS if Precision.FP8 in g.recipes)
+WEIGHT_ONLY_GRAPHS = tuple(g.name for g in GRAPHS if g.weight_only)  # export --weight-only
 _STAGES = {stage.name: stage for stage in STAGES}
 _GRAPHS = {g.name: g for g in GRAPHS}
 _OWNERS = {g.name: stage for stage in STAGES for g in stage.graphs}

@@ -33,7 +33,7 @@ from cinema_trt.export.manifest import MANIFEST_FILE, read_manifest
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.specs import tensor_bytes
 from cinema_trt.models.stage import Graph, Request
-from cinema_trt.models.stages import DIT, STAGES, VAE_DECODER
+from cinema_trt.models.stages import DIT, STAGES, VAE_DECODER, WEIGHT_ONLY_GRAPHS
 
 from .served_memory import (
     GIB,
@@ -232,9 +232,26 @@ def refusal(peaks: list[Peak], memory_budget: int, engines: Path,
     if dit.precision != "fp8":
         lines.append(f"- the {DIT.name} in FP8: cinema-trt export --fp8 --stages {DIT.name}, "
                      f"then cinema-trt build --precision fp8 --stages {DIT.name}")
-    lines.append("- the MLLM's text weights in INT8/INT4: export/weight_only.py (no CLI flag "
-                 "yet)")
+    lines.extend(_weight_only_lines(engines))
     lines.append(f"- a {VAE_DECODER.name} built for spatial tiles (its activation is one "
                  f"tile's; approximate: models/vae_tiles.py): cinema-trt build --stages "
                  f"{VAE_DECODER.name} --decode-tile 32, then cinema-trt repo --decode-tile 32")
     return "\n".join(lines)
+
+
+def _weight_only_lines(engines: Path) -> list[str]:
+    """The weight-only exports that would shrink the engines (`export --weight-only`), for
+    each graph with a recipe whose engine's weights are not integer yet."""
+    lines = []
+    for name in WEIGHT_ONLY_GRAPHS:
+        folder = engines / name
+        manifest = read_manifest(folder)
+        if manifest.weight_format is not None:
+            lines.append(f"- ({name} has {manifest.weight_format.name} weights already)")
+            continue
+        build = built(manifest, folder)
+        lines.append(f"- {name} with INT4 weights (a quarter of fp16's bytes): cinema-trt "
+                     f"export --dtype fp16 --weight-only int4 --stages {name}, then "
+                     f"cinema-trt build --precision fp16 --runtime {build.runtime} --stages "
+                     f"{name}")
+    return lines

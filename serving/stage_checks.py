@@ -41,7 +41,7 @@ def symbol_limits(config: CinemaConfig) -> dict[str, int]:
     """The largest value each symbolic dim of the stages' specs takes for a request
     the `cinema` model accepts (models/pipeline.py caps; engines/shapes.py token counts):
     every stage's symbols for the largest request (Graph.symbols: the DiT's CFG batch, the
-    references the VAE encoder takes as a batch, ...). Computed when the repository is
+    MLLM's images, ...). Computed when the repository is
     built (it imports models/pipeline.py, and so transformers); stage models read the
     result from their config.pbtxt."""
     from cinema_trt.models.pipeline import MAX_FRAMES, MAX_PROMPT_CHARS, MAX_SIDE

@@ -26,8 +26,8 @@ from cinema_trt.export.weight_only import (
     linear_gemms,
     quantize_weight_only,
     quantized_gemms,
-    text_calibration,
 )
+from cinema_trt.models.mllm_split import text_calibration
 
 pytestmark = pytest.mark.slow  # the fp16 mllm_text export (~45 s), shared with the engine suites
 

@@ -134,6 +134,21 @@ def test_engines_that_cannot_fit_are_refused_with_their_table(tmp_path, stage_ma
     # the DiT's own rebuild command, with what would let the repository fit it
     assert f"cinema-trt build --onnx x --out {tmp_path} --weight-streaming" in text
     assert "cinema-trt build --precision fp8 --stages dit" in text
+    # the MLLM's text weights in INT4: the export that makes them, then its build
+    assert ("cinema-trt export --dtype fp16 --weight-only int4 --stages mllm_text, then "
+            "cinema-trt build --precision fp16 --runtime tensorrt-rtx --stages mllm_text"
+            ) in text
+
+
+def test_the_refusal_knows_a_text_engine_with_integer_weights(tmp_path, stage_manifest):
+    engines = _engines(tmp_path, stage_manifest)
+    folder = engines / "mllm_text"
+    manifest = read_manifest(folder)
+    write_manifest(dataclasses.replace(manifest, quantization={"format": "int4"}), folder)
+    with pytest.raises(MemoryBudgetError) as error:
+        plan_memory(engines, TINY, _request(20))
+    assert "(mllm_text has int4 weights already)" in str(error.value)
+    assert "--weight-only int4 --stages mllm_text" not in str(error.value)
 
 
 def test_a_streamed_dit_too_big_even_at_its_minimum_is_refused(tmp_path, stage_manifest):
