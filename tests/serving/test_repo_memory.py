@@ -146,7 +146,7 @@ def test_the_refusal_knows_a_text_engine_with_integer_weights(tmp_path, stage_ma
     manifest = read_manifest(folder)
     write_manifest(dataclasses.replace(manifest, quantization={"format": "int4"}), folder)
     with pytest.raises(MemoryBudgetError) as error:
-        plan_memory(engines, TINY, _request(20))
+        plan_memory(engines, TINY, _request(18))
     assert "(mllm_text has int4 weights already)" in str(error.value)
     assert "--weight-only int4 --stages mllm_text" not in str(error.value)
 
