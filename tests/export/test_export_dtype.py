@@ -56,7 +56,8 @@ def test_cast_module_keeps_the_interface_and_computes_in_half(tiny_models):
 
 @slow
 def test_fp16_export_states_its_types(fp16_export):
-    """Weights in fp16, I/O in float32 (the stage specs'), opset 19, and the engine side
+    """Weights in fp16, I/O in float32 (the stage specs') but for the VAE decoder's chunk
+    state, which crosses in fp16 (`Graph.exported_spec`), opset 19, and the engine side
     reads it as an fp16 graph that builds strongly typed."""
     out, results = fp16_export
     for stage, result in results.items():
@@ -66,9 +67,18 @@ def test_fp16_export_states_its_types(fp16_export):
             (Precision.FP16, "float16", 19)
         graph = inspect_onnx(out / stage / "model.onnx")
         assert "float16" in graph.weight_types, stage  # the weights the manifest describes
-        # float32 behind the graph's casts; ids, masks and the decoder's `first` flag as is
-        assert set(graph.inputs.values()) <= {"float32", "int64", "bool"}, (stage, graph.inputs)
-        assert set(graph.outputs.values()) == {"float32"}
+        # float32 behind the graph's casts; ids, masks and the decoder's `first` flag as is;
+        # the decoder's states in fp16
+        inputs, outputs = dict(graph.inputs), dict(graph.outputs)
+        if stage == VAE_DECODER.name:
+            states = [n for n in (*inputs, *outputs) if n.startswith(("state.", "next_state."))]
+            assert states and {inputs.pop(n, None) or outputs.pop(n) for n in states} == \
+                {"float16"}
+        assert set(inputs.values()) <= {"float32", "int64", "bool"}, (stage, graph.inputs)
+        assert set(outputs.values()) == {"float32"}
+        # the manifest (what runners, builds and Triton configs read) says the same
+        assert {e.name: e.dtype for e in (*manifest.inputs, *manifest.outputs)} == \
+            {**graph.inputs, **graph.outputs}
         assert resolve_build_config(BuildConfig(precision="fp16"), graph,
                                     manifest.compute_dtype, weak_typing=False).strongly_typed
 
