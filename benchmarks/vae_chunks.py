@@ -232,7 +232,8 @@ def markdown(record: dict[str, Any]) -> str:
     lines = ["# Chunked and tiled VAE decoding", "", provenance_line(record), ""]
     if record.get("only_builds"):
         lines += ["Run with --only-builds: the memory figures and the fp16 step; the fp32 "
-                  "exactness and tiling sections are in the previous full record.", ""]
+                  "exactness and tiling sections are the last full run's (this file's "
+                  "earlier version in git).", ""]
     else:
         lines += _exactness_lines(record)
     half = record["onnx_step_fp16"]
