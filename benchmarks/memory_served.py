@@ -14,8 +14,8 @@ Where each figure comes from (every one the TensorRT-RTX builder's, sm89, no GPU
   build: the layer's weights times the full depth plus the fp16 base, its activation plus
   the fp16 builds' growth per layer (an estimate: no quantized build at two depths exists).
 I/O buffers are every input and output of each graph at the record's request (max level),
-at the spec's declared dtype (float32 for the video tensors: an upper bound where an engine
-takes fp16).
+at the dtypes of its fp16 export (`Graph.exported_spec`: float32 for the video tensors, an
+upper bound where an engine takes fp16; the decoder's state in fp16).
 
 Preference among plans that fit (`rank`, lower first): resident before streamed (a
 streamed DiT copies what is not resident from host memory on every call, every step: the
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cinema_trt.models.precision import Precision, compute_dtype
 from cinema_trt.models.specs import tensor_bytes
 from cinema_trt.models.stage_mllm import MLLM_TEXT
 from cinema_trt.models.stages import DIT, MLLM, STAGES, VAE_DECODER
@@ -42,6 +43,8 @@ MEMORY_SCHEMA = "cinema-trt/memory-plan/1"
 CHUNKS_SCHEMA = "cinema-trt/vae-chunks/1"
 WEIGHT_ONLY_SCHEMA = "cinema-trt/weight-only/1"
 DIT_PRECISIONS = ("fp16", "fp8")  # the memory record's plans
+# what every recorded engine computes in (outside FP8 Q/DQ): its I/O dtypes follow
+SERVED_COMPUTE = compute_dtype(Precision.FP16)
 MLLM_TEXT_PRECISIONS = ("fp16", "int8", "int4")
 # decoder variant -> (its build in the chunks record, the state it carries there, latents
 # per call (lframes, lheight, lwidth; None: the record's whole size)); "one-shot" is the
@@ -162,7 +165,8 @@ def io_bytes(records: Records) -> dict[str, int]:
     out = {}
     for stage in STAGES:
         for graph in stage.graphs:
-            spec, values = graph.spec(config), graph.symbols(request, config)
+            spec = graph.exported_spec(config, SERVED_COMPUTE)
+            values = graph.symbols(request, config)
             out[graph.name] = tensor_bytes((*spec.inputs, *spec.outputs), values)
     return out
 

@@ -3,16 +3,21 @@ tiling error, state size, and the TensorRT-RTX builder's activation memory per c
 the paper's shapes, on a CPU.
 
     python -m cinema_trt.benchmarks.vae_chunks [--out benchmarks/results] [--skip-builds]
+                                               [--only-builds]
 
 1. chunked vs one-shot decode (fp32, max |diff| / max |one-shot|), tiny and the cinema
    VAE's widths on small frames, several chunk sizes;
-2. the step graph (torch.onnx dynamo, ONNX Runtime chunk by chunk) vs torch one-shot;
+2. the step graph (torch.onnx dynamo, ONNX Runtime chunk by chunk) vs torch one-shot, in
+   fp32 and as the exporter writes it in fp16 (fp16 states fed back): against torch fp32
+   and torch fp16 one-shot;
 3. tiled vs untiled decode, tiny and cinema widths;
 4. the state a decode carries at 45 x 480 x 720 (fp16 and fp32);
 5. TensorRT-RTX (the oldest FP8 target, fp16, no GPU) builds of the cinema step graph
    for one video at 60 x 90 latents, 1 and 2 latent frames per chunk and a 32 x 32 tile,
    and of the VAE encoder for 1 and 4 one-frame references: the builder's activation memory, to set
-   against the one-shot decoder's 33.5 GiB (benchmarks/results/cpu-2core-memory-*).
+   against the one-shot decoder's 33.5 GiB (benchmarks/results/cpu-2core-memory-*), and
+   the step's activation plus one copy of its fp16 state against the issue's 3 GiB.
+--only-builds: 2 (fp16), 4 and 5 only (the memory figures; minutes, not ten).
 Writes `<machine>-vae-chunks-<date>.json` + `.md` through benchmarks.machine.Provenance.
 """
 
@@ -27,10 +32,11 @@ from typing import Any
 import onnx
 import torch
 
+from cinema_trt.models.dtypes import lookup
+from cinema_trt.models.precision import Precision, compute_dtype
 from cinema_trt.models.presets import VAE_SPATIAL, VAEConfig, get_preset
-from cinema_trt.models.specs import tensor_bytes
+from cinema_trt.models.specs import tensor_bytes, to_spec_dtypes
 from cinema_trt.models.vae_chunks import (
-    FIRST_CHUNK_EXTRA_FRAMES,
     DecoderStep,
     state_spec,
     step_spec,
@@ -71,13 +77,21 @@ def tiling_error(cfg: VAEConfig, shape: tuple[int, ...], tiling: Tiling) -> dict
             "seam": max(float(diff.diff(dim=d).abs().max()) for d in (3, 4)) / scale}
 
 
-def export_step(step: torch.nn.Module, spec, example: tuple[torch.Tensor, ...]
-                ) -> onnx.ModelProto:
-    """The step module traced as the exporter traces a stage (forward(latents, first,
-    *states): export/onnx_graph.bind_inputs binds the states to its *args)."""
+def export_step(cfg: VAEConfig, precision: Precision, seed: int = 0) -> onnx.ModelProto:
+    """The cinema-shaped step graph as the exporter writes the `vae_decoder` stage
+    (export/driver.py): computing in `precision` behind float32 latents and video, the
+    states in the compute dtype (`VAEDecoderStage.exported_spec`)."""
+    from cinema_trt.export.dtype import cast_module, unwrap_scopes
     from cinema_trt.export.onnx_graph import trace_to_onnx
 
-    return trace_to_onnx(step, spec, dict(zip(spec.input_names, example, strict=True)))
+    step = DecoderStep(create_vae(cfg, seed=seed).decoder).eval()
+    spec = step_spec(cfg, lookup(compute_dtype(precision)).torch)
+    module = cast_module(step, precision, tuple(t.dtype for t in spec.outputs))
+    model = trace_to_onnx(module, spec, to_spec_dtypes(spec, dict(zip(
+        spec.input_names, step_example(step), strict=True))))
+    if module is not step:
+        unwrap_scopes(model)
+    return model
 
 
 def step_example(step: DecoderStep) -> tuple[torch.Tensor, ...]:
@@ -87,29 +101,43 @@ def step_example(step: DecoderStep) -> tuple[torch.Tensor, ...]:
 
 
 @torch.no_grad()
-def onnx_step_error(cfg: VAEConfig, folder: Path) -> dict:
-    """Tiny's step graph in ONNX Runtime, chunk by chunk, vs the torch one-shot decode."""
+def onnx_step_error(cfg: VAEConfig, folder: Path, precision: Precision = Precision.FP32
+                    ) -> dict:
+    """Tiny's step graph in ONNX Runtime, chunk by chunk (its next states fed back in
+    its dtype), vs the torch one-shot decode in fp32 and (fp16) in fp16."""
+    import copy
+
     import numpy as np
     import onnxruntime as ort
 
+    from cinema_trt.models.vae_chunks import iter_chunks
+
     vae = create_vae(cfg)
-    step = DecoderStep(vae.decoder).eval()
-    spec = step_spec(cfg)
-    path = folder / "step.onnx"
-    onnx.save_model(export_step(step, spec, step_example(step)), str(path))
+    spec = step_spec(cfg, lookup(compute_dtype(precision)).torch)
+    path = folder / f"step-{precision.value}.onnx"
+    onnx.save_model(export_step(cfg, precision), str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     z = torch.randn(1, cfg.latent_channels, 5, 5, 6, generator=torch.Generator().manual_seed(1))
-    states = [s.numpy() for s in step.initial_states(z)]
-    first, pieces = np.ones(1, dtype=bool), []
-    for start in range(0, 5, 2):
-        video, *states = session.run(None, {"latents": z[:, :, start:start + 2].numpy(),
-                                            "first": first,
-                                            **dict(zip(spec.input_names[2:], states,
-                                                       strict=True))})
-        pieces.append(video[:, :, FIRST_CHUNK_EXTRA_FRAMES:] if start == 0 else video)
-        first = np.zeros(1, dtype=bool)
-    out = torch.from_numpy(np.concatenate(pieces, axis=2))
-    return {"latents": list(z.shape), "chunk": 2, "error": relative(out, vae.decode(z))}
+
+    def step(part, first, states):
+        video, *next_states = session.run(None, {
+            "latents": part.numpy(), "first": first.numpy(),
+            **{n: s.numpy() for n, s in zip(spec.input_names[2:], states, strict=True)}})
+        return torch.from_numpy(video), tuple(torch.from_numpy(np.asarray(s))
+                                              for s in next_states)
+
+    zeros = state_spec(cfg, 1, 5 * VAE_SPATIAL, 6 * VAE_SPATIAL, spec.inputs[-1].dtype)
+    out = torch.cat(list(iter_chunks(step, z, 2, tuple(
+        torch.zeros([int(d) for d in t.dims], dtype=t.dtype) for t in zeros))), dim=2)
+    reference = vae.decode(z)
+    record = {"latents": list(z.shape), "chunk": 2, "error": relative(out, reference),
+              "state_dtype": str(spec.inputs[-1].dtype).removeprefix("torch.")}
+    if precision is not Precision.FP32:
+        half = lookup(compute_dtype(precision)).torch
+        one_shot = copy.deepcopy(vae).to(half).decode(z.to(half)).float()
+        record["one_shot_error"] = relative(one_shot, reference)  # torch's own, same dtype
+        record["vs_one_shot"] = relative(out, one_shot)
+    return record
 
 
 def state_sizes(cfg: VAEConfig) -> dict:
@@ -127,20 +155,14 @@ def state_sizes(cfg: VAEConfig) -> dict:
 
 
 def builds(cfg: VAEConfig, folder: Path) -> dict[str, Any]:
-    """The builder's figures for the cinema step graph and encoder at paper shapes. The
-    step computes in fp16 with fp16 states in and out (an engine should not hold its
-    largest I/O in fp32); the encoder is exported as the exporter does, fp16 behind fp32
-    I/O."""
+    """The builder's figures for the cinema step graph and encoder at paper shapes, both
+    exported as the exporter does in fp16 (the step's states in fp16)."""
     from cinema_trt.export.dtype import cast_module, unwrap_scopes
     from cinema_trt.export.onnx_graph import save_onnx, trace_to_onnx
-    from cinema_trt.models.precision import Precision
     from cinema_trt.models.stage_vae import VAE_ENCODER
 
-    vae = create_vae(cfg)
-    step = DecoderStep(vae.decoder.half()).eval()
-    example = tuple(t.half() if t.is_floating_point() else t for t in step_example(step))
     graph = folder / "step.onnx"
-    save_onnx(export_step(step, step_spec(cfg, torch.float16), example), graph)
+    save_onnx(export_step(cfg, Precision.FP16), graph)
     lh, lw = PAPER["height"] // VAE_SPATIAL, PAPER["width"] // VAE_SPATIAL
     figures: dict[str, Any] = {}
     for label, frames, h, w in (("step, 1 latent frame", 1, lh, lw),
@@ -163,12 +185,21 @@ def builds(cfg: VAEConfig, folder: Path) -> dict[str, Any]:
     return figures
 
 
-def run(out: Path, with_builds: bool = True) -> tuple[Path, Path]:
+def run(out: Path, with_builds: bool = True, only_builds: bool = False
+        ) -> tuple[Path, Path]:
     from cinema_trt.benchmarks.machine import Provenance, write_record
 
     provenance = Provenance.start()
     tiny, wide = get_preset("tiny").vae, get_preset("cinema").vae
     record: dict[str, Any] = {"schema": "cinema-trt/vae-chunks/1"}
+    if only_builds:
+        record["only_builds"] = True  # sections 1, 3 and the fp32 step left out
+        record["state_at_paper_shape"] = state_sizes(wide)
+        with tempfile.TemporaryDirectory(prefix="vae-chunks-") as tmp:
+            record["onnx_step_fp16"] = onnx_step_error(tiny, Path(tmp), Precision.FP16)
+            record["rtx_builds"] = builds(wide, Path(tmp))
+        record = {"schema": record.pop("schema"), **provenance.block(), **record}
+        return write_record(out, "vae-chunks", provenance, record, markdown(record))
     record["exactness"] = {
         "tiny": [exactness(tiny, (2, 16, t, h, w), chunks) for t, h, w, chunks in
                  ((1, 4, 6, (1, 2)), (3, 5, 4, (1, 2, 3)), (4, 3, 7, (1, 3)),
@@ -181,17 +212,60 @@ def run(out: Path, with_builds: bool = True) -> tuple[Path, Path]:
     record["state_at_paper_shape"] = state_sizes(wide)
     with tempfile.TemporaryDirectory(prefix="vae-chunks-") as tmp:
         record["onnx_step"] = onnx_step_error(tiny, Path(tmp))
+        record["onnx_step_fp16"] = onnx_step_error(tiny, Path(tmp), Precision.FP16)
         record["rtx_builds"] = builds(wide, Path(tmp)) if with_builds else {}
     record = {"schema": record.pop("schema"), **provenance.block(), **record}
     return write_record(out, "vae-chunks", provenance, record, markdown(record))
 
 
+# the state one step build carries (state_at_paper_shape's key): what a chunk holds besides
+# its activation, one copy (the caller's; the engine writes the next into its outputs)
+STATE_OF = {"step, 1 latent frame": "video float16 GiB",
+            "step, 2 latent frames": "video float16 GiB",
+            "step, 1 latent frame, 32x32 tile": "32x32 tile float16 GiB"}
+TARGET_GIB = 3.0  # issue 20: activation per chunk, state counted
+
+
 def markdown(record: dict[str, Any]) -> str:
     from cinema_trt.benchmarks.machine import provenance_line
 
-    lines = ["# Chunked and tiled VAE decoding", "",
-             provenance_line(record), "",
-             "## Chunked vs one-shot (fp32, max |diff| / max |one-shot|; gate 1e-5)", "",
+    lines = ["# Chunked and tiled VAE decoding", "", provenance_line(record), ""]
+    if record.get("only_builds"):
+        lines += ["Run with --only-builds: the memory figures and the fp16 step; the fp32 "
+                  "exactness and tiling sections are the last full run's (this file's "
+                  "earlier version in git).", ""]
+    else:
+        lines += _exactness_lines(record)
+    half = record["onnx_step_fp16"]
+    lines += ["", f"Step graph exported in fp16 ({half['state_dtype']} states fed back), "
+              f"ONNX Runtime, chunks of {half['chunk']}, latents {half['latents']}: "
+              f"{half['error']:.1e} of the output scale from torch fp32 one-shot (torch's own "
+              f"fp16 one-shot: {half['one_shot_error']:.1e}); from torch fp16 one-shot: "
+              f"{half['vs_one_shot']:.1e}."]
+    state = record["state_at_paper_shape"]
+    lines += ["", "## State carried between chunks (cinema VAE, one video)", ""]
+    lines += [f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}"
+              for k, v in state.items()]
+    if record["rtx_builds"]:
+        lines += ["", f"## TensorRT-RTX builds ({TARGET}, fp16, builder figures, no GPU)", "",
+                  f"Step graphs: latents and video float32, states float16. Total: activation "
+                  f"plus one fp16 copy of the state, against {TARGET_GIB:.0f} GiB.", "",
+                  "| graph | weights (GiB) | activations (GiB) | state (GiB) | total (GiB) |",
+                  "|---|---:|---:|---:|---:|"]
+        for label, b in record["rtx_builds"].items():
+            activation = b.get("activation_bytes", 0) / GIB
+            carried = state.get(STATE_OF.get(label, ""), 0.0)
+            total = (f"{activation + carried:.3f} "
+                     f"({'<=' if activation + carried <= TARGET_GIB else '>'} "
+                     f"{TARGET_GIB:.0f})" if label in STATE_OF else "")
+            lines.append(f"| {label} | {b.get('weights_bytes', 0) / GIB:.3f} | "
+                         f"{activation:.3f} | {carried if label in STATE_OF else 0:.3f} | "
+                         f"{total} |")
+    return "\n".join(lines) + "\n"
+
+
+def _exactness_lines(record: dict[str, Any]) -> list[str]:
+    lines = ["## Chunked vs one-shot (fp32, max |diff| / max |one-shot|; gate 1e-5)", "",
              "| VAE | latents (B, C, T, h, w) | error by chunk size |", "|---|---|---|"]
     for name, rows in record["exactness"].items():
         for row in rows:
@@ -207,17 +281,7 @@ def markdown(record: dict[str, Any]) -> str:
         for row in rows:
             lines.append(f"| {name} | {row['latents']} | {row['tile']} / {row['overlap']} | "
                          f"{row['error']:.4f} | {row['mean_error']:.4f} | {row['seam']:.4f} |")
-    state = record["state_at_paper_shape"]
-    lines += ["", "## State carried between chunks (cinema VAE, one video)", ""]
-    lines += [f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}"
-              for k, v in state.items()]
-    if record["rtx_builds"]:
-        lines += ["", f"## TensorRT-RTX builds ({TARGET}, fp16, builder figures, no GPU)", "",
-                  "| graph | weights (GiB) | activations (GiB) |", "|---|---:|---:|"]
-        for label, b in record["rtx_builds"].items():
-            lines.append(f"| {label} | {b.get('weights_bytes', 0) / GIB:.3f} | "
-                         f"{b.get('activation_bytes', 0) / GIB:.3f} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -225,9 +289,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--skip-builds", action="store_true",
                         help="leave out the TensorRT-RTX builds of the cinema graphs")
+    parser.add_argument("--only-builds", action="store_true",
+                        help="only the memory figures (state, builds) and the fp16 step")
     args = parser.parse_args(argv)
+    if args.skip_builds and args.only_builds:
+        parser.error("--skip-builds and --only-builds exclude each other")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for path in run(args.out, with_builds=not args.skip_builds):
+    for path in run(args.out, with_builds=not args.skip_builds, only_builds=args.only_builds):
         print(path)
 
 

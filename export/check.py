@@ -15,13 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from cinema_trt.models.specs import to_spec_dtypes
+
 from .compare import ErrorStats, error_stats, worst
 from .validation import CHECK_SEED, TORCH_FP32, Validation
 
 if TYPE_CHECKING:
     from cinema_trt.models.stage import Case, Graph
 
-    from .manifest import Manifest
+    from .manifest import Manifest, TensorEntry
 
 # max |ORT - torch| / max |torch| allowed for fp32 graphs: fp32 rounding differs only in op
 # order and fusions (~1e-6 relative at these depths), so 1e-4 leaves 100x headroom and
@@ -79,12 +81,17 @@ def validate(graph: Graph, models: Any, stage_dir: Path, manifest: Manifest,
     if bf16:
         reference, companion = round_parameters(module, torch.bfloat16), module
     outputs = graph.spec(models.config).output_names
+    exported = manifest.stage_spec()
     with _graph_runner(stage_dir, manifest) as run:
         stats: list[ErrorStats] = []
         spread: list[ErrorStats] = []
         rounded: list[ErrorStats] = []
         for i, case in enumerate(cases):
-            inputs = graph.sample_inputs(models.config, case, seed=CHECK_SEED + i)
+            drawn = graph.sample_inputs(models.config, case, seed=CHECK_SEED + i)
+            # inputs the graph takes in its compute dtype (the decoder's state) are rounded
+            # to it; PyTorch gets the same values in float32
+            inputs = {n: t.to(drawn[n].dtype)
+                      for n, t in to_spec_dtypes(exported, drawn).items()}
             with torch.inference_mode():
                 ref = _named(outputs, reference(**inputs))
                 if companion is not None:
@@ -154,12 +161,17 @@ def _gate_error(name: str, compute: str, checked: Validation) -> Validation:
 
 @contextmanager
 def _graph_runner(stage_dir: Path, manifest: Manifest):
-    """run(inputs) -> outputs of the graph being exported, on ONNX Runtime's CPU provider;
-    a bf16 graph is upcast to float32 first, in a temporary folder beside the export."""
+    """run(inputs) -> outputs of the graph being exported, on ONNX Runtime's CPU provider,
+    each input cast to the graph's dtype for it; a bf16 graph is upcast to float32 first,
+    in a temporary folder beside the export."""
     from .ort import CPU_PROVIDER, OrtRunner
 
+    def runs(runner: OrtRunner):
+        spec = runner.manifest.stage_spec()
+        return lambda inputs: runner.run(to_spec_dtypes(spec, inputs))
+
     if manifest.compute_dtype != "bfloat16":
-        yield OrtRunner(stage_dir, providers=(CPU_PROVIDER,), manifest=manifest).run
+        yield runs(OrtRunner(stage_dir, providers=(CPU_PROVIDER,), manifest=manifest))
         return
     import onnx
 
@@ -169,5 +181,17 @@ def _graph_runner(stage_dir: Path, manifest: Manifest):
     with tempfile.TemporaryDirectory(dir=stage_dir, prefix=".upcast-") as folder:
         save_onnx(upcast_bfloat16(onnx.load(str(stage_dir / manifest.model_file))),
                   Path(folder) / manifest.model_file)
-        upcast = dataclasses.replace(manifest, compute_dtype="float32")
-        yield OrtRunner(folder, providers=(CPU_PROVIDER,), manifest=upcast).run
+        inputs, outputs = _upcast_io(manifest)
+        upcast = dataclasses.replace(manifest, compute_dtype="float32", inputs=inputs,
+                                     outputs=outputs)
+        yield runs(OrtRunner(folder, providers=(CPU_PROVIDER,), manifest=upcast))
+
+
+def _upcast_io(manifest: Manifest
+               ) -> tuple[tuple[TensorEntry, ...], tuple[TensorEntry, ...]]:
+    """The manifest's (inputs, outputs) as `upcast_bfloat16` leaves them: bfloat16 I/O
+    (the decoder's state) becomes float32."""
+    def upcast(entries: tuple[TensorEntry, ...]) -> tuple[TensorEntry, ...]:
+        return tuple(dataclasses.replace(e, dtype="float32") if e.dtype == "bfloat16" else e
+                     for e in entries)
+    return upcast(manifest.inputs), upcast(manifest.outputs)

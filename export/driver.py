@@ -23,6 +23,7 @@ import torch
 from cinema_trt.models.fileio import onnx_sha256
 from cinema_trt.models.precision import compute_dtype, parse_dtype, policy, weight_format
 from cinema_trt.models.presets import CinemaConfig
+from cinema_trt.models.specs import to_spec_dtypes
 from cinema_trt.models.stages import WEIGHT_ONLY_GRAPHS, graph, resolve_graphs
 
 from .check import validate
@@ -98,7 +99,7 @@ def _clear_stage(stage_dir: Path) -> None:
 def _manifest(graph: Graph, models: CinemaModels, source: torch.nn.Module,
               precision: Precision, opset: int, files: list[Path], dtype: Precision
               ) -> Manifest:
-    io = Manifest.io_from_spec(graph.spec(models.config))
+    io = Manifest.io_from_spec(graph.exported_spec(models.config, compute_dtype(dtype)))
     return Manifest(stage=graph.name, preset=models.config.name, opset=opset,
                     precision=precision, compute_dtype=compute_dtype(dtype),
                     inputs=io["inputs"], outputs=io["outputs"],
@@ -112,19 +113,22 @@ def export_stage(graph: Graph, models: CinemaModels, out_dir: Path,
                  calibrator: str = "builtin", dtype: Precision = Precision.FP32,
                  plugin: bool = False, weight_only: WeightOnlyConfig | None = None
                  ) -> ExportResult:
-    """Export one graph computing in `dtype` (fp32 | fp16 | bf16; the graph's I/O stays
-    float32); `amax` (layer -> calibrated input amax, from `calibrator`) makes it FP8;
-    `weight_only` quantizes its weights (export/weight_only.py, the graph's `weight_only`
-    recipe) and keeps `dtype` for its arithmetic; `plugin`: its attention as TensorRT
-    plugin nodes (only TensorRT runs it, so the check against PyTorch is skipped)."""
+    """Export one graph computing in `dtype` (fp32 | fp16 | bf16; the graph's I/O is
+    `graph.exported_spec`'s: float32 but for the decoder's chunk state); `amax` (layer ->
+    calibrated input amax, from `calibrator`) makes it FP8; `weight_only` quantizes its
+    weights (export/weight_only.py, the graph's `weight_only` recipe) and keeps `dtype` for
+    its arithmetic; `plugin`: its attention as TensorRT plugin nodes (only TensorRT runs it,
+    so the check against PyTorch is skipped)."""
     start = time.perf_counter()
     stage_dir = out_dir / graph.name
     _clear_stage(stage_dir)
-    spec, (example, checks) = graph.spec(models.config), graph.cases(models.config)
+    spec = graph.exported_spec(models.config, compute_dtype(dtype))
+    example, checks = graph.cases(models.config)
     source = graph.module(models, plugin).eval()
-    module = cast_module(source, dtype)
+    module = cast_module(source, dtype, tuple(t.dtype for t in spec.outputs))
     opset = max(opset, policy(dtype).min_opset)
-    model = trace_to_onnx(module, spec, graph.sample_inputs(models.config, example), opset,
+    model = trace_to_onnx(module, spec,
+                          to_spec_dtypes(spec, graph.sample_inputs(models.config, example)), opset,
                           attention_plugin=plugin)
     if module is not source:
         unwrap_scopes(model)

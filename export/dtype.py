@@ -4,7 +4,9 @@ Engines run in the types their ONNX graph states (models/precision.py says why),
 exporter writes half-precision graphs itself: the stage module is cast to fp16/bf16 and
 wrapped so the graph's inputs and outputs stay float32, as every stage spec says (the
 runners, the Triton configs and the sampler's fp32 latents are untouched; the boundary
-casts cost one elementwise pass over inputs and outputs).
+casts cost one elementwise pass over inputs and outputs). The exception is what a graph
+hands back to itself (the VAE decoder's chunk state, `Graph.exported_spec`): it crosses
+in the compute dtype, so its outputs are cast to the dtypes that spec states.
 """
 
 from __future__ import annotations
@@ -29,21 +31,25 @@ CASTED_SCOPE = "module"
 
 class CastedModule(nn.Module):
     """`module` in `dtype` behind a float32 interface: floating inputs are cast to `dtype`
-    on the way in, floating outputs to float32 on the way out. Build it with `cast_module`,
-    which gives forward the wrapped module's parameter names."""
+    on the way in, floating outputs to float32 on the way out (or to `outputs`, each
+    output's dtype, where given). Build it with `cast_module`, which gives forward the
+    wrapped module's parameter names."""
 
-    def __init__(self, module: nn.Module, dtype: torch.dtype):
+    def __init__(self, module: nn.Module, dtype: torch.dtype,
+                 outputs: tuple[torch.dtype, ...] | None = None):
         super().__init__()
         self.module = copy.deepcopy(module).to(dtype).eval()  # CASTED_SCOPE
         self.dtype = dtype
+        self.outputs = outputs
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         cast_args = [_cast(a, self.dtype) for a in args]
         kwargs = {k: _cast(v, self.dtype) for k, v in kwargs.items()}
         out = self.module(*cast_args, **kwargs)
         if isinstance(out, tuple):
-            return tuple(_cast(o, torch.float32) for o in out)
-        return _cast(out, torch.float32)
+            dtypes = self.outputs or (torch.float32,) * len(out)
+            return tuple(_cast(o, d) for o, d in zip(out, dtypes, strict=True))
+        return _cast(out, self.outputs[0] if self.outputs else torch.float32)
 
 
 def _cast(value, dtype: torch.dtype):
@@ -52,8 +58,10 @@ def _cast(value, dtype: torch.dtype):
     return value
 
 
-def cast_module(module: nn.Module, precision: Precision) -> nn.Module:
-    """`module` itself for fp32, else a CastedModule copy in fp16/bf16.
+def cast_module(module: nn.Module, precision: Precision,
+                outputs: tuple[torch.dtype, ...] | None = None) -> nn.Module:
+    """`module` itself for fp32, else a CastedModule copy in fp16/bf16; `outputs`: each
+    output's dtype, the exported spec's (default: all float32).
 
     torch.export matches the stage spec's dynamic shapes to forward's parameter names, so
     the copy's class gets a forward whose signature is the wrapped module's.
@@ -70,7 +78,7 @@ def cast_module(module: nn.Module, precision: Precision) -> nn.Module:
     setattr(forward, "__signature__", signature.replace(  # noqa: B010
         parameters=[self_parameter, *signature.parameters.values()]))
     casted = type(f"Casted{type(module).__name__}", (CastedModule,), {"forward": forward})
-    return casted(module, lookup(compute_dtype(precision)).torch).eval()
+    return casted(module, lookup(compute_dtype(precision)).torch, outputs).eval()
 
 
 def unwrap_scopes(model: onnx.ModelProto) -> None:

@@ -21,7 +21,7 @@ from PIL import Image
 
 from .mllm import prepare_inputs
 from .presets import CinemaConfig, check_num_refs, latent_frames, latent_size
-from .runner import FunctionRunner, Runner, Tensors
+from .runner import FunctionRunner, Runner, Tensors, compute_dtype
 from .sampler import GenerationCancelled, ProgressFn, StopFn, denoise, initial_noise
 from .stages import CONNECTOR, DIT, MLLM, STAGES, VAE_DECODER, VAE_ENCODER
 
@@ -245,7 +245,8 @@ class CinemaPipeline:
         decoder = FunctionRunner(VAE_DECODER.name,
                                  lambda inputs: self._run(VAE_DECODER.name, inputs))
         chunks, start = [], 0
-        for video in VAE_DECODER.decode(decoder, latents, self.config):
+        compute = compute_dtype(self.runners[VAE_DECODER.name])  # its states' dtype
+        for video in VAE_DECODER.decode(decoder, latents, self.config, compute):
             chunk = video_to_uint8(video)
             if frames is not None:
                 frames(chunk, start)

@@ -98,3 +98,13 @@ def tensor_bytes(specs: Iterable[TensorSpec], values: Mapping[str, int] | None =
 
     return sum(math.prod(resolve(s, values or {})) * torch.empty((), dtype=s.dtype).element_size()
                for s in specs)
+
+
+def to_spec_dtypes(spec: StageSpec, tensors: Mapping[str, torch.Tensor]
+                   ) -> dict[str, torch.Tensor]:
+    """`tensors` (inputs of `spec`, by name) cast to the dtypes `spec` states: draws of
+    `Graph.sample_inputs` (float32) for a graph whose inputs are partly in its compute
+    dtype (`Graph.exported_spec`); other names pass unchanged."""
+    dtypes = {t.name: t.dtype for t in spec.inputs}
+    return {name: tensor.to(dtypes[name]) if name in dtypes else tensor
+            for name, tensor in tensors.items()}

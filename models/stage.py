@@ -99,6 +99,13 @@ class Graph:
     def spec(self, config: CinemaConfig) -> StageSpec:
         raise NotImplementedError
 
+    def exported_spec(self, config: CinemaConfig, compute: str) -> StageSpec:
+        """Its I/O once exported computing in `compute` (a models/dtypes.py name,
+        "float16"; the manifest's compute_dtype): `spec`, whose float I/O stays float32
+        whatever the graph computes in (export/dtype.py), unless the graph hands tensors
+        back to itself call after call (the VAE decoder's chunk state)."""
+        return self.spec(config)
+
     def module(self, models: CinemaModels, plugin: bool = False) -> nn.Module:
         """What the graph is traced from (forward takes the spec's inputs, in order);
         `plugin`: its attention as TensorRT plugin nodes (attention_plugin)."""

@@ -74,9 +74,14 @@ class VAEDecoderStage(_VAEStage):
     submodule = "decoder"
 
     def spec(self, config: CinemaConfig) -> StageSpec:
+        return self.exported_spec(config, "float32")
+
+    def exported_spec(self, config: CinemaConfig, compute: str) -> StageSpec:
+        """The states in the graph's compute dtype (vae_chunks.step_spec says why)."""
+        from .dtypes import lookup
         from .vae_chunks import step_spec
 
-        return dataclasses.replace(step_spec(config.vae), name=self.name)
+        return dataclasses.replace(step_spec(config.vae, lookup(compute).torch), name=self.name)
 
     def _of(self, part: nn.Module) -> nn.Module:
         from .vae_chunks import DecoderStep
@@ -120,18 +125,20 @@ class VAEDecoderStage(_VAEStage):
         inputs["first"] = torch.tensor([bool(case["first"])])
         return inputs
 
-    def decode(self, runner: Runner, latents: torch.Tensor, config: CinemaConfig
-               ) -> Iterator[torch.Tensor]:
+    def decode(self, runner: Runner, latents: torch.Tensor, config: CinemaConfig,
+               compute: str = "float32") -> Iterator[torch.Tensor]:
         """The video of `latents` (B, C, T, h, w), chunk by chunk through `runner` (this
         stage's, on any runtime): models/vae_chunks.py `iter_chunks` says what each is.
         With `config.sampler.decode_tiles`, each chunk is every tile's in turn, blended
-        (models/vae_tiles.py `iter_tiles`), each tile's states held here."""
+        (models/vae_tiles.py `iter_tiles`), each tile's states held here. `compute`: what
+        the runner's graph computes in, its states' dtype (the manifest's compute_dtype;
+        models/runner.py `compute_dtype` reads it off a runner)."""
         import torch
 
         from .vae_chunks import iter_chunks, state_spec
         from .vae_tiles import iter_tiles
 
-        spec = self.spec(config)
+        spec = self.exported_spec(config, compute)
         states_in, states_out = spec.input_names[2:], spec.output_names[1:]
 
         def step(part: torch.Tensor, first: torch.Tensor, states: tuple[torch.Tensor, ...]):
@@ -143,7 +150,8 @@ class VAEDecoderStage(_VAEStage):
         lh, lw = self.call_size(config, lh, lw)
         # the graph's state dtype (the spec's), never assumed
         zeros = tuple(torch.zeros([int(d) for d in s.dims], dtype=s.dtype) for s in
-                      state_spec(config.vae, batch, lh * VAE_SPATIAL, lw * VAE_SPATIAL))
+                      state_spec(config.vae, batch, lh * VAE_SPATIAL, lw * VAE_SPATIAL,
+                                 spec.inputs[-1].dtype))
         tiles, chunk = config.sampler.decode_tiles, config.sampler.decode_chunk
         if tiles is None:
             return iter_chunks(step, latents, chunk, zeros)

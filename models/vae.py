@@ -43,13 +43,22 @@ class FrameGroupNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, T, H, W)
-        channels = x.shape[1]
-        # statistics in fp32 so fp16 engines normalise like the fp32 reference
-        g = x.float().unflatten(1, (self.groups, channels // self.groups))  # (B, G, C/G, T, H, W)
-        mean = g.mean(dim=(2, 4, 5), keepdim=True)
-        var = (g - mean).square().mean(dim=(2, 4, 5), keepdim=True)
-        g = (g - mean) * torch.rsqrt(var + NORM_EPS)
-        out = g.flatten(1, 2).to(x.dtype)
+        per_group = x.shape[1] // self.groups
+        g = x.unflatten(1, (self.groups, per_group))  # (B, G, C/G, T, H, W)
+        # Statistics in fp32 so fp16 engines normalise like the fp32 reference, yet no
+        # full-size tensor but the output: x is cast inside each reduction (one cast for
+        # both made TensorRT-RTX keep an fp32 copy of x), the centred values exist only
+        # inside the variance's reduction, and the output is x against per-channel
+        # statistics (normalising the grouped view made copies of it). Cinema decoder at
+        # 480 x 720: 1.8 GiB less activation (benchmarks/results/*-vae-chunks-*). In fp32
+        # this is the same arithmetic as normalising the grouped view.
+        mean = g.float().mean(dim=(2, 4, 5), keepdim=True)  # (B, G, 1, T, 1, 1)
+        var = (g - mean.to(x.dtype)).float().square().mean(dim=(2, 4, 5), keepdim=True)
+
+        def per_channel(stat: torch.Tensor) -> torch.Tensor:  # -> (B, C, T, 1, 1)
+            return stat.expand(-1, -1, per_group, -1, -1, -1).flatten(1, 2).to(x.dtype)
+
+        out = (x - per_channel(mean)) * per_channel(torch.rsqrt(var + NORM_EPS))
         return out * self.weight.view(1, -1, 1, 1, 1) + self.bias.view(1, -1, 1, 1, 1)
 
 

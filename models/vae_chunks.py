@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from .presets import VAE_SPATIAL, VAE_TEMPORAL, VAEConfig
-from .specs import StageSpec, TensorSpec, resolve
-from .vae import CausalConv3d, VAEDecoder, first_frame_pad
+from .specs import StageSpec, TensorSpec, f32, resolve
+from .vae import CausalConv3d, VAEDecoder
 
 STATE_INPUT = "state."  # + the causal conv's module path in the decoder
 STATE_OUTPUT = "next_state."
@@ -52,22 +52,31 @@ def causal_convs(decoder: nn.Module) -> dict[CausalConv3d, str]:
 
 class ConvCache:
     """One chunk's view of the decode state: reads each causal conv's history from
-    `states` (or frame 0 repeated where `first`) and records its next state."""
+    `states` (or frame 0 repeated where `first`) and records its next state. `long`: the
+    convs whose input has at least `time_pad` frames in every call (after a temporal
+    upsample: 2 or 4 per latent frame)."""
 
     def __init__(self, names: Mapping[CausalConv3d, str], states: Mapping[str, torch.Tensor],
-                 first: torch.Tensor):
+                 first: torch.Tensor, long: frozenset[str] = frozenset()):
         self.names = names
         self.states = states
+        self.long = long
         self.first = first.reshape(1, 1, 1, 1, 1)  # bool, broadcast over (B, C, T, H, W)
         self.next_states: dict[str, torch.Tensor] = {}
 
     def history(self, conv: CausalConv3d, x: torch.Tensor) -> torch.Tensor:
         """The `conv.time_pad` frames before `x`, (B, C, time_pad, H, W)."""
         name = self.names[conv]
-        history = torch.where(self.first, first_frame_pad(x, conv.time_pad), self.states[name])
+        # frame 0 broadcast against the state, not first_frame_pad: that expand would be a
+        # full pad tensor of this conv's input materialised in every call (TensorRT-RTX,
+        # cinema at 480 x 720: 0.165 GiB more activation, benchmarks/results/*-vae-chunks-*)
+        history = torch.where(self.first, x[:, :, :1], self.states[name])
         # the last time_pad frames of (history, x): a chunk shorter than the pad keeps
-        # part of the history
-        self.next_states[name] = torch.cat([history, x], dim=2)[:, :, -conv.time_pad:]
+        # part of the history. Where x is never that short, they are x's own: then the
+        # conv's cat of (history, x) has one reader, and TensorRT-RTX stops keeping it
+        # twice (both layouts; benchmarks/results/*-vae-chunks-*)
+        self.next_states[name] = (x if name in self.long else
+                                  torch.cat([history, x], dim=2))[:, :, -conv.time_pad:]
         return history
 
 
@@ -80,11 +89,14 @@ class DecoderStep(nn.Module):
     decoder's weights are shared.
     """
 
-    def __init__(self, decoder: VAEDecoder):
+    def __init__(self, decoder: VAEDecoder, long_inputs: bool = True):
         super().__init__()
         self.decoder = decoder
         self._convs = causal_convs(decoder)
         self.state_names = tuple(self._convs.values())
+        # the convs whose every input outlasts their history (ConvCache.long); False: none
+        # (how `_long_inputs` itself runs the step)
+        self._long = _long_inputs(decoder.cfg) if long_inputs else frozenset()
 
     def forward(self, latents: torch.Tensor, first: torch.Tensor, *states: torch.Tensor,
                 **named_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -93,7 +105,8 @@ class DecoderStep(nn.Module):
         if len(states) != len(self.state_names):
             raise ValueError(f"got {len(states)} state tensors, the decoder carries "
                              f"{len(self.state_names)} ({STATE_INPUT}* in step_spec order)")
-        cache = ConvCache(self._convs, dict(zip(self.state_names, states, strict=True)), first)
+        cache = ConvCache(self._convs, dict(zip(self.state_names, states, strict=True)), first,
+                          self._long)
         video = self.decoder(latents, cache)
         return (video, *(cache.next_states[name] for name in self.state_names))
 
@@ -203,6 +216,27 @@ def _state_layout(cfg: VAEConfig) -> tuple[tuple[str, int, int], ...]:
     return tuple(layout)
 
 
+@functools.lru_cache(maxsize=8)
+def _long_inputs(cfg: VAEConfig) -> frozenset[str]:
+    """The causal convs (module paths) whose input has at least `time_pad` frames in a
+    one-latent-frame step, so in every step (after the temporal upsamples: 2 or 4 frames
+    per latent frame), read from a step on the meta device."""
+    seen: set[str] = set()
+
+    def record(conv: CausalConv3d, args: tuple) -> None:
+        if args[0].shape[2] >= conv.time_pad:
+            seen.add(step._convs[conv])
+
+    with torch.device("meta"):
+        step = DecoderStep(VAEDecoder(cfg), long_inputs=False)
+        hooks = [conv.register_forward_pre_hook(record) for conv in step._convs]
+        latents = torch.empty(1, cfg.latent_channels, 1, 2, 3)
+        step(latents, torch.ones(1, dtype=torch.bool), *step.initial_states(latents))
+    for hook in hooks:
+        hook.remove()
+    return frozenset(seen)
+
+
 def _state_tensor(prefix: str, name: str, channels: int, scale: int,
                   dtype: torch.dtype) -> TensorSpec:
     height, width = _SCALE_SYMBOLS[scale]
@@ -214,17 +248,21 @@ def step_spec(cfg: VAEConfig, dtype: torch.dtype = torch.float32) -> StageSpec:
     """The step graph's I/O: latents, first, state.* -> video, next_state.*. Symbols:
     batch, lframes, lheight, lwidth; the states' lheight_x2, lheight_x4, height (and
     widths) are the latent size times 2, 4, 8 (`state_values`); a step's video has
-    4 * lframes frames ("chunk_frames")."""
+    4 * lframes frames ("chunk_frames").
+
+    `dtype`: the states', the graph's compute dtype. Latents and video are float32, as
+    every stage's float I/O (export/dtype.py); the states are the graph's own activations
+    handed back to it, so they cross in the type it computes in: a float32 copy of an
+    fp16 graph's states would be twice their size (the largest I/O the engine has) and
+    round to the same values anyway."""
     layout = _state_layout(cfg)
     if any(scale not in _SCALE_SYMBOLS for _, _, scale in layout):
         raise ValueError(f"decoder scales {sorted({s for *_, s in layout})} outside "
                          f"{sorted(_SCALE_SYMBOLS)}")
     states_in = tuple(_state_tensor(STATE_INPUT, *row, dtype) for row in layout)
     states_out = tuple(_state_tensor(STATE_OUTPUT, *row, dtype) for row in layout)
-    latents = TensorSpec("latents", dtype,
-                         ("batch", cfg.latent_channels, "lframes", "lheight", "lwidth"))
-    video = TensorSpec("video", dtype,
-                       ("batch", cfg.in_channels, "chunk_frames", "height", "width"))
+    latents = f32("latents", ("batch", cfg.latent_channels, "lframes", "lheight", "lwidth"))
+    video = f32("video", ("batch", cfg.in_channels, "chunk_frames", "height", "width"))
     return StageSpec("vae_decoder_step",
                      (latents, TensorSpec("first", torch.bool, (1,)), *states_in),
                      (video, *states_out))

@@ -75,12 +75,14 @@ class MemoryRequest:
         return self.memory_budget is not None or self.weight_streaming_budget is not None
 
 
-def _io_bytes(graph: Graph, config: CinemaConfig, profiles: dict, request: Request) -> int:
+def _io_bytes(graph: Graph, config: CinemaConfig, profiles: dict, request: Request,
+              compute: str) -> int:
     """Inputs at their profile's max (what TensorRTRunner allocates) and outputs at the
     sizes those inputs give; a symbol no input carries (the decoder's frames, height and
     width) takes its value at `request`, the default deployment's max (engines/shapes.py,
-    what `cinema-trt build` builds for without --profile)."""
-    spec = graph.spec(config)
+    what `cinema-trt build` builds for without --profile); in the types of a graph
+    computing in `compute` (the decoder's state: `Graph.exported_spec`)."""
+    spec = graph.exported_spec(config, compute)
     values = graph.symbols(request, config)
     for tensor in spec.inputs:
         if tensor.name in profiles:
@@ -93,7 +95,8 @@ def _io_bytes(graph: Graph, config: CinemaConfig, profiles: dict, request: Reque
 def _figures(folder: Path, graph: Graph, config: CinemaConfig, request: Request
              ) -> tuple[EngineFigures, bool]:
     """(the engine's figures, whether it was built to stream its weights)."""
-    build = built(read_manifest(folder), folder)
+    manifest = read_manifest(folder)
+    build = built(manifest, folder)
     memory = build.report.get("memory", {})
     if "weights_bytes" not in memory or "activation_bytes" not in memory:
         raise MemoryBudgetError(f"{folder / MANIFEST_FILE} records no builder memory figures; "
@@ -102,7 +105,8 @@ def _figures(folder: Path, graph: Graph, config: CinemaConfig, request: Request
     weights = memory["weights_bytes"]
     figures = EngineFigures(weights, memory["activation_bytes"],
                             memory.get("device_persistent_bytes", 0),
-                            io=_io_bytes(graph, config, build.profiles, request),
+                            io=_io_bytes(graph, config, build.profiles, request,
+                                         manifest.compute_dtype),
                             # a block's share; the base's share makes it an overestimate
                             block_weights=weights // depth if depth else weights)
     return figures, bool(build.build_config.get("weight_streaming"))

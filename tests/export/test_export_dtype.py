@@ -28,6 +28,7 @@ from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.factory import build_models, torch_runners
 from cinema_trt.models.pipeline import CinemaPipeline
 from cinema_trt.models.precision import Precision
+from cinema_trt.models.specs import to_spec_dtypes
 from cinema_trt.models.stages import CONNECTOR, DIT, VAE_DECODER
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,8 @@ def test_cast_module_keeps_the_interface_and_computes_in_half(tiny_models):
 
 @slow
 def test_fp16_export_states_its_types(fp16_export):
-    """Weights in fp16, I/O in float32 (the stage specs'), opset 19, and the engine side
+    """Weights in fp16, I/O in float32 (the stage specs') but for the VAE decoder's chunk
+    state, which crosses in fp16 (`Graph.exported_spec`), opset 19, and the engine side
     reads it as an fp16 graph that builds strongly typed."""
     out, results = fp16_export
     for stage, result in results.items():
@@ -66,9 +68,18 @@ def test_fp16_export_states_its_types(fp16_export):
             (Precision.FP16, "float16", 19)
         graph = inspect_onnx(out / stage / "model.onnx")
         assert "float16" in graph.weight_types, stage  # the weights the manifest describes
-        # float32 behind the graph's casts; ids, masks and the decoder's `first` flag as is
-        assert set(graph.inputs.values()) <= {"float32", "int64", "bool"}, (stage, graph.inputs)
-        assert set(graph.outputs.values()) == {"float32"}
+        # float32 behind the graph's casts; ids, masks and the decoder's `first` flag as is;
+        # the decoder's states in fp16
+        inputs, outputs = dict(graph.inputs), dict(graph.outputs)
+        if stage == VAE_DECODER.name:
+            states = [n for n in (*inputs, *outputs) if n.startswith(("state.", "next_state."))]
+            assert states and {inputs.pop(n, None) or outputs.pop(n) for n in states} == \
+                {"float16"}
+        assert set(inputs.values()) <= {"float32", "int64", "bool"}, (stage, graph.inputs)
+        assert set(outputs.values()) == {"float32"}
+        # the manifest (what runners, builds and Triton configs read) says the same
+        assert {e.name: e.dtype for e in (*manifest.inputs, *manifest.outputs)} == \
+            {**graph.inputs, **graph.outputs}
         assert resolve_build_config(BuildConfig(precision="fp16"), graph,
                                     manifest.compute_dtype, weak_typing=False).strongly_typed
 
@@ -81,10 +92,14 @@ def test_fp16_graphs_match_torch_within_twice_torchs_fp16_error(fp16_export, tin
     for g in (CONNECTOR, DIT, VAE_DECODER):
         stage, module = g.name, g.module(tiny_models)
         inputs = g.sample_inputs(tiny_models.config, g.cases(tiny_models.config)[1][1], seed=7)
+        runner = OrtRunner(out / stage)
+        # the decoder's states are fp16 inputs: every computation sees them rounded so
+        graph_inputs = to_spec_dtypes(runner.manifest.stage_spec(), inputs)
+        inputs = {n: t.to(inputs[n].dtype) for n, t in graph_inputs.items()}
         with torch.inference_mode():
             ref = _outputs(module(**inputs))
             same = _outputs(cast_module(module, Precision.FP16)(**inputs))
-        got = OrtRunner(out / stage).run(inputs)
+        got = runner.run(graph_inputs)
         # every output (the VAE decoder's next states too), each against its own
         for name, r, s in zip(g.spec(tiny_models.config).output_names, ref, same, strict=True):
             graph, torch_half = error_stats(got[name], r), error_stats(s, r)

@@ -162,3 +162,25 @@ def test_states_by_name_are_the_states_by_position(vae):
         step(z, first, states[0], **dict(zip(names[1:], states[1:], strict=True)))
     with pytest.raises(ValueError, match=r"missing \['state.conv_in'\]"):
         step(z, first, **dict(zip(names[1:], states[1:], strict=True)))
+
+
+def test_an_fp16_step_carries_fp16_states_behind_float32_latents_and_video(tiny_config):
+    """The states are the graph's own activations handed back to it: they cross in its
+    compute dtype (half the bytes of float32); latents and video are every stage's
+    float32 I/O."""
+    spec = step_spec(tiny_config.vae, torch.float16)
+    assert (spec.inputs[0].dtype, spec.outputs[0].dtype) == (torch.float32, torch.float32)
+    assert {t.dtype for t in (*spec.inputs[2:], *spec.outputs[1:])} == {torch.float16}
+    assert spec.input_names == step_spec(tiny_config.vae).input_names
+
+
+def test_only_convs_after_a_temporal_upsample_take_their_next_state_from_the_input(vae):
+    """Their input has >= 2 frames in every call, so the next state is the input's last
+    two frames (no cat of history and input kept for it); before the upsamples a
+    one-frame chunk keeps part of the history (the exactness tests above, chunk=1)."""
+    step = DecoderStep(vae.decoder)
+    long = set(step._long)
+    assert long and long < set(step.state_names)
+    assert not any(name.startswith(("conv_in", "mid.", "levels.0.")) for name in long)
+    assert all(name.startswith(("levels.1.", "levels.2.", "levels.3.", "head."))
+               for name in long)
