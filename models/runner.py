@@ -69,11 +69,14 @@ class FunctionRunner:
 
 def compute_dtype(runner: Runner) -> str:
     """What `runner`'s graph computes in ("float16"): its export manifest's compute_dtype
-    (ONNX Runtime and TensorRT runners carry one), a TorchRunner's dtype, else float32 (a
-    Triton BLS runner: the stage model casts to its graph's types). A graph that hands
+    (ONNX Runtime and TensorRT runners carry one), a Triton BLS runner's `compute` (its
+    stage model's, serving/bls.py), a TorchRunner's dtype, else float32. A graph that hands
     tensors back to itself takes them in this dtype (`Graph.exported_spec`)."""
     manifest = getattr(runner, "manifest", None)
     if manifest is not None:
         return str(manifest.compute_dtype)
+    compute = getattr(runner, "compute", None)  # a Triton BLS runner: its stage model's
+    if isinstance(compute, str):
+        return compute
     dtype = getattr(runner, "dtype", None)
     return str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else "float32"

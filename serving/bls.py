@@ -51,12 +51,16 @@ def from_triton(tensor) -> torch.Tensor:
 
 
 class BlsRunner:
-    """Calls model `model_name` (default: the stage's name) with the stage's tensor names."""
+    """Calls model `model_name` (default: the stage's name) with the stage's tensor names;
+    `spec` is the stage model's (its `exported_spec` at `compute`, what its graph computes
+    in: models/runner.py `compute_dtype` reads it)."""
 
-    def __init__(self, spec: StageSpec, model_name: str | None = None):
+    def __init__(self, spec: StageSpec, model_name: str | None = None,
+                 compute: str = "float32"):
         self.name = spec.name
         self.spec = spec
         self.model_name = model_name or spec.name
+        self.compute = compute
 
     def run(self, inputs: Mapping[str, torch.Tensor]) -> Tensors:
         expected = set(self.spec.input_names)

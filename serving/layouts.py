@@ -19,6 +19,7 @@ a request `protocol.decode_request` already bounded.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -29,7 +30,7 @@ import torch
 
 from cinema_trt.models.backends import TORCH
 from cinema_trt.models.presets import CinemaConfig
-from cinema_trt.models.runner import Runner, Tensors
+from cinema_trt.models.runner import Runner, Tensors, compute_dtype
 from cinema_trt.models.stages import STAGES
 
 from .served_memory import LAYOUTS, PER_STAGE, SHARED
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 LAYOUT_PARAMETER = "layout"
 RUNTIME_PARAMETER = "runtime"  # shared: what runs the stages (as a stage model's `runtime`)
 THREADS_PARAMETER = "torch_threads"
+# per-stage: {stage: compute dtype} of the stage models whose graphs take tensors in their
+# compute dtype (Stage.exported_spec: the decoder's chunk state), for the BLS runners' specs
+COMPUTE_PARAMETER = "compute_dtypes"
 
 
 class SerialRunner:
@@ -53,6 +57,10 @@ class SerialRunner:
     def run(self, inputs: Mapping[str, torch.Tensor]) -> Tensors:
         with self.lock:
             return self.runner.run(inputs)
+
+    def __getattr__(self, name: str):
+        # the wrapped runner's facts (its manifest: what its graph computes in)
+        return getattr(self.runner, name)
 
 
 def check_layout(layout: str) -> str:
@@ -69,7 +77,9 @@ def orchestrator_runners(config: CinemaConfig, folder: Path, parameters: Mapping
     if layout == PER_STAGE:
         from .bls import BlsRunner
 
-        return {s.name: BlsRunner(s.spec(config)) for s in STAGES}
+        computes = json.loads(parameters.get(COMPUTE_PARAMETER, "{}"))
+        return {s.name: BlsRunner(s.exported_spec(config, c), compute=c)
+                for s in STAGES for c in [computes.get(s.name, "float32")]}
     assert layout == SHARED
     return shared_runners(config, folder, parameters, device)
 
@@ -96,7 +106,9 @@ def shared_runners(config: CinemaConfig, folder: Path, parameters: Mapping[str, 
         for stage in STAGES:
             begin = time.perf_counter()
             try:
-                runners[stage.name].run(warmup_inputs(config, stage))
+                runner = runners[stage.name]
+                spec = stage.exported_spec(config, compute_dtype(runner))
+                runner.run(warmup_inputs(config, stage, spec))
             except (ValueError, RuntimeError) as error:
                 raise RuntimeError(f"stage {stage.name!r} failed its warm-up run: {error}") \
                     from error

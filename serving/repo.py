@@ -48,6 +48,7 @@ from cinema_trt.models.stage import Stage
 from cinema_trt.models.stages import STAGES
 from cinema_trt.serving import protocol
 from cinema_trt.serving.layouts import (
+    COMPUTE_PARAMETER,
     LAYOUT_PARAMETER,
     RUNTIME_PARAMETER,
     THREADS_PARAMETER,
@@ -266,10 +267,20 @@ def _choose(config: CinemaConfig, sources: _Sources, options: RepositoryOptions
     return plan_memory(engines, config, options.memory, layouts)
 
 
+def _compute(stage: Stage, sources: _Sources, runtime: str) -> str:
+    """What `stage`'s graph computes in (its artifact's manifest; float32 for weights), so
+    the model declares the types the graph takes (`Stage.exported_spec`)."""
+    folder = sources.artifacts / stage.name if sources.artifacts else None
+    if runtime == TORCH or folder is None or not (folder / MANIFEST_FILE).is_file():
+        return "float32"
+    return str(read_manifest(folder).compute_dtype)
+
+
 def _stage_model(repo: Path, stage: Stage, config: CinemaConfig, sources: _Sources,
                  options: RepositoryOptions, budgets: dict[str, int]) -> None:
-    spec, name = stage.spec(config), stage.name
+    name = stage.name
     backend, runtime = _stage_backend(stage, sources, options)
+    spec = stage.exported_spec(config, _compute(stage, sources, runtime))
     parameters = {}
     if backend == "python":
         parameters["runtime"] = runtime
@@ -281,7 +292,7 @@ def _stage_model(repo: Path, stage: Stage, config: CinemaConfig, sources: _Sourc
             parameters[STREAMING_PARAMETER] = json.dumps(streamed, sort_keys=True)
     pbtxt = stage_config(spec, backend, options.stage_placement, options.version, parameters)
     if backend == "python" and runtime in WARMUP_RUNTIMES:
-        add_warmup(pbtxt, repo / name, config, stage)
+        add_warmup(pbtxt, repo / name, config, stage, spec)
     _write(repo / name / "config.pbtxt", to_text(pbtxt))
     version = repo / name / str(options.version)
     _write(version / CONFIG_FILE, config.to_json())
@@ -302,6 +313,11 @@ def _orchestrator(repo: Path, config: CinemaConfig, sources: _Sources,
                   options: RepositoryOptions, choice: MemoryChoice) -> None:
     parameters = {"max_concurrency": str(options.max_concurrency)}
     placement = options.orchestrator_placement
+    computes = {s.name: c for s in STAGES
+                if (c := _compute(s, sources, _stage_backend(s, sources, options)[1]))
+                != "float32"}
+    if choice.layout == PER_STAGE and computes:  # the BLS runners' specs (serving/layouts.py)
+        parameters[COMPUTE_PARAMETER] = json.dumps(computes, sort_keys=True)
     if choice.layout == SHARED:  # its process runs the stages: it goes where they would
         placement = options.stage_placement
         parameters.update({LAYOUT_PARAMETER: SHARED, RUNTIME_PARAMETER: options.runtime})

@@ -37,7 +37,6 @@ from cinema_trt.models.backends import ORT, RUNTIMES, TENSORRT, TORCH
 from cinema_trt.models.factory import read_weights_config, torch_stage_runner
 from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.runner import Runner, compute_dtype
-from cinema_trt.models.specs import to_spec_dtypes
 from cinema_trt.models.stages import STAGE_NAMES
 from cinema_trt.models.stages import stage as get_stage
 from cinema_trt.serving.bls import from_triton, log_to_stderr, pb_utils, to_triton
@@ -184,11 +183,9 @@ class TritonPythonModel:
                                                                              "{}"))
         self.runner = load_stage_runner(folder, self.stage, device, runtime, budgets)
         config = read_weights_config(folder)
-        self.spec = get_stage(self.stage).spec(config)
-        # the graph's own I/O types: the decoder's state crosses BLS in float32 (`spec`,
-        # what config.pbtxt declares) but an fp16/bf16 graph takes it in its compute dtype
-        self.graph_spec = get_stage(self.stage).exported_spec(config,
-                                                              compute_dtype(self.runner))
+        # the graph's own I/O types, as config.pbtxt declares them (serving/repo.py): an
+        # fp16/bf16 decoder takes its chunk state in its compute dtype
+        self.spec = get_stage(self.stage).exported_spec(config, compute_dtype(self.runner))
         self.vocab_size = config.mllm.vocab_size
         log.info("stage %s loaded from %s (%s on %s)", self.stage, folder, runtime, device)
 
@@ -204,7 +201,7 @@ class TritonPythonModel:
                                self.limits)
                 inputs = {name: from_triton(tensor) for name, tensor in tensors.items()}
                 check_values(self.spec, inputs, self.vocab_size)
-                outputs = self.runner.run(to_spec_dtypes(self.graph_spec, inputs))
+                outputs = self.runner.run(inputs)
                 responses.append(pb.InferenceResponse(
                     [to_triton(t.name, outputs[t.name].to(t.dtype)) for t in self.spec.outputs]))
             except InvalidInput as error:  # the client's fault: 400 / INVALID_ARGUMENT

@@ -20,6 +20,7 @@ import torch
 from cinema_trt.models.backends import ORT, TORCH
 from cinema_trt.models.dtypes import lookup
 from cinema_trt.models.presets import CinemaConfig
+from cinema_trt.models.specs import StageSpec
 from cinema_trt.models.stage import Request, Stage
 
 WARMUP_FOLDER = "warmup"  # Triton looks for input_data_file here, under the model folder
@@ -51,13 +52,15 @@ def warmup_arrays(config: CinemaConfig, stage: Stage) -> dict[str, np.ndarray | 
     return arrays
 
 
-def add_warmup(pbtxt, model_dir: Path, config: CinemaConfig, stage: Stage) -> None:
-    """One warm-up request in the ModelConfig `pbtxt`; data files under `model_dir`."""
+def add_warmup(pbtxt, model_dir: Path, config: CinemaConfig, stage: Stage,
+               spec: StageSpec) -> None:
+    """One warm-up request in the ModelConfig `pbtxt` of `stage` served as `spec` (its
+    `exported_spec`: the types its graph takes); data files under `model_dir`."""
     from cinema_trt.serving.triton_config import model_config_pb2
 
     Input = model_config_pb2().ModelWarmup.Input
     shapes = stage.shapes(warmup_request(config), config)
-    arrays, spec = warmup_arrays(config, stage), stage.spec(config)
+    arrays = warmup_arrays(config, stage)
     warmup = pbtxt.model_warmup.add(name="first_request", batch_size=1, count=1)
     for tensor in spec.inputs:
         kind = {"data_type": lookup(tensor.dtype).triton_type, "dims": shapes[tensor.name]}
@@ -71,9 +74,11 @@ def add_warmup(pbtxt, model_dir: Path, config: CinemaConfig, stage: Stage) -> No
         warmup.inputs[tensor.name].CopyFrom(Input(**kind, input_data_file=tensor.name))
 
 
-def warmup_inputs(config: CinemaConfig, stage: Stage) -> dict[str, torch.Tensor]:
-    """The warm-up request as tensors, for a runner called in-process (shared layout)."""
+def warmup_inputs(config: CinemaConfig, stage: Stage, spec: StageSpec
+                  ) -> dict[str, torch.Tensor]:
+    """The warm-up request as tensors of `spec` (the types the runner's graph takes), for
+    a runner called in-process (shared layout)."""
     shapes = stage.shapes(warmup_request(config), config)
     arrays = warmup_arrays(config, stage)
     return {t.name: torch.zeros(shapes[t.name], dtype=t.dtype) if arrays[t.name] is None
-            else torch.from_numpy(arrays[t.name]) for t in stage.spec(config).inputs}
+            else torch.from_numpy(arrays[t.name]) for t in spec.inputs}
