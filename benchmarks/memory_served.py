@@ -36,7 +36,7 @@ from typing import Any
 from cinema_trt.models.precision import Precision, compute_dtype
 from cinema_trt.models.specs import tensor_bytes
 from cinema_trt.models.stage_mllm import MLLM_TEXT
-from cinema_trt.models.stages import DIT, MLLM, STAGES, VAE_DECODER
+from cinema_trt.models.stages import DIT, MLLM, STAGES, VAE_DECODER, VAE_ENCODER
 from cinema_trt.serving.served_memory import GIB, EngineFigures, ServedPlan
 
 MEMORY_SCHEMA = "cinema-trt/memory-plan/1"
@@ -55,6 +55,7 @@ DECODERS: dict[str, tuple[str | None, str | None, tuple[int, int | None, int | N
     "32x32-latent tiles": ("step, 1 latent frame, 32x32 tile", "32x32 tile float16 GiB",
                            (1, 32, 32)),
 }
+ENCODER_BUILD = "encoder, 1 references"  # the chunks record's build of the served encoder
 APPROXIMATE = ("32x32-latent tiles",)  # decoders that do not equal the one-shot decode
 # (precision, the weight-only record's build of it); pairs, not a dict keyed by dtype names
 _WEIGHT_ONLY_BUILDS = dict((("int8", "int8"), ("int4", "int4 rtn_dq")))
@@ -207,19 +208,40 @@ def engine_variants(records: Records) -> dict[str, dict[str, EngineFigures]]:
             continue
         assert state is not None and latents is not None  # a step build has both
         b = chunks["rtx_builds"][build]
+        one = round(chunks["state_at_paper_shape"][state] * GIB)
         variants[VAE_DECODER.name][name] = EngineFigures(
             b["weights_bytes"], b["activation_bytes"], b["device_persistent_bytes"],
-            io=_step_io(records, *latents),
-            state=round(chunks["state_at_paper_shape"][state] * GIB))
+            io=_step_io(records, *latents), state=one,
+            held=(_tiles(chunks, latents) - 1) * one)
     return variants
+
+
+def _tiles(chunks: dict[str, Any], latents: tuple[int, int | None, int | None]) -> int:
+    """Tiles of a decode at the chunks record's latent size whose calls take `latents`
+    (1: whole frames), with the default overlap (models/presets.py Tiling)."""
+    from cinema_trt.models.presets import Tiling
+
+    _, tile, _ = latents
+    if tile is None:
+        return 1
+    starts = Tiling(tile).starts
+    height, width = chunks["state_at_paper_shape"]["latents"]
+    return len(starts(height)) * len(starts(width))
 
 
 def fixed_engines(records: Records) -> dict[str, EngineFigures]:
     """The graphs without choices: every other stage's fp16 engine."""
     io = io_bytes(records)
     varied = {DIT.name, MLLM_TEXT.name, VAE_DECODER.name}
-    return {g.name: _figures(_stage(records.memory, "fp16", g.name), io[g.name])
-            for stage in STAGES for g in stage.graphs if g.name not in varied}
+    fixed = {g.name: _figures(_stage(records.memory, "fp16", g.name), io[g.name])
+             for stage in STAGES for g in stage.graphs if g.name not in varied}
+    # the encoder takes one reference a call (models/pipeline.py): the chunks record's
+    # build at batch 1, not the memory record's at 4 references
+    b = records.chunks["rtx_builds"][ENCODER_BUILD]
+    fixed[VAE_ENCODER.name] = EngineFigures(b["weights_bytes"], b["activation_bytes"],
+                                            b["device_persistent_bytes"],
+                                            io=io[VAE_ENCODER.name])
+    return fixed
 
 
 def served_plans(records: Records) -> list[ServedPlan]:

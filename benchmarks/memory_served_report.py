@@ -34,7 +34,7 @@ from .machine import describe_source, machine_tag
 from .memory_served import Records, engine_variants, fixed_engines, served_plans
 from .report import write_charted
 
-SCHEMA = "cinema-trt/memory-served/1"
+SCHEMA = "cinema-trt/memory-served/2"
 ESTIMATES = (
     "The CUDA context per process is an assumption ({context:.2f} GiB, --cuda-context-gib); "
     "no builder reports it.",
@@ -42,8 +42,10 @@ ESTIMATES = (
     "one arriving): an assumption; TensorRT reports its streaming scratch only on a GPU. "
     "'streams X' is what each DiT call copies from host memory at the budget the card leaves.",
     "The decoder's chunk state is the chunks record's measurement at the paper shape in fp16, "
-    "counted twice (the step's inputs and outputs); its activations are the builder's for the "
-    "step graph.",
+    "counted twice (the step's inputs and outputs); a tiled decode's other tiles' states "
+    "count too in the shared layout (on the GPU there; per-stage they wait in the "
+    "orchestrator's host memory). Activations are the builder's for the step graph; the "
+    "VAE encoder's for one reference a call (the chunks record).",
     "The INT8/INT4 mllm_text figures extrapolate a one-layer build (weight-only record) with "
     "the fp16 builds' per-layer activation growth: an estimate.",
     "I/O buffers: every input and output at the request's max level, at the spec's dtype "
@@ -52,18 +54,19 @@ ESTIMATES = (
     "the served mllm stage gathers from in host memory (models/mllm_split.py load_glue: "
     "float32 on the CPU); the orchestrator (no GPU).",
 )
-# what the plans assume that a repository cannot write yet (say so beside every table)
-NOT_SERVED_YET = (
-    "The served decoder is the chunked step graph (1 latent frame a call by default), but "
-    "its state crosses as float32 (3.0 GiB a copy at 45x480x720, the plans count fp16's "
-    "1.5). Tiles are served by a decoder engine built at the tile (`cinema-trt build "
-    "--stages vae_decoder --decode-tile 32`) in a repository with the same decoding "
-    "(`cinema-trt repo --decode-tile 32`).",
+# how a repository serves what the plans plan (said beside every table)
+SERVED = (
+    "The decoder is the chunked step graph (1 latent frame a call by default; "
+    "`--decode-chunk`); its state crosses in the graph's compute dtype (fp16: 1.5 GiB a copy "
+    "at 45x480x720). Tiles are served by a decoder engine built at the tile (`cinema-trt "
+    "build --stages vae_decoder --decode-tile 32`) in a repository with the same decoding "
+    "(`cinema-trt repo --decode-tile 32`); they blend seams (not exact).",
     "`cinema-trt repo` writes either layout (`--layout per-stage|shared`); with "
     "`--memory-budget` it takes per-stage where the engines fit, else shared (every stage "
     "in the `cinema` model's process, one activation region, serving/layouts.py).",
     "A streamed DiT needs an engine built with `cinema-trt build --weight-streaming`; the "
-    "repository then sets its budget (`--memory-budget` / `--weight-streaming-budget`).",
+    "repository then sets its budget (`--memory-budget` / `--weight-streaming-budget`). "
+    "INT8/INT4 text weights: `cinema-trt export --weight-only int4|int8`.",
 )
 
 
@@ -99,7 +102,7 @@ def make_record(records: Records, provenance: dict[str, Any],
         "choices": choices,
         "estimates": [line.format(context=assumptions.cuda_context / GIB, blocks=STREAM_BLOCKS)
                       for line in ESTIMATES],
-        "not_served_yet": list(NOT_SERVED_YET),
+        "served": list(SERVED),
     }
 
 
@@ -176,7 +179,7 @@ def to_markdown(record: dict) -> str:
               f"{PER_STAGE} layout (`cinema-trt repo`'s default): one Triton model per "
               "stage, each its own process; shared (`cinema-trt repo --layout shared`): the "
               "TensorRT stages in the `cinema` model's process, one activation region.", ""]
-    lines += choice_rows(record) + [""] + [f"- {n}" for n in record["not_served_yet"]] + [""]
+    lines += choice_rows(record) + [""] + [f"- {n}" for n in record["served"]] + [""]
     peaks = _peak_objects(record)
     for layout in LAYOUTS:
         lines += [f"## Every plan, {layout} layout (GiB)", ""]

@@ -149,4 +149,4 @@ def recorded_plan() -> str:
 
     record = json.loads(path.read_text())
     return "\n".join([f"At paper scale ({path.name}), the plan each card runs:", "",
-                      *choice_rows(record), "", *(f"- {n}" for n in record["not_served_yet"])])
+                      *choice_rows(record), "", *(f"- {n}" for n in record["served"])])

@@ -10,7 +10,10 @@ What an engine holds on the GPU (`EngineFigures`):
   engines/trt_memory.py, so a process needs its largest engine's, not the sum),
 - I/O buffers: `TensorRTRunner` allocates every input and output once at its largest shape,
 - a chunked decoder's state: the causal convs' carried frames are inputs and outputs of the
-  step graph (models/vae_chunks.py), so two copies are live while a step runs.
+  step graph (models/vae_chunks.py), so two copies are live while a step runs; a tiled
+  decode also holds every other tile's state between its calls (models/vae_tiles.py
+  `iter_tiles`), on the GPU where the runners run in the pipeline's process (SHARED) and
+  in the orchestrator's host memory per-stage (BLS asks the stage models for host memory).
 
 Layouts:
 - `PER_STAGE` (`cinema-trt repo`'s default): one Triton model per stage, each instance its
@@ -48,10 +51,12 @@ class EngineFigures:
     persistent: int = 0
     io: int = 0  # every input and output at its largest shape
     state: int = 0  # a chunked decoder's carried state, one copy (held twice)
+    held: int = 0  # the other tiles' states the caller holds between calls (module doc)
     block_weights: int = 0  # one repeated block's weights: the streaming granularity
 
     def __post_init__(self):
-        for name in ("weights", "activation", "persistent", "io", "state", "block_weights"):
+        for name in ("weights", "activation", "persistent", "io", "state", "held",
+                     "block_weights"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0 bytes")
 
@@ -114,13 +119,16 @@ def min_resident(figures: EngineFigures) -> int:
     return min(figures.weights, STREAM_BLOCKS * figures.block_weights)
 
 
-def _process(plan: ServedPlan, graphs: Mapping[str, EngineFigures]) -> dict[str, int]:
-    """One process holding `graphs`: their weights, buffers and state, one activation region."""
+def _process(plan: ServedPlan, graphs: Mapping[str, EngineFigures], in_pipeline: bool
+             ) -> dict[str, int]:
+    """One process holding `graphs`: their weights, buffers and state, one activation region;
+    `in_pipeline`: the pipeline runs in it, holding the tiles' states on the GPU."""
     return {
         "weights": sum(_resident(plan, g, f) + f.persistent for g, f in graphs.items()),
         "activations": max((f.activation for f in graphs.values()), default=0),
         "I/O": sum(f.io for f in graphs.values()),
-        "chunk state": sum(2 * f.state for f in graphs.values()),
+        "chunk state": sum(2 * f.state + (f.held if in_pipeline else 0)
+                           for f in graphs.values()),
     }
 
 
@@ -140,7 +148,7 @@ def served_peak(plan: ServedPlan, layout: str, assumptions: Assumptions = Assump
         processes = [{g: f for graphs in plan.stages.values() for g, f in graphs.items()}]
     parts: dict[str, int] = {}
     for graphs in processes:
-        _add(parts, _process(plan, graphs), assumptions.instances)
+        _add(parts, _process(plan, graphs, layout == SHARED), assumptions.instances)
     count = len(processes) * assumptions.instances
     parts["CUDA contexts"] = count * assumptions.cuda_context
     streamed = next((f for graphs in plan.stages.values() for g, f in graphs.items()

@@ -97,7 +97,7 @@ def test_cli_replans_from_records_without_building(tmp_path):
     files = sorted(p.suffix for p in out.iterdir())
     assert files == [".json", ".md", ".png"]
     saved = json.loads(next(out.glob("*.json")).read_text())
-    assert saved["schema"] == "cinema-trt/memory-served/1"
+    assert saved["schema"] == "cinema-trt/memory-served/2"
     assert saved["source"]["commit"]  # this re-plan's code
     assert saved["sources"]["memory"]["commit"] == json.loads(MEMORY.read_text())["source"][
         "commit"]
