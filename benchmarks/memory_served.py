@@ -202,9 +202,12 @@ def engine_variants(records: Records) -> dict[str, dict[str, EngineFigures]]:
         VAE_DECODER.name: {},
     }
     for name, (build, state, latents) in DECODERS.items():
-        if build is None:
+        if build is None:  # the one-shot graph: the whole video's latents in, frames out
+            from cinema_trt.models.presets import latent_frames
+
+            whole = _step_io(records, latent_frames(memory["shapes"]["frames"]), None, None)
             variants[VAE_DECODER.name][name] = _figures(
-                _stage(memory, "fp16", VAE_DECODER.name), io[VAE_DECODER.name])
+                _stage(memory, "fp16", VAE_DECODER.name), whole)
             continue
         assert state is not None and latents is not None  # a step build has both
         b = chunks["rtx_builds"][build]
