@@ -48,8 +48,9 @@ class VAEEncoderStage(_VAEStage):
 
     def cases(self, config: CinemaConfig) -> tuple[Case, tuple[Case, ...]]:
         example, one, two = video_cases(config)
-        # references are encoded as single frames: K images, frames=1
-        return example, ({**one, "batch": 3, "lframes": 1, "frames": 1}, two)
+        # a reference is encoded alone as a single frame (models/pipeline.py
+        # _encode_references): the engine's profile takes batch 1, frames 1
+        return example, ({**one, "batch": 1, "lframes": 1, "frames": 1}, two)
 
     def symbols(self, request: Request, config: CinemaConfig) -> dict[str, int]:
         # every reference is its own call, a single-frame video of batch 1 (the pipeline's

@@ -52,7 +52,8 @@ def test_stage_inputs_come_from_the_preset_default_request(result, tiny_config):
     assert dit["latents"]["shape"] == [2, C, lframes, lh, lw]  # CFG: (cond, uncond)
     assert dit["ref_latents"]["shape"] == [2, 2, C, lh, lw]  # two references
     assert dit["text_states"]["shape"] == [2, tiny_config.dit.text_len, tiny_config.dit.text_dim]
-    assert result.shapes["vae_encoder"]["video"]["shape"] == [2, 3, 1, s.height, s.width]
+    # one reference a call (models/pipeline.py _encode_references)
+    assert result.shapes["vae_encoder"]["video"]["shape"] == [1, 3, 1, s.height, s.width]
     assert result.request["steps"] == s.steps and result.request["frames"] == s.frames
 
 
