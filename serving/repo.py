@@ -277,10 +277,12 @@ def _compute(stage: Stage, sources: _Sources, runtime: str) -> str:
 
 
 def _stage_model(repo: Path, stage: Stage, config: CinemaConfig, sources: _Sources,
-                 options: RepositoryOptions, budgets: dict[str, int]) -> None:
+                 options: RepositoryOptions, budgets: dict[str, int]) -> str:
+    """Write one stage model; returns what its graph computes in (`_compute`)."""
     name = stage.name
     backend, runtime = _stage_backend(stage, sources, options)
-    spec = stage.exported_spec(config, _compute(stage, sources, runtime))
+    compute = _compute(stage, sources, runtime)
+    spec = stage.exported_spec(config, compute)
     parameters = {}
     if backend == "python":
         parameters["runtime"] = runtime
@@ -299,7 +301,7 @@ def _stage_model(repo: Path, stage: Stage, config: CinemaConfig, sources: _Sourc
     if backend == "python":
         _write(version / "model.py", SHIM.format(module=STAGE_MODULE))
         _python_stage_files(version, stage, config, sources, runtime, options.copy_weights)
-        return
+        return compute
     if sources.artifacts is None:
         raise ValueError(f"backend={backend!r} needs artifacts: a folder with one <stage>/ "
                          "subfolder per stage (the export or build output)")
@@ -307,16 +309,18 @@ def _stage_model(repo: Path, stage: Stage, config: CinemaConfig, sources: _Sourc
     _place(graph, version / BACKENDS[backend][1], options.copy_weights)
     for extra in extras:  # external weights (model.onnx.data), manifests
         _place(extra, version / extra.name, options.copy_weights)
+    return compute
 
 
 def _orchestrator(repo: Path, config: CinemaConfig, sources: _Sources,
-                  options: RepositoryOptions, choice: MemoryChoice) -> None:
+                  options: RepositoryOptions, choice: MemoryChoice,
+                  computes: dict[str, str]) -> None:
+    """The `cinema` model; `computes`: {stage model: what its graph computes in} (none in
+    the shared layout), for the BLS runners' specs (serving/layouts.py)."""
     parameters = {"max_concurrency": str(options.max_concurrency)}
     placement = options.orchestrator_placement
-    computes = {s.name: c for s in STAGES
-                if (c := _compute(s, sources, _stage_backend(s, sources, options)[1]))
-                != "float32"}
-    if choice.layout == PER_STAGE and computes:  # the BLS runners' specs (serving/layouts.py)
+    computes = {name: c for name, c in computes.items() if c != "float32"}
+    if computes:
         parameters[COMPUTE_PARAMETER] = json.dumps(computes, sort_keys=True)
     if choice.layout == SHARED:  # its process runs the stages: it goes where they would
         placement = options.stage_placement
@@ -377,10 +381,12 @@ def build_repository(config: CinemaConfig | None, out_dir: str | os.PathLike,
     staging = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     try:
+        computes = {}
         if choice.layout == PER_STAGE:
             for stage in STAGES:
-                _stage_model(staging, stage, config, sources, options, choice.budgets)
-        _orchestrator(staging, config, sources, options, choice)
+                computes[stage.name] = _stage_model(staging, stage, config, sources, options,
+                                                    choice.budgets)
+        _orchestrator(staging, config, sources, options, choice, computes)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)

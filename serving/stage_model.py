@@ -203,7 +203,7 @@ class TritonPythonModel:
                 check_values(self.spec, inputs, self.vocab_size)
                 outputs = self.runner.run(inputs)
                 responses.append(pb.InferenceResponse(
-                    [to_triton(t.name, outputs[t.name].to(t.dtype)) for t in self.spec.outputs]))
+                    [to_triton(name, outputs[name]) for name in self.spec.output_names]))
             except InvalidInput as error:  # the client's fault: 400 / INVALID_ARGUMENT
                 responses.append(pb.InferenceResponse(error=pb.TritonError(
                     f"invalid request: {error}", pb.TritonError.INVALID_ARG)))
