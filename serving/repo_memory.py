@@ -15,8 +15,8 @@ per-stage then shared (or the one `--layout` names):
 - else refuses (`MemoryBudgetError`) with the table of both layouts against the cards and
   what would change it: other engines (`cinema-trt build`), a streamable DiT.
 The decoder stage is its chunked step graph: its carried state is among its inputs and
-outputs, so the I/O buffers count it twice (fp32 today: the step graph's state I/O is not
-yet in the engine's precision). A decoder built for tiles (`cinema-trt build --decode-tile`)
+outputs, so the I/O buffers count it twice, in the graph's compute dtype (the manifest's:
+`Graph.exported_spec`). A decoder built for tiles (`cinema-trt build --decode-tile`)
 is priced at one tile: its builder figures are its tile profile's, and its I/O follows the
 repository's decoding (`repo --decode-tile`), which must match the engine's profile
 (engines/shape_check.py `check_serves`).
