@@ -33,7 +33,7 @@ from cinema_trt.models.presets import CinemaConfig
 from cinema_trt.models.runner import Runner, Tensors, compute_dtype
 from cinema_trt.models.stages import STAGES
 
-from .served_memory import LAYOUTS, PER_STAGE, SHARED
+from .served_memory import PER_STAGE, SHARED, check_layout
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,6 @@ class SerialRunner:
     def __getattr__(self, name: str):
         # the wrapped runner's facts (its manifest: what its graph computes in)
         return getattr(self.runner, name)
-
-
-def check_layout(layout: str) -> str:
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout={layout!r} must be one of {list(LAYOUTS)}")
-    return layout
 
 
 def orchestrator_runners(config: CinemaConfig, folder: Path, parameters: Mapping[str, str],

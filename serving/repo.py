@@ -52,7 +52,6 @@ from cinema_trt.serving.layouts import (
     LAYOUT_PARAMETER,
     RUNTIME_PARAMETER,
     THREADS_PARAMETER,
-    check_layout,
 )
 from cinema_trt.serving.repo_memory import (
     MemoryBudgetError,
@@ -60,7 +59,7 @@ from cinema_trt.serving.repo_memory import (
     MemoryRequest,
     plan_memory,
 )
-from cinema_trt.serving.served_memory import LAYOUTS, PER_STAGE, SHARED
+from cinema_trt.serving.served_memory import LAYOUTS, PER_STAGE, SHARED, check_layout
 from cinema_trt.serving.stage_checks import limits_parameter
 from cinema_trt.serving.stage_model import (
     ENGINE_FOLDER,

@@ -137,12 +137,16 @@ def _add(total: dict[str, int], part: dict[str, int], times: int = 1) -> None:
         total[key] = total.get(key, 0) + times * value
 
 
+def check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r} must be one of {list(LAYOUTS)}")
+    return layout
+
+
 def served_peak(plan: ServedPlan, layout: str, assumptions: Assumptions = Assumptions()
                 ) -> Peak:
     """The device memory of `plan` served in `layout` (module doc)."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout={layout!r} must be one of {list(LAYOUTS)}")
-    if layout == PER_STAGE:
+    if check_layout(layout) == PER_STAGE:
         processes = [graphs for graphs in plan.stages.values()]
     else:
         processes = [{g: f for graphs in plan.stages.values() for g, f in graphs.items()}]
